@@ -1,0 +1,16 @@
+"""Transformer encoders built from one attention block: text, vision (ViT) and audio (AST).
+
+Pure ``torch.nn``: nothing here knows about files, tokenizers, devices or trainers.
+"""
+from encoders.attention import Attention, choose_backend, scaled_dot_product
+from encoders.audio import AudioConfig, AudioEncoder
+from encoders.block import Block, Transformer, TransformerConfig
+from encoders.text import TextConfig, TextEncoder
+from encoders.vision import VisionConfig, VisionEncoder
+
+ENCODERS = {"text": TextEncoder, "image": VisionEncoder, "audio": AudioEncoder}
+
+__all__ = [
+    "Attention", "AudioConfig", "AudioEncoder", "Block", "ENCODERS", "TextConfig", "TextEncoder", "Transformer",
+    "TransformerConfig", "VisionConfig", "VisionEncoder", "choose_backend", "scaled_dot_product",
+]
