@@ -1,0 +1,58 @@
+"""Preprocessing parameters.
+
+These dataclasses travel inside a model checkpoint (``config.json``) so that a
+checkpoint says exactly how its inputs must be prepared; training, evaluation
+and the inference API all read them from there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# OpenAI CLIP's image statistics: the default, so converted CLIP weights work as they are.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# AudioSet log-mel statistics used by AST.
+AUDIOSET_MEAN = -4.2677393
+AUDIOSET_STD = 4.5689974
+
+
+@dataclass
+class ImagePreprocessConfig:
+    """How an image becomes a ``(3, image_size, image_size)`` float tensor."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    # Training crop: RandomResizedCrop over this fraction of the area.
+    train_crop_scale: tuple[float, float] = (0.9, 1.0)
+    interpolation: str = "bicubic"
+    # Images with a single channel (MNIST) are repeated to 3 channels.
+
+
+@dataclass
+class AudioPreprocessConfig:
+    """How a waveform becomes ``(num_frames, num_mel_bins)`` normalised log-mel frames.
+
+    The filterbank is Kaldi-compatible (``torchaudio.compliance.kaldi.fbank``),
+    as AST uses; normalisation is ``(x - norm_mean) / (2 * norm_std)``.
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    # Frames in one clip window (1024 frames at a 10 ms shift = 10.24 s).
+    max_frames: int = 1024
+    norm_mean: float = AUDIOSET_MEAN
+    norm_std: float = AUDIOSET_STD
+    # SpecAugment in training: widest frequency / time mask (0 disables).
+    freq_mask: int = 0
+    time_mask: int = 0
+
+
+@dataclass
+class TextPreprocessConfig:
+    """How a caption becomes ``context_length`` token ids."""
+
+    context_length: int = 77

@@ -1,0 +1,155 @@
+"""Checkpoint directories a person can read: config.json, model.safetensors, tokenizer.json.
+
+Writing is atomic: everything goes to a temporary sibling directory that is renamed
+into place, so a crash while saving never damages an existing checkpoint. Loading
+never unpickles: tensors come from safetensors, the config from JSON, and every key
+and shape is checked against the model the config describes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from multimodal.config import from_dict, to_dict
+from multimodal.model import ModelConfig, MultimodalModel
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that does not match what loading expects."""
+
+
+def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tensors shared under several names (a shared trunk) kept once, under the first name."""
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    state = {}
+    for name, tensor in model.state_dict().items():
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if identity in seen:
+            continue
+        seen.add(identity)
+        state[name] = tensor
+    return state
+
+
+def write_directory_atomically(directory: str | Path, write: Any) -> Path:
+    """Calls ``write(tmp_dir)`` then moves ``tmp_dir`` to ``directory``, replacing it only once complete."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write(tmp)
+        for path in tmp.rglob("*"):  # data on disk before the rename makes it visible
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def save_checkpoint(
+    model: MultimodalModel,
+    directory: str | Path,
+    *,
+    tokenizer: Any = None,
+    extra_config: dict | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Writes ``model`` (and its tokenizer, if given) as a checkpoint directory.
+
+    ``extra_config`` is stored in config.json beside the model config (e.g. the
+    training configuration that produced it); ``write_extra(tmp_dir)`` may add files
+    (training state) that become visible atomically with the rest. Returns the directory.
+    """
+    config = {"format_version": FORMAT_VERSION, "model": to_dict(model.config)}
+    if extra_config:
+        config.update(extra_config)
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in unique_state_dict(model).items()}
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_FILE)
+        if write_extra is not None:
+            write_extra(tmp)
+
+    return write_directory_atomically(directory, write)
+
+
+def read_config(directory: str | Path) -> dict:
+    """config.json of a checkpoint, with its format version checked."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a checkpoint directory: {CONFIG_FILE} is missing")
+    config = json.loads(path.read_text())
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is not supported (this version reads {FORMAT_VERSION})"
+        )
+    if "model" not in config:
+        raise CheckpointError(f"{path}: has no 'model' section")
+    return config
+
+
+def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Loads ``state`` into ``model`` after checking every key and shape; one error lists every mismatch."""
+    expected = unique_state_dict(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        lines = [f"{source} does not match the model its config describes:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            lines.append(
+                f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}"
+            )
+        if wrong_shape:
+            lines.append(f"  wrong shapes ({len(wrong_shape)}): " + "; ".join(wrong_shape[:20]))
+        raise CheckpointError("\n".join(lines))
+    # Shared tensors appear once in `state`; loading one name fills every alias.
+    model.load_state_dict(state, strict=False)
+
+
+def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> MultimodalModel:
+    """Rebuilds the model a checkpoint directory describes and loads its weights (eval mode)."""
+    directory = Path(directory)
+    config = read_config(directory)
+    try:
+        model_config = from_dict(ModelConfig, config["model"], "model")
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {error}") from error
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    model = MultimodalModel(model_config)
+    load_state_checked(model, load_file(str(weights)), str(weights))
+    return model.to(device).eval()

@@ -1,0 +1,207 @@
+"""The multimodal model: encoders keyed by modality, projections into one space, temperatures.
+
+Shapes: B batch, D encoder width, E shared embedding dimension.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, VisionConfig, VisionEncoder
+from multimodal.losses import MODALITY_ORDER, contrastive_loss, pair_name
+
+LOSSES = ("infonce", "sigmoid")
+
+
+@dataclass
+class ModelConfig:
+    """A model: any subset of the three encoders, their shared space, and how inputs are prepared.
+
+    ``init_logit_scale`` defaults by loss: ln(1/0.07) for InfoNCE (CLIP), ln(10) for the
+    sigmoid loss (SigLIP, which also learns a bias initialised at ``init_logit_bias``).
+    """
+
+    embed_dim: int = 512
+    text: TextConfig | None = None
+    image: VisionConfig | None = None
+    audio: AudioConfig | None = None
+    image_preprocess: ImagePreprocessConfig | None = None
+    audio_preprocess: AudioPreprocessConfig | None = None
+    share_trunk: bool = False
+    projection_bias: bool = False
+    loss: str = "infonce"
+    init_logit_scale: float | None = None
+    init_logit_bias: float = -10.0
+    max_logit_scale: float = math.log(100.0)
+    # Modality pairs trained by the loss, e.g. ["text_image", "text_audio"]; empty: every pair present.
+    loss_pairs: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {LOSSES}")
+        if not self.modalities:
+            raise ValueError("a model needs at least one encoder: set text, image or audio")
+        if self.image is not None:
+            if self.image_preprocess is None:
+                self.image_preprocess = ImagePreprocessConfig(image_size=self.image.image_size)
+            elif self.image_preprocess.image_size != self.image.image_size:
+                raise ValueError(
+                    f"image_preprocess.image_size {self.image_preprocess.image_size} differs from the encoder's "
+                    f"image_size {self.image.image_size}"
+                )
+        if self.audio is not None:
+            if self.audio_preprocess is None:
+                self.audio_preprocess = AudioPreprocessConfig(
+                    num_mel_bins=self.audio.num_mel_bins, max_frames=self.audio.max_frames
+                )
+            elif (self.audio_preprocess.num_mel_bins, self.audio_preprocess.max_frames) != (
+                self.audio.num_mel_bins, self.audio.max_frames
+            ):
+                raise ValueError(
+                    "audio_preprocess (num_mel_bins, max_frames) = "
+                    f"{(self.audio_preprocess.num_mel_bins, self.audio_preprocess.max_frames)} differs from the encoder's "
+                    f"{(self.audio.num_mel_bins, self.audio.max_frames)}"
+                )
+        valid_pairs = set(self.pairs)
+        bad = [p for p in self.loss_pairs if p not in valid_pairs]
+        if bad:
+            raise ValueError(f"loss_pairs {bad} are not pairs of this model's modalities; valid: {sorted(valid_pairs)}")
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in MODALITY_ORDER if getattr(self, m) is not None]
+
+    @property
+    def pairs(self) -> list[str]:
+        return [pair_name(a, b) for a, b in combinations(self.modalities, 2)]
+
+    def logit_scale_init(self) -> float:
+        if self.init_logit_scale is not None:
+            return self.init_logit_scale
+        return math.log(1 / 0.07) if self.loss == "infonce" else math.log(10.0)
+
+
+_ENCODER_CLASSES = {"text": TextEncoder, "image": VisionEncoder, "audio": AudioEncoder}
+
+
+class MultimodalModel(nn.Module):
+    """Encoders for any subset of {text, image, audio}, projected to one unit-norm space.
+
+    ``encode(modality, inputs)`` gives (B, E) unit vectors; ``forward(batch)`` encodes
+    every modality present in a batch dict; ``loss(model(batch))`` is the contrastive
+    loss summed over the trained modality pairs present.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleDict({m: _ENCODER_CLASSES[m](getattr(config, m)) for m in config.modalities})
+        if config.share_trunk:
+            self._share_trunk()
+        self.projections = nn.ModuleDict()
+        for m, encoder in self.encoders.items():
+            projection = nn.Linear(encoder.width, config.embed_dim, bias=config.projection_bias)
+            nn.init.normal_(projection.weight, std=encoder.width**-0.5)
+            if projection.bias is not None:
+                nn.init.zeros_(projection.bias)
+            self.projections[m] = projection
+        scale = config.logit_scale_init()
+        self.logit_scales = nn.ParameterDict({p: nn.Parameter(torch.tensor(scale)) for p in config.pairs})
+        self.logit_biases = (
+            nn.ParameterDict({p: nn.Parameter(torch.tensor(config.init_logit_bias)) for p in config.pairs})
+            if config.loss == "sigmoid"
+            else None
+        )
+
+    def _share_trunk(self) -> None:
+        """One block stack's weights for every modality; stems, positions, norms and pooling stay per modality."""
+        modalities = list(self.encoders)
+        first = self.encoders[modalities[0]].trunk.transformer
+        for m in modalities[1:]:
+            other = getattr(self.config, m).transformer
+            if other != first.config:
+                raise ValueError(
+                    f"share_trunk needs identical transformer configs, but {modalities[0]} has {first.config} "
+                    f"and {m} has {other}"
+                )
+            self.encoders[m].trunk.transformer = first
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    def encode(
+        self,
+        modality: str,
+        inputs: torch.Tensor | dict,
+        padding_mask: torch.Tensor | None = None,
+        *,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """Embeds one modality's inputs -> (B, E), unit-norm unless ``normalize=False``.
+
+        ``inputs`` is the modality's tensor (text ids (B, L), images (B, 3, H, W), log-mel
+        frames (B, T, F)) or a batch dict holding it under the modality's name (and its
+        optional ``{modality}_padding_mask``), which is the protocol evaluation uses.
+        """
+        if modality not in self.encoders:
+            raise ValueError(f"unknown modality {modality!r}; this model encodes {self.modalities}")
+        if isinstance(inputs, dict):
+            if modality not in inputs:
+                raise ValueError(f"batch has no {modality!r} entry; it holds {sorted(inputs)}")
+            padding_mask = inputs.get(f"{modality}_padding_mask")
+            inputs = inputs[modality]
+        features = self.projections[modality](self.encoders[modality](inputs, padding_mask))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def trained_pairs(self, modalities) -> list[str]:
+        """The configured loss pairs whose two modalities are both in ``modalities``."""
+        pairs = self.config.loss_pairs or self.config.pairs
+        return [p for p in pairs if all(m in modalities for m in p.split("_"))]
+
+    def forward(self, batch: dict) -> dict:
+        """Everything the loss needs for a batch dict.
+
+        Returns ``{"features": {modality: (B, E) unit vectors}, "log_scales": {pair: ()},
+        "biases": {pair: ()}}`` for the modalities of this model present in ``batch`` and
+        the trained pairs among them. The temperatures pass through ``forward`` (as
+        copies in the graph) so that distributed wrappers see them as used parameters.
+        """
+        features = {m: self.encode(m, batch) for m in self.modalities if m in batch}
+        pairs = self.trained_pairs(features)
+        log_scales = {p: self.logit_scales[p].clone() for p in pairs}
+        biases = {p: self.logit_biases[p].clone() for p in pairs} if self.logit_biases is not None else {}
+        return {"features": features, "log_scales": log_scales, "biases": biases}
+
+    def loss(self, outputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Contrastive loss summed over the trained pairs in ``outputs`` (from ``forward``); also each pair's loss."""
+        features = outputs["features"]
+        pairs = self.trained_pairs(features)
+        if not pairs:
+            raise ValueError(
+                f"no trained modality pair is present: features hold {sorted(features)}, "
+                f"pairs are {self.config.loss_pairs or self.config.pairs}"
+            )
+        return contrastive_loss(
+            features,
+            log_scales=outputs["log_scales"],
+            biases=outputs["biases"] or None,
+            kind=self.config.loss,
+            pairs=[tuple(p.split("_")) for p in pairs],
+        )
+
+    @torch.no_grad()
+    def clamp_logit_scales(self) -> None:
+        """Keeps every temperature at or below ``max_logit_scale`` (CLIP clamps at ln 100); call after each step."""
+        for scale in self.logit_scales.values():
+            scale.clamp_(0.0, self.config.max_logit_scale)
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, shared ones counted once."""
+        return sum(p.numel() for p in self.parameters())
