@@ -1,0 +1,70 @@
+"""The package arrows of the design hold: encoders/, data/ and eval/ are leaves.
+
+Imports are read from the source (ast), so a violation is caught even on a code
+path the other tests do not execute.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("encoders", "data", "eval", "multimodal")
+# Which of the project's packages each one may import.
+ALLOWED = {
+    "encoders": set(),
+    "data": set(),
+    "eval": set(),
+    "multimodal": {"encoders", "data", "eval"},
+}
+# Only the training script and the distributed parts of multimodal/ may import accelerate.
+ACCELERATE_ALLOWED = {"train.py", "multimodal/cli.py", "multimodal/embed.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def source_files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_packages_import_only_what_the_design_allows(package):
+    offences = []
+    for path in source_files(package):
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            if top in PACKAGES and top != package and top not in ALLOWED[package]:
+                offences.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not offences, "\n".join(offences)
+
+
+def test_accelerate_stays_out_of_the_libraries():
+    offences = []
+    for package in PACKAGES:
+        for path in source_files(package):
+            relative = str(path.relative_to(ROOT))
+            if relative in ACCELERATE_ALLOWED:
+                continue
+            if any(m.split(".")[0] == "accelerate" for m in imported_modules(path)):
+                offences.append(relative)
+    assert not offences, f"accelerate imported by {offences}"
+
+
+def test_encoders_know_nothing_of_devices_or_files():
+    forbidden = (".cuda(", "open(", "print(")
+    offences = [
+        f"{path.relative_to(ROOT)}: {needle}"
+        for path in source_files("encoders")
+        for needle in forbidden
+        if needle in path.read_text()
+    ]
+    assert not offences, offences
