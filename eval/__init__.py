@@ -1,0 +1,54 @@
+"""Zero-shot and retrieval evaluation on embeddings.
+
+Prompt templates (``eval.templates``), zero-shot classifier weights from class names
+x templates (``eval.zeroshot``), accuracy / mean per-class recall / recall@K / mAP@K
+(``eval.metrics``) and evaluation loops over a loader (``eval.loops``). A model is
+reached only through ``Encoder``: ``encode(modality, batch) -> unit-norm (B, E)``.
+"""
+from eval.loops import Encoder, collect_embeddings, evaluate_retrieval, evaluate_zero_shot, move_batch
+from eval.metrics import (
+    bidirectional_retrieval_metrics,
+    classification_metrics,
+    classification_metrics_from_ranks,
+    mean_per_class_recall,
+    retrieval_metrics,
+    top_k_accuracy,
+    true_class_rank,
+)
+from eval.templates import (
+    AUDIO_TEMPLATES,
+    IMAGE_TEMPLATES,
+    SPOKEN_WORD_TEMPLATES,
+    TEMPLATE_SETS,
+    format_prompt,
+    format_prompts,
+    get_templates,
+    validate_templates,
+)
+from eval.zeroshot import build_zero_shot_weights, zero_shot_logits, zero_shot_probabilities
+
+__all__ = [
+    "AUDIO_TEMPLATES",
+    "IMAGE_TEMPLATES",
+    "SPOKEN_WORD_TEMPLATES",
+    "TEMPLATE_SETS",
+    "Encoder",
+    "bidirectional_retrieval_metrics",
+    "build_zero_shot_weights",
+    "classification_metrics",
+    "classification_metrics_from_ranks",
+    "collect_embeddings",
+    "evaluate_retrieval",
+    "evaluate_zero_shot",
+    "format_prompt",
+    "format_prompts",
+    "get_templates",
+    "mean_per_class_recall",
+    "move_batch",
+    "retrieval_metrics",
+    "top_k_accuracy",
+    "true_class_rank",
+    "validate_templates",
+    "zero_shot_logits",
+    "zero_shot_probabilities",
+]
