@@ -32,7 +32,9 @@ def _check_classification_inputs(logits: torch.Tensor, labels: torch.Tensor) -> 
     if logits.ndim != 2:
         raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
     if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels must be ({logits.shape[0]},) to match logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be ({logits.shape[0]},) to match logits {tuple(logits.shape)}, got {tuple(labels.shape)}"
+        )
     _check_labels_in_range(labels, logits.shape[1])
     if not bool(torch.isfinite(logits).all()):
         raise ValueError("logits contain NaN or infinity; ranks would be meaningless (check the model's outputs)")
@@ -102,7 +104,9 @@ def classification_metrics_from_ranks(
     return metrics
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, top_k: Sequence[int] = (1, 5)) -> dict[str, float]:
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, top_k: Sequence[int] = (1, 5)
+) -> dict[str, float]:
     """``classification_metrics_from_ranks`` on logits (N, C) and labels (N,)."""
     return classification_metrics_from_ranks(true_class_rank(logits, labels), labels, logits.shape[1], top_k)
 
@@ -177,9 +181,10 @@ def retrieval_metrics(
 
     Returns ``{"recall@1": ..., "recall@5": ..., "recall@10": ..., "map@10": ..., "num_queries": Q}``.
     """
-    if query_embeddings.ndim != 2 or gallery_embeddings.ndim != 2 or query_embeddings.shape[1] != gallery_embeddings.shape[1]:
+    query_shape, gallery_shape = tuple(query_embeddings.shape), tuple(gallery_embeddings.shape)
+    if len(query_shape) != 2 or len(gallery_shape) != 2 or query_shape[1] != gallery_shape[1]:
         raise ValueError(
-            f"query_embeddings {tuple(query_embeddings.shape)} and gallery_embeddings {tuple(gallery_embeddings.shape)} "
+            f"query_embeddings {query_shape} and gallery_embeddings {gallery_shape} "
             "must be (Q, E) and (G, E) with the same E"
         )
     num_queries, num_gallery = query_embeddings.shape[0], gallery_embeddings.shape[0]
@@ -189,7 +194,9 @@ def retrieval_metrics(
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     cutoffs = list(recall_ks) + ([map_k] if map_k is not None else [])
     if not cutoffs or min(cutoffs) < 1:
-        raise ValueError(f"recall_ks {tuple(recall_ks)} and map_k {map_k} must be at least 1, and at least one must be given")
+        raise ValueError(
+            f"recall_ks {tuple(recall_ks)} and map_k {map_k} must be at least 1, and at least one must be given"
+        )
 
     by_index = query_to_gallery is not None
     by_label = query_labels is not None or gallery_labels is not None
@@ -200,7 +207,9 @@ def retrieval_metrics(
             raise ValueError(f"query_to_gallery must be an integer tensor ({num_queries},), got "
                              f"{query_to_gallery.dtype} {tuple(query_to_gallery.shape)}")
         if int(query_to_gallery.min()) < 0 or int(query_to_gallery.max()) >= num_gallery:
-            raise ValueError(f"query_to_gallery indices must be in [0, {num_gallery - 1}] (the gallery has {num_gallery} items)")
+            raise ValueError(
+                f"query_to_gallery indices must be in [0, {num_gallery - 1}] (the gallery has {num_gallery} items)"
+            )
     elif query_labels.shape != (num_queries,) or gallery_labels.shape != (num_gallery,):
         raise ValueError(f"query_labels {tuple(query_labels.shape)} and gallery_labels {tuple(gallery_labels.shape)} "
                          f"must be ({num_queries},) and ({num_gallery},)")
@@ -210,7 +219,9 @@ def retrieval_metrics(
             raise ValueError(f"{name} contain NaN or infinity; ranks would be meaningless (check the model's outputs)")
 
     device = query_embeddings.device
-    score_dtype = torch.promote_types(torch.promote_types(query_embeddings.dtype, gallery_embeddings.dtype), torch.float32)
+    # float32 at least: half-precision similarities tie far more often than the model means them to.
+    score_dtype = torch.promote_types(query_embeddings.dtype, gallery_embeddings.dtype)
+    score_dtype = torch.promote_types(score_dtype, torch.float32)
     gallery = gallery_embeddings.to(device, score_dtype)  # (G, E)
     # Only the K best relevant and K best irrelevant scores of a query can decide
     # whether a relevant item lands in the top K; more is never needed.
@@ -221,7 +232,9 @@ def retrieval_metrics(
     for start in range(0, num_queries, chunk_size):
         end = min(start + chunk_size, num_queries)
         scores = query_embeddings[start:end].to(score_dtype) @ gallery.T  # (q, G)
-        relevant = _relevance_chunk(start, end, num_gallery, query_to_gallery, query_labels, gallery_labels, device)  # (q, G)
+        relevant = _relevance_chunk(  # (q, G)
+            start, end, num_gallery, query_to_gallery, query_labels, gallery_labels, device
+        )
         num_relevant = relevant.sum(dim=1)  # (q,)
         if not bool((num_relevant > 0).all()):
             query = start + int((num_relevant == 0).nonzero()[0])
@@ -234,7 +247,8 @@ def retrieval_metrics(
         relevant_valid = position[None, :] <= num_relevant[:, None]  # (q, K) slot m holds a real relevant item
         irrelevant_valid = position[None, :] <= num_irrelevant[:, None]  # (q, K) slot holds a real irrelevant item
         # Irrelevant items scoring >= the m-th best relevant one, each sitting before it (pessimistic ties).
-        outscoring = (best_irrelevant[:, None, :] >= best_relevant[:, :, None]) & irrelevant_valid[:, None, :]  # (q, K, K)
+        outscoring = best_irrelevant[:, None, :] >= best_relevant[:, :, None]  # (q, K, K)
+        outscoring &= irrelevant_valid[:, None, :]
         # Exact while below K; once it reaches K the item ranks past K anyway.
         ranks = position[None, :] + outscoring.sum(dim=2)  # (q, K) rank of the m-th best relevant item
 

@@ -69,17 +69,23 @@ def _placeholder_name(template: str, index: int | None = None) -> str:
     """The name of the single placeholder of ``template`` ("" for ``{}``), or ValueError saying what is wrong."""
     where = f"template {index} ({template!r})" if index is not None else f"template {template!r}"
     try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+        parsed = list(string.Formatter().parse(template))  # (literal, name, spec, conversion) per piece
     except ValueError as error:  # unmatched braces, e.g. "a {} }"
-        raise ValueError(f"{where} is not a valid format string ({error}); write literal braces as '{{{{' and '}}}}'") from None
+        raise ValueError(
+            f"{where} is not a valid format string ({error}); write literal braces as '{{{{' and '}}}}'"
+        ) from None
+    fields = [(name, spec, conversion) for _, name, spec, conversion in parsed if name is not None]
     if len(fields) != 1:
         raise ValueError(
-            f"{where} has {len(fields)} placeholders; it needs exactly one, '{{}}' or '{{label}}', where the class name goes"
+            f"{where} has {len(fields)} placeholders; "
+            "it needs exactly one, '{}' or '{label}', where the class name goes"
         )
     name, spec, conversion = fields[0]
     if name not in _PLACEHOLDER_NAMES or spec or conversion:
-        raise ValueError(f"{where} has placeholder {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}; "
-                         "use '{}' or '{label}' with no conversion or format spec")
+        written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        raise ValueError(
+            f"{where} has placeholder {written}; use '{{}}' or '{{label}}' with no conversion or format spec"
+        )
     return name
 
 

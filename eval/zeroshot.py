@@ -55,7 +55,9 @@ def build_zero_shot_weights(
         embeddings = encode_text(batch)
         if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or embeddings.shape[0] != len(batch):
             shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
-            raise ValueError(f"encode_text returned {shape} for {len(batch)} prompts; it must return a ({len(batch)}, E) tensor")
+            raise ValueError(
+                f"encode_text returned {shape} for {len(batch)} prompts; it must return a ({len(batch)}, E) tensor"
+            )
         # Each prompt counts equally in its class mean, whatever the norm the encoder gave it.
         chunks.append(F.normalize(embeddings.float(), dim=-1))
     prompt_embeddings = torch.cat(chunks)  # (C * T, E)
@@ -78,6 +80,8 @@ def zero_shot_logits(embeddings: torch.Tensor, weights: torch.Tensor, logit_scal
     return logit_scale * embeddings.to(dtype) @ weights.to(embeddings.device, dtype).T  # (N, C)
 
 
-def zero_shot_probabilities(embeddings: torch.Tensor, weights: torch.Tensor, logit_scale: float = 100.0) -> torch.Tensor:
+def zero_shot_probabilities(
+    embeddings: torch.Tensor, weights: torch.Tensor, logit_scale: float = 100.0
+) -> torch.Tensor:
     """Class probabilities (N, C): softmax over ``zero_shot_logits``."""
     return zero_shot_logits(embeddings, weights, logit_scale).softmax(dim=-1)

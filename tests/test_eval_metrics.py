@@ -82,7 +82,8 @@ def test_retrieval_single_relevant_item_with_ties():
         [0.7, 0.7, 0.2, 0.1],  # relevant 1: tied with item 0 -> rank 2 (pessimistic)
         [0.3, 0.8, 0.3, 0.9],  # relevant 2: behind 3, 1 and the tied 0 -> rank 4
     ])
-    metrics = retrieval_metrics(queries, gallery, query_to_gallery=torch.tensor([0, 1, 2]), recall_ks=(1, 2, 3, 4), map_k=10)
+    targets = torch.tensor([0, 1, 2])
+    metrics = retrieval_metrics(queries, gallery, query_to_gallery=targets, recall_ks=(1, 2, 3, 4), map_k=10)
     assert metrics["recall@1"] == pytest.approx(1 / 3)
     assert metrics["recall@2"] == pytest.approx(2 / 3)
     assert metrics["recall@3"] == pytest.approx(2 / 3)
@@ -165,7 +166,9 @@ def test_bidirectional_several_captions_per_image():
 def test_retrieval_input_errors():
     embeddings = torch.eye(3)
     with pytest.raises(ValueError, match="query 1 has no relevant gallery item"):
-        retrieval_metrics(embeddings, embeddings, query_labels=torch.tensor([0, 5, 1]), gallery_labels=torch.tensor([0, 1, 1]))
+        retrieval_metrics(
+            embeddings, embeddings, query_labels=torch.tensor([0, 5, 1]), gallery_labels=torch.tensor([0, 1, 1])
+        )
     with pytest.raises(ValueError, match="either as query_to_gallery"):
         retrieval_metrics(embeddings, embeddings)
     with pytest.raises(ValueError, match="either as query_to_gallery"):
