@@ -125,20 +125,35 @@ def mean_per_class_recall(logits: torch.Tensor, labels: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- retrieval
 
 
-def _relevance_chunk(
+def _best_relevant_and_irrelevant(
+    scores: torch.Tensor,
     start: int,
-    end: int,
-    num_gallery: int,
+    depth: int,
     query_to_gallery: torch.Tensor | None,
     query_labels: torch.Tensor | None,
     gallery_labels: torch.Tensor | None,
-    device: torch.device,
-) -> torch.Tensor:
-    """Relevance of the gallery to queries [start, end): bool (end - start, G)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per query of a chunk: its ``depth`` best relevant scores (q, K) and best irrelevant scores (q, K),
+    both descending and padded with -inf, and its number of relevant items (q,).
+
+    Overwrites ``scores`` (q, G) in place: it is a scratch chunk, and copying a (q, G)
+    matrix costs as much as computing it.
+    """
+    num_chunk, device = scores.shape[0], scores.device
     if query_to_gallery is not None:
-        gallery_index = torch.arange(num_gallery, device=device)  # (G,)
-        return query_to_gallery[start:end, None].to(device) == gallery_index[None, :]
-    return query_labels[start:end, None].to(device) == gallery_labels[None, :].to(device)
+        # One relevant item each: no (q, G) relevance mask is needed.
+        targets = query_to_gallery[start : start + num_chunk, None].to(device)  # (q, 1)
+        best_relevant = torch.full((num_chunk, depth), -torch.inf, device=device, dtype=scores.dtype)  # (q, K)
+        best_relevant[:, :1] = scores.gather(1, targets)
+        num_relevant = torch.ones(num_chunk, dtype=torch.long, device=device)  # (q,)
+        best_irrelevant = scores.scatter_(1, targets, -torch.inf).topk(depth, dim=1).values  # (q, K)
+        return best_relevant, best_irrelevant, num_relevant
+    chunk_labels = query_labels[start : start + num_chunk, None].to(device)  # (q, 1)
+    relevant = chunk_labels == gallery_labels[None, :].to(device)  # (q, G)
+    num_relevant = relevant.sum(dim=1)  # (q,)
+    best_relevant = torch.where(relevant, scores, -torch.inf).topk(depth, dim=1).values  # (q, K)
+    best_irrelevant = scores.masked_fill_(relevant, -torch.inf).topk(depth, dim=1).values  # (q, K)
+    return best_relevant, best_irrelevant, num_relevant
 
 
 def retrieval_metrics(
@@ -177,7 +192,7 @@ def retrieval_metrics(
         query_embeddings: (Q, E); gallery_embeddings: (G, E). Scored in float32 at least.
         recall_ks: the k of each recall@k.
         map_k: K of mAP@K; None leaves mAP out.
-        chunk_size: queries scored at once; peak memory is about chunk_size x G floats.
+        chunk_size: queries scored at once; peak memory is a few times chunk_size x G floats.
 
     Returns ``{"recall@1": ..., "recall@5": ..., "recall@10": ..., "map@10": ..., "num_queries": Q}``.
     """
@@ -232,18 +247,15 @@ def retrieval_metrics(
     for start in range(0, num_queries, chunk_size):
         end = min(start + chunk_size, num_queries)
         scores = query_embeddings[start:end].to(score_dtype) @ gallery.T  # (q, G)
-        relevant = _relevance_chunk(  # (q, G)
-            start, end, num_gallery, query_to_gallery, query_labels, gallery_labels, device
+        best_relevant, best_irrelevant, num_relevant = _best_relevant_and_irrelevant(  # (q, K), (q, K), (q,)
+            scores, start, depth, query_to_gallery, query_labels, gallery_labels
         )
-        num_relevant = relevant.sum(dim=1)  # (q,)
         if not bool((num_relevant > 0).all()):
             query = start + int((num_relevant == 0).nonzero()[0])
             raise ValueError(f"query {query} has no relevant gallery item; every query needs at least one "
                              "(check the labels, or that the gallery covers every query's class)")
         num_irrelevant = num_gallery - num_relevant  # (q,)
 
-        best_relevant = scores.masked_fill(~relevant, -torch.inf).topk(depth, dim=1).values  # (q, K) descending
-        best_irrelevant = scores.masked_fill(relevant, -torch.inf).topk(depth, dim=1).values  # (q, K) descending
         relevant_valid = position[None, :] <= num_relevant[:, None]  # (q, K) slot m holds a real relevant item
         irrelevant_valid = position[None, :] <= num_irrelevant[:, None]  # (q, K) slot holds a real irrelevant item
         # Irrelevant items scoring >= the m-th best relevant one, each sitting before it (pessimistic ties).
