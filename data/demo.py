@@ -15,7 +15,7 @@ Layout under the cache directory (each split folder has its ``sizes.json``)::
 
     image-train/image-train-000000.tar ...   4,000 images (400 per digit)
     image-val/image-val-000000.tar ...       1,000 other images (100 per digit)
-    audio-train/audio-train-000000.tar ...   2,880 clips: 12 voices x 10 digits x 24 rate/pitch draws
+    audio-train/audio-train-000000.tar ...   2,800 clips: 20 voices x 10 digits x 14 rate/pitch draws
     audio-val/audio-val-000000.tar           400 clips: 4 held-out voices x 10 digits x 10 draws
     audio-real/audio-real-000000.tar         10 human recordings
     captions.txt                             the training captions, one per line (to train a tokenizer)
@@ -52,12 +52,15 @@ import numpy as np
 
 from data.writer import SampleSource, write_shards
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # bump whenever the content changes: a cached older build is then rebuilt
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("image-train", "image-val", "audio-train", "audio-val", "audio-real")
 
 # Voices are "accent+variant"; held-out voices use variants never heard in training.
 # (espeak-ng has eight English accents, so accents are shared; variants are not.)
+# Many voices with fewer draws each generalise better to unheard voices than few
+# voices with many draws: a small supervised CNN reached 93-95% on the held-out
+# voices with 20 x 14 against 80-93% with 12 x 24 clips per digit.
 TRAIN_VOICES = (
     "en+m1",
     "en-us+m2",
@@ -71,6 +74,14 @@ TRAIN_VOICES = (
     "en-gb-x-gbclan+Annie",
     "en-gb-x-gbcwmd+Andy",
     "en+klatt2",
+    "en-us+Alex",
+    "en-gb-x-rp+belinda",
+    "en+edward",
+    "en-029+grandma",
+    "en-us-nyc+linda",
+    "en-gb-scotland+john",
+    "en+aunty",
+    "en-us+robert",
 )
 VALIDATION_VOICES = (
     "en-us+m7",
@@ -79,7 +90,7 @@ VALIDATION_VOICES = (
     "en-gb-x-gbclan+Michael",
 )
 # Draws of (rate, pitch, pitch range) per voice and digit, at scale 1.
-TRAIN_CLIPS_PER_VOICE_DIGIT = 24
+TRAIN_CLIPS_PER_VOICE_DIGIT = 14
 VALIDATION_CLIPS_PER_VOICE_DIGIT = 10
 VALIDATION_IMAGES_PER_DIGIT = 100  # of the 500 per digit; the other 400 train
 RATE_RANGE = (130, 230)  # words per minute
@@ -146,7 +157,7 @@ class DemoPaths:
 
 
 def default_cache_dir(scale: float = 1.0, seed: int = 0) -> Path:
-    """``$MULTIMODAL_CACHE/demo-v1`` (default cache root: ``~/.cache/multimodal``)."""
+    """``$MULTIMODAL_CACHE/demo-v2`` (default cache root: ``~/.cache/multimodal``)."""
     root = os.environ.get("MULTIMODAL_CACHE")
     if root:
         base = Path(root).expanduser()

