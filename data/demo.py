@@ -189,7 +189,9 @@ def build_demo(
 
     The build goes to a temporary sibling folder, ends by writing the ``COMPLETE``
     marker and is then renamed into place, so an interrupted build is never
-    used: the next call builds again.
+    used: the next call builds again. Processes building at once each use their
+    own temporary folder and the first to finish wins; in a multi-process run,
+    build on the main process first to save the duplicated work.
     """
     if not 0 < scale <= 1:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
