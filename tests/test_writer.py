@@ -75,6 +75,8 @@ def caption_folder(tmp_path):
     (root / "both.txt").write_text("a picture and its sound", encoding="utf-8")
     (root / "broken.png").write_bytes(b"\x89PNG this is not an image")
     (root / "broken.txt").write_text("should be skipped", encoding="utf-8")
+    (root / "sub" / "bad.flac").write_bytes(b"fLaC truncated")
+    (root / "sub" / "bad.txt").write_text("should be skipped too", encoding="utf-8")
     (root / "nocaption.png").write_bytes(png_bytes(3))
     (root / "orphan.txt").write_text("caption without media", encoding="utf-8")
     (root / "odd.bmp").write_bytes(b"BM")
@@ -97,14 +99,15 @@ def test_folder_with_caption_files(caption_folder, tmp_path):
     assert set(samples["both"]) == {"png", "flac", "txt"}
     assert samples["sub__clip_one"]["flac"] == (caption_folder / "sub" / "clip one.flac").read_bytes()
     reasons = {Path(origin.rstrip(".*")).name: reason for origin, reason in result.skipped}
-    assert set(reasons) == {"broken", "nocaption", "orphan", "odd"}
+    assert set(reasons) == {"broken", "bad", "nocaption", "orphan", "odd"}
     assert "png does not decode" in reasons["broken"]
+    assert "flac does not decode" in reasons["bad"]
     assert "no caption" in reasons["nocaption"]
     assert "no image or audio file" in reasons["orphan"]
     assert "unsupported file type '.bmp'" in reasons["odd"]
     # The callback saw every sample; the final counts add up.
-    assert [p.processed for p in progress] == list(range(1, 8))
-    assert progress[-1].written == 3 and progress[-1].skipped == 4 and progress[-1].total == 7
+    assert [p.processed for p in progress] == list(range(1, 9))
+    assert progress[-1].written == 3 and progress[-1].skipped == 5 and progress[-1].total == 8
 
 
 def test_folder_with_class_subfolders(tmp_path):
