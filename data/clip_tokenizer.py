@@ -78,7 +78,7 @@ def default_vocab_path() -> Path:
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 bytes to printable characters (CLIP's base vocabulary, in id order)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     byte_values = printable[:]
     code_points = printable[:]
     extra = 0
@@ -173,8 +173,9 @@ class ClipTokenizer:
         )
         if found != (START_OF_TEXT_ID, END_OF_TEXT_ID, VOCAB_SIZE):
             raise ValueError(
-                f"this is not a CLIP tokenizer: (start-of-text id, end-of-text id, vocabulary size) = {found}, expected "
-                f"{(START_OF_TEXT_ID, END_OF_TEXT_ID, VOCAB_SIZE)}; build one with ClipTokenizer.from_bpe_file()"
+                "this is not a CLIP tokenizer: (start-of-text id, end-of-text id, vocabulary size) = "
+                f"{found}, expected {(START_OF_TEXT_ID, END_OF_TEXT_ID, VOCAB_SIZE)}; "
+                "build one with ClipTokenizer.from_bpe_file()"
             )
         tokenizer.no_truncation()
         tokenizer.no_padding()
