@@ -1,0 +1,298 @@
+"""Audio preprocessing: bytes -> waveform -> mono -> resample -> crop -> log-mel frames (T, F).
+
+One implementation for training, evaluation and the inference API: each step is a
+plain function of tensors, usable on a single file outside any pipeline.
+
+The features are Kaldi-compatible log-mel filterbanks, as AST computes them with
+``torchaudio.compliance.kaldi.fbank(waveform, htk_compat=True, sample_frequency=sr,
+use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0,
+frame_shift=10)``, then normalised as ``(x - norm_mean) / (2 * norm_std)``.
+:func:`fbank` computes the same numbers as that call (a test holds them equal)
+with fewer passes over the frames and its window and mel matrix cached.
+
+Lengths: a clip yields its true number of frames, never padded here; collation pads
+a batch and marks the padding in ``audio_padding_mask``, so a clip's features are
+the same alone or batched.
+
+- Training (:func:`train_audio_features`): a random crop of ``max_frames`` worth of
+  samples when the clip is longer; shorter clips are kept whole; optional
+  SpecAugment masks.
+- Evaluation (:func:`eval_audio_windows`): the whole clip, cut into windows of
+  ``max_frames`` frames. The windows start at 0, max_frames, 2 * max_frames ...;
+  when the clip does not divide evenly, the last window is taken to *end at the
+  clip's end* (it overlaps the one before it) so every window of a long clip is
+  full length. A clip no longer than ``max_frames`` is one window of its own length.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import random
+
+import soundfile
+import torch
+import torchaudio
+
+from data.config import AudioPreprocessConfig
+
+# Kaldi's filterbank settings that AST uses; those not in AudioPreprocessConfig are fixed here.
+PREEMPHASIS = 0.97
+LOW_FREQ = 20.0
+EPSILON = torch.finfo(torch.float32).eps  # Kaldi floors mel energies at float epsilon before the log
+
+
+def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
+    """Decodes an audio file's bytes (wav, flac, ogg, mp3, ...) with soundfile.
+
+    Returns ``(waveform, sample_rate)``: waveform float32 (channels, samples) in [-1, 1]
+    for integer formats. Raises ValueError when the bytes do not decode or the
+    samples are not finite.
+    """
+    try:
+        samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as error:
+        raise ValueError(f"cannot decode audio ({len(data)} bytes): {error}") from error
+    waveform = torch.from_numpy(samples.T.copy())  # (C, N)
+    if waveform.numel() and not bool(torch.isfinite(waveform).all()):
+        raise ValueError("decoded audio holds NaN or infinite samples")
+    return waveform, int(sample_rate)
+
+
+def to_mono(waveform: torch.Tensor) -> torch.Tensor:
+    """(channels, samples) or (samples,) -> (samples,): the mean over channels."""
+    if waveform.ndim == 1:
+        return waveform
+    if waveform.ndim != 2:
+        raise ValueError(f"expected a waveform (channels, samples) or (samples,), got shape {tuple(waveform.shape)}")
+    return waveform[0] if waveform.shape[0] == 1 else waveform.mean(dim=0)
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
+    # The module holds the sinc kernel, which functional.resample would rebuild on every call.
+    return torchaudio.transforms.Resample(orig_freq, new_freq)
+
+
+def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
+    """``torchaudio.functional.resample`` with its default filter, kernel cached per rate pair."""
+    if orig_freq <= 0 or new_freq <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_freq} -> {new_freq}")
+    if orig_freq == new_freq:
+        return waveform
+    with torch.no_grad():
+        return _resampler(int(orig_freq), int(new_freq))(waveform)
+
+
+def load_waveform(
+    data: bytes | torch.Tensor, config: AudioPreprocessConfig, sample_rate: int | None = None
+) -> torch.Tensor:
+    """Bytes or a waveform tensor -> mono float32 (samples,) at ``config.sample_rate``.
+
+    A tensor must be (samples,) or (channels, samples) with its ``sample_rate`` given.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        waveform, sample_rate = decode_audio(bytes(data))
+    elif isinstance(data, torch.Tensor):
+        if sample_rate is None:
+            raise ValueError("a waveform tensor needs its sample_rate")
+        waveform = data.to(torch.float32)
+    else:
+        raise TypeError(f"expected audio bytes or a waveform tensor, got {type(data).__name__}")
+    return resample(to_mono(waveform), sample_rate, config.sample_rate)
+
+
+# Filterbank ----------------------------------------------------------------------------
+
+
+def frame_geometry(config: AudioPreprocessConfig) -> tuple[int, int, int]:
+    """(window_size, window_shift, fft_size) in samples, computed as Kaldi does."""
+    window_size = int(config.sample_rate * config.frame_length_ms * 0.001)
+    window_shift = int(config.sample_rate * config.frame_shift_ms * 0.001)
+    fft_size = 1 if window_size == 0 else 2 ** (window_size - 1).bit_length()
+    return window_size, window_shift, fft_size
+
+
+def num_frames(num_samples: int, config: AudioPreprocessConfig) -> int:
+    """Frames Kaldi makes from ``num_samples`` (snip_edges: only frames that fit entirely)."""
+    window_size, window_shift, _ = frame_geometry(config)
+    return 0 if num_samples < window_size else 1 + (num_samples - window_size) // window_shift
+
+
+def samples_for_frames(frames: int, config: AudioPreprocessConfig) -> int:
+    """The fewest samples that give ``frames`` frames."""
+    window_size, window_shift, _ = frame_geometry(config)
+    return window_size + (frames - 1) * window_shift
+
+
+@functools.lru_cache(maxsize=8)
+def _filterbank_constants(
+    sample_rate: int, num_mel_bins: int, window_size: int, fft_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Hann window (window_size,) and the mel matrix transposed (fft_size // 2 + 1, num_mel_bins)."""
+    window = torch.hann_window(window_size, periodic=False, dtype=torch.float32)
+    mel_banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
+        num_mel_bins, fft_size, float(sample_rate), LOW_FREQ, 0.0, 100.0, -500.0, 1.0
+    )  # (F, fft_size // 2): Kaldi leaves the Nyquist bin out
+    mel_matrix = torch.nn.functional.pad(mel_banks.to(torch.float32), (0, 1)).T.contiguous()  # (fft_size // 2 + 1, F)
+    return window, mel_matrix
+
+
+def fbank(waveform: torch.Tensor, config: AudioPreprocessConfig) -> torch.Tensor:
+    """Kaldi log-mel filterbank (T, F) of a mono waveform (samples,) at ``config.sample_rate``.
+
+    Equal (to float32 rounding) to ``kaldi.fbank(waveform[None], htk_compat=True,
+    sample_frequency=sr, use_energy=False, window_type="hanning", num_mel_bins=F,
+    dither=0.0, frame_length=..., frame_shift=...)``: per-frame DC removal,
+    pre-emphasis 0.97, symmetric Hann window, zero-padded power-of-two FFT, power
+    spectrum, Kaldi's triangular mel banks from 20 Hz to Nyquist, log floored at
+    float epsilon. Raises ValueError for a clip shorter than one frame.
+    """
+    if waveform.ndim != 1:
+        raise ValueError(f"fbank expects a mono waveform (samples,), got shape {tuple(waveform.shape)}")
+    window_size, window_shift, fft_size = frame_geometry(config)
+    if waveform.shape[0] < window_size:
+        raise ValueError(
+            f"audio of {waveform.shape[0]} samples is shorter than one {config.frame_length_ms} ms frame "
+            f"({window_size} samples at {config.sample_rate} Hz)"
+        )
+    window, mel_matrix = _filterbank_constants(config.sample_rate, config.num_mel_bins, window_size, fft_size)
+    waveform = waveform.to(torch.float32)
+    frames = waveform.unfold(0, window_size, window_shift)  # (T, W) view
+    frames = frames - frames.mean(dim=1, keepdim=True)  # (T, W)
+    # Pre-emphasis with Kaldi's edge rule: the first sample is its own predecessor.
+    emphasised = torch.empty_like(frames)
+    torch.sub(frames[:, 1:], frames[:, :-1], alpha=PREEMPHASIS, out=emphasised[:, 1:])
+    torch.mul(frames[:, :1], 1.0 - PREEMPHASIS, out=emphasised[:, :1])
+    emphasised.mul_(window)
+    spectrum = torch.fft.rfft(emphasised, n=fft_size)  # (T, fft_size // 2 + 1) complex
+    power = torch.view_as_real(spectrum).square_().sum(dim=-1)  # (T, fft_size // 2 + 1)
+    mel = power @ mel_matrix  # (T, F)
+    return mel.clamp_min_(EPSILON).log_()
+
+
+def kaldi_fbank(waveform: torch.Tensor, config: AudioPreprocessConfig) -> torch.Tensor:
+    """The reference: ``torchaudio.compliance.kaldi.fbank`` with AST's settings, (samples,) -> (T, F)."""
+    return torchaudio.compliance.kaldi.fbank(
+        waveform[None].to(torch.float32),
+        htk_compat=True,
+        sample_frequency=float(config.sample_rate),
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=config.num_mel_bins,
+        dither=0.0,
+        frame_length=config.frame_length_ms,
+        frame_shift=config.frame_shift_ms,
+    )
+
+
+def normalize_fbank(features: torch.Tensor, config: AudioPreprocessConfig) -> torch.Tensor:
+    """AST's normalisation, in place: ``(x - norm_mean) / (2 * norm_std)``."""
+    return features.sub_(config.norm_mean).div_(2.0 * config.norm_std)
+
+
+def spec_augment(features: torch.Tensor, config: AudioPreprocessConfig, rng: random.Random) -> torch.Tensor:
+    """SpecAugment in place on normalised frames (T, F): one frequency band and one time span set to 0.
+
+    Widths are drawn uniformly from [0, freq_mask] and [0, time_mask] (torchaudio's
+    masking rule); 0 after normalisation is the data set's mean. A width of 0 in the
+    config turns that mask off.
+    """
+    num_time, num_freq = features.shape
+    for width_max, size, dim in ((config.freq_mask, num_freq, 1), (config.time_mask, num_time, 0)):
+        if width_max <= 0:
+            continue
+        width = int(rng.random() * min(width_max, size))
+        start = int(rng.random() * (size - width))
+        features.narrow(dim, start, width).zero_()
+    return features
+
+
+def train_audio_features(
+    waveform: torch.Tensor, config: AudioPreprocessConfig, rng: random.Random
+) -> torch.Tensor:
+    """Training features of a mono waveform at ``config.sample_rate``: random crop, fbank, normalise, SpecAugment.
+
+    Returns (T, F) with T <= max_frames (T < max_frames only for clips shorter than
+    one window: they are not padded here).
+    """
+    crop_samples = samples_for_frames(config.max_frames, config)
+    if waveform.shape[0] > crop_samples:
+        start = rng.randrange(waveform.shape[0] - crop_samples + 1)
+        waveform = waveform[start : start + crop_samples]
+    features = normalize_fbank(fbank(waveform, config), config)
+    if config.freq_mask > 0 or config.time_mask > 0:
+        spec_augment(features, config, rng)
+    return features
+
+
+def eval_audio_windows(waveform: torch.Tensor, config: AudioPreprocessConfig) -> list[torch.Tensor]:
+    """Evaluation features of a mono waveform: the whole clip as windows of at most ``max_frames`` frames.
+
+    The filterbank is computed once over the whole clip, then cut (its frames depend
+    only on their own samples, so a window equals the fbank of its own span).
+    Windows start every ``max_frames`` frames; the last one ends at the clip's end,
+    overlapping its neighbour when the length does not divide evenly. Returns a list
+    of normalised (T_i, F) tensors: one of T <= max_frames for a clip that fits in a
+    window, else full windows of exactly max_frames.
+    """
+    features = normalize_fbank(fbank(waveform, config), config)  # (T, F)
+    total = features.shape[0]
+    if total <= config.max_frames:
+        return [features]
+    starts = list(range(0, total - config.max_frames, config.max_frames)) + [total - config.max_frames]
+    return [features[start : start + config.max_frames] for start in starts]
+
+
+def audio_to_features(
+    data: bytes | torch.Tensor,
+    config: AudioPreprocessConfig,
+    *,
+    sample_rate: int | None = None,
+    train: bool = False,
+    rng: random.Random | None = None,
+) -> list[torch.Tensor] | torch.Tensor:
+    """One clip, as the inference API needs it: bytes or a waveform -> features.
+
+    Evaluation (``train=False``): the list of windows of :func:`eval_audio_windows`
+    (embed each and average). Training: one (T, F) tensor from
+    :func:`train_audio_features` with ``rng`` (a fresh unseeded one if None).
+    """
+    waveform = load_waveform(data, config, sample_rate)
+    if train:
+        return train_audio_features(waveform, config, rng if rng is not None else random.Random())
+    return eval_audio_windows(waveform, config)
+
+
+def collate_audio(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pads frames (T_i, F) to the longest: returns audio (B, T, F) and padding mask (B, T), True at padding."""
+    if not features:
+        raise ValueError("collate_audio needs at least one clip")
+    num_mel_bins = features[0].shape[1]
+    longest = max(clip.shape[0] for clip in features)
+    audio = features[0].new_zeros(len(features), longest, num_mel_bins)  # (B, T, F)
+    padding_mask = torch.ones(len(features), longest, dtype=torch.bool)  # (B, T)
+    for row, clip in enumerate(features):
+        if clip.ndim != 2 or clip.shape[1] != num_mel_bins:
+            raise ValueError(f"clip {row} has shape {tuple(clip.shape)}; expected (frames, {num_mel_bins})")
+        audio[row, : clip.shape[0]] = clip
+        padding_mask[row, : clip.shape[0]] = False
+    return audio, padding_mask
+
+
+__all__ = [
+    "audio_to_features",
+    "collate_audio",
+    "decode_audio",
+    "eval_audio_windows",
+    "fbank",
+    "frame_geometry",
+    "kaldi_fbank",
+    "load_waveform",
+    "normalize_fbank",
+    "num_frames",
+    "resample",
+    "samples_for_frames",
+    "spec_augment",
+    "to_mono",
+    "train_audio_features",
+]

@@ -1,0 +1,249 @@
+"""Image preprocessing: bytes -> uint8 (3, H, W) -> crop and resize -> normalised float (3, S, S).
+
+One implementation for training, evaluation and the inference API. The geometric
+step and the normalisation are separate functions so the data pipeline can carry
+uint8 crops between processes (4x fewer bytes than float) and normalise a whole batch
+at once; :func:`preprocess_image` chains the same two functions for a single image.
+
+- Training (:func:`train_crop`): RandomResizedCrop over ``train_crop_scale`` of the
+  area with aspect ratios in [3/4, 4/3] (torchvision's rule, drawn from a seeded
+  ``random.Random``), resized to ``image_size`` with ``config.interpolation``
+  (bicubic by default) and antialiasing.
+- Evaluation (:func:`eval_crop`): the shortest side resized to ``image_size``, then
+  the centre square cropped.
+- Normalisation (:func:`normalize_image`): ``(x / 255 - mean) / std`` for uint8,
+  ``(x - mean) / std`` for float images in [0, 1]; OpenAI CLIP's statistics by default.
+"""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import ImageReadMode
+
+from data.config import ImagePreprocessConfig
+
+_INTERPOLATIONS = {
+    "bicubic": TF.InterpolationMode.BICUBIC,
+    "bilinear": TF.InterpolationMode.BILINEAR,
+    "nearest": TF.InterpolationMode.NEAREST,
+}
+# torchvision's RandomResizedCrop aspect ratios (open_clip keeps them too).
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """Decodes JPEG, PNG, WebP or GIF bytes into uint8 (3, H, W), RGB.
+
+    Grayscale, palette and RGBA images become RGB (alpha dropped); 16-bit PNGs are
+    scaled to 8 bits; EXIF orientation is applied; an animated GIF gives its first
+    frame. Raises ValueError when the bytes are not a decodable image.
+    """
+    if len(data) == 0:
+        raise ValueError("cannot decode an image from empty bytes")
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        image = torchvision.io.decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError as error:
+        raise ValueError(f"cannot decode image ({len(data)} bytes): {error}") from error
+    if image.ndim == 4:  # animated GIF: (N, 3, H, W)
+        image = image[0]
+    if image.dtype != torch.uint8:
+        image = TF.to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
+def image_to_tensor(image: object) -> torch.Tensor:
+    """Anything the inference API accepts as an image -> (3, H, W) tensor, uint8 or float in [0, 1].
+
+    Accepted: encoded bytes; a file path (str or Path); a PIL image (any mode; converted
+    to RGB); a tensor (3, H, W) or (1, H, W) or (H, W), uint8 or floating in [0, 1];
+    a numpy array (H, W, 3), (H, W) uint8, as PIL and OpenCV give (OpenCV's BGR is not
+    detected: convert first).
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image))
+    if isinstance(image, (str, Path)):
+        return decode_image(Path(image).read_bytes())
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[2] in (1, 3, 4):
+            image = torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).permute(2, 0, 1)  # (C, H, W)
+        else:
+            image = torch.from_numpy(np.ascontiguousarray(image))
+    elif not isinstance(image, torch.Tensor):
+        try:
+            from PIL import Image
+        except ModuleNotFoundError:  # PIL is optional: without it no PIL image can exist either
+            Image = None
+        if Image is None or not isinstance(image, Image.Image):
+            raise TypeError(
+                f"cannot read an image from {type(image).__name__}: give bytes, a path, a PIL image, "
+                "a numpy array or a tensor"
+            )
+        array = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"expected an image tensor (3, H, W), (1, H, W) or (H, W), got shape {tuple(image.shape)}")
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    elif image.shape[0] == 4:
+        image = image[:3]
+    if image.is_floating_point():
+        low, high = float(image.min()), float(image.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"a float image must hold values in [0, 1], got [{low:.3g}, {high:.3g}]; "
+                "divide uint8 pixels by 255 or pass the uint8 tensor itself"
+            )
+    elif image.dtype != torch.uint8:
+        raise ValueError(f"an integer image must be uint8, got {image.dtype}")
+    return image
+
+
+def _interpolation(config: ImagePreprocessConfig) -> TF.InterpolationMode:
+    try:
+        return _INTERPOLATIONS[config.interpolation]
+    except KeyError:
+        raise ValueError(
+            f"unknown interpolation {config.interpolation!r}; choose one of {sorted(_INTERPOLATIONS)}"
+        ) from None
+
+
+def _antialias(mode: TF.InterpolationMode) -> bool:
+    return mode != TF.InterpolationMode.NEAREST
+
+
+def eval_crop(image: torch.Tensor, config: ImagePreprocessConfig) -> torch.Tensor:
+    """Shortest side resized to ``image_size``, then the centre square: (3, H, W) -> (3, S, S), same dtype."""
+    size = config.image_size
+    height, width = image.shape[-2:]
+    if min(height, width) != size:
+        mode = _interpolation(config)
+        image = TF.resize(image, [size], interpolation=mode, antialias=_antialias(mode))
+        height, width = image.shape[-2:]
+    if height != size or width != size:
+        image = TF.center_crop(image, [size, size])
+    return image
+
+
+def random_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], rng: random.Random
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (top, left, box_height, box_width), drawn from ``rng``.
+
+    Ten tries at an area fraction in ``scale`` and a log-uniform aspect ratio in
+    [3/4, 4/3]; if none fits, the centre crop of the whole image at the nearest
+    allowed ratio.
+    """
+    area = height * width
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect_ratio = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        box_width = int(round(math.sqrt(target_area * aspect_ratio)))
+        box_height = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < box_width <= width and 0 < box_height <= height:
+            top = rng.randint(0, height - box_height)
+            left = rng.randint(0, width - box_width)
+            return top, left, box_height, box_width
+    in_ratio = width / height
+    if in_ratio < CROP_RATIO[0]:
+        box_width, box_height = width, int(round(width / CROP_RATIO[0]))
+    elif in_ratio > CROP_RATIO[1]:
+        box_height, box_width = height, int(round(height * CROP_RATIO[1]))
+    else:
+        box_width, box_height = width, height
+    return (height - box_height) // 2, (width - box_width) // 2, box_height, box_width
+
+
+def train_crop(image: torch.Tensor, config: ImagePreprocessConfig, rng: random.Random) -> torch.Tensor:
+    """RandomResizedCrop to (3, S, S) with ``config.train_crop_scale``, drawn from ``rng``; same dtype."""
+    height, width = image.shape[-2:]
+    top, left, box_height, box_width = random_resized_crop_box(height, width, tuple(config.train_crop_scale), rng)
+    mode = _interpolation(config)
+    size = config.image_size
+    return TF.resized_crop(
+        image, top, left, box_height, box_width, [size, size], interpolation=mode, antialias=_antialias(mode)
+    )
+
+
+def _normalization(config: ImagePreprocessConfig, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with normalised = pixel * scale + shift, per channel (3, 1, 1)."""
+    pixel_range = 255.0 if dtype == torch.uint8 else 1.0
+    mean = torch.tensor(config.mean, dtype=torch.float64)
+    std = torch.tensor(config.std, dtype=torch.float64)
+    scale = (1.0 / (pixel_range * std)).to(torch.float32).view(3, 1, 1)
+    shift = (-mean / std).to(torch.float32).view(3, 1, 1)
+    return scale, shift
+
+
+def normalize_image(
+    images: torch.Tensor, config: ImagePreprocessConfig, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 pixels or floats in [0, 1], (..., 3, H, W) -> normalised float32, contiguous.
+
+    Computed as one multiply-add per channel (``pixel * 1/(range*std) - mean/std``),
+    the same for a single image and a batch. ``out``: a contiguous float32 tensor of
+    the same shape to write into (the loader recycles batch memory this way).
+    """
+    if images.ndim < 3 or images.shape[-3] != 3:
+        raise ValueError(f"expected images (..., 3, H, W), got shape {tuple(images.shape)}")
+    scale, shift = _normalization(config, images.dtype)
+    if out is None:
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    elif out.shape != images.shape or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be contiguous float32 {tuple(images.shape)}, got {out.dtype} {tuple(out.shape)}")
+    out.copy_(images)
+    return out.mul_(scale.to(out.device)).add_(shift.to(out.device))
+
+
+def preprocess_image(
+    image: object,
+    config: ImagePreprocessConfig,
+    *,
+    train: bool = False,
+    rng: random.Random | None = None,
+) -> torch.Tensor:
+    """One image (anything :func:`image_to_tensor` takes) -> normalised float (3, S, S).
+
+    Evaluation: :func:`eval_crop`; training: :func:`train_crop` with ``rng`` (a fresh
+    unseeded one if None). Then :func:`normalize_image`.
+    """
+    tensor = image_to_tensor(image)
+    if train:
+        cropped = train_crop(tensor, config, rng if rng is not None else random.Random())
+    else:
+        cropped = eval_crop(tensor, config)
+    return normalize_image(cropped, config)
+
+
+def collate_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """Stacks equal-size crops (3, S, S) into (B, 3, S, S), contiguous, keeping their dtype."""
+    if not images:
+        raise ValueError("collate_images needs at least one image")
+    first = images[0]
+    batch = torch.empty((len(images), *first.shape), dtype=first.dtype)
+    for row, image in enumerate(images):
+        if image.shape != first.shape:
+            raise ValueError(f"image {row} has shape {tuple(image.shape)}, image 0 {tuple(first.shape)}")
+        batch[row].copy_(image)
+    return batch
+
+
+__all__ = [
+    "collate_images",
+    "decode_image",
+    "eval_crop",
+    "image_to_tensor",
+    "normalize_image",
+    "preprocess_image",
+    "random_resized_crop_box",
+    "train_crop",
+]

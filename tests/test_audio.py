@@ -1,0 +1,199 @@
+"""Audio decoding, resampling, the Kaldi filterbank against torchaudio's, crops and evaluation windows."""
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+
+from data.audio import (
+    audio_to_features,
+    collate_audio,
+    decode_audio,
+    eval_audio_windows,
+    fbank,
+    kaldi_fbank,
+    load_waveform,
+    normalize_fbank,
+    num_frames,
+    resample,
+    samples_for_frames,
+    spec_augment,
+    to_mono,
+    train_audio_features,
+)
+from data.config import AudioPreprocessConfig
+
+
+def encode(waveform: np.ndarray, sample_rate: int, format: str, subtype: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, waveform, sample_rate, format=format, subtype=subtype)
+    return buffer.getvalue()
+
+
+def tone(seconds: float, sample_rate: int = 16000, frequency: float = 440.0, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    time_axis = torch.arange(int(seconds * sample_rate)) / sample_rate
+    noise = torch.randn(time_axis.shape, generator=generator) * 0.01
+    return (0.5 * torch.sin(2 * torch.pi * frequency * time_axis) + noise).to(torch.float32)
+
+
+@pytest.mark.parametrize("format, subtype", [("WAV", "FLOAT"), ("FLAC", "PCM_24")])
+def test_lossless_formats_round_trip(format, subtype):
+    stereo = np.stack([tone(0.1).numpy(), tone(0.1, frequency=220).numpy()], axis=1)  # (N, 2)
+    waveform, sample_rate = decode_audio(encode(stereo, 8000, format, subtype))
+    assert sample_rate == 8000 and waveform.shape == (2, stereo.shape[0]) and waveform.dtype == torch.float32
+    np.testing.assert_allclose(waveform.numpy(), stereo.T, atol=1e-6)
+
+
+@pytest.mark.parametrize("format, subtype", [("OGG", "VORBIS"), ("MP3", None)])
+def test_lossy_formats_decode(format, subtype):
+    waveform, sample_rate = decode_audio(encode(tone(0.5).numpy(), 16000, format, subtype))
+    assert sample_rate == 16000 and waveform.shape[0] == 1
+    assert abs(waveform.shape[1] - 8000) < 2000 and 0.2 < waveform.abs().max() < 1.0
+
+
+def test_undecodable_audio_raises_value_error():
+    with pytest.raises(ValueError, match="cannot decode audio"):
+        decode_audio(b"RIFF....WAVEfmt garbage")
+    with pytest.raises(ValueError, match="cannot decode audio"):
+        decode_audio(b"")
+
+
+def test_mono_and_resample_match_torchaudio():
+    stereo = torch.stack([tone(0.2, 22050), tone(0.2, 22050, frequency=300)])
+    assert torch.equal(to_mono(stereo), stereo.mean(dim=0))
+    assert torch.equal(to_mono(stereo[:1]), stereo[0])
+    expected = torchaudio.functional.resample(stereo.mean(dim=0), 22050, 16000)
+    torch.testing.assert_close(resample(stereo.mean(dim=0), 22050, 16000), expected)
+    config = AudioPreprocessConfig()
+    torch.testing.assert_close(load_waveform(stereo, config, sample_rate=22050), expected)
+    with pytest.raises(ValueError, match="sample_rate"):
+        load_waveform(stereo, config)
+
+
+def assert_fbank_equal(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    """Equal log-mel energies, where a bin's energy is not lost in float32 rounding of its frame.
+
+    Bins below a millionth of their frame's strongest bin carry rounding noise only,
+    in both implementations; there the energies must still agree to that precision.
+    """
+    assert ours.shape == reference.shape
+    energy, reference_energy = ours.double().exp(), reference.double().exp()
+    frame_peak = reference_energy.amax(dim=1, keepdim=True)
+    assert bool(((energy - reference_energy).abs() <= 1e-4 * reference_energy + 1e-6 * frame_peak).all())
+    strong = reference_energy > 1e-3 * frame_peak
+    torch.testing.assert_close(ours[strong], reference[strong], rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize(
+    "num_samples, num_mel_bins, sample_rate",
+    [(16000, 128, 16000), (16000 * 3 + 77, 128, 16000), (400, 64, 16000), (32000, 64, 32000)],
+)
+def test_fbank_equals_kaldi_fbank(num_samples, num_mel_bins, sample_rate):
+    config = AudioPreprocessConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins)
+    generator = torch.Generator().manual_seed(num_samples)
+    waveform = tone(num_samples / sample_rate, sample_rate)[:num_samples] + 0.1 * torch.randn(
+        num_samples, generator=generator
+    )
+    ours, reference = fbank(waveform, config), kaldi_fbank(waveform, config)
+    assert ours.shape == (num_frames(num_samples, config), num_mel_bins)
+    assert_fbank_equal(ours, reference)
+
+
+def test_kaldi_fbank_is_called_with_asts_settings():
+    config = AudioPreprocessConfig()
+    waveform = tone(0.5)
+    direct = torchaudio.compliance.kaldi.fbank(
+        waveform[None], htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
+        num_mel_bins=128, dither=0.0, frame_shift=10,
+    )
+    assert torch.equal(kaldi_fbank(waveform, config), direct)
+    assert_fbank_equal(fbank(waveform, config), direct)
+
+
+def test_fbank_rejects_clips_shorter_than_a_frame():
+    with pytest.raises(ValueError, match="shorter than one 25.0 ms frame"):
+        fbank(torch.zeros(399), AudioPreprocessConfig())
+
+
+def test_frame_arithmetic():
+    config = AudioPreprocessConfig()
+    assert samples_for_frames(1024, config) == 400 + 1023 * 160
+    assert num_frames(samples_for_frames(1024, config), config) == 1024
+    assert num_frames(samples_for_frames(1024, config) - 1, config) == 1023
+    assert num_frames(160_000, config) == 998
+
+
+def test_train_features_crop_long_clips_keep_short_ones_and_are_seeded():
+    config = AudioPreprocessConfig(max_frames=50, num_mel_bins=32)
+    long_clip, short_clip = tone(2.0), tone(0.2)
+    first = train_audio_features(long_clip, config, random.Random(1))
+    assert first.shape == (50, 32)
+    assert torch.equal(first, train_audio_features(long_clip, config, random.Random(1)))
+    assert not torch.equal(first, train_audio_features(long_clip, config, random.Random(2)))
+    whole = normalize_fbank(fbank(short_clip, config), config)
+    assert torch.equal(train_audio_features(short_clip, config, random.Random(0)), whole)
+    # The crop is a span of the clip: its frames equal the fbank of that span.
+    rng = random.Random(1)
+    start = rng.randrange(long_clip.shape[0] - samples_for_frames(50, config) + 1)
+    span = long_clip[start : start + samples_for_frames(50, config)]
+    assert torch.equal(first, normalize_fbank(fbank(span, config), config))
+
+
+def test_normalisation_is_asts():
+    config = AudioPreprocessConfig()
+    features = torch.randn(5, 128)
+    expected = (features - config.norm_mean) / (2 * config.norm_std)
+    torch.testing.assert_close(normalize_fbank(features.clone(), config), expected)
+
+
+def test_spec_augment_masks_bands_and_is_off_at_zero():
+    features = torch.randn(100, 64) + 5
+    off = AudioPreprocessConfig(num_mel_bins=64)
+    assert torch.equal(spec_augment(features.clone(), off, random.Random(0)), features)
+    on = AudioPreprocessConfig(num_mel_bins=64, freq_mask=20, time_mask=30)
+    masked_any = False
+    for seed in range(20):
+        masked = spec_augment(features.clone(), on, random.Random(seed))
+        zero_columns = (masked == 0).all(dim=0).sum().item()
+        zero_rows = (masked == 0).all(dim=1).sum().item()
+        assert zero_columns <= 20 and zero_rows <= 30
+        masked_any |= zero_columns > 0 and zero_rows > 0
+        kept = masked != 0
+        assert torch.equal(masked[kept], features[kept])
+    assert masked_any
+
+
+def test_eval_windows_cover_the_whole_clip():
+    config = AudioPreprocessConfig(max_frames=40, num_mel_bins=32)
+    clip = tone(1.0)  # 98 frames: windows [0, 40), [40, 80), [58, 98)
+    whole = normalize_fbank(fbank(clip, config), config)
+    windows = eval_audio_windows(clip, config)
+    assert [w.shape[0] for w in windows] == [40, 40, 40]
+    assert torch.equal(windows[0], whole[:40]) and torch.equal(windows[1], whole[40:80])
+    assert torch.equal(windows[2], whole[58:98])
+    # A window is exactly the features of its own span of samples.
+    span = clip[58 * 160 : 58 * 160 + samples_for_frames(40, config)]
+    assert_fbank_equal(windows[2], normalize_fbank(fbank(span, config), config))
+    short = eval_audio_windows(tone(0.3), config)
+    assert len(short) == 1 and short[0].shape == (num_frames(4800, config), 32)
+    exact = eval_audio_windows(clip[: samples_for_frames(80, config)], config)
+    assert [w.shape[0] for w in exact] == [40, 40]
+
+
+def test_eval_features_are_identical_alone_and_batched():
+    config = AudioPreprocessConfig(max_frames=60, num_mel_bins=32)
+    clips = [tone(0.25, seed=1), tone(0.45, frequency=900, seed=2), tone(0.1, frequency=300, seed=3)]
+    alone = [audio_to_features(encode(c.numpy(), 16000, "FLAC"), config)[0] for c in clips]
+    audio, padding_mask = collate_audio(alone)
+    assert audio.shape == (3, max(a.shape[0] for a in alone), 32)
+    for row, features in enumerate(alone):
+        length = features.shape[0]
+        assert torch.equal(audio[row, :length], features)
+        assert not padding_mask[row, :length].any() and padding_mask[row, length:].all()
+        assert (audio[row, length:] == 0).all()
