@@ -87,6 +87,14 @@ class ModelConfig:
         return math.log(1 / 0.07) if self.loss == "infonce" else math.log(10.0)
 
 
+def average_windows(window_embeddings: torch.Tensor, window_clip: torch.Tensor) -> torch.Tensor:
+    """Mean embedding per sample (B, E) of windows (W, E), where ``window_clip`` (W,) gives each window's sample."""
+    num_clips = int(window_clip.max()) + 1
+    sums = window_embeddings.new_zeros(num_clips, window_embeddings.shape[1]).index_add_(0, window_clip, window_embeddings)
+    counts = torch.bincount(window_clip, minlength=num_clips).clamp_min(1).to(sums.dtype)
+    return sums / counts[:, None]
+
+
 _ENCODER_CLASSES = {"text": TextEncoder, "image": VisionEncoder, "audio": AudioEncoder}
 
 
@@ -149,15 +157,22 @@ class MultimodalModel(nn.Module):
         ``inputs`` is the modality's tensor (text ids (B, L), images (B, 3, H, W), log-mel
         frames (B, T, F)) or a batch dict holding it under the modality's name (and its
         optional ``{modality}_padding_mask``), which is the protocol evaluation uses.
+        A batch dict may cover long clips by several windows: then ``{modality}`` has one
+        row per window, ``{modality}_window_clip`` (W,) names each window's sample, and
+        the result is the normalised mean of each sample's window embeddings.
         """
         if modality not in self.encoders:
             raise ValueError(f"unknown modality {modality!r}; this model encodes {self.modalities}")
+        window_clip = None
         if isinstance(inputs, dict):
             if modality not in inputs:
                 raise ValueError(f"batch has no {modality!r} entry; it holds {sorted(inputs)}")
             padding_mask = inputs.get(f"{modality}_padding_mask")
+            window_clip = inputs.get(f"{modality}_window_clip")
             inputs = inputs[modality]
         features = self.projections[modality](self.encoders[modality](inputs, padding_mask))
+        if window_clip is not None:
+            features = average_windows(F.normalize(features, dim=-1), window_clip)
         return F.normalize(features, dim=-1) if normalize else features
 
     def trained_pairs(self, modalities) -> list[str]:

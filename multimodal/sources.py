@@ -1,0 +1,186 @@
+"""What training reads: data configuration, the tokenizer, loaders with the model's preprocessing.
+
+``prepare(data_config, model_config)`` resolves a ``DataConfig`` into loaders for one
+run: the built-in demo when no training source is configured (built on first use),
+the tokenizer (a file, or trained on the demo's captions), a factory for the training
+stream (re-created with a new seed at every checkpoint, see train.py) and the
+evaluation sets.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data import demo as demo_data
+from data.pipeline import SourceSpec, make_loader
+from data.tokenizer import Tokenizer, read_caption_files
+from multimodal.evaluation import EvalSetConfig
+from multimodal.model import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceConfig:
+    """One training source: shards of paired samples and the modalities to read from them.
+
+    ``caption_keys`` lists where the caption may be, tried in order: a member's
+    extension (``txt``) or ``json:FIELD`` (a field of the .json member, as CLAP/WavCaps
+    shards store it). The default reads img2dataset and CLAP-style shards as they are.
+    """
+
+    shards: str
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    weight: float = 1.0
+    caption_keys: str = "txt;json:text;json:caption"
+
+
+@dataclass
+class DataConfig:
+    train: list[SourceConfig] = field(default_factory=list)  # empty: the built-in demo
+    eval: list[EvalSetConfig] = field(default_factory=list)  # with the demo and none given: the demo's sets
+    batch_size: int = 64  # per process and micro-batch
+    eval_batch_size: int = 250
+    num_workers: int = 1
+    tokenizer: str | None = None  # a tokenizer.json; None with the demo: trained on its captions
+    tokenizer_vocab_size: int = 512
+    demo_dir: str | None = None  # None: the default cache directory
+    shuffle_buffer: int = 1000
+
+
+@dataclass
+class PreparedEvalSet:
+    config: EvalSetConfig
+    loader_factory: object
+    gallery_loader_factory: object = None
+
+    def loader(self):
+        return self.loader_factory()
+
+    def gallery_loader(self):
+        return self.gallery_loader_factory()
+
+
+@dataclass
+class PreparedData:
+    config: DataConfig
+    model: ModelConfig
+    tokenizer: Tokenizer | None
+    sources: list[SourceConfig]
+    eval_sets: list[PreparedEvalSet]
+    current_loader: object = None
+
+    def train_loader(self, *, seed: int, rank: int = 0, world_size: int = 1):
+        """The endless, shuffled training stream for this process (resampled shards, mixed by weight)."""
+        specs = [
+            SourceSpec(shards=s.shards, modalities=list(s.modalities), weight=s.weight, caption_keys=s.caption_keys,
+                       name=f"train{index}")
+            for index, s in enumerate(self.sources)
+        ]
+        self.current_loader = make_loader(
+            specs,
+            batch_size=self.config.batch_size,
+            train=True,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.config.num_workers,
+            image_config=self.model.image_preprocess,
+            audio_config=self.model.audio_preprocess,
+            tokenize=self.tokenize,
+            shuffle_buffer=self.config.shuffle_buffer,
+        )
+        return self.current_loader
+
+    def eval_loader(self, shards: str, modality: str, paired_with: str = "text"):
+        """A finite pass over ``shards`` with evaluation preprocessing and the json ``label``.
+
+        Samples are read with their captions too, so that a pair of modalities is present.
+        """
+        spec = SourceSpec(shards=shards, modalities=[modality, paired_with], label_key="json:label")
+        return make_loader(
+            [spec],
+            batch_size=self.config.eval_batch_size,
+            train=False,
+            seed=0,
+            num_workers=0,
+            image_config=self.model.image_preprocess,
+            audio_config=self.model.audio_preprocess,
+            tokenize=self.tokenize,
+        )
+
+    def tokenize(self, texts: list[str]):
+        return self.tokenizer(texts, self.model.text.context_length)
+
+    def skipped_total(self) -> int:
+        """Samples and shards skipped so far by the current training loader."""
+        return self.current_loader.stats.total_skipped() if self.current_loader is not None else 0
+
+
+def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
+    """Zero-shot images, zero-shot speech (held-out voices, and real recordings), emergent speech -> image retrieval."""
+    names = list(paths.class_names)
+    image_templates = list(paths.zero_shot_templates["image"])
+    audio_templates = list(paths.zero_shot_templates["audio"])
+    return [
+        EvalSetConfig(name="image_zeroshot", shards=paths.image_val, modality="image",
+                      class_names=names, templates=image_templates),
+        EvalSetConfig(name="audio_zeroshot", shards=paths.audio_val, modality="audio",
+                      class_names=names, templates=audio_templates),
+        EvalSetConfig(name="audio_real_zeroshot", shards=paths.audio_real, modality="audio",
+                      class_names=names, templates=audio_templates),
+        EvalSetConfig(name="emergent", shards=paths.audio_val, task="retrieval", modality="audio",
+                      gallery_modality="image", gallery_shards=paths.image_val),
+    ]
+
+
+def prepare(config: DataConfig, model: ModelConfig, *, progress: bool = True) -> PreparedData:
+    """Resolves the data configuration for ``model`` (builds the demo and its tokenizer when needed)."""
+    sources = list(config.train)
+    eval_sets = list(config.eval)
+    tokenizer = Tokenizer.load(config.tokenizer) if config.tokenizer is not None else None
+    if not sources:
+        paths = demo_data.build_demo(config.demo_dir, progress=_demo_progress if progress else None)
+        sources = [
+            SourceConfig(shards=paths.image_train, modalities=[m for m in ("image", "text") if m in model.modalities]),
+            SourceConfig(shards=paths.audio_train, modalities=[m for m in ("audio", "text") if m in model.modalities]),
+        ]
+        sources = [s for s in sources if len(s.modalities) == 2]
+        if not eval_sets:
+            eval_sets = [e for e in demo_eval_sets(paths) if _fits(e, model)]
+        if tokenizer is None and model.text is not None:
+            tokenizer = Tokenizer.train(read_caption_files(paths.captions_file), vocab_size=config.tokenizer_vocab_size)
+    elif tokenizer is None and any("text" in s.modalities for s in sources):
+        raise ValueError(
+            "data.tokenizer is not set: give a tokenizer.json (train one with `multimodal tokenizer --captions ...`)"
+        )
+    if not sources:
+        raise ValueError("no training source fits the model's modalities")
+    data = PreparedData(config=config, model=model, tokenizer=tokenizer, sources=sources, eval_sets=[])
+    data.eval_sets = [_prepare_eval_set(data, e) for e in eval_sets]
+    return data
+
+
+def _fits(eval_set: EvalSetConfig, model: ModelConfig) -> bool:
+    needed = {eval_set.modality, "text" if eval_set.task == "zeroshot" else eval_set.gallery_modality}
+    return needed <= set(model.modalities)
+
+
+def _prepare_eval_set(data: PreparedData, eval_set: EvalSetConfig) -> PreparedEvalSet:
+    def loader():
+        if eval_set.task == "retrieval" and eval_set.gallery_shards is None:
+            return data.eval_loader(eval_set.shards, eval_set.modality, eval_set.gallery_modality)
+        return data.eval_loader(eval_set.shards, eval_set.modality)
+
+    gallery = None
+    if eval_set.gallery_shards is not None:
+        def gallery():
+            return data.eval_loader(eval_set.gallery_shards, eval_set.gallery_modality)
+
+    return PreparedEvalSet(config=eval_set, loader_factory=loader, gallery_loader_factory=gallery)
+
+
+def _demo_progress(stage: str, done: int, total: int) -> None:
+    if done == total:
+        logger.info("demo data: %s done (%d)", stage, total)
