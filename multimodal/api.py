@@ -1,0 +1,543 @@
+"""The public inference API: embeddings and zero-shot classification from a checkpoint directory.
+
+Shapes: N inputs, W audio windows, C classes, E embedding width.
+
+::
+
+    from multimodal.api import ZeroShotClassifier, load
+
+    model = load("runs/demo/final")                     # an EmbeddingModel
+    vectors = model.embed_images(["cat.jpg", pil_image])  # float32 (N, E), unit rows
+    classifier = ZeroShotClassifier("runs/demo/final", ["cat", "dog"])
+    classifier.classify(["cat.jpg"], top_k=2)           # [[("cat", 0.93), ("dog", 0.07)]]
+
+Inputs go through the same preprocessing functions as training and evaluation
+(``data.image`` / ``data.audio``, parameters from the checkpoint's config): an image
+is resized on its shortest side and centre-cropped; a clip is resampled to the
+model's rate and cut into windows of the model's length (``eval_audio_windows``),
+whose embeddings are averaged, so any clip length is covered deterministically.
+
+An item is prepared on its own and encoded in batches whose padding is masked, so
+an input gets the same embedding alone or among others (to float rounding).
+
+Precision: ``"auto"`` runs bf16 weights on CPUs with native bf16 arithmetic
+(AVX512-BF16 or AMX) and on CUDA devices that support bf16, fp32 elsewhere; ``"fp32"``
+and ``"bf16"`` force one. Embeddings are always returned in float32, normalised in
+float32.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.audio import audio_to_features, collate_audio
+from data.clip_tokenizer import ClipTokenizer
+from data.image import preprocess_image
+from data.tokenizer import Tokenizer
+from eval import build_zero_shot_weights, validate_templates, zero_shot_probabilities
+from multimodal.checkpoint import TOKENIZER_FILE, load_model, read_config
+from multimodal.evaluation import default_templates
+from multimodal.losses import pair_name
+from multimodal.model import ModelConfig, MultimodalModel
+
+PRECISIONS = ("auto", "bf16", "fp32")
+MODALITIES = ("text", "image", "audio")
+DEFAULT_BATCH_SIZE = 32
+
+
+# Precision -------------------------------------------------------------------------------
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), where bf16 inference pays off.
+
+    Without these instructions PyTorch emulates bf16 matrix products, which is slower than fp32.
+    """
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if "AMX" in capability or "BF16" in capability:
+        return True
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None:
+            try:
+                if check():
+                    return True
+            except RuntimeError:  # a probe this build cannot run tells nothing
+                continue
+    return False
+
+
+def resolve_dtype(precision: str, device: torch.device | str) -> torch.dtype:
+    """The weight dtype for ``precision`` ("auto", "bf16", "fp32") on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.float32
+
+
+# Checkpoint pieces -----------------------------------------------------------------------
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | ClipTokenizer | None:
+    """The tokenizer of a checkpoint directory, or None when it has no ``tokenizer.json``.
+
+    Converted CLIP checkpoints say ``"tokenizer": {"kind": "clip"}`` in config.json and
+    get the CLIP tokenizer; others get ours. A tokenizer.json that is not ours but is a
+    CLIP one (an older converted checkpoint without the marker) is read as CLIP's.
+    """
+    directory = Path(directory)
+    path = directory / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    kind = (read_config(directory).get("tokenizer") or {}).get("kind", "ours")
+    if kind == "clip":
+        return ClipTokenizer.load(path)
+    if kind != "ours":
+        raise ValueError(f"{directory}/config.json names tokenizer kind {kind!r}; this version reads 'ours' and 'clip'")
+    try:
+        return Tokenizer.load(path)
+    except ValueError as ours_error:
+        try:
+            return ClipTokenizer.load(path)
+        except ValueError:
+            raise ours_error from None
+
+
+# Inputs ----------------------------------------------------------------------------------
+
+
+def _is_waveform_with_rate(item: Any) -> bool:
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], (torch.Tensor, np.ndarray))
+        and isinstance(item[1], (int, np.integer))
+    )
+
+
+def as_items(modality: str, inputs: Any) -> list:
+    """One input or a collection of inputs of ``modality`` -> a list of single items.
+
+    Single items: a path (str or Path), encoded bytes, a PIL image, an image tensor or
+    array (3-D or 2-D), a caption (str), a ``(waveform, sample_rate)`` tuple, a
+    waveform tensor or array (1-D or (channels, samples)). Collections: a list or
+    tuple of items; a 4-D image tensor or array (N, 3, H, W) / (N, H, W, 3).
+    """
+    if isinstance(inputs, (str, bytes, bytearray, memoryview, Path)):
+        return [inputs]
+    if modality == "audio" and _is_waveform_with_rate(inputs):
+        return [inputs]
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        if modality == "image" and inputs.ndim == 4:
+            return list(inputs)
+        return [inputs]
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs)
+    if modality == "image" and type(inputs).__module__.startswith("PIL."):
+        return [inputs]
+    try:
+        return list(inputs)
+    except TypeError:
+        return [inputs]
+
+
+def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate: int | None = None) -> Any:
+    """One raw input -> its model-ready form, with the preprocessing ``config`` describes.
+
+    * image (a path, bytes, PIL image, uint8 or [0, 1] float tensor/array) -> float32
+      (3, S, S), resized on its shortest side, centre-cropped and normalised;
+    * audio (a path, bytes, a ``(waveform, sample_rate)`` tuple, or a waveform tensor or
+      array with ``sample_rate``) -> its evaluation windows [(T_i, F), ...] of
+      normalised log-mel frames (see ``data.audio.eval_audio_windows``);
+    * text (a string) -> the string (tokenised in batches when encoded).
+
+    A plain function of the config, so DataLoader workers can run it. Raises
+    ValueError / TypeError / OSError for inputs that cannot be read.
+    """
+    if modality == "image":
+        return preprocess_image(item, config.image_preprocess)
+    if modality == "audio":
+        if _is_waveform_with_rate(item):
+            item, sample_rate = item
+        if isinstance(item, (str, Path)):
+            item = Path(item).read_bytes()
+        if isinstance(item, np.ndarray):
+            item = torch.from_numpy(np.ascontiguousarray(item))
+        if isinstance(item, torch.Tensor):
+            if sample_rate is None:
+                raise ValueError("a waveform needs its sample rate: pass (waveform, sample_rate) or sample_rate=...")
+            if not item.is_floating_point():
+                raise ValueError(f"a waveform must be floating point in [-1, 1], got {item.dtype}")
+            return audio_to_features(item.cpu(), config.audio_preprocess, sample_rate=int(sample_rate))
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return audio_to_features(bytes(item), config.audio_preprocess)
+        raise TypeError(
+            f"cannot read audio from {type(item).__name__}: give a path, bytes, (waveform, sample_rate) or a waveform tensor"
+        )
+    if modality == "text":
+        if not isinstance(item, str):
+            raise TypeError(f"a caption must be a string, got {type(item).__name__}")
+        return item
+    raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+
+
+# The embedding model ---------------------------------------------------------------------
+
+
+class EmbeddingModel:
+    """A checkpoint's model with its tokenizer and preprocessing: inputs in, unit-norm float32 embeddings out.
+
+    Build it with :func:`load` (or :meth:`from_checkpoint`). Attributes: ``model``
+    (the :class:`~multimodal.model.MultimodalModel`, in eval mode, weights in
+    ``dtype``: a model passed in is cast in place), ``tokenizer``, ``device``, ``dtype``,
+    ``batch_size``, ``logit_scales`` (pair -> log scale, read in float32 before the cast).
+
+    It is also an ``eval.Encoder``: ``encode(modality, batch)`` accepts a batch dict as
+    the data pipeline makes it (averaging audio windows by "audio_window_clip"), so
+    the evaluation loops run on it in its precision.
+    """
+
+    def __init__(
+        self,
+        model: MultimodalModel,
+        tokenizer: Tokenizer | ClipTokenizer | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(precision, self.device)
+        # Temperatures read before any cast: in bf16 exp(4.6) would be off by up to 2%.
+        self.logit_scales = {pair: float(scale.detach().float()) for pair, scale in model.logit_scales.items()}
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()  # cast in place
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> EmbeddingModel:
+        """Loads a checkpoint directory (config.json, model.safetensors, tokenizer.json)."""
+        model = load_model(path)
+        return cls(model, load_tokenizer(path), device=device, precision=precision, batch_size=batch_size)
+
+    # What the model is
+
+    @property
+    def config(self):
+        """The model's :class:`~multimodal.model.ModelConfig`."""
+        return self.model.config
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.model.modalities
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.embed_dim
+
+    def _require(self, modality: str) -> None:
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        if modality not in self.model.modalities:
+            raise ValueError(f"this model has no {modality} encoder; it encodes {self.model.modalities}")
+        if modality == "text" and self.tokenizer is None:
+            raise ValueError("this model has no tokenizer (tokenizer.json is missing from the checkpoint): it cannot embed text")
+
+    # Preprocessing, one item at a time
+
+    def preprocess_image(self, image: Any) -> torch.Tensor:
+        """One image (path, bytes, PIL image, uint8 or [0, 1] float tensor/array) -> float32 (3, S, S), normalised."""
+        self._require("image")
+        return prepare_input("image", image, self.model.config)
+
+    def preprocess_audio(self, audio: Any, sample_rate: int | None = None) -> list[torch.Tensor]:
+        """One clip -> its evaluation windows, normalised log-mel frames [(T_i, F), ...].
+
+        ``audio``: a path, encoded bytes, a ``(waveform, sample_rate)`` tuple, or a waveform
+        tensor/array ((samples,) or (channels, samples)) with ``sample_rate`` given.
+        """
+        self._require("audio")
+        return prepare_input("audio", audio, self.model.config, sample_rate=sample_rate)
+
+    def prepare(self, modality: str, item: Any, *, sample_rate: int | None = None) -> Any:
+        """One raw item -> what :meth:`encode_prepared` takes (see :func:`prepare_input`)."""
+        self._require(modality)
+        return prepare_input(modality, item, self.model.config, sample_rate=sample_rate)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> ids int64 (N, L) and padding mask bool (N, L), L the model's context length."""
+        self._require("text")
+        return self.tokenizer(list(texts), self.model.config.text.context_length)
+
+    # Encoding
+
+    @torch.no_grad()
+    def encode(
+        self, modality: str, inputs: torch.Tensor | dict | list, padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Model-ready inputs -> unit-norm float32 (B, E), run in this model's precision on its device.
+
+        ``inputs``: the modality's tensor (text ids (B, L), images (B, 3, S, S), log-mel
+        frames (B, T, F)); a list of prepared items (see :meth:`prepare`); or a batch
+        dict holding either under the modality's name, with its optional padding mask
+        and, for audio windows, "audio_window_clip" (W,) (their embeddings are averaged
+        per clip).
+        """
+        self._require(modality)
+        window_clip = None
+        if isinstance(inputs, dict):
+            if modality not in inputs:
+                raise ValueError(f"batch has no {modality!r} entry; it holds {sorted(inputs)}")
+            padding_mask = inputs.get(f"{modality}_padding_mask")
+            window_clip = inputs.get("audio_window_clip") if modality == "audio" else None
+            inputs = inputs[modality]
+        if isinstance(inputs, list):
+            return self.encode_prepared(modality, inputs)
+        embeddings = self._encode_tensor(modality, inputs, padding_mask)
+        if window_clip is not None:
+            embeddings = _average_per_owner(embeddings, window_clip.to(embeddings.device))
+        return embeddings
+
+    def _encode_tensor(self, modality: str, inputs: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        inputs = inputs.to(self.device)
+        if inputs.is_floating_point():
+            inputs = inputs.to(self.dtype)
+        if padding_mask is not None:
+            padding_mask = padding_mask.to(self.device)
+        features = self.model.encode(modality, inputs, padding_mask, normalize=False)
+        return F.normalize(features.float(), dim=-1)  # normalised in float32, whatever the weights
+
+    @torch.no_grad()
+    def encode_prepared(self, modality: str, items: list) -> torch.Tensor:
+        """Prepared items (from :meth:`prepare`) -> float32 (N, E), in batches of ``batch_size``."""
+        self._require(modality)
+        if not items:
+            return torch.empty(0, self.embed_dim)
+        if modality == "image":
+            chunks = []
+            for start in range(0, len(items), self.batch_size):
+                batch = torch.stack(items[start : start + self.batch_size])  # (B, 3, S, S)
+                chunks.append(self._encode_tensor("image", batch, None))
+            return torch.cat(chunks)
+        if modality == "text":
+            chunks = []
+            for start in range(0, len(items), self.batch_size):
+                ids, padding_mask = self.tokenize(items[start : start + self.batch_size])  # (B, L)
+                chunks.append(self._encode_tensor("text", ids, padding_mask))
+            return torch.cat(chunks)
+        return self._encode_windows(items)
+
+    def _encode_windows(self, clips: list[list[torch.Tensor]]) -> torch.Tensor:
+        windows = [window for clip in clips for window in clip]
+        owners = torch.tensor([row for row, clip in enumerate(clips) for _ in clip], dtype=torch.int64)  # (W,)
+        if not windows:
+            raise ValueError("an audio clip gave no window")
+        # Longest first, so each batch holds windows of similar length and little padding;
+        # padding is masked, so the grouping changes no embedding beyond float rounding.
+        order = sorted(range(len(windows)), key=lambda i: -windows[i].shape[0])
+        embeddings = torch.empty(len(windows), self.embed_dim)  # (W, E)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            audio, padding_mask = collate_audio([windows[i] for i in rows])  # (B, T, F), (B, T)
+            mask = padding_mask if bool(padding_mask.any()) else None
+            embeddings[rows] = self._encode_tensor("audio", audio, mask).cpu()
+        return _average_per_owner(embeddings, owners).to(self.device)
+
+    # Raw inputs -> embeddings
+
+    def embed(self, modality: str, inputs: Any, *, sample_rate: int | None = None) -> torch.Tensor:
+        """Raw inputs of one modality -> float32 (N, E) unit rows on the CPU, in input order.
+
+        See :meth:`embed_images`, :meth:`embed_audio`, :meth:`embed_texts` for the inputs
+        accepted. An input that cannot be read raises ValueError naming its position.
+        """
+        self._require(modality)
+        items = as_items(modality, inputs)
+        prepared = []
+        for index, item in enumerate(items):
+            try:
+                prepared.append(self.prepare(modality, item, sample_rate=sample_rate))
+            except (ValueError, TypeError, OSError) as error:
+                raise type(error)(f"{modality} input {index} ({_describe(item)}): {error}") from error
+        return self.encode_prepared(modality, prepared).cpu()
+
+    def embed_images(self, images: Any) -> torch.Tensor:
+        """Images (paths, bytes, PIL images, uint8 or [0, 1] float tensors/arrays, or an (N, 3, H, W) batch) -> (N, E)."""
+        return self.embed("image", images)
+
+    def embed_audio(self, clips: Any, sample_rate: int | None = None) -> torch.Tensor:
+        """Clips (paths, bytes, (waveform, sample_rate) tuples, or waveforms with ``sample_rate``) -> (N, E).
+
+        A clip longer than the model's window is covered by windows whose embeddings are averaged.
+        """
+        return self.embed("audio", clips, sample_rate=sample_rate)
+
+    def embed_texts(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """Captions -> (N, E)."""
+        return self.embed("text", texts)
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingModel(modalities={self.modalities}, embed_dim={self.embed_dim}, "
+            f"device={self.device}, dtype={self.dtype})"
+        )
+
+
+def _average_per_owner(embeddings: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+    """Unit rows (W, E) of windows -> one unit row per owner (N, E): the mean, normalised again."""
+    num_owners = int(owners.max()) + 1
+    sums = torch.zeros(num_owners, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device)
+    sums.index_add_(0, owners, embeddings)  # (N, E)
+    return F.normalize(sums, dim=-1)
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, (torch.Tensor, np.ndarray)):
+        return f"{type(item).__name__} {tuple(item.shape)}"
+    return type(item).__name__
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> EmbeddingModel:
+    """A checkpoint directory -> :class:`EmbeddingModel` (model, tokenizer and preprocessing).
+
+    ``multimodal.checkpoint.load_model`` is the low-level loader that returns the bare
+    :class:`~multimodal.model.MultimodalModel` in float32.
+    """
+    return EmbeddingModel.from_checkpoint(path, device=device, precision=precision, batch_size=batch_size)
+
+
+# Zero-shot classification -----------------------------------------------------------------
+
+
+class ZeroShotClassifier:
+    """Classifies images or audio among labels described in words, with no training.
+
+    Each label becomes prompts (``templates`` filled with the label; default: the
+    built-in image or audio templates), whose text embeddings are averaged into one
+    unit row per label, computed once at construction. An input's probabilities are
+    the softmax of ``exp(logit_scale) * cosine similarity``, with the model's learned
+    text-image or text-audio logit scale.
+
+    Args:
+        model: a checkpoint directory or an :class:`EmbeddingModel`.
+        labels: the class names, in the order of the probability columns.
+        templates: format strings with one ``{}`` (or ``{label}``) where the label goes.
+        modality: "image" or "audio"; may be left out when the model encodes only one of them.
+        device, precision, batch_size: for loading from a directory (see :class:`EmbeddingModel`).
+    """
+
+    def __init__(
+        self,
+        model: EmbeddingModel | str | os.PathLike,
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        *,
+        modality: str | None = None,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if not isinstance(model, EmbeddingModel):
+            model = load(model, device=device, precision=precision, batch_size=batch_size)
+        self.embedding_model = model
+        if isinstance(labels, str) or not labels or not all(isinstance(label, str) and label.strip() for label in labels):
+            raise ValueError(f"labels must be a non-empty list of non-empty strings, got {labels!r}")
+        if len(set(labels)) != len(labels):
+            duplicates = sorted({label for label in labels if list(labels).count(label) > 1})
+            raise ValueError(f"labels must be distinct; repeated: {duplicates}")
+        self.labels = list(labels)
+        self.modality = self._choose_modality(modality)
+        model._require("text")
+        self.templates = list(validate_templates(templates)) if templates else list(default_templates(self.modality))
+        pair = pair_name("text", self.modality)
+        self.logit_scale = float(np.exp(model.logit_scales[pair]))
+        self.class_weights = build_zero_shot_weights(
+            lambda prompts: model.encode("text", *model.tokenize(prompts)),
+            self.labels,
+            self.templates,
+            batch_size=model.batch_size,
+        ).cpu()  # (C, E), cached for every call
+
+    def _choose_modality(self, modality: str | None) -> str:
+        available = [m for m in ("image", "audio") if m in self.embedding_model.modalities]
+        if "text" not in self.embedding_model.modalities:
+            raise ValueError("zero-shot classification needs a text encoder; this model has none")
+        if modality is None:
+            if len(available) != 1:
+                raise ValueError(f"this model encodes {available}: say which with modality='image' or 'audio'")
+            return available[0]
+        if modality not in available:
+            raise ValueError(f"modality must be one this model classifies, {available}; got {modality!r}")
+        return modality
+
+    def predict_proba(self, inputs: Any, *, sample_rate: int | None = None) -> torch.Tensor:
+        """Probabilities float32 (N, C), columns in ``labels`` order, rows in input order."""
+        embeddings = self.embedding_model.embed(self.modality, inputs, sample_rate=sample_rate)  # (N, E)
+        return zero_shot_probabilities(embeddings, self.class_weights, self.logit_scale)
+
+    def classify(
+        self, inputs: Any, top_k: int = 5, *, sample_rate: int | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """For each input, its ``top_k`` most probable labels as ``(label, probability)``, best first."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        probabilities = self.predict_proba(inputs, sample_rate=sample_rate)  # (N, C)
+        return self.top_labels(probabilities, top_k)
+
+    def top_labels(self, probabilities: torch.Tensor, top_k: int) -> list[list[tuple[str, float]]]:
+        """Rows of probabilities (N, C) -> the ``top_k`` ``(label, probability)`` pairs of each, best first."""
+        values, indices = probabilities.topk(min(top_k, len(self.labels)), dim=-1)  # (N, k)
+        return [
+            [(self.labels[i], float(v)) for v, i in zip(row_values.tolist(), row_indices.tolist())]
+            for row_values, row_indices in zip(values, indices)
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"ZeroShotClassifier(modality={self.modality!r}, labels={len(self.labels)}, "
+            f"templates={len(self.templates)}, logit_scale={self.logit_scale:.3g})"
+        )
+
+
+__all__ = [
+    "EmbeddingModel",
+    "PRECISIONS",
+    "ZeroShotClassifier",
+    "as_items",
+    "cpu_has_native_bf16",
+    "load",
+    "load_tokenizer",
+    "prepare_input",
+    "resolve_dtype",
+]
