@@ -164,6 +164,14 @@ def test_convert_checkpoint_hf_clip_from_a_safetensors_file(tmp_path):
     assert (output / "tokenizer.json").is_file()
 
 
+def test_convert_checkpoint_hf_clip_sharded_directory(tmp_path):
+    reference = build_clip(seed=7)
+    reference.save_pretrained(tmp_path / "hf", max_shard_size="500KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    loaded = load_model(convert_checkpoint("hf-clip", tmp_path / "hf", tmp_path / "converted"))
+    assert max(clip_differences(reference, loaded, seed=8)) < TOLERANCE
+
+
 # AST -----------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from data.clip_tokenizer import ClipTokenizer
 from multimodal.checkpoint import load_model
@@ -163,6 +164,19 @@ def test_convert_checkpoint_file_to_directory_to_load_model(small, tmp_path):
     assert saved["tokenizer"] == {"kind": "clip"} and saved["converted_from"]["kind"] == "open_clip"
     tokenizer = ClipTokenizer.load(output)
     assert tokenizer("a cat")[0][0, :4].tolist() == [49406, 320, 2368, 49407]
+
+
+def test_convert_checkpoint_reads_an_open_clip_hub_directory(small, tmp_path):
+    directory = tmp_path / "hub"
+    directory.mkdir()
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(directory / "open_clip_model.safetensors"))
+    preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": SMALL_CONFIG, "preprocess_cfg": preprocess}))
+    loaded = load_model(convert_checkpoint("open_clip", directory, tmp_path / "converted"))
+    image_preprocess = loaded.config.image_preprocess
+    assert (image_preprocess.mean, image_preprocess.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert image_preprocess.interpolation == "bilinear"
+    assert max(max_differences(small, loaded, torch.randn(2, 3, 32, 32), random_token_ids(2, 16))) < TOLERANCE
 
 
 def test_convert_checkpoint_refuses_options_of_other_kinds(tmp_path):
