@@ -12,6 +12,7 @@ the loop (with evaluation and checkpoints), the report.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -404,6 +405,13 @@ def train(config: TrainConfig) -> dict:
     result = run_loop(accelerator, model, optimizer, scheduler, data, config, run_dir, start_step, log)
     result["wall_seconds"] = time.time() - started
     accelerator.end_training()
+    if accelerator.num_processes > 1:
+        # Gathers' autograd nodes hold the process group; free them before tearing it down,
+        # or gloo can abort at interpreter exit.
+        del model, optimizer
+        gc.collect()
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
     if accelerator.is_main_process and config.plot:
         result["plot"] = str(report.plot_curves(log.path, run_dir / "curves.png"))
     return result

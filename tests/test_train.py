@@ -1,0 +1,171 @@
+"""train.py: configuration errors, resuming after SIGKILL, crash-safe checkpoints, the optimiser set-up."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from data.tokenizer import Tokenizer
+from data.writer import SampleSource, write_shards
+from multimodal.checkpoint import load_model
+from multimodal.model import MultimodalModel
+from multimodal.presets import tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_keys_and_bad_values_are_clear_errors():
+    with pytest.raises(ValueError, match="optim.lrr"):
+        train.parse_config(["--optim.lrr", "1"])
+    with pytest.raises(TypeError, match="optim.steps"):
+        train.parse_config(["--optim.steps", "many"])
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        train.parse_config(["--preset", "huge"])
+    with pytest.raises(ValueError, match="mixed_precision"):
+        train.parse_config(["--mixed_precision", "fp8"])
+    with pytest.raises(ValueError, match="has no value"):
+        train.parse_config(["--optim.lr"])
+
+
+def test_preset_and_overrides_resolve(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("optim:\n  lr: 0.01\nmodel:\n  embed_dim: 64\n  text:\n    vocab_size: 300\n")
+    config = train.parse_config(["--preset", "small", "--config", str(config_file), "--optim.warmup_steps", "7"])
+    assert config.preset == "small" and config.optim.lr == 0.01 and config.optim.warmup_steps == 7
+    assert config.model.embed_dim == 64 and config.model.text.vocab_size == 300
+
+
+def test_no_weight_decay_on_norms_biases_positions_and_temperatures():
+    model = MultimodalModel(tiny())
+    optimizer = train.build_optimizer(model, train.OptimConfig(fused=False))
+    decay, free = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    free_names = {names[id(p)] for p in free["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert free["weight_decay"] == 0.0 and decay["weight_decay"] > 0
+    assert "logit_scales.text_image" in free_names and "encoders.image.positions.grid" in free_names
+    assert "encoders.text.trunk.norm.weight" in free_names and "projections.text.weight" in decay_names
+    assert "encoders.text.token_embedding.weight" in decay_names
+
+
+def test_cosine_schedule_with_warmup():
+    multiplier = train.cosine_with_warmup(train.OptimConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1))
+    assert multiplier(0) == pytest.approx(0.1) and multiplier(9) == pytest.approx(1.0)
+    assert multiplier(60) == pytest.approx(0.55) and multiplier(110) == pytest.approx(0.1)
+
+
+def test_freeze_keeps_a_tower_fixed():
+    config = train.parse_config(["--freeze", '["image"]', "--model.audio", "null"])
+    model = train.build_model(config, vocab_size=None)
+    assert not any(p.requires_grad for p in model.encoders["image"].parameters())
+    assert all(p.requires_grad for p in model.encoders["text"].parameters())
+    with pytest.raises(ValueError, match="freeze: unknown modality 'smell'"):
+        train.build_model(train.parse_config(["--freeze", '["smell"]']), vocab_size=None)
+
+
+# ---------------------------------------------------------------------- runs in subprocesses
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """64 image-caption pairs of 4 coloured patterns, as shards, with a tokenizer."""
+    from torchvision.io import encode_png
+
+    root = tmp_path_factory.mktemp("data")
+    generator = torch.Generator().manual_seed(0)
+    names = ["red", "green", "blue", "grey"]
+    samples = []
+    for index in range(64):
+        label = index % 4
+        image = (torch.rand(3, 16, 16, generator=generator) * 60).to(torch.uint8)
+        image[label % 3] += 150 if label < 3 else 60
+        png = encode_png(image).numpy().tobytes()
+        samples.append(SampleSource(key=f"s{index:03d}", media={"png": png}, caption=f"a {names[label]} square"))
+    result = write_shards(samples, root / "shards", prefix="train", max_samples_per_shard=16)
+    tokenizer = Tokenizer.train([f"a {n} square" for n in names] * 10, vocab_size=300)
+    tokenizer.save(root / "tokenizer.json")
+    return {"spec": result.splits["all"].spec, "tokenizer": str(root / "tokenizer.json")}
+
+
+def run_args(dataset, output_dir, steps, extra=()):
+    sources = json.dumps([{"shards": dataset["spec"], "modalities": ["image", "text"]}])
+    return [
+        sys.executable, str(ROOT / "train.py"), "--model.audio", "null", "--data.train", sources,
+        "--data.tokenizer", dataset["tokenizer"], "--data.num_workers", "0", "--data.batch_size", "8",
+        "--optim.steps", str(steps), "--optim.warmup_steps", "2", "--checkpoint_every", "3", "--log_every", "1",
+        "--keep_last", "5", "--plot", "false", "--output_dir", str(output_dir), "--run_name", "run", *extra,
+    ]
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows if "loss" in row}
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_on_the_same_loss_curve(tiny_dataset, tmp_path):
+    steps = 30
+    reference = subprocess.run(run_args(tiny_dataset, tmp_path / "reference", steps), env=ENV, cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = losses_by_step(tmp_path / "reference" / "run")
+
+    process = subprocess.Popen(run_args(tiny_dataset, tmp_path / "killed", steps), env=ENV, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "killed" / "run"
+    deadline = time.time() + 120
+    while not train.list_checkpoints(run_dir) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoints = train.list_checkpoints(run_dir)
+    assert checkpoints, "the run was killed before its first checkpoint"
+    killed_at = int(checkpoints[-1].name.split("-")[1])
+    assert killed_at < steps
+
+    resumed = subprocess.run(run_args(tiny_dataset, tmp_path / "killed", steps, ["--resume", "latest"]), env=ENV,
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {checkpoints[-1]}" in resumed.stdout + resumed.stderr
+    got = losses_by_step(run_dir)
+    for step in range(killed_at + 1, steps + 1):
+        assert got[step] == pytest.approx(expected[step], abs=1e-5), f"step {step}"
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
+    script = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+import torch
+from multimodal.checkpoint import save_checkpoint
+from multimodal.model import MultimodalModel
+from multimodal.presets import tiny
+torch.manual_seed(0)
+model = MultimodalModel(tiny(["text", "image"]))
+root = Path({str(tmp_path)!r}) / "checkpoints"
+save_checkpoint(model, root / "step-0000001", write_extra=lambda d: (d / "trainer.json").write_text("{{}}"))
+torch.manual_seed(1)
+other = MultimodalModel(tiny(["text", "image"]))
+def stall(directory):
+    (directory / "trainer.json").write_text("{{}}")
+    os.kill(os.getpid(), signal.SIGKILL)  # killed half-way through writing the second checkpoint
+save_checkpoint(other, root / "step-0000002", write_extra=stall)
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    checkpoints = train.list_checkpoints(tmp_path)
+    assert [c.name for c in checkpoints] == ["step-0000001"]
+    torch.manual_seed(0)
+    expected = MultimodalModel(tiny(["text", "image"])).state_dict()
+    loaded = load_model(checkpoints[0]).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
