@@ -85,10 +85,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         picked = choose_backend(length, dtype, torch.device("cpu"), backward)
         auto_over_faster = ms["auto"] / ms[faster]
         slow = picked != faster and auto_over_faster > TOLERANCE
+        flag = "  <-- auto slower" if slow else ""
         dtype_name = str(dtype).removeprefix("torch.")
         passes = "fwd+bwd" if backward else "fwd"
         print(f"{dtype_name:<9}{passes:<9}{length:>7}{str(causal):>7}{ms['fused']:>9.2f}{ms['explicit']:>10.2f}"
-              f"{ms['auto']:>9.2f}  {picked:<10}  {faster:<8}{auto_over_faster:6.2f}" + ("  <-- auto slower" if slow else ""))
+              f"{ms['auto']:>9.2f}  {picked:<10}  {faster:<8}{auto_over_faster:6.2f}{flag}")
         if slow:
             slow_rows.append(f"{dtype_name} {passes} T={length}{' causal' if causal else ''} x{auto_over_faster:.2f}")
     verdict = "auto never slower than the faster path" if not slow_rows else "auto slower in: " + ", ".join(slow_rows)
