@@ -1,0 +1,552 @@
+"""Embedding extraction over many inputs: files, folders, caption files or tar shards -> vectors on disk.
+
+Shapes: N rows, E embedding width.
+
+Two kinds of job:
+
+* **Files** (:func:`embed_files`): image or audio files and folders (searched
+  recursively by extension), or caption files (one caption per line), embedded into
+  one output file.
+* **Shards** (:func:`embed_shards`): every sample of every tar shard, one output part
+  per shard (``OUTPUT_DIR/part-<shard name>.npy`` ...). A part is written to a temporary
+  name and renamed when complete, so a run that stops can be started again and skips
+  the parts already there. With several processes (``accelerate launch``, or RANK and
+  WORLD_SIZE set) each process takes its own shards: ``shards[rank::world_size]``.
+
+Output formats, chosen by the file suffix (or ``format`` for shard parts):
+
+* ``.npy``: float32 (N, E), with the keys in row order in a sidecar JSON list named
+  after it (``emb.npy`` -> ``emb.keys.json``), written before the ``.npy`` so a
+  complete ``.npy`` always has its keys;
+* ``.safetensors``: tensor ``"embeddings"`` float32 (N, E) and the metadata entry
+  ``"keys"`` (a JSON list), in one file;
+* ``.parquet`` needs pyarrow, which this project does not depend on: asking for it
+  raises a ValueError that says so.
+
+An input that cannot be read (missing, not decodable, too short, ...) is skipped and
+reported in the result with its reason; it takes no row, so keys and vectors stay
+aligned. The functions here print nothing: progress goes to a callback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy_file
+from safetensors.numpy import save_file as save_numpy_file
+from safetensors import safe_open
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
+from multimodal.api import EmbeddingModel, prepare_input
+from multimodal.model import ModelConfig
+
+OUTPUT_FORMATS = ("npy", "safetensors", "parquet")
+IMAGE_FILE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
+AUDIO_FILE_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
+TEXT_FILE_EXTENSIONS = ("txt",)
+# Where each modality is found in a shard sample (as the data pipeline's defaults read them).
+SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+SHARD_AUDIO_KEYS = ("flac", "wav", "ogg", "mp3")
+SHARD_CAPTION_FIELDS = ("text", "caption")
+PART_PREFIX = "part-"
+_READ_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError)
+
+
+# Inputs ------------------------------------------------------------------------------------
+
+
+def is_shard_spec(text: str) -> bool:
+    """True for what reads as tar shards: a ``.tar`` path, a brace pattern, a ``pipe:`` command."""
+    text = str(text)
+    return text.startswith("pipe:") or ".tar" in text or ("{" in text and "}" in text) or "::" in text
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input to embed: its key (what the output lists) and what to read (a path or a caption)."""
+
+    key: str
+    source: str | Path
+
+
+def _extensions(modality: str) -> tuple[str, ...]:
+    return {"image": IMAGE_FILE_EXTENSIONS, "audio": AUDIO_FILE_EXTENSIONS, "text": TEXT_FILE_EXTENSIONS}[modality]
+
+
+def _files_in(folder: Path, extensions: Sequence[str]) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower().lstrip(".") in extensions
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def list_inputs(modality: str, inputs: Sequence[str | os.PathLike]) -> list[InputItem]:
+    """File and folder inputs -> the items to embed, in order.
+
+    * image / audio: a file is taken as it is (whatever its extension); a folder gives
+      its files with the modality's extensions (``IMAGE_FILE_EXTENSIONS``,
+      ``AUDIO_FILE_EXTENSIONS``), recursively, sorted, hidden ones left out. Key: the path.
+    * text: a file holds one caption per line (empty lines skipped), key ``path:line``;
+      a folder gives one caption per ``.txt`` file (its whole text), key: the path.
+
+    Raises ValueError for an input that does not exist or a folder with nothing to embed.
+    """
+    if modality not in ("text", "image", "audio"):
+        raise ValueError(f"unknown modality {modality!r}; expected text, image or audio")
+    items: list[InputItem] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            files = _files_in(path, _extensions(modality))
+            if not files:
+                raise ValueError(f"folder {path} holds no {modality} file (looked for {', '.join(_extensions(modality))})")
+            if modality == "text":
+                items.extend(InputItem(str(file), file.read_text(encoding="utf-8").strip()) for file in files)
+            else:
+                items.extend(InputItem(str(file), file) for file in files)
+        elif path.is_file():
+            if modality == "text":
+                with open(path, encoding="utf-8") as handle:
+                    for number, line in enumerate(handle, start=1):
+                        if line.strip():
+                            items.append(InputItem(f"{path}:{number}", line.strip()))
+            else:
+                items.append(InputItem(str(path), path))
+        else:
+            raise ValueError(f"input {given} does not exist (expected a file or a folder)")
+    return items
+
+
+def shard_part_name(url: str) -> str:
+    """The part name of a shard: its file name without ``.tar``, made safe (``pipe:... /a/b-01.tar -`` -> ``b-01``)."""
+    if url.startswith("pipe:"):
+        words = [word for word in url[len("pipe:") :].split() if ".tar" in word or ".tgz" in word]
+        url = words[-1] if words else url[len("pipe:") :]
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in SHARD_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._") or "shard"
+
+
+# Writing and reading outputs -------------------------------------------------------------------
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The format of an output file from its suffix; raises ValueError for others (and for parquet)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"output {path} must end in .npy, .safetensors or .parquet (the format is read from it)")
+    _check_format(suffix)
+    return suffix
+
+
+def _check_format(format: str) -> None:
+    if format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {format!r}; expected one of {OUTPUT_FORMATS}")
+    if format == "parquet":
+        raise ValueError(
+            "writing .parquet needs pyarrow, which this project does not install; "
+            "write .npy (keys in a .keys.json beside it) or .safetensors (keys in its metadata) instead"
+        )
+
+
+def keys_path(npy_path: str | os.PathLike) -> Path:
+    """``emb.npy`` -> ``emb.keys.json``: where the keys of an .npy output are."""
+    path = Path(npy_path)
+    return path.with_name(path.name[: -len(path.suffix)] + ".keys.json") if path.suffix else path.with_name(path.name + ".keys.json")
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temporary)`` then rename onto ``path``: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_embeddings(
+    path: str | os.PathLike, embeddings: np.ndarray, keys: Sequence[str], *, metadata: dict[str, str] | None = None
+) -> Path:
+    """Writes float32 (N, E) ``embeddings`` and their ``keys`` to ``path`` (format from its suffix), atomically."""
+    path = Path(path)
+    format = output_format(path)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(keys):
+        raise ValueError(f"embeddings {embeddings.shape} must be (N, E) with N = {len(keys)} keys")
+    if format == "npy":
+        # Keys first: a complete .npy then always has its keys beside it.
+        _write_atomically(keys_path(path), lambda tmp: tmp.write_text(json.dumps(list(keys)) + "\n", encoding="utf-8"))
+        def write_npy(temporary: Path) -> None:
+            with open(temporary, "wb") as handle:  # a file object: np.save would add ".npy" to a name
+                np.save(handle, embeddings)
+
+        _write_atomically(path, write_npy)
+    else:
+        header = {"keys": json.dumps(list(keys)), **(metadata or {})}
+        _write_atomically(path, lambda tmp: save_numpy_file({"embeddings": embeddings}, str(tmp), metadata=header))
+    return path
+
+
+def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """An output of :func:`write_embeddings` -> (float32 (N, E), keys)."""
+    path = Path(path)
+    format = output_format(path)
+    if format == "npy":
+        embeddings = np.load(path)
+        keys = json.loads(keys_path(path).read_text(encoding="utf-8"))
+    else:
+        with safe_open(str(path), framework="numpy") as handle:
+            keys = json.loads(handle.metadata()["keys"])
+        embeddings = load_numpy_file(str(path))["embeddings"]
+    if embeddings.shape[0] != len(keys):
+        raise ValueError(f"{path}: {embeddings.shape[0]} rows but {len(keys)} keys")
+    return embeddings, keys
+
+
+def _is_complete(path: Path) -> bool:
+    """A part already written by an earlier run: present, readable, as many rows as keys."""
+    if not path.is_file():
+        return False
+    try:
+        read_embeddings(path)
+    except (ValueError, OSError, KeyError, json.JSONDecodeError):
+        return False
+    return True
+
+
+# Preparing items, possibly in worker processes ------------------------------------------------------
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+@dataclass
+class _Prepared:
+    """What a reader yields: a key and its prepared item, or the reason it was skipped."""
+
+    key: str
+    item: Any = None
+    error: str | None = None
+
+
+def _prepare(modality: str, key: str, raw: Any, config: ModelConfig) -> _Prepared:
+    try:
+        return _Prepared(key, prepare_input(modality, raw, config))
+    except _READ_ERRORS as error:
+        return _Prepared(key, error=f"{type(error).__name__}: {error}")
+
+
+class _FileDataset(Dataset):
+    def __init__(self, modality: str, items: list[InputItem], config: ModelConfig) -> None:
+        self.modality, self.items, self.config = modality, items, config
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> _Prepared:
+        item = self.items[index]
+        return _prepare(self.modality, item.key, item.source, self.config)
+
+
+def shard_sample_input(sample: dict, modality: str) -> Any:
+    """The raw input of ``modality`` in a shard sample (bytes, or a caption); ValueError when it has none.
+
+    Images from jpg/jpeg/png/webp, audio from flac/wav/ogg/mp3, captions from ``.txt``
+    or the json fields ``text`` / ``caption`` (a list gives its first caption).
+    """
+    if modality in ("image", "audio"):
+        for key in SHARD_IMAGE_KEYS if modality == "image" else SHARD_AUDIO_KEYS:
+            if key in sample:
+                return sample[key]
+    else:
+        if "txt" in sample:
+            return sample["txt"].decode("utf-8").strip()
+        if "json" in sample:
+            fields = json.loads(sample["json"])
+            for name in SHARD_CAPTION_FIELDS:
+                value = fields.get(name) if isinstance(fields, dict) else None
+                if isinstance(value, list) and value:
+                    value = value[0]
+                if isinstance(value, str) and value.strip():
+                    return value.strip()
+    present = sorted(key for key in sample if not key.startswith("__"))
+    raise ValueError(f"the sample has no {modality} (it has {present})")
+
+
+class _ShardDataset(IterableDataset):
+    """The samples of one shard, prepared; worker w of n prepares samples w, w + n, ...
+
+    DataLoader takes one item from each worker in turn, so the items come out in the
+    shard's order whatever the number of workers. Read problems of the shard come last,
+    as ``_Prepared`` records with the key ``""``.
+    """
+
+    def __init__(self, modality: str, url: str, config: ModelConfig) -> None:
+        self.modality, self.url, self.config = modality, url, config
+
+    def __iter__(self) -> Iterator[_Prepared]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        problems: list[ShardProblem] = []
+        for index, sample in enumerate(read_shard(self.url, problems)):
+            if index % num_workers != worker:
+                continue
+            try:
+                raw = shard_sample_input(sample, self.modality)
+            except (ValueError, UnicodeDecodeError) as error:
+                yield _Prepared(sample["__key__"], error=f"{type(error).__name__}: {error}")
+                continue
+            yield _prepare(self.modality, sample["__key__"], raw, self.config)
+        if worker == 0:
+            for problem in problems:
+                yield _Prepared("", error=f"{problem.reason}: {problem.message} (after {problem.samples_read} samples)")
+
+
+def _loader(dataset: Dataset | IterableDataset, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=num_workers)
+
+
+# Embedding ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbedProgress:
+    """Counts passed to the ``progress`` callback after each batch (totals are None when unknown)."""
+
+    embedded: int
+    skipped: int
+    total: int | None
+    parts_done: int = 0
+    parts_total: int | None = None
+
+
+@dataclass
+class EmbedResult:
+    """What an embedding job did.
+
+    ``written``: output files written by this run; ``resumed``: parts found complete
+    and left as they were; ``skipped``: ``(key or shard, reason)`` for every input not
+    embedded; ``num_embedded``: rows written by this run.
+    """
+
+    written: list[Path] = field(default_factory=list)
+    resumed: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    num_embedded: int = 0
+
+
+class _Counter:
+    def __init__(self, progress: Callable[[EmbedProgress], None] | None, total: int | None, parts_total: int | None):
+        self.progress, self.total, self.parts_total = progress, total, parts_total
+        self.embedded = self.skipped = self.parts_done = 0
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(EmbedProgress(self.embedded, self.skipped, self.total, self.parts_done, self.parts_total))
+
+
+def _embed_stream(
+    model: EmbeddingModel, modality: str, stream: Iterator[_Prepared], result: EmbedResult, counter: _Counter,
+    where: str = "",
+) -> tuple[np.ndarray, list[str]]:
+    """Prepared items -> (embeddings (N, E), keys), in batches of ``model.batch_size``; skips recorded."""
+    chunks: list[np.ndarray] = []
+    keys: list[str] = []
+    pending: list[_Prepared] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        embeddings = model.encode_prepared(modality, [entry.item for entry in pending])  # (B, E)
+        chunks.append(embeddings.cpu().numpy())
+        keys.extend(entry.key for entry in pending)
+        counter.embedded += len(pending)
+        pending.clear()
+        counter.report()
+
+    for entry in stream:
+        if entry.error is not None:
+            if entry.key:
+                result.skipped.append((entry.key, entry.error))
+                counter.skipped += 1
+            else:  # a problem of the whole shard
+                result.skipped.append((where, entry.error))
+            continue
+        pending.append(entry)
+        if len(pending) >= model.batch_size:
+            flush()
+    flush()
+    counter.report()
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
+    return embeddings, keys
+
+
+def _metadata(model: EmbeddingModel, modality: str) -> dict[str, str]:
+    return {"modality": modality, "embed_dim": str(model.embed_dim), "dtype": str(model.dtype).replace("torch.", "")}
+
+
+def embed_files(
+    model: EmbeddingModel,
+    modality: str,
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    num_workers: int = 0,
+    progress: Callable[[EmbedProgress], None] | None = None,
+) -> EmbedResult:
+    """Embeds files / folders / caption files (see :func:`list_inputs`) into one ``output`` file.
+
+    ``num_workers`` DataLoader processes read and preprocess the inputs (0: this process).
+    The output is written once, at the end, atomically.
+    """
+    output = Path(output)
+    output_format(output)
+    model._require(modality)
+    items = list_inputs(modality, inputs)
+    result = EmbedResult()
+    counter = _Counter(progress, len(items), None)
+    stream = iter(_loader(_FileDataset(modality, items, model.config), num_workers))
+    embeddings, keys = _embed_stream(model, modality, stream, result, counter)
+    result.written.append(write_embeddings(output, embeddings, keys, metadata=_metadata(model, modality)))
+    result.num_embedded = len(keys)
+    return result
+
+
+def _known_sizes(urls: Sequence[str]) -> dict[str, int]:
+    """Sample counts from the ``sizes.json`` the shard writer leaves beside local shards."""
+    sizes: dict[str, int] = {}
+    for directory in sorted({os.path.dirname(url) for url in urls if not url.startswith("pipe:") and "://" not in url}):
+        path = Path(directory or ".") / "sizes.json"
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for name, count in table.items() if isinstance(table, dict) else ():
+            sizes[os.path.join(directory, name)] = int(count)
+    return sizes
+
+
+def part_path(output_dir: str | os.PathLike, url: str, format: str = "npy") -> Path:
+    """Where the part of shard ``url`` goes: ``output_dir/part-<shard name>.<format>``."""
+    return Path(output_dir) / f"{PART_PREFIX}{shard_part_name(url)}.{format}"
+
+
+def embed_shards(
+    model: EmbeddingModel,
+    modality: str,
+    shards: str | Sequence[str],
+    output_dir: str | os.PathLike,
+    *,
+    format: str = "npy",
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    progress: Callable[[EmbedProgress], None] | None = None,
+) -> EmbedResult:
+    """Embeds every sample of the shards, one part per shard in ``output_dir``, resumable.
+
+    This process takes ``shards[rank::world_size]`` (in the order the spec lists them);
+    parts already complete are left as they are (``result.resumed``). Keys are the
+    samples' ``__key__``. A sample without the modality, or one that does not decode,
+    is skipped; a shard that cannot be read (or is cut short) is reported under its URL,
+    and its part holds what could be read.
+    """
+    _check_format(format)
+    model._require(modality)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
+    output_dir = Path(output_dir)
+    if output_dir.suffix.lower().lstrip(".") in OUTPUT_FORMATS:
+        raise ValueError(
+            f"with shard inputs the output is a folder of parts (one per shard), got the file name {output_dir}; "
+            "give a folder and choose the format of the parts with format="
+        )
+    urls = expand_shards(shards)
+    by_name: dict[str, str] = {}
+    for url in urls:
+        name = shard_part_name(url)
+        if name in by_name and by_name[name] != url:
+            raise ValueError(
+                f"shards {by_name[name]} and {url} would both write part {PART_PREFIX}{name}; "
+                "embed them into different output folders"
+            )
+        by_name[name] = url
+    mine = urls[rank::world_size]
+    sizes = _known_sizes(mine)
+    total = sum(sizes.get(url, 0) for url in mine) if all(url in sizes for url in mine) else None
+    result = EmbedResult()
+    counter = _Counter(progress, total, len(mine))
+    for url in mine:
+        path = part_path(output_dir, url, format)
+        if _is_complete(path):
+            result.resumed.append(path)
+            counter.parts_done += 1
+            if total is not None:
+                counter.total -= sizes[url]
+            counter.report()
+            continue
+        stream = iter(_loader(_ShardDataset(modality, url, model.config), num_workers))
+        embeddings, keys = _embed_stream(model, modality, stream, result, counter, where=url)
+        metadata = {**_metadata(model, modality), "shard": url}
+        result.written.append(write_embeddings(path, embeddings, keys, metadata=metadata))
+        result.num_embedded += len(keys)
+        counter.parts_done += 1
+        counter.report()
+    return result
+
+
+def process_place() -> tuple[int, int, torch.device | None]:
+    """(rank, world size, device) of this process among those embedding together.
+
+    Under ``accelerate launch`` with several processes, from accelerate's PartialState
+    (its device is this process's GPU); otherwise from the RANK and WORLD_SIZE
+    environment variables (torchrun's), with no device preference; else (0, 1, None).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        from accelerate import PartialState  # reads the same variables, and knows this process's GPU
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state.device
+    return int(os.environ.get("RANK", "0")), world_size, None
+
+
+__all__ = [
+    "EmbedProgress",
+    "EmbedResult",
+    "InputItem",
+    "OUTPUT_FORMATS",
+    "embed_files",
+    "embed_shards",
+    "is_shard_spec",
+    "keys_path",
+    "list_inputs",
+    "output_format",
+    "part_path",
+    "process_place",
+    "read_embeddings",
+    "shard_part_name",
+    "shard_sample_input",
+    "write_embeddings",
+]

@@ -1,0 +1,150 @@
+"""Embedding extraction: keys aligned with vectors despite broken inputs, shard parts, resuming, ranks."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.shards import expand_shards, read_shard
+from data.writer import samples_from_folder, write_shards
+from multimodal import embed
+from multimodal.api import load
+from tests.test_api import tiny_checkpoint, write_png, write_wav
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load(tiny_checkpoint(), precision="fp32", batch_size=4)
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    root = tmp_path / "images"
+    for index in range(5):
+        write_png(root / ("cats" if index % 2 else "dogs") / f"{index}.png", seed=index)
+    write_png(root / "dogs" / "nested" / "deep.png", seed=9)
+    (root / "cats" / "broken.png").write_bytes(b"\x89PNG but not really")
+    (root / "cats" / "notes.txt").write_text("not an image: not listed")
+    (root / "dogs" / ".hidden.png").write_bytes(b"hidden files are left out")
+    return root
+
+
+def test_files_keep_keys_and_vectors_aligned_around_broken_inputs(model, image_folder, tmp_path):
+    updates = []
+    result = embed.embed_files(model, "image", [image_folder], tmp_path / "emb.npy", progress=updates.append)
+    vectors, keys = embed.read_embeddings(tmp_path / "emb.npy")
+    assert json.loads((tmp_path / "emb.keys.json").read_text()) == keys
+    broken = str(image_folder / "cats" / "broken.png")
+    assert [key for key, _ in result.skipped] == [broken] and "cannot decode image" in result.skipped[0][1]
+    expected_keys = sorted(str(p) for p in image_folder.rglob("*.png") if p.name not in ("broken.png", ".hidden.png"))
+    assert keys == expected_keys and vectors.shape == (6, model.embed_dim) and vectors.dtype == np.float32
+    # The same vectors as the Python API gives for the readable files.
+    torch.testing.assert_close(torch.from_numpy(vectors), model.embed_images(keys), atol=1e-5, rtol=0)
+    assert updates[-1].embedded == 6 and updates[-1].skipped == 1 and updates[-1].total == 7
+    # .safetensors: the same rows, keys in its metadata.
+    embed.embed_files(model, "image", [image_folder], tmp_path / "emb.safetensors")
+    vectors_st, keys_st = embed.read_embeddings(tmp_path / "emb.safetensors")
+    assert keys_st == keys
+    np.testing.assert_allclose(vectors_st, vectors, atol=1e-6)
+
+
+def test_captions_and_audio_files(model, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a photo of a cat\n\nsomeone saying seven\n")
+    embed.embed_files(model, "text", [captions], tmp_path / "text.npy")
+    vectors, keys = embed.read_embeddings(tmp_path / "text.npy")
+    assert keys == [f"{captions}:1", f"{captions}:3"]
+    torch.testing.assert_close(torch.from_numpy(vectors), model.embed_texts(["a photo of a cat", "someone saying seven"]),
+                               atol=1e-5, rtol=0)
+    clips = [write_wav(tmp_path / "audio" / f"{i}.wav", seed=i, seconds=seconds) for i, seconds in enumerate((0.5, 2.4))]
+    (tmp_path / "audio" / "short.wav").write_bytes(b"RIFF")  # not a wav file
+    result = embed.embed_files(model, "audio", [tmp_path / "audio"], tmp_path / "audio.npy")
+    vectors, keys = embed.read_embeddings(tmp_path / "audio.npy")
+    assert keys == [str(path) for path in clips] and [k for k, _ in result.skipped] == [str(tmp_path / "audio" / "short.wav")]
+    torch.testing.assert_close(torch.from_numpy(vectors), model.embed_audio(clips), atol=1e-5, rtol=0)
+
+
+def _shards(image_folder, output, validate=False):
+    """Shards of 2 samples; without validation the broken image is written into a shard too."""
+    samples = [s for s in samples_from_folder(image_folder, layout="classes") if "png" in s.media]
+    result = write_shards(samples, output, max_samples_per_shard=2, validate=validate, shuffle=False)
+    return [str(path) for path in result.shards]
+
+
+def _all_parts(directory) -> tuple[np.ndarray, list[str]]:
+    parts = sorted(directory.glob("part-*.npy"))
+    loaded = [embed.read_embeddings(path) for path in parts]
+    return np.concatenate([vectors for vectors, _ in loaded]), [key for _, keys in loaded for key in keys]
+
+
+def test_shards_give_one_part_each_and_resume_after_an_interruption(model, image_folder, tmp_path, monkeypatch):
+    urls = _shards(image_folder, tmp_path / "shards")
+    assert len(urls) == 4
+    spec = str(tmp_path / "shards" / "shard-{000000..000003}.tar")
+    reference = embed.embed_shards(model, "image", spec, tmp_path / "reference")
+    assert [p.name for p in reference.written] == [f"part-shard-00000{i}.npy" for i in range(4)]
+    assert len(reference.skipped) == 1 and reference.skipped[0][0] == "cats__broken"
+    assert "cannot decode image" in reference.skipped[0][1]
+    vectors, keys = _all_parts(tmp_path / "reference")
+    sample_keys = [s["__key__"] for url in urls for s in read_shard(url, [])]
+    assert keys == [k for k in sample_keys if k != reference.skipped[0][0]] and len(set(keys)) == len(keys) == 6
+    # Vectors equal the Python API on the same image bytes.
+    images = {s["__key__"]: s["png"] for url in urls for s in read_shard(url, [])}
+    torch.testing.assert_close(torch.from_numpy(vectors), model.embed_images([images[k] for k in keys]), atol=1e-5, rtol=0)
+
+    # Interrupted while writing the third part: two parts stay, nothing half-written.
+    calls = {"count": 0}
+    real_write = embed.write_embeddings
+
+    def failing_write(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(embed, "write_embeddings", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        embed.embed_shards(model, "image", urls, tmp_path / "run")
+    monkeypatch.setattr(embed, "write_embeddings", real_write)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "part-shard-000000.keys.json", "part-shard-000000.npy", "part-shard-000001.keys.json", "part-shard-000001.npy"]
+    resumed = embed.embed_shards(model, "image", urls, tmp_path / "run")
+    assert len(resumed.resumed) == 2 and len(resumed.written) == 2
+    vectors_run, keys_run = _all_parts(tmp_path / "run")
+    assert keys_run == keys
+    np.testing.assert_allclose(vectors_run, vectors, atol=1e-6)
+    # A deleted part is the only one written again.
+    (tmp_path / "run" / "part-shard-000002.npy").unlink()
+    again = embed.embed_shards(model, "image", urls, tmp_path / "run")
+    assert [p.name for p in again.written] == ["part-shard-000002.npy"] and len(again.resumed) == 3
+    assert _all_parts(tmp_path / "run")[1] == keys
+
+
+def test_ranks_take_disjoint_shards_and_workers_keep_the_order(model, image_folder, tmp_path):
+    urls = _shards(image_folder, tmp_path / "shards", validate=True)
+    first = embed.embed_shards(model, "image", urls, tmp_path / "out", rank=0, world_size=2, format="safetensors")
+    second = embed.embed_shards(model, "image", urls, tmp_path / "out", rank=1, world_size=2, format="safetensors",
+                                num_workers=2)
+    assert {p.name for p in first.written}.isdisjoint({p.name for p in second.written})
+    keys = []
+    for url in urls:
+        _, part_keys = embed.read_embeddings(embed.part_path(tmp_path / "out", url, "safetensors"))
+        assert part_keys == [s["__key__"] for s in read_shard(url, [])]  # shard order, even with 2 workers
+        keys.extend(part_keys)
+    assert len(keys) == len(set(keys)) == 6
+
+
+def test_inputs_and_outputs_are_checked(model, tmp_path):
+    with pytest.raises(ValueError, match="pyarrow"):
+        embed.embed_files(model, "text", [tmp_path], tmp_path / "emb.parquet")
+    with pytest.raises(ValueError, match=r"must end in \.npy, \.safetensors or \.parquet"):
+        embed.output_format(tmp_path / "emb.csv")
+    with pytest.raises(ValueError, match="does not exist"):
+        embed.list_inputs("image", [tmp_path / "missing.png"])
+    with pytest.raises(ValueError, match="holds no image file"):
+        embed.list_inputs("image", [tmp_path])
+    with pytest.raises(ValueError, match="folder of parts"):
+        embed.embed_shards(model, "image", str(tmp_path / "a.tar"), tmp_path / "emb.npy")
+    assert embed.shard_part_name("pipe:curl -s https://host/data/train-000012.tar -") == "train-000012"
+    assert embed.shard_part_name("/data/x/val-01.tar.gz") == "val-01"
+    assert embed.is_shard_spec("data-{000..009}.tar") and embed.is_shard_spec("pipe:cat x") and not embed.is_shard_spec("a/b.png")
