@@ -23,14 +23,17 @@ from torch import nn
 
 BACKENDS = ("auto", "fused", "explicit")
 
-# Sequence lengths from which the fused kernel beats the explicit path on CPU,
-# measured on a 2-core Sapphire Rapids (AMX). With gradients in bf16 the fused
-# backward is ~5x slower at length 77 and only wins past ~512 tokens; in fp32 it
-# wins from ~200 tokens. Without gradients the fused forward is never slower.
+# Sequence lengths from which the fused kernel beats the explicit path on CPU with
+# gradients (``python -m bench attention``, 2 cores). In bf16 the fused backward is
+# 2-5x slower up to 257 tokens on Sapphire Rapids (AMX) and on Zen 4 (AVX512-BF16),
+# still ~20% slower at 512 on Zen 4, and faster at 1214 (AST), where it also avoids
+# keeping (T, T) probabilities per head for backward. In fp32 the two paths tie up
+# to ~77 tokens and the fused one wins from ~200 (by ~15% at 197 on Zen 4).
+# Without gradients the fused forward is never slower.
 _CPU_FUSED_FROM_LENGTH = {
-    (torch.bfloat16, True): 512,
-    (torch.float16, True): 512,
-    (torch.float32, True): 200,
+    (torch.bfloat16, True): 1024,
+    (torch.float16, True): 1024,
+    (torch.float32, True): 128,
 }
 
 

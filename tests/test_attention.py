@@ -66,9 +66,10 @@ def test_paths_agree_in_backward():
 def test_auto_choice_follows_measurements():
     cpu = torch.device("cpu")
     assert choose_backend(77, torch.bfloat16, cpu, needs_grad=True) == "explicit"
+    assert choose_backend(512, torch.bfloat16, cpu, needs_grad=True) == "explicit"
     assert choose_backend(1214, torch.bfloat16, cpu, needs_grad=True) == "fused"
-    assert choose_backend(50, torch.float32, cpu, needs_grad=True) == "explicit"
-    assert choose_backend(257, torch.float32, cpu, needs_grad=True) == "fused"
+    assert choose_backend(77, torch.float32, cpu, needs_grad=True) == "explicit"
+    assert choose_backend(197, torch.float32, cpu, needs_grad=True) == "fused"
     assert choose_backend(77, torch.bfloat16, cpu, needs_grad=False) == "fused"
     assert choose_backend(77, torch.bfloat16, torch.device("cuda"), needs_grad=True) == "fused"
 
