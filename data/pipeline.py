@@ -575,7 +575,11 @@ class _BatchStream(IterableDataset):
             streams.append(_SourceStream(index, spec, name, urls, settings, counts) if urls else None)
         active = [index for index, stream in enumerate(streams) if stream is not None]
         weights = [spec.weight for spec in self.sources]
-        mix_rng = random.Random(_derive_seed("mix", *settings.seed_parts))
+        # The source of each batch must not depend on the rank: in distributed training all
+        # ranks' batches of a step are gathered into one contrastive batch, so they must hold
+        # the same modalities. (seed, epoch, worker) gives every rank the same sequence.
+        seed, epoch, _rank, worker_id = settings.seed_parts
+        mix_rng = random.Random(_derive_seed("mix", seed, epoch, worker_id))
         # This stream makes the epoch's batches worker, worker + num_workers, ...
         own_batches = None if self.batches_per_epoch is None else len(range(worker, self.batches_per_epoch, num_workers))
         to_skip = len(range(worker, self.start_batch, num_workers))
