@@ -1,7 +1,6 @@
 """The inference API: every input kind, batching, windows of long audio, precision, tokenizers, errors."""
 import atexit
 import functools
-import io
 import json
 import shutil
 import tempfile
@@ -232,3 +231,13 @@ def test_checkpoint_tokenizers(checkpoint, tmp_path):
     assert load_tokenizer(tmp_path / "none") is None
     with pytest.raises(ValueError, match="no tokenizer"):
         load(tmp_path / "none", precision="fp32").embed_texts(["a cat"])
+
+
+def test_package_exports_the_api():
+    import multimodal
+    import multimodal.api
+
+    assert multimodal.ZeroShotClassifier is ZeroShotClassifier and multimodal.EmbeddingModel is EmbeddingModel
+    assert multimodal.load_embedding_model is multimodal.api.load
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        multimodal.nothing  # noqa: B018

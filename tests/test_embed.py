@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.shards import expand_shards, read_shard
+from data.shards import read_shard
 from data.writer import samples_from_folder, write_shards
 from multimodal import embed
 from multimodal.api import load
