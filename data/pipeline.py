@@ -386,7 +386,9 @@ class _SourceStream:
             if raw is None:
                 return None
             try:
-                sample = self._preprocess(raw, random.Random(self.sample_seed ^ self.position))
+                # Evaluation makes no random choice; training seeds each sample by its stream position.
+                rng = random.Random(self.sample_seed ^ self.position) if self.settings.train else None
+                sample = self._preprocess(raw, rng)
             except _SkipSample as skip:
                 self.counts.skip(self.name, skip.reason, f"{raw['__url__']} sample {raw['__key__']}: {skip}")
                 self._failed(raw["__shard__"])
@@ -422,7 +424,7 @@ class _SourceStream:
                     return parsed_json[key]
         return None
 
-    def _caption(self, raw: dict, rng: random.Random) -> str:
+    def _caption(self, raw: dict, rng: random.Random | None) -> str:
         value = self._field(raw, self.caption_keys, "caption")
         if value is None:
             raise _SkipSample("missing_caption", f"no caption under {self.spec.caption_keys!r}")
@@ -445,7 +447,7 @@ class _SourceStream:
         except (TypeError, ValueError):
             raise _SkipSample("bad_label", f"label {value!r:.40} is not an integer") from None
 
-    def _preprocess(self, raw: dict, rng: random.Random) -> dict:
+    def _preprocess(self, raw: dict, rng: random.Random | None) -> dict:
         modalities = self.spec.modalities
         # Cheap checks first: a sample missing a field is rejected before anything is decoded.
         image_bytes = self._find(raw, self.image_keys, "missing_image") if "image" in modalities else None

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 import webdataset
 
-from data.shards import expand_shards, read_shard
+from data.shards import TarFormatError, expand_shards, iterate_tar, read_shard
 
 
 def write_shard(path, num_samples: int, prefix: str = "s") -> list[str]:
@@ -123,3 +123,72 @@ def test_failing_pipe_is_unreadable(tmp_path):
     problems = []
     assert list(read_shard(f"pipe:cat {tmp_path}/does-not-exist.tar", problems)) == []
     assert len(problems) == 1 and problems[0].reason in ("empty_shard", "unreadable_shard")
+
+
+def build_tar(format: int, compression: str = "") -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A tar with long, prefixed and non-ASCII names, an empty file, a directory and a link."""
+    members = [
+        ("short.txt", b"hello"),
+        ("d" * 90 + "/" + "n" * 60 + ".jpg", bytes(range(256)) * 3),  # needs ustar's prefix or a long name
+        ("x" * 150 + ".json", b'{"a": 1}'),  # longer than 100 characters: pax or GNU long name
+        ("caf\u00e9/\u00e9t\u00e9.txt", "\u00e9t\u00e9".encode()),
+        ("empty.bin", b""),
+        ("exact.bin", bytes(1024)),
+    ]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}", format=format) as tar:
+        directory = tarfile.TarInfo("folder")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.txt")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "short.txt"
+        tar.addfile(link)
+    return buffer.getvalue(), members
+
+
+@pytest.mark.parametrize("format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_iterate_tar_reads_what_tarfile_writes(format):
+    if format == tarfile.USTAR_FORMAT:
+        data, members = build_tar(tarfile.PAX_FORMAT)
+        members = [m for m in members if len(m[0].encode()) <= 100 or "/" in m[0] and len(m[0]) < 250]
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=format) as tar:
+            for name, content in members:
+                if not name.isascii():
+                    continue
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        data, members = buffer.getvalue(), [m for m in members if m[0].isascii()]
+    else:
+        data, members = build_tar(format)
+    assert list(iterate_tar(io.BytesIO(data))) == members
+
+
+def test_iterate_tar_reads_gzip_and_rejects_what_is_not_a_tar():
+    data, members = build_tar(tarfile.PAX_FORMAT, compression="gz")
+    assert list(iterate_tar(io.BytesIO(data))) == members
+    with pytest.raises(TarFormatError, match="empty"):
+        list(iterate_tar(io.BytesIO(b"")))
+    with pytest.raises(TarFormatError, match="not a tar"):
+        list(iterate_tar(io.BytesIO(b"PK\x03\x04" + bytes(600))))
+    plain, _ = build_tar(tarfile.PAX_FORMAT)
+    inside_a_member = plain.index(bytes(range(256))) + 100
+    for cut in (100, 700, inside_a_member):
+        with pytest.raises(TarFormatError, match="unexpected end"):
+            list(iterate_tar(io.BytesIO(plain[:cut])))
+
+
+def test_iterate_tar_matches_webdataset_on_its_own_shards(shard_dir):
+    from webdataset.tariterators import tar_file_iterator
+
+    path = shard_dir / "train-000001.tar"
+    with open(path, "rb") as stream:
+        expected = [(m["fname"], m["data"]) for m in tar_file_iterator(stream)]
+    with open(path, "rb") as stream:
+        assert list(iterate_tar(stream)) == expected
