@@ -1,4 +1,4 @@
-"""``python -m bench [NAME ...] [--quick]``: runs the benchmarks in turn and prints each one's summary line.
+"""``python -m bench [NAME ...] [--quick] [--rounds N]``: runs the benchmarks in turn and prints each one's summary line.
 
 Every benchmark is the module ``bench.bench_<NAME>`` and runs in a process of its own,
 so one benchmark's allocator state, thread pools and caches cannot colour the next
@@ -44,11 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {names})")
     parser.add_argument("--quick", action="store_true", help="each benchmark's smallest configuration, one round")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating timed rounds per comparison")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in names]
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; available: {names}")
-    extra = ["--quick"] if args.quick else []
+    extra = (["--quick"] if args.quick else []) + (["--rounds", str(args.rounds)] if args.rounds else [])
     results = [run_one(name, extra) for name in args.names or names]
     print("\n=== summary")
     for summary, _ in results:
