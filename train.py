@@ -45,8 +45,8 @@ class OptimConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
-    steps: int = 400
-    warmup_steps: int = 40
+    steps: int = 1200
+    warmup_steps: int = 50
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     accum_steps: int = 1  # micro-batches per step; negatives span the whole accumulated batch
@@ -59,13 +59,15 @@ class TrainConfig:
     model: ModelConfig | None = None  # None: the preset's
     data: sources.DataConfig = field(default_factory=sources.DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    mixed_precision: str = "no"  # "no", "bf16" or "fp16", through Accelerate
+    # "auto": bf16 where the CPU or GPU computes it natively (2-3x faster here), else fp32;
+    # or "no", "bf16", "fp16", through Accelerate.
+    mixed_precision: str = "auto"
     seed: int = 0
     output_dir: str = "runs"
     run_name: str | None = None  # None: a time stamp
-    log_every: int = 10
+    log_every: int = 20
     eval_every: int = 0  # steps between evaluations during training; 0: only at the end
-    checkpoint_every: int = 200  # steps between checkpoints (the last step always saves one)
+    checkpoint_every: int = 400  # steps between checkpoints (the last step always saves one)
     keep_last: int = 2  # checkpoints kept; older ones are deleted
     resume: str | None = None  # "latest" or a checkpoint directory
     init_from: str | None = None  # a checkpoint whose weights start training (fine-tuning)
@@ -77,8 +79,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; available: {sorted(PRESETS)}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         for name in ("log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -256,12 +258,20 @@ def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer
 
         path = save_checkpoint(
             accelerator.unwrap_model(model), checkpoint_dir(run_dir, step), tokenizer=tokenizer,
-            extra_config={"train": to_dict(config)}, write_extra=write_training_state,
+            extra_config={"train": to_dict(config), "tokenizer": {"kind": tokenizer_kind(tokenizer)}},
+            write_extra=write_training_state,
         )
         for old in list_checkpoints(run_dir)[: -config.keep_last]:
             _remove_tree(old)
     accelerator.wait_for_everyone()
     return path
+
+
+def tokenizer_kind(tokenizer) -> str:
+    """What config.json says of the tokenizer, so loaders pick the right class."""
+    from data.clip_tokenizer import ClipTokenizer
+
+    return "clip" if isinstance(tokenizer, ClipTokenizer) else "ours"
 
 
 def _remove_tree(path: Path) -> None:
@@ -326,11 +336,21 @@ def make_accelerator(config: TrainConfig, run_dir: Path):
     # another), so some encoders are unused in a step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision=resolve_mixed_precision(config.mixed_precision),
         kwargs_handlers=[ddp],
         log_with="tensorboard" if config.tensorboard else None,
         project_dir=str(run_dir),
     )
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """``"auto"``: bf16 where the hardware computes it natively, else full precision."""
+    if setting != "auto":
+        return setting
+    from multimodal.api import resolve_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bf16" if resolve_dtype("auto", device) == torch.bfloat16 else "no"
 
 
 def shared_run_dir(accelerator, config: TrainConfig) -> Path:
@@ -384,7 +404,7 @@ def train(config: TrainConfig) -> dict:
     seed_everything(config.seed)
 
     # Data first: the tokenizer fixes the text encoder's vocabulary size.
-    data = sources.prepare(config.data, config.model, progress=accelerator.is_main_process)
+    data = sources.prepare(config.data, config.model, init_from=config.init_from, progress=accelerator.is_main_process)
     resume_from = find_resume_checkpoint(config)
     model = build_model(config, data.tokenizer.vocab_size if data.tokenizer is not None else None)
     if accelerator.is_main_process:
@@ -455,7 +475,9 @@ def run_loop(accelerator, model, optimizer, scheduler, data, config: TrainConfig
                 "skipped": data.skipped_total(),
             }
             log.write(done, values)
-            shown = max(temperatures.values()) if temperatures else float("nan")
+            # The bar shows the scale of the pairs this batch trained (image-audio may never train).
+            trained = [temperatures[f"temperature/{pair}"] for pair in per_pair]
+            shown = sum(trained) / len(trained)
             progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{values['lr']:.2e}", scale=f"{shown:.1f}",
                                  sps=f"{values['samples_per_s']:.0f}")
             tick, window_steps = time.time(), 0

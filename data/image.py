@@ -71,6 +71,8 @@ def image_to_tensor(image: object) -> torch.Tensor:
     if isinstance(image, (str, Path)):
         return decode_image(Path(image).read_bytes())
     if isinstance(image, np.ndarray):
+        if not image.flags.writeable:  # PIL's arrays are read-only; torch needs memory it may own
+            image = image.copy()
         if image.ndim == 3 and image.shape[2] in (1, 3, 4):
             image = torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).permute(2, 0, 1)  # (C, H, W)
         else:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from data import demo as demo_data
 from data.pipeline import SourceSpec, make_loader
+from data.clip_tokenizer import ClipTokenizer
 from data.tokenizer import Tokenizer, read_caption_files
+from multimodal import api
 from multimodal.evaluation import EvalSetConfig
 from multimodal.model import ModelConfig
 
@@ -40,9 +42,9 @@ class SourceConfig:
 class DataConfig:
     train: list[SourceConfig] = field(default_factory=list)  # empty: the built-in demo
     eval: list[EvalSetConfig] = field(default_factory=list)  # with the demo and none given: the demo's sets
-    batch_size: int = 64  # per process and micro-batch
+    batch_size: int = 128  # per process and micro-batch
     eval_batch_size: int = 250
-    num_workers: int = 1
+    num_workers: int = 2
     tokenizer: str | None = None  # a tokenizer.json; None with the demo: trained on its captions
     tokenizer_vocab_size: int = 512
     demo_dir: str | None = None  # None: the default cache directory
@@ -135,11 +137,35 @@ def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
     ]
 
 
-def prepare(config: DataConfig, model: ModelConfig, *, progress: bool = True) -> PreparedData:
-    """Resolves the data configuration for ``model`` (builds the demo and its tokenizer when needed)."""
+def load_tokenizer(path: str | Path):
+    """Our tokenizer or CLIP's, from a tokenizer.json or a checkpoint directory."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        tokenizer = api.load_tokenizer(path)
+        if tokenizer is None:
+            raise ValueError(f"checkpoint {path} has no tokenizer.json")
+        return tokenizer
+    try:
+        return Tokenizer.load(path)
+    except ValueError as ours_error:
+        try:
+            return ClipTokenizer.load(path)
+        except ValueError:
+            raise ours_error from None
+
+
+def prepare(
+    config: DataConfig, model: ModelConfig, *, init_from: str | None = None, progress: bool = True
+) -> PreparedData:
+    """Resolves the data configuration for ``model`` (builds the demo and its tokenizer when needed).
+
+    Without ``config.tokenizer``, a model initialised from a checkpoint (``init_from``)
+    keeps that checkpoint's tokenizer: its token embeddings are indexed by it.
+    """
     sources = list(config.train)
     eval_sets = list(config.eval)
-    tokenizer = Tokenizer.load(config.tokenizer) if config.tokenizer is not None else None
+    tokenizer_path = config.tokenizer or init_from
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     if not sources:
         paths = demo_data.build_demo(config.demo_dir, progress=_demo_progress if progress else None)
         sources = [

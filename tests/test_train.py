@@ -99,7 +99,7 @@ def run_args(dataset, output_dir, steps, extra=()):
         sys.executable, str(ROOT / "train.py"), "--model.audio", "null", "--data.train", sources,
         "--data.tokenizer", dataset["tokenizer"], "--data.num_workers", "0", "--data.batch_size", "8",
         "--optim.steps", str(steps), "--optim.warmup_steps", "2", "--checkpoint_every", "3", "--log_every", "1",
-        "--keep_last", "5", "--plot", "false", "--output_dir", str(output_dir), "--run_name", "run", *extra,
+        "--keep_last", "5", "--plot", "false", "--mixed_precision", "no", "--output_dir", str(output_dir), "--run_name", "run", *extra,
     ]
 
 
