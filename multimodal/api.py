@@ -92,22 +92,24 @@ def resolve_dtype(precision: str, device: torch.device | str) -> torch.dtype:
 # Checkpoint pieces -----------------------------------------------------------------------
 
 
-def load_tokenizer(directory: str | os.PathLike) -> Tokenizer | ClipTokenizer | None:
-    """The tokenizer of a checkpoint directory, or None when it has no ``tokenizer.json``.
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer | ClipTokenizer | None:
+    """The tokenizer of a checkpoint directory (None when it has none), or of a tokenizer.json file.
 
     Converted CLIP checkpoints say ``"tokenizer": {"kind": "clip"}`` in config.json and
     get the CLIP tokenizer; others get ours. A tokenizer.json that is not ours but is a
-    CLIP one (an older converted checkpoint without the marker) is read as CLIP's.
+    CLIP one (a bare file, or an older converted checkpoint without the marker) is read
+    as CLIP's.
     """
-    directory = Path(directory)
-    path = directory / TOKENIZER_FILE
-    if not path.is_file():
-        return None
-    kind = (read_config(directory).get("tokenizer") or {}).get("kind", "ours")
-    if kind == "clip":
-        return ClipTokenizer.load(path)
-    if kind != "ours":
-        raise ValueError(f"{directory}/config.json names tokenizer kind {kind!r}; this version reads 'ours' and 'clip'")
+    path = Path(path)
+    if path.is_dir():
+        directory, path = path, path / TOKENIZER_FILE
+        if not path.is_file():
+            return None
+        kind = (read_config(directory).get("tokenizer") or {}).get("kind", "ours")
+        if kind == "clip":
+            return ClipTokenizer.load(path)
+        if kind != "ours":
+            raise ValueError(f"{directory}/config.json names tokenizer kind {kind!r}; this version reads 'ours' and 'clip'")
     try:
         return Tokenizer.load(path)
     except ValueError as ours_error:

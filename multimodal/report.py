@@ -51,6 +51,8 @@ def plot_curves(metrics_path: str | Path, output: str | Path) -> Path | None:
         points = [(r["step"], r[key]) for r in rows if key in r]
         eval_axis.plot(*zip(*points), marker="o", label=key)
     eval_axis.set_xlabel("step")
+    if losses:
+        eval_axis.set_xlim(0, max(step for step, _ in losses))
     eval_axis.set_ylim(0, 1)
     eval_axis.set_title("evaluation")
     if rate_keys:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from data import demo as demo_data
 from data.pipeline import SourceSpec, make_loader
-from data.clip_tokenizer import ClipTokenizer
 from data.tokenizer import Tokenizer, read_caption_files
 from multimodal import api
 from multimodal.evaluation import EvalSetConfig
@@ -139,19 +138,10 @@ def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
 
 def load_tokenizer(path: str | Path):
     """Our tokenizer or CLIP's, from a tokenizer.json or a checkpoint directory."""
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file():
-        tokenizer = api.load_tokenizer(path)
-        if tokenizer is None:
-            raise ValueError(f"checkpoint {path} has no tokenizer.json")
-        return tokenizer
-    try:
-        return Tokenizer.load(path)
-    except ValueError as ours_error:
-        try:
-            return ClipTokenizer.load(path)
-        except ValueError:
-            raise ours_error from None
+    tokenizer = api.load_tokenizer(path)
+    if tokenizer is None:
+        raise ValueError(f"{path} has no tokenizer.json")
+    return tokenizer
 
 
 def prepare(

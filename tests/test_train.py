@@ -169,3 +169,17 @@ save_checkpoint(other, root / "step-0000002", write_extra=stall)
     expected = MultimodalModel(tiny(["text", "image"])).state_dict()
     loaded = load_model(checkpoints[0]).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+
+
+def test_tokenizer_from_a_file_or_a_checkpoint_directory(tmp_path, tiny_dataset):
+    from multimodal import sources
+    from multimodal.checkpoint import save_checkpoint
+
+    tokenizer = sources.load_tokenizer(tiny_dataset["tokenizer"])
+    model = MultimodalModel(tiny(["text", "image"], vocab_size=tokenizer.vocab_size))
+    save_checkpoint(model, tmp_path / "ckpt", tokenizer=tokenizer)
+    again = sources.load_tokenizer(tmp_path / "ckpt")
+    assert torch.equal(again(["a red square"], 8)[0], tokenizer(["a red square"], 8)[0])
+    save_checkpoint(model, tmp_path / "bare")
+    with pytest.raises(ValueError, match="has no tokenizer.json"):
+        sources.load_tokenizer(tmp_path / "bare")
