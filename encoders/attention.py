@@ -23,17 +23,21 @@ from torch import nn
 
 BACKENDS = ("auto", "fused", "explicit")
 
-# Sequence lengths from which the fused kernel beats the explicit path on CPU with
-# gradients (``python -m bench attention``, 2 cores). In bf16 the fused backward is
-# 2-5x slower up to 257 tokens on Sapphire Rapids (AMX) and on Zen 4 (AVX512-BF16),
-# still ~20% slower at 512 on Zen 4, and faster at 1214 (AST), where it also avoids
+# Sequence lengths from which the fused kernel beats the explicit path on CPU
+# (``python -m bench attention``, 2 cores). With gradients in bf16 the fused backward
+# is 2-5x slower up to 257 tokens on Sapphire Rapids (AMX) and on Zen 4 (AVX512-BF16),
+# still ~20% slower at 512 on Zen 4, and on par at 1214 (AST), where it also avoids
 # keeping (T, T) probabilities per head for backward. In fp32 the two paths tie up
 # to ~77 tokens and the fused one wins from ~200 (by ~15% at 197 on Zen 4).
-# Without gradients the fused forward is never slower.
+# Without gradients: in fp32 the fused forward is never slower; in bf16 it is
+# 1.5-1.9x slower than the explicit one at every length measured (17 to 1214).
+_NEVER = 1 << 62
 _CPU_FUSED_FROM_LENGTH = {
     (torch.bfloat16, True): 1024,
     (torch.float16, True): 1024,
     (torch.float32, True): 128,
+    (torch.bfloat16, False): _NEVER,
+    (torch.float16, False): _NEVER,
 }
 
 
@@ -42,7 +46,7 @@ def choose_backend(seq_len: int, dtype: torch.dtype, device: torch.device, needs
     if device.type != "cpu":
         return "fused"
     threshold = _CPU_FUSED_FROM_LENGTH.get((dtype, needs_grad))
-    if threshold is None:  # inference: fused forward is at least as fast
+    if threshold is None:  # fp32 inference: the fused forward is at least as fast
         return "fused"
     return "fused" if seq_len >= threshold else "explicit"
 

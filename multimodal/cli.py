@@ -112,10 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--input", required=True, nargs="+", metavar="PATH",
                        help="files, folders, caption files (text), or shard specs")
     embed.add_argument("--output", required=True, metavar="PATH",
-                       help="output file (.npy or .safetensors) for file inputs; output folder for shard inputs")
+                       help="output file (.npy, .safetensors or .parquet) for file inputs; output folder for shard inputs")
     embed.add_argument("--format", choices=("npy", "safetensors", "parquet"), default="npy",
-                       help="format of the parts written for shard inputs (default npy; parquet needs pyarrow, "
-                            "which is not installed)")
+                       help="format of the parts written for shard inputs (default npy)")
     embed.add_argument("--num-workers", type=_non_negative_int, default=0,
                        help="processes that read and preprocess inputs (default 0: the main process)")
     embed.set_defaults(run=run_embed, command_parser=embed)
@@ -329,8 +328,6 @@ def run_embed(args, parser: argparse.ArgumentParser) -> int:
         if Path(args.output).suffix.lower().lstrip(".") in embed.OUTPUT_FORMATS:
             parser.error(f"argument --output: with shard inputs the output is a folder of parts (one per shard), "
                          f"got the file name {args.output}; give a folder and choose the parts' format with --format")
-        if args.format == "parquet":
-            parser.error("argument --format: parquet needs pyarrow, which is not installed; use npy or safetensors")
     else:
         try:
             embed.output_format(args.output)

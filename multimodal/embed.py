@@ -20,8 +20,8 @@ Output formats, chosen by the file suffix (or ``format`` for shard parts):
   complete ``.npy`` always has its keys;
 * ``.safetensors``: tensor ``"embeddings"`` float32 (N, E) and the metadata entry
   ``"keys"`` (a JSON list), in one file;
-* ``.parquet`` needs pyarrow, which this project does not depend on: asking for it
-  raises a ValueError that says so.
+* ``.parquet``: columns ``key`` (string) and ``embedding`` (fixed-size list of
+  float32, E per row), one row per input, readable by pandas, Spark, DuckDB...
 
 An input that cannot be read (missing, not decodable, too short, ...) is skipped and
 reported in the result with its reason; it takes no row, so keys and vectors stay
@@ -146,7 +146,7 @@ def shard_part_name(url: str) -> str:
 
 
 def output_format(path: str | os.PathLike) -> str:
-    """The format of an output file from its suffix; raises ValueError for others (and for parquet)."""
+    """The format of an output file from its suffix; raises ValueError for others."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in OUTPUT_FORMATS:
         raise ValueError(f"output {path} must end in .npy, .safetensors or .parquet (the format is read from it)")
@@ -157,11 +157,6 @@ def output_format(path: str | os.PathLike) -> str:
 def _check_format(format: str) -> None:
     if format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {format!r}; expected one of {OUTPUT_FORMATS}")
-    if format == "parquet":
-        raise ValueError(
-            "writing .parquet needs pyarrow, which this project does not install; "
-            "write .npy (keys in a .keys.json beside it) or .safetensors (keys in its metadata) instead"
-        )
 
 
 def keys_path(npy_path: str | os.PathLike) -> Path:
@@ -201,6 +196,8 @@ def write_embeddings(
                 np.save(handle, embeddings)
 
         _write_atomically(path, write_npy)
+    elif format == "parquet":
+        _write_atomically(path, lambda tmp: _write_parquet(tmp, embeddings, keys, metadata))
     else:
         header = {"keys": json.dumps(list(keys)), **(metadata or {})}
         _write_atomically(path, lambda tmp: save_numpy_file({"embeddings": embeddings}, str(tmp), metadata=header))
@@ -214,12 +211,37 @@ def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     if format == "npy":
         embeddings = np.load(path)
         keys = json.loads(keys_path(path).read_text(encoding="utf-8"))
+    elif format == "parquet":
+        embeddings, keys = _read_parquet(path)
     else:
         with safe_open(str(path), framework="numpy") as handle:
             keys = json.loads(handle.metadata()["keys"])
         embeddings = load_numpy_file(str(path))["embeddings"]
     if embeddings.shape[0] != len(keys):
         raise ValueError(f"{path}: {embeddings.shape[0]} rows but {len(keys)} keys")
+    return embeddings, keys
+
+
+def _write_parquet(path: Path, embeddings: np.ndarray, keys: Sequence[str], metadata: dict[str, str] | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = embeddings.shape[1]
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
+    table = pa.table({"key": pa.array(list(keys), type=pa.string()), "embedding": vectors})
+    if metadata:
+        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+    pq.write_table(table, str(path))
+
+
+def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(path))
+    keys = table.column("key").to_pylist()
+    vectors = table.column("embedding").combine_chunks()
+    dim = vectors.type.list_size
+    embeddings = vectors.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(keys), dim)
     return embeddings, keys
 
 

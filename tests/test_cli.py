@@ -73,8 +73,6 @@ def test_bad_arguments_name_the_argument(checkpoint, tmp_path, capsys):
         (["classify", "--checkpoint", checkpoint, "--labels", "a,b", "--templates", "no slot", image], "argument --templates"),
         (["embed", "--checkpoint", checkpoint, "--modality", "image", "--input", image, "--output", tmp_path / "e.csv"],
          "argument --output"),
-        (["embed", "--checkpoint", checkpoint, "--modality", "image", "--input", image, "--output", tmp_path / "e.parquet"],
-         "pyarrow"),
         (["embed", "--checkpoint", checkpoint, "--modality", "video", "--input", image, "--output", tmp_path / "e.npy"],
          "argument --modality: invalid choice"),
         (["embed", "--checkpoint", checkpoint, "--modality", "image", "--input", tmp_path / "none.png", "--output",
