@@ -72,7 +72,7 @@ def test_auto_choice_follows_measurements():
     assert choose_backend(197, torch.float32, cpu, needs_grad=True) == "fused"
     assert choose_backend(77, torch.float32, cpu, needs_grad=False) == "fused"
     assert choose_backend(77, torch.bfloat16, cpu, needs_grad=False) == "explicit"
-    assert choose_backend(1214, torch.bfloat16, cpu, needs_grad=False) == "explicit"
+    assert choose_backend(1214, torch.bfloat16, cpu, needs_grad=False) == "fused"
     assert choose_backend(77, torch.bfloat16, torch.device("cuda"), needs_grad=True) == "fused"
 
 
