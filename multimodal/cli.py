@@ -596,13 +596,18 @@ def run_shards(args, parser: argparse.ArgumentParser) -> int:
 # tokenizer ---------------------------------------------------------------------------------
 
 
+def _is_caption_shards(source: str) -> bool:
+    """A shard spec, or a folder of .tar shards (as `multimodal shards` writes)."""
+    return is_shard_spec(source) or (Path(source).is_dir() and any(Path(source).glob("*.tar")))
+
+
 def _captions(sources: Sequence[str]):
     from data.shards import expand_shards, read_shard
     from data.tokenizer import read_caption_files
     from multimodal.embed import shard_sample_input
 
     for source in sources:
-        if is_shard_spec(source):
+        if _is_caption_shards(source):
             for url in expand_shards(source):
                 for sample in read_shard(url, []):
                     try:
@@ -620,8 +625,8 @@ def run_tokenizer(args, parser: argparse.ArgumentParser) -> int:
         parser.error(f"argument --vocab-size: must be at least {MIN_VOCAB_SIZE} (256 bytes + 3 special tokens), "
                      f"got {args.vocab_size}")
     for source in args.captions:
-        if not is_shard_spec(source) and not Path(source).is_file():
-            parser.error(f"argument --captions: {source} is neither a caption file nor a shard spec")
+        if not _is_caption_shards(source) and not Path(source).is_file():
+            parser.error(f"argument --captions: {source} is neither a caption file, a shard spec nor a folder of shards")
     tokenizer = Tokenizer.train(_captions(args.captions), vocab_size=args.vocab_size, min_frequency=args.min_frequency)
     path = tokenizer.save(args.output)
     print(f"tokenizer with {tokenizer.vocab_size} ids written to {path}")

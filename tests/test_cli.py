@@ -186,6 +186,11 @@ def test_shards_and_tokenizer_commands(class_folder, tmp_path, capsys):
     tokenizer = Tokenizer.load(tmp_path / "tok.json")
     assert tokenizer.vocab_size <= 280 and f"{tokenizer.vocab_size} ids" in out
     assert tokenizer.decode(tokenizer(["a photo of cats"], 12)[0][0].tolist()) == "a photo of cats"
+    # A folder of shards, as `multimodal shards` writes it, reads the same captions as the spec.
+    status, _, _ = run(["tokenizer", "--captions", captions, str(tmp_path / "shards"), "--vocab-size", "280",
+                        "--min-frequency", "1", "--output", tmp_path / "tok2.json"], capsys)
+    assert status == 0
+    assert Tokenizer.load(tmp_path / "tok2.json").to_json_str() == tokenizer.to_json_str()
 
 
 def test_convert_and_demo_call_the_library(tmp_path, capsys, monkeypatch):
