@@ -38,6 +38,8 @@ import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
+from data.tokenizer import read_tokenizer_json, write_tokenizer_json
+
 VOCAB_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 START_OF_TEXT_TOKEN = "<start_of_text>"
 END_OF_TEXT_TOKEN = "<end_of_text>"
@@ -198,27 +200,11 @@ class ClipTokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClipTokenizer:
         """Load a ``tokenizer.json`` written by :meth:`save` (a file, or a directory holding one)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no tokenizer file at {path}")
-        try:
-            tokenizer = HFTokenizer.from_file(str(path))
-        except Exception as error:  # the Rust side raises a bare Exception
-            raise ValueError(f"{path} is not a valid tokenizer.json: {error}") from error
-        return cls(tokenizer)
+        return cls(read_tokenizer_json(path))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (``path`` is the file, or a directory to put it in); returns the file."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_text(self._tokenizer.to_str(), encoding="utf-8")
-        os.replace(temporary, path)  # a reader never sees half a file
-        return path
+        return write_tokenizer_json(self._tokenizer, path)
 
     # Properties -------------------------------------------------------------------
 

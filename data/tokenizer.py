@@ -61,6 +61,31 @@ def read_caption_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -
                     yield line
 
 
+def read_tokenizer_json(path: str | os.PathLike) -> HFTokenizer:
+    """A Hugging Face tokenizer from ``tokenizer.json`` (a file, or a directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    try:
+        return HFTokenizer.from_file(str(path))
+    except Exception as error:  # the Rust side raises a bare Exception
+        raise ValueError(f"{path} is not a valid tokenizer.json: {error}") from error
+
+
+def write_tokenizer_json(tokenizer: HFTokenizer, path: str | os.PathLike) -> Path:
+    """Writes ``tokenizer.json`` (``path`` is the file, or a directory to put it in); returns the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(tokenizer.to_str(), encoding="utf-8")
+    os.replace(temporary, path)  # a reader never sees half a file
+    return path
+
+
 class Tokenizer:
     """Byte-level BPE caption tokenizer with fixed ids: pad 0, start-of-text 1, end-of-text 2.
 
@@ -126,16 +151,7 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Load a ``tokenizer.json`` (a file, or a directory holding one, like a checkpoint)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no tokenizer file at {path}")
-        try:
-            tokenizer = HFTokenizer.from_file(str(path))
-        except Exception as error:  # the Rust side raises a bare Exception
-            raise ValueError(f"{path} is not a valid tokenizer.json: {error}") from error
-        return cls(tokenizer)
+        return cls(read_tokenizer_json(path))
 
     @classmethod
     def from_json_str(cls, text: str) -> Tokenizer:
@@ -152,14 +168,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (``path`` is the file, or a directory to put it in); returns the file."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_text(self.to_json_str(), encoding="utf-8")
-        os.replace(temporary, path)  # a reader never sees half a file
-        return path
+        return write_tokenizer_json(self._tokenizer, path)
 
     # Properties -------------------------------------------------------------------
 
