@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -332,6 +333,8 @@ def make_accelerator(config: TrainConfig, run_dir: Path):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard true needs the tensorboard package: pip install -e '.[tensorboard]'")
     # A batch may hold only some modalities (image-text from one source, audio-text from
     # another), so some encoders are unused in a step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)

@@ -183,3 +183,13 @@ def test_tokenizer_from_a_file_or_a_checkpoint_directory(tmp_path, tiny_dataset)
     save_checkpoint(model, tmp_path / "bare")
     with pytest.raises(ValueError, match="has no tokenizer.json"):
         sources.load_tokenizer(tmp_path / "bare")
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    config = train.parse_config(["--tensorboard", "true", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"pip install -e '\.\[tensorboard\]'"):
+        train.make_accelerator(config, tmp_path)
