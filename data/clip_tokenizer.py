@@ -33,12 +33,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
-from data.tokenizer import read_tokenizer_json, write_tokenizer_json
+from data.tokenizer import encode_rows, read_tokenizer_json, write_tokenizer_json
 
 VOCAB_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 START_OF_TEXT_TOKEN = "<start_of_text>"
@@ -256,26 +255,8 @@ class ClipTokenizer:
             padding_mask: bool (B, L), True at the positions after end-of-text. (Pad id 0
                 is also the token "!", so the mask cannot be read from the ids.)
         """
-        if context_length < 2:
-            raise ValueError(
-                f"context_length={context_length} is too short: a caption needs at least 2 positions "
-                "(start-of-text and end-of-text)"
-            )
-        if isinstance(texts, str):
-            texts = [texts]
-        elif not all(isinstance(text, str) for text in texts):
-            raise TypeError(f"texts must be a string or a list of strings, got {[type(t).__name__ for t in texts]}")
-        token_lists = self.tokenize(texts)
-        ids = np.full((len(token_lists), context_length), PAD_ID, dtype=np.int64)  # (B, L)
-        lengths = np.empty(len(token_lists), dtype=np.int64)  # valid positions per row
-        for row, tokens in enumerate(token_lists):
-            tokens = tokens[: context_length - 2]
-            ids[row, 0] = START_OF_TEXT_ID
-            ids[row, 1 : 1 + len(tokens)] = tokens
-            ids[row, 1 + len(tokens)] = END_OF_TEXT_ID
-            lengths[row] = len(tokens) + 2
-        padding_mask = np.arange(context_length)[None, :] >= lengths[:, None]  # (B, L)
-        return torch.from_numpy(ids), torch.from_numpy(padding_mask)
+        return encode_rows(texts, context_length, self.tokenize, pad_id=PAD_ID, sot_id=START_OF_TEXT_ID,
+                           eot_id=END_OF_TEXT_ID)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of one row of ids, special tokens and padding after end-of-text left out."""

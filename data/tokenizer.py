@@ -16,7 +16,7 @@ start/end tokens.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,43 @@ def write_tokenizer_json(tokenizer: HFTokenizer, path: str | os.PathLike) -> Pat
     temporary.write_text(tokenizer.to_str(), encoding="utf-8")
     os.replace(temporary, path)  # a reader never sees half a file
     return path
+
+
+def encode_rows(
+    texts: str | Sequence[str],
+    context_length: int,
+    tokenize: Callable[[Sequence[str]], list[list[int]]],
+    *,
+    pad_id: int,
+    sot_id: int,
+    eot_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions -> fixed-length rows ``[sot] + tokens + [eot] + [pad] * n`` and their padding mask.
+
+    A long caption keeps its first L - 2 tokens and its end-of-text token (EOT pooling
+    needs it). Returns ids int64 (B, L) and padding_mask bool (B, L), True after
+    end-of-text: computed from lengths, since a pad id may also be a real token.
+    """
+    if context_length < 2:
+        raise ValueError(
+            f"context_length={context_length} is too short: a caption needs at least 2 positions "
+            "(start-of-text and end-of-text)"
+        )
+    if isinstance(texts, str):
+        texts = [texts]
+    elif not all(isinstance(text, str) for text in texts):
+        raise TypeError(f"texts must be a string or a list of strings, got {[type(t).__name__ for t in texts]}")
+    token_lists = tokenize(texts)
+    ids = np.full((len(token_lists), context_length), pad_id, dtype=np.int64)  # (B, L)
+    lengths = np.empty(len(token_lists), dtype=np.int64)  # valid positions per row
+    for row, tokens in enumerate(token_lists):
+        tokens = tokens[: context_length - 2]
+        ids[row, 0] = sot_id
+        ids[row, 1 : 1 + len(tokens)] = tokens
+        ids[row, 1 + len(tokens)] = eot_id
+        lengths[row] = len(tokens) + 2
+    padding_mask = np.arange(context_length)[None, :] >= lengths[:, None]  # (B, L)
+    return torch.from_numpy(ids), torch.from_numpy(padding_mask)
 
 
 class Tokenizer:
@@ -212,27 +249,8 @@ class Tokenizer:
                 first L - 2 tokens and its end-of-text token.
             padding_mask: bool (B, L), True at padding positions.
         """
-        if context_length < 2:
-            raise ValueError(
-                f"context_length={context_length} is too short: a caption needs at least 2 positions "
-                "(start-of-text and end-of-text)"
-            )
-        if isinstance(texts, str):
-            texts = [texts]
-        elif not all(isinstance(text, str) for text in texts):
-            raise TypeError(f"texts must be a string or a list of strings, got {[type(t).__name__ for t in texts]}")
-        token_lists = self.tokenize(texts)
-        ids = np.full((len(token_lists), context_length), PAD_ID, dtype=np.int64)  # (B, L)
-        lengths = np.empty(len(token_lists), dtype=np.int64)  # valid positions per row
-        max_tokens = context_length - 2
-        for row, tokens in enumerate(token_lists):
-            tokens = tokens[:max_tokens]
-            ids[row, 0] = START_OF_TEXT_ID
-            ids[row, 1 : 1 + len(tokens)] = tokens
-            ids[row, 1 + len(tokens)] = END_OF_TEXT_ID
-            lengths[row] = len(tokens) + 2
-        padding_mask = np.arange(context_length)[None, :] >= lengths[:, None]  # (B, L)
-        return torch.from_numpy(ids), torch.from_numpy(padding_mask)
+        return encode_rows(texts, context_length, self.tokenize, pad_id=PAD_ID, sot_id=START_OF_TEXT_ID,
+                           eot_id=END_OF_TEXT_ID)
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str | list[str]:
         """Text of one row of ids (a 1-D sequence) or of each row of a 2-D tensor / nested list."""
