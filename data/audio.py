@@ -42,6 +42,18 @@ LOW_FREQ = 20.0
 EPSILON = torch.finfo(torch.float32).eps  # Kaldi floors mel energies at float epsilon before the log
 
 
+# Integer PCM is read as integers and scaled here: libsndfile's own conversion to float
+# is several times slower (350 us against 50 us for 10 s of 16-bit audio) and gives
+# the same numbers, since the scales are powers of two.
+_INTEGER_READS = {
+    "PCM_S8": ("int16", 2.0**-15),
+    "PCM_U8": ("int16", 2.0**-15),
+    "PCM_16": ("int16", 2.0**-15),
+    "PCM_24": ("int32", 2.0**-31),
+    "PCM_32": ("int32", 2.0**-31),
+}
+
+
 def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
     """Decodes an audio file's bytes (wav, flac, ogg, mp3, ...) with soundfile.
 
@@ -50,10 +62,18 @@ def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
     samples are not finite.
     """
     try:
-        samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            sample_rate = sound.samplerate
+            integer = _INTEGER_READS.get(sound.subtype)
+            if integer is None:
+                samples = sound.read(dtype="float32", always_2d=True)  # (N, C)
+            else:
+                dtype, scale = integer
+                samples = sound.read(dtype=dtype, always_2d=True).astype(np.float32)  # (N, C)
+                samples *= np.float32(scale)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as error:
         raise ValueError(f"cannot decode audio ({len(data)} bytes): {error}") from error
-    if not np.isfinite(samples).all():
+    if integer is None and not np.isfinite(samples).all():
         raise ValueError("decoded audio holds NaN or infinite samples")
     return torch.from_numpy(samples.T.copy()), int(sample_rate)  # (C, N)
 
@@ -124,17 +144,53 @@ def samples_for_frames(frames: int, config: AudioPreprocessConfig) -> int:
     return window_size + (frames - 1) * window_shift
 
 
+# Mel bins per block of the banded mel product (see _MelBands); 16 was fastest of 8, 16 and 32.
+_MEL_BLOCK = 16
+
+
+class _MelBands:
+    """Kaldi's mel matrix as dense blocks of consecutive mel bins over the FFT bins they touch.
+
+    Each triangular filter covers a few neighbouring FFT bins, so the dense (K, F)
+    matrix is over 98% zeros (504 non-zeros of 32,896 for 128 bins at 512 points).
+    Groups of ``_MEL_BLOCK`` bins use a contiguous run of FFT bins; multiplying the
+    power spectrum by those blocks only does the same sums without the zero terms,
+    3-4x faster than one dense product.
+    """
+
+    def __init__(self, mel_matrix: torch.Tensor) -> None:
+        """``mel_matrix``: (K, F), K = fft_size // 2 + 1 FFT bins, F mel bins."""
+        self.num_mel_bins = mel_matrix.shape[1]
+        # (first mel bin, end mel bin, first FFT bin, end FFT bin, block (end - first FFT, end - first mel))
+        self.blocks: list[tuple[int, int, int, int, torch.Tensor]] = []
+        for first in range(0, self.num_mel_bins, _MEL_BLOCK):
+            end = min(first + _MEL_BLOCK, self.num_mel_bins)
+            used = mel_matrix[:, first:end].ne(0).any(dim=1).nonzero().flatten()
+            low, high = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
+            self.blocks.append((first, end, low, high, mel_matrix[low:high, first:end].contiguous()))
+
+    def apply(self, power: torch.Tensor) -> torch.Tensor:
+        """Power spectrum (T, K) -> mel energies (T, F)."""
+        mel = power.new_empty(power.shape[0], self.num_mel_bins)  # (T, F)
+        for first, end, low, high, block in self.blocks:
+            if high > low:
+                torch.mm(power[:, low:high], block, out=mel[:, first:end])
+            else:  # only empty filters in this group (Kaldi makes them below ~100 Hz with many bins)
+                mel[:, first:end] = 0.0
+        return mel
+
+
 @functools.lru_cache(maxsize=8)
 def _filterbank_constants(
     sample_rate: int, num_mel_bins: int, window_size: int, fft_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Hann window (window_size,) and the mel matrix transposed (fft_size // 2 + 1, num_mel_bins)."""
+) -> tuple[torch.Tensor, _MelBands]:
+    """The Hann window (window_size,) and the banded mel matrix over fft_size // 2 + 1 bins."""
     window = torch.hann_window(window_size, periodic=False, dtype=torch.float32)
     mel_banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
         num_mel_bins, fft_size, float(sample_rate), LOW_FREQ, 0.0, 100.0, -500.0, 1.0
     )  # (F, fft_size // 2): Kaldi leaves the Nyquist bin out
-    mel_matrix = torch.nn.functional.pad(mel_banks.to(torch.float32), (0, 1)).T.contiguous()  # (fft_size // 2 + 1, F)
-    return window, mel_matrix
+    mel_matrix = torch.nn.functional.pad(mel_banks.to(torch.float32), (0, 1)).T  # (fft_size // 2 + 1, F)
+    return window, _MelBands(mel_matrix)
 
 
 def fbank(waveform: torch.Tensor, config: AudioPreprocessConfig) -> torch.Tensor:
@@ -155,7 +211,7 @@ def fbank(waveform: torch.Tensor, config: AudioPreprocessConfig) -> torch.Tensor
             f"audio of {waveform.shape[0]} samples is shorter than one {config.frame_length_ms} ms frame "
             f"({window_size} samples at {config.sample_rate} Hz)"
         )
-    window, mel_matrix = _filterbank_constants(config.sample_rate, config.num_mel_bins, window_size, fft_size)
+    window, mel_bands = _filterbank_constants(config.sample_rate, config.num_mel_bins, window_size, fft_size)
     waveform = waveform.to(torch.float32)
     frames = waveform.unfold(0, window_size, window_shift)  # (T, W) view
     frames = frames - frames.mean(dim=1, keepdim=True)  # (T, W)
@@ -165,12 +221,11 @@ def fbank(waveform: torch.Tensor, config: AudioPreprocessConfig) -> torch.Tensor
     torch.mul(frames[:, :1], 1.0 - PREEMPHASIS, out=emphasised[:, :1])
     emphasised.mul_(window)
     spectrum = torch.fft.rfft(emphasised, n=fft_size)  # (T, fft_size // 2 + 1) complex
-    parts = torch.view_as_real(spectrum)  # (T, fft_size // 2 + 1, 2)
-    real, imaginary = parts[..., 0], parts[..., 1]
-    # Two strided products beat .abs() (a square root) and a sum over the size-2 axis (slow on CPU).
-    power = real * real + imaginary * imaginary  # (T, fft_size // 2 + 1)
-    mel = power @ mel_matrix  # (T, F)
-    return mel.clamp_min_(EPSILON).log_()
+    # Squaring the (real, imaginary) pairs in one contiguous pass and adding the halves
+    # beats .abs() (a square root) and a sum over the size-2 axis (slow on CPU).
+    squares = torch.view_as_real(spectrum).square_()  # (T, fft_size // 2 + 1, 2)
+    power = squares[..., 0] + squares[..., 1]  # (T, fft_size // 2 + 1)
+    return mel_bands.apply(power).clamp_min_(EPSILON).log_()
 
 
 def kaldi_fbank(waveform: torch.Tensor, config: AudioPreprocessConfig) -> torch.Tensor:

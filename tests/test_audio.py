@@ -50,6 +50,21 @@ def test_lossless_formats_round_trip(format, subtype):
     np.testing.assert_allclose(waveform.numpy(), stereo.T, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "format, subtype",
+    [("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("FLAC", "PCM_S8"), ("FLAC", "PCM_16")],
+)
+def test_integer_pcm_equals_libsndfile_float_conversion(format, subtype):
+    # decode_audio reads integer PCM as integers and scales it itself (faster); the
+    # numbers must be exactly those libsndfile's own float conversion gives.
+    stereo = np.stack([tone(0.1).numpy(), tone(0.1, frequency=220, seed=1).numpy()], axis=1)  # (N, 2)
+    data = encode(stereo, 16000, format, subtype)
+    waveform, sample_rate = decode_audio(data)
+    reference, _ = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, 2)
+    assert sample_rate == 16000 and waveform.dtype == torch.float32
+    assert np.array_equal(waveform.numpy(), reference.T)
+
+
 @pytest.mark.parametrize("format, subtype", [("OGG", "VORBIS"), ("MP3", None)])
 def test_lossy_formats_decode(format, subtype):
     waveform, sample_rate = decode_audio(encode(tone(0.5).numpy(), 16000, format, subtype))
