@@ -456,7 +456,10 @@ def run_loop(accelerator, model, optimizer, scheduler, data, config: TrainConfig
     for step in range(start_step, optim.steps):
         if batches is None or (config.checkpoint_every and step % config.checkpoint_every == 0):
             loader = data.train_loader(
-                seed=segment_seed(config.seed, step), rank=accelerator.process_index, world_size=accelerator.num_processes
+                seed=segment_seed(config.seed, step),
+                rank=accelerator.process_index,
+                world_size=accelerator.num_processes,
+                device=accelerator.device,
             )
             batches = iter(loader)
         micro_batches = [to_device(next(batches), accelerator.device) for _ in range(optim.accum_steps)]

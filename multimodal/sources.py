@@ -72,8 +72,11 @@ class PreparedData:
     eval_sets: list[PreparedEvalSet]
     current_loader: object = None
 
-    def train_loader(self, *, seed: int, rank: int = 0, world_size: int = 1):
-        """The endless, shuffled training stream for this process (resampled shards, mixed by weight)."""
+    def train_loader(self, *, seed: int, rank: int = 0, world_size: int = 1, device=None):
+        """The endless, shuffled training stream for this process (resampled shards, mixed by weight).
+
+        ``device``: where batches arrive; images travel as uint8 and are normalised there.
+        """
         specs = [
             SourceSpec(shards=s.shards, modalities=list(s.modalities), weight=s.weight, caption_keys=s.caption_keys,
                        name=f"train{index}")
@@ -91,6 +94,7 @@ class PreparedData:
             audio_config=self.model.audio_preprocess,
             tokenize=self.tokenize,
             shuffle_buffer=self.config.shuffle_buffer,
+            device=device,
         )
         return self.current_loader
 

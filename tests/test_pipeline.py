@@ -17,7 +17,7 @@ from torchvision.io import encode_jpeg, encode_png
 
 from data.audio import audio_to_features
 from data.config import AudioPreprocessConfig, ImagePreprocessConfig
-from data.image import preprocess_image
+from data.image import normalize_image, preprocess_image
 from data.pipeline import DataStats, SourceSpec, make_loader
 
 IMAGE = ImagePreprocessConfig(image_size=8, train_crop_scale=(0.5, 1.0))
@@ -328,6 +328,17 @@ def test_loader_images_equal_preprocess_image(tmp_path):
     batch = next(iter(loader([SourceSpec(str(tmp_path / "img-00000.tar"), ["image", "text"])], train=False)))
     for row in range(4):
         torch.testing.assert_close(batch["image"][row], preprocess_image(jpeg(row), IMAGE), rtol=0, atol=1e-6)
+
+
+def test_uint8_images_on_request_and_worker_normalisation_keeps_the_thread_count(tmp_path):
+    write_img2dataset(tmp_path, num_shards=1)
+    source = SourceSpec(str(tmp_path / "img-00000.tar"), ["image", "text"])
+    threads = torch.get_num_threads()
+    normalised = next(iter(loader([source], train=False, num_workers=1)))["image"]
+    assert torch.get_num_threads() == threads  # the main process normalised on one thread, then restored it
+    raw = next(iter(loader([source], train=False, normalize_images=False)))["image"]
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 8, 8)
+    torch.testing.assert_close(normalize_image(raw, IMAGE), normalised, rtol=0, atol=1e-6)
 
 
 def test_audio_eval_features_are_the_same_batched_or_alone(tmp_path):
