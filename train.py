@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from multimodal.checkpoint import load_model, read_config, save_checkpoint, load_state_checked
-from multimodal.config import apply_overrides, from_dict, load_config_file, parse_override_args, to_dict
+from multimodal.config import (
+    apply_overrides,
+    describe_keys,
+    from_dict,
+    load_config_file,
+    parse_override_args,
+    to_dict,
+)
 from multimodal.losses import substitute_microbatch
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.presets import PRESETS, preset
@@ -510,8 +517,25 @@ def evaluate(accelerator, model: MultimodalModel, data) -> dict:
     return results
 
 
+USAGE = """usage: train.py [--preset NAME] [--config FILE] [--dotted.key VALUE ...]
+
+Trains on the built-in demo data unless data.train is set. Settings apply in
+order: the preset (tiny, small, base), then the JSON/YAML file, then each
+--dotted.key override (also written --dotted.key=VALUE; lists as JSON)."""
+
+
 def main(argv: list[str] | None = None) -> dict:
-    config = parse_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(USAGE)
+        print("\nsettings and their defaults (tiny preset):")
+        print("\n".join(describe_keys(parse_config([]))))
+        raise SystemExit(0)
+    try:
+        config = parse_config(argv)
+    except (ValueError, TypeError, OSError) as error:  # a wrong key, value or file: say which, without a traceback
+        print(f"train.py: {error}\n(train.py --help lists every setting)", file=sys.stderr)
+        raise SystemExit(2) from None
     result = train(config)
     if result.get("results") is not None and int(os.environ.get("RANK", "0")) == 0:
         print(report.format_results(result["results"]))

@@ -157,6 +157,22 @@ def parse_override_args(argv: list[str]) -> dict[str, str]:
     return overrides
 
 
+def describe_keys(config: Any) -> list[str]:
+    """Every dotted key of a dataclass config with its current value, one ``--key value`` line each."""
+    lines = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = _join(prefix, key)
+            if isinstance(value, dict) and value:
+                walk(value, dotted)
+            else:
+                lines.append(f"  --{dotted} {json.dumps(value)}")
+
+    walk(to_dict(config), "")
+    return lines
+
+
 def load_config_file(path: str | Path) -> dict:
     """A JSON or YAML configuration file as a dict."""
     path = Path(path)

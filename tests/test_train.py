@@ -33,6 +33,21 @@ def test_unknown_keys_and_bad_values_are_clear_errors():
         train.parse_config(["--optim.lr"])
 
 
+def test_help_lists_every_setting_and_bad_arguments_exit_2_without_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: train.py")
+    for line in ("  --optim.lr 0.002", "  --data.batch_size 128", "  --model.image.patch_size 8"):
+        assert line in printed.splitlines()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--optim.steps", "many"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "optim.steps: expected" in error and "Traceback" not in error
+
+
 def test_preset_and_overrides_resolve(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("optim:\n  lr: 0.01\nmodel:\n  embed_dim: 64\n  text:\n    vocab_size: 300\n")
