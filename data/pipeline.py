@@ -127,7 +127,8 @@ class SourceSpec:
 
     Args:
         shards: a shard spec (see :func:`data.shards.expand_shards`).
-        modalities: two or three of "text", "image", "audio".
+        modalities: one to three of "text", "image", "audio"; training needs at
+            least two (a contrastive pair), evaluation and embedding may read one.
         weight: relative share of batches drawn from this source.
         name: used in counts, logs and errors; default ``source{index}``.
         image_keys / audio_keys / caption_keys: where each modality is found.
@@ -148,11 +149,9 @@ class SourceSpec:
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
             raise ValueError(f"source {self.name or self.shards!r}: unknown modalities {unknown}; use {MODALITIES}")
-        if len(set(self.modalities)) != len(self.modalities) or len(self.modalities) < 2:
-            raise ValueError(
-                f"source {self.name or self.shards!r}: a batch needs at least two distinct modalities, "
-                f"got {self.modalities}"
-            )
+        if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
+            raise ValueError(f"source {self.name or self.shards!r}: modalities must be distinct and not empty, "
+                             f"got {self.modalities}")
         if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(f"source {self.name or self.shards!r}: weight must be a positive number, got {self.weight}")
         for name in ("image_keys", "audio_keys", "caption_keys"):
@@ -890,6 +889,10 @@ def make_loader(
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be distinct, got {names}")
     for spec, name in zip(sources, names):
+        if train and len(spec.modalities) < 2:
+            raise ValueError(
+                f"source {name!r}: a training batch needs at least two modalities to contrast, got {spec.modalities}"
+            )
         if "image" in spec.modalities and image_config is None:
             raise ValueError(f"source {name!r} has images but make_loader got no image_config")
         if "audio" in spec.modalities and audio_config is None:

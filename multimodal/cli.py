@@ -526,8 +526,7 @@ def run_eval(args, parser: argparse.ArgumentParser) -> int:
         modality = args.modality or "image"
         if args.task == "zeroshot":
             class_names = labels or _class_names_from_shards(args.data)
-            # The pipeline's sources pair two modalities: the captions come along, unused.
-            source = SourceSpec(args.data, modalities=[modality, "text"], name=args.name, label_key="json:label")
+            source = SourceSpec(args.data, modalities=[modality], name=args.name, label_key="json:label;cls")
             tokenize = None
         else:
             class_names = []

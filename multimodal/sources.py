@@ -98,12 +98,18 @@ class PreparedData:
         )
         return self.current_loader
 
-    def eval_loader(self, shards: str, modality: str, paired_with: str = "text"):
-        """A finite pass over ``shards`` with evaluation preprocessing and the json ``label``.
+    def eval_loader(self, shards: str, modality: str, paired_with: str | None = None):
+        """A finite pass over ``shards`` with evaluation preprocessing.
 
-        Samples are read with their captions too, so that a pair of modalities is present.
+        ``paired_with``: a second modality read from each sample (retrieval within
+        pairs: no label needed). Without it, each sample's class label is read too
+        (json ``label`` or a ``cls`` member): zero-shot classes, or the matches of
+        retrieval against a gallery set.
         """
-        spec = SourceSpec(shards=shards, modalities=[modality, paired_with], label_key="json:label")
+        if paired_with is None:
+            spec = SourceSpec(shards=shards, modalities=[modality], label_key="json:label;cls")
+        else:
+            spec = SourceSpec(shards=shards, modalities=[modality, paired_with])
         return make_loader(
             [spec],
             batch_size=self.config.eval_batch_size,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import webdataset
 
 import data.demo
 import multimodal.interop
@@ -165,6 +166,16 @@ def test_eval_zero_shot_on_a_class_folder_and_on_shards(checkpoint, model, class
     report = json.loads((tmp_path / "shards.json").read_text())
     assert report["class_names"] == ["cats", "dogs"]
     assert report["results"]["digits/accuracy@1"] == pytest.approx(accuracy)
+    # ImageNet-style shards: image and a cls member, no caption, class names given.
+    with webdataset.TarWriter(str(tmp_path / "bare-000000.tar")) as writer:
+        for index, path in enumerate(files):
+            writer.write({"__key__": f"k{index}", "png": path.read_bytes(), "cls": str(int(labels[index])).encode()})
+    status, out, _ = run(["eval", "--checkpoint", checkpoint, "--precision", "fp32", "--task", "zeroshot", "--data",
+                          tmp_path / "bare-000000.tar", "--labels", "cats,dogs", "--output", tmp_path / "cls.json"],
+                         capsys)
+    assert status == 0
+    results = json.loads((tmp_path / "cls.json").read_text())["results"]
+    assert results["eval/accuracy@1"] == pytest.approx(accuracy) and results["eval/num_samples"] == 6
     # Retrieval between the images and their captions.
     status, out, _ = run(["eval", "--checkpoint", checkpoint, "--task", "retrieval", "--data", tmp_path / "shards",
                           "--output", tmp_path / "retrieval.json"], capsys)

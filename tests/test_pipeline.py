@@ -372,8 +372,10 @@ def test_training_audio_is_one_crop_per_clip_without_padding_mask_when_full(tmp_
 
 def test_specs_and_arguments_are_validated(tmp_path):
     write_img2dataset(tmp_path)
-    with pytest.raises(ValueError, match="at least two distinct modalities"):
-        SourceSpec("x.tar", ["image"])
+    with pytest.raises(ValueError, match="distinct and not empty"):
+        SourceSpec("x.tar", ["image", "image"])
+    with pytest.raises(ValueError, match="at least two modalities to contrast"):
+        loader([SourceSpec(str(tmp_path / "img-00000.tar"), ["image"])], train=True)
     with pytest.raises(ValueError, match="unknown modalities"):
         SourceSpec("x.tar", ["image", "video"])
     with pytest.raises(ValueError, match="weight must be a positive"):
@@ -387,6 +389,17 @@ def test_specs_and_arguments_are_validated(tmp_path):
         loader([source], train=True, rank=2, world_size=2)
     with pytest.raises(ValueError, match="distinct"):
         loader([source, image_source(tmp_path)], train=True)
+
+
+def test_evaluation_reads_one_modality_with_cls_labels_and_no_caption(tmp_path):
+    with webdataset.TarWriter(str(tmp_path / "cls-00000.tar")) as writer:
+        for index in range(5):  # an ImageNet-style shard: image and class index only
+            writer.write({"__key__": f"k{index}", "jpg": jpeg(index), "cls": str(index % 2).encode()})
+    source = SourceSpec(str(tmp_path / "cls-00000.tar"), ["image"], label_key="json:label;cls")
+    batches = list(loader([source], train=False))
+    assert keys_of(batches) == [f"k{index}" for index in range(5)]
+    assert [label for batch in batches for label in batch["label"].tolist()] == [0, 1, 0, 1, 0]
+    assert "text" not in batches[0] and batches[0]["image"].shape == (4, 3, 8, 8)
 
 
 def test_without_a_tokenizer_text_is_the_caption_strings(tmp_path):
