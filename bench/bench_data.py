@@ -1,13 +1,19 @@
 """Data pipeline throughput: our image loader against bare webdataset + decode_jpeg; the audio filterbank.
 
-Images: JPEG shards of 256 x 256 images (smooth random fields with noise, quality 90)
-are written to a temporary directory. "bare" is
-``webdataset.WebDataset(urls).map(decode_jpeg).batched(B)`` in a DataLoader: reading
-and decoding only, uint8 out. "ours" is :func:`data.pipeline.make_loader` in
-evaluation mode at 224 px: decode, resize the shortest side (bicubic, antialiased),
-centre crop, collate, normalise to float, with the caption read too. Both run with 1
-and 2 DataLoader workers, alternately, whole passes over the shards (worker start-up
-included), and print samples/s and ours / bare.
+Images: JPEG shards (smooth random fields with noise, quality 90) are written to a
+temporary directory, once at 224 px (the size the targets name: the evaluation
+transform then resizes nothing) and once at 256 px (a resize of the shortest side
+to 224, bicubic and antialiased, in every sample). "bare" is
+``webdataset.WebDataset(urls).map(decode_jpeg).batched(B)`` in a DataLoader:
+reading and decoding only, uint8 out, never touched by the consumer. "ours" is
+:func:`data.pipeline.make_loader` in evaluation mode: decode, crop, collate, the
+caption read too, and the batch normalised to float in the main process. "ours
+uint8" is the same with ``normalize_images=False``: what the CPU does when
+training on a GPU, where the loader hands uint8 images to the device and they are
+normalised there. "ours train" adds RandomResizedCrop (a resize in every sample).
+All run with 1 and 2 DataLoader workers, alternately, whole passes over the shards
+(worker start-up included), and print samples/s, CPU time per sample (all
+processes) and ours / bare.
 
 Audio: Kaldi log-mel filterbanks (128 bins, 25 ms / 10 ms) of 10 s clips at 16 kHz:
 ``torchaudio.compliance.kaldi.fbank`` per clip against :func:`data.audio.fbank` (plus
@@ -43,9 +49,10 @@ AUDIO_TARGET = 450.0  # clips/s on 2 cores
 BATCH_SIZE = 64
 
 
-def write_image_shards(directory: Path, num_images: int, num_shards: int, seed: int = 0) -> list[str]:
-    """JPEG shards of 256 x 256 images: upsampled 16 x 16 random colours plus pixel noise."""
+def write_image_shards(directory: Path, num_images: int, num_shards: int, seed: int = 0, size: int = 256) -> list[str]:
+    """JPEG shards of size x size images: upsampled 16 x 16 random colours plus pixel noise."""
     generator = torch.Generator().manual_seed(seed)
+    directory.mkdir(parents=True, exist_ok=True)
     per_shard = math.ceil(num_images / num_shards)
     urls = []
     for shard in range(num_shards):
@@ -53,8 +60,8 @@ def write_image_shards(directory: Path, num_images: int, num_shards: int, seed: 
         with webdataset.TarWriter(url) as writer:
             for index in range(shard * per_shard, min(num_images, (shard + 1) * per_shard)):
                 coarse = torch.rand(1, 3, 16, 16, generator=generator)
-                smooth = torch.nn.functional.interpolate(coarse, size=(256, 256), mode="bicubic")[0]  # (3, 256, 256)
-                noisy = smooth * 255 + torch.randn(3, 256, 256, generator=generator) * 8
+                smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")[0]  # (3, size, size)
+                noisy = smooth * 255 + torch.randn(3, size, size, generator=generator) * 8
                 image = noisy.clamp(0, 255).to(torch.uint8)
                 jpeg = encode_jpeg(image, quality=90).numpy().tobytes()
                 writer.write({"__key__": f"{index:06d}", "jpg": jpeg, "txt": f"image number {index}"})
@@ -96,14 +103,19 @@ def bare_pass(urls: list[str], num_workers: int) -> int:
     return sum(batch.shape[0] for batch in loader)
 
 
-def ours_pass(urls: list[str], num_workers: int, config: ImagePreprocessConfig) -> int:
-    """One pass of our evaluation image loader; returns the samples seen."""
+def ours_pass(urls: list[str], num_workers: int, config: ImagePreprocessConfig, *, train: bool = False,
+              normalize: bool = True) -> int:
+    """One pass of our image loader (evaluation crops unless ``train``); returns the samples seen."""
     loader = make_loader(
         [SourceSpec(urls, ["image", "text"], name="images")],
         batch_size=BATCH_SIZE,
-        train=False,
+        train=train,
+        resampled=False,
+        shuffle_buffer=0,
+        drop_last=False,
         image_config=config,
         num_workers=num_workers,
+        normalize_images=normalize,
     )
     return sum(batch["image"].shape[0] for batch in loader)
 
@@ -152,47 +164,54 @@ class CpuTimed:
         return statistics.median(self.times[name][1:] or self.times[name])  # the first call is the warm-up
 
 
+def compare_images(urls: list[str], num_images: int, workers: int, rounds: int, quick: bool) -> str:
+    """Alternating passes of bare, ours, ours uint8 and ours train; prints a table, returns a summary."""
+    config = ImagePreprocessConfig(image_size=224)
+    runners = {
+        "bare": lambda: bare_pass(urls, workers),
+        "ours": lambda: ours_pass(urls, workers, config),
+        "ours uint8": lambda: ours_pass(urls, workers, config, normalize=False),
+        "ours train": lambda: ours_pass(urls, workers, config, train=True),
+    }
+    cpu = CpuTimed()
+    comparison = alternate({name: cpu.wrap(name, runner) for name, runner in runners.items()}, rounds=rounds)
+    print(f"  {workers} worker(s):")
+    ratios = {}
+    for name in runners:
+        per_sample = cpu.median(name) / num_images * 1e6
+        line = f"    {comparison.describe(name, num_images, 'samples/s')}  CPU {per_sample:5.0f} us/sample"
+        if name != "bare":
+            ratios[name] = (1.0 / comparison.ratio(name, "bare"), cpu.median("bare") / cpu.median(name))
+            line += f"  {ratios[name][0]:.2f}x bare (CPU {ratios[name][1]:.2f}x)"
+        print(line)
+    print(f"    {noise_note(comparison)}{'' if quick else f'; target: ours >= {IMAGE_TARGET}x bare'}")
+    return ", ".join(f"{name} {wall:.2f}x (CPU {by_cpu:.2f}x)" for name, (wall, by_cpu) in ratios.items())
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     args = parse_args(argv, __doc__.splitlines()[0])
     quick = args.quick
     rounds = args.rounds or (1 if quick else 3)
     num_images = 128 if quick else 2000
-    num_clips = 16 if quick else 100
+    num_clips = 16 if quick else 400
     print(f"data: {machine_summary()}")
-    image_config = ImagePreprocessConfig(image_size=224)
     audio_config = AudioPreprocessConfig()
     lines = []
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
-        urls = write_image_shards(directory, num_images, num_shards=4)
-        size = sum(Path(url).stat().st_size for url in urls) / num_images / 1024
-        print(f"images: {num_images} JPEG 256x256 ({size:.0f} KiB each) in {len(urls)} shards -> 224 px, batch {BATCH_SIZE}")
-        for workers in (1, 2):
-            bare, ours = f"bare {workers} worker(s)", f"ours {workers} worker(s)"
-            cpu = CpuTimed()
-            comparison = alternate(
-                {
-                    bare: cpu.wrap(bare, lambda: bare_pass(urls, workers)),
-                    ours: cpu.wrap(ours, lambda: ours_pass(urls, workers, image_config)),
-                },
-                rounds=rounds,
-            )
-            for name in comparison.times:
-                per_sample = cpu.median(name) / num_images * 1e6
-                print(f"  {comparison.describe(name, num_images, 'samples/s')}  CPU {per_sample:5.0f} us/sample")
-            ratio = 1.0 / comparison.ratio(ours, bare)
-            cpu_ratio = cpu.median(bare) / cpu.median(ours)
-            print(f"  ours / bare with {workers} worker(s): {ratio:.2f} by wall clock, {cpu_ratio:.2f} by CPU time"
-                  f"{'' if quick else f' (target >= {IMAGE_TARGET})'}")
-            print(f"  {noise_note(comparison)}")
-            ours_rate = num_images / comparison.median(ours)
-            lines.append(f"images {workers}w {ours_rate:.0f}/s ({ratio:.2f}x bare, CPU {cpu_ratio:.2f}x)")
+        for size in (224, 256):
+            urls = write_image_shards(directory / str(size), num_images, num_shards=4, size=size)
+            kib = sum(Path(url).stat().st_size for url in urls) / num_images / 1024
+            print(f"images: {num_images} JPEG {size}x{size} ({kib:.0f} KiB each) in {len(urls)} shards -> 224 px, "
+                  f"batch {BATCH_SIZE}")
+            for workers in (1, 2):
+                lines.append(f"{size} px {workers}w: {compare_images(urls, num_images, workers, rounds, quick)}")
 
         # Audio: the filterbank alone, one thread.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         generator = torch.Generator().manual_seed(0)
-        clips = [torch.randn(160_000, generator=generator) * 0.1 for _ in range(num_clips // 2)]
+        clips = [torch.randn(160_000, generator=generator) * 0.1 for _ in range(min(num_clips, 50))]
         comparison = alternate(
             {
                 "kaldi.fbank 1 thread": lambda: [kaldi_fbank(clip, audio_config) for clip in clips],
@@ -214,8 +233,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         loader_rate = num_clips / comparison.median(name)
         per_clip = cpu.median(name) / num_clips
         print(f"  {comparison.describe(name, num_clips, 'clips/s')}  CPU {per_clip * 1e3:.2f} ms/clip")
-        print(f"  audio loader (WAV decode + fbank + collation), 2 workers: {loader_rate:.0f} clips/s by wall clock, "
-              f"{2 / per_clip:.0f} clips/s for 2 cores by CPU time{'' if quick else f' (target >= {AUDIO_TARGET:.0f})'}")
+        print(f"  audio loader ({num_clips} WAV clips: decode + fbank + collation), 2 workers: {loader_rate:.0f} clips/s "
+              f"by wall clock, {2 / per_clip:.0f} clips/s for 2 cores by CPU time"
+              f"{'' if quick else f' (target >= {AUDIO_TARGET:.0f})'}")
         lines.append(f"fbank {speedup:.2f}x kaldi, audio loader {loader_rate:.0f} clips/s ({2 / per_clip:.0f} by CPU)")
     summary = "data: " + "; ".join(lines)
     print(summary)
