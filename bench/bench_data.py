@@ -17,7 +17,8 @@ processes) and ours / bare.
 
 Audio: Kaldi log-mel filterbanks (128 bins, 25 ms / 10 ms) of 10 s clips at 16 kHz:
 ``torchaudio.compliance.kaldi.fbank`` per clip against :func:`data.audio.fbank` (plus
-normalisation), one thread; then our whole audio loader (WAV decode, fbank, collation)
+normalisation), one thread, freed memory kept in the process for both
+(:func:`data.allocator.retain_freed_memory`); then our whole audio loader (WAV decode, fbank, collation)
 with 2 workers, in clips/s.
 
 Run: ``python -m bench.bench_data [--quick] [--rounds N]``. Prints figures, asserts nothing.
@@ -40,6 +41,7 @@ from torch.utils.data import DataLoader
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from bench.common import alternate, machine_summary, noise_note, parse_args
+from data.allocator import retain_freed_memory
 from data.audio import fbank, kaldi_fbank, normalize_fbank
 from data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from data.pipeline import SourceSpec, make_loader
@@ -207,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> str:
             for workers in (1, 2):
                 lines.append(f"{size} px {workers}w: {compare_images(urls, num_images, workers, rounds, quick)}")
 
-        # Audio: the filterbank alone, one thread.
+        # Audio: the filterbank alone, one thread. Both run with freed memory kept in the
+        # process, as our loader's workers do; without it each call faults its buffers in
+        # anew and the figures swing with the machine's page-fault cost (spread 45-70%).
+        retain_freed_memory()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         generator = torch.Generator().manual_seed(0)
