@@ -1,4 +1,4 @@
-"""CUDA: the fused attention path in bf16 and the model's training step on the GPU."""
+"""CUDA: the fused attention path in bf16, the training step and the loader's normalisation on the GPU."""
 import pytest
 import torch
 
@@ -31,3 +31,16 @@ def test_training_step_on_cuda_matches_cpu():
     gpu_loss.backward()
     assert abs(gpu_loss.item() - cpu_loss.item()) < 1e-3
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu_model.parameters() if p.requires_grad)
+
+
+def test_loader_moves_uint8_images_to_cuda_and_normalises_them_there(tmp_path):
+    from data.pipeline import SourceSpec
+    from tests.test_pipeline import loader, write_img2dataset
+
+    write_img2dataset(tmp_path, num_shards=1)
+    source = SourceSpec(str(tmp_path / "img-00000.tar"), ["image", "text"])
+    on_cpu = next(iter(loader([source], train=False)))
+    on_gpu = next(iter(loader([source], train=False, device="cuda")))
+    assert on_gpu["image"].device.type == "cuda" and on_gpu["image"].dtype == torch.float32
+    assert on_gpu["text"].device.type == "cuda"
+    torch.testing.assert_close(on_gpu["image"].cpu(), on_cpu["image"], rtol=0, atol=1e-5)
