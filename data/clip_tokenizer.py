@@ -165,6 +165,11 @@ class ClipTokenizer:
     ``(ids, padding_mask)``.
     """
 
+    vocab_size: int = VOCAB_SIZE
+    pad_id: int = PAD_ID
+    sot_id: int = START_OF_TEXT_ID
+    eot_id: int = END_OF_TEXT_ID
+
     def __init__(self, tokenizer: HFTokenizer):
         """Wrap a Hugging Face tokenizer built by this module; raises ValueError for any other."""
         found = (
@@ -204,24 +209,6 @@ class ClipTokenizer:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (``path`` is the file, or a directory to put it in); returns the file."""
         return write_tokenizer_json(self._tokenizer, path)
-
-    # Properties -------------------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        return VOCAB_SIZE
-
-    @property
-    def pad_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def sot_id(self) -> int:
-        return START_OF_TEXT_ID
-
-    @property
-    def eot_id(self) -> int:
-        return END_OF_TEXT_ID
 
     # Encoding ---------------------------------------------------------------------
 

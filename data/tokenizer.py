@@ -131,6 +131,10 @@ class Tokenizer:
     ``(ids, padding_mask)``.
     """
 
+    pad_id: int = PAD_ID
+    sot_id: int = START_OF_TEXT_ID
+    eot_id: int = END_OF_TEXT_ID
+
     def __init__(self, tokenizer: HFTokenizer):
         """Wrap a Hugging Face tokenizer; raises ValueError if its special tokens are not ours."""
         for expected_id, token in enumerate(SPECIAL_TOKENS):
@@ -213,18 +217,6 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of ids (the text encoder's embedding table size), special tokens included."""
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def pad_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def sot_id(self) -> int:
-        return START_OF_TEXT_ID
-
-    @property
-    def eot_id(self) -> int:
-        return END_OF_TEXT_ID
 
     # Encoding ---------------------------------------------------------------------
 

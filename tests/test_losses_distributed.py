@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from multimodal.losses import contrastive_loss
+from tests._dist_worker import run_case
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "_dist_worker.py"
@@ -47,21 +46,6 @@ def _setup(global_batch=8, input_dim=5, embed_dim=3):
             if kind == "sigmoid" else None,
         })
     return {"inputs": inputs, "cases": cases}
-
-
-def _single_process(case, inputs):
-    weights = {m: w.clone().requires_grad_() for m, w in case["weights"].items()}
-    log_scales = {p: s.clone().requires_grad_() for p, s in case["log_scales"].items()}
-    biases = {p: b.clone().requires_grad_() for p, b in case["biases"].items()} if case["biases"] is not None else None
-    features = {m: F.normalize(x @ weights[m].T, dim=-1) for m, x in inputs.items()}  # (N, E)
-    total, per_pair = contrastive_loss(features, log_scales, biases, kind=case["kind"])
-    total.backward()
-    result = {"loss": total.detach(), "per_pair": per_pair}
-    result.update({f"weight.{m}": w.grad for m, w in weights.items()})
-    result.update({f"log_scale.{p}": s.grad for p, s in log_scales.items()})
-    if biases is not None:
-        result.update({f"bias.{p}": b.grad for p, b in biases.items()})
-    return result
 
 
 def _run_workers(tmp_path, setup):
@@ -100,7 +84,7 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
     setup = _setup()
     ranks = _run_workers(tmp_path, setup)
     for case_index, case in enumerate(setup["cases"]):
-        expected = _single_process(case, setup["inputs"])
+        expected = run_case(case, setup["inputs"], rank=0, world_size=1)  # the whole batch in one process
         per_rank = [rank_results[case_index] for rank_results in ranks]
         kind = case["kind"]
         # each rank's loss covers only its rows: they differ, and their mean is the global loss
