@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="zero-shot or retrieval evaluation on a folder or tar shards",
         description=(
             "Evaluate a checkpoint and print a table of metrics. --data is a shard spec (labels from each sample's "
-            "json 'label', class names from --labels/--labels-file or the json 'class_name' fields), or, for "
+            "json 'label' or its .cls member, class names from --labels/--labels-file or the json 'class_name' fields), or, for "
             "--task zeroshot, a folder with one sub-folder per class (class names from the sub-folders, labels by "
             "their sorted order)."
         ),
