@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bench.common import alternate, bf16_supported, machine_summary, parse_args
-from encoders.attention import choose_backend, scaled_dot_product
+from multimodal.encoders.attention import choose_backend, scaled_dot_product
 
 LENGTHS = (17, 50, 77, 197, 257, 512, 1214)
 QUICK_LENGTHS = (17, 257)

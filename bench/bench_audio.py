@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bench.common import alternate, bf16_supported, count_flops, machine_summary, matmul_peaks, noise_note, parse_args
-from encoders import AudioConfig, AudioEncoder, TransformerConfig
+from multimodal.encoders import AudioConfig, AudioEncoder, TransformerConfig
 
 TARGET = 1.5  # our fastest row over Hugging Face's AST in fp32
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from bench.common import Comparison, alternate, bf16_supported, count_flops, machine_summary, matmul_peaks, noise_note
-from encoders import TextConfig, TransformerConfig, VisionConfig
+from multimodal.encoders import TextConfig, TransformerConfig, VisionConfig
 from multimodal.model import ModelConfig, MultimodalModel
 
 LEARNING_RATE = 5e-4

@@ -34,7 +34,7 @@ import soundfile
 import torch
 import torchaudio
 
-from data.config import AudioPreprocessConfig
+from multimodal.data.config import AudioPreprocessConfig
 
 # Kaldi's filterbank settings that AST uses; those not in AudioPreprocessConfig are fixed here.
 PREEMPHASIS = 0.97

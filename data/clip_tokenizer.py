@@ -37,7 +37,7 @@ import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
-from data.tokenizer import encode_rows, read_tokenizer_json, write_tokenizer_json
+from multimodal.data.tokenizer import encode_rows, read_tokenizer_json, write_tokenizer_json
 
 VOCAB_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 START_OF_TEXT_TOKEN = "<start_of_text>"

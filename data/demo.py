@@ -28,7 +28,7 @@ Each sample has its media (``png`` / ``flac`` / ``wav``), a caption (``txt``) an
 voice variant with training, so accuracy there measures generalisation.
 
 Counts above are for ``scale=1``; builds are deterministic (same arguments,
-same shard bytes) and written with :func:`data.writer.write_shards`, the path a
+same shard bytes) and written with :func:`multimodal.data.writer.write_shards`, the path a
 user's data takes.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from data.writer import SampleSource, write_shards
+from multimodal.data.writer import SampleSource, write_shards
 
 DEMO_VERSION = 2  # bump whenever the content changes: a cached older build is then rebuilt
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -406,7 +406,7 @@ def _finish_clip(speech: np.ndarray, sample_rate: int, rng: np.random.Generator)
 
 def _synthesize_clips(clips: list[_Clip], seed: int) -> list[tuple[bytes, float]]:
     """Speak and finish every clip: (FLAC bytes, SNR in dB) each. Runs in a fresh process."""
-    from data.espeak import ESPEAK_SAMPLE_RATE, SpeechRequest, synthesize
+    from multimodal.data.espeak import ESPEAK_SAMPLE_RATE, SpeechRequest, synthesize
 
     requests = [SpeechRequest(CLASS_NAMES[c.digit], c.voice, c.rate, c.pitch, c.pitch_range) for c in clips]
     finished = []
@@ -463,7 +463,7 @@ def _real_samples(seed: int) -> list[SampleSource]:
 
 
 def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, progress: Progress | None) -> None:
-    from data.espeak import ESPEAK_SAMPLE_RATE
+    from multimodal.data.espeak import ESPEAK_SAMPLE_RATE
 
     staging.mkdir(parents=True)
     plan = _plan_clips(seed, scale)

@@ -26,7 +26,7 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode
 
-from data.config import ImagePreprocessConfig
+from multimodal.data.config import ImagePreprocessConfig
 
 _INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,

@@ -10,7 +10,7 @@ dicts (the project's batch convention)::
      "__key__": list[str], "__source__": str}
 
 In evaluation a long clip is covered by several windows (see
-:func:`data.audio.eval_audio_windows`): "audio" then has one row per window (W >= B
+:func:`multimodal.data.audio.eval_audio_windows`): "audio" then has one row per window (W >= B
 rows) and "audio_window_clip" int64 (W,) says which sample each row belongs to; embed
 the rows and average them per sample. Every evaluation batch with audio carries it
 (``arange(B)`` when each clip fits in one window).
@@ -85,11 +85,11 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data.allocator import retain_freed_memory
-from data.audio import collate_audio, eval_audio_windows, load_waveform, train_audio_features
-from data.config import AudioPreprocessConfig, ImagePreprocessConfig
-from data.image import collate_images, decode_image, eval_crop, normalize_image, train_crop
-from data.shards import ShardProblem, expand_shards, read_shard
+from multimodal.data.allocator import retain_freed_memory
+from multimodal.data.audio import collate_audio, eval_audio_windows, load_waveform, train_audio_features
+from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.image import collate_images, decode_image, eval_crop, normalize_image, train_crop
+from multimodal.data.shards import ShardProblem, expand_shards, read_shard
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class SourceSpec:
     (``flac`` + ``json`` with ``text``) as they are.
 
     Args:
-        shards: a shard spec (see :func:`data.shards.expand_shards`).
+        shards: a shard spec (see :func:`multimodal.data.shards.expand_shards`).
         modalities: one to three of "text", "image", "audio"; training needs at
             least two (a contrastive pair), evaluation and embedding may read one.
         weight: relative share of batches drawn from this source.
@@ -866,7 +866,7 @@ def make_loader(
             memory for CUDA). None: the CPU. Images cross processes and the bus as
             uint8, 4x fewer bytes than float.
         normalize_images: False delivers images as uint8 (B, 3, S, S) crops, to be
-            normalised by the consumer (:func:`data.image.normalize_image`), e.g.
+            normalised by the consumer (:func:`multimodal.data.image.normalize_image`), e.g.
             after its own augmentations on the GPU.
         log_skips_every: log a summary every this many skipped shards or samples.
     """

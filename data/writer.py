@@ -364,11 +364,11 @@ def _default_validator(extension: str, data: bytes) -> None:
     # Imported here: listing and writing need neither torch nor the audio stack.
     modality = modality_of_extension(extension)
     if modality == "image":
-        from data.image import decode_image
+        from multimodal.data.image import decode_image
 
         decode_image(data)
     elif modality == "audio":
-        from data.audio import decode_audio
+        from multimodal.data.audio import decode_audio
 
         decode_audio(data)
 
@@ -594,7 +594,7 @@ def write_shards(
             without it, existing shards are an error.
         progress: called with :class:`WriteProgress` after each sample.
         validator: ``(extension, bytes) -> None`` raising ValueError for bad media;
-            default decodes with ``data.image`` / ``data.audio``.
+            default decodes with ``multimodal.data.image`` / ``multimodal.data.audio``.
 
     Returns:
         A :class:`WriteResult`: shards and counts per split, and the skipped samples with reasons.

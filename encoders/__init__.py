@@ -2,11 +2,11 @@
 
 Pure ``torch.nn``: nothing here knows about files, tokenizers, devices or trainers.
 """
-from encoders.attention import Attention, choose_backend, scaled_dot_product
-from encoders.audio import AudioConfig, AudioEncoder
-from encoders.block import Block, Transformer, TransformerConfig
-from encoders.text import TextConfig, TextEncoder
-from encoders.vision import VisionConfig, VisionEncoder
+from multimodal.encoders.attention import Attention, choose_backend, scaled_dot_product
+from multimodal.encoders.audio import AudioConfig, AudioEncoder
+from multimodal.encoders.block import Block, Transformer, TransformerConfig
+from multimodal.encoders.text import TextConfig, TextEncoder
+from multimodal.encoders.vision import VisionConfig, VisionEncoder
 
 ENCODERS = {"text": TextEncoder, "image": VisionEncoder, "audio": AudioEncoder}
 

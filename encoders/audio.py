@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from encoders.block import TransformerConfig
-from encoders.embed import GridPositions, PatchEmbed, patch_grid_size
-from encoders.encoder import EncoderTrunk
+from multimodal.encoders.block import TransformerConfig
+from multimodal.encoders.embed import GridPositions, PatchEmbed, patch_grid_size
+from multimodal.encoders.encoder import EncoderTrunk
 
 
 @dataclass

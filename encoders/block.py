@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from encoders.attention import Attention
+from multimodal.encoders.attention import Attention
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from encoders.block import Transformer, TransformerConfig
-from encoders.pool import POOLINGS, AttentionPool, pool_cls, pool_eot, pool_mean, pool_prefix_mean
+from multimodal.encoders.block import Transformer, TransformerConfig
+from multimodal.encoders.pool import POOLINGS, AttentionPool, pool_cls, pool_eot, pool_mean, pool_prefix_mean
 
 
 class EncoderTrunk(nn.Module):

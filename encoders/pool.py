@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from encoders.attention import scaled_dot_product
+from multimodal.encoders.attention import scaled_dot_product
 
 POOLINGS = ("cls", "prefix_mean", "mean", "eot", "attention")
 

@@ -1,12 +1,12 @@
 """Zero-shot and retrieval evaluation on embeddings.
 
-Prompt templates (``eval.templates``), zero-shot classifier weights from class names
-x templates (``eval.zeroshot``), accuracy / mean per-class recall / recall@K / mAP@K
-(``eval.metrics``) and evaluation loops over a loader (``eval.loops``). A model is
+Prompt templates (``multimodal.eval.templates``), zero-shot classifier weights from class names
+x templates (``multimodal.eval.zeroshot``), accuracy / mean per-class recall / recall@K / mAP@K
+(``multimodal.eval.metrics``) and evaluation loops over a loader (``multimodal.eval.loops``). A model is
 reached only through ``Encoder``: ``encode(modality, batch) -> unit-norm (B, E)``.
 """
-from eval.loops import Encoder, collect_embeddings, evaluate_retrieval, evaluate_zero_shot, move_batch
-from eval.metrics import (
+from multimodal.eval.loops import Encoder, collect_embeddings, evaluate_retrieval, evaluate_zero_shot, move_batch
+from multimodal.eval.metrics import (
     bidirectional_retrieval_metrics,
     classification_metrics,
     classification_metrics_from_ranks,
@@ -15,7 +15,7 @@ from eval.metrics import (
     top_k_accuracy,
     true_class_rank,
 )
-from eval.templates import (
+from multimodal.eval.templates import (
     AUDIO_TEMPLATES,
     IMAGE_TEMPLATES,
     SPOKEN_WORD_TEMPLATES,
@@ -25,7 +25,7 @@ from eval.templates import (
     get_templates,
     validate_templates,
 )
-from eval.zeroshot import build_zero_shot_weights, zero_shot_logits, zero_shot_probabilities
+from multimodal.eval.zeroshot import build_zero_shot_weights, zero_shot_logits, zero_shot_probabilities
 
 __all__ = [
     "AUDIO_TEMPLATES",

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from eval.metrics import (
+from multimodal.eval.metrics import (
     DEFAULT_RECALL_KS,
     bidirectional_retrieval_metrics,
     classification_metrics_from_ranks,
@@ -150,7 +150,7 @@ def evaluate_zero_shot(
     embeddings raise ValueError rather than rank anywhere.
 
     Returns ``{"accuracy@1", "accuracy@5" (one per k in top_k), "mean_per_class_recall",
-    "num_samples"}`` (see ``eval.metrics.classification_metrics_from_ranks``; ties pessimistic).
+    "num_samples"}`` (see ``multimodal.eval.metrics.classification_metrics_from_ranks``; ties pessimistic).
     """
     if class_weights.ndim != 2:
         raise ValueError(f"class_weights must be (C, E), got shape {tuple(class_weights.shape)}")

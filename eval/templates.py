@@ -5,7 +5,7 @@ where the class name goes: ``"a photo of a {}."`` or ``"the sound of {label}."``
 Literal braces are written doubled (``{{`` and ``}}``) as in ``str.format``.
 
 Several templates per class are averaged into one classifier row (see
-``eval.zeroshot``): each wording adds its own bias, and the average of several
+``multimodal.eval.zeroshot``): each wording adds its own bias, and the average of several
 phrasings is a steadier description of the class than any one of them.
 """
 from __future__ import annotations

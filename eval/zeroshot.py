@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from eval.templates import format_prompt, validate_templates
+from multimodal.eval.templates import format_prompt, validate_templates
 
 TextEncodeFunction = Callable[[list[str]], torch.Tensor]
 
@@ -35,7 +35,7 @@ def build_zero_shot_weights(
             normalised: every prompt embedding is L2-normalised here.
         class_names: the C class names, in label order (row c is label c).
         templates: format strings with one ``{}`` or ``{label}`` placeholder (see
-            ``eval.templates.validate_templates``).
+            ``multimodal.eval.templates.validate_templates``).
         batch_size: prompts per ``encode_text`` call. Prompts of all classes are
             encoded as one flat list, so the batches do not depend on T.
 

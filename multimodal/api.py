@@ -12,7 +12,7 @@ Shapes: N inputs, W audio windows, C classes, E embedding width.
     classifier.classify(["cat.jpg"], top_k=2)           # [[("cat", 0.93), ("dog", 0.07)]]
 
 Inputs go through the same preprocessing functions as training and evaluation
-(``data.image`` / ``data.audio``, parameters from the checkpoint's config): an image
+(``multimodal.data.image`` / ``multimodal.data.audio``, parameters from the checkpoint's config): an image
 is resized on its shortest side and centre-cropped; a clip is resampled to the
 model's rate and cut into windows of the model's length (``eval_audio_windows``),
 whose embeddings are averaged, so any clip length is covered deterministically.
@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.audio import audio_to_features, collate_audio
-from data.clip_tokenizer import ClipTokenizer
-from data.image import preprocess_image
-from data.tokenizer import Tokenizer
-from eval import build_zero_shot_weights, validate_templates, zero_shot_probabilities
+from multimodal.data.audio import audio_to_features, collate_audio
+from multimodal.data.clip_tokenizer import ClipTokenizer
+from multimodal.data.image import preprocess_image
+from multimodal.data.tokenizer import Tokenizer
+from multimodal.eval import build_zero_shot_weights, validate_templates, zero_shot_probabilities
 from multimodal.checkpoint import TOKENIZER_FILE, load_model, read_config
 from multimodal.evaluation import default_templates
 from multimodal.losses import pair_name
@@ -164,7 +164,7 @@ def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate:
       (3, S, S), resized on its shortest side, centre-cropped and normalised;
     * audio (a path, bytes, a ``(waveform, sample_rate)`` tuple, or a waveform tensor or
       array with ``sample_rate``) -> its evaluation windows [(T_i, F), ...] of
-      normalised log-mel frames (see ``data.audio.eval_audio_windows``);
+      normalised log-mel frames (see ``multimodal.data.audio.eval_audio_windows``);
     * text (a string) -> the string (tokenised in batches when encoded).
 
     A plain function of the config, so DataLoader workers can run it. Raises

@@ -280,7 +280,7 @@ def _labels(args, parser: argparse.ArgumentParser) -> list[str] | None:
 def _templates(args, parser: argparse.ArgumentParser) -> list[str] | None:
     if not args.templates:
         return None
-    from eval import validate_templates
+    from multimodal.eval import validate_templates
 
     try:
         return list(validate_templates(args.templates))
@@ -369,7 +369,7 @@ def run_embed(args, parser: argparse.ArgumentParser) -> int:
 
 def run_classify(args, parser: argparse.ArgumentParser) -> int:
     import torch
-    from eval import zero_shot_probabilities
+    from multimodal.eval import zero_shot_probabilities
     from multimodal.api import ZeroShotClassifier
 
     labels = _labels(args, parser)
@@ -472,7 +472,7 @@ class _FolderBatches:
 
 def _class_names_from_shards(spec: str) -> list[str]:
     """Class names from the json ``label`` / ``class_name`` fields of every sample (one pass over the shards)."""
-    from data.shards import expand_shards, read_shard
+    from multimodal.data.shards import expand_shards, read_shard
 
     names: dict[int, str] = {}
     for url in expand_shards(spec):
@@ -492,7 +492,7 @@ def _class_names_from_shards(spec: str) -> list[str]:
 
 
 def run_eval(args, parser: argparse.ArgumentParser) -> int:
-    from data.pipeline import SourceSpec, make_loader
+    from multimodal.data.pipeline import SourceSpec, make_loader
     from multimodal.evaluation import EvalSetConfig, run_evaluation
     from multimodal.report import format_results
 
@@ -550,7 +550,7 @@ def run_eval(args, parser: argparse.ArgumentParser) -> int:
 
 
 def run_shards(args, parser: argparse.ArgumentParser) -> int:
-    from data.writer import samples_from_folder, samples_from_manifest, write_shards
+    from multimodal.data.writer import samples_from_folder, samples_from_manifest, write_shards
 
     source = Path(args.input)
     if source.is_dir():
@@ -591,8 +591,8 @@ def _is_caption_shards(source: str) -> bool:
 
 
 def _captions(sources: Sequence[str]):
-    from data.shards import expand_shards, read_shard
-    from data.tokenizer import read_caption_files
+    from multimodal.data.shards import expand_shards, read_shard
+    from multimodal.data.tokenizer import read_caption_files
     from multimodal.embed import shard_sample_input
 
     for source in sources:
@@ -608,7 +608,7 @@ def _captions(sources: Sequence[str]):
 
 
 def run_tokenizer(args, parser: argparse.ArgumentParser) -> int:
-    from data.tokenizer import MIN_VOCAB_SIZE, Tokenizer
+    from multimodal.data.tokenizer import MIN_VOCAB_SIZE, Tokenizer
 
     if args.vocab_size < MIN_VOCAB_SIZE:
         parser.error(f"argument --vocab-size: must be at least {MIN_VOCAB_SIZE} (256 bytes + 3 special tokens), "
@@ -647,7 +647,7 @@ def run_convert(args, parser: argparse.ArgumentParser) -> int:
 
 
 def run_demo(args, parser: argparse.ArgumentParser) -> int:
-    from data.demo import SPLITS, build_demo
+    from multimodal.data.demo import SPLITS, build_demo
 
     if not 0 < args.scale <= 1:
         parser.error(f"argument --scale: expected a number in (0, 1], got {args.scale}")

@@ -45,7 +45,7 @@ from safetensors.numpy import save_file as save_numpy_file
 from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
+from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
 from multimodal.model import ModelConfig
 

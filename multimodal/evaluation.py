@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from eval import TEMPLATE_SETS, build_zero_shot_weights, collect_embeddings, retrieval_metrics, validate_templates
-from eval import evaluate_retrieval, evaluate_zero_shot
+from multimodal.eval import TEMPLATE_SETS, build_zero_shot_weights, collect_embeddings, retrieval_metrics, validate_templates
+from multimodal.eval import evaluate_retrieval, evaluate_zero_shot
 
 TASKS = ("zeroshot", "retrieval")
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.config import AudioPreprocessConfig, ImagePreprocessConfig
-from encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, VisionConfig, VisionEncoder
+from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, VisionConfig, VisionEncoder
 from multimodal.losses import MODALITY_ORDER, contrastive_loss, pair_name
 
 LOSSES = ("infonce", "sigmoid")

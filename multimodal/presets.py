@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from data.config import AudioPreprocessConfig, ImagePreprocessConfig
-from encoders import AudioConfig, TextConfig, TransformerConfig, VisionConfig
+from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.encoders import AudioConfig, TextConfig, TransformerConfig, VisionConfig
 from multimodal.model import ModelConfig
 
 # MNIST is grey digits on black: its own statistics suit the demo better than CLIP's.

@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data import demo as demo_data
-from data.pipeline import SourceSpec, make_loader
-from data.tokenizer import Tokenizer, read_caption_files
+from multimodal.data import demo as demo_data
+from multimodal.data.pipeline import SourceSpec, make_loader
+from multimodal.data.tokenizer import Tokenizer, read_caption_files
 from multimodal import api
 from multimodal.evaluation import EvalSetConfig
 from multimodal.model import ModelConfig

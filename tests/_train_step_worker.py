@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-import train
+from multimodal import train
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
 

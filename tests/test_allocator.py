@@ -10,9 +10,9 @@ import pytest
 PROGRAM = textwrap.dedent(
     """
     import resource, sys, torch
-    from data.allocator import retain_freed_memory
-    from data.audio import fbank
-    from data.config import AudioPreprocessConfig
+    from multimodal.data.allocator import retain_freed_memory
+    from multimodal.data.audio import fbank
+    from multimodal.data.config import AudioPreprocessConfig
 
     torch.set_num_threads(1)
     config, clip = AudioPreprocessConfig(), torch.randn(160_000) * 0.1  # 10 s at 16 kHz

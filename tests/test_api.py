@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.audio import audio_to_features, collate_audio
-from data.tokenizer import Tokenizer
+from multimodal.data.audio import audio_to_features, collate_audio
+from multimodal.data.tokenizer import Tokenizer
 from multimodal.api import EmbeddingModel, ZeroShotClassifier, as_items, cpu_has_native_bf16, load, load_tokenizer
 from multimodal.api import resolve_dtype
 from multimodal.checkpoint import save_checkpoint
@@ -209,7 +209,7 @@ def test_clear_errors(checkpoint, model, tmp_path):
 
 def test_checkpoint_tokenizers(checkpoint, tmp_path):
     assert isinstance(load_tokenizer(checkpoint), Tokenizer)
-    from data.clip_tokenizer import ClipTokenizer
+    from multimodal.data.clip_tokenizer import ClipTokenizer
 
     clip = ClipTokenizer.from_bpe_file()
     model = MultimodalModel(tiny(["text", "image"], vocab_size=clip.vocab_size))

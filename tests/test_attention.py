@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from encoders.attention import Attention, choose_backend, scaled_dot_product
+from multimodal.encoders.attention import Attention, choose_backend, scaled_dot_product
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import soundfile
 import torch
 import torchaudio
 
-from data.audio import (
+from multimodal.data.audio import (
     audio_to_features,
     collate_audio,
     decode_audio,
@@ -26,7 +26,7 @@ from data.audio import (
     to_mono,
     train_audio_features,
 )
-from data.config import AudioPreprocessConfig
+from multimodal.data.config import AudioPreprocessConfig
 
 
 def encode(waveform: np.ndarray, sample_rate: int, format: str, subtype: str | None = None) -> bytes:

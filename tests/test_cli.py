@@ -6,10 +6,10 @@ import pytest
 import torch
 import webdataset
 
-import data.demo
+from multimodal.data import demo as demo_data
 import multimodal.interop
-from data.tokenizer import Tokenizer
-from data.writer import samples_from_folder, write_shards
+from multimodal.data.tokenizer import Tokenizer
+from multimodal.data.writer import samples_from_folder, write_shards
 from multimodal import embed
 from multimodal.api import ZeroShotClassifier, load
 from multimodal.cli import build_parser, main
@@ -216,7 +216,7 @@ def test_convert_and_demo_call_the_library(tmp_path, capsys, monkeypatch):
                           "quick_gelu"], capsys)
     assert status == 0 and calls == [("open_clip", str(tmp_path), str(tmp_path / "ckpt"), {"activation": "quick_gelu"})]
 
-    paths = data.demo.DemoPaths(root=tmp_path, image_train="i-{0..1}.tar", image_val="iv.tar", audio_train="a.tar",
+    paths = demo_data.DemoPaths(root=tmp_path, image_train="i-{0..1}.tar", image_val="iv.tar", audio_train="a.tar",
                                 audio_val="av.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
                                 captions_file=tmp_path / "captions.txt")
     seen = {}
@@ -226,7 +226,7 @@ def test_convert_and_demo_call_the_library(tmp_path, capsys, monkeypatch):
         options["progress"]("images", 1, 2)
         return paths
 
-    monkeypatch.setattr(data.demo, "build_demo", fake_build)
+    monkeypatch.setattr(demo_data, "build_demo", fake_build)
     status, out, _ = run(["demo", "--cache", tmp_path / "cache", "--scale", "0.5"], capsys)
     assert status == 0 and seen["cache_dir"] == str(tmp_path / "cache") and seen["scale"] == 0.5
     assert "image-train: 4000 samples: i-{0..1}.tar" in out and "zero, one, two" in out

@@ -7,8 +7,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
-from data import clip_tokenizer
-from data.clip_tokenizer import END_OF_TEXT_ID, PAD_ID, START_OF_TEXT_ID, VOCAB_SIZE, ClipTokenizer
+from multimodal.data import clip_tokenizer
+from multimodal.data.clip_tokenizer import END_OF_TEXT_ID, PAD_ID, START_OF_TEXT_ID, VOCAB_SIZE, ClipTokenizer
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -103,7 +103,7 @@ def test_save_and_load_round_trip_and_standalone_json(tokenizer, tmp_path):
 
 
 def test_refuses_other_tokenizers_and_bad_arguments(tokenizer, tmp_path):
-    from data.tokenizer import Tokenizer
+    from multimodal.data.tokenizer import Tokenizer
 
     ours = Tokenizer.train(["a cat", "a dog"] * 10, vocab_size=300, min_frequency=1)
     ours.save(tmp_path / "ours.json")

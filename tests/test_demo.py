@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile
 
-import data.demo as demo
-from data.demo import (
+import multimodal.data.demo as demo
+from multimodal.data.demo import (
     CLASS_NAMES,
     SPLITS,
     TRAIN_VOICES,
@@ -21,7 +21,7 @@ from data.demo import (
     load_demo_paths,
     load_mnist_digits,
 )
-from data.espeak import ESPEAK_SAMPLE_RATE, Espeak, SpeechRequest, synthesize_in_fresh_process
+from multimodal.data.espeak import ESPEAK_SAMPLE_RATE, Espeak, SpeechRequest, synthesize_in_fresh_process
 
 SCALE = 0.05  # 200 + 50 images, 200 + 40 synthetic clips, 10 real ones
 

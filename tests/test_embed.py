@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.shards import read_shard
-from data.writer import samples_from_folder, write_shards
+from multimodal.data.shards import read_shard
+from multimodal.data.writer import samples_from_folder, write_shards
 from multimodal import embed
 from multimodal.api import load
 from tests.test_api import tiny_checkpoint, write_png, write_wav

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, Transformer, TransformerConfig
-from encoders import VisionConfig, VisionEncoder
-from encoders.embed import GridPositions, PatchEmbed, resize_grid, sinusoidal_1d, sinusoidal_2d
-from encoders.pool import AttentionPool, pool_eot, pool_mean
+from multimodal.encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, Transformer, TransformerConfig
+from multimodal.encoders import VisionConfig, VisionEncoder
+from multimodal.encoders.embed import GridPositions, PatchEmbed, resize_grid, sinusoidal_1d, sinusoidal_2d
+from multimodal.encoders.pool import AttentionPool, pool_eot, pool_mean
 
 SMALL = dict(width=32, depth=2, num_heads=4)
 

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.loops import Encoder, collect_embeddings, evaluate_retrieval, evaluate_zero_shot, move_batch
-from eval.metrics import bidirectional_retrieval_metrics, classification_metrics
+from multimodal.eval.loops import Encoder, collect_embeddings, evaluate_retrieval, evaluate_zero_shot, move_batch
+from multimodal.eval.metrics import bidirectional_retrieval_metrics, classification_metrics
 
 
 class TinyModel(nn.Module):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from eval.metrics import (
+from multimodal.eval.metrics import (
     bidirectional_retrieval_metrics,
     classification_metrics,
     mean_per_class_recall,

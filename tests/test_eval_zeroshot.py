@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from eval.templates import (
+from multimodal.eval.templates import (
     AUDIO_TEMPLATES,
     IMAGE_TEMPLATES,
     SPOKEN_WORD_TEMPLATES,
@@ -14,7 +14,7 @@ from eval.templates import (
     get_templates,
     validate_templates,
 )
-from eval.zeroshot import build_zero_shot_weights, zero_shot_logits, zero_shot_probabilities
+from multimodal.eval.zeroshot import build_zero_shot_weights, zero_shot_logits, zero_shot_probabilities
 
 # Unnormalised 2-D "text embeddings" of every prompt, chosen so the averages are easy by hand.
 PROMPT_EMBEDDINGS = {

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from encoders.attention import scaled_dot_product
+from multimodal.encoders.attention import scaled_dot_product
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
 from tests.test_model import random_batch
@@ -34,7 +34,7 @@ def test_training_step_on_cuda_matches_cpu():
 
 
 def test_loader_moves_uint8_images_to_cuda_and_normalises_them_there(tmp_path):
-    from data.pipeline import SourceSpec
+    from multimodal.data.pipeline import SourceSpec
     from tests.test_pipeline import loader, write_img2dataset
 
     write_img2dataset(tmp_path, num_shards=1)

@@ -11,8 +11,8 @@ import torchvision.transforms.v2 as T
 from PIL import Image
 from torchvision.io import encode_jpeg, encode_png
 
-from data.config import CLIP_MEAN, CLIP_STD, ImagePreprocessConfig
-from data.image import (
+from multimodal.data.config import CLIP_MEAN, CLIP_STD, ImagePreprocessConfig
+from multimodal.data.image import (
     collate_images,
     decode_image,
     eval_crop,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from data.clip_tokenizer import ClipTokenizer
+from multimodal.data.clip_tokenizer import ClipTokenizer
 from multimodal.checkpoint import load_model
 from multimodal.interop import convert_checkpoint, open_clip_model_config, open_clip_to_model
 

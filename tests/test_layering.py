@@ -1,5 +1,8 @@
 """The package arrows of the design hold: encoders/, data/ and eval/ are leaves.
 
+The three leaves sit beside multimodal/ in the repository and are imported as
+``multimodal.encoders``, ``multimodal.data`` and ``multimodal.eval``.
+
 Imports are read from the source (ast), so a violation is caught even on a code
 path the other tests do not execute.
 """
@@ -9,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("encoders", "data", "eval", "multimodal")
+LEAVES = ("encoders", "data", "eval")
+PACKAGES = (*LEAVES, "multimodal")
 # Which of the project's packages each one may import.
 ALLOWED = {
     "encoders": set(),
@@ -18,7 +22,7 @@ ALLOWED = {
     "multimodal": {"encoders", "data", "eval"},
 }
 # Only the training script and the distributed parts of multimodal/ may import accelerate.
-ACCELERATE_ALLOWED = {"train.py", "multimodal/cli.py", "multimodal/embed.py"}
+ACCELERATE_ALLOWED = {"multimodal/train.py", "multimodal/cli.py", "multimodal/embed.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -32,6 +36,14 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def package_of(module: str) -> str | None:
+    """The folder of this project that ``module`` lives in, or None for other libraries."""
+    parts = module.split(".")
+    if parts[0] != "multimodal":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in LEAVES else "multimodal"
+
+
 def source_files(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
@@ -41,9 +53,22 @@ def test_packages_import_only_what_the_design_allows(package):
     offences = []
     for path in source_files(package):
         for module in imported_modules(path):
-            top = module.split(".")[0]
-            if top in PACKAGES and top != package and top not in ALLOWED[package]:
+            owner = package_of(module)
+            if owner is not None and owner != package and owner not in ALLOWED[package]:
                 offences.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not offences, "\n".join(offences)
+
+
+def test_no_module_imports_a_leaf_by_its_bare_name():
+    """``import data`` would pick up a user's own data.py from the working directory."""
+    files = [path for package in PACKAGES for path in source_files(package)]
+    files += [ROOT / "train.py", *sorted((ROOT / "bench").glob("*.py")), *sorted((ROOT / "tests").glob("*.py"))]
+    offences = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in files
+        for module in imported_modules(path)
+        if module.split(".")[0] in (*LEAVES, "train")
+    ]
     assert not offences, "\n".join(offences)
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from encoders import TransformerConfig
+from multimodal.encoders import TransformerConfig
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.presets import PRESETS, preset, tiny
 

@@ -15,10 +15,10 @@ import torch
 import webdataset
 from torchvision.io import encode_jpeg, encode_png
 
-from data.audio import audio_to_features
-from data.config import AudioPreprocessConfig, ImagePreprocessConfig
-from data.image import normalize_image, preprocess_image
-from data.pipeline import DataStats, SourceSpec, make_loader
+from multimodal.data.audio import audio_to_features
+from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.image import normalize_image, preprocess_image
+from multimodal.data.pipeline import DataStats, SourceSpec, make_loader
 
 IMAGE = ImagePreprocessConfig(image_size=8, train_crop_scale=(0.5, 1.0))
 AUDIO = AudioPreprocessConfig(num_mel_bins=16, max_frames=12)
@@ -257,7 +257,7 @@ def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path, caplog):
         image_source(tmp_path),
         SourceSpec(str(tmp_path / "aud-00000.tar"), ["audio", "text"], name="aud"),
     ]
-    with caplog.at_level(logging.WARNING, logger="data.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="multimodal.data.pipeline"):
         stream = loader(sources, train=False, batch_size=8, log_skips_every=3)
         batches = list(stream)
     assert sorted(keys_of(batches)) == ["good0", "good1", "sound"]

@@ -5,7 +5,7 @@ contrastive batch, so they must hold the same modalities.
 """
 import itertools
 
-from data.pipeline import SourceSpec, make_loader
+from multimodal.data.pipeline import SourceSpec, make_loader
 from tests.test_pipeline import AUDIO, IMAGE, tokenize, write_clap, write_img2dataset
 
 

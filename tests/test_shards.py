@@ -8,7 +8,7 @@ import tarfile
 import pytest
 import webdataset
 
-from data.shards import TarFormatError, expand_shards, iterate_tar, read_shard
+from multimodal.data.shards import TarFormatError, expand_shards, iterate_tar, read_shard
 
 
 def write_shard(path, num_samples: int, prefix: str = "s") -> list[str]:
@@ -48,7 +48,7 @@ def test_directory_lists_its_tar_files_sorted(shard_dir):
 
 
 def test_missing_files_are_dropped_with_a_warning_and_all_missing_is_an_error(shard_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="data.shards"):
+    with caplog.at_level(logging.WARNING, logger="multimodal.data.shards"):
         urls = expand_shards(str(shard_dir / "train-{000000..000004}.tar"))
     assert len(urls) == 3
     assert "2 of 5 shards" in caplog.text

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from data.tokenizer import (
+from multimodal.data.tokenizer import (
     END_OF_TEXT_ID,
     PAD_ID,
     START_OF_TEXT_ID,

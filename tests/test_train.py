@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
-from data.tokenizer import Tokenizer
-from data.writer import SampleSource, write_shards
+from multimodal import train
+from multimodal.data.tokenizer import Tokenizer
+from multimodal.data.writer import SampleSource, write_shards
 from multimodal.checkpoint import load_model
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny

@@ -12,7 +12,7 @@ import soundfile
 import torch
 import torchvision
 
-from data.writer import (
+from multimodal.data.writer import (
     SampleSource,
     make_key,
     samples_from_folder,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from data.clip_tokenizer import END_OF_TEXT_ID, VOCAB_SIZE, ClipTokenizer
+from multimodal.data.clip_tokenizer import END_OF_TEXT_ID, VOCAB_SIZE, ClipTokenizer
 from multimodal.checkpoint import save_checkpoint
 from multimodal.interop.common import load_state_file, load_weights_from_directory, read_json
 from multimodal.interop.hf_ast import hf_ast_to_model
@@ -61,7 +61,7 @@ def convert_checkpoint(
       only: its embedding is AST's pooled output (identity projection).
 
     For CLIP sources the output also holds CLIP's BPE tokenizer (``tokenizer.json``, read
-    with ``data.clip_tokenizer.ClipTokenizer.load``; config.json says ``"tokenizer":
+    with ``multimodal.data.clip_tokenizer.ClipTokenizer.load``; config.json says ``"tokenizer":
     {"kind": "clip"}``), built from ``vocab_path`` (``bpe_simple_vocab_16e6.txt.gz``) or
     from the installed open_clip package. Weights are stored in float32.
 

@@ -23,8 +23,8 @@ import warnings
 
 import torch
 
-from data.config import AudioPreprocessConfig
-from encoders import AudioConfig, TransformerConfig
+from multimodal.data.config import AudioPreprocessConfig
+from multimodal.encoders import AudioConfig, TransformerConfig
 from multimodal.checkpoint import load_state_checked
 from multimodal.interop.common import StateReader, mlp_ratio_for
 from multimodal.interop.hf_clip import ACTIVATIONS_FROM_HF

@@ -25,8 +25,8 @@ import math
 
 import torch
 
-from data.config import ImagePreprocessConfig
-from encoders import TextConfig, TransformerConfig, VisionConfig
+from multimodal.data.config import ImagePreprocessConfig
+from multimodal.encoders import TextConfig, TransformerConfig, VisionConfig
 from multimodal.checkpoint import load_state_checked
 from multimodal.interop.common import StateReader, mlp_ratio_for
 from multimodal.model import ModelConfig, MultimodalModel
