@@ -34,7 +34,6 @@ user's data takes.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import io
 import json
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from multimodal.data.seeds import stable_int
 from multimodal.data.writer import SampleSource, write_shards
 
 DEMO_VERSION = 2  # bump whenever the content changes: a cached older build is then rebuilt
@@ -300,12 +300,6 @@ def real_recording_paths() -> list[Path]:
     return paths
 
 
-def _stable_int(*parts: object) -> int:
-    """A 64-bit integer from the parts, the same in every process (unlike hash())."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
 def _caption(templates: tuple[str, ...], digit: int, rng: np.random.Generator) -> str:
     template = templates[rng.integers(len(templates))]
     return template.format(word=CLASS_NAMES[digit], numeral=digit)
@@ -346,7 +340,7 @@ def _image_samples(seed: int, scale: float) -> dict[str, list[SampleSource]]:
         for index in sorted(split_indices):
             digit = int(labels[index])
             image = torch.from_numpy(images[index])[None]  # (1, 28, 28): grey, as MNIST is
-            caption_rng = np.random.default_rng([seed, _stable_int("image", index)])
+            caption_rng = np.random.default_rng([seed, stable_int("image", index)])
             samples[split].append(
                 SampleSource(
                     key=f"mnist-{index:04d}",
@@ -368,7 +362,7 @@ def _plan_clips(seed: int, scale: float) -> dict[str, list[_Clip]]:
         plan[split] = []
         for voice in voices:
             for digit in range(10):
-                rng = np.random.default_rng([seed, _stable_int("speech", voice, digit)])
+                rng = np.random.default_rng([seed, stable_int("speech", voice, digit)])
                 for draw in range(count):
                     plan[split].append(
                         _Clip(
@@ -413,7 +407,7 @@ def _synthesize_clips(clips: list[_Clip], seed: int) -> list[tuple[bytes, float]
     for clip, wave in zip(clips, synthesize(requests, seed=seed)):
         if wave.size == 0 or not np.any(wave):
             raise RuntimeError(f"espeak-ng produced silence for {clip}")
-        rng = np.random.default_rng([seed, _stable_int("finish", clip.key)])
+        rng = np.random.default_rng([seed, stable_int("finish", clip.key)])
         finished.append(_finish_clip(wave, ESPEAK_SAMPLE_RATE, rng))
     return finished
 
@@ -425,7 +419,7 @@ def _speech_samples(plan: dict[str, list[_Clip]], finished: list[tuple[bytes, fl
         samples[split] = []
         for clip in split_clips:
             flac, snr_db = next(finished_clips)
-            caption_rng = np.random.default_rng([seed, _stable_int("caption", clip.key)])
+            caption_rng = np.random.default_rng([seed, stable_int("caption", clip.key)])
             samples[split].append(
                 SampleSource(
                     key=clip.key,
@@ -449,7 +443,7 @@ def _speech_samples(plan: dict[str, list[_Clip]], finished: list[tuple[bytes, fl
 def _real_samples(seed: int) -> list[SampleSource]:
     samples = []
     for digit, path in enumerate(real_recording_paths()):
-        rng = np.random.default_rng([seed, _stable_int("real", digit)])
+        rng = np.random.default_rng([seed, stable_int("real", digit)])
         samples.append(
             SampleSource(
                 key=f"spokennumbers-{CLASS_NAMES[digit]}",

@@ -73,7 +73,6 @@ end of a finite pass for a source of which this rank read nothing valid.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -89,6 +88,7 @@ from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.audio import collate_audio, eval_audio_windows, load_waveform, train_audio_features
 from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.image import collate_images, decode_image, eval_crop, normalize_image, train_crop
+from multimodal.data.seeds import stable_int
 from multimodal.data.shards import ShardProblem, expand_shards, read_shard
 
 logger = logging.getLogger(__name__)
@@ -169,12 +169,6 @@ def _parse_keys(keys: str) -> list[tuple[str, str]]:
         elif entry:
             parsed.append(("ext", entry.lower()))
     return parsed
-
-
-def _derive_seed(*parts: object) -> int:
-    """A 64-bit seed from any printable parts (stable across processes and Python runs)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
 
 
 # Counting skipped data --------------------------------------------------------------
@@ -300,9 +294,9 @@ class _SourceStream:
         self.audio_keys = [key for _, key in _parse_keys(spec.audio_keys)]
         self.caption_keys = _parse_keys(spec.caption_keys)
         self.label_keys = _parse_keys(spec.label_key) if spec.label_key else []
-        self.sample_seed = _derive_seed("sample", *settings.seed_parts, index)
-        self.shard_rng = random.Random(_derive_seed("shards", *settings.seed_parts, index))
-        self.buffer_rng = random.Random(_derive_seed("buffer", *settings.seed_parts, index))
+        self.sample_seed = stable_int("sample", *settings.seed_parts, index)
+        self.shard_rng = random.Random(stable_int("shards", *settings.seed_parts, index))
+        self.buffer_rng = random.Random(stable_int("buffer", *settings.seed_parts, index))
         self.position = 0  # raw samples taken from this stream so far
         self.valid_samples = 0
         self.failures = 0
@@ -584,7 +578,7 @@ class _BatchStream(IterableDataset):
         # ranks' batches of a step are gathered into one contrastive batch, so they must hold
         # the same modalities. (seed, epoch, worker) gives every rank the same sequence.
         seed, epoch, _rank, worker_id = settings.seed_parts
-        mix_rng = random.Random(_derive_seed("mix", seed, epoch, worker_id))
+        mix_rng = random.Random(stable_int("mix", seed, epoch, worker_id))
         # This stream makes the epoch's batches worker, worker + num_workers, ...
         own_batches = None if self.batches_per_epoch is None else len(range(worker, self.batches_per_epoch, num_workers))
         to_skip = len(range(worker, self.start_batch, num_workers))
@@ -779,7 +773,7 @@ class ShardLoader:
         for index, urls in enumerate(dataset.shard_lists):
             urls = list(urls)
             if dataset.train:  # the same order on every rank, so the rank slices stay disjoint
-                random.Random(_derive_seed("shard-order", dataset.seed, self.epoch, index)).shuffle(urls)
+                random.Random(stable_int("shard-order", dataset.seed, self.epoch, index)).shuffle(urls)
             rank_shards.append(urls[dataset.rank :: self.world_size])
         dataset.rank_shards = rank_shards
 

@@ -24,6 +24,7 @@ import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from multimodal.data.files import write_text_atomically
 # Special tokens and their ids; the ids are fixed so that padding is always 0
 # and a model's ``eot_token_id`` does not depend on the training captions.
 PAD_TOKEN = "<pad>"
@@ -79,11 +80,7 @@ def write_tokenizer_json(tokenizer: HFTokenizer, path: str | os.PathLike) -> Pat
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(tokenizer.to_str(), encoding="utf-8")
-    os.replace(temporary, path)  # a reader never sees half a file
-    return path
+    return write_text_atomically(path, tokenizer.to_str())
 
 
 def encode_rows(

@@ -24,7 +24,6 @@ The functions here compute and return; progress goes to a callback, nothing is p
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -36,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multimodal.data.files import write_json_atomically
+from multimodal.data.seeds import stable_fraction
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
@@ -521,14 +522,7 @@ class _ShardSequence:
 
 def _is_validation(key: str, seed: int, fraction: float) -> bool:
     """Deterministic split by a hash of (seed, key): a sample keeps its split when others are added."""
-    digest = hashlib.blake2b(f"{seed}:{key}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
-def _write_json_atomically(path: Path, value: Any) -> None:
-    temporary = path.with_name(path.name + _PARTIAL_SUFFIX)
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    return stable_fraction(seed, key) < fraction
 
 
 def _merged_sizes(directory: Path, prefix: str, sizes: dict[str, int]) -> dict[str, int]:
@@ -664,6 +658,6 @@ def write_shards(
         for path in _existing_shards(writer.directory, prefix):
             if path not in writer.shards:
                 path.unlink()
-        _write_json_atomically(writer.directory / "sizes.json", _merged_sizes(writer.directory, prefix, writer.sizes))
+        write_json_atomically(writer.directory / "sizes.json", _merged_sizes(writer.directory, prefix, writer.sizes))
         splits[name] = SplitResult(writer.directory, writer.shards, sum(writer.sizes.values()))
     return WriteResult(splits=splits, skipped=skipped)

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from multimodal.config import from_dict, to_dict
+from multimodal.data.files import permissions
 from multimodal.model import ModelConfig, MultimodalModel
 
 FORMAT_VERSION = 1
@@ -51,6 +52,7 @@ def write_directory_atomically(directory: str | Path, write: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         write(tmp)
+        os.chmod(tmp, permissions(directory=True))  # mkdtemp made it 0700
         for path in tmp.rglob("*"):  # data on disk before the rename makes it visible
             if path.is_file():
                 with open(path, "rb") as handle:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from safetensors.numpy import save_file as save_numpy_file
 from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from multimodal.data.files import write_atomically
 from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
 from multimodal.model import ModelConfig
@@ -165,20 +165,6 @@ def keys_path(npy_path: str | os.PathLike) -> Path:
     return path.with_name(path.name[: -len(path.suffix)] + ".keys.json") if path.suffix else path.with_name(path.name + ".keys.json")
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(temporary)`` then rename onto ``path``: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    temporary = Path(temporary)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def write_embeddings(
     path: str | os.PathLike, embeddings: np.ndarray, keys: Sequence[str], *, metadata: dict[str, str] | None = None
 ) -> Path:
@@ -190,17 +176,17 @@ def write_embeddings(
         raise ValueError(f"embeddings {embeddings.shape} must be (N, E) with N = {len(keys)} keys")
     if format == "npy":
         # Keys first: a complete .npy then always has its keys beside it.
-        _write_atomically(keys_path(path), lambda tmp: tmp.write_text(json.dumps(list(keys)) + "\n", encoding="utf-8"))
+        write_atomically(keys_path(path), lambda tmp: tmp.write_text(json.dumps(list(keys)) + "\n", encoding="utf-8"))
         def write_npy(temporary: Path) -> None:
             with open(temporary, "wb") as handle:  # a file object: np.save would add ".npy" to a name
                 np.save(handle, embeddings)
 
-        _write_atomically(path, write_npy)
+        write_atomically(path, write_npy)
     elif format == "parquet":
-        _write_atomically(path, lambda tmp: _write_parquet(tmp, embeddings, keys, metadata))
+        write_atomically(path, lambda tmp: _write_parquet(tmp, embeddings, keys, metadata))
     else:
         header = {"keys": json.dumps(list(keys)), **(metadata or {})}
-        _write_atomically(path, lambda tmp: save_numpy_file({"embeddings": embeddings}, str(tmp), metadata=header))
+        write_atomically(path, lambda tmp: save_numpy_file({"embeddings": embeddings}, str(tmp), metadata=header))
     return path
 
 
