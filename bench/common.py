@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from multimodal.precision import cpu_has_native_bf16
+
 
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
     """The options every benchmark takes: ``--quick`` (smallest configuration, fewest rounds) and ``--rounds``."""
@@ -106,8 +108,8 @@ def matmul_peaks(sizes: Sequence[int] = (1024, 2048), repeats: int = 5) -> dict[
 
 
 def bf16_supported() -> bool:
-    """Whether this CPU has native bf16 dot products (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU computes bf16 natively: the same check training and the inference API make."""
+    return cpu_has_native_bf16()
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -86,14 +86,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.audio import collate_audio, eval_audio_windows, load_waveform, train_audio_features
-from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.image import collate_images, decode_image, eval_crop, normalize_image, train_crop
 from multimodal.data.seeds import stable_int
 from multimodal.data.shards import ShardProblem, expand_shards, read_shard
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("text", "image", "audio")
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 SAMPLE_SKIP_REASONS = (

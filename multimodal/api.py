@@ -38,85 +38,17 @@ import torch.nn.functional as F
 
 from multimodal.data.audio import audio_to_features, collate_audio
 from multimodal.data.clip_tokenizer import ClipTokenizer
+from multimodal.data.config import MODALITIES
 from multimodal.data.image import preprocess_image
 from multimodal.data.tokenizer import Tokenizer
 from multimodal.eval import build_zero_shot_weights, validate_templates, zero_shot_probabilities
-from multimodal.checkpoint import TOKENIZER_FILE, load_model, read_config
+from multimodal.checkpoint import load_model, load_tokenizer
 from multimodal.evaluation import default_templates
 from multimodal.losses import pair_name
 from multimodal.model import ModelConfig, MultimodalModel
+from multimodal.precision import PRECISIONS, cpu_has_native_bf16, resolve_dtype
 
-PRECISIONS = ("auto", "bf16", "fp32")
-MODALITIES = ("text", "image", "audio")
 DEFAULT_BATCH_SIZE = 32
-
-
-# Precision -------------------------------------------------------------------------------
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), where bf16 inference pays off.
-
-    Without these instructions PyTorch emulates bf16 matrix products, which is slower than fp32.
-    """
-    capability = torch.backends.cpu.get_cpu_capability().upper()
-    if "AMX" in capability or "BF16" in capability:
-        return True
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, probe, None)
-        if check is not None:
-            try:
-                if check():
-                    return True
-            except RuntimeError:  # a probe this build cannot run tells nothing
-                continue
-    return False
-
-
-def resolve_dtype(precision: str, device: torch.device | str) -> torch.dtype:
-    """The weight dtype for ``precision`` ("auto", "bf16", "fp32") on ``device``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    return torch.float32
-
-
-# Checkpoint pieces -----------------------------------------------------------------------
-
-
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer | ClipTokenizer | None:
-    """The tokenizer of a checkpoint directory (None when it has none), or of a tokenizer.json file.
-
-    Converted CLIP checkpoints say ``"tokenizer": {"kind": "clip"}`` in config.json and
-    get the CLIP tokenizer; others get ours. A tokenizer.json that is not ours but is a
-    CLIP one (a bare file, or an older converted checkpoint without the marker) is read
-    as CLIP's.
-    """
-    path = Path(path)
-    if path.is_dir():
-        directory, path = path, path / TOKENIZER_FILE
-        if not path.is_file():
-            return None
-        kind = (read_config(directory).get("tokenizer") or {}).get("kind", "ours")
-        if kind == "clip":
-            return ClipTokenizer.load(path)
-        if kind != "ours":
-            raise ValueError(f"{directory}/config.json names tokenizer kind {kind!r}; this version reads 'ours' and 'clip'")
-    try:
-        return Tokenizer.load(path)
-    except ValueError as ours_error:
-        try:
-            return ClipTokenizer.load(path)
-        except ValueError:
-            raise ours_error from None
 
 
 # Inputs ----------------------------------------------------------------------------------

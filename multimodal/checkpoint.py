@@ -1,5 +1,11 @@
 """Checkpoint directories a person can read: config.json, model.safetensors, tokenizer.json.
 
+This module owns what a checkpoint directory holds, for every side that reads or
+writes one (training, conversion, the inference API): the config with its format
+version, the weights, the tokenizer and the ``"tokenizer": {"kind": ...}`` entry that
+says which tokenizer class reads it, and the ``checkpoints/step-N`` layout of a run
+directory.
+
 Writing is atomic: everything goes to a temporary sibling directory that is renamed
 into place, so a crash while saving never damages an existing checkpoint. Loading
 never unpickles: tensors come from safetensors, the config from JSON, and every key
@@ -19,13 +25,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from multimodal.config import from_dict, to_dict
+from multimodal.data.clip_tokenizer import ClipTokenizer
 from multimodal.data.files import permissions
+from multimodal.data.tokenizer import Tokenizer
 from multimodal.model import ModelConfig, MultimodalModel
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+# Beside the model files, a training checkpoint holds trainer.json (step, Python RNG)
+# and training_state.pt; a run directory keeps them as checkpoints/step-NNNNNNN.
+TRAINER_FILE = "trainer.json"
+RUN_CHECKPOINTS = "checkpoints"
+TOKENIZER_KINDS = {"ours": Tokenizer, "clip": ClipTokenizer}
 
 
 class CheckpointError(ValueError):
@@ -85,6 +98,8 @@ def save_checkpoint(
     (training state) that become visible atomically with the rest. Returns the directory.
     """
     config = {"format_version": FORMAT_VERSION, "model": to_dict(model.config)}
+    if tokenizer is not None:
+        config["tokenizer"] = {"kind": tokenizer_kind(tokenizer)}
     if extra_config:
         config.update(extra_config)
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in unique_state_dict(model).items()}
@@ -100,9 +115,62 @@ def save_checkpoint(
     return write_directory_atomically(directory, write)
 
 
+def tokenizer_kind(tokenizer: Any) -> str:
+    """The ``"kind"`` config.json records for ``tokenizer`` ("ours" or "clip")."""
+    for kind, cls in TOKENIZER_KINDS.items():
+        if isinstance(tokenizer, cls):
+            return kind
+    raise TypeError(f"cannot save a tokenizer of type {type(tokenizer).__name__}; expected one of {list(TOKENIZER_KINDS)}")
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer | ClipTokenizer | None:
+    """The tokenizer of a checkpoint directory (None when it has none), or of a tokenizer.json file.
+
+    A checkpoint's config.json names the tokenizer's kind. Where it does not (a bare
+    tokenizer.json, or a checkpoint written before the kind was recorded), the file is
+    read as ours, or as CLIP's when it is not ours.
+    """
+    path = Path(path)
+    if path.is_dir():
+        directory, path = path, path / TOKENIZER_FILE
+        if not path.is_file():
+            return None
+        kind = (read_config(directory).get("tokenizer") or {}).get("kind")
+        if kind is not None:
+            if kind not in TOKENIZER_KINDS:
+                raise CheckpointError(
+                    f"{directory}/{CONFIG_FILE} names tokenizer kind {kind!r}; this version reads {sorted(TOKENIZER_KINDS)}"
+                )
+            return TOKENIZER_KINDS[kind].load(path)
+    try:
+        return Tokenizer.load(path)
+    except ValueError as ours_error:
+        try:
+            return ClipTokenizer.load(path)
+        except ValueError:
+            raise ours_error from None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete training checkpoints of a run directory, oldest first.
+
+    A checkpoint being written is a temporary directory starting with '.', and only a
+    complete one has its trainer.json, so neither is listed.
+    """
+    root = Path(run_dir) / RUN_CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / TRAINER_FILE).is_file())
+
+
 def read_config(directory: str | Path) -> dict:
     """config.json of a checkpoint, with its format version checked."""
     path = Path(directory) / CONFIG_FILE
+    checkpoints = list_checkpoints(directory)
+    if checkpoints:  # a run directory holds a config.json too, of the training run
+        raise CheckpointError(
+            f"{directory} is a training run's folder, not a checkpoint; its latest checkpoint is {checkpoints[-1]}"
+        )
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a checkpoint directory: {CONFIG_FILE} is missing")
     config = json.loads(path.read_text())

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from multimodal.data.config import MODALITIES
 from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS, is_shard_spec
 
 PROGRAM = "multimodal"
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, metavar="SPEC|FOLDER", help="shard spec, or a folder of class folders")
     evaluate.add_argument("--modality", choices=("image", "audio"),
                           help="the inputs classified or used as queries (default: from the folder's files, else image)")
-    evaluate.add_argument("--gallery-modality", choices=("text", "image", "audio"), default="text",
+    evaluate.add_argument("--gallery-modality", choices=MODALITIES, default="text",
                           help="retrieval: the other modality of each sample (default text)")
     _add_label_options(evaluate, required=False)
     evaluate.add_argument("--name", default="eval", help="prefix of the metric names (default eval)")

@@ -44,6 +44,7 @@ from safetensors.numpy import save_file as save_numpy_file
 from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_atomically
 from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
@@ -103,7 +104,7 @@ def list_inputs(modality: str, inputs: Sequence[str | os.PathLike]) -> list[Inpu
 
     Raises ValueError for an input that does not exist or a folder with nothing to embed.
     """
-    if modality not in ("text", "image", "audio"):
+    if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected text, image or audio")
     items: list[InputItem] = []
     for given in inputs:

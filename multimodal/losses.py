@@ -30,12 +30,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-MODALITY_ORDER = ("text", "image", "audio")
+from multimodal.data.config import MODALITIES
+
 LOSS_KINDS = ("infonce", "sigmoid")
 
 __all__ = [
     "LOSS_KINDS",
-    "MODALITY_ORDER",
     "contrastive_loss",
     "gather_with_grad",
     "infonce_loss",
@@ -46,16 +46,16 @@ __all__ = [
 
 
 def _check_modalities(names: Iterable[str], where: str) -> None:
-    unknown = sorted({name for name in names if name not in MODALITY_ORDER})
+    unknown = sorted({name for name in names if name not in MODALITIES})
     if unknown:
-        raise ValueError(f"unknown modality names {unknown} in {where}; expected names from {MODALITY_ORDER}")
+        raise ValueError(f"unknown modality names {unknown} in {where}; expected names from {MODALITIES}")
 
 
 def _ordered(first: str, second: str) -> tuple[str, str]:
     _check_modalities((first, second), f"the pair ({first!r}, {second!r})")
     if first == second:
         raise ValueError(f"a modality pair needs two different modalities, got ({first!r}, {second!r})")
-    if MODALITY_ORDER.index(first) > MODALITY_ORDER.index(second):
+    if MODALITIES.index(first) > MODALITIES.index(second):
         return second, first
     return first, second
 
@@ -227,7 +227,7 @@ def _resolve_pairs(
 ) -> list[tuple[str, str]]:
     """Canonically ordered pairs to compute, each once, all present in ``features``."""
     if pairs is None:
-        present = [m for m in MODALITY_ORDER if m in features]
+        present = [m for m in MODALITIES if m in features]
         if len(present) < 2:
             raise ValueError(f"a contrastive loss needs at least two modalities; features hold only {present}")
         return [(a, b) for i, a in enumerate(present) for b in present[i + 1 :]]

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, VisionConfig, VisionEncoder
-from multimodal.losses import MODALITY_ORDER, contrastive_loss, pair_name
+from multimodal.losses import contrastive_loss, pair_name
 
 LOSSES = ("infonce", "sigmoid")
 
@@ -75,7 +75,7 @@ class ModelConfig:
 
     @property
     def modalities(self) -> list[str]:
-        return [m for m in MODALITY_ORDER if getattr(self, m) is not None]
+        return [m for m in MODALITIES if getattr(self, m) is not None]
 
     @property
     def pairs(self) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.encoders import AudioConfig, TextConfig, TransformerConfig, VisionConfig
 from multimodal.model import ModelConfig
 
@@ -19,10 +19,10 @@ def _select(config: ModelConfig, modalities: Iterable[str] | None) -> ModelConfi
     if modalities is None:
         return config
     keep = set(modalities)
-    unknown = keep - {"text", "image", "audio"}
+    unknown = keep - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; expected text, image, audio")
-    for m in ("text", "image", "audio"):
+    for m in MODALITIES:
         if m not in keep:
             setattr(config, m, None)
             if m != "text":

@@ -15,7 +15,7 @@ from pathlib import Path
 from multimodal.data import demo as demo_data
 from multimodal.data.pipeline import SourceSpec, make_loader
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
-from multimodal import api
+from multimodal import checkpoint
 from multimodal.evaluation import EvalSetConfig
 from multimodal.model import ModelConfig
 
@@ -147,8 +147,8 @@ def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
 
 
 def load_tokenizer(path: str | Path):
-    """Our tokenizer or CLIP's, from a tokenizer.json or a checkpoint directory."""
-    tokenizer = api.load_tokenizer(path)
+    """Our tokenizer or CLIP's, from a tokenizer.json or a checkpoint directory (which must hold one)."""
+    tokenizer = checkpoint.load_tokenizer(path)
     if tokenizer is None:
         raise ValueError(f"{path} has no tokenizer.json")
     return tokenizer

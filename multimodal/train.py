@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from multimodal.data.allocator import retain_freed_memory
-from multimodal.checkpoint import load_model, read_config, save_checkpoint, load_state_checked
+from multimodal.checkpoint import (
+    RUN_CHECKPOINTS,
+    TRAINER_FILE,
+    list_checkpoints,
+    load_model,
+    load_state_checked,
+    save_checkpoint,
+)
 from multimodal.config import (
     apply_overrides,
     describe_keys,
@@ -38,11 +45,11 @@ from multimodal.config import (
 )
 from multimodal.losses import substitute_microbatch
 from multimodal.model import ModelConfig, MultimodalModel
+from multimodal.precision import native_bf16
 from multimodal.presets import PRESETS, preset
 from multimodal import evaluation, report, sources
 
 TRAINING_STATE_FILE = "training_state.pt"
-TRAINER_FILE = "trainer.json"
 
 
 # --------------------------------------------------------------------------- configuration
@@ -241,15 +248,7 @@ def seed_everything(seed: int) -> None:
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step-{step:07d}"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary directories start with '.')."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / TRAINER_FILE).is_file())
+    return run_dir / RUN_CHECKPOINTS / f"step-{step:07d}"
 
 
 def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer, config: TrainConfig,
@@ -267,20 +266,13 @@ def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer
 
         path = save_checkpoint(
             accelerator.unwrap_model(model), checkpoint_dir(run_dir, step), tokenizer=tokenizer,
-            extra_config={"train": to_dict(config), "tokenizer": {"kind": tokenizer_kind(tokenizer)}},
+            extra_config={"train": to_dict(config)},
             write_extra=write_training_state,
         )
         for old in list_checkpoints(run_dir)[: -config.keep_last]:
             _remove_tree(old)
     accelerator.wait_for_everyone()
     return path
-
-
-def tokenizer_kind(tokenizer) -> str:
-    """What config.json says of the tokenizer, so loaders pick the right class."""
-    from multimodal.data.clip_tokenizer import ClipTokenizer
-
-    return "clip" if isinstance(tokenizer, ClipTokenizer) else "ours"
 
 
 def _remove_tree(path: Path) -> None:
@@ -303,7 +295,7 @@ def find_resume_checkpoint(config: TrainConfig) -> Path | None:
     run_dir = resolve_run_dir(config)
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
-        raise ValueError(f"--resume latest: no checkpoint under {run_dir / 'checkpoints'}")
+        raise ValueError(f"--resume latest: no checkpoint under {run_dir / RUN_CHECKPOINTS}")
     return checkpoints[-1]
 
 
@@ -358,10 +350,7 @@ def resolve_mixed_precision(setting: str) -> str:
     """``"auto"``: bf16 where the hardware computes it natively, else full precision."""
     if setting != "auto":
         return setting
-    from multimodal.api import resolve_dtype
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return "bf16" if resolve_dtype("auto", device) == torch.bfloat16 else "no"
+    return "bf16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "no"
 
 
 def shared_run_dir(accelerator, config: TrainConfig) -> Path:

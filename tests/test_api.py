@@ -214,8 +214,12 @@ def test_checkpoint_tokenizers(checkpoint, tmp_path):
     clip = ClipTokenizer.from_bpe_file()
     model = MultimodalModel(tiny(["text", "image"], vocab_size=clip.vocab_size))
     model.encoders["text"].config.eot_token_id = clip.eot_id
-    marked = save_checkpoint(model, tmp_path / "clip", tokenizer=clip, extra_config={"tokenizer": {"kind": "clip"}})
+    marked = save_checkpoint(model, tmp_path / "clip", tokenizer=clip)
+    assert json.loads((marked / "config.json").read_text())["tokenizer"] == {"kind": "clip"}
     unmarked = save_checkpoint(model, tmp_path / "clip-unmarked", tokenizer=clip)
+    config = json.loads((unmarked / "config.json").read_text())
+    del config["tokenizer"]  # as checkpoints written before the kind was recorded
+    (unmarked / "config.json").write_text(json.dumps(config))
     for directory in (marked, unmarked):
         tokenizer = load_tokenizer(directory)
         assert isinstance(tokenizer, ClipTokenizer)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from multimodal.data.tokenizer import Tokenizer
 from multimodal.checkpoint import CheckpointError, load_model, save_checkpoint
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.presets import tiny
@@ -76,7 +77,10 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
     model = MultimodalModel(tiny(["text", "image"]))
     save_checkpoint(model, tmp_path / "ckpt")
 
-    class BrokenTokenizer:
+    class BrokenTokenizer(Tokenizer):
+        def __init__(self):  # no vocabulary needed: saving fails first
+            pass
+
         def save(self, path):
             raise OSError("disk full")
 

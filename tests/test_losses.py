@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from multimodal.data.config import MODALITIES
 from multimodal.losses import (
-    MODALITY_ORDER,
     contrastive_loss,
     infonce_loss,
     pair_name,
@@ -191,7 +191,7 @@ def test_total_loss_gradients_flow_to_every_pair():
 
 
 def test_pair_name_order():
-    assert MODALITY_ORDER == ("text", "image", "audio")
+    assert MODALITIES == ("text", "image", "audio")
     assert pair_name("image", "text") == "text_image"
     assert pair_name("audio", "text") == "text_audio"
     assert pair_name("image", "audio") == pair_name("audio", "image") == "image_audio"

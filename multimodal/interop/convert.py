@@ -97,8 +97,6 @@ def convert_checkpoint(
     tokenizer = None
     if source_kind in ("open_clip", "hf-clip"):
         tokenizer = _clip_tokenizer(model, vocab_path)
-        if tokenizer is not None:
-            extra["tokenizer"] = {"kind": "clip"}
     return save_checkpoint(model, output, tokenizer=tokenizer, extra_config=extra)
 
 
