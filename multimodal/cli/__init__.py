@@ -1,0 +1,41 @@
+"""The ``multimodal`` command line: embed, classify, eval, shards, tokenizer, convert, demo.
+
+Each command is a module of this package holding its options (``add_command``) beside
+the function that runs them (``run(args, parser)``). ``main(argv)`` returns the exit
+status (0 done, 1 some inputs failed or the job failed, 2 bad arguments), so tests
+call it directly. Results go to standard output; progress bars, skipped inputs and
+errors to standard error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from multimodal.cli import classify, convert, demo, embed, evaluate, shards, tokenizer
+from multimodal.cli.common import PROGRAM
+
+COMMANDS = (embed, classify, evaluate, shards, tokenizer, convert, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (``multimodal COMMAND --help`` describes each)."""
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="Train-free uses of a multimodal checkpoint, and data preparation.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns the exit status (argparse exits with 2 on bad arguments)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        # Checks made after parsing report through the command's parser: usage line, status 2.
+        return args.run(args, args.command_parser)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"{PROGRAM} {args.command}: error: {error}", file=sys.stderr)
+        return 1

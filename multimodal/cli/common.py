@@ -1,0 +1,146 @@
+"""What the commands share: option types, model options, labels and templates, progress bars, devices."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS
+
+PROGRAM = "multimodal"
+DEVICE_HELP = "where the model runs: auto (this process's GPU, else cuda if available, else cpu), cpu, cuda, cuda:N"
+PRECISION_HELP = (
+    "weights' precision: auto (bf16 on CPUs with AVX512-BF16/AMX and on bf16 GPUs, fp32 otherwise), bf16, fp32; "
+    "embeddings are returned in float32 either way"
+)
+
+
+def checked(convert, accepts, expected: str):
+    """An argparse ``type``: ``convert(text)``, refused with "expected {expected}" unless ``accepts(value)``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = checked(int, lambda value: value >= 1, "a positive integer")
+non_negative_int = checked(int, lambda value: value >= 0, "an integer >= 0")
+fraction = checked(float, lambda value: 0.0 <= value < 1.0, "a number in [0, 1)")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 500000000, 500M or 1G, got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def checkpoint_dir(text: str) -> Path:
+    path = Path(text)
+    if not (path / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a checkpoint directory (it has no config.json)")
+    return path
+
+
+def add_model_options(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
+    parser.add_argument("--checkpoint", required=True, type=checkpoint_dir, metavar="DIR",
+                        help="checkpoint directory (config.json, model.safetensors, tokenizer.json)")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help=f"inputs encoded together (audio: windows) (default {batch_size})")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help=PRECISION_HELP)
+
+
+def add_label_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--labels", metavar="A,B,C", help="class names, comma-separated, in label order")
+    group.add_argument("--labels-file", metavar="FILE", help="a text file with one class name per line, in label order")
+    parser.add_argument("--templates", action="append", metavar="TEMPLATE",
+                        help="a prompt template with one {} for the class name, e.g. 'a photo of a {}.'; repeat "
+                             "the option for several (default: the built-in templates of the modality)")
+
+
+def progress_bar(total: int | None, unit: str, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=description, file=sys.stderr, dynamic_ncols=True)
+
+
+def resolve_device(text: str, process_device=None):
+    import torch
+
+    if text != "auto":
+        try:
+            return torch.device(text)
+        except RuntimeError as error:
+            raise ValueError(f"--device {text!r} is not a device ({error})") from None
+    if process_device is not None:
+        return process_device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(args, process_device=None):
+    from multimodal.api import load
+
+    return load(args.checkpoint, device=resolve_device(args.device, process_device), precision=args.precision,
+                batch_size=args.batch_size)
+
+
+def parse_labels(args, parser: argparse.ArgumentParser) -> list[str] | None:
+    if args.labels is not None:
+        labels = [label.strip() for label in args.labels.split(",")]
+        option = "--labels"
+    elif args.labels_file is not None:
+        path = Path(args.labels_file)
+        if not path.is_file():
+            parser.error(f"argument --labels-file: {path} does not exist")
+        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        option = "--labels-file"
+    else:
+        return None
+    if not labels or any(not label for label in labels):
+        parser.error(f"argument {option}: expected non-empty class names separated by commas (or one per line), "
+                     f"got {labels!r}")
+    if len(set(labels)) != len(labels):
+        parser.error(f"argument {option}: class names must be distinct, got {labels!r}")
+    return labels
+
+
+def parse_templates(args, parser: argparse.ArgumentParser) -> list[str] | None:
+    if not args.templates:
+        return None
+    from multimodal.eval import validate_templates
+
+    try:
+        return list(validate_templates(args.templates))
+    except ValueError as error:
+        parser.error(f"argument --templates: {error}")
+
+
+def modality_of_files(files: Sequence[str], parser: argparse.ArgumentParser, option: str) -> str:
+    kinds = set()
+    for name in files:
+        extension = Path(name).suffix.lower().lstrip(".")
+        if extension in IMAGE_FILE_EXTENSIONS:
+            kinds.add("image")
+        elif extension in AUDIO_FILE_EXTENSIONS:
+            kinds.add("audio")
+        else:
+            parser.error(f"argument --modality: cannot tell whether {name} is an image or audio from its extension; "
+                         f"give --modality image or --modality audio")
+    if len(kinds) != 1:
+        parser.error(f"argument --modality: {option} mix images and audio; classify one modality at a time "
+                     "or give --modality")
+    return kinds.pop()
