@@ -42,7 +42,7 @@ from multimodal.data.config import MODALITIES
 from multimodal.data.image import preprocess_image
 from multimodal.data.tokenizer import Tokenizer
 from multimodal.eval import build_zero_shot_weights, validate_templates, zero_shot_probabilities
-from multimodal.checkpoint import load_model, load_tokenizer
+from multimodal.checkpoint import check_tokenizer_fits, load_model, load_tokenizer
 from multimodal.evaluation import default_templates
 from multimodal.losses import pair_name
 from multimodal.model import ModelConfig, MultimodalModel
@@ -175,7 +175,9 @@ class EmbeddingModel:
     ) -> EmbeddingModel:
         """Loads a checkpoint directory (config.json, model.safetensors, tokenizer.json)."""
         model = load_model(path)
-        return cls(model, load_tokenizer(path), device=device, precision=precision, batch_size=batch_size)
+        tokenizer = load_tokenizer(path)
+        check_tokenizer_fits(model.config, tokenizer, str(path))
+        return cls(model, tokenizer, device=device, precision=precision, batch_size=batch_size)
 
     # What the model is
 

@@ -151,6 +151,27 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer | ClipTokenizer | None:
             raise ours_error from None
 
 
+def check_tokenizer_fits(model_config: ModelConfig, tokenizer: Any, source: str) -> None:
+    """Refuses a tokenizer whose end-of-text id or vocabulary the text tower was not built for.
+
+    The text tower pools at its ``eot_token_id``: a tokenizer that ends captions with
+    another id would make it pool at the wrong token without a word.
+    """
+    text = model_config.text
+    if text is None or tokenizer is None:
+        return
+    if tokenizer.eot_id != text.eot_token_id:
+        raise CheckpointError(
+            f"{source}: the tokenizer ends captions with id {tokenizer.eot_id} but the text encoder pools at "
+            f"eot_token_id {text.eot_token_id}; they were not trained together"
+        )
+    if tokenizer.vocab_size > text.vocab_size:
+        raise CheckpointError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size} ids but the text encoder embeds only "
+            f"{text.vocab_size}; they were not trained together"
+        )
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """The complete training checkpoints of a run directory, oldest first.
 

@@ -1,10 +1,11 @@
 """What training reads: data configuration, the tokenizer, loaders with the model's preprocessing.
 
-``prepare(data_config, model_config)`` resolves a ``DataConfig`` into loaders for one
-run: the built-in demo when no training source is configured (built on first use),
-the tokenizer (a file, or trained on the demo's captions), a factory for the training
-stream (re-created with a new seed at every checkpoint, see train.py) and the
-evaluation sets.
+A run resolves its data in two steps. ``resolve_sources`` checks the configured
+sources (or builds the built-in demo on first use when none is configured); the
+trainer then picks the tokenizer (a file, a checkpoint's, or one trained on the
+demo's captions) and fits the text tower to it; ``prepare`` makes the loaders: a
+factory for the training stream (re-created with a new seed at every checkpoint,
+see multimodal/train.py) and the evaluation sets.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from multimodal.data import demo as demo_data
 from multimodal.data.pipeline import SourceSpec, make_loader
+from multimodal.data.shards import expand_shards
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
 from multimodal import checkpoint
 from multimodal.evaluation import EvalSetConfig
@@ -47,6 +49,7 @@ class DataConfig:
     tokenizer: str | None = None  # a tokenizer.json; None with the demo: trained on its captions
     tokenizer_vocab_size: int = 512
     demo_dir: str | None = None  # None: the default cache directory
+    demo_scale: float = 1.0  # fraction of the demo's data (all voices and digits kept): smaller, quicker runs
     shuffle_buffer: int = 1000
 
 
@@ -146,6 +149,53 @@ def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
     ]
 
 
+@dataclass
+class ResolvedSources:
+    """What a run reads: training sources and evaluation sets (the demo's when none is configured)."""
+
+    train: list[SourceConfig]
+    eval_sets: list[EvalSetConfig]
+    demo: demo_data.DemoPaths | None = None
+
+
+def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = True) -> ResolvedSources:
+    """The configured sources, checked; or the built-in demo (built on first use) when none is configured.
+
+    Raises ValueError naming the setting when a source's shards do not exist or its
+    modalities are not the model's, so a run fails before it starts.
+    """
+    eval_sets = list(config.eval)
+    if config.train:
+        for index, source in enumerate(config.train):
+            where = f"data.train[{index}]"
+            unknown = [m for m in source.modalities if m not in model.modalities]
+            if unknown:
+                raise ValueError(f"{where}.modalities: the model has no {' or '.join(unknown)} encoder "
+                                 f"(it has {model.modalities})")
+            try:
+                expand_shards(source.shards)
+            except ValueError as error:
+                raise ValueError(f"{where}.shards: {error}") from None
+        return ResolvedSources(train=list(config.train), eval_sets=eval_sets)
+    paths = demo_data.build_demo(config.demo_dir, scale=config.demo_scale,
+                                 progress=_demo_progress if progress else None)
+    train = [
+        SourceConfig(shards=paths.image_train, modalities=[m for m in ("image", "text") if m in model.modalities]),
+        SourceConfig(shards=paths.audio_train, modalities=[m for m in ("audio", "text") if m in model.modalities]),
+    ]
+    train = [s for s in train if len(s.modalities) == 2]
+    if not train:
+        raise ValueError(f"the demo trains image-text and audio-text pairs; this model has only {model.modalities}")
+    if not eval_sets:
+        eval_sets = [e for e in demo_eval_sets(paths) if _fits(e, model)]
+    return ResolvedSources(train=train, eval_sets=eval_sets, demo=paths)
+
+
+def demo_tokenizer(paths: demo_data.DemoPaths, vocab_size: int) -> Tokenizer:
+    """Our BPE tokenizer trained on the demo's captions (deterministic for a given build)."""
+    return Tokenizer.train(read_caption_files(paths.captions_file), vocab_size=vocab_size)
+
+
 def load_tokenizer(path: str | Path):
     """Our tokenizer or CLIP's, from a tokenizer.json or a checkpoint directory (which must hold one)."""
     tokenizer = checkpoint.load_tokenizer(path)
@@ -154,37 +204,15 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def prepare(
-    config: DataConfig, model: ModelConfig, *, init_from: str | None = None, progress: bool = True
-) -> PreparedData:
-    """Resolves the data configuration for ``model`` (builds the demo and its tokenizer when needed).
-
-    Without ``config.tokenizer``, a model initialised from a checkpoint (``init_from``)
-    keeps that checkpoint's tokenizer: its token embeddings are indexed by it.
-    """
-    sources = list(config.train)
-    eval_sets = list(config.eval)
-    tokenizer_path = config.tokenizer or init_from
-    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
-    if not sources:
-        paths = demo_data.build_demo(config.demo_dir, progress=_demo_progress if progress else None)
-        sources = [
-            SourceConfig(shards=paths.image_train, modalities=[m for m in ("image", "text") if m in model.modalities]),
-            SourceConfig(shards=paths.audio_train, modalities=[m for m in ("audio", "text") if m in model.modalities]),
-        ]
-        sources = [s for s in sources if len(s.modalities) == 2]
-        if not eval_sets:
-            eval_sets = [e for e in demo_eval_sets(paths) if _fits(e, model)]
-        if tokenizer is None and model.text is not None:
-            tokenizer = Tokenizer.train(read_caption_files(paths.captions_file), vocab_size=config.tokenizer_vocab_size)
-    elif tokenizer is None and any("text" in s.modalities for s in sources):
+def prepare(config: DataConfig, model: ModelConfig, tokenizer: Tokenizer | None,
+            resolved: ResolvedSources) -> PreparedData:
+    """Loaders for ``resolved`` sources with ``model``'s preprocessing and ``tokenizer`` (None: no text)."""
+    if tokenizer is None and any("text" in s.modalities for s in resolved.train):
         raise ValueError(
             "data.tokenizer is not set: give a tokenizer.json (train one with `multimodal tokenizer --captions ...`)"
         )
-    if not sources:
-        raise ValueError("no training source fits the model's modalities")
-    data = PreparedData(config=config, model=model, tokenizer=tokenizer, sources=sources, eval_sets=[])
-    data.eval_sets = [_prepare_eval_set(data, e) for e in eval_sets]
+    data = PreparedData(config=config, model=model, tokenizer=tokenizer, sources=resolved.train, eval_sets=[])
+    data.eval_sets = [_prepare_eval_set(data, e) for e in resolved.eval_sets]
     return data
 
 
@@ -199,12 +227,11 @@ def _prepare_eval_set(data: PreparedData, eval_set: EvalSetConfig) -> PreparedEv
             return data.eval_loader(eval_set.shards, eval_set.modality, eval_set.gallery_modality)
         return data.eval_loader(eval_set.shards, eval_set.modality)
 
-    gallery = None
-    if eval_set.gallery_shards is not None:
-        def gallery():
-            return data.eval_loader(eval_set.gallery_shards, eval_set.gallery_modality)
+    def gallery():
+        return data.eval_loader(eval_set.gallery_shards, eval_set.gallery_modality)
 
-    return PreparedEvalSet(config=eval_set, loader_factory=loader, gallery_loader_factory=gallery)
+    return PreparedEvalSet(config=eval_set, loader_factory=loader,
+                           gallery_loader_factory=gallery if eval_set.gallery_shards is not None else None)
 
 
 def _demo_progress(stage: str, done: int, total: int) -> None:

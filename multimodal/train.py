@@ -4,10 +4,13 @@
     python train.py --preset small --data.train '[{"shards": "img-{000..099}.tar", "modalities": ["image", "text"]}]'
     python train.py --config run.yaml --optim.lr 3e-4
     accelerate launch --multi_gpu train.py --preset base ...
-    python train.py --run_name demo --resume latest  # continue where a run stopped
+    python train.py --run_name demo --resume latest  # continue where a run stopped, with its own settings
 
-Reads top to bottom: configuration, Accelerator, model and tokenizer, data, optimiser,
-the loop (with evaluation and checkpoints), the report.
+(also ``python -m multimodal.train`` or ``multimodal-train`` from any directory.)
+
+Reads top to bottom: configuration (a resumed run restores its own), Accelerator,
+data and tokenizer, model, optimiser, the loop (with evaluation, checkpoints, and a
+checkpoint on SIGTERM or Ctrl-C), the report.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,13 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multimodal.data.allocator import retain_freed_memory
+from multimodal import evaluation, report, sources
 from multimodal.checkpoint import (
     RUN_CHECKPOINTS,
     TRAINER_FILE,
+    CheckpointError,
     list_checkpoints,
     load_model,
     load_state_checked,
+    read_config,
     save_checkpoint,
 )
 from multimodal.config import (
@@ -43,13 +50,15 @@ from multimodal.config import (
     parse_override_args,
     to_dict,
 )
+from multimodal.data.allocator import retain_freed_memory
+from multimodal.data.files import write_text_atomically
 from multimodal.losses import substitute_microbatch
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.precision import native_bf16
 from multimodal.presets import PRESETS, preset
-from multimodal import evaluation, report, sources
 
 TRAINING_STATE_FILE = "training_state.pt"
+RUN_CONFIG_FILE = "config.json"
 
 
 # --------------------------------------------------------------------------- configuration
@@ -66,7 +75,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     accum_steps: int = 1  # micro-batches per step; negatives span the whole accumulated batch
-    fused: bool = True  # AdamW(fused=True) where torch supports it: several times faster on CPU
+    fused: bool = True  # AdamW(fused=True) where torch supports it: one kernel for all parameters
 
 
 @dataclass
@@ -75,7 +84,7 @@ class TrainConfig:
     model: ModelConfig | None = None  # None: the preset's
     data: sources.DataConfig = field(default_factory=sources.DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    # "auto": bf16 where the CPU or GPU computes it natively (2-3x faster here), else fp32;
+    # "auto": bf16 where the CPU or GPU computes it natively (see multimodal/precision.py), else fp32;
     # or "no", "bf16", "fp16", through Accelerate.
     mixed_precision: str = "auto"
     seed: int = 0
@@ -83,10 +92,10 @@ class TrainConfig:
     run_name: str | None = None  # None: a time stamp
     log_every: int = 20
     eval_every: int = 0  # steps between evaluations during training; 0: only at the end
-    checkpoint_every: int = 400  # steps between checkpoints (the last step always saves one)
+    checkpoint_every: int = 400  # steps between checkpoints (the last step, SIGTERM and Ctrl-C always save one)
     keep_last: int = 2  # checkpoints kept; older ones are deleted
-    resume: str | None = None  # "latest" or a checkpoint directory
-    init_from: str | None = None  # a checkpoint whose weights start training (fine-tuning)
+    resume: str | None = None  # "latest" or a checkpoint directory: continue that run with its own settings
+    init_from: str | None = None  # a checkpoint whose weights (and tokenizer) start training (fine-tuning)
     freeze: list[str] = field(default_factory=list)  # modalities whose encoder stays fixed (locked-image tuning)
     grad_checkpointing: bool = False
     tensorboard: bool = False
@@ -104,9 +113,30 @@ class TrainConfig:
             raise ValueError("optim.steps and optim.accum_steps must be at least 1")
 
 
+# What a resumed run may change: how long it runs, what it logs and evaluates, how often it
+# saves, where and how it computes. Everything else (model, data, optimiser, seed) is the run's.
+RESUMABLE_KEYS = (
+    "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "plot",
+    "mixed_precision", "grad_checkpointing", "data.num_workers", "data.eval_batch_size",
+    "resume", "output_dir", "run_name",
+)
+
+
 def parse_config(argv: list[str]) -> TrainConfig:
-    """``--preset NAME``, ``--config FILE`` (JSON/YAML) and dotted overrides, applied in that order."""
+    """``--preset NAME``, ``--config FILE`` (JSON/YAML) and dotted overrides, applied in that order.
+
+    With ``--resume``, the run's saved configuration is the base instead, and the
+    settings given may change only ``RESUMABLE_KEYS`` (see :func:`resumed_config`).
+    """
     overrides = parse_override_args(argv)
+    config = _fresh_config(overrides)
+    if config.resume is None:
+        return config
+    return resumed_config(config, find_resume_checkpoint(config), given=overrides)
+
+
+def _fresh_config(overrides: dict[str, str]) -> TrainConfig:
+    overrides = dict(overrides)
     preset_name = overrides.pop("preset", "tiny")
     config_file = overrides.pop("config", None)
     data = {"preset": preset_name}
@@ -118,15 +148,95 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return apply_overrides(config, overrides)
 
 
-# --------------------------------------------------------------------------- model and optimiser
+def resumed_config(given_config: TrainConfig, checkpoint: Path, *, given: dict[str, str]) -> TrainConfig:
+    """The configuration a checkpoint was trained with, with the resumable settings of this command line.
+
+    A setting given now that is not resumable must equal the run's (repeating the
+    original flags is fine); otherwise the resume is refused, naming each such key.
+    """
+    saved = read_config(checkpoint).get("train")
+    if saved is None:
+        raise CheckpointError(f"{checkpoint} holds no training configuration (config.json has no 'train' section)")
+    run_config = from_dict(TrainConfig, saved, "train")
+    run_tree, given_tree = to_dict(run_config), to_dict(given_config)
+    explicit = set(given) - {"config"}
+    if "config" in given:  # a file given again counts as settings given
+        explicit |= set(_flatten(load_config_file(given["config"])))
+    changed = sorted(
+        key for key in explicit
+        if not _is_resumable(key) and _lookup(given_tree, key) != _lookup(run_tree, key)
+    )
+    if changed:
+        details = "; ".join(
+            f"{key}: run {json.dumps(_lookup(run_tree, key))}, given {json.dumps(_lookup(given_tree, key))}"
+            for key in changed
+        )
+        raise ValueError(
+            f"--resume continues {checkpoint} with its own settings; these cannot change: {details}. "
+            f"Resumable: {', '.join(RESUMABLE_KEYS)}. Start a new run (another --run_name) to change the others."
+        )
+    resumable = {key: _lookup(given_tree, key) for key in explicit if _is_resumable(key)}
+    resumable.update(resume=given_config.resume, output_dir=given_config.output_dir, run_name=given_config.run_name)
+    return apply_overrides(run_config, resumable)
 
 
-def build_model(config: TrainConfig, vocab_size: int | None) -> MultimodalModel:
+def _is_resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_KEYS)
+
+
+def _lookup(tree: dict, dotted: str):
+    """The value at ``dotted`` in nested dicts (a whole section for a section's key)."""
+    node = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts -> {"a.b": leaf}; lists are leaves."""
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+# --------------------------------------------------------------------------- tokenizer and model
+
+
+def choose_tokenizer(config: TrainConfig, resolved: sources.ResolvedSources, resume_from: Path | None):
+    """The tokenizer of the run: the resumed checkpoint's, a file, the init_from checkpoint's, or the demo's."""
+    if config.model.text is None:
+        return None
+    if resume_from is not None:
+        return sources.load_tokenizer(resume_from)
+    if config.data.tokenizer is not None:
+        return sources.load_tokenizer(config.data.tokenizer)
+    if config.init_from is not None:
+        return sources.load_tokenizer(config.init_from)
+    if resolved.demo is not None:
+        return sources.demo_tokenizer(resolved.demo, config.data.tokenizer_vocab_size)
+    return None
+
+
+def fit_text_to_tokenizer(model: ModelConfig, tokenizer) -> ModelConfig:
+    """The model config with the text tower's vocabulary size and end-of-text id taken from ``tokenizer``.
+
+    The text tower pools at the end-of-text token, so its id must be the tokenizer's:
+    a preset's default (ours: 2; CLIP's: 49407) would otherwise pool at the wrong place
+    without a word.
+    """
+    if model.text is None or tokenizer is None:
+        return model
+    return apply_overrides(model, {"text.vocab_size": tokenizer.vocab_size, "text.eot_token_id": tokenizer.eot_id})
+
+
+def build_model(config: TrainConfig) -> MultimodalModel:
     """The model from its config; weights from ``init_from``; frozen towers; gradient checkpointing."""
     model_config = config.model
-    if model_config.text is not None and vocab_size is not None and model_config.text.vocab_size != vocab_size:
-        model_config = apply_overrides(model_config, {"text.vocab_size": vocab_size})
-        config.model = model_config
     for modality in model_config.modalities:
         getattr(model_config, modality).transformer.grad_checkpointing = config.grad_checkpointing
     model = MultimodalModel(model_config)
@@ -238,13 +348,21 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def train_step(accelerator, model, optimizer, scheduler, micro_batches: list[dict],
+               grad_clip: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step over ``micro_batches``: gradients, clipping, update, schedule, temperature clamp."""
+    loss, per_pair = compute_gradients(accelerator, model, micro_batches)
+    optimizer_step(accelerator, model, optimizer, scheduler, grad_clip)
+    return loss, per_pair
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- run directory and checkpoints
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -266,8 +384,7 @@ def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer
 
         path = save_checkpoint(
             accelerator.unwrap_model(model), checkpoint_dir(run_dir, step), tokenizer=tokenizer,
-            extra_config={"train": to_dict(config)},
-            write_extra=write_training_state,
+            extra_config={"train": to_dict(config)}, write_extra=write_training_state,
         )
         for old in list_checkpoints(run_dir)[: -config.keep_last]:
             _remove_tree(old)
@@ -276,17 +393,14 @@ def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     # Rename first so that a crash half-way never leaves a half-deleted checkpoint under its name.
     doomed = path.with_name(f".{path.name}.deleting")
     os.replace(path, doomed)
     shutil.rmtree(doomed)
 
 
-def find_resume_checkpoint(config: TrainConfig) -> Path | None:
-    if config.resume is None:
-        return None
+def find_resume_checkpoint(config: TrainConfig) -> Path:
+    """The checkpoint ``--resume`` names: a checkpoint directory, or the latest of the run."""
     if config.resume != "latest":
         path = Path(config.resume)
         if not (path / TRAINER_FILE).is_file():
@@ -301,6 +415,8 @@ def find_resume_checkpoint(config: TrainConfig) -> Path | None:
 
 def resolve_run_dir(config: TrainConfig) -> Path:
     output = Path(config.output_dir)
+    if config.resume not in (None, "latest"):
+        return Path(config.resume).resolve().parents[1]  # RUN/checkpoints/step-N
     if config.run_name is not None:
         return output / config.run_name
     if config.resume == "latest":
@@ -309,6 +425,16 @@ def resolve_run_dir(config: TrainConfig) -> Path:
             raise ValueError(f"--resume latest: no run with checkpoints under {output}")
         return runs[-1]
     return output / time.strftime("%Y%m%d-%H%M%S")
+
+
+def check_run_dir_is_free(run_dir: Path) -> None:
+    """A new run never takes over the folder of an earlier one that has checkpoints."""
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        raise ValueError(
+            f"{run_dir} already holds a run (checkpoints up to {checkpoints[-1].name}); continue it with "
+            f"--run_name {run_dir.name} --resume latest, or choose another --run_name"
+        )
 
 
 def load_training_state(path: Path, model, optimizer, scheduler) -> int:
@@ -372,8 +498,42 @@ def segment_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 2**31
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+class StopRequest:
+    """SIGTERM (a cluster's preemption) or Ctrl-C: finish the current step, save a checkpoint, exit.
+
+    A second Ctrl-C interrupts at once. With several processes the flag is shared by an
+    all-reduce at every step, so all of them stop after the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopRequest:
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number, frame) -> None:
+        if self.signal_number is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = number
+
+    def agreed(self, accelerator) -> bool:
+        """Whether any process was asked to stop (a collective call when there are several)."""
+        if accelerator.num_processes == 1:
+            return self.signal_number is not None
+        flag = torch.tensor([0 if self.signal_number is None else self.signal_number], device=accelerator.device)
+        flag = accelerator.reduce(flag, reduction="sum")
+        if self.signal_number is None and int(flag.item()):
+            self.signal_number = signal.SIGTERM
+        return int(flag.item()) > 0
 
 
 class MetricsLog:
@@ -393,65 +553,113 @@ class MetricsLog:
         self.accelerator.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
 
-def train(config: TrainConfig) -> dict:
-    """Runs training as configured; returns the final evaluation results and paths."""
-    started = time.time()
-    run_dir_guess = Path(config.output_dir)
-    accelerator = make_accelerator(config, run_dir_guess)
+@dataclass
+class Run:
+    """Everything the loop works with, made by :func:`start_run`."""
+
+    config: TrainConfig
+    accelerator: object
+    run_dir: Path
+    data: sources.PreparedData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    start_step: int
+    resumed_from: Path | None
+
+
+def start_run(config: TrainConfig) -> Run:
+    """Data, tokenizer, model and optimiser for ``config``, restored from its checkpoint when resuming.
+
+    Everything a user can get wrong (a shard path, a modality, a tokenizer, nothing to
+    resume) is checked before the run directory is created, so a failed start leaves
+    nothing behind.
+    """
+    resume_from = find_resume_checkpoint(config) if config.resume is not None else None
+    accelerator = make_accelerator(config, Path(config.output_dir))
     run_dir = shared_run_dir(accelerator, config)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if resume_from is None:
+        check_run_dir_is_free(run_dir)
     seed_everything(config.seed)
 
-    # Data first: the tokenizer fixes the text encoder's vocabulary size.
-    data = sources.prepare(config.data, config.model, init_from=config.init_from, progress=accelerator.is_main_process)
-    resume_from = find_resume_checkpoint(config)
-    model = build_model(config, data.tokenizer.vocab_size if data.tokenizer is not None else None)
-    if accelerator.is_main_process:
-        (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
+    tokenizer = choose_tokenizer(config, resolved, resume_from)
+    config.model = fit_text_to_tokenizer(config.model, tokenizer)
+    data = sources.prepare(config.data, config.model, tokenizer, resolved)
+    model = build_model(config)
     optimizer = build_optimizer(model, config.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(config.optim))
     start_step = 0
     if resume_from is not None:
         start_step = load_training_state(resume_from, model, optimizer, scheduler)
-        accelerator.print(f"resumed from {resume_from} at step {start_step}")
     # The schedule counts optimiser steps, so the scheduler is not handed to Accelerate
     # (which would step it once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a start that failed before its first checkpoint
+        write_text_atomically(run_dir / RUN_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
+    accelerator.wait_for_everyone()
     if config.tensorboard:
         accelerator.init_trackers(run_dir.name, config={"preset": config.preset, "lr": config.optim.lr})
+    if resume_from is not None:
+        accelerator.print(f"resumed from {resume_from} at step {start_step}")
+    return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, start_step, resume_from)
 
-    log = MetricsLog(accelerator, run_dir)
-    result = run_loop(accelerator, model, optimizer, scheduler, data, config, run_dir, start_step, log)
+
+class StartError(ValueError):
+    """The run could not start: a setting, a file or the data is wrong (the message says which)."""
+
+
+def train(config: TrainConfig) -> dict:
+    """Runs training as configured; returns the final evaluation results and paths."""
+    started = time.time()
+    try:
+        run = start_run(config)
+    except (ValueError, TypeError, OSError) as error:
+        raise StartError(str(error)) from error
+    accelerator = run.accelerator
+    log = MetricsLog(accelerator, run.run_dir)
+    with StopRequest() as stop:
+        result = run_loop(run, log, stop)
     result["wall_seconds"] = time.time() - started
     accelerator.end_training()
     if accelerator.num_processes > 1:
         # Gathers' autograd nodes hold the process group; free them before tearing it down,
         # or gloo can abort at interpreter exit.
-        del model, optimizer
+        del run
         gc.collect()
         accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
-    if accelerator.is_main_process and config.plot:
-        result["plot"] = str(report.plot_curves(log.path, run_dir / "curves.png"))
+    if accelerator.is_main_process and config.plot and log.path.is_file():
+        result["plot"] = str(report.plot_curves(log.path, Path(result["run_dir"]) / "curves.png"))
     return result
 
 
-def run_loop(accelerator, model, optimizer, scheduler, data, config: TrainConfig, run_dir: Path,
-             start_step: int, log: MetricsLog) -> dict:
+def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     from tqdm.auto import tqdm
 
+    config, accelerator, data, model = run.config, run.accelerator, run.data, run.model
     optim = config.optim
     unwrapped = accelerator.unwrap_model(model)
     samples_per_step = config.data.batch_size * optim.accum_steps * accelerator.num_processes
-    progress = tqdm(total=optim.steps, initial=start_step, disable=not accelerator.is_main_process,
+    progress = tqdm(total=optim.steps, initial=run.start_step, disable=not accelerator.is_main_process,
                     desc="training", dynamic_ncols=True)
     batches = None
-    last_checkpoint = None
+    last_checkpoint, saved_step = None, run.start_step
     tick, window_steps = time.time(), 0
+
+    def save(step: int) -> Path | None:
+        return save_training_checkpoint(accelerator, model, run.optimizer, run.scheduler, data.tokenizer, config,
+                                        run.run_dir, step)
+
     model.train()
-    for step in range(start_step, optim.steps):
+    done = run.start_step
+    for step in range(run.start_step, optim.steps):
         if batches is None or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            # The loader delivers batches on the accelerator's device.
             loader = data.train_loader(
                 seed=segment_seed(config.seed, step),
                 rank=accelerator.process_index,
@@ -459,9 +667,18 @@ def run_loop(accelerator, model, optimizer, scheduler, data, config: TrainConfig
                 device=accelerator.device,
             )
             batches = iter(loader)
-        micro_batches = [to_device(next(batches), accelerator.device) for _ in range(optim.accum_steps)]
-        loss, per_pair = compute_gradients(accelerator, model, micro_batches)
-        optimizer_step(accelerator, model, optimizer, scheduler, optim.grad_clip)
+        try:
+            micro_batches = [next(batches) for _ in range(optim.accum_steps)]
+        except (ValueError, OSError) as error:
+            # The data failed (a source with no valid sample, say). The model is at a clean
+            # step boundary: keep it before giving up (one process; with several, the others
+            # wait in a collective call and a save would hang).
+            progress.close()
+            if accelerator.num_processes == 1 and done > saved_step:
+                last_checkpoint, saved_step = save(done), done
+            kept = f"checkpoint at step {saved_step}: {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+            raise DataError(f"{error} (training stopped after step {done}; {kept})") from error
+        loss, per_pair = train_step(accelerator, model, run.optimizer, run.scheduler, micro_batches, optim.grad_clip)
         done = step + 1
         window_steps += 1
         progress.update(1)
@@ -472,7 +689,7 @@ def run_loop(accelerator, model, optimizer, scheduler, data, config: TrainConfig
             values = {
                 "loss": loss_value,
                 **{f"loss/{k}": float(v) for k, v in per_pair.items()},
-                "lr": scheduler.get_last_lr()[0],
+                "lr": run.scheduler.get_last_lr()[0],
                 **temperatures,
                 "samples_per_s": window_steps * samples_per_step / max(elapsed, 1e-9),
                 "skipped": data.skipped_total(),
@@ -488,13 +705,24 @@ def run_loop(accelerator, model, optimizer, scheduler, data, config: TrainConfig
             log.write(done, evaluate(accelerator, unwrapped, data))
             model.train()
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == optim.steps:
-            last_checkpoint = save_training_checkpoint(
-                accelerator, model, optimizer, scheduler, data.tokenizer, config, run_dir, done
-            )
+            last_checkpoint, saved_step = save(done), done
+        if stop.agreed(accelerator):
+            if saved_step != done:
+                last_checkpoint, saved_step = save(done), done
+            break
     progress.close()
+    result = {"checkpoint": str(last_checkpoint) if last_checkpoint else None, "run_dir": str(run.run_dir),
+              "step": done}
+    if stop.signal_number is not None:
+        result["stopped_by"] = signal.Signals(stop.signal_number).name
+        return result
     results = evaluate(accelerator, unwrapped, data)
     log.write(optim.steps, results)
-    return {"results": results, "checkpoint": str(last_checkpoint) if last_checkpoint else None, "run_dir": str(run_dir)}
+    return {"results": results, **result}
+
+
+class DataError(ValueError):
+    """The training data failed during the run (the message says what, and where training stopped)."""
 
 
 def evaluate(accelerator, model: MultimodalModel, data) -> dict:
@@ -511,31 +739,55 @@ USAGE = """usage: train.py [--preset NAME] [--config FILE] [--dotted.key VALUE .
 
 Trains on the built-in demo data unless data.train is set. Settings apply in
 order: the preset (tiny, small, base), then the JSON/YAML file, then each
---dotted.key override (also written --dotted.key=VALUE; lists as JSON)."""
+--dotted.key override (also written --dotted.key=VALUE; lists as JSON).
+--resume latest (with --run_name) or --resume CHECKPOINT_DIR continues a run with
+its own saved settings; only these may change then: {resumable}.
+SIGTERM or Ctrl-C saves a checkpoint at the current step before exiting."""
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
-        print(USAGE)
-        print("\nsettings and their defaults (tiny preset):")
-        print("\n".join(describe_keys(parse_config([]))))
+        print_help([arg for arg in argv if arg not in ("-h", "--help")])
         raise SystemExit(0)
+    # The training step allocates and frees the same activations every step; keeping
+    # freed memory in the process spares the page faults of fresh allocations
+    # (python -m bench train_step shows the step time with and without).
+    retain_freed_memory()
+    # A wrong setting, file or data: one line that says which, without a traceback.
     try:
         config = parse_config(argv)
-    except (ValueError, TypeError, OSError) as error:  # a wrong key, value or file: say which, without a traceback
-        print(f"train.py: {error}\n(train.py --help lists every setting)", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"train.py: error: {error}\n(train.py --help lists every setting)", file=sys.stderr)
         raise SystemExit(2) from None
-    # The training step allocates and frees the same activations every step; keeping
-    # freed memory in the process spares ~35,000 page faults per step of the small
-    # preset (8-10% of its CPU step time measured on 2 cores).
-    retain_freed_memory()
-    result = train(config)
-    if result.get("results") is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(report.format_results(result["results"]))
-        print(f"checkpoint: {result['checkpoint']}")
-        print(f"wall time: {result['wall_seconds']:.0f} s")
+    try:
+        result = train(config)
+    except (StartError, DataError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(error, StartError) else 1) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        if "stopped_by" in result:
+            print(f"stopped by {result['stopped_by']} after step {result['step']}; checkpoint: {result['checkpoint']}\n"
+                  f"continue with: python train.py --output_dir {config.output_dir} "
+                  f"--run_name {Path(result['run_dir']).name} --resume latest")
+        else:
+            print(report.format_results(result["results"]))
+            print(f"checkpoint: {result['checkpoint']}")
+            print(f"wall time: {result['wall_seconds']:.0f} s")
+    if "stopped_by" in result:
+        raise SystemExit(128 + int(signal.Signals[result["stopped_by"]]))
     return result
+
+
+def print_help(argv: list[str]) -> None:
+    """The usage and every setting with its default, for the preset (and config file) on the command line."""
+    overrides = parse_override_args(argv)
+    keep = {key: overrides[key] for key in ("preset", "config") if key in overrides}
+    config = _fresh_config(keep)
+    print(USAGE.format(resumable=", ".join(RESUMABLE_KEYS)))
+    print(f"\nsettings and their defaults ({config.preset} preset"
+          f"{', ' + keep['config'] if 'config' in keep else ''}):")
+    print("\n".join(describe_keys(config)))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""One optimiser step of train.py's step functions on a fixed global batch.
+"""One training step of the trainer's step functions on a fixed global batch.
 
 Run as ``accelerate launch --cpu --num_processes W tests/_train_step_worker.py OUTPUT ACCUM``
 (or plainly with python for one process): every process takes its rank's rows of the
-same global batch of 8, splits them into ACCUM micro-batches, computes gradients and
-steps; the main process saves the parameters after the step to OUTPUT.
+same global batch of 8 and splits them into ACCUM micro-batches. The main process saves
+to OUTPUT the loss and the gradients the trainer's ``compute_gradients`` left (summed
+over micro-batches, averaged over processes), then the parameters after the trainer's
+``optimizer_step`` with plain SGD: a step that is linear in the gradients, so its
+result carries no more rounding than they do (Adam's first step divides by the
+gradients' magnitude and turns the rounding of near-zero gradients into steps of the
+order of the learning rate).
 """
 import gc
 import sys
@@ -15,6 +20,7 @@ from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
 
 GLOBAL_BATCH = 8
+SGD_LR = 0.1
 
 
 def global_batch(config) -> dict:
@@ -33,10 +39,11 @@ def run(output: str, accum_steps: int) -> None:
     torch.manual_seed(0)
     config = tiny(["text", "image"])
     model = MultimodalModel(config)
-    optim = train.OptimConfig(lr=1e-3, warmup_steps=1, steps=10, accum_steps=accum_steps)
-    optimizer = train.build_optimizer(model, optim)
+    optim = train.OptimConfig(lr=SGD_LR, warmup_steps=1, steps=10, accum_steps=accum_steps)
+    optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.cosine_with_warmup(optim))
     model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
 
     batch = global_batch(config)
     per_rank = GLOBAL_BATCH // accelerator.num_processes
@@ -46,11 +53,12 @@ def run(output: str, accum_steps: int) -> None:
     micro_batches = [{k: v[i * size : (i + 1) * size] for k, v in local.items()} for i in range(accum_steps)]
 
     loss, _ = train.compute_gradients(accelerator, model, micro_batches)
+    gradients = {name: p.grad.detach().clone() for name, p in unwrapped.named_parameters() if p.grad is not None}
     train.optimizer_step(accelerator, model, optimizer, scheduler, grad_clip=1.0)
     mean_loss = accelerator.reduce(loss, reduction="mean")
     if accelerator.is_main_process:
-        state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        torch.save({"state": state, "loss": mean_loss}, output)
+        state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+        torch.save({"loss": mean_loss, "gradients": gradients, "state": state}, output)
     accelerator.wait_for_everyone()
     del loss, model
     gc.collect()

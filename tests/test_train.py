@@ -1,4 +1,5 @@
-"""train.py: configuration errors, resuming after SIGKILL, crash-safe checkpoints, the optimiser set-up."""
+"""The trainer: configuration errors, resuming (with the run's own settings), SIGTERM and SIGKILL, failed starts,
+crash-safe checkpoints, the optimiser set-up, the tokenizer fitting the text tower."""
 import json
 import os
 import signal
@@ -77,11 +78,11 @@ def test_cosine_schedule_with_warmup():
 
 def test_freeze_keeps_a_tower_fixed():
     config = train.parse_config(["--freeze", '["image"]', "--model.audio", "null"])
-    model = train.build_model(config, vocab_size=None)
+    model = train.build_model(config)
     assert not any(p.requires_grad for p in model.encoders["image"].parameters())
     assert all(p.requires_grad for p in model.encoders["text"].parameters())
     with pytest.raises(ValueError, match="freeze: unknown modality 'smell'"):
-        train.build_model(train.parse_config(["--freeze", '["smell"]']), vocab_size=None)
+        train.build_model(train.parse_config(["--freeze", '["smell"]']))
 
 
 # ---------------------------------------------------------------------- runs in subprocesses
@@ -125,35 +126,145 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
+# Runs the trainer with its command line, sending itself a signal right after optimiser step N
+# (deterministic: no polling of the file system, whatever the machine's speed).
+SIGNAL_AFTER_STEP = """
+import os, signal, sys
+from multimodal import train
+after_step, number = int(sys.argv[1]), int(sys.argv[2])
+real_step, steps = train.train_step, 0
+def step_then_signal(*args, **kwargs):
+    global steps
+    result = real_step(*args, **kwargs)
+    steps += 1
+    if steps == after_step:
+        os.kill(os.getpid(), number)
+    return result
+train.train_step = step_then_signal
+train.main(sys.argv[3:])
+"""
+
+
+def run_trainer(args, *, signal_after_step: int | None = None, signal_number: int = signal.SIGTERM):
+    """The trainer in a subprocess (args without the interpreter and script); its CompletedProcess."""
+    if signal_after_step is None:
+        command = [sys.executable, str(ROOT / "train.py"), *args]
+    else:
+        command = [sys.executable, "-c", SIGNAL_AFTER_STEP, str(signal_after_step), str(int(signal_number)), *args]
+    return subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
 
 @pytest.mark.slow
 def test_killed_run_resumes_on_the_same_loss_curve(tiny_dataset, tmp_path):
-    steps = 30
-    reference = subprocess.run(run_args(tiny_dataset, tmp_path / "reference", steps), env=ENV, cwd=ROOT,
-                               capture_output=True, text=True, timeout=300)
+    steps = 12
+    reference = run_trainer(run_args(tiny_dataset, tmp_path / "reference", steps)[2:])
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = losses_by_step(tmp_path / "reference" / "run")
 
-    process = subprocess.Popen(run_args(tiny_dataset, tmp_path / "killed", steps), env=ENV, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = run_trainer(run_args(tiny_dataset, tmp_path / "killed", steps)[2:], signal_after_step=7,
+                         signal_number=signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "killed" / "run"
-    deadline = time.time() + 120
-    while not train.list_checkpoints(run_dir) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    checkpoints = train.list_checkpoints(run_dir)
-    assert checkpoints, "the run was killed before its first checkpoint"
-    killed_at = int(checkpoints[-1].name.split("-")[1])
-    assert killed_at < steps
+    assert [c.name for c in train.list_checkpoints(run_dir)] == ["step-0000003", "step-0000006"]
 
-    resumed = subprocess.run(run_args(tiny_dataset, tmp_path / "killed", steps, ["--resume", "latest"]), env=ENV,
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # Only the run's name is given again: its data, tokenizer and schedule come from its checkpoint.
+    resumed = run_trainer(["--output_dir", str(tmp_path / "killed"), "--run_name", "run", "--resume", "latest",
+                           "--plot", "false"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {checkpoints[-1]}" in resumed.stdout + resumed.stderr
+    assert f"resumed from {run_dir / 'checkpoints' / 'step-0000006'} at step 6" in resumed.stdout + resumed.stderr
     got = losses_by_step(run_dir)
-    for step in range(killed_at + 1, steps + 1):
+    for step in range(7, steps + 1):
         assert got[step] == pytest.approx(expected[step], abs=1e-5), f"step {step}"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_resume_keeps_the_runs_settings(tiny_dataset, tmp_path):
+    args = run_args(tiny_dataset, tmp_path, 12, ["--checkpoint_every", "100"])[2:]
+    stopped = run_trainer(args, signal_after_step=5, signal_number=signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    assert [c.name for c in train.list_checkpoints(run_dir)] == ["step-0000005"]
+    assert "stopped by SIGTERM after step 5" in stopped.stdout
+    assert f"--run_name run --resume latest" in stopped.stdout
+    saved_config = (run_dir / "config.json").read_text()
+
+    # A setting that makes it another run is refused, naming it; the run's record stays as it was.
+    refused = run_trainer(["--output_dir", str(tmp_path), "--run_name", "run", "--resume", "latest",
+                           "--model.embed_dim", "32", "--optim.lr", "0.5"])
+    assert refused.returncode == 2
+    assert "these cannot change: model.embed_dim: run 128, given 32; optim.lr: run 0.002, given 0.5" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert (run_dir / "config.json").read_text() == saved_config
+
+    # Repeating the original flags is fine, and the schedule may be extended.
+    resumed = run_trainer([*args, "--resume", "latest", "--optim.steps", "14"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["optim"]["steps"] == 14 and config["data"]["train"] == json.loads(saved_config)["data"]["train"]
+    assert max(losses_by_step(run_dir)) == 14
+    assert [c.name for c in train.list_checkpoints(run_dir)][-1] == "step-0000014"
+
+
+@pytest.mark.parametrize("case, expected", [
+    (["--data.train", '[{"shards": "NOWHERE/shard-{000..003}.tar", "modalities": ["image", "text"]}]'],
+     "data.train[0].shards: none of the 4 shards of 'NOWHERE/shard-{000..003}.tar' exists"),
+    (["--model.audio", "null", "--data.train", '[{"shards": "SHARDS", "modalities": ["audio", "text"]}]'],
+     "data.train[0].modalities: the model has no audio encoder"),
+    (["--resume", "latest"], "--resume latest: no checkpoint under"),
+    (["--data.tokenizer", "NOWHERE/tokenizer.json"], "no tokenizer file at NOWHERE/tokenizer.json"),
+])
+def test_a_failed_start_prints_one_line_and_leaves_no_run_folder(tiny_dataset, tmp_path, case, expected):
+    case = [arg.replace("SHARDS", tiny_dataset["spec"]) for arg in case]
+    if "--data.train" not in case:
+        case += ["--data.train", json.dumps([{"shards": tiny_dataset["spec"], "modalities": ["image", "text"]}]),
+                 "--model.audio", "null"]
+    done = run_trainer(["--output_dir", str(tmp_path / "runs"), "--run_name", "x", *case])
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_new_run_never_takes_over_a_run_folder_with_checkpoints(tiny_dataset, tmp_path):
+    (tmp_path / "run" / "checkpoints" / "step-0000003").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-0000003" / "trainer.json").write_text("{}")
+    config = train.parse_config(run_args(tiny_dataset, tmp_path, 3)[2:])
+    with pytest.raises(ValueError, match="already holds a run .checkpoints up to step-0000003.; continue it with "
+                                         "--run_name run --resume latest"):
+        train.start_run(config)
+
+
+def test_help_shows_the_defaults_of_the_preset_given(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "small", "--help"])
+    printed = capsys.readouterr().out.splitlines()
+    assert "settings and their defaults (small preset):" in printed
+    assert "  --model.image.image_size 96" in printed and "  --model.image.image_size 32" not in printed
+
+
+@pytest.mark.parametrize("kind", ["ours", "clip"])
+def test_the_text_tower_takes_its_vocabulary_and_end_of_text_id_from_the_tokenizer(kind, tiny_dataset):
+    from multimodal.data.clip_tokenizer import ClipTokenizer
+
+    tokenizer = Tokenizer.load(tiny_dataset["tokenizer"]) if kind == "ours" else ClipTokenizer.from_bpe_file()
+    for name in ("tiny", "small"):
+        fitted = train.fit_text_to_tokenizer(train.parse_config(["--preset", name]).model, tokenizer)
+        assert fitted.text.eot_token_id == tokenizer.eot_id and fitted.text.vocab_size == tokenizer.vocab_size
+        ids, _ = tokenizer(["a red square"], fitted.text.context_length)
+        assert int((ids[0] == fitted.text.eot_token_id).sum()) == 1  # where the tower pools
+
+
+def test_a_checkpoint_whose_tokenizer_does_not_fit_its_text_tower_is_refused(tiny_dataset, tmp_path):
+    from multimodal.api import load
+    from multimodal.checkpoint import CheckpointError, save_checkpoint
+    from multimodal.data.clip_tokenizer import ClipTokenizer
+
+    clip = ClipTokenizer.from_bpe_file()
+    model = MultimodalModel(tiny(["text", "image"], vocab_size=clip.vocab_size))  # eot_token_id 2: ours, not CLIP's
+    save_checkpoint(model, tmp_path / "ckpt", tokenizer=clip)
+    with pytest.raises(CheckpointError, match=f"ends captions with id {clip.eot_id} but the text encoder pools at "
+                                              "eot_token_id 2"):
+        load(tmp_path / "ckpt")
 
 
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
