@@ -34,22 +34,26 @@ def repeats_for(length: int, tokens: int) -> int:
 
 def attention_runner(
     length: int, dtype: torch.dtype, backward: bool, backend: str, causal: bool, tokens: int
-) -> Callable[[], None]:
-    """One timed run: attention (and its backward) over ~``tokens`` tokens, repeated ``repeats_for`` times."""
+) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
+    """One timed run: attention (and its backward) over ~``tokens`` tokens, repeated ``repeats_for`` times.
+
+    The run returns the last output and the inputs' gradient, so the backends can be compared.
+    """
     batch = max(1, tokens // length)
     generator = torch.Generator().manual_seed(length)
     qkv = torch.randn(batch, length, 3, HEADS, HEAD_DIM, generator=generator).to(dtype).requires_grad_(backward)
     grad_out = torch.randn(batch, HEADS, length, HEAD_DIM, generator=generator).to(dtype)
     repeats = repeats_for(length, tokens)
 
-    def run() -> None:
+    def run() -> tuple[torch.Tensor, torch.Tensor | None]:
         for _ in range(repeats):
+            qkv.grad = None
             with torch.set_grad_enabled(backward):
                 q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
                 out = scaled_dot_product(q, k, v, is_causal=causal, backend=backend)
                 if backward:
                     out.backward(grad_out)
-        qkv.grad = None
+        return out.detach(), qkv.grad
 
     return run
 

@@ -84,9 +84,14 @@ def test_updates_below_bf16_resolution_accumulate_in_the_masters():
     assert torch.all(layer.weight < 1.0)  # the bf16 copy moved too, because the masters did
 
 
-def test_attention_runner_runs_every_backend():
-    for backend in ("fused", "explicit", "auto"):
-        bench_attention.attention_runner(17, torch.float32, True, backend, causal=True, tokens=34)()
+def test_attention_runner_times_the_same_computation_on_every_backend():
+    outputs = {backend: bench_attention.attention_runner(17, torch.float32, True, backend, causal=True, tokens=34)()
+               for backend in ("fused", "explicit", "auto")}
+    reference_out, reference_grad = outputs["explicit"]
+    assert reference_grad is not None and reference_out.shape == (2, bench_attention.HEADS, 17, bench_attention.HEAD_DIM)
+    for backend, (out, grad) in outputs.items():
+        torch.testing.assert_close(out, reference_out, atol=1e-5, rtol=1e-5, msg=backend)
+        torch.testing.assert_close(grad, reference_grad, atol=1e-5, rtol=1e-5, msg=backend)
 
 
 def test_unknown_benchmark_is_named():

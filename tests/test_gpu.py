@@ -22,15 +22,32 @@ def test_fused_and_explicit_attention_agree_on_cuda_in_bf16():
 
 
 def test_training_step_on_cuda_matches_cpu():
+    """The same fp32 step on CUDA: equal loss, gradients and updated weights (TF32 off, as fp32 means)."""
+    import copy
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    model = MultimodalModel(tiny())
-    batch = random_batch(model.config, 4)
-    cpu_loss, _ = model.loss(model(batch))
-    gpu_model = model.to("cuda")
-    gpu_loss, _ = gpu_model.loss(gpu_model({k: v.cuda() for k, v in batch.items()}))
-    gpu_loss.backward()
-    assert abs(gpu_loss.item() - cpu_loss.item()) < 1e-3
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu_model.parameters() if p.requires_grad)
+    cpu_model = MultimodalModel(tiny())
+    gpu_model = copy.deepcopy(cpu_model).to("cuda")
+    batch = random_batch(cpu_model.config, 4)
+    results = {}
+    for device, model in (("cpu", cpu_model), ("cuda", gpu_model)):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        loss, _ = model.loss(model({k: v.to(device) for k, v in batch.items()}))
+        loss.backward()
+        gradients = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
+        optimizer.step()
+        results[device] = (loss.item(), gradients, {n: p.detach().cpu() for n, p in model.named_parameters()})
+    (cpu_loss, cpu_grads, cpu_after), (gpu_loss, gpu_grads, gpu_after) = results["cpu"], results["cuda"]
+    assert abs(gpu_loss - cpu_loss) < 1e-4
+    assert set(gpu_grads) == set(cpu_grads) and len(cpu_grads) > 50
+    for name, expected in cpu_grads.items():
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        torch.testing.assert_close(gpu_grads[name], expected, rtol=1e-3, atol=1e-4 * scale + 1e-9, msg=name)
+    # Adam's first step is about lr x sign(gradient) wherever the gradient is not tiny.
+    for name, expected in cpu_after.items():
+        torch.testing.assert_close(gpu_after[name], expected, rtol=0, atol=2.5e-3, msg=name)
 
 
 def test_loader_moves_uint8_images_to_cuda_and_normalises_them_there(tmp_path):
