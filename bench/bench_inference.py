@@ -4,8 +4,9 @@ Images and texts: the ViT-B-32 architecture (``bench_train_step.CONFIGS["vit_b_3
 open_clip's ``encode_image`` / ``encode_text`` under ``torch.no_grad()`` in fp32 (its
 default) and under bf16 autocast, against our ``MultimodalModel.encode`` in fp32 and
 with bf16 weights (``model.to(torch.bfloat16)``, no autocast) under ``no_grad`` and
-under ``inference_mode``. Our model is loaded with open_clip's random weights (by
-parameter names), so the fp32 rows give the same embeddings; every row prints the
+under ``inference_mode``. Our model is open_clip's random weights converted by the
+shipped converter (``multimodal convert --from open_clip``), so the fp32 rows give the
+same embeddings; every row prints the
 smallest cosine similarity between its embeddings and ours in fp32, which for the bf16
 rows should be above 0.99.
 
@@ -26,8 +27,10 @@ from torch import nn
 from bench.bench_audio import FULL as AUDIO_FULL
 from bench.bench_audio import QUICK as AUDIO_QUICK
 from bench.bench_audio import hugging_face_encoder, our_encoder
-from bench.bench_train_step import CONFIGS, make_batch, open_clip_model, our_model
+from bench.bench_train_step import CONFIGS, make_batch, open_clip_config, open_clip_model
 from bench.common import alternate, bf16_supported, machine_summary, noise_note, parse_args
+from multimodal.interop.open_clip import open_clip_to_model
+from multimodal.model import MultimodalModel
 
 TARGET = 3.5  # our bf16 images/s over open_clip's default fp32 encode_image, ViT-B-32 at batch 64
 IMAGE_BATCH = 64
@@ -35,54 +38,12 @@ TEXT_BATCH = 64
 AUDIO_BATCH = 8
 
 
-_BLOCK_NAMES = {  # open_clip's block parameter names -> ours
-    "ln_1.": "norm1.", "attn.in_proj_weight": "attn.qkv.weight", "attn.in_proj_bias": "attn.qkv.bias",
-    "attn.out_proj.": "attn.proj.", "ln_2.": "norm2.", "mlp.c_fc.": "mlp.fc1.", "mlp.c_proj.": "mlp.fc2.",
-}
-
-
-def _block_name(name: str) -> str:
-    """``transformer.resblocks.3.ln_1.weight`` -> ``trunk.transformer.blocks.3.norm1.weight``."""
-    name = name.replace("transformer.resblocks.", "trunk.transformer.blocks.")
-    for theirs, ours in _BLOCK_NAMES.items():
-        name = name.replace(theirs, ours)
-    return name
-
-
-def open_clip_weights_into_ours(theirs: nn.Module, ours: nn.Module) -> None:
-    """Copies an open_clip ``CLIP``'s text and image towers into our ``MultimodalModel`` of the same architecture.
-
-    open_clip's class token and position table differ from ours by a reshape, and it
-    stores its projections as (D, E) matrices applied as ``x @ proj``, ours as (E, D).
-    Every parameter of ours except the logit scale is written exactly once (checked).
-    """
-    sources = {}
-    visual = theirs.visual
-    sources["encoders.image.patch_embed.proj.weight"] = visual.conv1.weight
-    sources["encoders.image.class_token"] = visual.class_embedding
-    sources["encoders.image.positions.prefix"] = visual.positional_embedding[:1]
-    sources["encoders.image.positions.grid"] = visual.positional_embedding[1:]
-    for name, value in visual.named_parameters():
-        if name.startswith("transformer."):
-            sources["encoders.image." + _block_name(name)] = value
-    for theirs_norm, ours_norm in (("ln_pre", "pre_norm"), ("ln_post", "norm")):
-        for kind in ("weight", "bias"):
-            sources[f"encoders.image.trunk.{ours_norm}.{kind}"] = getattr(getattr(visual, theirs_norm), kind)
-    sources["projections.image.weight"] = visual.proj.T
-    sources["encoders.text.token_embedding.weight"] = theirs.token_embedding.weight
-    sources["encoders.text.positions.grid"] = theirs.positional_embedding
-    for name, value in theirs.transformer.named_parameters():
-        sources["encoders.text." + _block_name("transformer." + name)] = value
-    sources["encoders.text.trunk.norm.weight"] = theirs.ln_final.weight
-    sources["encoders.text.trunk.norm.bias"] = theirs.ln_final.bias
-    sources["projections.text.weight"] = theirs.text_projection.T
-    targets = {name: p for name, p in ours.named_parameters() if p.numel() > 0 and not name.startswith("logit_")}
-    if set(sources) != set(targets):
-        raise ValueError(f"weights do not map one to one: only open_clip {sorted(set(sources) - set(targets))}, "
-                         f"only ours {sorted(set(targets) - set(sources))}")
-    with torch.no_grad():
-        for name, target in targets.items():
-            target.copy_(sources[name].reshape(target.shape))
+def converted_pair(config) -> tuple[nn.Module, MultimodalModel]:
+    """open_clip's ``CLIP`` with random weights, and ours converted from it by the shipped converter."""
+    theirs = open_clip_model(config).eval()
+    ours = open_clip_to_model(theirs.state_dict(), activation="gelu", model_config=open_clip_config(config),
+                              eot_token_id=config.vocab_size - 1)  # make_batch ends captions with the largest id
+    return theirs, ours
 
 
 def embed(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, mode: str = "no_grad",
@@ -124,9 +85,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     bf16 = bf16_supported()
     print(f"inference: {machine_summary()}")
     torch.manual_seed(0)
-    theirs = open_clip_model(config).eval()
-    ours = our_model(config).eval()
-    open_clip_weights_into_ours(theirs, ours)
+    theirs, ours = converted_pair(config)
     ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16) if bf16 else None
     batch = make_batch(config)
     images = batch["image"][:1].expand(IMAGE_BATCH, -1, -1, -1).clone() + torch.randn(IMAGE_BATCH, 1, 1, 1)

@@ -82,10 +82,8 @@ def our_model(c: StepConfig) -> MultimodalModel:
     return MultimodalModel(config)
 
 
-def open_clip_model(c: StepConfig) -> nn.Module:
-    """open_clip's ``CLIP`` with the same architecture, random weights."""
-    from open_clip.model import CLIP
-
+def open_clip_config(c: StepConfig) -> dict:
+    """The architecture as an open_clip model config (the layout of its ``ViT-B-32.json``)."""
     vision = dict(
         image_size=c.image_size, patch_size=c.patch_size, width=c.vision_width, layers=c.vision_depth,
         head_width=c.vision_width // c.vision_heads,
@@ -94,7 +92,15 @@ def open_clip_model(c: StepConfig) -> nn.Module:
         context_length=c.context_length, vocab_size=c.vocab_size, width=c.text_width, heads=c.text_heads,
         layers=c.text_depth,
     )
-    return CLIP(c.embed_dim, vision, text)
+    return {"embed_dim": c.embed_dim, "vision_cfg": vision, "text_cfg": text}
+
+
+def open_clip_model(c: StepConfig) -> nn.Module:
+    """open_clip's ``CLIP`` with the same architecture, random weights."""
+    from open_clip.model import CLIP
+
+    config = open_clip_config(c)
+    return CLIP(config["embed_dim"], config["vision_cfg"], config["text_cfg"])
 
 
 def make_batch(c: StepConfig, seed: int = 0) -> dict[str, torch.Tensor]:

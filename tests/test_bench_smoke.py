@@ -27,15 +27,13 @@ def test_ratio_is_the_median_of_per_round_ratios():
     assert comparison.spread("fast") == pytest.approx(0.5)
 
 
-def test_open_clip_weights_give_open_clip_embeddings():
+def test_the_inference_bench_compares_open_clip_with_its_conversion():
     pytest.importorskip("open_clip")
-    from bench.bench_inference import open_clip_weights_into_ours
+    from bench.bench_inference import converted_pair
 
     config = bench_train_step.CONFIGS["tiny"]
     torch.manual_seed(0)
-    theirs = bench_train_step.open_clip_model(config).eval()
-    ours = bench_train_step.our_model(config).eval()
-    open_clip_weights_into_ours(theirs, ours)
+    theirs, ours = converted_pair(config)
     batch = bench_train_step.make_batch(config)
     images, text = batch["image"], batch["text"]
     with torch.no_grad():
