@@ -1,26 +1,34 @@
-"""Train step (forward of both towers, loss, backward, optimiser step): ours against open_clip.
+"""Train step (forward of both towers, loss, backward, optimiser step): the trainer's own step against open_clip's.
 
 Both sides build the same architecture from random weights: a text tower and a ViT
 image tower with CLIP's layout (ln_pre on images, no patch-embedding bias, GELU, causal
 text with end-of-text pooling, projections without bias), compared in fp32 and in bf16.
 
 * open_clip's default step: ``open_clip.model.CLIP`` with ``ClipLoss`` and the default
-  (for-loop) ``AdamW``; in bf16, ``torch.autocast("cpu", dtype=torch.bfloat16)`` around
-  forward and loss.
-* ours in fp32: ``MultimodalModel`` with fused ``AdamW`` and the automatic attention path.
-* ours in bf16, two recipes: autocast as above with fused ``AdamW``, and bf16 weights with
-  fp32 master weights (``Bf16MasterWeights``), the faster one.
+  (for-loop) ``AdamW``, no gradient clipping; in bf16, ``torch.autocast("cpu",
+  dtype=torch.bfloat16)`` around forward and loss.
+* ours: exactly what ``train.py`` runs for one step, ``multimodal.train.train_step``:
+  the trainer's optimiser (``build_optimizer``: fused AdamW, no decay on norms, biases,
+  positions and temperatures), its schedule, gradient clipping at 1.0, temperature
+  clamping, and its precision through Accelerate (``--mixed_precision no`` or ``bf16``,
+  which is autocast). The process keeps freed memory as ``train.py`` does (both sides
+  run in it).
+* in bf16 also a candidate recipe the trainer does not use: bf16 weights with fp32
+  master weights (``Bf16MasterWeights``), printed for comparison only.
 
-Throughput is samples/s; model-FLOPs utilisation is the step's matmul FLOPs (counted by
-torch's FLOP counter on our model) per second over the square-matmul peak measured in
-the same process for that dtype.
+Each precision runs in a process of its own (Accelerate fixes the precision once per
+process). Throughput is samples/s; model-FLOPs utilisation is the step's matmul FLOPs
+(counted by torch's FLOP counter on our model) per second over the square-matmul peak
+measured in the same process for that dtype.
 
-Run: ``python -m bench.bench_train_step [--quick] [--rounds N] [--configs small vit_b_32]``.
+Run: ``python -m bench.bench_train_step [--quick] [--rounds N] [--configs small vit_b_32] [--precisions fp32 bf16]``.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +36,7 @@ import torch
 from torch import nn
 
 from bench.common import Comparison, alternate, bf16_supported, count_flops, machine_summary, matmul_peaks, noise_note
+from multimodal.data.allocator import retain_freed_memory
 from multimodal.encoders import TextConfig, TransformerConfig, VisionConfig
 from multimodal.model import ModelConfig, MultimodalModel
 
@@ -183,42 +192,51 @@ def open_clip_step(model: nn.Module, batch: dict, precision: str) -> Callable[[]
     return step
 
 
-def our_step(model: MultimodalModel, batch: dict, recipe: str) -> Callable[[], None]:
-    """Our step: ``"fp32"``, ``"autocast"`` (bf16 autocast) or ``"bf16_master"`` (``Bf16MasterWeights``)."""
-    adamw = dict(lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS)
-    if recipe == "bf16_master":
-        trainer = Bf16MasterWeights(model, **adamw)
-        batch = {"image": batch["image"].bfloat16(), "text": batch["text"]}
-        finish = trainer.step
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), fused=True, **adamw)
-
-        def finish() -> None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+def candidate_master_weights_step(model: MultimodalModel, batch: dict) -> Callable[[], None]:
+    """The candidate recipe (``Bf16MasterWeights``), stepped like open_clip's default (no clipping, no schedule)."""
+    trainer = Bf16MasterWeights(model, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS)
+    batch = {"image": batch["image"].bfloat16(), "text": batch["text"]}
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe == "autocast"):
-            loss, _ = model.loss(model(batch))
+        loss, _ = model.loss(model(batch))
         loss.backward()
-        finish()
+        trainer.step()
         model.clamp_logit_scales()
 
     return step
 
 
-def compare(c: StepConfig, precision: str, rounds: int, peaks: dict[torch.dtype, float]) -> tuple[Comparison, str]:
-    """Alternating timed steps of both implementations; prints a table, returns the comparison and our best recipe."""
+def trainer_step(accelerator, model: MultimodalModel, batch: dict) -> Callable[[], None]:
+    """What ``train.py`` runs for one step of ``model`` on ``batch``, with the process's Accelerator."""
+    from multimodal import train
+
+    optim = train.OptimConfig(lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS, steps=10**9,
+                              warmup_steps=0)
+    optimizer = train.build_optimizer(model, optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.cosine_with_warmup(optim))
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+
+    def step() -> None:
+        train.train_step(accelerator, prepared, optimizer, scheduler, [batch], optim.grad_clip)
+
+    return step
+
+
+def compare(c: StepConfig, precision: str, rounds: int, peaks: dict[torch.dtype, float],
+            accelerator) -> tuple[Comparison, str]:
+    """Alternating timed steps of both implementations; prints a table, returns the comparison and ours."""
     torch.manual_seed(0)
     batch = make_batch(c)
-    runners = {"open_clip": open_clip_step(open_clip_model(c), batch, precision)}
-    recipes = ["fp32"] if precision == "fp32" else ["autocast", "bf16_master"]
-    for recipe in recipes:
-        runners[f"ours {recipe}"] = our_step(our_model(c), batch, recipe)
+    runners = {
+        "open_clip": open_clip_step(open_clip_model(c), batch, precision),
+        "ours (train.py)": trainer_step(accelerator, our_model(c), batch),
+    }
+    if precision == "bf16":
+        runners["candidate bf16 masters"] = candidate_master_weights_step(our_model(c), batch)
     # The first call of each runner, under the FLOP counter, is its warm-up.
     flops = {name: count_flops(runner) for name, runner in runners.items()}
     comparison = alternate(runners, rounds=rounds, warmup=0)
-    model_flops = flops[f"ours {recipes[0]}"]
+    model_flops = flops["ours (train.py)"]
     peak = peaks[torch.float32 if precision == "fp32" else torch.bfloat16]
     print(f"\n{c.name} {precision}: batch {c.batch_size}, {model_flops / 1e9:.1f} GFLOP per step "
           f"(open_clip counted {flops['open_clip'] / 1e9:.1f}), matmul peak {peak:.0f} GFLOP/s")
@@ -227,8 +245,24 @@ def compare(c: StepConfig, precision: str, rounds: int, peaks: dict[torch.dtype,
         print(f"  {comparison.describe(name, c.batch_size, 'samples/s')}  MFU {utilisation:5.1%}  "
               f"x{comparison.ratio('open_clip', name):.2f} vs open_clip")
     print(f"  {noise_note(comparison)}")
-    best = min((f"ours {r}" for r in recipes), key=comparison.median)
-    return comparison, best
+    return comparison, "ours (train.py)"
+
+
+def run_precision(names: Sequence[str], precision: str, rounds: int, quick: bool) -> list[str]:
+    """Every configuration in ``precision``, in this process; returns the summary parts."""
+    from accelerate import Accelerator
+
+    retain_freed_memory()  # as train.py does for its process
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16" if precision == "bf16" else "no")
+    peaks = matmul_peaks(sizes=(512,) if quick else (1024, 2048))
+    print("matmul peak: " + ", ".join(f"{str(d).removeprefix('torch.')} {g:.0f} GFLOP/s" for d, g in peaks.items()))
+    parts = []
+    for name in names:
+        comparison, ours = compare(CONFIGS[name], precision, rounds, peaks, accelerator)
+        ratio = comparison.ratio("open_clip", ours)
+        target = f" (target {TARGETS[name]}x)" if precision == "bf16" and name in TARGETS and not quick else ""
+        parts.append(f"{name} {precision} x{ratio:.2f}{target}")
+    return parts
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -242,16 +276,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     rounds = args.rounds or (1 if args.quick else 5)
     precisions = [p for p in args.precisions if p == "fp32" or bf16_supported()]
     print(f"train step: {machine_summary()}")
-    peaks = matmul_peaks(sizes=(512,) if args.quick else (1024, 2048))
-    print("matmul peak: " + ", ".join(f"{str(d).removeprefix('torch.')} {g:.0f} GFLOP/s" for d, g in peaks.items()))
-    parts = []
-    for name in names:
+    if len(precisions) == 1:
+        parts = run_precision(names, precisions[0], rounds, args.quick)
+    else:  # one process per precision; each prints its table and, last, its summary parts
+        parts = []
         for precision in precisions:
-            comparison, best = compare(CONFIGS[name], precision, rounds, peaks)
-            ratio = comparison.ratio("open_clip", best)
-            target = f" (target {TARGETS[name]}x)" if precision == "bf16" and name in TARGETS else ""
-            parts.append(f"{name} {precision} x{ratio:.2f}{target} [{best.removeprefix('ours ')}]")
-    summary = "train_step: ours vs open_clip default, median per-round speed-up: " + "; ".join(parts)
+            command = [sys.executable, "-m", "bench.bench_train_step", "--precisions", precision, "--configs", *names,
+                       "--rounds", str(rounds), *(["--quick"] if args.quick else [])]
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+            lines = done.stdout.rstrip().splitlines()
+            print("\n".join(lines[1:-1]))  # its machine line repeats ours
+            parts.append(lines[-1].split("speed-up: ", 1)[1])
+    summary = "train_step: train.py's step vs open_clip default, median per-round speed-up: " + "; ".join(parts)
     print(summary)
     return summary
 
