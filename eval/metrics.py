@@ -156,6 +156,55 @@ def _best_relevant_and_irrelevant(
     return best_relevant, best_irrelevant, num_relevant
 
 
+def _check_retrieval_inputs(
+    query_embeddings: torch.Tensor,
+    gallery_embeddings: torch.Tensor,
+    query_to_gallery: torch.Tensor | None,
+    query_labels: torch.Tensor | None,
+    gallery_labels: torch.Tensor | None,
+    recall_ks: Sequence[int],
+    map_k: int | None,
+    chunk_size: int,
+) -> None:
+    """Raises ValueError, saying what to fix, for any argument :func:`retrieval_metrics` cannot rank with."""
+    query_shape, gallery_shape = tuple(query_embeddings.shape), tuple(gallery_embeddings.shape)
+    if len(query_shape) != 2 or len(gallery_shape) != 2 or query_shape[1] != gallery_shape[1]:
+        raise ValueError(
+            f"query_embeddings {query_shape} and gallery_embeddings {gallery_shape} "
+            "must be (Q, E) and (G, E) with the same E"
+        )
+    num_queries, num_gallery = query_embeddings.shape[0], gallery_embeddings.shape[0]
+    if num_queries == 0 or num_gallery == 0:
+        raise ValueError(f"nothing to retrieve: {num_queries} queries and {num_gallery} gallery items")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    cutoffs = list(recall_ks) + ([map_k] if map_k is not None else [])
+    if not cutoffs or min(cutoffs) < 1:
+        raise ValueError(
+            f"recall_ks {tuple(recall_ks)} and map_k {map_k} must be at least 1, and at least one must be given"
+        )
+
+    by_index = query_to_gallery is not None
+    by_label = query_labels is not None or gallery_labels is not None
+    if by_index == by_label or (by_label and (query_labels is None or gallery_labels is None)):
+        raise ValueError("give relevance either as query_to_gallery, or as both query_labels and gallery_labels")
+    if by_index:
+        if query_to_gallery.shape != (num_queries,) or query_to_gallery.dtype.is_floating_point:
+            raise ValueError(f"query_to_gallery must be an integer tensor ({num_queries},), got "
+                             f"{query_to_gallery.dtype} {tuple(query_to_gallery.shape)}")
+        if int(query_to_gallery.min()) < 0 or int(query_to_gallery.max()) >= num_gallery:
+            raise ValueError(
+                f"query_to_gallery indices must be in [0, {num_gallery - 1}] (the gallery has {num_gallery} items)"
+            )
+    elif query_labels.shape != (num_queries,) or gallery_labels.shape != (num_gallery,):
+        raise ValueError(f"query_labels {tuple(query_labels.shape)} and gallery_labels {tuple(gallery_labels.shape)} "
+                         f"must be ({num_queries},) and ({num_gallery},)")
+
+    for name, embeddings in (("query_embeddings", query_embeddings), ("gallery_embeddings", gallery_embeddings)):
+        if not bool(torch.isfinite(embeddings).all()):
+            raise ValueError(f"{name} contain NaN or infinity; ranks would be meaningless (check the model's outputs)")
+
+
 def retrieval_metrics(
     query_embeddings: torch.Tensor,
     gallery_embeddings: torch.Tensor,
@@ -196,42 +245,10 @@ def retrieval_metrics(
 
     Returns ``{"recall@1": ..., "recall@5": ..., "recall@10": ..., "map@10": ..., "num_queries": Q}``.
     """
-    query_shape, gallery_shape = tuple(query_embeddings.shape), tuple(gallery_embeddings.shape)
-    if len(query_shape) != 2 or len(gallery_shape) != 2 or query_shape[1] != gallery_shape[1]:
-        raise ValueError(
-            f"query_embeddings {query_shape} and gallery_embeddings {gallery_shape} "
-            "must be (Q, E) and (G, E) with the same E"
-        )
+    _check_retrieval_inputs(query_embeddings, gallery_embeddings, query_to_gallery, query_labels, gallery_labels,
+                            recall_ks, map_k, chunk_size)
     num_queries, num_gallery = query_embeddings.shape[0], gallery_embeddings.shape[0]
-    if num_queries == 0 or num_gallery == 0:
-        raise ValueError(f"nothing to retrieve: {num_queries} queries and {num_gallery} gallery items")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     cutoffs = list(recall_ks) + ([map_k] if map_k is not None else [])
-    if not cutoffs or min(cutoffs) < 1:
-        raise ValueError(
-            f"recall_ks {tuple(recall_ks)} and map_k {map_k} must be at least 1, and at least one must be given"
-        )
-
-    by_index = query_to_gallery is not None
-    by_label = query_labels is not None or gallery_labels is not None
-    if by_index == by_label or (by_label and (query_labels is None or gallery_labels is None)):
-        raise ValueError("give relevance either as query_to_gallery, or as both query_labels and gallery_labels")
-    if by_index:
-        if query_to_gallery.shape != (num_queries,) or query_to_gallery.dtype.is_floating_point:
-            raise ValueError(f"query_to_gallery must be an integer tensor ({num_queries},), got "
-                             f"{query_to_gallery.dtype} {tuple(query_to_gallery.shape)}")
-        if int(query_to_gallery.min()) < 0 or int(query_to_gallery.max()) >= num_gallery:
-            raise ValueError(
-                f"query_to_gallery indices must be in [0, {num_gallery - 1}] (the gallery has {num_gallery} items)"
-            )
-    elif query_labels.shape != (num_queries,) or gallery_labels.shape != (num_gallery,):
-        raise ValueError(f"query_labels {tuple(query_labels.shape)} and gallery_labels {tuple(gallery_labels.shape)} "
-                         f"must be ({num_queries},) and ({num_gallery},)")
-
-    for name, embeddings in (("query_embeddings", query_embeddings), ("gallery_embeddings", gallery_embeddings)):
-        if not bool(torch.isfinite(embeddings).all()):
-            raise ValueError(f"{name} contain NaN or infinity; ranks would be meaningless (check the model's outputs)")
 
     device = query_embeddings.device
     # float32 at least: half-precision similarities tie far more often than the model means them to.
