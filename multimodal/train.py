@@ -52,12 +52,14 @@ from multimodal.config import (
 )
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.files import write_text_atomically
+from multimodal.ema import WeightAverage
 from multimodal.losses import substitute_microbatch
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.precision import native_bf16
 from multimodal.presets import PRESETS, preset
 
 TRAINING_STATE_FILE = "training_state.pt"
+EMA_DIR = "ema"  # in a training checkpoint: the averaged weights, a checkpoint directory of their own
 RUN_CONFIG_FILE = "config.json"
 
 
@@ -79,11 +81,20 @@ class OptimConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (see multimodal/ema.py); off unless ``decay`` is set."""
+
+    decay: float | None = None  # e.g. 0.999: the average over about 1 / (1 - decay) steps
+    evaluate: bool = True  # evaluate the averaged weights beside the raw ones (results under "ema/...")
+
+
+@dataclass
 class TrainConfig:
     preset: str = "tiny"
     model: ModelConfig | None = None  # None: the preset's
     data: sources.DataConfig = field(default_factory=sources.DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     # "auto": bf16 where the CPU or GPU computes it natively (see multimodal/precision.py), else fp32;
     # or "no", "bf16", "fp16", through Accelerate.
     mixed_precision: str = "auto"
@@ -111,6 +122,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.optim.accum_steps < 1 or self.optim.steps < 1:
             raise ValueError("optim.steps and optim.accum_steps must be at least 1")
+        if self.ema.decay is not None and not 0.0 < self.ema.decay < 1.0:
+            raise ValueError(f"ema.decay must be in (0, 1), e.g. 0.999; got {self.ema.decay}")
 
 
 # What a resumed run may change: how long it runs, what it logs and evaluates, how often it
@@ -370,22 +383,28 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer, config: TrainConfig,
-                             run_dir: Path, step: int) -> Path | None:
-    """Model + tokenizer + everything needed to resume, written atomically; keeps the last ``keep_last``."""
+                             run_dir: Path, step: int, ema: WeightAverage | None = None) -> Path | None:
+    """Model + tokenizer + everything needed to resume, written atomically; keeps the last ``keep_last``.
+
+    With ``ema`` the averaged weights go beside, as a checkpoint directory of their own (``EMA_DIR``).
+    """
     accelerator.wait_for_everyone()
     path = None
     if accelerator.is_main_process:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+        unwrapped = accelerator.unwrap_model(model)
+        extra_config = {"train": to_dict(config)}
 
         def write_training_state(tmp: Path) -> None:
             torch.save(state, tmp / TRAINING_STATE_FILE)
             python_state = random.getstate()
             (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, "python_rng": [python_state[0], list(python_state[1]), python_state[2]]}))
+            if ema is not None:
+                save_checkpoint(ema.averaged_model(unwrapped), tmp / EMA_DIR, tokenizer=tokenizer,
+                                extra_config={**extra_config, "ema": {"decay": ema.decay, "step": step}})
 
-        path = save_checkpoint(
-            accelerator.unwrap_model(model), checkpoint_dir(run_dir, step), tokenizer=tokenizer,
-            extra_config={"train": to_dict(config)}, write_extra=write_training_state,
-        )
+        path = save_checkpoint(unwrapped, checkpoint_dir(run_dir, step), tokenizer=tokenizer,
+                               extra_config=extra_config, write_extra=write_training_state)
         for old in list_checkpoints(run_dir)[: -config.keep_last]:
             _remove_tree(old)
     accelerator.wait_for_everyone()
@@ -437,10 +456,14 @@ def check_run_dir_is_free(run_dir: Path) -> None:
         )
 
 
-def load_training_state(path: Path, model, optimizer, scheduler) -> int:
-    """Restores weights, optimiser, schedule and random states; returns the step to continue from."""
+def load_training_state(path: Path, model, optimizer, scheduler, ema: WeightAverage | None = None) -> int:
+    """Restores weights, optimiser, schedule, random states and the weight average; returns the step to continue from."""
     source = load_model(path)
     load_state_checked(model, source.state_dict(), str(path))
+    if ema is not None:
+        if not (path / EMA_DIR).is_dir():
+            raise CheckpointError(f"{path} has no averaged weights ({EMA_DIR}/) to continue ema.decay from")
+        ema.load_state_dict(load_model(path / EMA_DIR).state_dict(), str(path / EMA_DIR))
     # weights_only: tensors and plain containers only, never arbitrary pickled objects.
     state = torch.load(path / TRAINING_STATE_FILE, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
@@ -566,6 +589,7 @@ class Run:
     scheduler: object
     start_step: int
     resumed_from: Path | None
+    ema: WeightAverage | None = None
 
 
 def start_run(config: TrainConfig) -> Run:
@@ -589,9 +613,10 @@ def start_run(config: TrainConfig) -> Run:
     model = build_model(config)
     optimizer = build_optimizer(model, config.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(config.optim))
+    ema = WeightAverage(model, config.ema.decay) if config.ema.decay is not None else None
     start_step = 0
     if resume_from is not None:
-        start_step = load_training_state(resume_from, model, optimizer, scheduler)
+        start_step = load_training_state(resume_from, model, optimizer, scheduler, ema)
     # The schedule counts optimiser steps, so the scheduler is not handed to Accelerate
     # (which would step it once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -606,7 +631,7 @@ def start_run(config: TrainConfig) -> Run:
         accelerator.init_trackers(run_dir.name, config={"preset": config.preset, "lr": config.optim.lr})
     if resume_from is not None:
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
-    return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, start_step, resume_from)
+    return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, start_step, resume_from, ema)
 
 
 class StartError(ValueError):
@@ -653,7 +678,14 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
 
     def save(step: int) -> Path | None:
         return save_training_checkpoint(accelerator, model, run.optimizer, run.scheduler, data.tokenizer, config,
-                                        run.run_dir, step)
+                                        run.run_dir, step, run.ema)
+
+    def evaluate_all() -> dict:
+        results = evaluate(accelerator, unwrapped, data)
+        if run.ema is not None and config.ema.evaluate:
+            averaged = evaluate(accelerator, run.ema.averaged_model(unwrapped), data)
+            results.update({f"ema/{key}": value for key, value in averaged.items()})
+        return results
 
     model.train()
     done = run.start_step
@@ -679,6 +711,8 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
             kept = f"checkpoint at step {saved_step}: {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
             raise DataError(f"{error} (training stopped after step {done}; {kept})") from error
         loss, per_pair = train_step(accelerator, model, run.optimizer, run.scheduler, micro_batches, optim.grad_clip)
+        if run.ema is not None:
+            run.ema.update(unwrapped)
         done = step + 1
         window_steps += 1
         progress.update(1)
@@ -702,7 +736,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
                                  sps=f"{values['samples_per_s']:.0f}")
             tick, window_steps = time.time(), 0
         if config.eval_every and done % config.eval_every == 0 and done != optim.steps:
-            log.write(done, evaluate(accelerator, unwrapped, data))
+            log.write(done, evaluate_all())
             model.train()
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == optim.steps:
             last_checkpoint, saved_step = save(done), done
@@ -716,7 +750,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     if stop.signal_number is not None:
         result["stopped_by"] = signal.Signals(stop.signal_number).name
         return result
-    results = evaluate(accelerator, unwrapped, data)
+    results = evaluate_all()
     log.write(optim.steps, results)
     return {"results": results, **result}
 

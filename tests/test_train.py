@@ -157,11 +157,12 @@ def run_trainer(args, *, signal_after_step: int | None = None, signal_number: in
 @pytest.mark.slow
 def test_killed_run_resumes_on_the_same_loss_curve(tiny_dataset, tmp_path):
     steps = 12
-    reference = run_trainer(run_args(tiny_dataset, tmp_path / "reference", steps)[2:])
+    ema = ["--ema.decay", "0.8"]
+    reference = run_trainer(run_args(tiny_dataset, tmp_path / "reference", steps, ema)[2:])
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = losses_by_step(tmp_path / "reference" / "run")
 
-    killed = run_trainer(run_args(tiny_dataset, tmp_path / "killed", steps)[2:], signal_after_step=7,
+    killed = run_trainer(run_args(tiny_dataset, tmp_path / "killed", steps, ema)[2:], signal_after_step=7,
                          signal_number=signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "killed" / "run"
@@ -175,6 +176,11 @@ def test_killed_run_resumes_on_the_same_loss_curve(tiny_dataset, tmp_path):
     got = losses_by_step(run_dir)
     for step in range(7, steps + 1):
         assert got[step] == pytest.approx(expected[step], abs=1e-5), f"step {step}"
+    # The weight average is restored too: it ends where the uninterrupted run's ends.
+    final = f"checkpoints/step-{steps:07d}/ema"
+    uninterrupted = load_model(tmp_path / "reference" / "run" / final).state_dict()
+    for name, value in load_model(run_dir / final).state_dict().items():
+        torch.testing.assert_close(value, uninterrupted[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.slow
