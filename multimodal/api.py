@@ -45,7 +45,7 @@ from multimodal.eval import build_zero_shot_weights, validate_templates, zero_sh
 from multimodal.checkpoint import load_model, load_tokenizer
 from multimodal.evaluation import default_templates
 from multimodal.losses import pair_name
-from multimodal.model import ModelConfig, MultimodalModel
+from multimodal.model import ModelConfig, MultimodalModel, average_windows
 from multimodal.precision import PRECISIONS, cpu_has_native_bf16, resolve_dtype
 
 DEFAULT_BATCH_SIZE = 32
@@ -252,7 +252,7 @@ class EmbeddingModel:
             return self.encode_prepared(modality, inputs)
         embeddings = self._encode_tensor(modality, inputs, padding_mask)
         if window_clip is not None:
-            embeddings = _average_per_owner(embeddings, window_clip.to(embeddings.device))
+            embeddings = F.normalize(average_windows(embeddings, window_clip.to(embeddings.device)), dim=-1)
         return embeddings
 
     def _encode_tensor(self, modality: str, inputs: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -298,7 +298,7 @@ class EmbeddingModel:
             audio, padding_mask = collate_audio([windows[i] for i in rows])  # (B, T, F), (B, T)
             mask = padding_mask if bool(padding_mask.any()) else None
             embeddings[rows] = self._encode_tensor("audio", audio, mask).cpu()
-        return _average_per_owner(embeddings, owners).to(self.device)
+        return F.normalize(average_windows(embeddings, owners), dim=-1).to(self.device)  # (N, E)
 
     # Raw inputs -> embeddings
 
@@ -338,14 +338,6 @@ class EmbeddingModel:
             f"EmbeddingModel(modalities={self.modalities}, embed_dim={self.embed_dim}, "
             f"device={self.device}, dtype={self.dtype})"
         )
-
-
-def _average_per_owner(embeddings: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-    """Unit rows (W, E) of windows -> one unit row per owner (N, E): the mean, normalised again."""
-    num_owners = int(owners.max()) + 1
-    sums = torch.zeros(num_owners, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device)
-    sums.index_add_(0, owners, embeddings)  # (N, E)
-    return F.normalize(sums, dim=-1)
 
 
 def _describe(item: Any) -> str:
