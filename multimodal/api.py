@@ -41,9 +41,9 @@ from multimodal.data.clip_tokenizer import ClipTokenizer
 from multimodal.data.config import MODALITIES
 from multimodal.data.image import preprocess_image
 from multimodal.data.tokenizer import Tokenizer
-from multimodal.eval import build_zero_shot_weights, validate_templates, zero_shot_probabilities
-from multimodal.checkpoint import load_model, load_tokenizer
-from multimodal.evaluation import default_templates
+from multimodal.eval import build_zero_shot_weights, zero_shot_probabilities
+from multimodal.checkpoint import CONFIG_FILE, CheckpointError, load_model, load_tokenizer, read_config
+from multimodal.evaluation import EvalSetConfig, recorded_eval_sets, zero_shot_templates
 from multimodal.losses import pair_name
 from multimodal.model import ModelConfig, MultimodalModel, average_windows
 from multimodal.precision import PRECISIONS, cpu_has_native_bf16, resolve_dtype
@@ -138,7 +138,9 @@ class EmbeddingModel:
     Build it with :func:`load` (or :meth:`from_checkpoint`). Attributes: ``model``
     (the :class:`~multimodal.model.MultimodalModel`, in eval mode, weights in
     ``dtype``: a model passed in is cast in place), ``tokenizer``, ``device``, ``dtype``,
-    ``batch_size``, ``logit_scales`` (pair -> log scale, read in float32 before the cast).
+    ``batch_size``, ``logit_scales`` (pair -> log scale, read in float32 before the cast),
+    ``eval_sets`` (the evaluation sets the checkpoint's training ran, whose templates
+    zero-shot classification uses by default; empty for a model built otherwise).
 
     It is also an ``eval.Encoder``: ``encode(modality, batch)`` accepts a batch dict as
     the data pipeline makes it (averaging audio windows by "audio_window_clip"), so
@@ -153,6 +155,7 @@ class EmbeddingModel:
         device: torch.device | str = "cpu",
         precision: str = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        eval_sets: Sequence[EvalSetConfig] = (),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -163,6 +166,7 @@ class EmbeddingModel:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()  # cast in place
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.eval_sets = list(eval_sets)
 
     @classmethod
     def from_checkpoint(
@@ -175,7 +179,12 @@ class EmbeddingModel:
     ) -> EmbeddingModel:
         """Loads a checkpoint directory (config.json, model.safetensors, tokenizer.json)."""
         model = load_model(path)
-        return cls(model, load_tokenizer(path), device=device, precision=precision, batch_size=batch_size)
+        try:
+            eval_sets = recorded_eval_sets(read_config(path))
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {error}") from error
+        return cls(model, load_tokenizer(path), device=device, precision=precision, batch_size=batch_size,
+                   eval_sets=eval_sets)
 
     # What the model is
 
@@ -369,8 +378,10 @@ def load(
 class ZeroShotClassifier:
     """Classifies images or audio among labels described in words, with no training.
 
-    Each label becomes prompts (``templates`` filled with the label; default: the
-    built-in image or audio templates), whose text embeddings are averaged into one
+    Each label becomes prompts (``templates`` filled with the label; default: those the
+    checkpoint's training evaluated this modality with, recorded in its config.json,
+    else the built-in image or audio templates; ``templates_origin`` says which), whose
+    text embeddings are averaged into one
     unit row per label, computed once at construction. An input's probabilities are
     the softmax of ``exp(logit_scale) * cosine similarity``, with the model's learned
     text-image or text-audio logit scale.
@@ -405,7 +416,7 @@ class ZeroShotClassifier:
         self.labels = list(labels)
         self.modality = self._choose_modality(modality)
         model._require("text")
-        self.templates = list(validate_templates(templates)) if templates else list(default_templates(self.modality))
+        self.templates, self.templates_origin = zero_shot_templates(self.modality, templates, model.eval_sets)
         pair = pair_name("text", self.modality)
         self.logit_scale = float(np.exp(model.logit_scales[pair]))
         self.class_weights = build_zero_shot_weights(
