@@ -1,5 +1,5 @@
-"""``python -m multimodal``: the same command line as ``multimodal``."""
+"""``python -m multimodal``: the same command line as ``multimodal``, with the same exit status."""
 from multimodal.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

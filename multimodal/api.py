@@ -41,11 +41,18 @@ from multimodal.data.clip_tokenizer import ClipTokenizer
 from multimodal.data.config import MODALITIES
 from multimodal.data.image import preprocess_image
 from multimodal.data.tokenizer import Tokenizer
-from multimodal.eval import build_zero_shot_weights, validate_templates, zero_shot_probabilities
-from multimodal.checkpoint import check_tokenizer_fits, load_model, load_tokenizer
-from multimodal.evaluation import default_templates
+from multimodal.eval import build_zero_shot_weights, zero_shot_probabilities
+from multimodal.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
+    check_tokenizer_fits,
+    load_model,
+    load_tokenizer,
+    read_config,
+)
+from multimodal.evaluation import EvalSetConfig, recorded_eval_sets, zero_shot_templates
 from multimodal.losses import pair_name
-from multimodal.model import ModelConfig, MultimodalModel
+from multimodal.model import ModelConfig, MultimodalModel, average_windows
 from multimodal.precision import PRECISIONS, cpu_has_native_bf16, resolve_dtype
 
 DEFAULT_BATCH_SIZE = 32
@@ -138,7 +145,9 @@ class EmbeddingModel:
     Build it with :func:`load` (or :meth:`from_checkpoint`). Attributes: ``model``
     (the :class:`~multimodal.model.MultimodalModel`, in eval mode, weights in
     ``dtype``: a model passed in is cast in place), ``tokenizer``, ``device``, ``dtype``,
-    ``batch_size``, ``logit_scales`` (pair -> log scale, read in float32 before the cast).
+    ``batch_size``, ``logit_scales`` (pair -> log scale, read in float32 before the cast),
+    ``eval_sets`` (the evaluation sets the checkpoint's training ran, whose templates
+    zero-shot classification uses by default; empty for a model built otherwise).
 
     It is also an ``eval.Encoder``: ``encode(modality, batch)`` accepts a batch dict as
     the data pipeline makes it (averaging audio windows by "audio_window_clip"), so
@@ -153,6 +162,7 @@ class EmbeddingModel:
         device: torch.device | str = "cpu",
         precision: str = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        eval_sets: Sequence[EvalSetConfig] = (),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -163,6 +173,7 @@ class EmbeddingModel:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()  # cast in place
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.eval_sets = list(eval_sets)
 
     @classmethod
     def from_checkpoint(
@@ -177,7 +188,11 @@ class EmbeddingModel:
         model = load_model(path)
         tokenizer = load_tokenizer(path)
         check_tokenizer_fits(model.config, tokenizer, str(path))
-        return cls(model, tokenizer, device=device, precision=precision, batch_size=batch_size)
+        try:
+            eval_sets = recorded_eval_sets(read_config(path))
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {error}") from error
+        return cls(model, tokenizer, device=device, precision=precision, batch_size=batch_size, eval_sets=eval_sets)
 
     # What the model is
 
@@ -254,7 +269,7 @@ class EmbeddingModel:
             return self.encode_prepared(modality, inputs)
         embeddings = self._encode_tensor(modality, inputs, padding_mask)
         if window_clip is not None:
-            embeddings = _average_per_owner(embeddings, window_clip.to(embeddings.device))
+            embeddings = F.normalize(average_windows(embeddings, window_clip.to(embeddings.device)), dim=-1)
         return embeddings
 
     def _encode_tensor(self, modality: str, inputs: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -300,7 +315,7 @@ class EmbeddingModel:
             audio, padding_mask = collate_audio([windows[i] for i in rows])  # (B, T, F), (B, T)
             mask = padding_mask if bool(padding_mask.any()) else None
             embeddings[rows] = self._encode_tensor("audio", audio, mask).cpu()
-        return _average_per_owner(embeddings, owners).to(self.device)
+        return F.normalize(average_windows(embeddings, owners), dim=-1).to(self.device)  # (N, E)
 
     # Raw inputs -> embeddings
 
@@ -342,14 +357,6 @@ class EmbeddingModel:
         )
 
 
-def _average_per_owner(embeddings: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-    """Unit rows (W, E) of windows -> one unit row per owner (N, E): the mean, normalised again."""
-    num_owners = int(owners.max()) + 1
-    sums = torch.zeros(num_owners, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device)
-    sums.index_add_(0, owners, embeddings)  # (N, E)
-    return F.normalize(sums, dim=-1)
-
-
 def _describe(item: Any) -> str:
     if isinstance(item, (str, Path)):
         return str(item)
@@ -379,8 +386,10 @@ def load(
 class ZeroShotClassifier:
     """Classifies images or audio among labels described in words, with no training.
 
-    Each label becomes prompts (``templates`` filled with the label; default: the
-    built-in image or audio templates), whose text embeddings are averaged into one
+    Each label becomes prompts (``templates`` filled with the label; default: those the
+    checkpoint's training evaluated this modality with, recorded in its config.json,
+    else the built-in image or audio templates; ``templates_origin`` says which), whose
+    text embeddings are averaged into one
     unit row per label, computed once at construction. An input's probabilities are
     the softmax of ``exp(logit_scale) * cosine similarity``, with the model's learned
     text-image or text-audio logit scale.
@@ -415,7 +424,7 @@ class ZeroShotClassifier:
         self.labels = list(labels)
         self.modality = self._choose_modality(modality)
         model._require("text")
-        self.templates = list(validate_templates(templates)) if templates else list(default_templates(self.modality))
+        self.templates, self.templates_origin = zero_shot_templates(self.modality, templates, model.eval_sets)
         pair = pair_name("text", self.modality)
         self.logit_scale = float(np.exp(model.logit_scales[pair]))
         self.class_weights = build_zero_shot_weights(

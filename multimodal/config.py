@@ -7,6 +7,7 @@ through JSON (tuples come back as tuples).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -25,17 +26,128 @@ def to_dict(config: Any) -> dict:
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
-    """Builds dataclass ``cls`` from ``data``; unknown keys and wrong types raise, naming the key."""
+    """Builds dataclass ``cls`` from ``data``; unknown keys and wrong types raise, naming the key.
+
+    Every unknown key of the whole tree is reported in one ValueError, each with the
+    closest valid keys (see :func:`unknown_keys_error`).
+    """
     if not isinstance(data, dict):
         raise TypeError(f"{where or cls.__name__}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = _unknown_keys(cls, data, where)
     if unknown:
-        names = ", ".join(_join(where, k) for k in unknown)
-        raise ValueError(f"unknown configuration key(s) {names}; valid keys of {where or cls.__name__}: {sorted(fields)}")
+        raise unknown_keys_error(unknown, _schema_keys(cls, where))
+    hints = typing.get_type_hints(cls)
     kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
     return cls(**kwargs)
+
+
+def _init_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def _dataclass_in(hint: Any) -> tuple[type | None, bool]:
+    """(the dataclass ``hint`` holds, whether as a list of them): ``X``, ``X | None``, ``list[X]``."""
+    if dataclasses.is_dataclass(hint):
+        return hint, False
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        found = [a for a in args if dataclasses.is_dataclass(a)]
+        return (found[0], False) if len(found) == 1 else (None, False)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0], True
+    return None, False
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnknownKey:
+    """A key no config field has: ``prefix.part.rest`` where ``part`` is the first unknown part."""
+
+    prefix: str
+    part: str
+    rest: str
+    siblings: list[str]  # the valid keys beside ``part``
+
+    def with_part(self, part: str) -> str:
+        return ".".join(piece for piece in (self.prefix, part, self.rest) if piece)
+
+    @property
+    def dotted(self) -> str:
+        return self.with_part(self.part)
+
+
+def _unknown_keys(cls: type, data: dict, where: str) -> list[_UnknownKey]:
+    """Every unknown key under ``data`` (dotted, with ``[i]`` for list entries)."""
+    fields = _init_fields(cls)
+    found = [_UnknownKey(where, key, "", fields) for key in data if key not in fields]
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in fields:
+            continue
+        inner, is_list = _dataclass_in(hints[key])
+        if inner is None:
+            continue
+        if is_list and isinstance(value, list):
+            for index, entry in enumerate(value):
+                if isinstance(entry, dict):
+                    found.extend(_unknown_keys(inner, entry, f"{_join(where, key)}[{index}]"))
+        elif not is_list and isinstance(value, dict):
+            found.extend(_unknown_keys(inner, value, _join(where, key)))
+    return found
+
+
+def _schema_keys(cls: type, where: str = "") -> list[str]:
+    """Every dotted key a ``cls`` config can hold (sections and leaves; list entries not entered)."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for name in _init_fields(cls):
+        dotted = _join(where, name)
+        keys.append(dotted)
+        inner, is_list = _dataclass_in(hints[name])
+        if inner is not None and not is_list:
+            keys.extend(_schema_keys(inner, dotted))
+    return keys
+
+
+def _near(word: str, candidates: list[str], cutoff: float) -> list[str]:
+    """Up to three ``candidates`` similar to ``word`` (difflib's ratio >= cutoff), as close as the closest one."""
+    scored = sorted((-difflib.SequenceMatcher(None, word, c).ratio(), c) for c in set(candidates))
+    scored = [(-negative, c) for negative, c in scored if -negative >= cutoff]
+    # Within 0.1 of the best: `batchsize` suggests `batch_size`, not also `eval_batch_size`.
+    return [c for ratio, c in scored if ratio >= scored[0][0] - 0.1][:3] if scored else []
+
+
+def _closest(unknown: _UnknownKey, everywhere: list[str]) -> list[str]:
+    """The valid keys a misspelt key most likely meant: a sibling of its unknown part, else any key by its last part.
+
+    The second finds a key put in the wrong section (``lr`` for ``optim.lr``).
+    """
+    near = [unknown.with_part(name) for name in _near(unknown.part, unknown.siblings, 0.6)]
+    valid = set(everywhere)
+    near = [key for key in near if key in valid or "[" in key]  # list entries are not in `everywhere`
+    if near:
+        return near
+    last_part = unknown.dotted.rpartition(".")[2]
+    by_last_part: dict[str, list[str]] = {}
+    for candidate in everywhere:
+        by_last_part.setdefault(candidate.rpartition(".")[2], []).append(candidate)
+    matches = _near(last_part, list(by_last_part), 0.75)
+    return [candidate for name in matches for candidate in by_last_part[name]][:3]
+
+
+def unknown_keys_error(unknown: list[_UnknownKey], everywhere: list[str]) -> ValueError:
+    """One ValueError naming every unknown key, each with its closest valid keys from ``everywhere``.
+
+    ``optim.lrr (did you mean optim.lr?)``; when none is close, the valid keys of its section.
+    """
+    parts = []
+    for key in unknown:
+        near = _closest(key, everywhere)
+        if near:
+            parts.append(f"{key.dotted} (did you mean {' or '.join(near)}?)")
+        else:
+            parts.append(f"{key.dotted} (valid keys there: {', '.join(sorted(key.siblings))})")
+    noun = "key" if len(parts) == 1 else "keys"
+    return ValueError(f"unknown configuration {noun}: {', '.join(parts)}")
 
 
 def _join(prefix: str, key: str) -> str:
@@ -114,26 +226,44 @@ def parse_value(text: str) -> Any:
 def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
     """A new config with dotted keys replaced (``{"optim.lr": 3e-4}``), validated like ``from_dict``.
 
-    String values (from a command line) are parsed with ``parse_value``.
+    String values (from a command line) are parsed with ``parse_value``. Every unknown
+    key is reported at once, with the closest valid keys.
     """
     data = to_dict(config)
+    unknown: list[_UnknownKey] = []
     for dotted, value in overrides.items():
         if isinstance(value, str):
             value = parse_value(value)
         node = data
         parts = dotted.split(".")
         for i, part in enumerate(parts[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
-            if child is None and isinstance(node, dict) and part in node:
+            child = node.get(part)
+            if child is None and part in node:
                 # An optional section that is off (None): switching it on needs its whole value.
                 raise ValueError(f"cannot set {dotted}: {'.'.join(parts[: i + 1])} is not configured (it is null)")
             if not isinstance(child, dict):
-                raise ValueError(f"unknown configuration key {dotted!r}")
+                unknown.append(_UnknownKey(".".join(parts[:i]), part, ".".join(parts[i + 1 :]), sorted(node)))
+                break
             node = child
-        if parts[-1] not in node:
-            raise ValueError(f"unknown configuration key {dotted!r}")
-        node[parts[-1]] = value
+        else:
+            if parts[-1] in node:
+                node[parts[-1]] = value
+            else:
+                unknown.append(_UnknownKey(".".join(parts[:-1]), parts[-1], "", sorted(node)))
+    if unknown:
+        raise unknown_keys_error(unknown, _dotted_keys(to_dict(config)))
     return from_dict(type(config), data)
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of a config's plain dict (sections and leaves)."""
+    keys = []
+    for key, value in data.items():
+        dotted = _join(prefix, key)
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, dotted))
+    return keys
 
 
 def parse_override_args(argv: list[str]) -> dict[str, str]:

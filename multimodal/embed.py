@@ -23,6 +23,10 @@ Output formats, chosen by the file suffix (or ``format`` for shard parts):
 * ``.parquet``: columns ``key`` (string) and ``embedding`` (fixed-size list of
   float32, E per row), one row per input, readable by pandas, Spark, DuckDB...
 
+An existing output file is refused unless ``overwrite=True``; parts of shards already
+complete are kept (and written again with ``overwrite=True``). Outputs get the
+permissions the umask gives any new file (0644 under umask 022).
+
 An input that cannot be read (missing, not decodable, too short, ...) is skipped and
 reported in the result with its reason; it takes no row, so keys and vectors stay
 aligned. The functions here print nothing: progress goes to a callback.
@@ -48,10 +52,12 @@ from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_atomically
 from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
+from multimodal.errors import ArgumentNeeded
 from multimodal.model import ModelConfig
 
 OUTPUT_FORMATS = ("npy", "safetensors", "parquet")
-IMAGE_FILE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
+# What multimodal.data.image.decode_image reads (torchvision's decoders: no BMP or TIFF).
+IMAGE_FILE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif")
 AUDIO_FILE_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
 TEXT_FILE_EXTENSIONS = ("txt",)
 # Where each modality is found in a shard sample (as the data pipeline's defaults read them).
@@ -77,6 +83,42 @@ class InputItem:
 
     key: str
     source: str | Path
+
+
+# First bytes of the image formats decode_image reads: (offset, bytes) pairs that must all match.
+_IMAGE_SIGNATURES = (
+    ((0, b"\xff\xd8\xff"),),  # JPEG
+    ((0, b"\x89PNG\r\n\x1a\n"),),
+    ((0, b"GIF87a"),),
+    ((0, b"GIF89a"),),
+    ((0, b"RIFF"), (8, b"WEBP")),
+)
+
+
+def file_modality(path: str | os.PathLike) -> str | None:
+    """"image" or "audio" for a file, by its extension, else by its content; None when it is neither.
+
+    The content decides for names without a known extension (``photo``, ``x.jfif``): the
+    first bytes of a JPEG, PNG, GIF or WebP image, or a header soundfile reads. Raises
+    OSError when the file cannot be opened.
+    """
+    path = Path(path)
+    extension = path.suffix.lower().lstrip(".")
+    if extension in IMAGE_FILE_EXTENSIONS:
+        return "image"
+    if extension in AUDIO_FILE_EXTENSIONS:
+        return "audio"
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if any(all(head[offset : offset + len(magic)] == magic for offset, magic in signature) for signature in _IMAGE_SIGNATURES):
+        return "image"
+    import soundfile
+
+    try:
+        soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError):
+        return None
+    return "audio"
 
 
 def _extensions(modality: str) -> tuple[str, ...]:
@@ -153,6 +195,13 @@ def output_format(path: str | os.PathLike) -> str:
         raise ValueError(f"output {path} must end in .npy, .safetensors or .parquet (the format is read from it)")
     _check_format(suffix)
     return suffix
+
+
+def check_new_output(path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuses an output file that exists already, unless ``overwrite`` (ArgumentNeeded naming the argument)."""
+    if Path(path).exists() and not overwrite:
+        raise ArgumentNeeded(f"output {path} exists; pass {{overwrite}} to replace it",
+                             overwrite=("overwrite=True", "--overwrite"))
 
 
 def _check_format(format: str) -> None:
@@ -422,15 +471,18 @@ def embed_files(
     output: str | os.PathLike,
     *,
     num_workers: int = 0,
+    overwrite: bool = False,
     progress: Callable[[EmbedProgress], None] | None = None,
 ) -> EmbedResult:
     """Embeds files / folders / caption files (see :func:`list_inputs`) into one ``output`` file.
 
     ``num_workers`` DataLoader processes read and preprocess the inputs (0: this process).
-    The output is written once, at the end, atomically.
+    The output is written once, at the end, atomically; an existing one is refused
+    unless ``overwrite``.
     """
     output = Path(output)
     output_format(output)
+    check_new_output(output, overwrite=overwrite)
     model._require(modality)
     items = list_inputs(modality, inputs)
     result = EmbedResult()
@@ -471,12 +523,14 @@ def embed_shards(
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 0,
+    overwrite: bool = False,
     progress: Callable[[EmbedProgress], None] | None = None,
 ) -> EmbedResult:
     """Embeds every sample of the shards, one part per shard in ``output_dir``, resumable.
 
     This process takes ``shards[rank::world_size]`` (in the order the spec lists them);
-    parts already complete are left as they are (``result.resumed``). Keys are the
+    parts already complete are left as they are (``result.resumed``), or written again
+    with ``overwrite``. Keys are the
     samples' ``__key__``. A sample without the modality, or one that does not decode,
     is skipped; a shard that cannot be read (or is cut short) is reported under its URL,
     and its part holds what could be read.
@@ -508,7 +562,7 @@ def embed_shards(
     counter = _Counter(progress, total, len(mine))
     for url in mine:
         path = part_path(output_dir, url, format)
-        if _is_complete(path):
+        if not overwrite and _is_complete(path):
             result.resumed.append(path)
             counter.parts_done += 1
             if total is not None:
@@ -546,8 +600,10 @@ __all__ = [
     "EmbedResult",
     "InputItem",
     "OUTPUT_FORMATS",
+    "check_new_output",
     "embed_files",
     "embed_shards",
+    "file_modality",
     "is_shard_spec",
     "keys_path",
     "list_inputs",

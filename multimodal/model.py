@@ -88,7 +88,11 @@ class ModelConfig:
 
 
 def average_windows(window_embeddings: torch.Tensor, window_clip: torch.Tensor) -> torch.Tensor:
-    """Mean embedding per sample (B, E) of windows (W, E), where ``window_clip`` (W,) gives each window's sample."""
+    """Mean embedding per sample (B, E) of windows (W, E), where ``window_clip`` (W,) gives each window's sample.
+
+    The mean of unit rows is shorter than 1: callers normalise it again. Used by
+    training and evaluation batches and by the inference API alike.
+    """
     num_clips = int(window_clip.max()) + 1
     sums = window_embeddings.new_zeros(num_clips, window_embeddings.shape[1]).index_add_(0, window_clip, window_embeddings)
     counts = torch.bincount(window_clip, minlength=num_clips).clamp_min(1).to(sums.dtype)

@@ -1,5 +1,7 @@
 """The `multimodal` command line, end to end on a tiny checkpoint and tiny data."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,12 @@ from multimodal.data.tokenizer import Tokenizer
 from multimodal.data.writer import samples_from_folder, write_shards
 from multimodal import embed
 from multimodal.api import ZeroShotClassifier, load
+from multimodal.checkpoint import TRAINER_FILE, load_model, load_tokenizer, save_checkpoint
 from multimodal.cli import build_parser, main
+from multimodal.config import to_dict
+from multimodal.eval import IMAGE_TEMPLATES
+from multimodal.sources import DataConfig, demo_eval_sets
+from multimodal.train import TrainConfig
 from tests.test_api import tiny_checkpoint, write_png, write_wav
 
 COMMANDS = ("embed", "classify", "eval", "shards", "tokenizer", "convert", "demo")
@@ -36,6 +43,28 @@ def class_folder(tmp_path) -> Path:
     return root
 
 
+def demo_paths(root: Path) -> demo_data.DemoPaths:
+    return demo_data.DemoPaths(root=root, image_train="i-{0..1}.tar", image_val="iv.tar", audio_train="a.tar",
+                               audio_val="av.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
+                               captions_file=root / "captions.txt")
+
+
+@pytest.fixture(scope="module")
+def run_folder(checkpoint, tmp_path_factory) -> Path:
+    """A training run's folder as train.py leaves it: its config.json, and checkpoints/step-N with trainer.json.
+
+    The checkpoint records the training configuration with the demo's evaluation sets.
+    """
+    run = tmp_path_factory.mktemp("runs") / "x"
+    config = to_dict(TrainConfig(data=DataConfig(eval=demo_eval_sets(demo_paths(run)))))
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    save_checkpoint(load_model(checkpoint), run / "checkpoints" / "step-0000010", tokenizer=load_tokenizer(checkpoint),
+                    extra_config={"train": config},
+                    write_extra=lambda tmp: (tmp / TRAINER_FILE).write_text(json.dumps({"step": 10})))
+    return run
+
+
 def run(argv, capsys) -> tuple[int, str, str]:
     status = main([str(arg) for arg in argv])
     captured = capsys.readouterr()
@@ -47,6 +76,18 @@ def bad_arguments(argv, capsys) -> str:
         main([str(arg) for arg in argv])
     assert exit_info.value.code == 2
     return capsys.readouterr().err
+
+
+def test_help_states_the_exit_status_rule(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("exit status: 0 when every input was processed; 1 when some inputs were skipped (each named on stderr with "
+            "its reason, then their count) or the job failed; 2 for bad arguments") in text
+    for command in ("classify", "embed", "eval"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "exit status: 0 when every input was processed" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -65,12 +106,14 @@ def test_help_of_every_command(command, capsys):
 
 def test_bad_arguments_name_the_argument(checkpoint, tmp_path, capsys):
     image = write_png(tmp_path / "x.png", 0)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
     cases = [
         (["classify", "--checkpoint", checkpoint, image], "one of the arguments --labels --labels-file is required"),
         (["classify", "--checkpoint", tmp_path / "nowhere", "--labels", "a,b", image], "argument --checkpoint"),
         (["classify", "--checkpoint", checkpoint, "--labels", "a,,b", image], "argument --labels"),
         (["classify", "--checkpoint", checkpoint, "--labels", "a,b", "--top-k", "0", image], "argument --top-k"),
-        (["classify", "--checkpoint", checkpoint, "--labels", "a,b", tmp_path / "x.xyz"], "argument --modality"),
+        (["classify", "--checkpoint", checkpoint, "--labels", "a,b", notes], "argument FILE: cannot classify"),
         (["classify", "--checkpoint", checkpoint, "--labels", "a,b", "--templates", "no slot", image], "argument --templates"),
         (["embed", "--checkpoint", checkpoint, "--modality", "image", "--input", image, "--output", tmp_path / "e.csv"],
          "argument --output"),
@@ -88,6 +131,8 @@ def test_bad_arguments_name_the_argument(checkpoint, tmp_path, capsys):
         (["shards", "--input", tmp_path / "none", "--output", tmp_path / "s"], "argument --input"),
         (["tokenizer", "--captions", image, "--vocab-size", "10", "--output", tmp_path / "t.json"], "argument --vocab-size"),
         (["eval", "--checkpoint", checkpoint, "--task", "retrieval", "--data", tmp_path], "argument --data"),
+        (["eval", "--checkpoint", checkpoint, "--task", "retrieval", "--data", tmp_path, "--templates", "a {}."],
+         "argument --templates: only --task zeroshot builds prompts"),
         (["convert", "--from", "hf-ast", tmp_path, "--output", tmp_path / "c", "--activation", "gelu"],
          "argument --activation"),
         (["convert", "--from", "tensorflow", tmp_path, "--output", tmp_path / "c"], "argument --from"),
@@ -125,6 +170,116 @@ def test_classify_prints_top_labels_and_json_in_input_order(checkpoint, model, c
     clip = write_wav(tmp_path / "clip.wav", seed=1, seconds=1.5)
     status, out, _ = run(["classify", "--checkpoint", checkpoint, "--labels", "seven,three", "--json", clip], capsys)
     assert status == 0 and sorted(json.loads(out)[0]["labels"]) == ["seven", "three"]
+
+
+NOT_MEDIA = ("not an image or audio file (neither by its extension nor by its content); images are read from .jpg, "
+             ".jpeg, .png, .webp, .gif files, audio from .flac, .wav, .ogg, .mp3 files")
+
+
+def test_classify_says_what_a_file_is_not_and_reads_files_without_extension(checkpoint, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("milk, eggs\n")
+    data = tmp_path / "data.bin"
+    data.write_bytes(bytes(range(256)) * 16)
+    for path in (notes, data):
+        error = bad_arguments(["classify", "--checkpoint", checkpoint, "--labels", "a,b", path], capsys)
+        assert error.strip().splitlines()[-1] == (
+            f"multimodal classify: error: argument FILE: cannot classify {path}: {NOT_MEDIA}")
+    # Among images: the others are classified, the file is named with its reason, then the count; status 1.
+    image = write_png(tmp_path / "cat.png", seed=1)
+    photo = tmp_path / "photo"  # a PNG saved without an extension: known by its content
+    photo.write_bytes(image.read_bytes())
+    argv = ["classify", "--checkpoint", checkpoint, "--precision", "fp32", "--labels", "cat,dog", "--json"]
+    status, out, err = run([*argv, image, notes, photo], capsys)
+    records = json.loads(out)
+    assert status == 1 and [record["path"] for record in records] == [str(image), str(notes), str(photo)]
+    assert records[1]["error"] == NOT_MEDIA and records[0]["labels"] == records[2]["labels"]
+    assert records[0]["scores"] == pytest.approx(records[2]["scores"], abs=1e-6)
+    assert f"cannot classify {notes}: {NOT_MEDIA}" in err
+    assert err.strip().splitlines()[-1] == "multimodal: skipped 1 of 3 file(s)"
+    # A recording without an extension is audio by its content.
+    recording = tmp_path / "recording"
+    recording.write_bytes(write_wav(tmp_path / "clip.wav", seed=2, seconds=1.2).read_bytes())
+    status, out, _ = run(["classify", "--checkpoint", checkpoint, "--labels", "seven,three", "--json", recording], capsys)
+    assert status == 0 and sorted(json.loads(out)[0]["labels"]) == ["seven", "three"]
+
+
+def test_python_dash_m_exits_with_the_status_of_the_command(checkpoint, tmp_path):
+    image = write_png(tmp_path / "cat.png", seed=1)
+    (tmp_path / "notes.txt").write_text("milk\n")
+    argv = [sys.executable, "-m", "multimodal", "classify", "--checkpoint", checkpoint, "--labels", "cat,dog"]
+    done = subprocess.run([*argv, image, tmp_path / "notes.txt"], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout.startswith(f"{image}: ")
+    assert done.stderr.strip().splitlines()[-1] == "multimodal: skipped 1 of 2 file(s)"
+
+
+@pytest.mark.parametrize("command", ["classify", "embed", "eval"])
+def test_a_run_folder_is_refused_naming_its_latest_checkpoint(command, run_folder, class_folder, tmp_path, capsys):
+    argv = {
+        "classify": ["classify", "--labels", "cats,dogs", sorted(class_folder.rglob("*.png"))[0]],
+        "embed": ["embed", "--modality", "image", "--input", class_folder, "--output", tmp_path / "emb.npy"],
+        "eval": ["eval", "--task", "zeroshot", "--data", class_folder],
+    }[command]
+    error = bad_arguments([*argv, "--checkpoint", run_folder], capsys)
+    latest = run_folder / "checkpoints" / "step-0000010"
+    assert error.strip().splitlines()[-1] == (
+        f"multimodal {command}: error: argument --checkpoint: {run_folder} is a training run's folder, not a "
+        f"checkpoint; its latest checkpoint is {latest}")
+    assert "Traceback" not in error
+    status, _, _ = run([*argv, "--checkpoint", latest], capsys)
+    assert status == 0
+
+
+def test_embed_refuses_to_overwrite_without_the_flag_and_skips_set_the_status(checkpoint, class_folder, tmp_path,
+                                                                              capsys):
+    output = tmp_path / "emb.npy"
+    argv = ["embed", "--checkpoint", checkpoint, "--modality", "image", "--input", class_folder, "--output", output]
+    assert run(argv, capsys)[0] == 0
+    output.write_bytes(b"kept as it is")
+    error = bad_arguments(argv, capsys)
+    assert error.strip().splitlines()[-1] == (
+        f"multimodal embed: error: output {output} exists; pass --overwrite to replace it")
+    assert output.read_bytes() == b"kept as it is"
+    status, out, err = run([*argv, "--overwrite"], capsys)
+    assert status == 0 and "embedded 6 image input(s)" in out and embed.read_embeddings(output)[0].shape[0] == 6
+    # A skipped input: the others are written, each skip is named, the count closes stderr, status 1.
+    broken = class_folder / "cats" / "broken.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    status, out, err = run([*argv, "--overwrite"], capsys)
+    assert status == 1 and "embedded 6 image input(s)" in out and f"skipped {broken}: " in err
+    assert err.strip().splitlines()[-1] == "multimodal: skipped 1 input(s)"
+    # The same rule for eval.
+    status, _, err = run(["eval", "--checkpoint", checkpoint, "--task", "zeroshot", "--data", class_folder], capsys)
+    assert status == 1 and err.strip().splitlines()[-1] == "multimodal: skipped 1 input(s)"
+
+
+def test_zero_shot_uses_the_templates_the_checkpoint_was_evaluated_with(checkpoint, run_folder, class_folder,
+                                                                        tmp_path, capsys):
+    trained = run_folder / "checkpoints" / "step-0000010"
+    demo_templates = list(demo_data.ZERO_SHOT_TEMPLATES["image"])
+    argv = ["eval", "--precision", "fp32", "--task", "zeroshot", "--data", class_folder, "--output", tmp_path / "r.json"]
+    status, _, err = run([*argv, "--checkpoint", trained], capsys)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert status == 0 and report["templates"] == demo_templates
+    assert report["templates_from"] == "recorded in the checkpoint (eval set 'image_zeroshot')"
+    assert f"templates (recorded in the checkpoint (eval set 'image_zeroshot')): {' | '.join(demo_templates)}" in err
+    # The accuracy is that of the API's classifier, which picks the same templates.
+    classifier = ZeroShotClassifier(load(trained, precision="fp32"), ["cats", "dogs"], modality="image")
+    assert classifier.templates == demo_templates
+    files = sorted((class_folder / "cats").glob("*.png")) + sorted((class_folder / "dogs").glob("*.png"))
+    predicted = classifier.predict_proba(files).argmax(dim=-1)
+    accuracy = float((predicted == torch.tensor([0] * 3 + [1] * 3)).float().mean())
+    assert report["results"]["eval/accuracy@1"] == pytest.approx(accuracy)
+    # Templates given win; a checkpoint that records none falls back on the built-in ones.
+    status, _, _ = run([*argv, "--checkpoint", trained, "--templates", "a photo of {}."], capsys)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert status == 0 and (report["templates"], report["templates_from"]) == (["a photo of {}."], "given")
+    status, _, err = run([*argv, "--checkpoint", checkpoint], capsys)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["templates"], report["templates_from"]) == (list(IMAGE_TEMPLATES), "built-in image templates")
+    # classify says which it used, too.
+    status, _, err = run(["classify", "--checkpoint", trained, "--labels", "cats,dogs", files[0]], capsys)
+    assert status == 0 and "templates (recorded in the checkpoint (eval set 'image_zeroshot')): a handwritten {}." in err
 
 
 def test_embed_command_matches_the_api_and_resumes_shards(checkpoint, model, class_folder, tmp_path, capsys):
@@ -187,7 +342,8 @@ def test_shards_and_tokenizer_commands(class_folder, tmp_path, capsys):
     (class_folder / "cats" / "broken.png").write_bytes(b"not a png")
     status, out, err = run(["shards", "--input", class_folder, "--output", tmp_path / "shards", "--max-samples", "4",
                             "--prefix", "pets"], capsys)
-    assert status == 0 and "written 6, skipped 1" in out and "broken.png" in err and "cannot decode" in err
+    assert status == 1 and "written 6, skipped 1" in out and "broken.png" in err and "cannot decode" in err
+    assert err.strip().splitlines()[-1] == "multimodal: skipped 1 input(s)"
     assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == ["pets-000000.tar", "pets-000001.tar"]
     captions = tmp_path / "captions.txt"
     captions.write_text("a photo of a red fox\nsomeone saying nine\n" * 5)

@@ -27,9 +27,44 @@ def test_round_trip_restores_tuples_and_nesting():
     assert from_dict(Outer, to_dict(config)) == config
 
 
-def test_unknown_key_is_named_with_its_path():
-    with pytest.raises(ValueError, match=r"inner\.lrr"):
+def test_unknown_key_is_named_with_its_path_and_the_closest_key():
+    with pytest.raises(ValueError) as error:
         from_dict(Outer, {"inner": {"lrr": 1.0}})
+    assert str(error.value) == "unknown configuration key: inner.lrr (did you mean inner.lr?)"
+    # Nothing close: the valid keys of its section.
+    with pytest.raises(ValueError) as error:
+        from_dict(Outer, {"inner": {"momentum": 0.9}})
+    assert str(error.value) == "unknown configuration key: inner.momentum (valid keys there: betas, lr, name)"
+
+
+def test_every_unknown_key_of_a_file_is_reported_at_once(tmp_path):
+    """A YAML file for the trainer with typos at several depths, in an optional section and in a list entry."""
+    from multimodal.train import parse_config
+
+    (tmp_path / "run.yaml").write_text(
+        "optim:\n  lrr: 0.001\n"
+        "data:\n  batchsize: 64\n  eval:\n    - {name: val, shards: val.tar, class_names: [a], tempaltes: []}\n"
+        "model:\n  embed_dimm: 64\n"
+        "lr: 0.1\n"
+    )
+    with pytest.raises(ValueError) as error:
+        parse_config(["--config", str(tmp_path / "run.yaml")])
+    assert str(error.value) == (
+        "unknown configuration keys: lr (did you mean optim.lr?), optim.lrr (did you mean optim.lr?), "
+        "data.batchsize (did you mean data.batch_size?), data.eval[0].tempaltes (did you mean data.eval[0].templates?), "
+        "model.embed_dimm (did you mean model.embed_dim?)"
+    )
+
+
+def test_every_unknown_dotted_override_is_reported_at_once():
+    from multimodal.train import parse_config
+
+    with pytest.raises(ValueError) as error:
+        parse_config(["--optim.lrr", "1e-3", "--data.batchsize", "64", "--optimm.steps", "5", "--seed", "1"])
+    assert str(error.value) == (
+        "unknown configuration keys: optim.lrr (did you mean optim.lr?), data.batchsize (did you mean "
+        "data.batch_size?), optimm.steps (did you mean optim.steps?)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,8 +87,10 @@ def test_dotted_overrides_parse_values_by_type():
 
 
 def test_override_errors():
-    with pytest.raises(ValueError, match="unknown configuration key 'inner.nope'"):
+    with pytest.raises(ValueError, match=r"^unknown configuration key: inner\.nope \(valid keys there: betas, lr, name\)$"):
         apply_overrides(Outer(), {"inner.nope": "1"})
+    with pytest.raises(ValueError, match=r"^unknown configuration key: steps\.lr \(did you mean inner\.lr\?\)$"):
+        apply_overrides(Outer(), {"steps.lr": "1"})  # steps is a value, not a section
     with pytest.raises(ValueError, match="is not configured"):
         apply_overrides(Outer(), {"optional.lr": "1"})
     with pytest.raises(TypeError, match="steps"):

@@ -1,5 +1,7 @@
 """Embedding extraction: keys aligned with vectors despite broken inputs, shard parts, resuming, ranks."""
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from multimodal.data.shards import read_shard
 from multimodal.data.writer import samples_from_folder, write_shards
 from multimodal import embed
 from multimodal.api import load
+from multimodal.errors import ArgumentNeeded
 from tests.test_api import tiny_checkpoint, write_png, write_wav
 
 
@@ -156,3 +159,38 @@ def test_inputs_and_outputs_are_checked(model, tmp_path):
     assert embed.shard_part_name("pipe:curl -s https://host/data/train-000012.tar -") == "train-000012"
     assert embed.shard_part_name("/data/x/val-01.tar.gz") == "val-01"
     assert embed.is_shard_spec("data-{000..009}.tar") and embed.is_shard_spec("pipe:cat x") and not embed.is_shard_spec("a/b.png")
+
+
+def test_an_existing_output_is_refused_unless_overwrite(model, image_folder, tmp_path):
+    output = tmp_path / "emb.safetensors"
+    embed.embed_files(model, "image", [image_folder], output)
+    written = output.read_bytes()
+    with pytest.raises(ArgumentNeeded) as error:
+        embed.embed_files(model, "image", [image_folder / "dogs"], output)
+    assert str(error.value) == f"output {output} exists; pass overwrite=True to replace it"
+    assert error.value.for_command_line() == f"output {output} exists; pass --overwrite to replace it"
+    assert output.read_bytes() == written
+    embed.embed_files(model, "image", [image_folder / "dogs"], output, overwrite=True)
+    assert len(embed.read_embeddings(output)[1]) == 4  # dogs: 0, 2, 4 and nested/deep
+    # Shard parts: complete ones are kept on a rerun, written again with overwrite.
+    urls = _shards(image_folder, tmp_path / "shards", validate=True)
+    embed.embed_shards(model, "image", urls, tmp_path / "parts")
+    assert len(embed.embed_shards(model, "image", urls, tmp_path / "parts").resumed) == len(urls)
+    again = embed.embed_shards(model, "image", urls, tmp_path / "parts", overwrite=True)
+    assert again.resumed == [] and len(again.written) == len(urls)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_get_the_permissions_of_the_umask(model, image_folder, tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        for name in ("emb.npy", "emb.parquet", "emb.safetensors"):
+            embed.embed_files(model, "image", [image_folder / "dogs"], tmp_path / name)
+        embed.embed_shards(model, "image", _shards(image_folder, tmp_path / "shards", validate=True)[:1],
+                           tmp_path / "parts")
+    finally:
+        os.umask(previous)
+    outputs = ["emb.npy", "emb.keys.json", "emb.parquet", "emb.safetensors", "parts/part-shard-000000.npy",
+               "parts/part-shard-000000.keys.json"]
+    assert {name: oct(stat.S_IMODE((tmp_path / name).stat().st_mode)) for name in outputs} == {
+        name: oct(mode) for name in outputs}

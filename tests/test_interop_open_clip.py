@@ -6,8 +6,12 @@ import torch
 from safetensors.torch import save_file
 
 from multimodal.data.clip_tokenizer import ClipTokenizer
+from multimodal.data.config import CLIP_MEAN, CLIP_STD
 from multimodal.checkpoint import load_model
+from multimodal.cli import build_parser, main
+from multimodal.errors import ArgumentNeeded
 from multimodal.interop import convert_checkpoint, open_clip_model_config, open_clip_to_model
+from multimodal.interop.convert import ALL_OPTIONS
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -149,13 +153,19 @@ def test_unsupported_model_config_options_are_refused(small):
         open_clip_model_config(small.state_dict(), model_config=config)
 
 
-def test_convert_checkpoint_file_to_directory_to_load_model(small, tmp_path):
-    # A DDP training checkpoint: weights under "state_dict", names prefixed "module.".
-    source = tmp_path / "epoch_1.pt"
+def write_training_checkpoint(small, directory):
+    """open_clip's epoch_N.pt of a DDP run (weights under "state_dict", names prefixed "module.") and its model config."""
+    source = directory / "epoch_1.pt"
     torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in small.state_dict().items()}}, source)
-    config_path = tmp_path / "small.json"
+    config_path = directory / "small.json"
     config_path.write_text(json.dumps(SMALL_CONFIG))
-    output = convert_checkpoint("open_clip", source, tmp_path / "converted", model_config=config_path)
+    return source, config_path
+
+
+def test_convert_checkpoint_file_to_directory_to_load_model(small, tmp_path):
+    source, config_path = write_training_checkpoint(small, tmp_path)
+    output = convert_checkpoint("open_clip", source, tmp_path / "converted", model_config=config_path,
+                                image_mean=CLIP_MEAN, image_std=CLIP_STD)
     assert output == tmp_path / "converted"
     loaded = load_model(output)
     images = torch.randn(2, 3, 32, 32)
@@ -186,7 +196,53 @@ def test_convert_checkpoint_refuses_options_of_other_kinds(tmp_path):
         convert_checkpoint("timm", tmp_path, tmp_path / "out")
     with pytest.raises(ValueError, match="unknown checkpoint file type"):
         (tmp_path / "weights.npz").write_bytes(b"")
-        convert_checkpoint("open_clip", tmp_path / "weights.npz", tmp_path / "out")
+        convert_checkpoint("open_clip", tmp_path / "weights.npz", tmp_path / "out", image_mean=CLIP_MEAN,
+                           image_std=CLIP_STD)
+
+
+def test_a_bare_weights_file_needs_its_image_normalisation(small, tmp_path):
+    """An epoch_N.pt records no mean/std: refused without them (naming the argument), recorded when given."""
+    source, config_path = write_training_checkpoint(small, tmp_path)
+    with pytest.raises(ArgumentNeeded) as error:
+        convert_checkpoint("open_clip", source, tmp_path / "refused", model_config=config_path)
+    assert str(error.value).startswith(f"{source} does not record the image normalisation its weights were trained "
+                                       "with; pass image_mean and image_std: image_mean=CLIP_MEAN, image_std=CLIP_STD")
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ArgumentNeeded):  # one of the two is not enough
+        convert_checkpoint("open_clip", source, tmp_path / "refused", model_config=config_path, image_mean=CLIP_MEAN)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    loaded = load_model(convert_checkpoint("open_clip", source, tmp_path / "converted", model_config=config_path,
+                                           image_mean=mean, image_std=std))
+    assert (loaded.config.image_preprocess.mean, loaded.config.image_preprocess.std) == (mean, std)
+    with pytest.raises(ValueError, match=r"image_std must be positive, got \(0\.2, 0\.0, 0\.3\)"):
+        convert_checkpoint("open_clip", source, tmp_path / "bad", model_config=config_path, image_mean=mean,
+                           image_std=(0.2, 0.0, 0.3))
+
+
+def test_convert_command_asks_for_the_normalisation_by_its_options(small, tmp_path, capsys):
+    source, config_path = write_training_checkpoint(small, tmp_path)
+    argv = ["convert", "--from", "open_clip", str(source), "--output", str(tmp_path / "converted"),
+            "--model-config", str(config_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert error == (
+        f"multimodal convert: error: {source} does not record the image normalisation its weights were trained with; "
+        "pass --image-mean R,G,B and --image-std R,G,B: --image-mean 0.48145466,0.4578275,0.40821073 --image-std "
+        "0.26862954,0.26130258,0.27577711 for OpenAI's and most LAION weights, or the values the model was trained "
+        "with (open_clip's --image-mean / --image-std)"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--image-mean", "0.5,0.5", "--image-std", "0.25,0.25,0.25"])
+    assert exit_info.value.code == 2 and "argument --image-mean: expected three numbers R,G,B" in capsys.readouterr().err
+    assert main([*argv, "--image-mean", "0.5,0.4,0.3", "--image-std", "0.25,0.25,0.25"]) == 0
+    saved = json.loads((tmp_path / "converted" / "config.json").read_text())["model"]["image_preprocess"]
+    assert (saved["mean"], saved["std"]) == ([0.5, 0.4, 0.3], [0.25, 0.25, 0.25])
+    # The command line takes exactly the options the library's table lists, under the same names.
+    parser = build_parser()._subparsers._group_actions[0].choices["convert"]
+    destinations = {action.dest for action in parser._actions} - {"help", "source_kind", "source", "output"}
+    assert destinations == set(ALL_OPTIONS)
 
 
 @pytest.mark.slow

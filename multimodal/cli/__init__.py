@@ -2,9 +2,10 @@
 
 Each command is a module of this package holding its options (``add_command``) beside
 the function that runs them (``run(args, parser)``). ``main(argv)`` returns the exit
-status (0 done, 1 some inputs failed or the job failed, 2 bad arguments), so tests
-call it directly. Results go to standard output; progress bars, skipped inputs and
-errors to standard error.
+status, one rule for every command (``EXIT_STATUS_HELP``): 0 when every input was
+processed, 1 when some inputs were skipped or the job failed, 2 for bad arguments; so
+tests call it directly. Results go to standard output; progress bars, skipped inputs
+and errors to standard error, an error as one line without a traceback.
 """
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ import sys
 from collections.abc import Sequence
 
 from multimodal.cli import classify, convert, demo, embed, evaluate, shards, tokenizer
-from multimodal.cli.common import PROGRAM
+from multimodal.cli.common import EXIT_STATUS_HELP, PROGRAM, one_line
+from multimodal.errors import ArgumentNeeded
 
 COMMANDS = (embed, classify, evaluate, shards, tokenizer, convert, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (``multimodal COMMAND --help`` describes each)."""
-    parser = argparse.ArgumentParser(prog=PROGRAM, description="Train-free uses of a multimodal checkpoint, and data preparation.")
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="Train-free uses of a multimodal checkpoint, and data preparation.",
+                                     epilog=EXIT_STATUS_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_command(commands)
@@ -36,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Checks made after parsing report through the command's parser: usage line, status 2.
         return args.run(args, args.command_parser)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"{PROGRAM} {args.command}: error: {error}", file=sys.stderr)
+    except ArgumentNeeded as error:  # refused until an option is given: a bad argument
+        args.command_parser.error(one_line(error.for_command_line()))
+    except (ValueError, OSError) as error:
+        print(f"{PROGRAM} {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1

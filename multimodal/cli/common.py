@@ -10,6 +10,10 @@ from pathlib import Path
 from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS
 
 PROGRAM = "multimodal"
+EXIT_STATUS_HELP = (
+    "exit status: 0 when every input was processed; 1 when some inputs were skipped (each named on stderr with "
+    "its reason, then their count) or the job failed; 2 for bad arguments"
+)
 DEVICE_HELP = "where the model runs: auto (this process's GPU, else cuda if available, else cpu), cpu, cuda, cuda:N"
 PRECISION_HELP = (
     "weights' precision: auto (bf16 on CPUs with AVX512-BF16/AMX and on bf16 GPUs, fp32 otherwise), bf16, fp32; "
@@ -48,10 +52,33 @@ def byte_size(text: str) -> int:
 
 
 def checkpoint_dir(text: str) -> Path:
+    """An argparse ``type``: a checkpoint directory whose config.json this version reads.
+
+    A training run's folder (which holds a config.json too) is refused with the path of
+    its latest checkpoint.
+    """
+    from multimodal.checkpoint import read_config
+
     path = Path(text)
-    if not (path / "config.json").is_file():
-        raise argparse.ArgumentTypeError(f"{text} is not a checkpoint directory (it has no config.json)")
+    try:
+        read_config(path)
+    except (ValueError, OSError) as error:  # CheckpointError, broken JSON, unreadable file
+        raise argparse.ArgumentTypeError(one_line(error)) from None
     return path
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error message on one line: the lines of a multi-line message joined with "; "."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) if lines else type(error).__name__
+
+
+def exit_status(skipped: int, what: str) -> int:
+    """The exit status of a command that processed inputs: 0, or 1 with the count of ``what`` skipped on stderr."""
+    if skipped:
+        print(f"{PROGRAM}: skipped {skipped} {what}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def add_model_options(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
@@ -69,7 +96,9 @@ def add_label_options(parser: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument("--labels-file", metavar="FILE", help="a text file with one class name per line, in label order")
     parser.add_argument("--templates", action="append", metavar="TEMPLATE",
                         help="a prompt template with one {} for the class name, e.g. 'a photo of a {}.'; repeat "
-                             "the option for several (default: the built-in templates of the modality)")
+                             "the option for several (default: the templates the checkpoint's training evaluated "
+                             "the modality with, recorded in its config.json, else the built-in ones of the "
+                             "modality; stderr says which)")
 
 
 def progress_bar(total: int | None, unit: str, description: str):
@@ -129,18 +158,21 @@ def parse_templates(args, parser: argparse.ArgumentParser) -> list[str] | None:
         parser.error(f"argument --templates: {error}")
 
 
-def modality_of_files(files: Sequence[str], parser: argparse.ArgumentParser, option: str) -> str:
-    kinds = set()
-    for name in files:
-        extension = Path(name).suffix.lower().lstrip(".")
-        if extension in IMAGE_FILE_EXTENSIONS:
-            kinds.add("image")
-        elif extension in AUDIO_FILE_EXTENSIONS:
-            kinds.add("audio")
-        else:
-            parser.error(f"argument --modality: cannot tell whether {name} is an image or audio from its extension; "
-                         f"give --modality image or --modality audio")
-    if len(kinds) != 1:
-        parser.error(f"argument --modality: {option} mix images and audio; classify one modality at a time "
-                     "or give --modality")
-    return kinds.pop()
+def print_templates(templates: Sequence[str], origin: str) -> None:
+    """Says on stderr which prompt templates a zero-shot head was built from."""
+    print(f"templates ({origin}): " + " | ".join(templates), file=sys.stderr)
+
+
+def not_media_reason() -> str:
+    """Why a file is not classified: what it is not, and what is read."""
+    return ("not an image or audio file (neither by its extension nor by its content); images are read "
+            f"from {', '.join('.' + e for e in IMAGE_FILE_EXTENSIONS)} files, audio from "
+            f"{', '.join('.' + e for e in AUDIO_FILE_EXTENSIONS)} files")
+
+
+def single_modality(kinds: dict, parser: argparse.ArgumentParser, option: str) -> str:
+    """The one modality of files whose kinds are known (``{file: "image" | "audio"}``); images and audio mixed are refused."""
+    found = sorted(set(kinds.values()))
+    if len(found) != 1:
+        parser.error(f"argument --modality: {option} mix images and audio; give one modality at a time")
+    return found[0]

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from multimodal.embed import is_shard_spec
-from multimodal.cli.common import add_model_options, load_model, non_negative_int, progress_bar
+from multimodal.cli.common import EXIT_STATUS_HELP, add_model_options, exit_status, load_model, non_negative_int, progress_bar
 
 
 def add_command(commands) -> None:
@@ -17,10 +17,11 @@ def add_command(commands) -> None:
             "(--modality text: one caption per line) go into one OUTPUT file: .npy (keys in OUTPUT's .keys.json "
             "sidecar, e.g. emb.npy -> emb.keys.json) or .safetensors (keys in its metadata). Shard inputs "
             "(anything with .tar, {..} braces or pipe:) go into the folder OUTPUT, one part per shard "
-            "(OUTPUT/part-<shard>.npy + .keys.json); a second run skips the parts already written. Under "
-            "accelerate launch (or with RANK/WORLD_SIZE set) each process takes its own shards. Inputs that "
-            "cannot be read are reported on stderr and skipped."
+            "(OUTPUT/part-<shard>.npy + .keys.json); a second run skips the parts already written. An existing "
+            "OUTPUT file is refused unless --overwrite. Under accelerate launch (or with RANK/WORLD_SIZE set) each "
+            "process takes its own shards. Inputs that cannot be read are reported on stderr and skipped."
         ),
+        epilog=EXIT_STATUS_HELP,
     )
     add_model_options(embed)
     embed.add_argument("--modality", required=True, choices=("image", "audio", "text"), help="what the inputs are")
@@ -32,6 +33,9 @@ def add_command(commands) -> None:
                        help="format of the parts written for shard inputs (default npy)")
     embed.add_argument("--num-workers", type=non_negative_int, default=0,
                        help="processes that read and preprocess inputs (default 0: the main process)")
+    embed.add_argument("--overwrite", action="store_true",
+                       help="replace an existing OUTPUT file; with shard inputs, embed again the parts already "
+                            "complete (default: refuse an existing file; keep complete parts)")
     embed.set_defaults(run=run, command_parser=embed)
 
 
@@ -53,6 +57,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         missing = [text for text in args.input if not Path(text).exists()]
         if missing:
             parser.error(f"argument --input: {missing[0]} does not exist (expected files, folders or shard specs)")
+        embed.check_new_output(args.output, overwrite=args.overwrite)  # before the model loads
     rank, world_size, process_device = embed.process_place()
     if not all(shard_inputs) and world_size > 1:
         parser.error(f"argument --input: files are embedded by one process, but {world_size} were launched; "
@@ -76,10 +81,10 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         if all(shard_inputs):
             result = embed.embed_shards(model, args.modality, list(args.input), args.output, format=args.format,
                                         rank=rank, world_size=world_size, num_workers=args.num_workers,
-                                        progress=progress)
+                                        overwrite=args.overwrite, progress=progress)
         else:
             result = embed.embed_files(model, args.modality, args.input, args.output,
-                                       num_workers=args.num_workers, progress=progress)
+                                       num_workers=args.num_workers, overwrite=args.overwrite, progress=progress)
     finally:
         bar.close()
     for key, reason in result.skipped:
@@ -88,4 +93,4 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     resumed = f"; {len(result.resumed)} part(s) already complete, left as they were" if result.resumed else ""
     print(f"embedded {result.num_embedded} {args.modality} input(s) into {written}{resumed}; "
           f"skipped {len(result.skipped)}")
-    return 0
+    return exit_status(len(result.skipped), "input(s)")

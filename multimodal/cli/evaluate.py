@@ -7,16 +7,20 @@ import sys
 from pathlib import Path
 
 from multimodal.data.config import MODALITIES
-from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS, is_shard_spec
+from multimodal.data.files import write_text_atomically
+from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS, file_modality, is_shard_spec
 from multimodal.cli.common import (
+    EXIT_STATUS_HELP,
     add_label_options,
     add_model_options,
+    exit_status,
     load_model,
-    modality_of_files,
     non_negative_int,
     parse_labels,
     parse_templates,
+    print_templates,
     progress_bar,
+    single_modality,
 )
 
 
@@ -27,8 +31,11 @@ def add_command(commands) -> None:
             "Evaluate a checkpoint and print a table of metrics. --data is a shard spec (labels from each sample's "
             "json 'label' or its .cls member, class names from --labels/--labels-file or the json 'class_name' fields), or, for "
             "--task zeroshot, a folder with one sub-folder per class (class names from the sub-folders, labels by "
-            "their sorted order)."
+            "their sorted order). Zero-shot prompts: --templates, else those the checkpoint's training evaluated "
+            "the modality with (recorded in its config.json), else the built-in ones; stderr and the JSON report "
+            "say which. Inputs that cannot be read are reported on stderr and skipped."
         ),
+        epilog=EXIT_STATUS_HELP,
     )
     add_model_options(evaluate)
     evaluate.add_argument("--task", required=True, choices=("zeroshot", "retrieval"), help="what to measure")
@@ -64,7 +71,7 @@ def _class_folder_items(root: Path, modality: str | None, parser) -> tuple[str, 
     if not media:
         parser.error(f"argument --data: the class folders of {root} hold no image or audio file")
     if modality is None:
-        modality = modality_of_files([str(path) for path, _ in media], parser, f"the files of {root}")
+        modality = single_modality({path: file_modality(path) for path, _ in media}, parser, f"the files of {root}")
     extensions = IMAGE_FILE_EXTENSIONS if modality == "image" else AUDIO_FILE_EXTENSIONS
     items = [(path, label) for path, label in media if path.suffix.lower().lstrip(".") in extensions]
     return modality, [name.replace("_", " ") for name in classes], items
@@ -126,11 +133,13 @@ def _class_names_from_shards(spec: str) -> list[str]:
 
 def run(args, parser: argparse.ArgumentParser) -> int:
     from multimodal.data.pipeline import SourceSpec, make_loader
-    from multimodal.evaluation import EvalSetConfig, run_evaluation
+    from multimodal.evaluation import EvalSetConfig, run_evaluation, zero_shot_templates
     from multimodal.report import format_results
 
     labels = parse_labels(args, parser)
     templates = parse_templates(args, parser)
+    if templates and args.task != "zeroshot":
+        parser.error("argument --templates: only --task zeroshot builds prompts; retrieval uses none")
     folder = _is_class_folder(args.data)
     if folder and args.task != "zeroshot":
         parser.error("argument --data: a class folder is a zero-shot data set; retrieval needs shards with captions")
@@ -163,17 +172,21 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     for needed in {modality, "text" if args.task == "zeroshot" else args.gallery_modality}:
         if needed not in model.modalities:
             parser.error(f"argument --checkpoint: this checkpoint encodes {model.modalities}; the task needs {needed}")
+    prompts: dict = {}
+    if args.task == "zeroshot":
+        templates, origin = zero_shot_templates(modality, templates, model.eval_sets)
+        print_templates(templates, origin)
+        prompts = {"templates": templates, "templates_from": origin}
     config = EvalSetConfig(name=args.name, shards=str(args.data), task=args.task, modality=modality,
                            class_names=list(class_names), templates=templates or [],
                            gallery_modality=args.gallery_modality)
     metrics = run_evaluation(model, config, loader, model.tokenizer, device=model.device)
     results = {f"{args.name}/{key}": value for key, value in metrics.items()}
     skipped = loader.skipped if folder else loader.stats.summary()
+    num_skipped = len(loader.skipped) if folder else loader.stats.total_skipped()
     print(format_results(results))
     if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
         report = {"checkpoint": str(args.checkpoint), "task": args.task, "data": args.data, "modality": modality,
-                  "class_names": list(class_names), "results": results, "skipped": skipped}
-        output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0
+                  "class_names": list(class_names), **prompts, "results": results, "skipped": skipped}
+        write_text_atomically(args.output, json.dumps(report, indent=2) + "\n")
+    return exit_status(num_skipped, "input(s)")

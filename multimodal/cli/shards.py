@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from multimodal.cli.common import byte_size, fraction, positive_int, progress_bar
+from multimodal.cli.common import byte_size, exit_status, fraction, positive_int, progress_bar
 
 
 def add_command(commands) -> None:
@@ -63,4 +63,4 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     for name, split in result.splits.items():
         print(f"{name}: {split.num_samples} samples in {len(split.shards)} shard(s): {split.spec or '(none)'}")
     print(f"written {result.num_written}, skipped {len(result.skipped)}")
-    return 0
+    return exit_status(len(result.skipped), "input(s)")

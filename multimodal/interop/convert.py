@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from multimodal.data.clip_tokenizer import END_OF_TEXT_ID, VOCAB_SIZE, ClipTokenizer
+from multimodal.data.config import CLIP_MEAN, CLIP_STD
 from multimodal.checkpoint import save_checkpoint
+from multimodal.errors import ArgumentNeeded
 from multimodal.interop.common import load_state_file, load_weights_from_directory, read_json
 from multimodal.interop.hf_ast import hf_ast_to_model
 from multimodal.interop.hf_clip import hf_clip_to_model
@@ -16,11 +18,13 @@ from multimodal.interop.open_clip import open_clip_to_model
 from multimodal.model import MultimodalModel
 
 SOURCE_KINDS = ("open_clip", "hf-clip", "hf-ast")
-_OPTIONS = {
-    "open_clip": {"activation", "model_config", "vocab_path"},
-    "hf-clip": {"config", "vocab_path"},
-    "hf-ast": {"config"},
+# The options of convert_checkpoint each source kind takes (the command line's too, as --kebab-case).
+OPTIONS = {
+    "open_clip": ("activation", "model_config", "vocab_path", "image_mean", "image_std"),
+    "hf-clip": ("config", "vocab_path"),
+    "hf-ast": ("config",),
 }
+ALL_OPTIONS = tuple(dict.fromkeys(name for names in OPTIONS.values() for name in names))
 _OPEN_CLIP_WEIGHTS = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin",
 )
@@ -36,6 +40,8 @@ def convert_checkpoint(
     model_config: str | Path | dict | None = None,
     config: str | Path | None = None,
     vocab_path: str | Path | None = None,
+    image_mean: tuple[float, float, float] | None = None,
+    image_std: tuple[float, float, float] | None = None,
 ) -> Path:
     """Convert another project's weights into a checkpoint directory of ours; returns ``output``.
 
@@ -52,6 +58,13 @@ def convert_checkpoint(
       every ``*-quickgelu`` model; a wrong choice loads but gives wrong embeddings).
       ``model_config``: an open_clip model config (JSON path or dict, e.g. ``ViT-B-32.json``)
       for heads, activation and options the weights do not show.
+      ``image_mean``, ``image_std``: the per-channel normalisation the weights were trained
+      with. A Hub directory records it (``preprocess_cfg`` of ``open_clip_config.json``); a
+      bare weights file (``epoch_N.pt``, a saved ``state_dict``) does not, and is refused
+      without both: OpenAI's and most LAION weights use ``CLIP_MEAN`` / ``CLIP_STD``
+      (``multimodal.data.config``), a model trained with open_clip's ``--image-mean`` /
+      ``--image-std`` needs those values. Given, they replace what a directory records.
+      The image size is read from the weights.
     * ``hf-clip``: a Hugging Face ``CLIPModel`` directory (``config.json`` and
       ``model.safetensors`` or ``pytorch_model.bin``, sharded or not), or a weights file with
       ``config`` = the path of its ``config.json`` (without it Hugging Face's defaults apply).
@@ -70,22 +83,19 @@ def convert_checkpoint(
     """
     if source_kind not in SOURCE_KINDS:
         raise ValueError(f"unknown source kind {source_kind!r}; expected one of {SOURCE_KINDS}")
-    given = {
-        name for name, value in
-        (("activation", activation), ("model_config", model_config), ("config", config), ("vocab_path", vocab_path))
-        if value is not None
-    }
-    stray = sorted(given - _OPTIONS[source_kind])
+    options = {"activation": activation, "model_config": model_config, "config": config, "vocab_path": vocab_path,
+               "image_mean": image_mean, "image_std": image_std}
+    stray = sorted(name for name, value in options.items() if value is not None and name not in OPTIONS[source_kind])
     if stray:
         raise ValueError(
             f"option(s) {stray} do not apply to {source_kind!r} sources; "
-            f"its options are {sorted(_OPTIONS[source_kind])}"
+            f"its options are {sorted(OPTIONS[source_kind])}"
         )
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"no checkpoint file or directory at {source}")
     if source_kind == "open_clip":
-        model = _convert_open_clip(source, activation, model_config)
+        model = _convert_open_clip(source, activation, model_config, image_mean, image_std)
     elif source_kind == "hf-clip":
         state, weights, hf_config, _ = _read_hf(source, config)
         model = hf_clip_to_model(state, hf_config, source=str(weights))
@@ -100,26 +110,60 @@ def convert_checkpoint(
     return save_checkpoint(model, output, tokenizer=tokenizer, extra_config=extra)
 
 
-def _convert_open_clip(source: Path, activation: str | None, model_config: str | Path | dict | None) -> MultimodalModel:
-    preprocess = None
+def _convert_open_clip(
+    source: Path,
+    activation: str | None,
+    model_config: str | Path | dict | None,
+    image_mean: tuple[float, float, float] | None,
+    image_std: tuple[float, float, float] | None,
+) -> MultimodalModel:
+    preprocess: dict = {}
+    hub_config = source / "open_clip_config.json"
+    if source.is_dir() and hub_config.is_file():
+        hub = read_json(hub_config, "open_clip Hub config")
+        model_config = hub.get("model_cfg") if model_config is None else model_config
+        preprocess = hub.get("preprocess_cfg") or {}
+    # Given values first, else the Hub config's: (values, where they come from).
+    mean = (image_mean, "image_mean") if image_mean is not None else (preprocess.get("mean"), "preprocess_cfg.mean")
+    std = (image_std, "image_std") if image_std is not None else (preprocess.get("std"), "preprocess_cfg.std")
+    if mean[0] is None or std[0] is None:
+        # A wrong normalisation loads and runs, and gives embeddings that are subtly off.
+        raise ArgumentNeeded(
+            f"{source} does not record the image normalisation its weights were trained with; pass {{image_mean}} "
+            f"and {{image_std}}: {{clip}} for OpenAI's and most LAION weights, or the values the model was trained "
+            "with (open_clip's --image-mean / --image-std)",
+            image_mean=("image_mean", "--image-mean R,G,B"),
+            image_std=("image_std", "--image-std R,G,B"),
+            clip=(
+                "image_mean=CLIP_MEAN, image_std=CLIP_STD (multimodal.data.config)",
+                f"--image-mean {','.join(map(str, CLIP_MEAN))} --image-std {','.join(map(str, CLIP_STD))}",
+            ),
+        )
     if source.is_dir():
         state, weights = load_weights_from_directory(source, _OPEN_CLIP_WEIGHTS)
-        hub_config = source / "open_clip_config.json"
-        if hub_config.is_file():
-            hub = read_json(hub_config, "open_clip Hub config")
-            model_config = hub.get("model_cfg") if model_config is None else model_config
-            preprocess = hub.get("preprocess_cfg")
     else:
         state, weights = load_state_file(source), source
     if isinstance(model_config, (str, Path)):
         model_config = read_json(model_config, "open_clip model config")
     model = open_clip_to_model(state, activation=activation, model_config=model_config, source=str(weights))
-    if preprocess:
-        image = model.config.image_preprocess
-        image.mean = tuple(float(v) for v in preprocess.get("mean", image.mean))
-        image.std = tuple(float(v) for v in preprocess.get("std", image.std))
-        image.interpolation = preprocess.get("interpolation", image.interpolation)
+    image = model.config.image_preprocess
+    image.mean = _channels(*mean)
+    image.std = _channels(*std)
+    if min(image.std) <= 0:
+        raise ValueError(f"{std[1]} must be positive, got {std[0]!r}")
+    image.interpolation = preprocess.get("interpolation", image.interpolation)
     return model
+
+
+def _channels(values, what: str) -> tuple[float, float, float]:
+    """Three per-channel numbers (R, G, B); ValueError naming ``what`` otherwise."""
+    try:
+        channels = tuple(float(value) for value in values)
+    except (TypeError, ValueError):
+        channels = ()
+    if len(channels) != 3:
+        raise ValueError(f"{what} must be three numbers (R, G, B), got {values!r}")
+    return channels
 
 
 def _read_hf(source: Path, config: str | Path | None) -> tuple[dict[str, torch.Tensor], Path, dict | None, dict | None]:
