@@ -610,6 +610,9 @@ def start_run(config: TrainConfig) -> Run:
     tokenizer = choose_tokenizer(config, resolved, resume_from)
     config.model = fit_text_to_tokenizer(config.model, tokenizer)
     data = sources.prepare(config.data, config.model, tokenizer, resolved)
+    # Recorded in the run's config and its checkpoints: `multimodal eval` and the classifier
+    # then prompt with the templates the run was evaluated with (the demo's, say).
+    config.data.eval = list(resolved.eval_sets)
     model = build_model(config)
     optimizer = build_optimizer(model, config.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(config.optim))

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -191,7 +190,7 @@ def test_sigterm_saves_the_current_step_and_resume_keeps_the_runs_settings(tiny_
     run_dir = tmp_path / "run"
     assert [c.name for c in train.list_checkpoints(run_dir)] == ["step-0000005"]
     assert "stopped by SIGTERM after step 5" in stopped.stdout
-    assert f"--run_name run --resume latest" in stopped.stdout
+    assert "--run_name run --resume latest" in stopped.stdout
     saved_config = (run_dir / "config.json").read_text()
 
     # A setting that makes it another run is refused, naming it; the run's record stays as it was.
@@ -346,3 +345,9 @@ def test_training_on_a_slice_of_the_demo_learns(tmp_path):
     assert final["image_zeroshot/accuracy@1"] >= 0.35, final  # chance: 0.10
     losses = [row["loss"] for row in rows if "loss" in row]  # from step 20; ln(64) = 4.16 is chance
     assert losses[-1] < losses[0] - 0.5, losses
+    # The checkpoint records the evaluation it had, so `multimodal eval` prompts as the run did.
+    from multimodal.data.demo import ZERO_SHOT_TEMPLATES
+
+    saved = json.loads((tmp_path / "runs" / "learn" / "checkpoints" / "step-0000120" / "config.json").read_text())
+    recorded = {e["name"]: e for e in saved["train"]["data"]["eval"]}
+    assert recorded["image_zeroshot"]["templates"] == list(ZERO_SHOT_TEMPLATES["image"])
