@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from multimodal import evaluation, report, sources
 from multimodal.checkpoint import (
@@ -52,6 +53,8 @@ from multimodal.config import (
 )
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.files import write_text_atomically
+from multimodal.data.seeds import stable_int
+from multimodal.encoders import Block
 from multimodal.ema import WeightAverage
 from multimodal.losses import substitute_microbatch
 from multimodal.model import ModelConfig, MultimodalModel
@@ -109,7 +112,10 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint whose weights (and tokenizer) start training (fine-tuning)
     freeze: list[str] = field(default_factory=list)  # modalities whose encoder stays fixed (locked-image tuning)
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile each transformer block (regional: one compiled block serves the stack)
     tensorboard: bool = False
+    wandb: bool = False  # log to Weights & Biases (WANDB_MODE=offline writes the run locally, no network)
+    wandb_project: str = "multimodal"
     plot: bool = True
 
     def __post_init__(self) -> None:
@@ -129,8 +135,8 @@ class TrainConfig:
 # What a resumed run may change: how long it runs, what it logs and evaluates, how often it
 # saves, where and how it computes. Everything else (model, data, optimiser, seed) is the run's.
 RESUMABLE_KEYS = (
-    "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "plot",
-    "mixed_precision", "grad_checkpointing", "data.num_workers", "data.eval_batch_size",
+    "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "wandb", "wandb_project",
+    "plot", "mixed_precision", "grad_checkpointing", "compile", "data.num_workers", "data.eval_batch_size",
     "resume", "output_dir", "run_name",
 )
 
@@ -247,6 +253,30 @@ def fit_text_to_tokenizer(model: ModelConfig, tokenizer) -> ModelConfig:
     return apply_overrides(model, {"text.vocab_size": tokenizer.vocab_size, "text.eot_token_id": tokenizer.eot_id})
 
 
+def _tracker_config(config: TrainConfig) -> dict:
+    """The settings as flat scalars, the only values every tracker accepts (lists as JSON text)."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+            for key, value in _flatten(to_dict(config)).items()}
+
+
+def _run_id(run_dir: Path) -> str:
+    """A tracker id that stays the same when the run is resumed (a resumed run continues its curves)."""
+    return f"{run_dir.name}-{stable_int(str(run_dir.resolve())) % 10**8:08d}"
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """``torch.compile`` every transformer block in place; returns how many.
+
+    Regional compilation: blocks of one stack share their code, so compiling costs
+    about one block per input shape rather than a whole model, and the parts that vary
+    (stems, pooling, the loss) stay eager.
+    """
+    blocks = [module for module in model.modules() if isinstance(module, Block)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
 def build_model(config: TrainConfig) -> MultimodalModel:
     """The model from its config; weights from ``init_from``; frozen towers; gradient checkpointing."""
     model_config = config.model
@@ -261,6 +291,8 @@ def build_model(config: TrainConfig) -> MultimodalModel:
             raise ValueError(f"freeze: unknown modality {modality!r}; this model has {model.modalities}")
         for parameter in list(model.encoders[modality].parameters()) + list(model.projections[modality].parameters()):
             parameter.requires_grad_(False)
+    if config.compile:
+        compile_blocks(model)
     return model
 
 
@@ -482,15 +514,17 @@ def make_accelerator(config: TrainConfig, run_dir: Path):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("--tensorboard true needs the tensorboard package: pip install -e '.[tensorboard]'")
+    trackers = [name for name, wanted in (("tensorboard", config.tensorboard), ("wandb", config.wandb)) if wanted]
+    for tracker in trackers:
+        if importlib.util.find_spec(tracker) is None:
+            raise ValueError(f"--{tracker} true needs the {tracker} package: pip install -e '.[{tracker}]'")
     # A batch may hold only some modalities (image-text from one source, audio-text from
     # another), so some encoders are unused in a step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         kwargs_handlers=[ddp],
-        log_with="tensorboard" if config.tensorboard else None,
+        log_with=trackers or None,
         project_dir=str(run_dir),
     )
 
@@ -630,8 +664,11 @@ def start_run(config: TrainConfig) -> Run:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a start that failed before its first checkpoint
         write_text_atomically(run_dir / RUN_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
     accelerator.wait_for_everyone()
-    if config.tensorboard:
-        accelerator.init_trackers(run_dir.name, config={"preset": config.preset, "lr": config.optim.lr})
+    if config.tensorboard or config.wandb:
+        accelerator.init_trackers(
+            config.wandb_project if config.wandb else run_dir.name, config=_tracker_config(config),
+            init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir), "resume": "allow", "id": _run_id(run_dir)}},
+        )
     if resume_from is not None:
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
     return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, start_step, resume_from, ema)

@@ -316,13 +316,14 @@ def test_tokenizer_from_a_file_or_a_checkpoint_directory(tmp_path, tiny_dataset)
         sources.load_tokenizer(tmp_path / "bare")
 
 
-def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch, tmp_path):
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
+def test_a_tracker_without_its_package_is_a_clear_error(monkeypatch, tmp_path, tracker):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    config = train.parse_config(["--tensorboard", "true", "--output_dir", str(tmp_path)])
-    with pytest.raises(ValueError, match=r"pip install -e '\.\[tensorboard\]'"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
+    config = train.parse_config([f"--{tracker}", "true", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match=rf"--{tracker} true needs the {tracker} package: pip install -e '\.\[{tracker}\]'"):
         train.make_accelerator(config, tmp_path)
 
 
@@ -351,3 +352,37 @@ def test_training_on_a_slice_of_the_demo_learns(tmp_path):
     saved = json.loads((tmp_path / "runs" / "learn" / "checkpoints" / "step-0000120" / "config.json").read_text())
     recorded = {e["name"]: e for e in saved["train"]["data"]["eval"]}
     assert recorded["image_zeroshot"]["templates"] == list(ZERO_SHOT_TEMPLATES["image"])
+
+
+@pytest.mark.slow
+def test_wandb_offline_logs_the_run_without_network(tiny_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setitem(ENV, "WANDB_MODE", "offline")
+    monkeypatch.setitem(ENV, "WANDB_SILENT", "true")
+    done = run_trainer(run_args(tiny_dataset, tmp_path, 3, ["--wandb", "true"])[2:])
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), runs
+    assert runs[0].name.endswith(train._run_id(tmp_path / "run"))  # a resumed run continues the same one
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_eager_loss_and_gradients():
+    import copy
+
+    from tests.test_model import random_batch
+
+    torch.manual_seed(0)
+    eager = MultimodalModel(tiny(["text", "image"]))
+    compiled = copy.deepcopy(eager)
+    assert train.compile_blocks(compiled) == 6  # 3 blocks per tower
+    batch = random_batch(eager.config, 4)
+    losses, gradients = [], []
+    for model in (eager, compiled):
+        loss, _ = model.loss(model(batch))
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    for name, expected in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], expected, atol=1e-5, rtol=1e-4, msg=name)
