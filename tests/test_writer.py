@@ -98,13 +98,20 @@ def test_folder_with_caption_files(caption_folder, tmp_path):
     assert samples["img0"]["png"] == (caption_folder / "img0.png").read_bytes()
     assert set(samples["both"]) == {"png", "flac", "txt"}
     assert samples["sub__clip_one"]["flac"] == (caption_folder / "sub" / "clip one.flac").read_bytes()
-    reasons = {Path(origin.rstrip(".*")).name: reason for origin, reason in result.skipped}
-    assert set(reasons) == {"broken", "bad", "nocaption", "orphan", "odd"}
-    assert "png does not decode" in reasons["broken"]
-    assert "flac does not decode" in reasons["bad"]
-    assert "no caption" in reasons["nocaption"]
-    assert "no image or audio file" in reasons["orphan"]
-    assert "unsupported file type '.bmp'" in reasons["odd"]
+    skips = {Path(skip.origin.rstrip(".*")).name: skip for skip in result.skipped}
+    assert {name: skip.reason for name, skip in skips.items()} == {
+        "broken": "bad_image", "bad": "bad_audio", "nocaption": "no_caption", "orphan": "no_media", "odd": "no_media",
+    }
+    assert "png does not decode" in skips["broken"].detail
+    assert "flac does not decode" in skips["bad"].detail
+    assert "no caption" in skips["nocaption"].detail
+    assert skips["orphan"].detail == "no image or audio file (a caption or .json without its media file)"
+    assert skips["odd"].detail.endswith("(beside it only .bmp, not read)")
+    assert result.ignored_files == {"bmp": 1} and result.num_listed == 8
+    assert result.skip_counts == {"no_media": 2, "bad_image": 1, "bad_audio": 1, "no_caption": 1}
+    assert [json.loads(line) for line in result.skipped_file.read_text().splitlines()] == [
+        skip._asdict() for skip in result.skipped
+    ]
     # The callback saw every sample; the final counts add up.
     assert [p.processed for p in progress] == list(range(1, 9))
     assert progress[-1].written == 3 and progress[-1].skipped == 5 and progress[-1].total == 8
@@ -152,8 +159,8 @@ def test_manifest(kind, tmp_path):
     assert json.loads(samples["media__2"]["json"]) == {"source": "unit test", "width": "8"}
     assert samples["media__2"]["png"] == (tmp_path / "media" / "2.png").read_bytes()
     assert len(result.skipped) == 1
-    origin, reason = result.skipped[0]
-    assert "missing.png" in origin and "cannot read media file" in reason
+    origin, reason, detail = result.skipped[0]
+    assert "missing.png" in origin and reason == "unreadable" and "cannot read media file" in detail
 
 
 def test_manifest_errors(tmp_path):
@@ -270,7 +277,7 @@ def test_duplicate_and_invalid_keys_are_skipped(tmp_path):
     ]
     result = write_shards(sources, tmp_path, shuffle=False)
     assert result.num_written == 2
-    assert [reason.split(" ")[0] for _, reason in result.skipped] == ["duplicate", "key"]
+    assert [skip.reason for skip in result.skipped] == ["duplicate_key", "bad_key"]
 
 
 def test_keys_and_specs():
