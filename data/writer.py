@@ -173,8 +173,8 @@ class WriteResult:
 
     @property
     def skip_counts(self) -> dict[str, int]:
-        """Skipped samples per reason, the most frequent first."""
-        return dict(Counter(skip.reason for skip in self.skipped).most_common())
+        """Skipped samples per reason, the most frequent first (ties by name)."""
+        return _by_count(Counter(skip.reason for skip in self.skipped))
 
     @property
     def skip_fraction(self) -> float:
@@ -283,10 +283,12 @@ def _caption_members(source: SampleSource, caption_lines: str, extra: dict[str, 
     if caption_lines == "whole":
         return {CAPTION_EXTENSION: text.strip().encode("utf-8")}, True
     if "caption" in extra:
+        fields = f"{source.extra}" if isinstance(source.extra, Path) else "the extra fields"
+        caption = f"caption file {source.caption}" if isinstance(source.caption, Path) else "caption"
         raise _SampleError(
             "caption_conflict",
-            f"{source.extra} has a 'caption' field and the caption file {source.caption} has {len(lines)} lines; "
-            "rename the field, or keep one line per caption file (caption_lines='first')",
+            f"{fields} has a 'caption' field and the {caption} has {len(lines)} lines; "
+            "rename the field, or keep one line per caption (caption_lines='first')",
         )
     extra["caption"] = lines
     return {}, True
@@ -426,6 +428,11 @@ class _SplitWriter:
         return SplitResult(directory, self.shards.shards, sum(self.shards.sizes.values()), stats)
 
 
+def _by_count(counts: Counter[str]) -> dict[str, int]:
+    """Counts, the largest first, ties in name order (the order samples came in is shuffled)."""
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def _write_skipped_file(path: Path, skipped: list[SkippedSample]) -> None:
     lines = [json.dumps(skip._asdict(), ensure_ascii=False) + "\n" for skip in skipped]
     write_text_atomically(path, "".join(lines))
@@ -543,7 +550,7 @@ def write_shards(
         skipped=skipped,
         skipped_file=skipped_file,
         num_listed=listed,
-        ignored_files=dict(ignored.most_common()),
+        ignored_files=_by_count(ignored),
         multi_line_captions=multi_line,
         caption_lines=caption_lines,
         svgs_rasterised=rasterised,
