@@ -6,6 +6,7 @@ alternation in one run. ``torchaudio.functional.resample`` builds its sinc kerne
 every call, ``orig/gcd x new/gcd`` taps; ours caches it per rate pair and, for rates
 whose ratio does not reduce, runs a close ratio with a small reduced input rate (see
 ``multimodal.data.audio.resampling_ratio``), so every row should cost about the same.
+Both run on one thread, as in a data loader worker.
 
 Run: ``python -m bench.bench_resample [--quick] [--rounds N]``.
 """
@@ -32,6 +33,9 @@ def clip(sample_rate: int, seconds: float) -> torch.Tensor:
 
 def main(argv: Sequence[str] | None = None) -> str:
     args = parse_args(argv, __doc__.splitlines()[0])
+    # Resampling runs in the data loader's workers, which torch gives one thread each;
+    # timing it with more measures thread hand-offs of a millisecond-long call instead.
+    torch.set_num_threads(1)
     seconds = 2.0 if args.quick else 10.0
     rounds = args.rounds or (1 if args.quick else 5)
     print(f"resample: {machine_summary()}")
