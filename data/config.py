@@ -15,6 +15,10 @@ MODALITIES = ("text", "image", "audio")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# What transparent pixels are composited onto: white, as a browser or image viewer shows
+# a transparent PNG (a black background turns a black drawing into a black square).
+WHITE = (255, 255, 255)
+
 # AudioSet log-mel statistics used by AST.
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
@@ -22,7 +26,12 @@ AUDIOSET_STD = 4.5689974
 
 @dataclass
 class ImagePreprocessConfig:
-    """How an image becomes a ``(3, image_size, image_size)`` float tensor."""
+    """How an image becomes a ``(3, image_size, image_size)`` float tensor.
+
+    ``background``: the RGB colour (0-255 each) that images with an alpha channel
+    (RGBA, grey + alpha, palette with transparency) are composited onto when decoded.
+    Checkpoints written before this field existed load with the default, white.
+    """
 
     image_size: int = 224
     mean: tuple[float, float, float] = CLIP_MEAN
@@ -31,6 +40,20 @@ class ImagePreprocessConfig:
     train_crop_scale: tuple[float, float] = (0.9, 1.0)
     interpolation: str = "bicubic"
     # Images with a single channel (MNIST) are repeated to 3 channels.
+    background: tuple[int, int, int] = WHITE
+
+    def __post_init__(self) -> None:
+        check_background(self.background, "image_preprocess.background")
+
+
+def check_background(background: tuple[int, int, int], where: str) -> None:
+    """Raises ValueError unless ``background`` is three integers in [0, 255]."""
+    if (
+        len(background) != 3
+        or not all(isinstance(value, int) and not isinstance(value, bool) for value in background)
+        or not all(0 <= value <= 255 for value in background)
+    ):
+        raise ValueError(f"{where} must be three integers in [0, 255] (an RGB colour), got {tuple(background)!r}")
 
 
 @dataclass

@@ -454,7 +454,7 @@ class _SourceStream:
         settings = self.settings
         if image_bytes is not None:
             try:
-                image = decode_image(image_bytes)
+                image = decode_image(image_bytes, settings.image_config.background)
             except ValueError as error:
                 raise _SkipSample("bad_image", str(error)) from None
             config = settings.image_config

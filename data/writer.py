@@ -8,7 +8,31 @@ A sample in a shard is a group of tar members sharing a key::
 
 Shards are named ``{prefix}-000000.tar``, ``{prefix}-000001.tar`` ... and a
 ``sizes.json`` beside them maps each shard's file name to its sample count
-(as open_clip's ``get_dataset_size`` reads it).
+(as open_clip's ``get_dataset_size`` reads it). Beside them too:
+
+- ``image_stats.json``: the per-channel mean and std of the split's images
+  (see :mod:`multimodal.data.image_stats`), for training's normalisation;
+- ``skipped.jsonl`` (in the output folder): one JSON object per sample not
+  written, ``{"origin": ..., "reason": ..., "detail": ...}``, ``reason`` one of
+  :data:`SKIP_REASONS`; empty when nothing was skipped.
+
+What a messy folder holds, and what becomes of it:
+
+- files of types not read (``.dat``, ``.xcf`` ...) beside a sample are ignored and
+  counted per extension (:attr:`WriteResult.ignored_files`); they never cost the
+  sample its media;
+- an SVG is rasterised to PNG when ``resvg-py`` is installed (the ``svg`` extra,
+  see :mod:`multimodal.data.svg`) and the sample has no other image; else it is
+  ignored and counted, and a sample whose only image it was is skipped as
+  ``svg_unsupported``;
+- a caption file of several non-empty lines (a caption and its translations, or
+  several descriptions): by default (``caption_lines="lines"``) every non-empty line
+  is one caption, written as the list ``{"caption": [...]}`` in the sample's
+  ``.json`` (no ``.txt``), which the training pipeline reads as it reads other
+  caption lists: training draws one per sample, evaluation takes the first.
+  ``"first"`` keeps only the first line as ``.txt``; ``"whole"`` the whole text.
+  A one-line caption is always ``.txt``. Such captions are counted
+  (:attr:`WriteResult.multi_line_captions`).
 
 Guarantees:
 
@@ -23,93 +47,75 @@ The functions here compute and return; progress goes to a callback, nothing is p
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import random
 import re
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from multimodal.data.files import write_json_atomically
+from multimodal.data import svg
+from multimodal.data.config import WHITE
+from multimodal.data.files import write_json_atomically, write_text_atomically
+# Listing is part of the writer's API: its names are exported from here too.
+from multimodal.data.listing import (
+    CAPTION_EXTENSION,
+    EXTRA_EXTENSION,
+    MEDIA_EXTENSIONS,
+    READ_EXTENSIONS,
+    SampleSource,
+    make_key,
+    modality_of_extension,
+    normalize_extension,
+    samples_from_folder,
+    samples_from_manifest,
+)
 from multimodal.data.seeds import stable_fraction
-IMAGE_EXTENSIONS = ("jpg", "png", "webp")
-AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
-# Spellings of the same format mapped to the key the readers expect.
-_EXTENSION_ALIASES = {"jpeg": "jpg"}
+from multimodal.data.tar_shards import ShardSequence, existing_shards, merged_sizes, shard_spec
+
+if TYPE_CHECKING:
+    from multimodal.data.image_stats import ImageStats
 
 TRAIN_SPLIT = "train"
 VALIDATION_SPLIT = "val"
 ALL_SPLIT = "all"  # the one split when no validation fraction is asked for
 
-DEFAULT_CAPTION_TEMPLATES = {"image": "a photo of {}.", "audio": "the sound of {}."}
+# What becomes of a caption file of several non-empty lines (see the module docstring).
+CAPTION_LINES = ("lines", "first", "whole")
+SKIPPED_FILE = "skipped.jsonl"
+# Images measured per split for image_stats.json: the first ones written, in the shuffled order.
+STATS_MAX_IMAGES = 10_000
 
-# Reproducible tar headers: same samples, same bytes.
-_TAR_MTIME = 0
-_TAR_MODE = 0o644
-_TAR_FORMAT = tarfile.PAX_FORMAT
-_PARTIAL_SUFFIX = ".partial"
+# Why a sample was not written, and what to do about it.
+SKIP_REASONS = {
+    "no_media": "a caption or .json with no image or audio file of the same name",
+    "svg_unsupported": f"its only image is an SVG: {svg.INSTALL_HINT}",
+    "unsupported_type": (
+        f"its media file is of a type not read (read: {', '.join(MEDIA_EXTENSIONS)}); convert it first"
+    ),
+    "no_caption": "no caption: put a same-name .txt beside each media file, or use one sub-folder per class",
+    "empty_caption": "the caption file is empty",
+    "bad_caption": "the caption file is not UTF-8 text; re-save it as UTF-8",
+    "bad_json": "the same-name .json is not a JSON object",
+    "caption_conflict": "a multi-line caption file and a 'caption' field in the .json: keep one",
+    "bad_image": "the image does not decode (damaged, or not what its extension says)",
+    "bad_audio": "the audio does not decode (damaged, or not what its extension says)",
+    "empty_file": "an empty media file",
+    "unreadable": "a file could not be read",
+    "bad_key": "its key holds a '.' or '/' or is empty (see make_key)",
+    "duplicate_key": "another sample has the same key",
+}
 
+class SkippedSample(NamedTuple):
+    """A sample not written: where it came from, why (a key of :data:`SKIP_REASONS`), the details."""
 
-def normalize_extension(extension: str) -> str:
-    """``".JPEG"`` -> ``"jpg"``: lower case, no dot, aliases folded."""
-    extension = extension.lower().lstrip(".")
-    return _EXTENSION_ALIASES.get(extension, extension)
-
-
-def modality_of_extension(extension: str) -> str | None:
-    """``"image"``, ``"audio"`` or None for a (normalised) media extension."""
-    if extension in IMAGE_EXTENSIONS:
-        return "image"
-    if extension in AUDIO_EXTENSIONS:
-        return "audio"
-    return None
-
-
-_UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-]+")
-
-
-def make_key(name: str) -> str:
-    """A shard key from a relative path without extension: ``"cats/tabby 01"`` -> ``"cats__tabby_01"``.
-
-    Keys hold no dot (webdataset splits key and extension at the first dot of the
-    member name) and no slash (one flat level of members).
-    """
-    parts = [_UNSAFE_KEY_CHARACTERS.sub("_", part).strip("_") or "_" for part in re.split(r"[/\\]", name) if part]
-    return "__".join(parts)
-
-
-@dataclass(frozen=True)
-class SampleSource:
-    """One sample to write: its media (in memory or on disk), caption and extra fields.
-
-    Args:
-        key: unique name of the sample inside the shards (see :func:`make_key`).
-        media: extension (``"png"``, ``"flac"`` ...) -> file contents or a path to read them from.
-            Several entries make one multimodal sample (an image and its sound).
-        caption: the caption, or a path to a UTF-8 text file holding it.
-        extra: fields written as ``{key}.json``, or a path to a JSON file holding them.
-        origin: where the sample came from, for skip reports (default: the first media path or the key).
-    """
-
-    key: str
-    media: Mapping[str, bytes | Path]
-    caption: str | Path | None = None
-    extra: Mapping[str, Any] | Path | None = None
-    origin: str = ""
-
-    def describe(self) -> str:
-        if self.origin:
-            return self.origin
-        for value in self.media.values():
-            if isinstance(value, Path):
-                return str(value)
-        return self.key
+    origin: str
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -124,11 +130,12 @@ class WriteProgress:
 
 @dataclass
 class SplitResult:
-    """The shards written for one split."""
+    """The shards written for one split, and the statistics of its images (None without images)."""
 
     directory: Path
     shards: list[Path] = field(default_factory=list)
     num_samples: int = 0
+    image_stats: ImageStats | None = None
 
     @property
     def spec(self) -> str:
@@ -141,12 +148,20 @@ class WriteResult:
     """What :func:`write_shards` did.
 
     ``splits`` is keyed ``"train"`` / ``"val"`` when a validation fraction was
-    given, else ``"all"``; ``skipped`` lists ``(origin, reason)`` for every sample
-    not written.
+    given, else ``"all"``. ``skipped`` lists every sample not written;
+    ``skipped_file`` is where they were written, one JSON object a line.
+    ``ignored_files`` counts files of unread types per extension (``{"dat": 528}``;
+    ``""`` for files without one). ``num_listed`` counts the samples offered.
     """
 
     splits: dict[str, SplitResult]
-    skipped: list[tuple[str, str]]
+    skipped: list[SkippedSample]
+    skipped_file: Path
+    num_listed: int
+    ignored_files: dict[str, int] = field(default_factory=dict)
+    multi_line_captions: int = 0
+    caption_lines: str = "lines"
+    svgs_rasterised: int = 0
 
     @property
     def num_written(self) -> int:
@@ -156,226 +171,69 @@ class WriteResult:
     def shards(self) -> list[Path]:
         return [shard for split in self.splits.values() for shard in split.shards]
 
+    @property
+    def skip_counts(self) -> dict[str, int]:
+        """Skipped samples per reason, the most frequent first (ties by name)."""
+        return _by_count(Counter(skip.reason for skip in self.skipped))
 
-def shard_spec(shards: list[Path]) -> str:
-    """Brace pattern for consecutive shards named ``{prefix}-{index:06d}.tar`` in one directory."""
-    if not shards:
-        return ""
-    if len(shards) == 1:
-        return str(shards[0])
-    first, last = shards[0], shards[-1]
-    prefix, first_index = first.stem.rsplit("-", 1)
-    last_index = last.stem.rsplit("-", 1)[1]
-    return str(first.parent / f"{prefix}-{{{first_index}..{last_index}}}.tar")
+    @property
+    def skip_fraction(self) -> float:
+        """Skipped samples over samples listed (0 when none were listed)."""
+        return len(self.skipped) / self.num_listed if self.num_listed else 0.0
+
+    @property
+    def training_split(self) -> SplitResult:
+        """The split to train on: ``"train"``, or ``"all"`` without a validation fraction."""
+        return self.splits.get(TRAIN_SPLIT) or self.splits[ALL_SPLIT]
 
 
-# Listing samples -------------------------------------------------------------------
+def _decode_media(extension: str, data: bytes, background: tuple[int, int, int] = WHITE) -> object:
+    """Decodes with the decoders training uses: the image (uint8 (3, H, W)), or None for audio.
 
-
-def samples_from_folder(
-    root: str | os.PathLike,
-    *,
-    layout: str = "auto",
-    caption_template: str | Mapping[str, str] | None = None,
-) -> list[SampleSource]:
-    """List the samples of a folder, in sorted order.
-
-    Two layouts:
-
-    - ``"captions"``: every media file has a caption in a same-stem ``.txt``
-      (``dogs/01.jpg`` + ``dogs/01.txt``) and optionally extra fields in a
-      same-stem ``.json``. Files sharing a stem make one sample, so
-      ``x.png`` + ``x.flac`` + ``x.txt`` is an image-audio-text sample.
-    - ``"classes"``: one sub-folder per class (``root/golden_retriever/*.jpg``);
-      the caption is the template filled with the class name (underscores as
-      spaces) and ``{"label": i, "class_name": name}`` goes to ``.json``, with
-      ``i`` the index of the class in sorted order.
-
-    ``"auto"`` picks ``"captions"`` when any ``.txt`` file exists, else ``"classes"``.
-
-    Args:
-        caption_template: for ``"classes"``: one template for all (``"a photo of a {}"``)
-            or one per modality (``{"image": ..., "audio": ...}``); default
-            ``"a photo of {}."`` / ``"the sound of {}."``.
-
-    Hidden files are ignored; files of other types are listed so that they are
-    reported as skipped rather than vanish unnoticed.
+    Raises ValueError when the bytes do not decode.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a directory; pass the folder that holds the images/audio and captions")
-    if layout not in ("auto", "captions", "classes"):
-        raise ValueError(f"layout must be 'auto', 'captions' or 'classes', got {layout!r}")
-    files = sorted(
-        path
-        for path in root.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
-    if layout == "auto":
-        layout = "captions" if any(path.suffix.lower() == ".txt" for path in files) else "classes"
-    if layout == "captions":
-        return _samples_with_caption_files(root, files)
-    return _samples_from_class_folders(root, files, caption_template)
-
-
-def _samples_with_caption_files(root: Path, files: list[Path]) -> list[SampleSource]:
-    groups: dict[Path, dict[str, Path]] = {}
-    for path in files:
-        stem = path.relative_to(root).with_suffix("")
-        groups.setdefault(stem, {})[normalize_extension(path.suffix)] = path
-    samples = []
-    for stem, group in sorted(groups.items()):
-        caption = group.pop("txt", None)
-        extra = group.pop("json", None)
-        samples.append(
-            SampleSource(
-                key=make_key(stem.as_posix()),
-                media=group,
-                caption=caption,
-                extra=extra,
-                origin=str(root / stem) + ".*",
-            )
-        )
-    return samples
-
-
-def _samples_from_class_folders(
-    root: Path, files: list[Path], caption_template: str | Mapping[str, str] | None
-) -> list[SampleSource]:
-    templates = _caption_templates(caption_template)
-    in_classes = [path for path in files if len(path.relative_to(root).parts) > 1]
-    class_names = sorted({path.relative_to(root).parts[0] for path in in_classes})
-    if not class_names:
-        raise ValueError(
-            f"{root} has neither caption files (.txt beside each media file) nor class sub-folders; "
-            "see samples_from_folder's docstring for the two layouts"
-        )
-    labels = {name: index for index, name in enumerate(class_names)}
-    samples = []
-    for path in files:
-        relative = path.relative_to(root)
-        extension = normalize_extension(path.suffix)
-        if len(relative.parts) == 1:
-            # A file beside the class folders belongs to no class.
-            samples.append(SampleSource(make_key(relative.with_suffix("").as_posix()), {extension: path}, origin=str(path)))
-            continue
-        class_name = relative.parts[0]
-        readable_name = class_name.replace("_", " ")
-        template = templates.get(modality_of_extension(extension) or "image")
-        samples.append(
-            SampleSource(
-                key=make_key(relative.with_suffix("").as_posix()),
-                media={extension: path},
-                caption=template.format(readable_name),
-                extra={"label": labels[class_name], "class_name": readable_name},
-                origin=str(path),
-            )
-        )
-    return samples
-
-
-def _caption_templates(caption_template: str | Mapping[str, str] | None) -> dict[str, str]:
-    if caption_template is None:
-        templates = dict(DEFAULT_CAPTION_TEMPLATES)
-    elif isinstance(caption_template, str):
-        templates = {"image": caption_template, "audio": caption_template}
-    else:
-        templates = {**DEFAULT_CAPTION_TEMPLATES, **caption_template}
-    for modality, template in templates.items():
-        if "{}" not in template:
-            raise ValueError(f"caption template for {modality} {template!r} needs a '{{}}' where the class name goes")
-    return templates
-
-
-def samples_from_manifest(path: str | os.PathLike) -> list[SampleSource]:
-    """List the samples of a CSV (with a header row) or JSONL manifest.
-
-    Required columns / fields: ``path`` (relative to the manifest's folder, or
-    absolute) and ``caption``; optional ``key`` (default: from the path); every
-    other column / field is kept in the sample's ``.json``. Empty CSV cells are
-    left out.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = _read_csv_manifest(path)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _read_jsonl_manifest(path)
-    else:
-        raise ValueError(f"manifest {path} must be a .csv or .jsonl file")
-    samples = []
-    for line_number, row in rows:
-        relative = Path(str(row.pop("path")))
-        media_path = relative if relative.is_absolute() else path.parent / relative
-        key = row.pop("key", None) or relative.with_suffix("").as_posix()
-        caption = row.pop("caption")
-        samples.append(
-            SampleSource(
-                key=make_key(str(key)),
-                media={normalize_extension(relative.suffix): media_path},
-                caption=None if caption is None else str(caption),
-                extra=row or None,
-                origin=f"{path}:{line_number} ({media_path})",
-            )
-        )
-    return samples
-
-
-def _require_columns(path: Path, found: Iterable[str], where: str) -> None:
-    missing = [name for name in ("path", "caption") if name not in found]
-    if missing:
-        raise ValueError(f"manifest {path}{where} lacks {missing}; found {sorted(found)}. Needed: path, caption")
-
-
-def _read_csv_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        _require_columns(path, reader.fieldnames or [], " header")
-        rows = []
-        for row in reader:
-            rows.append((reader.line_num, {name: value for name, value in row.items() if value not in ("", None)}))
-    for line_number, row in rows:
-        row.setdefault("caption", None)
-        if "path" not in row:
-            raise ValueError(f"manifest {path} line {line_number} has an empty path")
-        yield line_number, row
-
-
-def _read_jsonl_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as file:
-        lines = file.readlines()
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"manifest {path} line {line_number} is not valid JSON: {error}") from error
-        if not isinstance(row, dict):
-            raise ValueError(f"manifest {path} line {line_number} is not a JSON object")
-        _require_columns(path, row.keys(), f" line {line_number}")
-        yield line_number, row
-
-
-# Writing ----------------------------------------------------------------------------
-
-
-def _default_validator(extension: str, data: bytes) -> None:
-    """Decode with the decoders training uses; raises ValueError when the bytes do not decode."""
     # Imported here: listing and writing need neither torch nor the audio stack.
     modality = modality_of_extension(extension)
     if modality == "image":
         from multimodal.data.image import decode_image
 
-        decode_image(data)
-    elif modality == "audio":
+        return decode_image(data, background)
+    if modality == "audio":
         from multimodal.data.audio import decode_audio
 
         decode_audio(data)
+    return None
 
 
 class _SampleError(Exception):
-    """A sample that cannot be written; the message is the reason reported."""
+    """A sample that cannot be written: ``reason`` (a key of SKIP_REASONS) and the details."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in SKIP_REASONS, reason
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass
+class _PreparedSample:
+    """A sample's tar members ``{extension: bytes}`` and what the report counts of it."""
+
+    members: dict[str, bytes]
+    ignored: list[str]  # extensions of files left out
+    multi_line_caption: bool = False
+    rasterised_svg: bool = False
+    image: object = None  # the decoded image, when validation decoded one
+    image_bytes: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Preparation:
+    """How every sample is prepared: the write_shards options that concern one sample."""
+
+    validate: bool
+    validator: Callable[[str, bytes], object]
+    caption_lines: str
+    rasterise_svg: bool
 
 
 def _read_bytes(value: bytes | Path, what: str) -> bytes:
@@ -384,140 +242,115 @@ def _read_bytes(value: bytes | Path, what: str) -> bytes:
     try:
         return Path(value).read_bytes()
     except OSError as error:
-        raise _SampleError(f"cannot read {what} {value}: {error.strerror or error}") from error
+        raise _SampleError("unreadable", f"cannot read {what} {value}: {error.strerror or error}") from error
 
 
-def _prepare(source: SampleSource, validate: bool, validator: Callable[[str, bytes], None]) -> dict[str, bytes]:
-    """The sample's tar members ``{extension: bytes}``, or _SampleError saying why not."""
-    if not source.media:
-        raise _SampleError("no image or audio file (a caption or .json without its media file)")
-    members: dict[str, bytes] = {}
-    for extension, value in source.media.items():
-        extension = normalize_extension(extension)
-        if extension not in MEDIA_EXTENSIONS:
-            raise _SampleError(
-                f"unsupported file type '.{extension}' (supported: {', '.join(MEDIA_EXTENSIONS)}); convert it first"
-            )
-        data = _read_bytes(value, "media file")
-        if not data:
-            raise _SampleError(f"empty {extension} file")
-        if validate:
-            try:
-                validator(extension, data)
-            except (ValueError, RuntimeError) as error:
-                raise _SampleError(f"{extension} does not decode: {error}") from error
-        members[extension] = data
+def _caption_text(source: SampleSource) -> str:
     caption = source.caption
     if isinstance(caption, Path):
         try:
-            caption = _read_bytes(caption, "caption file").decode("utf-8")
+            # utf-8-sig: a byte-order mark some editors write is not part of the caption.
+            caption = _read_bytes(caption, "caption file").decode("utf-8-sig")
         except UnicodeDecodeError as error:
-            raise _SampleError(f"caption file {source.caption} is not UTF-8: {error}") from error
-    if caption is None or not caption.strip():
-        raise _SampleError("no caption (no same-stem .txt file, 'caption' field or class folder)")
-    members["txt"] = caption.strip().encode("utf-8")
+            raise _SampleError("bad_caption", f"caption file {source.caption} is not UTF-8: {error}") from error
+    if caption is None:
+        raise _SampleError("no_caption", "no caption (no same-name .txt file, 'caption' field or class folder)")
+    return caption
+
+
+def _extra_fields(source: SampleSource) -> dict[str, Any]:
     extra = source.extra
     if isinstance(extra, Path):
         try:
-            extra = json.loads(_read_bytes(extra, "JSON file").decode("utf-8"))
+            extra = json.loads(_read_bytes(extra, "JSON file").decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise _SampleError(f"{source.extra} is not valid JSON: {error}") from error
+            raise _SampleError("bad_json", f"{source.extra} is not valid JSON: {error}") from error
         if not isinstance(extra, dict):
-            raise _SampleError(f"{source.extra} holds a JSON {type(extra).__name__}, expected an object")
+            raise _SampleError("bad_json", f"{source.extra} holds a JSON {type(extra).__name__}, expected an object")
+    return dict(extra or {})
+
+
+def _caption_members(source: SampleSource, caption_lines: str, extra: dict[str, Any]) -> tuple[dict[str, bytes], bool]:
+    """The caption as a ``.txt`` member, or as ``extra["caption"]`` (a list) for several lines; multi-line or not."""
+    text = _caption_text(source)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise _SampleError("empty_caption", f"the caption{f' file {source.caption}' if isinstance(source.caption, Path) else ''} is empty")
+    if len(lines) == 1:
+        return {CAPTION_EXTENSION: lines[0].encode("utf-8")}, False
+    if caption_lines == "first":
+        return {CAPTION_EXTENSION: lines[0].encode("utf-8")}, True
+    if caption_lines == "whole":
+        return {CAPTION_EXTENSION: text.strip().encode("utf-8")}, True
+    if "caption" in extra:
+        fields = f"{source.extra}" if isinstance(source.extra, Path) else "the extra fields"
+        caption = f"caption file {source.caption}" if isinstance(source.caption, Path) else "caption"
+        raise _SampleError(
+            "caption_conflict",
+            f"{fields} has a 'caption' field and the {caption} has {len(lines)} lines; "
+            "rename the field, or keep one line per caption (caption_lines='first')",
+        )
+    extra["caption"] = lines
+    return {}, True
+
+
+def _media_members(source: SampleSource, preparation: _Preparation, prepared: _PreparedSample) -> None:
+    """Reads, converts and checks the media into ``prepared``; raises _SampleError for a bad sample."""
+    media = {normalize_extension(extension): value for extension, value in source.media.items()}
+    if "svg" in media and not preparation.rasterise_svg:
+        media.pop("svg")
+        prepared.ignored.append("svg")
+        if not media:
+            raise _SampleError("svg_unsupported", f"the only image is an SVG, and SVGs are not rasterised here: {svg.INSTALL_HINT}")
+    for extension, value in sorted(media.items()):
+        if extension not in READ_EXTENSIONS:
+            raise _SampleError(
+                "unsupported_type",
+                f"unsupported file type '.{extension}' (supported: {', '.join(READ_EXTENSIONS)}); convert it first",
+            )
+        data = _read_bytes(value, "media file")
+        if not data:
+            raise _SampleError("empty_file", f"empty {extension} file")
+        if extension == "svg":
+            try:
+                data = svg.rasterise_svg(data)
+            except ValueError as error:
+                raise _SampleError("bad_image", f"svg does not rasterise: {error}") from error
+            extension = "png"
+            prepared.rasterised_svg = True
+        if preparation.validate:
+            try:
+                decoded = preparation.validator(extension, data)
+            except (ValueError, RuntimeError) as error:
+                reason = "bad_audio" if modality_of_extension(extension) == "audio" else "bad_image"
+                raise _SampleError(reason, f"{extension} does not decode: {error}") from error
+            if modality_of_extension(extension) == "image" and decoded is not None:
+                prepared.image = decoded
+        if modality_of_extension(extension) == "image":
+            prepared.image_bytes = data
+        prepared.members[extension] = data
+
+
+def _prepare(source: SampleSource, preparation: _Preparation) -> _PreparedSample:
+    """The sample's tar members and what the report counts of it, or _SampleError saying why not."""
+    if not source.key or "." in source.key or "/" in source.key:
+        raise _SampleError("bad_key", f"key {source.key!r} must be non-empty with no '.' or '/' (see make_key)")
+    ignored = [normalize_extension(path.suffix) for path in source.ignored]
+    if not source.media:
+        only = f" (beside it only {', '.join(sorted({f'.{e}' for e in ignored}))}, not read)" if ignored else ""
+        raise _SampleError("no_media", f"no image or audio file (a caption or .json without its media file){only}")
+    # Cheap checks first: a sample without a caption is rejected before its media is decoded.
+    extra = _extra_fields(source)
+    caption_members, multi_line = _caption_members(source, preparation.caption_lines, extra)
+    prepared = _PreparedSample(members={}, ignored=ignored, multi_line_caption=multi_line)
+    _media_members(source, preparation, prepared)
+    prepared.members.update(caption_members)
     if extra:
         try:
-            members["json"] = json.dumps(dict(extra), sort_keys=True, ensure_ascii=False).encode("utf-8")
+            prepared.members[EXTRA_EXTENSION] = json.dumps(extra, sort_keys=True, ensure_ascii=False).encode("utf-8")
         except TypeError as error:
-            raise _SampleError(f"extra fields are not JSON-serialisable: {error}") from error
-    return members
-
-
-def _tar_header(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = _TAR_MTIME
-    info.mode = _TAR_MODE
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _tar_file_size(content_bytes: int) -> int:
-    """Size of a tar file whose members take ``content_bytes``: end marker, then padding to a record."""
-    return _round_up(content_bytes + 2 * tarfile.BLOCKSIZE, tarfile.RECORDSIZE)
-
-
-class _ShardSequence:
-    """Numbered shards in one directory, each under a temporary name until complete."""
-
-    def __init__(self, directory: Path, prefix: str, max_samples: int, max_bytes: int):
-        self.directory = directory
-        self.prefix = prefix
-        self.max_samples = max_samples
-        self.max_bytes = max_bytes
-        self.shards: list[Path] = []
-        self.sizes: dict[str, int] = {}
-        self._file = None
-        self._tar: tarfile.TarFile | None = None
-        self._count = 0
-        self._content_bytes = 0
-
-    def add(self, key: str, members: dict[str, bytes]) -> None:
-        # Sorted extensions: member order (hence the bytes) does not depend on how the sample was built.
-        headers = [(_tar_header(f"{key}.{extension}", len(members[extension])), extension) for extension in sorted(members)]
-        sample_bytes = sum(
-            len(info.tobuf(_TAR_FORMAT, tarfile.ENCODING, "surrogateescape")) + _round_up(info.size, tarfile.BLOCKSIZE)
-            for info, _ in headers
-        )
-        full = self._count >= self.max_samples or _tar_file_size(self._content_bytes + sample_bytes) > self.max_bytes
-        if self._tar is not None and full:
-            self._finish_shard()
-        if self._tar is None:
-            self._start_shard()
-        for info, extension in headers:
-            self._tar.addfile(info, io.BytesIO(members[extension]))
-        self._count += 1
-        self._content_bytes += sample_bytes
-
-    def close(self) -> None:
-        if self._tar is not None:
-            self._finish_shard()
-
-    def abort(self) -> None:
-        """Remove the shard in progress (after an error): it never gets a final name."""
-        if self._tar is not None:
-            self._tar.close()
-            self._file.close()
-            self._partial_path().unlink(missing_ok=True)
-            self._tar = None
-
-    def _final_path(self) -> Path:
-        return self.directory / f"{self.prefix}-{len(self.shards):06d}.tar"
-
-    def _partial_path(self) -> Path:
-        path = self._final_path()
-        return path.with_name(path.name + _PARTIAL_SUFFIX)
-
-    def _start_shard(self) -> None:
-        self._file = open(self._partial_path(), "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=_TAR_FORMAT)
-        self._count = 0
-        self._content_bytes = 0
-
-    def _finish_shard(self) -> None:
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        final = self._final_path()
-        os.replace(self._partial_path(), final)
-        self.shards.append(final)
-        self.sizes[final.name] = self._count
-        self._tar = None
+            raise _SampleError("bad_json", f"extra fields are not JSON-serialisable: {error}") from error
+    return prepared
 
 
 def _is_validation(key: str, seed: int, fraction: float) -> bool:
@@ -525,31 +358,84 @@ def _is_validation(key: str, seed: int, fraction: float) -> bool:
     return stable_fraction(seed, key) < fraction
 
 
-def _merged_sizes(directory: Path, prefix: str, sizes: dict[str, int]) -> dict[str, int]:
-    """Our shards' counts, plus the entries of other prefixes' shards that still exist in the folder."""
-    path = directory / "sizes.json"
-    merged: dict[str, int] = {}
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            previous = {}
-        ours = re.compile(re.escape(prefix) + r"-\d{6}\.tar")
-        if isinstance(previous, dict):
-            merged = {
-                name: count
-                for name, count in previous.items()
-                if not ours.fullmatch(name) and (directory / name).is_file()
-            }
-    merged.update(sizes)
-    return merged
+def _check_arguments(
+    max_samples_per_shard: int, max_bytes_per_shard: int, validation_fraction: float, prefix: str, caption_lines: str
+) -> None:
+    if max_samples_per_shard < 1:
+        raise ValueError(f"max_samples_per_shard must be at least 1, got {max_samples_per_shard}")
+    if max_bytes_per_shard < tarfile.RECORDSIZE:
+        raise ValueError(f"max_bytes_per_shard must be at least {tarfile.RECORDSIZE} (one tar record), got {max_bytes_per_shard}")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", prefix):
+        raise ValueError(f"prefix {prefix!r} may hold only letters, digits, '_' and '-'")
+    if caption_lines not in CAPTION_LINES:
+        raise ValueError(f"caption_lines must be one of {CAPTION_LINES}, got {caption_lines!r}")
 
 
-def _existing_shards(directory: Path, prefix: str) -> list[Path]:
-    pattern = re.compile(re.escape(prefix) + r"-\d{6}\.tar")
-    if not directory.is_dir():
-        return []
-    return sorted(path for path in directory.iterdir() if pattern.fullmatch(path.name))
+def _split_directories(output_dir: Path, validation_fraction: float, prefix: str, overwrite: bool) -> dict[str, Path]:
+    """The folder of each split, created; existing shards of ``prefix`` there are an error unless ``overwrite``."""
+    if validation_fraction > 0:
+        directories = {TRAIN_SPLIT: output_dir / TRAIN_SPLIT, VALIDATION_SPLIT: output_dir / VALIDATION_SPLIT}
+    else:
+        directories = {ALL_SPLIT: output_dir}
+    stale = [path for directory in directories.values() for path in existing_shards(directory, prefix)]
+    if stale and not overwrite:
+        raise ValueError(
+            f"{stale[0].parent} already holds {len(stale)} shard(s) named {prefix}-*.tar; "
+            "choose another output folder or prefix, or pass overwrite=True to replace them"
+        )
+    for directory in directories.values():
+        directory.mkdir(parents=True, exist_ok=True)
+    return directories
+
+
+class _SplitWriter:
+    """One split's shards and the statistics of its images."""
+
+    def __init__(self, directory: Path, prefix: str, max_samples: int, max_bytes: int, background, stats_max_images: int):
+        from multimodal.data.image_stats import ImageStatsAccumulator
+
+        self.shards = ShardSequence(directory, prefix, max_samples, max_bytes)
+        self.stats = ImageStatsAccumulator(background, stats_max_images)
+
+    def add(self, key: str, prepared: _PreparedSample) -> None:
+        self.shards.add(key, prepared.members)
+        if prepared.image_bytes is None:
+            return
+        self.stats.images_written += 1
+        if not self.stats.wants_more():
+            return
+        image = prepared.image
+        if image is None:  # not validated, or by a validator that returns nothing
+            try:
+                image = _decode_media("png", prepared.image_bytes, self.stats.background)
+            except ValueError:
+                return  # training will skip it too; the statistics need not count it
+        self.stats.add(image)
+
+    def finish(self, prefix: str) -> SplitResult:
+        from multimodal.data.image_stats import write_image_stats
+
+        directory = self.shards.directory
+        # Shards left from an earlier, larger run under the same prefix would be read as data.
+        for path in existing_shards(directory, prefix):
+            if path not in self.shards.shards:
+                path.unlink()
+        stats = self.stats.result()
+        write_image_stats(directory, stats)
+        write_json_atomically(directory / "sizes.json", merged_sizes(directory, prefix, self.shards.sizes))
+        return SplitResult(directory, self.shards.shards, sum(self.shards.sizes.values()), stats)
+
+
+def _by_count(counts: Counter[str]) -> dict[str, int]:
+    """Counts, the largest first, ties in name order (the order samples came in is shuffled)."""
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _write_skipped_file(path: Path, skipped: list[SkippedSample]) -> None:
+    lines = [json.dumps(skip._asdict(), ensure_ascii=False) + "\n" for skip in skipped]
+    write_text_atomically(path, "".join(lines))
 
 
 def write_shards(
@@ -564,15 +450,19 @@ def write_shards(
     shuffle: bool = True,
     validate: bool = True,
     overwrite: bool = False,
+    caption_lines: str = "lines",
+    background: tuple[int, int, int] = WHITE,
+    stats_max_images: int = STATS_MAX_IMAGES,
     progress: Callable[[WriteProgress], None] | None = None,
-    validator: Callable[[str, bytes], None] | None = None,
+    validator: Callable[[str, bytes], object] | None = None,
 ) -> WriteResult:
     """Write samples into webdataset tar shards.
 
     Args:
         samples: what to write (see :func:`samples_from_folder`, :func:`samples_from_manifest`).
         output_dir: where the shards go; with a validation fraction, into
-            ``output_dir/train`` and ``output_dir/val``, each with its ``sizes.json``.
+            ``output_dir/train`` and ``output_dir/val``, each with its ``sizes.json``
+            and ``image_stats.json``. ``skipped.jsonl`` goes into ``output_dir``.
         prefix: shard file names are ``{prefix}-{index:06d}.tar``.
         max_samples_per_shard: most samples in one shard.
         max_bytes_per_shard: largest shard file; a single sample larger than this
@@ -586,78 +476,102 @@ def write_shards(
         validate: decode each media file first and skip those that fail.
         overwrite: replace existing ``{prefix}-*.tar`` shards in the output folders;
             without it, existing shards are an error.
+        caption_lines: a caption of several non-empty lines becomes a list of captions
+            (``"lines"``), its first line (``"first"``) or one caption of the whole text
+            (``"whole"``); see the module docstring.
+        background: what transparent pixels are composited onto for the image
+            statistics; give the ``image_preprocess.background`` training will use.
+        stats_max_images: images measured per split for ``image_stats.json``.
         progress: called with :class:`WriteProgress` after each sample.
-        validator: ``(extension, bytes) -> None`` raising ValueError for bad media;
-            default decodes with ``multimodal.data.image`` / ``multimodal.data.audio``.
+        validator: ``(extension, bytes) -> decoded image or None`` raising ValueError for
+            bad media; default decodes with ``multimodal.data.image`` / ``multimodal.data.audio``.
 
     Returns:
-        A :class:`WriteResult`: shards and counts per split, and the skipped samples with reasons.
+        A :class:`WriteResult`: shards, counts and image statistics per split, the skipped
+        samples with reasons, the ignored files and multi-line captions counted.
     """
-    if max_samples_per_shard < 1:
-        raise ValueError(f"max_samples_per_shard must be at least 1, got {max_samples_per_shard}")
-    if max_bytes_per_shard < tarfile.RECORDSIZE:
-        raise ValueError(f"max_bytes_per_shard must be at least {tarfile.RECORDSIZE} (one tar record), got {max_bytes_per_shard}")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", prefix):
-        raise ValueError(f"prefix {prefix!r} may hold only letters, digits, '_' and '-'")
+    _check_arguments(max_samples_per_shard, max_bytes_per_shard, validation_fraction, prefix, caption_lines)
     output_dir = Path(output_dir)
-    if validation_fraction > 0:
-        directories = {TRAIN_SPLIT: output_dir / TRAIN_SPLIT, VALIDATION_SPLIT: output_dir / VALIDATION_SPLIT}
-    else:
-        directories = {ALL_SPLIT: output_dir}
-    stale = [path for directory in directories.values() for path in _existing_shards(directory, prefix)]
-    if stale and not overwrite:
-        raise ValueError(
-            f"{stale[0].parent} already holds {len(stale)} shard(s) named {prefix}-*.tar; "
-            "choose another output folder or prefix, or pass overwrite=True to replace them"
-        )
-    for directory in directories.values():
-        directory.mkdir(parents=True, exist_ok=True)
-
+    directories = _split_directories(output_dir, validation_fraction, prefix, overwrite)
     sources = list(samples)
     if shuffle:
         random.Random(seed).shuffle(sources)
-    validator = validator or _default_validator
+    preparation = _Preparation(
+        validate=validate,
+        validator=validator or (lambda extension, data: _decode_media(extension, data, background)),
+        caption_lines=caption_lines,
+        rasterise_svg=svg.svg_support_available(),
+    )
     writers = {
-        name: _ShardSequence(directory, prefix, max_samples_per_shard, max_bytes_per_shard)
+        name: _SplitWriter(directory, prefix, max_samples_per_shard, max_bytes_per_shard, background, stats_max_images)
         for name, directory in directories.items()
     }
-    skipped: list[tuple[str, str]] = []
+    skipped: list[SkippedSample] = []
+    ignored: Counter[str] = Counter()
+    multi_line = rasterised = written = listed = 0
     seen_keys: set[str] = set()
-    written = 0
     try:
         for processed, source in enumerate(sources, start=1):
-            try:
-                if not source.key or "." in source.key or "/" in source.key:
-                    raise _SampleError(f"key {source.key!r} must be non-empty with no '.' or '/' (see make_key)")
-                if source.key in seen_keys:
-                    raise _SampleError(f"duplicate key {source.key!r}: another sample already has it")
-                members = _prepare(source, validate, validator)
-            except _SampleError as error:
-                skipped.append((source.describe(), str(error)))
+            if source.only_ignored:
+                ignored.update(normalize_extension(path.suffix) for path in source.ignored)
             else:
-                seen_keys.add(source.key)
-                split = ALL_SPLIT
-                if validation_fraction > 0:
-                    split = VALIDATION_SPLIT if _is_validation(source.key, seed, validation_fraction) else TRAIN_SPLIT
-                writers[split].add(source.key, members)
-                written += 1
+                listed += 1
+                try:
+                    if source.key in seen_keys:
+                        raise _SampleError("duplicate_key", f"duplicate key {source.key!r}: another sample already has it")
+                    prepared = _prepare(source, preparation)
+                except _SampleError as error:
+                    skipped.append(SkippedSample(source.describe(), error.reason, str(error)))
+                    ignored.update(normalize_extension(path.suffix) for path in source.ignored)
+                else:
+                    seen_keys.add(source.key)
+                    ignored.update(prepared.ignored)
+                    multi_line += prepared.multi_line_caption
+                    rasterised += prepared.rasterised_svg
+                    split = ALL_SPLIT
+                    if validation_fraction > 0:
+                        split = VALIDATION_SPLIT if _is_validation(source.key, seed, validation_fraction) else TRAIN_SPLIT
+                    writers[split].add(source.key, prepared)
+                    written += 1
             if progress is not None:
                 progress(WriteProgress(processed=processed, total=len(sources), written=written, skipped=len(skipped)))
         for writer in writers.values():
-            writer.close()
+            writer.shards.close()
     except BaseException:
         for writer in writers.values():
-            writer.abort()
+            writer.shards.abort()
         raise
 
-    splits = {}
-    for name, writer in writers.items():
-        # Shards left from an earlier, larger run under the same prefix would be read as data.
-        for path in _existing_shards(writer.directory, prefix):
-            if path not in writer.shards:
-                path.unlink()
-        write_json_atomically(writer.directory / "sizes.json", _merged_sizes(writer.directory, prefix, writer.sizes))
-        splits[name] = SplitResult(writer.directory, writer.shards, sum(writer.sizes.values()))
-    return WriteResult(splits=splits, skipped=skipped)
+    splits = {name: writer.finish(prefix) for name, writer in writers.items()}
+    skipped_file = output_dir / SKIPPED_FILE
+    _write_skipped_file(skipped_file, skipped)
+    return WriteResult(
+        splits=splits,
+        skipped=skipped,
+        skipped_file=skipped_file,
+        num_listed=listed,
+        ignored_files=_by_count(ignored),
+        multi_line_captions=multi_line,
+        caption_lines=caption_lines,
+        svgs_rasterised=rasterised,
+    )
+
+
+__all__ = [
+    "ALL_SPLIT",
+    "CAPTION_LINES",
+    "SKIPPED_FILE",
+    "SKIP_REASONS",
+    "SampleSource",
+    "SkippedSample",
+    "SplitResult",
+    "TRAIN_SPLIT",
+    "VALIDATION_SPLIT",
+    "WriteProgress",
+    "WriteResult",
+    "make_key",
+    "samples_from_folder",
+    "samples_from_manifest",
+    "shard_spec",
+    "write_shards",
+]

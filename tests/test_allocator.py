@@ -25,10 +25,11 @@ PROGRAM = textwrap.dedent(
             fbank(clip, config)
         return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
+    baseline = faults_per_call()
     if not retain_freed_memory():
         print("unsupported")
         sys.exit(0)
-    print(faults_per_call())
+    print(baseline, faults_per_call())
     """
 )
 
@@ -41,4 +42,7 @@ def test_retained_memory_makes_repeated_filterbanks_fault_no_new_pages():
         pytest.skip("the C library is not glibc")
     # Without retention each 10 s filterbank faults its ~6 MiB of temporaries in again
     # (about 1,500 pages); with it, the heap keeps them and a call faults almost none.
-    assert float(output) < 50, f"{output} page faults per filterbank"
+    # Measured against the same process's own baseline: a busy machine's reclaim can
+    # add a few dozen faults to either.
+    baseline, retained = (float(value) for value in output.split())
+    assert baseline > 500 and retained < 0.1 * baseline, f"{baseline} -> {retained} page faults per filterbank"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 import random
 
 import numpy as np
@@ -21,11 +22,14 @@ from multimodal.data.audio import (
     normalize_fbank,
     num_frames,
     resample,
+    resampled_length,
+    resampling_ratio,
     samples_for_frames,
     spec_augment,
     to_mono,
     train_audio_features,
 )
+from multimodal.data import audio as audio_module
 from multimodal.data.config import AudioPreprocessConfig
 
 
@@ -89,6 +93,67 @@ def test_mono_and_resample_match_torchaudio():
     torch.testing.assert_close(load_waveform(stereo, config, sample_rate=22050), expected)
     with pytest.raises(ValueError, match="sample_rate"):
         load_waveform(stereo, config)
+
+
+@pytest.mark.parametrize("orig_freq", [44100, 48000, 22050, 11025, 8000, 32000])
+def test_resample_at_common_rates_equals_torchaudio(orig_freq):
+    waveform = torch.stack([tone(0.3, orig_freq, seed=1), tone(0.3, orig_freq, frequency=3000.0, seed=2)])  # (2, N)
+    expected = torchaudio.functional.resample(waveform, orig_freq, 16000)
+    ours = resample(waveform, orig_freq, 16000)
+    assert ours.shape == expected.shape == (2, resampled_length(waveform.shape[1], orig_freq, 16000))
+    # The same filter; torchaudio's cached module builds its kernel in float64 and the
+    # function in float32, so the two differ by float32 rounding of a 475-tap sum. Both
+    # are that close to the float64 result.
+    torch.testing.assert_close(ours, expected, rtol=0, atol=3e-5)
+    exact = torchaudio.functional.resample(waveform.double(), orig_freq, 16000)
+    assert float((ours.double() - exact).abs().max()) < 2e-5
+
+
+def sine_frequency_and_amplitude(wave: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """Frequency (Hz) of a pure tone, from the peak of its finely zero-padded spectrum, and its amplitude."""
+    middle = wave[len(wave) // 8 : -len(wave) // 8]  # away from the filter's edge effects
+    spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle)), n=1 << 21))
+    peak = int(np.argmax(spectrum))
+    left, centre, right = np.log(spectrum[peak - 1 : peak + 2])
+    offset = 0.5 * (left - right) / (left - 2 * centre + right)  # parabolic interpolation between bins
+    amplitude = float(np.sqrt(2.0 * np.mean(middle**2)))
+    return (peak + offset) * sample_rate / (1 << 21), amplitude
+
+
+@pytest.mark.parametrize("orig_freq", [11127, 22254, 44101, 176089])
+@pytest.mark.parametrize("frequency", [440.0, 2500.0])
+def test_resample_at_odd_rates_keeps_pitch_amplitude_and_length(orig_freq, frequency):
+    num_samples = int(1.3 * orig_freq) + 7
+    time_axis = torch.arange(num_samples, dtype=torch.float64) / orig_freq
+    wave = (0.5 * torch.sin(2 * torch.pi * frequency * time_axis)).to(torch.float32)
+    out = resample(wave, orig_freq, 16000)
+    assert out.shape == (resampled_length(num_samples, orig_freq, 16000),) == (-(-num_samples * 16000 // orig_freq),)
+    measured, amplitude = sine_frequency_and_amplitude(out.double().numpy(), 16000)
+    reduced_orig, reduced_new = resampling_ratio(orig_freq, 16000)
+    ratio_error = abs(reduced_new * orig_freq / (reduced_orig * 16000) - 1)
+    assert reduced_orig <= audio_module.MAX_REDUCED_RATE
+    assert abs(measured / frequency - 1) < ratio_error + 2e-5  # the ratio's error, and the estimate's
+    assert abs(amplitude - 0.5) < 0.5 * 2e-3
+    # The last samples are the clip's end, not silence or a cut: the tone runs to the end.
+    assert float(out[-200:-20].abs().max()) > 0.45
+
+
+def test_resampling_ratio_is_exact_for_common_rates_and_close_for_any():
+    assert resampling_ratio(44100, 16000) == (441, 160) and resampling_ratio(48000, 16000) == (3, 1)
+    assert resampling_ratio(11025, 16000) == (441, 640) and resampling_ratio(16000, 44100) == (160, 441)
+    for orig_freq, tolerance in [(11127, 1e-5), (22254, 1e-5), (160082, 6e-4), (176089, 6e-4)]:
+        reduced_orig, reduced_new = resampling_ratio(orig_freq, 16000)
+        assert reduced_orig <= audio_module.MAX_REDUCED_RATE
+        assert abs(reduced_new * orig_freq / (reduced_orig * 16000) - 1) <= tolerance
+    worst = 0.0
+    for orig_freq in range(4000, 192001, 613):  # a spread of rates, most of them coprime with the targets
+        for new_freq in (8000, 16000, 44100, 48000):
+            reduced_orig, reduced_new = resampling_ratio(orig_freq, new_freq)
+            worst = max(worst, abs(reduced_new * orig_freq / (reduced_orig * new_freq) - 1))
+            # The cost of a resample: taps per output sample stay near those of 44.1 kHz -> 16 kHz (475).
+            width = math.ceil(6 * reduced_orig / (0.99 * min(reduced_orig, reduced_new)))
+            assert reduced_orig + 2 * width <= 1300, (orig_freq, new_freq)
+    assert 0 < worst < 6e-4
 
 
 def assert_fbank_equal(ours: torch.Tensor, reference: torch.Tensor) -> None:

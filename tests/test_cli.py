@@ -341,9 +341,10 @@ def test_eval_zero_shot_on_a_class_folder_and_on_shards(checkpoint, model, class
 def test_shards_and_tokenizer_commands(class_folder, tmp_path, capsys):
     (class_folder / "cats" / "broken.png").write_bytes(b"not a png")
     status, out, err = run(["shards", "--input", class_folder, "--output", tmp_path / "shards", "--max-samples", "4",
-                            "--prefix", "pets"], capsys)
-    assert status == 1 and "written 6, skipped 1" in out and "broken.png" in err and "cannot decode" in err
-    assert err.strip().splitlines()[-1] == "multimodal: skipped 1 input(s)"
+                            "--prefix", "pets", "--max-skip-fraction", "0.2"], capsys)
+    assert status == 0 and "written 6 of 7 samples, skipped 1" in out
+    assert "1 bad_image: the image does not decode" in err and "broken.png" in err
+    assert "cannot decode" in (tmp_path / "shards" / "skipped.jsonl").read_text()
     assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == ["pets-000000.tar", "pets-000001.tar"]
     captions = tmp_path / "captions.txt"
     captions.write_text("a photo of a red fox\nsomeone saying nine\n" * 5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 
 import numpy as np
@@ -11,9 +12,14 @@ import torchvision.transforms.v2 as T
 from PIL import Image
 from torchvision.io import encode_jpeg, encode_png
 
-from multimodal.data.config import CLIP_MEAN, CLIP_STD, ImagePreprocessConfig
+from multimodal.checkpoint import load_model, save_checkpoint
+from multimodal.config import from_dict, to_dict
+from multimodal.data.config import CLIP_MEAN, CLIP_STD, WHITE, ImagePreprocessConfig
+from multimodal.model import MultimodalModel
+from multimodal.presets import tiny
 from multimodal.data.image import (
     collate_images,
+    composite_alpha,
     decode_image,
     eval_crop,
     image_to_tensor,
@@ -41,8 +47,8 @@ def test_png_round_trip_and_rgb_conversions():
     gray = image[:1]
     decoded = decode_image(encode_png(gray).numpy().tobytes())
     assert decoded.shape == (3, 20, 30) and torch.equal(decoded, gray.expand(3, -1, -1))
-    rgba = Image.fromarray(np.concatenate([image.permute(1, 2, 0).numpy(), np.full((20, 30, 1), 128, np.uint8)], 2))
-    assert torch.equal(decode_image(pil_bytes(rgba, "PNG")), image)
+    opaque = Image.fromarray(np.concatenate([image.permute(1, 2, 0).numpy(), np.full((20, 30, 1), 255, np.uint8)], 2))
+    assert torch.equal(decode_image(pil_bytes(opaque, "PNG")), image)  # an opaque alpha channel changes nothing
 
 
 def test_jpeg_and_webp_decode_close_to_the_original():
@@ -166,3 +172,93 @@ def test_collate_images_stacks_and_checks_shapes():
     assert torch.equal(collate_images(images), torch.stack(images))
     with pytest.raises(ValueError, match="image 1"):
         collate_images([images[0], random_image(9, 8)])
+
+
+# Transparency ---------------------------------------------------------------------------
+
+# Three pixels of colour (200, 100, 50) at alpha 0, 128 and 255, and a fourth of (0, 0, 0) at alpha 64.
+RGBA_PIXELS = np.array([[[200, 100, 50, 0], [200, 100, 50, 128]], [[200, 100, 50, 255], [0, 0, 0, 64]]], np.uint8)
+# round((c * a + b * (255 - a)) / 255) worked out by hand for each pixel, (H, W, 3):
+# on white, alpha 128: (25600 + 32385) / 255 = 227.39, (12800 + 32385) / 255 = 177.20, (6400 + 32385) / 255 = 152.10;
+# alpha 64 over black: 255 * 191 / 255 = 191 exactly.
+ON_WHITE = np.array([[[255, 255, 255], [227, 177, 152]], [[200, 100, 50], [191, 191, 191]]], np.uint8)
+# on black, alpha 128: 25600 / 255 = 100.39, 12800 / 255 = 50.20, 6400 / 255 = 25.10.
+ON_BLACK = np.array([[[0, 0, 0], [100, 50, 25]], [[200, 100, 50], [0, 0, 0]]], np.uint8)
+# on (10, 20, 30), alpha 128: (25600 + 1270) / 255 = 105.37, (12800 + 2540) / 255 = 60.16, (6400 + 3810) / 255 = 40.04;
+# alpha 64 over black: (1910, 3820, 5730) / 255 = 7.49, 14.98, 22.47.
+ON_NAVY = np.array([[[10, 20, 30], [105, 60, 40]], [[200, 100, 50], [7, 15, 22]]], np.uint8)
+
+
+def chw(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize(("background", "expected"), [(WHITE, ON_WHITE), ((0, 0, 0), ON_BLACK), ((10, 20, 30), ON_NAVY)])
+def test_rgba_png_is_composited_onto_the_background(background, expected):
+    png = pil_bytes(Image.fromarray(RGBA_PIXELS, "RGBA"), "PNG")
+    assert torch.equal(decode_image(png, background), chw(expected))
+    assert torch.equal(composite_alpha(chw(RGBA_PIXELS), background), chw(expected))
+    webp = pil_bytes(Image.fromarray(RGBA_PIXELS, "RGBA"), "WEBP")  # WebP without loss keeps alpha too
+    lossless = io.BytesIO()
+    Image.fromarray(RGBA_PIXELS, "RGBA").save(lossless, format="WEBP", lossless=True, exact=True)
+    assert webp and torch.equal(decode_image(lossless.getvalue(), background), chw(expected))
+
+
+def test_grey_alpha_and_palette_transparency_are_composited():
+    # Grey 80 at alpha 64 on white: (80 * 64 + 255 * 191) / 255 = 211.08 -> 211.
+    grey = Image.fromarray(np.array([[[80, 64], [80, 255]]], np.uint8), "LA")
+    assert decode_image(pil_bytes(grey, "PNG"))[:, 0].tolist() == [[211, 80]] * 3
+    # A palette image whose index 0 is transparent: those pixels become the background exactly.
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 30, 60, 90] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", transparency=0)
+    assert decode_image(buffer.getvalue(), (1, 2, 3))[:, 0].tolist() == [[1, 30], [2, 60], [3, 90]]
+    # Without transparency a palette image is its colours, background or not.
+    assert decode_image(pil_bytes(palette, "PNG"), (1, 2, 3))[:, 0].tolist() == [[0, 30], [0, 60], [0, 90]]
+    # One transparent colour (a tRNS chunk in an RGB or grey PNG): its pixels become the background.
+    rgb = Image.fromarray(np.array([[[0, 0, 1], [0, 0, 2]]], np.uint8), "RGB")
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG", transparency=(0, 0, 1))
+    assert decode_image(buffer.getvalue(), (7, 8, 9))[:, 0].tolist() == [[7, 0], [8, 0], [9, 2]]
+    buffer = io.BytesIO()
+    Image.fromarray(np.array([[200, 201]], np.uint8), "L").save(buffer, format="PNG", transparency=200)
+    assert decode_image(buffer.getvalue())[:, 0].tolist() == [[255, 201]] * 3
+
+
+def test_every_input_kind_composites_the_same_way(tmp_path):
+    pil = Image.fromarray(RGBA_PIXELS, "RGBA")
+    path = tmp_path / "stamp.png"
+    pil.save(path)
+    expected = chw(ON_BLACK)
+    for source in (pil, path, path.read_bytes(), RGBA_PIXELS, chw(RGBA_PIXELS)):
+        assert torch.equal(image_to_tensor(source, (0, 0, 0)), expected)
+    palette = Image.new("P", (1, 1))
+    palette.info["transparency"] = 0
+    assert image_to_tensor(palette, (9, 8, 7))[:, 0, 0].tolist() == [9, 8, 7]
+    as_float = composite_alpha(chw(RGBA_PIXELS).float() / 255, WHITE)
+    torch.testing.assert_close(as_float * 255, chw(ON_WHITE).float(), rtol=0, atol=0.5)
+    # preprocess_image reads the background from the config.
+    config = ImagePreprocessConfig(image_size=2, background=(0, 0, 0))
+    torch.testing.assert_close(preprocess_image(pil, config), normalize_image(expected, config))
+
+
+def test_background_is_checked_and_old_checkpoints_load_with_white(tmp_path):
+    with pytest.raises(ValueError, match=r"image_preprocess.background must be three integers in \[0, 255\]"):
+        ImagePreprocessConfig(background=(256, 0, 0))
+    with pytest.raises(ValueError, match="background must be three integers"):
+        composite_alpha(chw(RGBA_PIXELS), (0.5, 0.5, 0.5))
+    assert from_dict(ImagePreprocessConfig, {"background": [0, 0, 0]}).background == (0, 0, 0)
+    model = MultimodalModel(tiny(["text", "image"]))
+    model.config.image_preprocess.background = (0, 0, 0)
+    save_checkpoint(model, tmp_path / "new")
+    assert load_model(tmp_path / "new").config.image_preprocess.background == (0, 0, 0)
+    # A checkpoint written before the field existed: its config.json has no "background".
+    save_checkpoint(model, tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["model"]["image_preprocess"]["background"]
+    config_path.write_text(json.dumps(config))
+    assert load_model(tmp_path / "old").config.image_preprocess.background == WHITE
+    assert to_dict(ImagePreprocessConfig())["background"] == [255, 255, 255]

@@ -98,13 +98,20 @@ def test_folder_with_caption_files(caption_folder, tmp_path):
     assert samples["img0"]["png"] == (caption_folder / "img0.png").read_bytes()
     assert set(samples["both"]) == {"png", "flac", "txt"}
     assert samples["sub__clip_one"]["flac"] == (caption_folder / "sub" / "clip one.flac").read_bytes()
-    reasons = {Path(origin.rstrip(".*")).name: reason for origin, reason in result.skipped}
-    assert set(reasons) == {"broken", "bad", "nocaption", "orphan", "odd"}
-    assert "png does not decode" in reasons["broken"]
-    assert "flac does not decode" in reasons["bad"]
-    assert "no caption" in reasons["nocaption"]
-    assert "no image or audio file" in reasons["orphan"]
-    assert "unsupported file type '.bmp'" in reasons["odd"]
+    skips = {Path(skip.origin.rstrip(".*")).name: skip for skip in result.skipped}
+    assert {name: skip.reason for name, skip in skips.items()} == {
+        "broken": "bad_image", "bad": "bad_audio", "nocaption": "no_caption", "orphan": "no_media", "odd": "no_media",
+    }
+    assert "png does not decode" in skips["broken"].detail
+    assert "flac does not decode" in skips["bad"].detail
+    assert "no caption" in skips["nocaption"].detail
+    assert skips["orphan"].detail == "no image or audio file (a caption or .json without its media file)"
+    assert skips["odd"].detail.endswith("(beside it only .bmp, not read)")
+    assert result.ignored_files == {"bmp": 1} and result.num_listed == 8
+    assert result.skip_counts == {"no_media": 2, "bad_image": 1, "bad_audio": 1, "no_caption": 1}
+    assert [json.loads(line) for line in result.skipped_file.read_text().splitlines()] == [
+        skip._asdict() for skip in result.skipped
+    ]
     # The callback saw every sample; the final counts add up.
     assert [p.processed for p in progress] == list(range(1, 9))
     assert progress[-1].written == 3 and progress[-1].skipped == 5 and progress[-1].total == 8
@@ -152,8 +159,8 @@ def test_manifest(kind, tmp_path):
     assert json.loads(samples["media__2"]["json"]) == {"source": "unit test", "width": "8"}
     assert samples["media__2"]["png"] == (tmp_path / "media" / "2.png").read_bytes()
     assert len(result.skipped) == 1
-    origin, reason = result.skipped[0]
-    assert "missing.png" in origin and "cannot read media file" in reason
+    origin, reason, detail = result.skipped[0]
+    assert "missing.png" in origin and reason == "unreadable" and "cannot read media file" in detail
 
 
 def test_manifest_errors(tmp_path):
@@ -270,7 +277,7 @@ def test_duplicate_and_invalid_keys_are_skipped(tmp_path):
     ]
     result = write_shards(sources, tmp_path, shuffle=False)
     assert result.num_written == 2
-    assert [reason.split(" ")[0] for _, reason in result.skipped] == ["duplicate", "key"]
+    assert [skip.reason for skip in result.skipped] == ["duplicate_key", "bad_key"]
 
 
 def test_keys_and_specs():
@@ -290,3 +297,93 @@ def test_argument_errors(tmp_path):
         write_shards([], tmp_path, prefix="a/b")
     with pytest.raises(ValueError, match="not a directory"):
         samples_from_folder(tmp_path / "missing")
+
+
+def caption_sample(caption, extra=None, key="s"):
+    return SampleSource(key, {"png": png_bytes(0)}, caption=caption, extra=extra)
+
+
+def test_multi_line_captions_by_policy(tmp_path):
+    text = "First line.\n\n  Second line. \r\nThird.\n"
+    members = {}
+    for policy in ("lines", "first", "whole"):
+        result = write_shards([caption_sample(text)], tmp_path / policy, caption_lines=policy)
+        assert result.multi_line_captions == 1 and result.caption_lines == policy
+        members[policy] = read_shards(result.shards)[0]["s"]
+    assert "txt" not in members["lines"]
+    assert json.loads(members["lines"]["json"]) == {"caption": ["First line.", "Second line.", "Third."]}
+    assert members["first"]["txt"] == b"First line." and "json" not in members["first"]
+    assert members["whole"]["txt"] == text.strip().encode()
+    # One line (after blank ones are dropped) is a plain .txt, not counted.
+    result = write_shards([caption_sample("\n  Only one. \n\n")], tmp_path / "one")
+    assert result.multi_line_captions == 0 and read_shards(result.shards)[0]["s"]["txt"] == b"Only one."
+    with pytest.raises(ValueError, match=r"caption_lines must be one of \('lines', 'first', 'whole'\)"):
+        write_shards([], tmp_path / "bad", caption_lines="all")
+
+
+def test_caption_list_and_a_caption_field_conflict(tmp_path):
+    sources = [caption_sample("a\nb", extra={"caption": "c"}, key="both"), caption_sample("  \n", key="blank")]
+    result = write_shards(sources, tmp_path, shuffle=False)
+    assert [(skip.reason, skip.origin) for skip in result.skipped] == [("caption_conflict", "both"), ("empty_caption", "blank")]
+    assert result.skipped[0].detail.startswith("the extra fields has a 'caption' field and the caption has 2 lines")
+    assert result.skip_fraction == 1.0 and result.num_written == 0
+
+
+def test_svg_without_the_rasteriser_is_counted_and_explained(tmp_path, monkeypatch):
+    from multimodal.data import svg
+
+    monkeypatch.setattr(svg, "svg_support_available", lambda: False)
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>')
+    (root / "drawing.txt").write_text("a drawing")
+    (root / "song.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>')
+    (root / "song.flac").write_bytes(flac_bytes(0))
+    (root / "song.txt").write_text("a song with its cover drawing")
+    result = write_shards(samples_from_folder(root), tmp_path / "out")
+    assert [skip.reason for skip in result.skipped] == ["svg_unsupported"]
+    assert "pip install 'multimodal-contrastive[svg]'" in result.skipped[0].detail
+    # The drawing's SVG is reported by its skip; the song's is counted as ignored, and the song keeps its sound.
+    assert result.ignored_files == {"svg": 1} and result.num_written == 1
+    assert set(read_shards(result.shards)[0]["song"]) == {"flac", "txt"}
+
+
+def test_unknown_types_in_class_folders_and_manifests(tmp_path):
+    root = tmp_path / "classes"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "0.png").write_bytes(png_bytes(0))
+    (root / "cat" / "Thumbs.db").write_bytes(b"\0")
+    (root / "cat" / "notes.txt").write_text("not a caption in this layout")
+    result = write_shards(samples_from_folder(root, layout="classes"), tmp_path / "a")
+    assert result.num_listed == 1 and result.skipped == [] and result.ignored_files == {"db": 1, "txt": 1}
+    # A manifest names its file: a type not read is that row's failure.
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "classes/cat/Thumbs.db", "caption": "x"}) + "\n")
+    result = write_shards(samples_from_manifest(tmp_path / "m.jsonl"), tmp_path / "b")
+    assert [skip.reason for skip in result.skipped] == ["unsupported_type"]
+    assert "unsupported file type '.db'" in result.skipped[0].detail
+
+
+def test_image_statistics_file_and_sampling(tmp_path):
+    from multimodal.data.image_stats import read_image_stats
+
+    sources = memory_samples(12, png_size=4)
+    result = write_shards(sources, tmp_path / "a", stats_max_images=5, validation_fraction=0.3, seed=1)
+    for split in result.splits.values():
+        stats = read_image_stats(split.directory)
+        assert stats.images_written == split.num_samples and stats.images_measured == min(5, split.num_samples)
+        assert stats == split.image_stats or stats.mean == pytest.approx(split.image_stats.mean, abs=1e-4)
+    # Without validation the images are still measured (decoded only for the statistics); the same numbers.
+    validated = write_shards(sources, tmp_path / "b").splits["all"].image_stats
+    unvalidated = write_shards(sources, tmp_path / "c", validate=False).splits["all"].image_stats
+    assert validated == unvalidated and validated.images_measured == 12
+    pixels = torch.stack([torchvision.io.decode_png(torch.frombuffer(bytearray(s.media["png"]), dtype=torch.uint8))
+                          for s in sources]).double() / 255  # (12, 3, 4, 4)
+    assert validated.mean == pytest.approx(pixels.mean(dim=(0, 2, 3)).tolist())
+    assert validated.override_arguments().startswith("--model.image_preprocess.mean '[")
+    # Audio only: no statistics, and a stale file goes.
+    (tmp_path / "c" / "shard-000000.tar").unlink()
+    write_shards([SampleSource("clip", {"flac": flac_bytes(0)}, caption="beep")], tmp_path / "c", overwrite=True)
+    assert read_image_stats(tmp_path / "c") is None
+    (tmp_path / "c" / "image_stats.json").write_text('{"format_version": 9}')
+    with pytest.raises(ValueError, match="not an image statistics file this version reads"):
+        read_image_stats(tmp_path / "c")

@@ -12,7 +12,8 @@ from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS
 PROGRAM = "multimodal"
 EXIT_STATUS_HELP = (
     "exit status: 0 when every input was processed; 1 when some inputs were skipped (each named on stderr with "
-    "its reason, then their count) or the job failed; 2 for bad arguments"
+    "its reason, then their count) or the job failed; 2 for bad arguments. `shards` allows up to "
+    "--max-skip-fraction of skipped samples (default 0.1) before it exits 1, and lists each in skipped.jsonl"
 )
 DEVICE_HELP = "where the model runs: auto (this process's GPU, else cuda if available, else cpu), cpu, cuda, cuda:N"
 PRECISION_HELP = (

@@ -1,20 +1,48 @@
-"""``multimodal shards``: webdataset tar shards from a folder or a manifest."""
+"""``multimodal shards``: webdataset tar shards from a folder or a manifest.
+
+Standard output: the shards written per split and the image statistics with the
+training options that use them. Standard error: the progress bar and a summary of
+what was skipped or ignored, a few lines by reason; the full list is in
+``OUTPUT/skipped.jsonl``. The exit status is 1 when more than ``--max-skip-fraction``
+of the samples were skipped (the shards written are kept).
+"""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from multimodal.cli.common import byte_size, exit_status, fraction, positive_int, progress_bar
+from multimodal.cli.common import byte_size, checked, fraction, positive_int, progress_bar
+
+DEFAULT_MAX_SKIP_FRACTION = 0.1
+_NAMED_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "gray": (128, 128, 128)}
+
+skip_fraction = checked(float, lambda value: 0.0 <= value <= 1.0, "a number in [0, 1]")
+
+
+def colour(text: str) -> tuple[int, int, int]:
+    """``white``, ``black``, ``grey``, ``#RRGGBB`` or ``R,G,B`` (0-255 each) -> (R, G, B)."""
+    name = text.strip().lower()
+    if name in _NAMED_COLOURS:
+        return _NAMED_COLOURS[name]
+    if re.fullmatch(r"#[0-9a-f]{6}", name):
+        return tuple(int(name[i : i + 2], 16) for i in (1, 3, 5))
+    parts = [part.strip() for part in name.strip("[]()").split(",")]
+    if len(parts) == 3 and all(part.isdigit() and int(part) <= 255 for part in parts):
+        return tuple(int(part) for part in parts)
+    raise argparse.ArgumentTypeError(f"expected white, black, grey, #RRGGBB or R,G,B with 0-255 each, got {text!r}")
 
 
 def add_command(commands) -> None:
     shards = commands.add_parser(
         "shards", help="write webdataset tar shards from a folder or a manifest",
         description=(
-            "Write tar shards ({prefix}-000000.tar ... and sizes.json) from a folder (media with same-stem .txt "
+            "Write tar shards ({prefix}-000000.tar ... and sizes.json) from a folder (media with same-name .txt "
             "captions, or one sub-folder per class) or a .csv/.jsonl manifest (path, caption, other columns kept "
-            "in .json). Every media file is decoded first; what fails is skipped and listed with its reason."
+            "in .json). Every media file is decoded first; what fails is skipped, summarised by reason and listed "
+            "in OUTPUT/skipped.jsonl. Files of other types beside a sample are ignored and counted. The images' "
+            "per-channel mean and std go to image_stats.json beside sizes.json."
         ),
     )
     shards.add_argument("--input", required=True, metavar="FOLDER|MANIFEST", help="a folder, or a .csv / .jsonl manifest")
@@ -29,6 +57,17 @@ def add_command(commands) -> None:
     shards.add_argument("--layout", choices=("auto", "captions", "classes"), default="auto",
                         help="folder layout (default auto: captions when .txt files exist)")
     shards.add_argument("--caption-template", help="classes layout: caption with {} for the class name")
+    shards.add_argument("--caption-lines", choices=("lines", "first", "whole"), default="lines",
+                        help="a caption file of several lines: each non-empty line is one caption, stored as a list "
+                             "in the sample's .json (lines: training draws one, evaluation takes the first); only "
+                             "its first line (first); or the whole text as one caption (whole) (default lines)")
+    shards.add_argument("--image-background", type=colour, default=(255, 255, 255), metavar="COLOUR",
+                        help="what transparent pixels are composited onto for the image statistics: white, black, "
+                             "grey, #RRGGBB or R,G,B; train with the same --model.image_preprocess.background "
+                             "(default white)")
+    shards.add_argument("--max-skip-fraction", type=skip_fraction, default=DEFAULT_MAX_SKIP_FRACTION,
+                        help="exit with status 1 when more than this share of the samples is skipped (the shards "
+                             f"written are kept), in [0, 1]; 1 accepts any (default {DEFAULT_MAX_SKIP_FRACTION})")
     shards.add_argument("--overwrite", action="store_true", help="replace shards with the same prefix in OUTPUT")
     shards.set_defaults(run=run, command_parser=shards)
 
@@ -55,12 +94,58 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     try:
         result = write_shards(samples, args.output, prefix=args.prefix, max_samples_per_shard=args.max_samples,
                               max_bytes_per_shard=args.max_bytes, validation_fraction=args.validation_fraction,
-                              seed=args.seed, overwrite=args.overwrite, progress=progress)
+                              seed=args.seed, overwrite=args.overwrite, caption_lines=args.caption_lines,
+                              background=args.image_background, progress=progress)
     finally:
         bar.close()
-    for origin, reason in result.skipped:
-        print(f"skipped {origin}: {reason}", file=sys.stderr)
+    print_report(result, args.image_background)
+    if result.skip_fraction > args.max_skip_fraction:
+        raise ValueError(
+            f"skipped {len(result.skipped):,} of {result.num_listed:,} samples ({result.skip_fraction:.1%}), more than "
+            f"--max-skip-fraction {args.max_skip_fraction:g}; the {result.num_written:,} written are in {args.output}. "
+            f"Reasons above, one line per sample in {result.skipped_file}; fix the input or pass "
+            f"--max-skip-fraction 1 to accept"
+        )
+    return 0
+
+
+def print_report(result, background: tuple[int, int, int]) -> None:
+    """The summary: skips and ignored files to standard error, shards and statistics to standard output."""
+    from multimodal.data.image_stats import FILE_NAME as IMAGE_STATS_FILE
+    from multimodal.data.writer import SKIP_REASONS
+
+    if result.skipped:
+        print(f"skipped {len(result.skipped):,} of {result.num_listed:,} samples "
+              f"(one line per sample in {result.skipped_file}):", file=sys.stderr)
+        first = {}
+        for skip in result.skipped:
+            first.setdefault(skip.reason, skip.origin)
+        for reason, count in result.skip_counts.items():
+            print(f"  {count:>7,} {reason}: {SKIP_REASONS[reason]} (e.g. {first[reason]})", file=sys.stderr)
+    if result.ignored_files:
+        counts = ", ".join(f"{count:,} {f'.{extension}' if extension else '(no extension)'}"
+                           for extension, count in result.ignored_files.items())
+        print(f"ignored files of types not read: {counts}", file=sys.stderr)
+    if result.multi_line_captions:
+        what = {
+            "lines": "each non-empty line is one caption, as a list in the sample's .json "
+                     "(--caption-lines first keeps the first line)",
+            "first": "their first line is the caption",
+            "whole": "each whole text is one caption",
+        }[result.caption_lines]
+        print(f"{result.multi_line_captions:,} caption files have several lines: {what}", file=sys.stderr)
+    if result.svgs_rasterised:
+        print(f"{result.svgs_rasterised:,} SVG drawings rasterised to PNG", file=sys.stderr)
     for name, split in result.splits.items():
-        print(f"{name}: {split.num_samples} samples in {len(split.shards)} shard(s): {split.spec or '(none)'}")
-    print(f"written {result.num_written}, skipped {len(result.skipped)}")
-    return exit_status(len(result.skipped), "input(s)")
+        print(f"{name}: {split.num_samples:,} samples in {len(split.shards)} shard(s): {split.spec or '(none)'}")
+    print(f"written {result.num_written:,} of {result.num_listed:,} samples, skipped {len(result.skipped):,}")
+    stats = result.training_split.image_stats
+    if stats is not None:
+        mean = ", ".join(f"{value:.4f}" for value in stats.mean)
+        std = ", ".join(f"{value:.4f}" for value in stats.std)
+        print(f"image mean [{mean}], std [{std}] over {stats.images_measured:,} images "
+              f"({result.training_split.directory / IMAGE_STATS_FILE}); train with:")
+        options = stats.override_arguments()
+        if tuple(background) != (255, 255, 255):
+            options += f" --model.image_preprocess.background '[{', '.join(str(value) for value in background)}]'"
+        print(f"  {options}")
