@@ -15,6 +15,7 @@ from pathlib import Path
 
 from multimodal.data import demo as demo_data
 from multimodal.data.pipeline import SourceSpec, make_loader
+from multimodal.data.image_stats import read_image_stats
 from multimodal.data.shards import expand_shards
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
 from multimodal import checkpoint
@@ -189,6 +190,43 @@ def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = 
     if not eval_sets:
         eval_sets = [e for e in demo_eval_sets(paths) if _fits(e, model)]
     return ResolvedSources(train=train, eval_sets=eval_sets, demo=paths)
+
+
+# Farther than this from the data's own statistics (on a [0, 1] scale, any channel), a
+# normalisation was meant for other images: MNIST's grey digits (the tiny preset) on photos.
+NORMALISATION_TOLERANCE = 0.1
+
+
+def normalisation_warnings(resolved: ResolvedSources, model: ModelConfig) -> list[str]:
+    """One line per image source whose shards' measured statistics (image_stats.json) the model's normalisation misses."""
+    preprocess = model.image_preprocess
+    if preprocess is None:
+        return []
+    warnings = []
+    for index, source in enumerate(resolved.train if resolved.demo is None else []):
+        if "image" not in source.modalities:
+            continue
+        first = expand_shards(source.shards)[0]
+        if "://" in first or first.startswith("pipe:"):
+            continue
+        stats = read_image_stats(Path(first).parent)
+        if stats is None:
+            continue
+        off = max(abs(a - b) for pair in ((preprocess.mean, stats.mean), (preprocess.std, stats.std))
+                  for a, b in zip(*pair))
+        if off > NORMALISATION_TOLERANCE:
+            warnings.append(
+                f"data.train[{index}]: the model normalises images with mean {list(preprocess.mean)}, std "
+                f"{list(preprocess.std)}, but its shards measure mean {[round(v, 4) for v in stats.mean]}, std "
+                f"{[round(v, 4) for v in stats.std]} ({Path(first).parent / 'image_stats.json'}); "
+                f"train with {stats.override_arguments()}"
+            )
+        if tuple(stats.background) != tuple(preprocess.background):
+            warnings.append(
+                f"data.train[{index}]: its statistics were measured on transparent pixels composited onto "
+                f"{list(stats.background)}, the model composites onto {list(preprocess.background)}"
+            )
+    return warnings
 
 
 def demo_tokenizer(paths: demo_data.DemoPaths, vocab_size: int) -> Tokenizer:

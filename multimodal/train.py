@@ -18,6 +18,7 @@ import contextlib
 import gc
 import importlib.util
 import json
+import logging
 import math
 import os
 import random
@@ -60,6 +61,8 @@ from multimodal.losses import substitute_microbatch
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.precision import native_bf16
 from multimodal.presets import PRESETS, preset
+
+logger = logging.getLogger("multimodal.train")
 
 TRAINING_STATE_FILE = "training_state.pt"
 EMA_DIR = "ema"  # in a training checkpoint: the averaged weights, a checkpoint directory of their own
@@ -641,6 +644,9 @@ def start_run(config: TrainConfig) -> Run:
     seed_everything(config.seed)
 
     resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        for warning in sources.normalisation_warnings(resolved, config.model):
+            logger.warning(warning)
     tokenizer = choose_tokenizer(config, resolved, resume_from)
     config.model = fit_text_to_tokenizer(config.model, tokenizer)
     data = sources.prepare(config.data, config.model, tokenizer, resolved)

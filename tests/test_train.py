@@ -160,6 +160,9 @@ def test_killed_run_resumes_on_the_same_loss_curve(tiny_dataset, tmp_path):
     reference = run_trainer(run_args(tiny_dataset, tmp_path / "reference", steps, ema)[2:])
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = losses_by_step(tmp_path / "reference" / "run")
+    # The tiny preset's MNIST normalisation on these colour squares: said, with the fix.
+    assert "data.train[0]: the model normalises images with mean [0.13, 0.13, 0.13]" in reference.stderr
+    assert "train with --model.image_preprocess.mean '[" in reference.stderr
 
     killed = run_trainer(run_args(tiny_dataset, tmp_path / "killed", steps, ema)[2:], signal_after_step=7,
                          signal_number=signal.SIGKILL)
