@@ -90,19 +90,30 @@ def save_checkpoint(
     tokenizer: Any = None,
     extra_config: dict | None = None,
     write_extra: Callable[[Path], None] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Writes ``model`` (and its tokenizer, if given) as a checkpoint directory.
 
     ``extra_config`` is stored in config.json beside the model config (e.g. the
     training configuration that produced it); ``write_extra(tmp_dir)`` may add files
-    (training state) that become visible atomically with the rest. Returns the directory.
+    (training state) that become visible atomically with the rest. ``state``: the
+    weights to write instead of the model's own (whole weights gathered from a sharded
+    model, or averaged ones), under the model's names. Returns the directory.
     """
     config = {"format_version": FORMAT_VERSION, "model": to_dict(model.config)}
     if tokenizer is not None:
         config["tokenizer"] = {"kind": tokenizer_kind(tokenizer)}
     if extra_config:
         config.update(extra_config)
-    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in unique_state_dict(model).items()}
+    if state is None:
+        state = unique_state_dict(model)
+    else:  # one entry per tensor, under the name the model gives it first (a shared trunk is stored once)
+        names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+        missing = [name for name in names if name not in state]
+        if missing:
+            raise CheckpointError(f"the weights to save lack {len(missing)} of the model's (first: {missing[0]})")
+        state = {name: state[name] for name in names}
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

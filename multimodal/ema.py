@@ -8,10 +8,10 @@ trainer writes them as ``checkpoints/step-N/ema/``, a directory every loader rea
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
+
+from multimodal.sharding import full_tensor, like
 
 
 class WeightAverage:
@@ -36,21 +36,14 @@ class WeightAverage:
         torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.shadow))
+        """The averaged weights by parameter name, whole (gathered from every process when they are sharded)."""
+        return {name: full_tensor(shadow) for name, shadow in zip(self.names, self.shadow)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Loads whole averaged weights (from :meth:`state_dict`), sliced like the model's when it is sharded."""
         missing = [name for name in self.names if name not in state]
         if missing:
             raise ValueError(f"{source}: the averaged weights lack {len(missing)} parameters (first: {missing[0]})")
         with torch.no_grad():
             for name, shadow in zip(self.names, self.shadow):
-                shadow.copy_(state[name])
-
-    def averaged_model(self, model: nn.Module) -> nn.Module:
-        """A copy of ``model`` holding the averaged weights (its frozen parameters and buffers as they are)."""
-        averaged = copy.deepcopy(model)
-        parameters = dict(averaged.named_parameters())
-        with torch.no_grad():
-            for name, shadow in zip(self.names, self.shadow):
-                parameters[name].copy_(shadow)
-        return averaged
+                shadow.copy_(like(state[name], shadow))

@@ -87,6 +87,34 @@ def _distributed_rank_and_world(gather: bool | None) -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+class _GatherRows(torch.autograd.Function):
+    """All processes' rows in rank order; backward: each process gets the sum of every process's gradient on its rows.
+
+    torch.distributed.nn's all_gather does the same, but its backward calls all_to_all
+    for any backend other than NCCL, and gloo (CPU training) has none; summing the
+    whole gradient with all_reduce and keeping one's own rows works on every backend,
+    and CUDA tensors use reduce_scatter, which moves W times fewer bytes.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
+        world_size = torch.distributed.get_world_size()
+        ctx.rows, ctx.rank = features.shape[0], torch.distributed.get_rank()
+        parts = [torch.empty_like(features) for _ in range(world_size)]
+        torch.distributed.all_gather(parts, features.contiguous())
+        return torch.cat(parts, dim=0)  # (W * b, E)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if grad.is_cuda:
+            own = grad.new_empty((ctx.rows, *grad.shape[1:]))
+            torch.distributed.reduce_scatter_tensor(own, grad.contiguous())
+            return own
+        total = grad.contiguous().clone()
+        torch.distributed.all_reduce(total)
+        return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """All processes' features concatenated in rank order, (b, E) -> (W * b, E), with gradients.
 
@@ -94,10 +122,7 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     this one's backward returns to every process the summed gradient on its own rows.
     Every process must pass the same shape.
     """
-    # Imported here so that single-process use never loads torch.distributed.nn.
-    import torch.distributed.nn.functional as distributed_functional
-
-    return torch.cat(distributed_functional.all_gather(features), dim=0)
+    return _GatherRows.apply(features)
 
 
 def _scaled_similarity(rows: torch.Tensor, columns: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ from multimodal.checkpoint import (
     load_state_checked,
     read_config,
     save_checkpoint,
+    unique_state_dict,
 )
 from multimodal.config import (
     apply_overrides,
@@ -61,6 +62,15 @@ from multimodal.losses import substitute_microbatch
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.precision import native_bf16
 from multimodal.presets import PRESETS, preset
+from multimodal.sharding import (
+    average_replicated_gradients,
+    clip_grad_norm,
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_optimizer_state,
+    shard_model,
+)
 
 logger = logging.getLogger("multimodal.train")
 
@@ -101,6 +111,10 @@ class TrainConfig:
     data: sources.DataConfig = field(default_factory=sources.DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    # "ddp": every process holds the whole model (DistributedDataParallel); "fsdp": weights, gradients
+    # and optimiser state sharded over the processes (FSDP2, see multimodal/sharding.py). An
+    # `accelerate config` with distributed_type FSDP selects "fsdp" too.
+    distributed: str = "ddp"
     # "auto": bf16 where the CPU or GPU computes it natively (see multimodal/precision.py), else fp32;
     # or "no", "bf16", "fp16", through Accelerate.
     mixed_precision: str = "auto"
@@ -126,6 +140,10 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; available: {sorted(PRESETS)}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
+        if self.distributed == "fsdp" and self.mixed_precision == "fp16":
+            raise ValueError("distributed fsdp computes in bf16 or fp32 (mixed_precision bf16, no or auto), not fp16")
         for name in ("log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -139,7 +157,8 @@ class TrainConfig:
 # saves, where and how it computes. Everything else (model, data, optimiser, seed) is the run's.
 RESUMABLE_KEYS = (
     "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "wandb", "wandb_project",
-    "plot", "mixed_precision", "grad_checkpointing", "compile", "data.num_workers", "data.eval_batch_size",
+    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "data.num_workers",
+    "data.eval_batch_size",
     "resume", "output_dir", "run_name",
 )
 
@@ -307,11 +326,24 @@ def is_decay_free(name: str, parameter: torch.Tensor) -> bool:
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    decay, free = [], []
+    """AdamW with weight decay on matrices only, in groups that are the same whether the model is sharded or not.
+
+    The parameters FSDP keeps whole (scalars, empty tensors; see multimodal/sharding.py)
+    get a group of their own: the fused kernel steps a group at once and cannot mix them
+    with sharded ones. Grouping by shape alone keeps the optimiser state interchangeable
+    between DDP and FSDP runs.
+    """
+    decay, free, whole = [], [], []
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
+        if not parameter.requires_grad:
+            continue
+        if parameter.ndim == 0 or parameter.numel() == 0:
+            whole.append(parameter)
+        else:
             (free if is_decay_free(name, parameter) else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": free, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": free, "weight_decay": 0.0},
+              {"params": whole, "weight_decay": 0.0}]
+    groups = [group for group in groups if group["params"]]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=optim.fused)
 
 
@@ -344,6 +376,7 @@ def compute_gradients(accelerator, model, micro_batches: list[dict]) -> tuple[to
             outputs = model(micro_batches[0])
             loss, per_pair = unwrapped.loss(outputs)
         accelerator.backward(loss)
+        average_replicated_gradients(unwrapped)
         return loss.detach(), per_pair
 
     cached: dict[str, list[torch.Tensor]] = {}
@@ -371,12 +404,16 @@ def compute_gradients(accelerator, model, micro_batches: list[dict]) -> tuple[to
                     }
                 loss, per_pair = unwrapped.loss({**outputs, "features": features})
             accelerator.backward(loss)
+    average_replicated_gradients(unwrapped)  # only under FSDP: the temperatures it leaves whole
     return loss.detach(), per_pair
 
 
 def optimizer_step(accelerator, model, optimizer, scheduler, grad_clip: float | None) -> None:
     if grad_clip is not None:
-        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+        if is_sharded(model):
+            clip_grad_norm(model, grad_clip)
+        else:
+            accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -417,28 +454,39 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / RUN_CHECKPOINTS / f"step-{step:07d}"
 
 
+def whole_weights(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The model's weights whole: gathered to the main process when sharded (collective), else its own."""
+    return full_model_state(model) if is_sharded(model) else unique_state_dict(model)
+
+
 def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer, config: TrainConfig,
                              run_dir: Path, step: int, ema: WeightAverage | None = None) -> Path | None:
     """Model + tokenizer + everything needed to resume, written atomically; keeps the last ``keep_last``.
 
-    With ``ema`` the averaged weights go beside, as a checkpoint directory of their own (``EMA_DIR``).
+    Every process calls it: under FSDP the weights, the optimiser state and the weight
+    average are gathered whole to the main process, which writes the one format every
+    run reads (the optimiser state keyed by parameter name). With ``ema`` the averaged
+    weights go beside, as a checkpoint directory of their own (``EMA_DIR``).
     """
     accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    weights = whole_weights(unwrapped)
+    optimizer_state = full_optimizer_state(unwrapped, getattr(optimizer, "optimizer", optimizer))
+    averaged = ema.state_dict() if ema is not None else None
     path = None
     if accelerator.is_main_process:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}
-        unwrapped = accelerator.unwrap_model(model)
+        state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": _rng_state()}
         extra_config = {"train": to_dict(config)}
 
         def write_training_state(tmp: Path) -> None:
             torch.save(state, tmp / TRAINING_STATE_FILE)
             python_state = random.getstate()
             (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, "python_rng": [python_state[0], list(python_state[1]), python_state[2]]}))
-            if ema is not None:
-                save_checkpoint(ema.averaged_model(unwrapped), tmp / EMA_DIR, tokenizer=tokenizer,
+            if averaged is not None:
+                save_checkpoint(unwrapped, tmp / EMA_DIR, tokenizer=tokenizer, state={**weights, **averaged},
                                 extra_config={**extra_config, "ema": {"decay": ema.decay, "step": step}})
 
-        path = save_checkpoint(unwrapped, checkpoint_dir(run_dir, step), tokenizer=tokenizer,
+        path = save_checkpoint(unwrapped, checkpoint_dir(run_dir, step), tokenizer=tokenizer, state=weights,
                                extra_config=extra_config, write_extra=write_training_state)
         for old in list_checkpoints(run_dir)[: -config.keep_last]:
             _remove_tree(old)
@@ -491,17 +539,28 @@ def check_run_dir_is_free(run_dir: Path) -> None:
         )
 
 
+def load_weights(path: Path, model: nn.Module) -> None:
+    """A checkpoint's weights into the (not yet sharded) model, every key and shape checked."""
+    load_state_checked(model, load_model(path).state_dict(), str(path))
+
+
 def load_training_state(path: Path, model, optimizer, scheduler, ema: WeightAverage | None = None) -> int:
-    """Restores weights, optimiser, schedule, random states and the weight average; returns the step to continue from."""
-    source = load_model(path)
-    load_state_checked(model, source.state_dict(), str(path))
+    """Restores optimiser, schedule, random states and the weight average; returns the step to continue from.
+
+    The optimiser state is keyed by parameter name, so it loads whatever world size or
+    sharding saved it (checkpoints from before that format hold it by position).
+    """
     if ema is not None:
         if not (path / EMA_DIR).is_dir():
             raise CheckpointError(f"{path} has no averaged weights ({EMA_DIR}/) to continue ema.decay from")
         ema.load_state_dict(load_model(path / EMA_DIR).state_dict(), str(path / EMA_DIR))
     # weights_only: tensors and plain containers only, never arbitrary pickled objects.
     state = torch.load(path / TRAINING_STATE_FILE, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if all(isinstance(name, str) for group in state["optimizer"]["param_groups"] for name in group["params"]):
+        load_optimizer_state(model, inner, state["optimizer"])
+    else:
+        inner.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     trainer = json.loads((path / TRAINER_FILE).read_text())
@@ -524,12 +583,21 @@ def make_accelerator(config: TrainConfig, run_dir: Path):
     # A batch may hold only some modalities (image-text from one source, audio-text from
     # another), so some encoders are unused in a step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # Under FSDP the sharding's precision policy computes in bf16 (see shard_model), not autocast.
     return Accelerator(
-        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+        # Without a GPU, say so: otherwise Accelerate under torchrun joins the processes'
+        # group but reports one process of its own, and each trains alone.
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="no" if uses_fsdp(config) else resolve_mixed_precision(config.mixed_precision),
         kwargs_handlers=[ddp],
         log_with=trackers or None,
         project_dir=str(run_dir),
     )
+
+
+def uses_fsdp(config: TrainConfig) -> bool:
+    """``--distributed fsdp``, or an Accelerate launch configured for FSDP."""
+    return config.distributed == "fsdp" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -654,6 +722,12 @@ def start_run(config: TrainConfig) -> Run:
     # then prompt with the templates the run was evaluated with (the demo's, say).
     config.data.eval = list(resolved.eval_sets)
     model = build_model(config)
+    if resume_from is not None:
+        load_weights(resume_from, model)
+    sharded = uses_fsdp(config) and accelerator.num_processes > 1  # one process: nothing to shard
+    if sharded:
+        bf16 = resolve_mixed_precision(config.mixed_precision) == "bf16"
+        shard_model(model, torch.bfloat16 if bf16 else None)
     optimizer = build_optimizer(model, config.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(config.optim))
     ema = WeightAverage(model, config.ema.decay) if config.ema.decay is not None else None
@@ -661,8 +735,12 @@ def start_run(config: TrainConfig) -> Run:
     if resume_from is not None:
         start_step = load_training_state(resume_from, model, optimizer, scheduler, ema)
     # The schedule counts optimiser steps, so the scheduler is not handed to Accelerate
-    # (which would step it once per process).
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # (which would step it once per process). A sharded model is already distributed:
+    # Accelerate would wrap it in DDP.
+    if sharded:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -696,15 +774,14 @@ def train(config: TrainConfig) -> dict:
     with StopRequest() as stop:
         result = run_loop(run, log, stop)
     result["wall_seconds"] = time.time() - started
+    is_main = accelerator.is_main_process
+    # Gathers' autograd nodes hold the process group; free them before end_training tears
+    # it down, or gloo can abort at interpreter exit.
+    del run
+    gc.collect()
+    accelerator.wait_for_everyone()
     accelerator.end_training()
-    if accelerator.num_processes > 1:
-        # Gathers' autograd nodes hold the process group; free them before tearing it down,
-        # or gloo can abort at interpreter exit.
-        del run
-        gc.collect()
-        accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
-    if accelerator.is_main_process and config.plot and log.path.is_file():
+    if is_main and config.plot and log.path.is_file():
         result["plot"] = str(report.plot_curves(log.path, Path(result["run_dir"]) / "curves.png"))
     return result
 
@@ -727,9 +804,9 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
                                         run.run_dir, step, run.ema)
 
     def evaluate_all() -> dict:
-        results = evaluate(accelerator, unwrapped, data)
+        results = evaluate(accelerator, evaluation_model(run), data)
         if run.ema is not None and config.ema.evaluate:
-            averaged = evaluate(accelerator, run.ema.averaged_model(unwrapped), data)
+            averaged = evaluate(accelerator, evaluation_model(run, averaged=True), data)
             results.update({f"ema/{key}": value for key, value in averaged.items()})
         return results
 
@@ -805,7 +882,29 @@ class DataError(ValueError):
     """The training data failed during the run (the message says what, and where training stopped)."""
 
 
-def evaluate(accelerator, model: MultimodalModel, data) -> dict:
+def evaluation_model(run: Run, *, averaged: bool = False) -> MultimodalModel | None:
+    """The model evaluation runs on the main process: the trained one, or a whole copy.
+
+    A sharded model cannot run on one process alone, so its weights are gathered (a
+    collective call) into a whole copy; so are the averaged weights (``averaged``).
+    Other processes get None.
+    """
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    if not averaged and not is_sharded(unwrapped):
+        return unwrapped
+    if not run.data.eval_sets:  # the same on every process: none of them gathers
+        return None
+    weights = whole_weights(unwrapped)
+    if averaged:
+        weights = {**weights, **run.ema.state_dict()}
+    if not run.accelerator.is_main_process:
+        return None
+    copy = MultimodalModel(run.config.model)
+    load_state_checked(copy, weights, "the trained weights")
+    return copy.to(run.accelerator.device)
+
+
+def evaluate(accelerator, model: MultimodalModel | None, data) -> dict:
     """The configured evaluation sets, on the main process (evaluation sets are small)."""
     results: dict = {}
     if accelerator.is_main_process and data.eval_sets:

@@ -38,8 +38,10 @@ def main(argv: list[str]) -> None:
     init_file, inputs_path, output_path = argv[2:5]
     torch.set_num_threads(1)
     # A short timeout: if one rank fails, the other stops waiting for it instead of hanging.
+    # A device-mapped backend, as Accelerate sets up a CPU run (get_backend() says
+    # "undefined"): gloo, which has no all_to_all, serves its CPU tensors.
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+        "cpu:gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
         timeout=datetime.timedelta(seconds=60),
     )
     try:

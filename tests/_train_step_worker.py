@@ -1,6 +1,6 @@
 """One training step of the trainer's step functions on a fixed global batch.
 
-Run as ``accelerate launch --cpu --num_processes W tests/_train_step_worker.py OUTPUT ACCUM``
+Run as ``torchrun --nproc_per_node W tests/_train_step_worker.py OUTPUT ACCUM [ddp|fsdp]``
 (or plainly with python for one process): every process takes its rank's rows of the
 same global batch of 8 and splits them into ACCUM micro-batches. The main process saves
 to OUTPUT the loss and the gradients the trainer's ``compute_gradients`` left (summed
@@ -9,13 +9,21 @@ over micro-batches, averaged over processes), then the parameters after the trai
 result carries no more rounding than they do (Adam's first step divides by the
 gradients' magnitude and turns the rounding of near-zero gradients into steps of the
 order of the learning rate).
+
+With ``fsdp`` the model is sharded as ``--distributed fsdp`` shards it; the gradients
+and weights saved are gathered whole, the trainer saves a training checkpoint under
+OUTPUT's name + ``.run``, and the main process also saves the sharded model's
+embeddings of a fixed batch, to compare with the checkpoint loaded in one process.
 """
 import gc
+import os
 import sys
+from pathlib import Path
 
 import torch
 
 from multimodal import train
+from multimodal.sharding import full_model_state, full_tensor, shard_model
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
 
@@ -31,7 +39,7 @@ def global_batch(config) -> dict:
     return {"text": ids, "image": images}
 
 
-def run(output: str, accum_steps: int) -> None:
+def run(output: str, accum_steps: int, distributed: str) -> None:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -40,9 +48,14 @@ def run(output: str, accum_steps: int) -> None:
     config = tiny(["text", "image"])
     model = MultimodalModel(config)
     optim = train.OptimConfig(lr=SGD_LR, warmup_steps=1, steps=10, accum_steps=accum_steps)
+    if distributed == "fsdp":
+        shard_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.cosine_with_warmup(optim))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if distributed == "fsdp":
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
     batch = global_batch(config)
@@ -53,12 +66,22 @@ def run(output: str, accum_steps: int) -> None:
     micro_batches = [{k: v[i * size : (i + 1) * size] for k, v in local.items()} for i in range(accum_steps)]
 
     loss, _ = train.compute_gradients(accelerator, model, micro_batches)
-    gradients = {name: p.grad.detach().clone() for name, p in unwrapped.named_parameters() if p.grad is not None}
+    gradients = {name: full_tensor(p.grad).detach().clone() for name, p in unwrapped.named_parameters()
+                 if p.grad is not None}
     train.optimizer_step(accelerator, model, optimizer, scheduler, grad_clip=1.0)
     mean_loss = accelerator.reduce(loss, reduction="mean")
+    state = full_model_state(unwrapped) if distributed == "fsdp" else unwrapped.state_dict()
+    result = {"loss": mean_loss, "gradients": gradients, "state": {k: v.detach().clone() for k, v in state.items()}}
+    if distributed == "fsdp":
+        train.save_training_checkpoint(accelerator, model, optimizer, scheduler, None, train.TrainConfig(model=config),
+                                       Path(output + ".run"), 1)
+        model.eval()
+        with torch.no_grad():
+            result["embeddings"] = {m: model.encode(m, batch[m]).detach() for m in ("text", "image")}
+    assert accelerator.num_processes == int(os.environ.get("WORLD_SIZE", "1")), "the processes did not join"
+    result["num_processes"] = accelerator.num_processes
     if accelerator.is_main_process:
-        state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
-        torch.save({"loss": mean_loss, "gradients": gradients, "state": state}, output)
+        torch.save(result, output)
     accelerator.wait_for_everyone()
     del loss, model
     gc.collect()
@@ -68,4 +91,4 @@ def run(output: str, accum_steps: int) -> None:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]))
+    run(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "ddp")

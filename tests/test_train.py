@@ -59,9 +59,10 @@ def test_preset_and_overrides_resolve(tmp_path):
 def test_no_weight_decay_on_norms_biases_positions_and_temperatures():
     model = MultimodalModel(tiny())
     optimizer = train.build_optimizer(model, train.OptimConfig(fused=False))
-    decay, free = optimizer.param_groups
+    decay, free, whole = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
-    free_names = {names[id(p)] for p in free["params"]}
+    assert whole["weight_decay"] == 0.0 and all(p.ndim == 0 or p.numel() == 0 for p in whole["params"])
+    free_names = {names[id(p)] for p in free["params"] + whole["params"]}
     decay_names = {names[id(p)] for p in decay["params"]}
     assert free["weight_decay"] == 0.0 and decay["weight_decay"] > 0
     assert "logit_scales.text_image" in free_names and "encoders.image.positions.grid" in free_names
@@ -89,10 +90,13 @@ def test_freeze_keeps_a_tower_fixed():
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
+    return tiny_dataset_at(tmp_path_factory.mktemp("data"))
+
+
+def tiny_dataset_at(root: Path) -> dict:
     """64 image-caption pairs of 4 coloured patterns, as shards, with a tokenizer."""
     from torchvision.io import encode_png
 
-    root = tmp_path_factory.mktemp("data")
     generator = torch.Generator().manual_seed(0)
     names = ["red", "green", "blue", "grey"]
     samples = []
