@@ -13,10 +13,13 @@ sample does not shift the choices made for later ones. Nothing depends on torch'
 global RNG. Evaluation makes no random choice at all.
 
 Bad data: a sample that lacks a modality of the source or whose data does not
-decode is counted (see :mod:`multimodal.data.stats`) and skipped. A resampled source
-with no valid sample at all is an error naming it, raised once every shard of the
-source has failed (or 10,000 samples from 10+ shards did). A finite pass is checked
-by the loader at its end instead.
+decode is counted (see :mod:`multimodal.data.stats`) and skipped, and its shard goes
+on. A resampled source with no valid sample at all is an error naming it, raised once
+a whole pass over its shards yielded nothing valid: every shard read to its end at
+least once (shards that cannot be read, are empty or break before their first sample
+count as read) and every sample read until then judged, or, for sources of many
+shards, once 10,000 failures spread over 10 or more shards were counted with no valid
+sample. A finite pass is checked by the loader at its end instead.
 """
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ from multimodal.data.shards import ShardProblem, read_shard
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.stats import WorkerCounts
 
-# A resampled source is declared empty early (before every shard failed) only after this
-# many failures spread over at least EMPTY_SOURCE_MIN_SHARDS shards, none valid.
+# A resampled source is declared empty before a whole pass is judged only after this
+# many failures spread over at least EMPTY_SOURCE_MIN_SHARDS shards, none valid: a
+# source of thousands of shards would otherwise be read through before it is reported.
 EMPTY_SOURCE_FAILURES = 10_000
 EMPTY_SOURCE_MIN_SHARDS = 10
 
@@ -70,8 +74,13 @@ class SourceStream:
         self.exhausted = False
         # Failure accounting (see the module docstring).
         self.valid_samples = 0
-        self.failures = 0
+        self.failures = 0  # skipped samples and shards that gave no sample
         self.failed_shards: set[int] = set()
+        self.skip_counts: dict[str, int] = {}  # every skip of this stream, by reason
+        self.samples_read = 0  # raw samples read out of shards, before the shuffle buffer
+        self.finished_shards: set[int] = set()  # read to their end (or their failure) at least once
+        self.pass_end: int | None = None  # samples_read when every shard had been finished
+        self.judged_in_pass = 0  # samples of that first pass judged valid or not
         self._raw = self._shuffled(self._raw_samples())
 
     # Raw samples
@@ -89,11 +98,18 @@ class SourceStream:
             problems: list[ShardProblem] = []
             for sample in read_shard(url, problems):
                 sample["__shard__"] = shard_index
+                sample["__read__"] = self.samples_read
+                self.samples_read += 1
                 yield sample
             for problem in problems:
-                self.counts.skip(self.name, problem.reason, f"{problem.url}: {problem.message}")
+                self._skip(problem.reason, f"{problem.url}: {problem.message}")
                 if problem.samples_read == 0:
-                    self._failed(shard_index)
+                    self.failures += 1
+                    self.failed_shards.add(shard_index)
+            self.finished_shards.add(shard_index)
+            if self.pass_end is None and len(self.finished_shards) == len(self.urls):
+                self.pass_end = self.samples_read
+            self._check_not_empty()
 
     def _shuffled(self, samples: Iterator[dict]) -> Iterator[dict]:
         size = self.settings.shuffle_buffer
@@ -123,20 +139,30 @@ class SourceStream:
 
     # Failure accounting
 
-    def _failed(self, shard_index: int) -> None:
-        self.failures += 1
-        self.failed_shards.add(shard_index)
+    def _skip(self, reason: str, message: str) -> None:
+        self.skip_counts[reason] = self.skip_counts.get(reason, 0) + 1
+        self.counts.skip(self.name, reason, message)
+
+    def _judged(self, raw: dict) -> None:
+        if self.pass_end is None or raw["__read__"] < self.pass_end:
+            self.judged_in_pass += 1
+
+    def _check_not_empty(self) -> None:
+        """Raises in a resampled stream that has shown it holds no valid sample."""
         if not self.settings.resampled or self.valid_samples > 0:
             return
-        every_shard = len(self.failed_shards) == len(self.urls)
+        whole_pass = self.pass_end is not None and self.judged_in_pass >= self.pass_end
         many = self.failures >= EMPTY_SOURCE_FAILURES and len(self.failed_shards) >= min(
             len(self.urls), EMPTY_SOURCE_MIN_SHARDS
         )
-        if every_shard or many:
-            counts = self.counts.skipped.get(self.name, {})
+        if whole_pass or many:
+            extent = (
+                f"a whole pass over its {len(self.urls)} shards" if whole_pass
+                else f"{self.failures} failures over {len(self.failed_shards)} of its {len(self.urls)} shards"
+            )
             raise ValueError(
-                f"source {self.name!r} yields no valid sample: {self.failures} failures over "
-                f"{len(self.failed_shards)} of its {len(self.urls)} shards (latest counts: {counts}). "
+                f"source {self.name!r} yields no valid sample: {extent} gave none "
+                f"(skipped: {dict(sorted(self.skip_counts.items()))}). "
                 f"Check its shards ({self.urls[0]} ...) and keys: {self.spec.describe_keys()}"
             )
 
@@ -148,13 +174,16 @@ class SourceStream:
             raw = self._next_raw()
             if raw is None:
                 return None
+            self._judged(raw)
             try:
                 # Evaluation makes no random choice; training seeds each sample by its stream position.
                 rng = random.Random(self.sample_seed ^ self.position) if self.settings.train else None
                 sample = self._preprocess(raw, rng)
             except UnusableSample as skip:
-                self.counts.skip(self.name, skip.reason, f"{raw['__url__']} sample {raw['__key__']}: {skip}")
-                self._failed(raw["__shard__"])
+                self._skip(skip.reason, f"{raw['__url__']} sample {raw['__key__']}: {skip}")
+                self.failures += 1
+                self.failed_shards.add(raw["__shard__"])
+                self._check_not_empty()
                 continue
             self.valid_samples += 1
             self.counts.valid(self.name)
