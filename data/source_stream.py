@@ -14,7 +14,8 @@ global RNG. Evaluation makes no random choice at all.
 
 Bad data: a sample that lacks a modality of the source or whose data does not
 decode is counted (see :mod:`multimodal.data.stats`) and skipped, and its shard goes
-on. A resampled source with no valid sample at all is an error naming it, raised once
+on; one without the source's image or audio member is dropped before the shuffle
+buffer, so that buffer holds only samples the source can use. A resampled source with no valid sample at all is an error naming it, raised once
 a whole pass over its shards yielded nothing valid: every shard read to its end at
 least once (shards that cannot be read, are empty or break before their first sample
 count as read) and every sample read until then judged, or, for sources of many
@@ -67,6 +68,7 @@ class SourceStream:
     ) -> None:
         self.spec, self.name, self.urls, self.settings, self.counts = spec, name, urls, settings, counts
         self.fields = spec.sample_fields()
+        self.member_modalities = [m for m in spec.modalities if m != "text"]  # read from a member of their own
         self.sample_seed = stable_int("sample", *settings.seed_parts, index)
         self.shard_rng = random.Random(stable_int("shards", *settings.seed_parts, index))
         self.buffer_rng = random.Random(stable_int("buffer", *settings.seed_parts, index))
@@ -100,7 +102,8 @@ class SourceStream:
                 sample["__shard__"] = shard_index
                 sample["__read__"] = self.samples_read
                 self.samples_read += 1
-                yield sample
+                if self._has_members(sample):
+                    yield sample
             for problem in problems:
                 self._skip(problem.reason, f"{problem.url}: {problem.message}")
                 if problem.samples_read == 0:
@@ -110,6 +113,22 @@ class SourceStream:
             if self.pass_end is None and len(self.finished_shards) == len(self.urls):
                 self.pass_end = self.samples_read
             self._check_not_empty()
+
+    def _has_members(self, raw: dict) -> bool:
+        """False (the sample counted and dropped) when it lacks the image or audio member the source reads.
+
+        Checked before the shuffle buffer: on shards where only some samples carry a
+        modality, the buffer then holds usable samples only, so it shuffles as many of
+        them as it is sized for, and a source with none is judged after one pass.
+        """
+        try:
+            for modality in self.member_modalities:
+                self.fields.member(raw, modality)
+        except UnusableSample as skip:
+            self._judged(raw)
+            self._reject(raw, skip)
+            return False
+        return True
 
     def _shuffled(self, samples: Iterator[dict]) -> Iterator[dict]:
         size = self.settings.shuffle_buffer
@@ -147,6 +166,12 @@ class SourceStream:
         if self.pass_end is None or raw["__read__"] < self.pass_end:
             self.judged_in_pass += 1
 
+    def _reject(self, raw: dict, skip: UnusableSample) -> None:
+        self._skip(skip.reason, f"{raw['__url__']} sample {raw['__key__']}: {skip}")
+        self.failures += 1
+        self.failed_shards.add(raw["__shard__"])
+        self._check_not_empty()
+
     def _check_not_empty(self) -> None:
         """Raises in a resampled stream that has shown it holds no valid sample."""
         if not self.settings.resampled or self.valid_samples > 0:
@@ -157,11 +182,12 @@ class SourceStream:
         )
         if whole_pass or many:
             extent = (
-                f"a whole pass over its {len(self.urls)} shards" if whole_pass
-                else f"{self.failures} failures over {len(self.failed_shards)} of its {len(self.urls)} shards"
+                f"a whole pass over its {len(self.urls)} shards gave none" if whole_pass
+                else f"{self.failures} failures over {len(self.failed_shards)} of its {len(self.urls)} shards "
+                "and not one valid"
             )
             raise ValueError(
-                f"source {self.name!r} yields no valid sample: {extent} gave none "
+                f"source {self.name!r} yields no valid sample: {extent} "
                 f"(skipped: {dict(sorted(self.skip_counts.items()))}). "
                 f"Check its shards ({self.urls[0]} ...) and keys: {self.spec.describe_keys()}"
             )
@@ -180,10 +206,7 @@ class SourceStream:
                 rng = random.Random(self.sample_seed ^ self.position) if self.settings.train else None
                 sample = self._preprocess(raw, rng)
             except UnusableSample as skip:
-                self._skip(skip.reason, f"{raw['__url__']} sample {raw['__key__']}: {skip}")
-                self.failures += 1
-                self.failed_shards.add(raw["__shard__"])
-                self._check_not_empty()
+                self._reject(raw, skip)
                 continue
             self.valid_samples += 1
             self.counts.valid(self.name)
@@ -191,7 +214,8 @@ class SourceStream:
 
     def _preprocess(self, raw: dict, rng: random.Random | None) -> dict:
         modalities, fields, settings = self.spec.modalities, self.fields, self.settings
-        # Cheap checks first: a sample missing a field is rejected before anything is decoded.
+        # Cheap checks first: a sample missing a field is rejected before anything is decoded
+        # (a missing member was already dropped before the shuffle buffer).
         image_bytes = fields.member(raw, "image") if "image" in modalities else None
         audio_bytes = fields.member(raw, "audio") if "audio" in modalities else None
         sample: dict = {"__key__": raw["__key__"]}

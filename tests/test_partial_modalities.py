@@ -95,6 +95,14 @@ def test_a_source_whose_shards_never_carry_its_modality_still_fails(tmp_path, re
             pass
 
 
+def test_a_resampled_source_without_its_modality_fails_after_one_pass_despite_its_shuffle_buffer(tmp_path):
+    write_shards(tmp_path, num_shards=1, per_shard=6, has_audio=lambda index: False)
+    _, speech = sources(tmp_path, 1)
+    # A sample without audio takes no place in the 1000-sample buffer: the 6 of one pass are judged at once.
+    with pytest.raises(ValueError, match=r"'speech' yields no valid sample: .* \(skipped: \{'missing_audio': 6\}\)"):
+        next(iter(loader([speech], train=True, shuffle_buffer=1000)))
+
+
 def test_a_source_of_many_shards_fails_before_reading_them_all(tmp_path, monkeypatch):
     monkeypatch.setattr(source_stream, "EMPTY_SOURCE_FAILURES", 30)
     monkeypatch.setattr(source_stream, "EMPTY_SOURCE_MIN_SHARDS", 3)
