@@ -128,6 +128,15 @@ class SampleFields:
                 raise UnusableSample("bad_label", f"label {value!r:.40} under {key!r} is not an integer") from None
         raise UnusableSample("missing_label", f"no label under {self.label_key!r}")
 
+    def members_read(self, modalities: list[str]) -> frozenset[str]:
+        """The member extensions that reading ``modalities`` (and the label, if any) may touch.
+
+        A sample's other members can be dropped before it is held anywhere: on shards
+        serving an image source and an audio source at once, each keeps only its own bytes.
+        """
+        groups = [self._parsed[m if m != "text" else "caption"] for m in modalities] + [self._parsed["label"]]
+        return frozenset("json" if kind == "json" else key for group in groups for kind, key in group)
+
     def raw_input(self, raw: dict, modality: str, rng: random.Random | None = None) -> bytes | str:
         """What a model reads of ``modality``: the image or audio member's bytes, or the caption ("text")."""
         if modality not in MODALITIES:

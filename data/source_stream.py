@@ -15,7 +15,8 @@ global RNG. Evaluation makes no random choice at all.
 Bad data: a sample that lacks a modality of the source or whose data does not
 decode is counted (see :mod:`multimodal.data.stats`) and skipped, and its shard goes
 on; one without the source's image or audio member is dropped before the shuffle
-buffer, so that buffer holds only samples the source can use. A resampled source with no valid sample at all is an error naming it, raised once
+buffer, so that buffer holds only samples the source can use, and of those only the
+members the source reads. A resampled source with no valid sample at all is an error naming it, raised once
 a whole pass over its shards yielded nothing valid: every shard read to its end at
 least once (shards that cannot be read, are empty or break before their first sample
 count as read) and every sample read until then judged, or, for sources of many
@@ -69,6 +70,7 @@ class SourceStream:
         self.spec, self.name, self.urls, self.settings, self.counts = spec, name, urls, settings, counts
         self.fields = spec.sample_fields()
         self.member_modalities = [m for m in spec.modalities if m != "text"]  # read from a member of their own
+        self.members_read = self.fields.members_read(spec.modalities)  # the rest is dropped as a sample is read
         self.sample_seed = stable_int("sample", *settings.seed_parts, index)
         self.shard_rng = random.Random(stable_int("shards", *settings.seed_parts, index))
         self.buffer_rng = random.Random(stable_int("buffer", *settings.seed_parts, index))
@@ -103,7 +105,7 @@ class SourceStream:
                 sample["__read__"] = self.samples_read
                 self.samples_read += 1
                 if self._has_members(sample):
-                    yield sample
+                    yield {name: data for name, data in sample.items() if name in self.members_read or name[:2] == "__"}
             for problem in problems:
                 self._skip(problem.reason, f"{problem.url}: {problem.message}")
                 if problem.samples_read == 0:

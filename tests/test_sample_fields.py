@@ -61,6 +61,8 @@ def test_members_labels_and_messages():
     assert reason_of(lambda: fields.label(raw(json={"label": "seven"}))) == "bad_label"
     assert reason_of(lambda: fields.label(raw(json={"label": True}))) == "bad_label"
     assert reason_of(lambda: fields.label(raw(txt=b"x"))) == "missing_label"
+    assert fields.members_read(["image", "text"]) == {"jpg", "jpeg", "png", "webp", "json", "txt", "cls"}
+    assert SampleFields().members_read(["audio"]) == {"flac", "wav", "ogg", "mp3"}
     with pytest.raises(ValueError, match="caption_keys is empty"):
         SampleFields(caption_keys=" ; ")
     with pytest.raises(ValueError, match="unknown modality 'video'"):
