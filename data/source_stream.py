@@ -14,14 +14,16 @@ global RNG. Evaluation makes no random choice at all.
 
 Bad data: a sample that lacks a modality of the source or whose data does not
 decode is counted (see :mod:`multimodal.data.stats`) and skipped, and its shard goes
-on; one without the source's image or audio member is dropped before the shuffle
-buffer, so that buffer holds only samples the source can use, and of those only the
-members the source reads. A resampled source with no valid sample at all is an error naming it, raised once
-a whole pass over its shards yielded nothing valid: every shard read to its end at
+on. A sample without the source's image or audio member is dropped as it is read,
+before the shuffle buffer, and the others keep only the members the source reads:
+the buffer's slots and memory go to samples the source can use.
+
+A resampled source with no valid sample at all is an error naming it, raised once a
+whole pass over its shards yielded nothing valid: every shard read to its end at
 least once (shards that cannot be read, are empty or break before their first sample
-count as read) and every sample read until then judged, or, for sources of many
-shards, once 10,000 failures spread over 10 or more shards were counted with no valid
-sample. A finite pass is checked by the loader at its end instead.
+count as read) and every sample read until then judged; or, for sources of many
+shards, once 10,000 failures spread over 10 or more shards were counted with no
+valid sample. A finite pass is checked by the loader at its end instead.
 """
 from __future__ import annotations
 
