@@ -88,7 +88,9 @@ class BatchStream(IterableDataset):
         weights = [spec.weight for spec in self.sources]
         mix_rng = random.Random(stable_int("mix", self.seed, self.epoch, worker))
         # DataLoader asks its workers in turn, so this worker makes batches worker, worker + num_workers, ...
-        own_batches = None if self.batches_per_epoch is None else len(range(worker, self.batches_per_epoch, num_workers))
+        own_batches = None
+        if self.batches_per_epoch is not None:
+            own_batches = len(range(worker, self.batches_per_epoch, num_workers))
         done = 0
         while active and (own_batches is None or done < own_batches):
             index = mix_rng.choices(active, weights=[weights[i] for i in active])[0]

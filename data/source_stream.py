@@ -233,7 +233,8 @@ class SourceStream:
             except ValueError as error:
                 raise UnusableSample("bad_image", str(error)) from None
             config = settings.image_config
-            sample["image"] = train_crop(image, config, rng) if settings.train else eval_crop(image, config)  # (3, S, S)
+            crop = train_crop(image, config, rng) if settings.train else eval_crop(image, config)
+            sample["image"] = crop  # uint8 (3, S, S)
         if audio_bytes is not None:
             config = settings.audio_config
             try:

@@ -86,7 +86,8 @@ def test_a_source_whose_shards_never_carry_its_modality_still_fails(tmp_path, re
     if resampled:
         stream = loader([images, speech], train=True, batch_size=2, num_workers=num_workers, seed=1)
         message = r"source 'speech' yields no valid sample: a whole pass over its 3 shards gave none \(skipped: "
-        message += r"\{'missing_audio': \d+, 'unreadable_shard': \d+\}\)\. Check its shards .* modalities=\['audio', 'text'\]"
+        message += r"\{'missing_audio': \d+, 'unreadable_shard': \d+\}\)\. "
+        message += r"Check its shards .* modalities=\['audio', 'text'\]"
     else:
         stream = loader([images, speech], train=False, batch_size=4, num_workers=num_workers)
         message = r"source 'speech' yielded no valid sample from its 3 shards on this rank .*'missing_audio': 12"

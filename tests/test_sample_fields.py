@@ -1,10 +1,10 @@
 """Reading fields out of raw shard samples: one rule for training, evaluation, embedding and the tokenizer."""
 from __future__ import annotations
 
+import io
 import json
 import random
 import tarfile
-import io
 
 import pytest
 import torch
@@ -122,7 +122,8 @@ def test_training_evaluation_embedding_and_the_tokenizer_read_the_same_fields(tm
         source = SourceSpec(str(shard), modalities, name="messy")
         stream = make_loader([source], batch_size=16, train=False, image_config=IMAGE)
         batches = list(stream)
-        return {key: {m: batch[m][row] for m in modalities} for batch in batches for row, key in enumerate(batch["__key__"])}
+        return {key: {m: batch[m][row] for m in modalities}
+                for batch in batches for row, key in enumerate(batch["__key__"])}
 
     captions = {key: fields["text"] for key, fields in loaded(["text"]).items()}
     assert captions == embed_captions  # evaluation: the first non-empty caption, as embedding reads it
