@@ -6,7 +6,7 @@ transform then resizes nothing) and once at 256 px (a resize of the shortest sid
 to 224, bicubic and antialiased, in every sample). "bare" is
 ``webdataset.WebDataset(urls).map(decode_jpeg).batched(B)`` in a DataLoader:
 reading and decoding only, uint8 out, never touched by the consumer. "ours" is
-:func:`multimodal.data.pipeline.make_loader` in evaluation mode: decode, crop, collate, the
+:func:`multimodal.data.loader.make_loader` in evaluation mode: decode, crop, collate, the
 caption read too, and the batch normalised to float in the main process. "ours
 uint8" is the same with ``normalize_images=False``: what the CPU does when
 training on a GPU, where the loader hands uint8 images to the device and they are
@@ -44,7 +44,8 @@ from bench.common import alternate, machine_summary, noise_note, parse_args
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.audio import fbank, kaldi_fbank, normalize_fbank
 from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
-from multimodal.data.pipeline import SourceSpec, make_loader
+from multimodal.data.loader import make_loader
+from multimodal.data.source_spec import SourceSpec
 
 IMAGE_TARGET = 0.9  # ours / bare
 AUDIO_TARGET = 450.0  # clips/s on 2 cores

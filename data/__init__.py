@@ -1,6 +1,6 @@
 """Bytes to tensors: shard listing and reading, image and audio preprocessing, batch streams.
 
-The public names below are imported on first use, so ``import data.tokenizer`` (or
+The public names below are imported on first use, so ``import multimodal.data.tokenizer`` (or
 any other submodule) does not pay for torchvision, torchaudio and webdataset.
 """
 from __future__ import annotations
@@ -23,10 +23,11 @@ _EXPORTS = {
     "eval_audio_windows": "multimodal.data.audio",
     "audio_to_features": "multimodal.data.audio",
     "collate_audio": "multimodal.data.audio",
-    "SourceSpec": "multimodal.data.pipeline",
-    "DataStats": "multimodal.data.pipeline",
-    "ShardLoader": "multimodal.data.pipeline",
-    "make_loader": "multimodal.data.pipeline",
+    "SampleFields": "multimodal.data.sample_fields",
+    "SourceSpec": "multimodal.data.source_spec",
+    "DataStats": "multimodal.data.stats",
+    "ShardLoader": "multimodal.data.loader",
+    "make_loader": "multimodal.data.loader",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_atomically
+from multimodal.data.sample_fields import SampleFields, UnusableSample
 from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
 from multimodal.errors import ArgumentNeeded
@@ -60,10 +61,8 @@ OUTPUT_FORMATS = ("npy", "safetensors", "parquet")
 IMAGE_FILE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif")
 AUDIO_FILE_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
 TEXT_FILE_EXTENSIONS = ("txt",)
-# Where each modality is found in a shard sample (as the data pipeline's defaults read them).
-SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-SHARD_AUDIO_KEYS = ("flac", "wav", "ogg", "mp3")
-SHARD_CAPTION_FIELDS = ("text", "caption")
+# Where each modality is found in a shard sample: the training sources' defaults.
+SHARD_FIELDS = SampleFields()
 PART_PREFIX = "part-"
 _READ_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError)
 
@@ -328,28 +327,16 @@ class _FileDataset(Dataset):
 
 
 def shard_sample_input(sample: dict, modality: str) -> Any:
-    """The raw input of ``modality`` in a shard sample (bytes, or a caption); ValueError when it has none.
+    """The raw input of ``modality`` in a raw shard sample: image or audio bytes, or the caption.
 
-    Images from jpg/jpeg/png/webp, audio from flac/wav/ogg/mp3, captions from ``.txt``
-    or the json fields ``text`` / ``caption`` (a list gives its first caption).
+    Read as a training source's defaults read it (:data:`SHARD_FIELDS`, see
+    :mod:`multimodal.data.sample_fields`): images from jpg/jpeg/png/webp, audio from
+    flac/wav/ogg/mp3, the caption from ``.txt`` or the json fields ``text`` /
+    ``caption`` (the first non-empty one; from a list, its first non-empty entry).
+    Raises :class:`multimodal.data.sample_fields.UnusableSample` (a ValueError, with
+    the reason in ``.reason``) when the sample has none or it does not read.
     """
-    if modality in ("image", "audio"):
-        for key in SHARD_IMAGE_KEYS if modality == "image" else SHARD_AUDIO_KEYS:
-            if key in sample:
-                return sample[key]
-    else:
-        if "txt" in sample:
-            return sample["txt"].decode("utf-8").strip()
-        if "json" in sample:
-            fields = json.loads(sample["json"])
-            for name in SHARD_CAPTION_FIELDS:
-                value = fields.get(name) if isinstance(fields, dict) else None
-                if isinstance(value, list) and value:
-                    value = value[0]
-                if isinstance(value, str) and value.strip():
-                    return value.strip()
-    present = sorted(key for key in sample if not key.startswith("__"))
-    raise ValueError(f"the sample has no {modality} (it has {present})")
+    return SHARD_FIELDS.raw_input(sample, modality)
 
 
 class _ShardDataset(IterableDataset):
@@ -372,8 +359,8 @@ class _ShardDataset(IterableDataset):
                 continue
             try:
                 raw = shard_sample_input(sample, self.modality)
-            except (ValueError, UnicodeDecodeError) as error:
-                yield _Prepared(sample["__key__"], error=f"{type(error).__name__}: {error}")
+            except UnusableSample as error:
+                yield _Prepared(sample["__key__"], error=f"{error.reason}: {error}")
                 continue
             yield _prepare(self.modality, sample["__key__"], raw, self.config)
         if worker == 0:
@@ -601,6 +588,7 @@ __all__ = [
     "InputItem",
     "OUTPUT_FORMATS",
     "check_new_output",
+    "SHARD_FIELDS",
     "embed_files",
     "embed_shards",
     "file_modality",

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from multimodal.data import demo as demo_data
-from multimodal.data.pipeline import SourceSpec, make_loader
 from multimodal.data.image_stats import read_image_stats
+from multimodal.data.loader import make_loader
 from multimodal.data.shards import expand_shards
+from multimodal.data.source_spec import SourceSpec
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
 from multimodal import checkpoint
 from multimodal.evaluation import EvalSetConfig

@@ -51,7 +51,7 @@ def test_training_step_on_cuda_matches_cpu():
 
 
 def test_loader_moves_uint8_images_to_cuda_and_normalises_them_there(tmp_path):
-    from multimodal.data.pipeline import SourceSpec
+    from multimodal.data.source_spec import SourceSpec
     from tests.test_pipeline import loader, write_img2dataset
 
     write_img2dataset(tmp_path, num_shards=1)

@@ -24,7 +24,7 @@ from multimodal.cli import main
 from multimodal.data.audio import num_frames, resampled_length
 from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.image import decode_image
-from multimodal.data.pipeline import SourceSpec, make_loader
+from multimodal.data import SourceSpec, make_loader
 
 CAT_CAPTION = "A black cat.\nde.utf8=Eine schwarze Katze.\n\nja.utf8=黒い猫。\n"
 TREE_CAPTION = "\ufeffA grey tree.\r\n\r\nA tree in winter.\r\n"  # as a Windows editor saves it

@@ -5,7 +5,8 @@ contrastive batch, so they must hold the same modalities.
 """
 import itertools
 
-from multimodal.data.pipeline import SourceSpec, make_loader
+from multimodal.data.loader import make_loader
+from multimodal.data.source_spec import SourceSpec
 from tests.test_pipeline import AUDIO, IMAGE, tokenize, write_clap, write_img2dataset
 
 

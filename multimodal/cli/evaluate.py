@@ -132,7 +132,8 @@ def _class_names_from_shards(spec: str) -> list[str]:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.data.pipeline import SourceSpec, make_loader
+    from multimodal.data.loader import make_loader
+    from multimodal.data.source_spec import SourceSpec
     from multimodal.evaluation import EvalSetConfig, run_evaluation, zero_shot_templates
     from multimodal.report import format_results
 

@@ -32,6 +32,7 @@ def _is_caption_shards(source: str) -> bool:
 def _captions(sources: Sequence[str]):
     from multimodal.data.shards import expand_shards, read_shard
     from multimodal.data.tokenizer import read_caption_files
+    from multimodal.data.sample_fields import UnusableSample
     from multimodal.embed import shard_sample_input
 
     for source in sources:
@@ -40,7 +41,7 @@ def _captions(sources: Sequence[str]):
                 for sample in read_shard(url, []):
                     try:
                         yield shard_sample_input(sample, "text")
-                    except (ValueError, UnicodeDecodeError):
+                    except UnusableSample:
                         continue
         else:
             yield from read_caption_files(source)

@@ -1,0 +1,73 @@
+"""Preprocessed samples of one source -> one batch dict (the project's batch convention)::
+
+    {"image": uint8 (B, 3, S, S),                        # normalised later, see multimodal.data.loader.finish_batch
+     "audio": float (W, T, F), "audio_padding_mask": bool (W, T),  # mask only when a row is padded
+     "audio_window_clip": int64 (W,),                    # evaluation only: the sample of each row
+     "text": int64 (B, L), "text_padding_mask": bool (B, L),       # from the tokenize callable
+     "label": int64 (B,),                                # only for sources with a label_key
+     "__key__": list[str], "__source__": str}
+
+In training W == B (one crop per clip). In evaluation a long clip is covered by
+several windows (see :func:`multimodal.data.audio.eval_audio_windows`): "audio" then
+has one row per window (W >= B rows) and "audio_window_clip" says which sample each
+row belongs to; embed the rows and average them per sample. Every evaluation batch
+with audio carries it (``arange(B)`` when each clip fits in one window).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from multimodal.data.audio import collate_audio
+from multimodal.data.image import collate_images
+
+Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def collate_samples(
+    samples: list[dict], tokenize: Tokenize | None, source: str, *, audio_windows: bool = False
+) -> dict:
+    """Preprocessed samples of one source -> a batch dict (images stay uint8).
+
+    A sample's "audio" is a list of (T, F) windows: one crop in training; in
+    evaluation (``audio_windows=True``) every window of the clip, each a row of
+    "audio", with "audio_window_clip" int64 (W,) giving the sample each row belongs
+    to. "audio_padding_mask" is present when some row is shorter than the longest.
+    ``tokenize(captions) -> (ids (B, L), padding_mask (B, L) or None)``; None keeps
+    "text" as the list of caption strings.
+    """
+    batch: dict = {"__key__": [sample["__key__"] for sample in samples], "__source__": source}
+    first = samples[0]
+    if "image" in first:
+        batch["image"] = collate_images([sample["image"] for sample in samples])  # (B, 3, S, S)
+    if "audio" in first:
+        windows = [window for sample in samples for window in sample["audio"]]
+        audio, padding_mask = collate_audio(windows)  # (W, T, F), (W, T)
+        batch["audio"] = audio
+        if bool(padding_mask.any()):
+            batch["audio_padding_mask"] = padding_mask
+        if audio_windows:
+            owners = [row for row, sample in enumerate(samples) for _ in sample["audio"]]
+            batch["audio_window_clip"] = torch.tensor(owners, dtype=torch.int64)  # (W,)
+    if "text" in first:
+        captions = [sample["text"] for sample in samples]
+        if tokenize is None:
+            batch["text"] = captions
+        else:
+            ids, padding_mask = tokenize(captions)
+            if not (isinstance(ids, torch.Tensor) and ids.ndim == 2 and ids.shape[0] == len(captions)):
+                raise ValueError(f"tokenize must return ids (B, L) for B={len(captions)} captions, got {ids!r:.80}")
+            batch["text"] = ids.to(torch.int64)
+            if padding_mask is not None:
+                if padding_mask.shape != ids.shape:
+                    raise ValueError(
+                        f"tokenize returned a padding mask {tuple(padding_mask.shape)} for ids {tuple(ids.shape)}"
+                    )
+                batch["text_padding_mask"] = padding_mask.to(torch.bool)
+    if "label" in first:
+        batch["label"] = torch.tensor([sample["label"] for sample in samples], dtype=torch.int64)  # (B,)
+    return batch
+
+
+__all__ = ["Tokenize", "collate_samples"]

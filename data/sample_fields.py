@@ -1,0 +1,170 @@
+"""Reading fields out of a raw shard sample: image and audio members, captions, class labels.
+
+A raw sample is what :func:`multimodal.data.shards.read_shard` yields:
+``{"__key__": key, "__url__": url, ext: bytes, ...}`` with lower-case extensions. Where
+each field is found is written as ``;``-separated alternatives tried in order; an entry
+is a member's extension (``"txt"``, ``"jpg"``) or ``"json:FIELD"`` for a field of the
+sample's ``.json`` member. The defaults read img2dataset shards (``jpg`` + ``txt`` +
+``json``) and CLAP/WavCaps shards (``flac`` + ``json`` with ``text``) as they are.
+
+One rule for captions, everywhere (training, evaluation, embedding, tokenizer
+training): the caption is taken from the first key that holds a non-empty one; a key
+may hold a string or a list of strings, and from a list training picks one non-empty
+entry at random while evaluation and embedding take the first non-empty entry.
+Entries are stripped of surrounding white space.
+
+A sample that lacks a field or holds a malformed one raises :class:`UnusableSample`,
+whose ``reason`` is one of ``SAMPLE_SKIP_REASONS`` (see :mod:`multimodal.data.stats`).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+from multimodal.data.config import MODALITIES
+from multimodal.data.stats import SAMPLE_SKIP_REASONS
+
+IMAGE_KEYS = "jpg;jpeg;png;webp"
+AUDIO_KEYS = "flac;wav;ogg;mp3"
+CAPTION_KEYS = "txt;json:text;json:caption"
+
+
+class UnusableSample(ValueError):
+    """A sample that cannot be used: a field it lacks or one that does not read; ``reason`` says which."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        assert reason in SAMPLE_SKIP_REASONS, reason
+        super().__init__(message)
+        self.reason = reason
+
+
+def parse_keys(keys: str) -> list[tuple[str, str]]:
+    """``"txt;json:text"`` -> [("ext", "txt"), ("json", "text")]; extensions lower-cased, as shards are read."""
+    parsed = []
+    for entry in keys.split(";"):
+        entry = entry.strip()
+        if entry.startswith("json:"):
+            parsed.append(("json", entry[len("json:") :]))
+        elif entry:
+            parsed.append(("ext", entry.lower()))
+    return parsed
+
+
+@dataclass(frozen=True)
+class SampleFields:
+    """Where each field of a raw shard sample is, and how it is read (see the module docstring).
+
+    Args:
+        image_keys / audio_keys: extensions of the member holding the modality, in order.
+        caption_keys: extensions and ``json:FIELD`` entries that may hold the caption.
+        label_key: where the class label is (``"json:label;cls"``); None when not read.
+
+    Raises ValueError when a key list is empty.
+    """
+
+    image_keys: str = IMAGE_KEYS
+    audio_keys: str = AUDIO_KEYS
+    caption_keys: str = CAPTION_KEYS
+    label_key: str | None = None
+    _parsed: dict[str, list[tuple[str, str]]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parsed = {
+            "image": parse_keys(self.image_keys),
+            "audio": parse_keys(self.audio_keys),
+            "caption": parse_keys(self.caption_keys),
+            "label": parse_keys(self.label_key) if self.label_key is not None else [],
+        }
+        for name, what in (("image_keys", "image"), ("audio_keys", "audio"), ("caption_keys", "caption")):
+            if not parsed[what]:
+                raise ValueError(f"{name} is empty")
+        if self.label_key is not None and not parsed["label"]:
+            raise ValueError("label_key is empty (give None to read no label)")
+        object.__setattr__(self, "_parsed", parsed)
+
+    def member(self, raw: dict, modality: str) -> bytes:
+        """The bytes of the sample's image or audio member (the first of the keys present)."""
+        keys = [key for _, key in self._parsed[modality]]
+        for key in keys:
+            if key in raw:
+                return raw[key]
+        present = sorted(k for k in raw if not k.startswith("__"))
+        raise UnusableSample(f"missing_{modality}", f"none of {keys} in the sample (it has {present})")
+
+    def caption(self, raw: dict, rng: random.Random | None = None) -> str:
+        """The caption: with ``rng``, a random non-empty entry of the first key holding one, else its first."""
+        present_but_empty = None
+        parsed_json: dict = {}
+        for kind, key in self._parsed["caption"]:
+            value = self._value(raw, kind, key, "caption", parsed_json)
+            if value is None:
+                continue
+            candidates = [value] if isinstance(value, str) else value
+            if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+                raise UnusableSample(
+                    "bad_caption", f"a caption must be a string or a list of strings, {key} holds {value!r:.80}"
+                )
+            candidates = [c.strip() for c in candidates if c.strip()]
+            if candidates:
+                return rng.choice(candidates) if rng is not None else candidates[0]
+            present_but_empty = present_but_empty or key
+        if present_but_empty is not None:
+            raise UnusableSample("missing_caption", f"the caption is empty (under {present_but_empty!r})")
+        raise UnusableSample("missing_caption", f"no caption under {self.caption_keys!r}")
+
+    def label(self, raw: dict) -> int:
+        """The integer class label (the first of ``label_key`` present)."""
+        parsed_json: dict = {}
+        for kind, key in self._parsed["label"]:
+            value = self._value(raw, kind, key, "label", parsed_json)
+            if value is None:
+                continue
+            try:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                return int(value.strip() if isinstance(value, str) else value)
+            except (TypeError, ValueError):
+                raise UnusableSample("bad_label", f"label {value!r:.40} under {key!r} is not an integer") from None
+        raise UnusableSample("missing_label", f"no label under {self.label_key!r}")
+
+    def members_read(self, modalities: list[str]) -> frozenset[str]:
+        """The member extensions that reading ``modalities`` (and the label, if any) may touch.
+
+        A sample's other members can be dropped before it is held anywhere: on shards
+        serving an image source and an audio source at once, each keeps only its own bytes.
+        """
+        groups = [self._parsed[m if m != "text" else "caption"] for m in modalities] + [self._parsed["label"]]
+        return frozenset("json" if kind == "json" else key for group in groups for kind, key in group)
+
+    def raw_input(self, raw: dict, modality: str, rng: random.Random | None = None) -> bytes | str:
+        """What a model reads of ``modality``: the image or audio member's bytes, or the caption ("text")."""
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        return self.caption(raw, rng) if modality == "text" else self.member(raw, modality)
+
+    @staticmethod
+    def _value(raw: dict, kind: str, key: str, what: str, parsed_json: dict) -> object | None:
+        """An extension's text, or a json field's value; None when the sample does not hold it.
+
+        ``parsed_json`` keeps the parsed json member across the keys of one field.
+        """
+        if kind == "ext":
+            if key not in raw:
+                return None
+            try:
+                return raw[key].decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UnusableSample(f"bad_{what}", f"{key} is not UTF-8: {error}") from None
+        if "json" not in raw:
+            return None
+        if "value" not in parsed_json:
+            try:
+                parsed_json["value"] = json.loads(raw["json"])
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise UnusableSample(f"bad_{what}", f"json does not parse: {error}") from None
+        fields = parsed_json["value"]
+        return fields.get(key) if isinstance(fields, dict) else None
+
+
+__all__ = ["AUDIO_KEYS", "CAPTION_KEYS", "IMAGE_KEYS", "SampleFields", "UnusableSample", "parse_keys"]

@@ -1,0 +1,71 @@
+"""One data source as the loader is given it: shards, mixing weight, modalities, where its fields are."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from multimodal.data.config import MODALITIES
+from multimodal.data.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS, SampleFields
+
+
+@dataclass
+class SourceSpec:
+    """One data source: its shards, mixing weight, modalities and where each field is in a sample.
+
+    Keys are ``;``-separated alternatives tried in order; an entry is a file
+    extension in the sample (``"txt"``, ``"jpg"``) or ``"json:FIELD"`` for a field of
+    its ``.json`` file (see :mod:`multimodal.data.sample_fields`). A caption field may
+    hold a string or a list of strings (training picks a non-empty one at random,
+    evaluation the first non-empty one). The defaults read img2dataset shards
+    (``jpg`` + ``txt`` + ``json``) and CLAP/WavCaps shards (``flac`` + ``json`` with
+    ``text``) as they are. A sample lacking one of the source's modalities is skipped
+    and counted (``missing_audio`` ...), so shards where only some samples carry a
+    modality can serve a source of it.
+
+    Args:
+        shards: a shard spec (see :func:`multimodal.data.shards.expand_shards`).
+        modalities: one to three of "text", "image", "audio"; training needs at
+            least two (a contrastive pair), evaluation and embedding may read one.
+        weight: relative share of batches drawn from this source.
+        name: used in counts, logs and errors; default ``source{index}``.
+        image_keys / audio_keys / caption_keys: where each modality is found.
+        label_key: optional class label (``"json:label"``, ``"cls"``), read as int into "label".
+    """
+
+    shards: str | list[str]
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    weight: float = 1.0
+    name: str | None = None
+    image_keys: str = IMAGE_KEYS
+    audio_keys: str = AUDIO_KEYS
+    caption_keys: str = CAPTION_KEYS
+    label_key: str | None = None
+
+    def __post_init__(self) -> None:
+        where = f"source {self.name or self.shards!r}"
+        self.modalities = list(self.modalities)
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"{where}: unknown modalities {unknown}; use {MODALITIES}")
+        if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
+            raise ValueError(f"{where}: modalities must be distinct and not empty, got {self.modalities}")
+        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"{where}: weight must be a positive number, got {self.weight}")
+        try:
+            self.sample_fields()
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+
+    def sample_fields(self) -> SampleFields:
+        """How this source's fields are read out of a raw sample."""
+        return SampleFields(self.image_keys, self.audio_keys, self.caption_keys, self.label_key)
+
+    def describe_keys(self) -> str:
+        """The modalities and keys, as an error message names them."""
+        return (
+            f"modalities={self.modalities}, image_keys={self.image_keys!r}, audio_keys={self.audio_keys!r}, "
+            f"caption_keys={self.caption_keys!r}, label_key={self.label_key!r}"
+        )
+
+
+__all__ = ["SourceSpec"]
