@@ -48,9 +48,14 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.config = config
         width = config.transformer.width
+        # Initialised as the vision tower (open_clip's ViT): prefix tokens and positions at
+        # width^-0.5, the blocks as nn.MultiheadAttention and nn.Linear initialise themselves.
+        embedding_std = width**-0.5
         self.patch_embed = PatchEmbed(1, width, config.patch_size, config.stride)
-        self.prefix_tokens = nn.Parameter(torch.randn(1, config.num_prefix_tokens, width) * 0.02)
-        self.positions = GridPositions(config.position, config.num_prefix_tokens, config.grid_size, width)
+        self.prefix_tokens = nn.Parameter(torch.randn(1, config.num_prefix_tokens, width) * embedding_std)
+        self.positions = GridPositions(
+            config.position, config.num_prefix_tokens, config.grid_size, width, init_std=embedding_std
+        )
         self.trunk = EncoderTrunk(
             config.transformer, pooling=config.pooling, num_prefix=config.num_prefix_tokens, pre_norm=config.pre_norm
         )

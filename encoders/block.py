@@ -144,3 +144,29 @@ class Transformer(nn.Module):
                 x = block(x, is_causal, padding_mask)
         return x
 
+
+
+@torch.no_grad()
+def scaled_residual_init(transformer: Transformer) -> None:
+    """Re-initialises a block stack's weights as CLIP's text tower does.
+
+    As OpenAI's ``initialize_parameters`` and open_clip's ``TextTransformer.init_parameters``,
+    normal weights with
+
+    * Q/K/V projection std ``width^-0.5``;
+    * the two projections that write into the residual stream (attention output, second
+      MLP layer) std ``width^-0.5 * (2 * depth)^-0.5``, so the stream's variance at the
+      top stays near its input's whatever the depth (GPT-2's scaling);
+    * first MLP layer std ``(2 * width)^-0.5``.
+
+    Biases and norms are left as they are (zero attention biases, ``nn.Linear``'s MLP biases).
+    """
+    width, depth = transformer.config.width, transformer.config.depth
+    attention_std = width**-0.5
+    residual_std = width**-0.5 * (2 * depth) ** -0.5
+    fc_std = (2 * width) ** -0.5
+    for block in transformer.blocks:
+        nn.init.normal_(block.attn.qkv.weight, std=attention_std)
+        nn.init.normal_(block.attn.proj.weight, std=residual_std)
+        nn.init.normal_(block.mlp.fc1.weight, std=fc_std)
+        nn.init.normal_(block.mlp.fc2.weight, std=residual_std)

@@ -44,9 +44,12 @@ class VisionEncoder(nn.Module):
         self.config = config
         width = config.transformer.width
         num_prefix = 1 if config.class_token else 0
+        # Initialised as open_clip's VisionTransformer: class token and positions at
+        # width^-0.5, the blocks as nn.MultiheadAttention and nn.Linear initialise themselves.
+        embedding_std = width**-0.5
         self.patch_embed = PatchEmbed(config.in_channels, width, config.patch_size, bias=config.patch_bias)
-        self.class_token = nn.Parameter(torch.randn(1, 1, width) * 0.02) if config.class_token else None
-        self.positions = GridPositions(config.position, num_prefix, config.grid_size, width)
+        self.class_token = nn.Parameter(torch.randn(1, 1, width) * embedding_std) if config.class_token else None
+        self.positions = GridPositions(config.position, num_prefix, config.grid_size, width, init_std=embedding_std)
         self.trunk = EncoderTrunk(config.transformer, pooling=config.pooling, num_prefix=num_prefix, pre_norm=config.pre_norm)
 
     @property
