@@ -60,8 +60,9 @@ class PatchDropout(nn.Module):
             return x, padding_mask
         prefix, patches = x[:, : self.num_prefix], x[:, self.num_prefix :]  # (B, P, D), (B, N, D)
         B, N, D = patches.shape
-        # The top M of Gaussian scores is a uniformly random subset; drawn as open_clip
-        # draws it, so both pick the same tokens under the same seed.
+        # The top M of Gaussian scores is a uniformly random subset. On CPU this is
+        # open_clip's draw, so both keep the same tokens under one seed; elsewhere ours
+        # draws on the tokens' device (open_clip always draws on the CPU).
         scores = torch.randn(B, N, device=x.device)  # (B, N)
         if padding_mask is None:
             num_keep = int(kept_counts(torch.tensor([N]), self.rate))
