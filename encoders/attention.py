@@ -156,8 +156,8 @@ class Attention(nn.Module):
         """As ``nn.MultiheadAttention`` initialises itself: Xavier-uniform Q/K/V, zero biases.
 
         The fused Q/K/V weight is one (3C, C) matrix, so its Xavier std is (2C)^-0.5. The
-        output projection keeps ``nn.Linear``'s default weights. This is what open_clip's
-        vision tower trains from; its text tower re-initialises on top (``scaled_residual_init``).
+        output projection keeps ``nn.Linear``'s default weights. A block stack then
+        re-initialises the weights as CLIP's text tower (``scaled_residual_init``).
         """
         nn.init.xavier_uniform_(self.qkv.weight)
         for linear in (self.qkv, self.proj):

@@ -66,8 +66,8 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.config = config
         width = config.transformer.width
-        # Initialised as the vision tower (open_clip's ViT): prefix tokens and positions at
-        # width^-0.5, the blocks as nn.MultiheadAttention and nn.Linear initialise themselves.
+        # Prefix tokens and positions start as the vision tower's (open_clip's ViT), at
+        # width^-0.5 (the blocks: Transformer).
         embedding_std = width**-0.5
         self.patch_embed = PatchEmbed(1, width, config.patch_size, config.stride)
         self.prefix_tokens = nn.Parameter(torch.randn(1, config.num_prefix_tokens, width) * embedding_std)

@@ -57,8 +57,8 @@ class VisionEncoder(nn.Module):
         self.config = config
         width = config.transformer.width
         num_prefix = 1 if config.class_token else 0
-        # Initialised as open_clip's VisionTransformer: class token and positions at
-        # width^-0.5, the blocks as nn.MultiheadAttention and nn.Linear initialise themselves.
+        # Class token and positions start as open_clip's VisionTransformer, at width^-0.5
+        # (the blocks: Transformer).
         embedding_std = width**-0.5
         self.patch_embed = PatchEmbed(config.in_channels, width, config.patch_size, bias=config.patch_bias)
         self.class_token = nn.Parameter(torch.randn(1, 1, width) * embedding_std) if config.class_token else None
