@@ -235,8 +235,9 @@ def test_the_trainer_command_line_reaches_the_setting(capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["--model.image.patch_dropout", "1"])
     assert stopped.value.code == 2
-    first_line = capsys.readouterr().err.splitlines()[0]
-    assert "image patch_dropout must be in [0, 1)" in first_line and "got 1.0" in first_line
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "train.py: image patch_dropout must be in [0, 1) (the fraction of patch tokens dropped in training), got 1.0"
+    )
 
 
 def test_checkpoint_keeps_the_setting_and_evaluates_every_token(tmp_path):
