@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-BENCHMARKS = ("train_step", "audio", "inference", "attention", "data", "presets", "resample")
+BENCHMARKS = ("train_step", "patch_dropout", "audio", "resample", "inference", "attention", "data", "presets")
 
 
 def available() -> list[str]:

@@ -5,12 +5,13 @@ Pure ``torch.nn``: nothing here knows about files, tokenizers, devices or traine
 from multimodal.encoders.attention import Attention, choose_backend, scaled_dot_product
 from multimodal.encoders.audio import AudioConfig, AudioEncoder
 from multimodal.encoders.block import Block, Transformer, TransformerConfig
+from multimodal.encoders.patch_dropout import PatchDropout
 from multimodal.encoders.text import TextConfig, TextEncoder
 from multimodal.encoders.vision import VisionConfig, VisionEncoder
 
 ENCODERS = {"text": TextEncoder, "image": VisionEncoder, "audio": AudioEncoder}
 
 __all__ = [
-    "Attention", "AudioConfig", "AudioEncoder", "Block", "ENCODERS", "TextConfig", "TextEncoder", "Transformer",
-    "TransformerConfig", "VisionConfig", "VisionEncoder", "choose_backend", "scaled_dot_product",
+    "Attention", "AudioConfig", "AudioEncoder", "Block", "ENCODERS", "PatchDropout", "TextConfig", "TextEncoder",
+    "Transformer", "TransformerConfig", "VisionConfig", "VisionEncoder", "choose_backend", "scaled_dot_product",
 ]

@@ -150,6 +150,19 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """As ``nn.MultiheadAttention`` initialises itself: Xavier-uniform Q/K/V, zero biases.
+
+        The fused Q/K/V weight is one (3C, C) matrix, so its Xavier std is (2C)^-0.5. The
+        output projection keeps ``nn.Linear``'s default weights. A block stack then
+        re-initialises the weights as CLIP's text tower (``scaled_residual_init``).
+        """
+        nn.init.xavier_uniform_(self.qkv.weight)
+        for linear in (self.qkv, self.proj):
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
 
     def forward(
         self, x: torch.Tensor, *, is_causal: bool = False, padding_mask: torch.Tensor | None = None

@@ -4,7 +4,11 @@ Input: log-mel frames (B, T, F): T frames, F mel bins. The spectrogram is read a
 one-channel (F, T) plane and cut into 16x16 patches at stride 10 in both axes, giving
 an R x K grid (R along frequency, K along time) flattened frequency-major, as AST does.
 A clip shorter than the maximum uses the first K' time columns of the position grid,
-so any length up to ``max_frames`` is encoded without padding.
+so any length up to ``max_frames`` is encoded without padding; in a batch padded to
+its longest clip, the patch columns past a clip's end are masked as padding.
+
+Shapes: B batch, T frames, F mel bins, R x K patch grid, N = R * K patches, P prefix
+tokens, M patches kept by patch dropout, D width.
 """
 from __future__ import annotations
 
@@ -16,11 +20,17 @@ from torch import nn
 from multimodal.encoders.block import TransformerConfig
 from multimodal.encoders.embed import GridPositions, PatchEmbed, patch_grid_size
 from multimodal.encoders.encoder import EncoderTrunk
+from multimodal.encoders.patch_dropout import PatchDropout
 
 
 @dataclass
 class AudioConfig:
-    """AST. Hugging Face's AST uses ``norm_eps=1e-12`` and averages its two prefix tokens."""
+    """AST. Hugging Face's AST uses ``norm_eps=1e-12`` and averages its two prefix tokens.
+
+    ``patch_dropout``: the fraction of patch tokens each clip drops in training (FLIP;
+    ``PatchDropout``): of its own valid patches, padding going first; the prefix
+    tokens are always kept, evaluation sees every token.
+    """
 
     num_mel_bins: int = 128
     max_frames: int = 1024
@@ -31,6 +41,14 @@ class AudioConfig:
     pooling: str = "prefix_mean"
     position: str = "learned"
     pre_norm: bool = False
+    patch_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(
+                f"audio patch_dropout must be in [0, 1) (the fraction of patch tokens dropped in training), "
+                f"got {self.patch_dropout}"
+            )
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -48,9 +66,15 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.config = config
         width = config.transformer.width
+        # Prefix tokens and positions start as the vision tower's (open_clip's ViT), at
+        # width^-0.5 (the blocks: Transformer).
+        embedding_std = width**-0.5
         self.patch_embed = PatchEmbed(1, width, config.patch_size, config.stride)
-        self.prefix_tokens = nn.Parameter(torch.randn(1, config.num_prefix_tokens, width) * 0.02)
-        self.positions = GridPositions(config.position, config.num_prefix_tokens, config.grid_size, width)
+        self.prefix_tokens = nn.Parameter(torch.randn(1, config.num_prefix_tokens, width) * embedding_std)
+        self.positions = GridPositions(
+            config.position, config.num_prefix_tokens, config.grid_size, width, init_std=embedding_std
+        )
+        self.patch_dropout = PatchDropout(config.patch_dropout, config.num_prefix_tokens)
         self.trunk = EncoderTrunk(
             config.transformer, pooling=config.pooling, num_prefix=config.num_prefix_tokens, pre_norm=config.pre_norm
         )
@@ -60,7 +84,17 @@ class AudioEncoder(nn.Module):
         return self.trunk.width
 
     def forward(self, frames: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``frames`` (B, T, F); ``padding_mask`` (B, T) True at padded frames (clips shorter than T)."""
+        """``frames`` (B, T, F); ``padding_mask`` (B, T) True at padded frames (clips shorter than T) -> (B, D)."""
+        x, token_mask = self.patch_dropout(*self.embed(frames, padding_mask))  # (B, P + M, D), (B, P + M)
+        return self.trunk(x, padding_mask=token_mask)
+
+    def embed(
+        self, frames: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stem: frames (B, T, F) -> tokens with positions (B, P + N, D) and their padding mask.
+
+        The mask is (B, P + N), True at patches not wholly inside a clip, or None without a frame mask.
+        """
         c = self.config
         if frames.ndim != 3 or frames.shape[2] != c.num_mel_bins:
             raise ValueError(
@@ -75,10 +109,8 @@ class AudioEncoder(nn.Module):
         x = patches.reshape(B, R * K, D)  # frequency-major: index = r * K + k
         x = torch.cat([self.prefix_tokens.expand(B, -1, -1).to(x.dtype), x], dim=1)  # (B, P + N, D)
         x = x + self.positions(R, K)
-        token_mask = None
-        if padding_mask is not None:
-            token_mask = self._token_padding_mask(padding_mask, R, K)
-        return self.trunk(x, padding_mask=token_mask)
+        token_mask = None if padding_mask is None else self._token_padding_mask(padding_mask, R, K)
+        return x, token_mask
 
     def _token_padding_mask(self, frame_mask: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         """Frame mask (B, T) -> token mask (B, P + R*K): a patch is padding unless all its frames are valid."""

@@ -124,7 +124,11 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of ``depth`` blocks, optionally recomputed in backward (gradient checkpointing)."""
+    """A stack of ``depth`` blocks, optionally recomputed in backward (gradient checkpointing).
+
+    Every stack, whatever its modality, starts from CLIP's text-tower initialisation
+    (``scaled_residual_init``).
+    """
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -132,6 +136,7 @@ class Transformer(nn.Module):
         rates = torch.linspace(0, config.drop_path, config.depth).tolist() if config.depth else []
         self.blocks = nn.ModuleList([Block(config, rate) for rate in rates])
         self.grad_checkpointing = config.grad_checkpointing
+        scaled_residual_init(self)
 
     def forward(
         self, x: torch.Tensor, is_causal: bool = False, padding_mask: torch.Tensor | None = None
@@ -144,3 +149,36 @@ class Transformer(nn.Module):
                 x = block(x, is_causal, padding_mask)
         return x
 
+
+
+@torch.no_grad()
+def scaled_residual_init(transformer: Transformer) -> None:
+    """Re-initialises a block stack's weights as CLIP's text tower does; every ``Transformer`` starts so.
+
+    As OpenAI's ``initialize_parameters`` and open_clip's ``TextTransformer.init_parameters``,
+    normal weights with
+
+    * Q/K/V projection std ``width^-0.5``;
+    * the two projections that write into the residual stream (attention output, second
+      MLP layer) std ``width^-0.5 * (2 * depth)^-0.5``, so the stream's variance at the
+      top stays near its input's whatever the depth (GPT-2's scaling);
+    * first MLP layer std ``(2 * width)^-0.5``.
+
+    Biases and norms are left as they are (zero attention biases, ``nn.Linear``'s MLP biases).
+
+    open_clip applies it to the text tower only and leaves its vision blocks at torch's
+    defaults (its ``VisionTransformer.init_parameters`` has this recipe commented out,
+    marked as an open experiment). On the demo (``train.py --optim.steps 150``, seeds
+    0-2) the image and audio towers trained better with it too: lower loss at steps
+    100-150 and higher zero-shot and audio-to-image retrieval on every seed, with the
+    audio tower gaining most; rerun those commands to check a change.
+    """
+    width, depth = transformer.config.width, transformer.config.depth
+    attention_std = width**-0.5
+    residual_std = width**-0.5 * (2 * depth) ** -0.5
+    fc_std = (2 * width) ** -0.5
+    for block in transformer.blocks:
+        nn.init.normal_(block.attn.qkv.weight, std=attention_std)
+        nn.init.normal_(block.attn.proj.weight, std=residual_std)
+        nn.init.normal_(block.mlp.fc1.weight, std=fc_std)
+        nn.init.normal_(block.mlp.fc2.weight, std=residual_std)

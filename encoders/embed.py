@@ -88,11 +88,13 @@ class GridPositions(nn.Module):
     prefix ones: (num_prefix + rows * cols, D). Taking a sub-grid is how a shorter text
     or a shorter audio clip (fewer time columns) is encoded, as AST does.
 
-    ``kind="learned"``: trainable prefix and grid; ``"sinusoidal"``: fixed encodings
-    (1-D for one row, 2-D otherwise) with zero encodings for the prefix tokens.
+    ``kind="learned"``: trainable prefix and grid, normal with std ``init_std`` (each
+    encoder chooses it: open_clip starts image positions at ``width^-0.5``, text ones at
+    0.01); ``"sinusoidal"``: fixed encodings (1-D for one row, 2-D otherwise) with zero
+    encodings for the prefix tokens.
     """
 
-    def __init__(self, kind: str, num_prefix: int, grid_size: tuple[int, int], dim: int):
+    def __init__(self, kind: str, num_prefix: int, grid_size: tuple[int, int], dim: int, *, init_std: float):
         super().__init__()
         if kind not in POSITION_KINDS:
             raise ValueError(f"unknown position encoding {kind!r}; expected one of {POSITION_KINDS}")
@@ -100,8 +102,8 @@ class GridPositions(nn.Module):
         self.num_prefix = num_prefix
         self.grid_size = tuple(grid_size)
         if kind == "learned":
-            self.prefix = nn.Parameter(torch.randn(num_prefix, dim) * 0.02)
-            self.grid = nn.Parameter(torch.randn(*grid_size, dim) * 0.02)
+            self.prefix = nn.Parameter(torch.randn(num_prefix, dim) * init_std)
+            self.grid = nn.Parameter(torch.randn(*grid_size, dim) * init_std)
         else:
             rows, cols = grid_size
             fixed = sinusoidal_1d(torch.arange(cols), dim)[None] if rows == 1 else sinusoidal_2d(rows, cols, dim)

@@ -35,9 +35,10 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.config = config
         width = config.transformer.width
+        # Initialised as open_clip's text tower: tokens 0.02, positions 0.01 (the blocks: Transformer).
         self.token_embedding = nn.Embedding(config.vocab_size, width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
-        self.positions = GridPositions(config.position, 0, (1, config.context_length), width)
+        self.positions = GridPositions(config.position, 0, (1, config.context_length), width, init_std=0.01)
         self.trunk = EncoderTrunk(
             config.transformer, pooling=config.pooling, pre_norm=config.pre_norm, eot_token_id=config.eot_token_id
         )

@@ -162,8 +162,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             if type(None) in args:
                 return None
             raise TypeError(f"{where}: None is not allowed; expected {hint}")
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # an optional value: its own error names the key, without the whole value
+            return _convert(options[0], value, where)
         errors = []
-        for option in (a for a in args if a is not type(None)):
+        for option in options:
             try:
                 return _convert(option, value, where)
             except (TypeError, ValueError) as error:

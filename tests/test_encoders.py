@@ -67,7 +67,7 @@ def test_sinusoidal_matches_the_formula():
 
 def test_position_grid_resize_keeps_prefix_and_interpolates():
     torch.manual_seed(0)
-    positions = GridPositions("learned", 1, (4, 4), 8)
+    positions = GridPositions("learned", 1, (4, 4), 8, init_std=0.02)
     prefix = positions.prefix.detach().clone()
     expected = F.interpolate(positions.grid.detach().permute(2, 0, 1)[None], size=(6, 6), mode="bicubic",
                              align_corners=False)[0].permute(1, 2, 0)
