@@ -42,7 +42,7 @@ from multimodal.data.config import MODALITIES
 from multimodal.data.image import preprocess_image
 from multimodal.data.tokenizer import Tokenizer
 from multimodal.eval import build_zero_shot_weights, validate_templates, zero_shot_probabilities
-from multimodal.checkpoint import load_model, load_tokenizer
+from multimodal.checkpoint import checkpoint_id, load_model, load_tokenizer
 from multimodal.evaluation import default_templates
 from multimodal.losses import pair_name
 from multimodal.model import ModelConfig, MultimodalModel
@@ -163,6 +163,8 @@ class EmbeddingModel:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()  # cast in place
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.checkpoint: Path | None = None  # the directory it was loaded from, when it was
+        self._checkpoint_id: str | None = None
 
     @classmethod
     def from_checkpoint(
@@ -175,7 +177,9 @@ class EmbeddingModel:
     ) -> EmbeddingModel:
         """Loads a checkpoint directory (config.json, model.safetensors, tokenizer.json)."""
         model = load_model(path)
-        return cls(model, load_tokenizer(path), device=device, precision=precision, batch_size=batch_size)
+        embedding_model = cls(model, load_tokenizer(path), device=device, precision=precision, batch_size=batch_size)
+        embedding_model.checkpoint = Path(path)
+        return embedding_model
 
     # What the model is
 
@@ -187,6 +191,13 @@ class EmbeddingModel:
     @property
     def modalities(self) -> list[str]:
         return self.model.modalities
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        """The id of the checkpoint it was loaded from (``multimodal.checkpoint.checkpoint_id``); None for a model built in memory."""
+        if self._checkpoint_id is None and self.checkpoint is not None:
+            self._checkpoint_id = checkpoint_id(self.checkpoint)  # hashed on first use: it reads the weights once
+        return self._checkpoint_id
 
     @property
     def embed_dim(self) -> int:
