@@ -168,3 +168,20 @@ def test_the_page_in_a_headless_browser(server, collection, tmp_path):
             expect(page.locator(".hit")).to_have_count(0)
         finally:
             browser.close()
+
+
+def test_media_of_shard_samples_and_sounds(tmp_path):
+    """Rows from a tar shard are read from it by key; sounds are served as they are; pipe: shards never run."""
+    from multimodal.search.media import MediaReader
+    from tests.test_search_cli import png_bytes, write_tar
+
+    picture = png_bytes(3)
+    shard = write_tar(tmp_path / "web-000.tar", [("a/1.png", png_bytes(1)), ("a/1.txt", b"one"), ("a/2.png", picture)])
+    reader = MediaReader("image")
+    assert reader.read("a/2", shard) == (picture, "image/png")
+    assert reader.read("a/9", shard) is None and reader.read("a/1", f"pipe:cat {shard}") is None
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF....WAVE")
+    assert MediaReader("audio").read(str(clip), str(clip)) == (b"RIFF....WAVE", "audio/wav")
+    assert MediaReader("text").read("captions.txt:3", str(clip)) is None  # a caption has no media
+    reader.close()

@@ -192,7 +192,7 @@ def describe_rows(part: Part, modality: str, shard: str | None, *, read_captions
                 lines = lines_of[source]
                 number = int(match["line"])
                 if lines is not None and 1 <= number <= len(lines):
-                    caption = lines[number - 1].strip()
+                    caption = lines[number - 1].strip()[:CAPTION_CHARS]
         part.sources.append(source)
         part.captions.append(caption)
 
