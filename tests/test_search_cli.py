@@ -64,7 +64,7 @@ def test_shard_parts_index_with_their_shards_and_captions(checkpoint, shards, tm
     assert status == 0 and "skipped a/0003" in err
     status, out, _ = run(capsys, "index", "--checkpoint", checkpoint, "--input", tmp_path / "parts",
                          "--output", tmp_path / "index", "--modality", "image", "--shards", spec)
-    assert status == 0 and "indexed 4 image vector(s) of 128 dimensions" in out and "Flat (exact inner product)" in out
+    assert status == 0 and "indexed 4 image vector(s) of 128 dimensions" in out and "SQfp16 (every vector scored, the best re-scored in float32)" in out
     index = open_index(tmp_path / "index")
     rows = {index.item(i)[0]: index.item(i)[1:] for i in range(index.count)}
     assert rows == {
@@ -117,7 +117,7 @@ def test_add_through_the_command_line(checkpoint, tmp_path, capsys):
     status, out, _ = run(capsys, "index", "--add", "--input", tmp_path / "first.safetensors", tmp_path / "later.safetensors",
                          "--output", tmp_path / "index")
     assert status == 0
-    assert out.strip() == (f"added 1 image vector(s) from 1 input(s) to {tmp_path / 'index'}: 4 in all (Flat); "
+    assert out.strip() == (f"added 1 image vector(s) from 1 input(s) to {tmp_path / 'index'}: 4 in all (SQfp16); "
                            "1 input(s) already in the index, left out")
     assert open_index(tmp_path / "index").item(3)[1] == str((tmp_path / "later" / "x.png").resolve())
     with pytest.raises(SystemExit) as exited:

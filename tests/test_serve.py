@@ -93,7 +93,7 @@ def test_an_uploaded_image_finds_itself_and_its_media(server, collection):
 def test_text_queries_and_info(server):
     status, _, body = request(f"{server}/api/info")
     info = json.loads(body)
-    assert (info["modality"], info["count"], info["index_type"]) == ("image", 6, "Flat")
+    assert (info["modality"], info["count"], info["index_type"]) == ("image", 6, "SQfp16")
     assert info["query_modalities"] == ["text", "image", "audio"] and info["max_upload_bytes"] == MAX_UPLOAD
     status, _, body = request(f"{server}/api/search?text=someone%20saying%20seven&k=6")
     answer = json.loads(body)
@@ -143,7 +143,7 @@ def test_the_page_in_a_headless_browser(server, collection, tmp_path):
             expect = playwright_api.expect
             expect.set_options(timeout=20_000)
             page.goto(server + "/")
-            expect(page.locator("#about")).to_contain_text("6 image items, Flat")
+            expect(page.locator("#about")).to_contain_text("6 image items, SQfp16")
             # An upload: the image itself comes first, every thumbnail loaded.
             page.set_input_files("#file", str(files[3]))
             expect(page.locator("#status")).to_have_text("6 hits for image digit-3.png")

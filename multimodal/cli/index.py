@@ -15,8 +15,8 @@ def add_command(commands) -> None:
             "Index embeddings written by multimodal embed (.npy + .keys.json, .safetensors, .parquet; files, or "
             "folders of per-shard parts) into the folder OUTPUT: the FAISS index, the exact vectors, each row's key, "
             "source and caption, and manifest.json (checkpoint id, modality, width, count, index type and "
-            "parameters). --index-type auto chooses exact search up to 100,000 vectors and IVF-PQ (re-ranked "
-            "exactly) above. --add adds new inputs to an existing index without rebuilding it; inputs already in "
+            "parameters). --index-type auto chooses flat (every vector scored) up to 100,000 vectors and IVF-PQ "
+            "above, both re-ranked exactly in float32. --add adds new inputs to an existing index without rebuilding it; inputs already in "
             "it are left out. Nothing is written unless the whole index is."
         ),
     )
@@ -34,7 +34,7 @@ def add_command(commands) -> None:
     index.add_argument("--add", action="store_true", help="add the inputs to the index at OUTPUT")
     index.add_argument("--overwrite", action="store_true", help="replace an index already at OUTPUT")
     index.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
-                       help="auto (by size, default), flat (exact inner product) or ivfpq")
+                       help="auto (by size, default), flat (every vector scored) or ivfpq")
     index.add_argument("--nlist", type=positive_int, help="ivfpq: inverted lists (default about 4 sqrt(N))")
     index.add_argument("--pq-m", type=positive_int, help="ivfpq: bytes per vector, a divisor of the width (default width/8)")
     index.add_argument("--nprobe", type=positive_int,
@@ -74,7 +74,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     size = index_size(args.output)["total"] / (1 << 20)
     tuned = (f", nprobe {plan.nprobe}, re-ranking {plan.refine_factor}x k candidates "
              f"(recall@10 {plan.tuning['recall@10']:.3f} on {plan.tuning['queries']} of its vectors)"
-             if plan.type == "ivfpq" else " (exact inner product)")
+             if plan.type == "ivfpq" else " (every vector scored, the best re-scored in float32)")
     print(f"indexed {index.count} {index.modality} vector(s) of {index.dim} dimensions into {args.output}: "
           f"{plan.factory}{tuned}; {size:.1f} MiB")
     return 0

@@ -98,13 +98,35 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, k: int, gather: Callable
 
 def refined_search(index, queries: np.ndarray, k: int, nprobe: int, refine_factor: int,
                    gather: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """An IVF-PQ search for ``refine_factor * max(k, 10)`` candidates, re-ranked exactly: (scores (Q, K), ids (Q, K)).
+    """A FAISS search for ``refine_factor * max(k, 10)`` candidates, re-ranked exactly: (scores (Q, K), ids (Q, K)).
 
-    The refine factor is tuned for k = 10 (see :func:`_tune`); a smaller k keeps as many candidates.
+    IVF-PQ's refine factor is tuned for k = 10 (see :func:`_tune`); a smaller k keeps as
+    many candidates. ``nprobe`` applies to IVF indexes only.
     """
-    index.nprobe = nprobe
+    if hasattr(index, "nprobe"):
+        index.nprobe = nprobe
     _, candidates = index.search(queries, min(index.ntotal, max(k, TUNING_K) * refine_factor))  # (Q, C)
     return rerank(queries, candidates, k, gather)
+
+
+# One query searched on one thread: OpenMP's fork and join per call costs more than the
+# second core saves on a single query, and far more when the machine is busy (threads
+# wait for a core at every join). `python -m bench search` prints the latencies.
+SINGLE_THREAD_BELOW = 8
+
+
+@contextlib.contextmanager
+def _threads_for(num_queries: int):
+    if num_queries >= SINGLE_THREAD_BELOW:
+        yield
+        return
+    faiss = _faiss()
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 # Reading -------------------------------------------------------------------------------------------
@@ -299,9 +321,9 @@ class SearchIndex:
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         queries = np.ascontiguousarray(queries / np.maximum(norms, 1e-12))
         k = min(k, self.count)
-        if self.plan.type == "flat":
-            return self.faiss_index.search(queries, k)
-        return refined_search(self.faiss_index, queries, k, nprobe or self.plan.nprobe, self.plan.refine_factor, self.vectors)
+        with _threads_for(len(queries)):
+            return refined_search(self.faiss_index, queries, k, nprobe or self.plan.nprobe, self.plan.refine_factor,
+                                  self.vectors)
 
     def search(self, queries: np.ndarray, k: int = 10, *, nprobe: int | None = None) -> list[list[Hit]]:
         """Queries (Q, E) -> for each, up to ``k`` :class:`Hit` s, best first."""
@@ -575,7 +597,7 @@ def build_index(
             entry.part.vectors = None  # the chunk holds them now (memory-mapped below)
         vectors = np.load(directory / chunk["vectors"], mmap_mode="r")  # (N, E)
         if plan.type == "flat":
-            index = faiss.IndexFlatIP(model.dim)
+            index = faiss.IndexScalarQuantizer(model.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
         else:
             if progress is not None:
                 progress(f"training {plan.factory} on {plan.train_size} of {count} vectors")
