@@ -115,6 +115,29 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth)]))
 
 
+def exact_small_collection(vectors: np.ndarray, queries: np.ndarray, folder: Path, checkpoint: Path):
+    """Our flat index (``multimodal index --index-type flat``) against FAISS's float32 IndexFlatIP, alternating per query."""
+    import faiss
+
+    from multimodal.embed import write_embeddings
+    from multimodal.search import build_index
+
+    vectors = np.ascontiguousarray(vectors)
+    write_embeddings(folder / "small.npy", vectors, [str(i) for i in range(len(vectors))])
+    ours = build_index([folder / "small.npy"], folder / "small-index", checkpoint=checkpoint, modality="image",
+                       index_type="flat")
+    theirs = faiss.IndexFlatIP(vectors.shape[1])
+    theirs.add(vectors)
+    ours_times, theirs_times = [], []
+    for row, query in enumerate(queries):
+        pair = [(ours_times, lambda q=query: ours.search_vectors(q[None], 10)), (theirs_times, lambda q=query: theirs.search(q[None], 10))]
+        for times, call in pair if row % 2 == 0 else pair[::-1]:
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+    return ours_times, theirs_times
+
+
 def run(settings: dict, folder: Path) -> dict:
     import faiss
 
@@ -163,9 +186,7 @@ def run(settings: dict, folder: Path) -> dict:
                 found[row] = ids[0]
     del exact_full
 
-    exact_small = faiss.IndexFlatIP(dim)
-    exact_small.add(np.ascontiguousarray(vectors_mapped[: settings["exact_size"]]))
-    small_times = timed_queries(lambda q: exact_small.search(q, 10), queries)
+    small_times, flat32_times = exact_small_collection(vectors_mapped[: settings["exact_size"]], queries, folder, checkpoint)
     return {
         "build_s": build_seconds, "sizes": sizes, "open_s": statistics.median(open_times), "open_first_s": open_times[0],
         "p50_ms": 1e3 * percentile(index_times, 50), "p99_ms": 1e3 * percentile(index_times, 99),
@@ -173,6 +194,7 @@ def run(settings: dict, folder: Path) -> dict:
         "speedup": statistics.median(e / i for e, i in zip(exact_times, index_times)),
         "recall": recall_at_10(found, truth),
         "exact_p50_ms": 1e3 * percentile(small_times, 50), "exact_p99_ms": 1e3 * percentile(small_times, 99),
+        "flat32_p50_ms": 1e3 * percentile(flat32_times, 50),
         "plan": plan,
     }
 
@@ -191,8 +213,9 @@ def report(settings: dict, results: dict) -> list[str]:
         f"(target >= {TARGETS['recall']})",
         f"exact search over all {settings['size']} vectors, alternating with the index: p50 "
         f"{results['exact_full_p50_ms']:.2f} ms; the index is {results['speedup']:.1f}x faster (median per query)",
-        f"exact search on {settings['exact_size']} vectors: p50 {results['exact_p50_ms']:.2f} ms, p99 "
-        f"{results['exact_p99_ms']:.2f} ms (target p50 <= {TARGETS['exact_p50_ms']:.0f} ms)",
+        f"flat index (exhaustive) on {settings['exact_size']} vectors: p50 {results['exact_p50_ms']:.2f} ms, p99 "
+        f"{results['exact_p99_ms']:.2f} ms (target p50 <= {TARGETS['exact_p50_ms']:.0f} ms); FAISS float32 IndexFlatIP "
+        f"alternating with it: p50 {results['flat32_p50_ms']:.2f} ms",
     ]
 
 
@@ -276,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"search {settings['size']} x {settings['dim']}: build {results['build_s']:.0f} s, "
           f"{results['sizes']['total'] / (1 << 20):.0f} MiB, open {results['open_s'] * 1e3:.0f} ms, "
           f"p50 {results['p50_ms']:.2f} ms, p99 {results['p99_ms']:.2f} ms, recall@10 {results['recall']:.3f}; "
-          f"exact on {settings['exact_size']}: p50 {results['exact_p50_ms']:.2f} ms")
+          f"flat on {settings['exact_size']}: p50 {results['exact_p50_ms']:.2f} ms")
     return 0
 
 

@@ -6,7 +6,7 @@ def test_quick_search_benchmark_prints_every_figure(capsys):
     assert bench_search.main(["--quick"]) == 0
     out = capsys.readouterr().out
     for figure in ("build", "index size", "open (memory-mapped) median", "query k=10 one at a time: p50",
-                   "recall@10", "exact search on 2000 vectors: p50"):
+                   "recall@10", "flat index (exhaustive) on 2000 vectors: p50"):
         assert figure in out, figure
     summary = out.strip().splitlines()[-1]
     assert summary.startswith("search 10000 x 32: build")
