@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-BENCHMARKS = ("train_step", "patch_dropout", "audio", "resample", "inference", "attention", "data", "presets")
+BENCHMARKS = ("train_step", "patch_dropout", "audio", "resample", "inference", "attention", "data", "presets", "search")
 
 
 def available() -> list[str]:

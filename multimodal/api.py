@@ -45,6 +45,7 @@ from multimodal.eval import build_zero_shot_weights, zero_shot_probabilities
 from multimodal.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
+    checkpoint_id,
     check_tokenizer_fits,
     load_model,
     load_tokenizer,
@@ -174,6 +175,8 @@ class EmbeddingModel:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eval_sets = list(eval_sets)
+        self.checkpoint: Path | None = None  # the directory it was loaded from, when it was
+        self._checkpoint_id: str | None = None
 
     @classmethod
     def from_checkpoint(
@@ -192,7 +195,10 @@ class EmbeddingModel:
             eval_sets = recorded_eval_sets(read_config(path))
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {error}") from error
-        return cls(model, tokenizer, device=device, precision=precision, batch_size=batch_size, eval_sets=eval_sets)
+        embedding_model = cls(model, tokenizer, device=device, precision=precision, batch_size=batch_size,
+                              eval_sets=eval_sets)
+        embedding_model.checkpoint = Path(path)
+        return embedding_model
 
     # What the model is
 
@@ -204,6 +210,13 @@ class EmbeddingModel:
     @property
     def modalities(self) -> list[str]:
         return self.model.modalities
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        """The id of the checkpoint it was loaded from (``multimodal.checkpoint.checkpoint_id``); None for a model built in memory."""
+        if self._checkpoint_id is None and self.checkpoint is not None:
+            self._checkpoint_id = checkpoint_id(self.checkpoint)  # hashed on first use: it reads the weights once
+        return self._checkpoint_id
 
     @property
     def embed_dim(self) -> int:

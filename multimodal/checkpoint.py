@@ -13,6 +13,7 @@ and shape is checked against the model the config describes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -214,6 +215,26 @@ def read_config(directory: str | Path) -> dict:
     if "model" not in config:
         raise CheckpointError(f"{path}: has no 'model' section")
     return config
+
+
+def checkpoint_id(directory: str | Path) -> str:
+    """What identifies a checkpoint's embedding space: 16 hex digits of SHA-256 over its model config and weights.
+
+    Two directories with the same model config and the same ``model.safetensors`` bytes
+    get the same id wherever they are; any other change to the weights (another
+    training step, a fine-tune) gives another id. Indexes of embeddings record it, so a
+    query is never embedded by a model whose space differs from the collection's.
+    """
+    directory = Path(directory)
+    config = read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    digest = hashlib.sha256(json.dumps(config["model"], sort_keys=True).encode("utf-8"))
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

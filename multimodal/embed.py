@@ -448,7 +448,10 @@ def _embed_stream(
 
 
 def _metadata(model: EmbeddingModel, modality: str) -> dict[str, str]:
-    return {"modality": modality, "embed_dim": str(model.embed_dim), "dtype": str(model.dtype).replace("torch.", "")}
+    metadata = {"modality": modality, "embed_dim": str(model.embed_dim), "dtype": str(model.dtype).replace("torch.", "")}
+    if model.checkpoint_id is not None:  # lets `multimodal index` refuse parts embedded by another checkpoint
+        metadata["checkpoint_id"] = model.checkpoint_id
+    return metadata
 
 
 def embed_files(

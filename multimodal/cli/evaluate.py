@@ -47,6 +47,8 @@ def add_command(commands) -> None:
     add_label_options(evaluate, required=False)
     evaluate.add_argument("--name", default="eval", help="prefix of the metric names (default eval)")
     evaluate.add_argument("--output", metavar="FILE.json", help="also write the results as JSON")
+    evaluate.add_argument("--no-pictures", action="store_true",
+                          help="with --output, skip FILE.confusion.png and FILE.gallery.html (they embed the data once more)")
     evaluate.add_argument("--num-workers", type=non_negative_int, default=0,
                           help="data loader processes for shards (default 0)")
     evaluate.set_defaults(run=run, command_parser=evaluate)
@@ -190,4 +192,9 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         report = {"checkpoint": str(args.checkpoint), "task": args.task, "data": args.data, "modality": modality,
                   "class_names": list(class_names), **prompts, "results": results, "skipped": skipped}
         write_text_atomically(args.output, json.dumps(report, indent=2) + "\n")
+        if not args.no_pictures:
+            from multimodal.eval_pictures import write_pictures
+
+            for picture in write_pictures(model, config, loader, Path(args.output)):
+                print(f"wrote {picture}", file=sys.stderr)
     return exit_status(num_skipped, "input(s)")

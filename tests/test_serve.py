@@ -1,0 +1,184 @@
+"""`multimodal serve`: the JSON endpoint, limits and media on a real server on 127.0.0.1, and the page in Chromium."""
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+from multimodal.api import load
+from multimodal.embed import embed_files
+from multimodal.search import build_index, open_index
+from multimodal.serve import SearchService, create_app
+from tests.test_api import tiny_checkpoint, write_png
+
+MAX_UPLOAD = 100_000
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-headless-shell")
+# As root in a container Chromium needs --no-sandbox; the network flags keep it from calling out at start.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    checkpoint = tiny_checkpoint()
+    files = [write_png(root / "images" / f"digit-{i}.png", seed=i) for i in range(5)]
+    files.append(write_png(root / "images" / "large photo.png", seed=7, size=(300, 420)))
+    model = load(checkpoint, precision="fp32")
+    embed_files(model, "image", [root / "images"], root / "images.safetensors")
+    build_index([root / "images.safetensors"], root / "index", checkpoint=checkpoint)
+    return root, files, model
+
+
+@pytest.fixture(scope="module")
+def server(collection):
+    """The app under uvicorn on an ephemeral port of 127.0.0.1, in a thread; stopped after the module."""
+    root, files, model = collection
+    service = SearchService(open_index(root / "index"), model, max_upload_bytes=MAX_UPLOAD)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+def request(url: str, data: bytes | None = None, headers: dict | None = None):
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def test_an_uploaded_image_finds_itself_and_its_media(server, collection):
+    _, files, _ = collection
+    status, headers, body = request(f"{server}/api/search?modality=image&k=3", files[2].read_bytes(),
+                                    {"Content-Type": "image/png"})
+    assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
+    answer = json.loads(body)
+    best = answer["hits"][0]
+    assert (best["rank"], best["key"], best["source"]) == (1, str(files[2]), str(files[2].resolve()))
+    assert best["score"] == pytest.approx(1.0, abs=1e-4) and len(answer["hits"]) == 3
+    status, headers, media = request(server + best["media"])
+    assert status == 200 and headers["content-type"] == "image/png" and media == files[2].read_bytes()
+    # A large image's thumbnail is at most 256 px; a small one is served as it is.
+    large = next(hit for hit in json.loads(request(f"{server}/api/search?text=x&k=6")[2])["hits"]
+                 if hit["key"].endswith("large photo.png"))
+    status, headers, thumbnail = request(f"{server}{large['media']}?thumb=1")
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumbnail)).size) == 256
+
+
+def test_text_queries_and_info(server):
+    status, _, body = request(f"{server}/api/info")
+    info = json.loads(body)
+    assert (info["modality"], info["count"], info["index_type"]) == ("image", 6, "SQfp16")
+    assert info["query_modalities"] == ["text", "image", "audio"] and info["max_upload_bytes"] == MAX_UPLOAD
+    status, _, body = request(f"{server}/api/search?text=someone%20saying%20seven&k=6")
+    answer = json.loads(body)
+    assert status == 200 and answer["query"] == {"modality": "text", "text": "someone saying seven"}
+    assert len(answer["hits"]) == 6 and [h["rank"] for h in answer["hits"]] == [1, 2, 3, 4, 5, 6]
+    scores = [h["score"] for h in answer["hits"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("path, data, status, message", [
+    ("/api/search?modality=image", b"\0" * (MAX_UPLOAD + 1), 413, "the limit is 100000"),
+    ("/api/search?modality=image", b"GIF89a but broken", 400, "the image query cannot be read"),
+    ("/api/search?modality=video", b"x", 400, "modality must be image or audio"),
+    ("/api/search?modality=audio", b"", 400, "the upload is empty"),
+    ("/api/search?text=" + "a" * 1001, None, 400, "at most 1000 characters"),
+    ("/api/search?text=seven&k=0", None, 400, "k must be an integer from 1 to 100"),
+    ("/api/search?text=%20", None, 400, "give a text query"),
+])
+def test_bad_queries_are_refused_with_a_reason(server, path, data, status, message):
+    got, _, body = request(server + path, data)
+    assert got == status and message in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("path", ["/media/6", "/media/-1", "/media/..%2F..%2Fetc%2Fpasswd", "/media/%2Fetc%2Fpasswd",
+                                  "/media/1/../../../etc/passwd", "/etc/passwd", "/media/0x1"])
+def test_nothing_outside_the_collection_is_served(server, path):
+    status, _, body = request(server + path)
+    assert status == 404 and b"root:" not in body
+
+
+def test_the_server_binds_loopback_by_default():
+    from multimodal.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--index", "somewhere"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium)")
+def test_the_page_in_a_headless_browser(server, collection, tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    _, files, _ = collection
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            # The page runs under its own Content-Security-Policy: waits go through locators, never eval.
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            expect = playwright_api.expect
+            expect.set_options(timeout=20_000)
+            page.goto(server + "/")
+            expect(page.locator("#about")).to_contain_text("6 image items, SQfp16")
+            # An upload: the image itself comes first, every thumbnail loaded.
+            page.set_input_files("#file", str(files[3]))
+            expect(page.locator("#status")).to_have_text("6 hits for image digit-3.png")
+            expect(page.locator(".hit .key").first).to_have_text(str(files[3]))
+            expect(page.locator(".hit .score").first).to_have_text("#1 1.000")
+            for image in page.locator(".hit img").all():
+                image.scroll_into_view_if_needed()
+                expect(image).to_have_js_property("complete", True)
+                assert image.evaluate("image => image.naturalWidth") > 0
+            screenshot = tmp_path / "page.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert Image.open(screenshot).size[0] == 1100
+            # A text query from the box, and an error shown on the page rather than a broken grid.
+            page.fill("#text", "a photo of a cat")
+            page.click("#search")
+            expect(page.locator("#status")).to_have_text("6 hits for “a photo of a cat”")
+            expect(page.locator(".hit")).to_have_count(6)
+            broken = tmp_path / "broken.png"
+            broken.write_bytes(b"\x89PNG\r\n\x1a\n but nothing more")
+            page.set_input_files("#file", str(broken))
+            expect(page.locator("#status.error")).to_contain_text("the image query cannot be read")
+            expect(page.locator(".hit")).to_have_count(0)
+        finally:
+            browser.close()
+
+
+def test_media_of_shard_samples_and_sounds(tmp_path):
+    """Rows from a tar shard are read from it by key; sounds are served as they are; pipe: shards never run."""
+    from multimodal.search.media import MediaReader
+    from tests.test_search_cli import png_bytes, write_tar
+
+    picture = png_bytes(3)
+    shard = write_tar(tmp_path / "web-000.tar", [("a/1.png", png_bytes(1)), ("a/1.txt", b"one"), ("a/2.png", picture)])
+    reader = MediaReader("image")
+    assert reader.read("a/2", shard) == (picture, "image/png")
+    assert reader.read("a/9", shard) is None and reader.read("a/1", f"pipe:cat {shard}") is None
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF....WAVE")
+    assert MediaReader("audio").read(str(clip), str(clip)) == (b"RIFF....WAVE", "audio/wav")
+    assert MediaReader("text").read("captions.txt:3", str(clip)) is None  # a caption has no media
+    reader.close()
