@@ -793,8 +793,9 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     optim = config.optim
     unwrapped = accelerator.unwrap_model(model)
     samples_per_step = config.data.batch_size * optim.accum_steps * accelerator.num_processes
+    # Live in a terminal; in a log file (a cluster job's) a line every 30 s, not one per step.
     progress = tqdm(total=optim.steps, initial=run.start_step, disable=not accelerator.is_main_process,
-                    desc="training", dynamic_ncols=True)
+                    desc="training", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     batches = None
     last_checkpoint, saved_step = None, run.start_step
     tick, window_steps = time.time(), 0
