@@ -54,6 +54,13 @@ def test_preset_and_overrides_resolve(tmp_path):
     config = train.parse_config(["--preset", "small", "--config", str(config_file), "--optim.warmup_steps", "7"])
     assert config.preset == "small" and config.optim.lr == 0.01 and config.optim.warmup_steps == 7
     assert config.model.embed_dim == 64 and config.model.text.vocab_size == 300
+    # The file changed the small preset's model; everything else of it is kept.
+    assert config.model.image.image_size == 96 and config.model.audio is not None
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("model:\n  image_preprocess:\n    mean: [0.7, 0.7, 0.7]\n  audio: null\n")
+    config = train.parse_config(["--config", str(partial)])
+    assert config.model.image_preprocess.mean == (0.7, 0.7, 0.7) and config.model.image_preprocess.std == (0.31, 0.31, 0.31)
+    assert config.model.audio is None and config.model.text is not None
 
 
 def test_no_weight_decay_on_norms_biases_positions_and_temperatures():
