@@ -14,7 +14,7 @@ import torch
 
 from multimodal.config import from_dict
 from multimodal.data.config import MODALITIES
-from multimodal.data.sample_fields import CAPTION_KEYS
+from multimodal.data.sample_fields import CAPTION_KEYS, SampleFields
 from multimodal.data.source_spec import SourceSpec
 from multimodal.eval import TEMPLATE_SETS, build_zero_shot_weights, collect_embeddings, retrieval_metrics, validate_templates
 from multimodal.eval import evaluate_retrieval, evaluate_zero_shot
@@ -132,6 +132,10 @@ class EvalSetConfig:
             raise ValueError(f"{where}: a zero-shot evaluation needs class_names (label i -> name)")
         if self.templates:
             validate_templates(self.templates)
+        try:
+            SampleFields(caption_keys=self.caption_keys)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         if self.task == "retrieval" and self.modality == self.gallery_modality:
             raise ValueError(f"{where}: modality and gallery_modality are both {self.modality!r}; retrieval needs two")
         probe_options = {"train_shards": self.train_shards is not None, "fewshot_k": self.fewshot_k is not None,

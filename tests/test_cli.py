@@ -499,3 +499,25 @@ def test_eval_retrieval_ranks_every_caption_of_an_item(checkpoint, model, tmp_pa
     shown = re.findall(r'class="caption">([^<]*)<', (tmp_path / "r.gallery.html").read_text())
     top = (image_features @ caption_features.T).topk(5, dim=1).indices  # (4, 5): every image is a query
     assert shown == [flat[index] for row in top.tolist() for index in row]
+
+
+def test_eval_linear_probe_on_audio_class_folders(checkpoint, model, tmp_path, capsys):
+    from multimodal.eval import evaluate_linear_probe
+
+    def clips(root: Path, seed: int) -> list[tuple[Path, int]]:
+        # Clips of several lengths: the longer ones are embedded as averaged windows.
+        return [(write_wav(root / name / f"{index}.wav", seed=seed + 10 * label + index, seconds=0.4 + 0.5 * index), label)
+                for label, name in enumerate(("rain", "speech")) for index in range(3)]
+
+    train, test = clips(tmp_path / "train", 0), clips(tmp_path / "test", 100)
+    expected = evaluate_linear_probe(
+        model.embed_audio([path for path, _ in train]), torch.tensor([label for _, label in train]),
+        model.embed_audio([path for path, _ in test]), torch.tensor([label for _, label in test]), weight_decay=0.01)
+    status, _, err = run(["eval", "--checkpoint", checkpoint, "--precision", "fp32", "--task", "linear_probe",
+                          "--data", tmp_path / "test", "--train-data", tmp_path / "train", "--weight-decay", "0.01",
+                          "--output", tmp_path / "audio.json"], capsys)
+    report = json.loads((tmp_path / "audio.json").read_text())
+    assert status == 0 and report["modality"] == "audio" and "weight decay 0.01 (given)" in err
+    assert report["class_names"] == ["rain", "speech"] and report["weight_decay_from"] == "given"
+    for key, value in expected.metrics.items():
+        assert report["results"][f"eval/{key}"] == pytest.approx(value, abs=1e-6), key

@@ -87,6 +87,7 @@ def test_bad_sets_are_refused_with_what_to_fix():
             modality="text")
     refused("eval set 'x': modality 'video' is not one of ('text', 'image', 'audio')", class_names=["a"],
             modality="video")
+    refused("eval set 'x': caption_keys is empty", task="retrieval", caption_keys=" ; ")
     EvalSetConfig(name="x", shards="x.tar", task="linear_probe", train_shards="t.tar", fewshot_k=1, weight_decay=0.0)
 
 

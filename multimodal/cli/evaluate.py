@@ -170,7 +170,7 @@ def _class_names_from_shards(spec: str) -> list[str]:
 
 def _check_task_options(args, parser: argparse.ArgumentParser, templates) -> None:
     if templates and args.task != "zeroshot":
-        parser.error("argument --templates: only --task zeroshot builds prompts; retrieval uses none")
+        parser.error("argument --templates: only --task zeroshot builds prompts; retrieval and linear probes use none")
     if args.caption_keys is not None and args.task != "retrieval":
         parser.error("argument --caption-keys: only --task retrieval reads captions")
     if args.task != "linear_probe":
@@ -191,7 +191,7 @@ def _check_data(data: str, option: str, task: str, parser) -> bool:
     return folder
 
 
-def _same_classes(test_classes: list[str], train_classes: list[str], args, parser) -> None:
+def _same_classes(test_classes: list[str], train_classes: list[str], parser) -> None:
     if test_classes != train_classes:
         only_test = sorted(set(test_classes) - set(train_classes))
         only_train = sorted(set(train_classes) - set(test_classes))
@@ -218,7 +218,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         modality, folder_classes, items = _class_folder_items(Path(args.data), args.modality, parser)
         if probe:
             _, train_classes, train_items = _class_folder_items(Path(args.train_data), modality, parser)
-            _same_classes(folder_classes, train_classes, args, parser)
+            _same_classes(folder_classes, train_classes, parser)
         if labels is not None and len(labels) != len(folder_classes):
             parser.error(f"argument --labels: {len(labels)} names for {len(folder_classes)} class folders")
         class_names = labels or folder_classes
