@@ -127,9 +127,17 @@ def fit_linear_probe(
     _check_features(features, labels, "fit_linear_probe")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit(features, labels, weight_decay, max_iter, tolerance_grad)
+
+
+def _fit(features: torch.Tensor, labels: torch.Tensor, weight_decay: float, max_iter: int,
+         tolerance_grad: float) -> LinearProbe:
     dtype = torch.promote_types(features.dtype, torch.float32)
     classes = torch.unique(labels.long())  # (C,) sorted
-    features, targets = features.to(dtype), torch.searchsorted(classes, labels.long()).to(features.device)  # (N,)
+    # A copy: embeddings made under torch.inference_mode cannot take part in autograd themselves.
+    features = features.to(dtype).clone()
+    targets = torch.searchsorted(classes, labels.long()).to(features.device)  # (N,)
     num_classes = classes.shape[0]
     weight = torch.zeros(num_classes, features.shape[1], dtype=dtype, device=features.device, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=dtype, device=features.device, requires_grad=True)
@@ -145,8 +153,7 @@ def fit_linear_probe(
         loss.backward()
         return loss
 
-    with torch.enable_grad():
-        optimizer.step(closure)
+    optimizer.step(closure)
     return LinearProbe(weight.detach(), bias.detach(), classes.to(features.device), float(weight_decay))
 
 

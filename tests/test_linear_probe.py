@@ -138,3 +138,15 @@ def test_probe_errors_say_what_to_fix():
         evaluate_linear_probe(features, labels, torch.full((6, 3), float("nan")), labels)
     with pytest.raises(ValueError, match="the training set: labels must be integer class indices"):
         evaluate_linear_probe(features, labels.float(), features, labels)
+
+
+def test_probes_fit_inside_no_grad_and_inference_mode():
+    """Evaluation code runs under torch.no_grad or inference_mode; the fit still gets its gradients."""
+    centres = torch.tensor([[3.0, 0.0], [-3.0, 0.0]])
+    features, labels = clusters(5, centres, 0.5, seed=6)
+    reference = fit_linear_probe(features, labels, 0.1)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            inside = features.clone()  # made under the mode, as a model's embeddings would be
+            probe = fit_linear_probe(inside, labels.clone(), 0.1)
+        torch.testing.assert_close(probe.weight, reference.weight)
