@@ -30,6 +30,9 @@ class SourceSpec:
         name: used in counts, logs and errors; default ``source{index}``.
         image_keys / audio_keys / caption_keys: where each modality is found.
         label_key: optional class label (``"json:label"``, ``"cls"``), read as int into "label".
+        all_captions: evaluation only (a training loader refuses it): every caption of a
+            sample, not one, each a row of "text" with "text_item" saying whose it is
+            (see :mod:`multimodal.data.collate`): retrieval against all of an item's captions.
     """
 
     shards: str | list[str]
@@ -40,6 +43,7 @@ class SourceSpec:
     audio_keys: str = AUDIO_KEYS
     caption_keys: str = CAPTION_KEYS
     label_key: str | None = None
+    all_captions: bool = False
 
     def __post_init__(self) -> None:
         where = f"source {self.name or self.shards!r}"

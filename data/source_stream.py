@@ -3,7 +3,8 @@
 A :class:`SourceStream` reads raw samples from its shards (resampled: drawn with
 replacement, forever; finite: each of its shards once, in order), passes them
 through a shuffle buffer and turns each into a preprocessed sample (image crop
-uint8 (3, S, S), audio windows (T, F), caption string, label int).
+uint8 (3, S, S), audio windows (T, F), caption string (every caption, a list, for an
+``all_captions`` source), label int).
 
 Determinism: shard draws, the shuffle buffer and every sample's random choices
 (crop, caption, audio crop, SpecAugment) come from RNGs seeded with
@@ -224,7 +225,8 @@ class SourceStream:
         audio_bytes = fields.member(raw, "audio") if "audio" in modalities else None
         sample: dict = {"__key__": raw["__key__"]}
         if "text" in modalities:
-            sample["text"] = fields.caption(raw, rng)
+            # A list (every caption) only for an evaluation source that asks for it; make_loader refuses it in training.
+            sample["text"] = fields.captions(raw) if self.spec.all_captions else fields.caption(raw, rng)
         if fields.label_key is not None:
             sample["label"] = fields.label(raw)
         if image_bytes is not None:

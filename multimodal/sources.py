@@ -60,12 +60,16 @@ class PreparedEvalSet:
     config: EvalSetConfig
     loader_factory: object
     gallery_loader_factory: object = None
+    train_loader_factory: object = None  # a linear probe's training set
 
     def loader(self):
         return self.loader_factory()
 
     def gallery_loader(self):
         return self.gallery_loader_factory()
+
+    def train_loader(self):
+        return self.train_loader_factory()
 
 
 @dataclass
@@ -103,18 +107,8 @@ class PreparedData:
         )
         return self.current_loader
 
-    def eval_loader(self, shards: str, modality: str, paired_with: str | None = None):
-        """A finite pass over ``shards`` with evaluation preprocessing.
-
-        ``paired_with``: a second modality read from each sample (retrieval within
-        pairs: no label needed). Without it, each sample's class label is read too
-        (json ``label`` or a ``cls`` member): zero-shot classes, or the matches of
-        retrieval against a gallery set.
-        """
-        if paired_with is None:
-            spec = SourceSpec(shards=shards, modalities=[modality], label_key="json:label;cls")
-        else:
-            spec = SourceSpec(shards=shards, modalities=[modality, paired_with])
+    def eval_loader(self, spec: SourceSpec):
+        """A finite pass over an evaluation source (see ``EvalSetConfig.source_specs``) with evaluation preprocessing."""
         return make_loader(
             [spec],
             batch_size=self.config.eval_batch_size,
@@ -256,21 +250,15 @@ def prepare(config: DataConfig, model: ModelConfig, tokenizer: Tokenizer | None,
 
 
 def _fits(eval_set: EvalSetConfig, model: ModelConfig) -> bool:
-    needed = {eval_set.modality, "text" if eval_set.task == "zeroshot" else eval_set.gallery_modality}
-    return needed <= set(model.modalities)
+    return set(eval_set.model_modalities) <= set(model.modalities)
 
 
 def _prepare_eval_set(data: PreparedData, eval_set: EvalSetConfig) -> PreparedEvalSet:
-    def loader():
-        if eval_set.task == "retrieval" and eval_set.gallery_shards is None:
-            return data.eval_loader(eval_set.shards, eval_set.modality, eval_set.gallery_modality)
-        return data.eval_loader(eval_set.shards, eval_set.modality)
-
-    def gallery():
-        return data.eval_loader(eval_set.gallery_shards, eval_set.gallery_modality)
-
-    return PreparedEvalSet(config=eval_set, loader_factory=loader,
-                           gallery_loader_factory=gallery if eval_set.gallery_shards is not None else None)
+    specs = eval_set.source_specs()
+    factories = {field: (lambda spec=spec: data.eval_loader(spec)) for field, spec in specs.items()}
+    return PreparedEvalSet(config=eval_set, loader_factory=factories["shards"],
+                           gallery_loader_factory=factories.get("gallery_shards"),
+                           train_loader_factory=factories.get("train_shards"))
 
 
 def _demo_progress(stage: str, done: int, total: int) -> None:
