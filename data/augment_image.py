@@ -21,6 +21,7 @@ and repeated: the same result at a third of the arithmetic.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -41,6 +42,21 @@ def border_colour(image: torch.Tensor) -> torch.Tensor:
     """
     edges = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)  # (C, 2W + 2H)
     return edges.median(dim=1).values
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(height: int, width: int) -> torch.Tensor:
+    """(H * W, 3): each pixel's normalised (x, y, 1), row by row; times theta^T it is F.affine_grid's grid.
+
+    The same numbers as ``F.affine_grid(theta, align_corners=False)``, one matrix product
+    per image instead of building the base grid every call.
+    """
+    xs = (torch.arange(width, dtype=torch.float32) * 2 + 1) / width - 1
+    ys = (torch.arange(height, dtype=torch.float32) * 2 + 1) / height - 1
+    grid = torch.ones(height, width, 3)
+    grid[..., 0] = xs[None, :]
+    grid[..., 1] = ys[:, None]
+    return grid.view(height * width, 3)
 
 
 def affine(
@@ -77,8 +93,8 @@ def affine(
     theta = torch.tensor([[
         [inverse[0][0], inverse[0][1] * half[1] / half[0], offset[0] / half[0]],
         [inverse[1][0] * half[0] / half[1], inverse[1][1], offset[1] / half[1]],
-    ]], dtype=torch.float32)  # (1, 2, 3)
-    grid = F.affine_grid(theta, [1, channels, height, width], align_corners=False)  # (1, H, W, 2)
+    ]], dtype=torch.float32)  # (1, 2, 3), as F.affine_grid takes it
+    grid = (_pixel_centres(height, width) @ theta[0].T).view(1, height, width, 2)  # (1, H, W, 2)
     fill = fill.view(1, channels, 1, 1)
     # Zeros outside the image, after the fill colour is subtracted: the fill colour there.
     moved = F.grid_sample(image[None] - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

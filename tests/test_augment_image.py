@@ -216,3 +216,13 @@ def test_probability_applies_a_lever_to_that_share_of_samples():
 def test_a_wrong_image_layout_is_refused():
     with pytest.raises(ValueError, match=r"uint8 image \(3, H, W\), got torch.uint8 \(32, 32, 3\)"):
         augment_image(photo(32, 32).permute(1, 2, 0).contiguous(), ALL_ON, random.Random(0))
+
+
+def test_the_sampling_grid_is_affine_grids():
+    import torch.nn.functional as F
+
+    from multimodal.data.augment_image import _pixel_centres
+
+    theta = torch.tensor([[0.9, 0.2, 0.1], [-0.3, 1.1, -0.05]])
+    ours = (_pixel_centres(7, 12) @ theta.T).view(1, 7, 12, 2)
+    torch.testing.assert_close(ours, F.affine_grid(theta[None], [1, 1, 7, 12], align_corners=False))
