@@ -1,9 +1,11 @@
 """Augmentation in the loader: training only, seeded like the rest of a sample, on messy real-world files."""
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
+from dataclasses import fields
 
 import numpy as np
 import soundfile
@@ -11,13 +13,19 @@ import torch
 import webdataset
 from PIL import Image
 
+from multimodal.config import from_dict
+from multimodal.data.augment import AugmentConfig, AudioAugmentConfig, ImageAugmentConfig
 from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.loader import make_loader
 from multimodal.data.source_spec import SourceSpec
-from multimodal.sources import demo_augment
 
 IMAGE = ImagePreprocessConfig(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 AUDIO = AudioPreprocessConfig(num_mel_bins=16, max_frames=30)
+# Every lever of both modalities on, half the time each (tempo and pitch included).
+EVERYTHING = from_dict(AugmentConfig, {
+    modality: {lever: {"p": 0.5} for lever in (f.name for f in fields(config))}
+    for modality, config in (("image", ImageAugmentConfig), ("audio", AudioAugmentConfig))
+})
 
 
 def encoded_image(index: int) -> tuple[str, bytes]:
@@ -83,7 +91,7 @@ def same(first: list[dict], second: list[dict], modality: str) -> bool:
 def test_training_augments_messy_images_deterministically_and_evaluation_never(tmp_path):
     shards = write_shards(tmp_path, encoded_image, "img")
     plain = SourceSpec(shards, ["image", "text"], name="img")
-    augmented = SourceSpec(shards, ["image", "text"], name="img", augment=demo_augment())
+    augmented = SourceSpec(shards, ["image", "text"], name="img", augment=EVERYTHING)
     first = batches(augmented, train=True)
     assert all(b["image"].shape == (4, 3, 16, 16) and bool(b["image"].isfinite().all()) for b in first)
     assert same(first, batches(augmented, train=True), "image")  # a seed gives the same augmentations
@@ -97,7 +105,7 @@ def test_training_augments_messy_images_deterministically_and_evaluation_never(t
 def test_training_augments_messy_audio_deterministically_and_evaluation_never(tmp_path):
     shards = write_shards(tmp_path, encoded_audio, "aud")
     plain = SourceSpec(shards, ["audio", "text"], name="aud")
-    augmented = SourceSpec(shards, ["audio", "text"], name="aud", augment=demo_augment())
+    augmented = SourceSpec(shards, ["audio", "text"], name="aud", augment=EVERYTHING)
     first = batches(augmented, train=True)
     assert all(b["audio"].shape[0] == 4 and b["audio"].shape[2] == 16 and bool(b["audio"].isfinite().all())
                for b in first)
@@ -112,7 +120,7 @@ def test_training_augments_messy_audio_deterministically_and_evaluation_never(tm
 
 def test_augmentation_in_worker_processes_is_seeded_too(tmp_path):
     shards = write_shards(tmp_path, encoded_image, "img", count=8)
-    spec = SourceSpec(shards, ["image", "text"], name="img", augment=demo_augment())
+    spec = SourceSpec(shards, ["image", "text"], name="img", augment=EVERYTHING)
     in_workers = batches(spec, train=True, num_workers=2, count=2)
     assert same(in_workers, batches(spec, train=True, num_workers=2, count=2), "image")
     assert not same(in_workers, batches(spec, train=True, num_workers=2, count=2, seed=3), "image")
@@ -123,7 +131,7 @@ def test_levers_all_off_read_a_source_exactly_as_without_augmentation(tmp_path):
     speech = write_shards(tmp_path, encoded_audio, "aud")
     for shards, modality in ((images, "image"), (speech, "audio")):
         plain = SourceSpec(shards, [modality, "text"], name="s")
-        off = SourceSpec(shards, [modality, "text"], name="s", augment=demo_augment())
+        off = SourceSpec(shards, [modality, "text"], name="s", augment=copy.deepcopy(EVERYTHING))
         other = "audio" if modality == "image" else "image"
         setattr(off.augment, modality, type(getattr(off.augment, modality))())  # this modality's levers off
         assert getattr(off.augment, other).enabled  # the other modality's levers do not touch this source
