@@ -132,9 +132,11 @@ def resampling_ratio(orig_freq: int, new_freq: int) -> tuple[int, int]:
     return best.denominator, best.numerator
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
     # The module holds the sinc kernel, which functional.resample would rebuild on every call.
+    # 64 rate pairs: speed and pitch augmentation use a few dozen (ratios in 1% steps,
+    # see multimodal.data.augment_audio) beside the data's own rates.
     return torchaudio.transforms.Resample(orig_freq, new_freq)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from multimodal.data.augment import AugmentConfig
 from multimodal.data.config import MODALITIES
 from multimodal.data.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS, SampleFields
 
@@ -33,6 +34,9 @@ class SourceSpec:
         all_captions: evaluation only (a training loader refuses it): every caption of a
             sample, not one, each a row of "text" with "text_item" saying whose it is
             (see :mod:`multimodal.data.collate`): retrieval against all of an item's captions.
+        augment: training augmentation of this source's images and audio (see
+            :mod:`multimodal.data.augment`); off by default, never applied when the
+            loader evaluates.
     """
 
     shards: str | list[str]
@@ -44,9 +48,12 @@ class SourceSpec:
     caption_keys: str = CAPTION_KEYS
     label_key: str | None = None
     all_captions: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         where = f"source {self.name or self.shards!r}"
+        if not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"{where}: augment must be an AugmentConfig, got {type(self.augment).__name__}")
         self.modalities = list(self.modalities)
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
