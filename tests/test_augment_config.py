@@ -10,6 +10,7 @@ import pytest
 
 from multimodal import sources
 from multimodal.config import from_dict, to_dict
+from multimodal.data.source_spec import SourceSpec
 from multimodal.data.augment import AugmentConfig, ImageAugmentConfig, NoiseAugment
 from multimodal.evaluation import EvalSetConfig
 from multimodal.presets import tiny
@@ -123,5 +124,5 @@ def test_the_demos_training_sources_carry_its_augmentation_and_evaluation_none(t
     off = sources.resolve_sources(DataConfig(eval=[eval_set], demo_augment=None), model)
     assert all(s.augment == AugmentConfig() for s in off.train)
     prepared = sources.prepare(DataConfig(), model, None, SimpleNamespace(train=[], eval_sets=[]))
-    evaluation = prepared.eval_loader(paths.image_train, "image").dataset
+    evaluation = prepared.eval_loader(SourceSpec(paths.image_train, ["image"], name="digits")).dataset
     assert all(spec.augment == AugmentConfig() for spec in evaluation.sources)
