@@ -10,7 +10,9 @@ modality this is the normal case, not an error) and ``bad_image`` / ``bad_audio`
 
 Each worker keeps a :class:`WorkerCounts` and attaches what is new to every batch it
 makes; the loader adds the reports up in a :class:`DataStats`, which logs the first
-skip of each kind with its message and a summary every ``log_every`` skips.
+skip of each kind with its message and a summary after ``log_every`` skips, then each
+time the total doubles: on shards where most samples lack a modality a source reads,
+skips come every step, and a line per step would bury the training log.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ class DataStats:
                 if (source, reason) not in self.examples:
                     self.examples[(source, reason)] = message
                     logger.warning(
-                        "source %r: skipping data (%s): %s; counted in loader.stats, summarised every %d skips",
+                        "source %r: skipping data (%s): %s; counted in loader.stats, summarised after %d skips and each doubling",
                         source,
                         reason,
                         message,
@@ -69,7 +71,7 @@ class DataStats:
         total = self.total_skipped()
         if self.log_every > 0 and total >= self._next_log:
             logger.warning("skipped so far (%d): %s", total, self._compact())
-            self._next_log = (total // self.log_every + 1) * self.log_every
+            self._next_log = 2 * total
 
     def total_skipped(self) -> int:
         """Everything skipped, all sources and reasons (shards and samples alike)."""

@@ -399,3 +399,12 @@ def test_training_captions_and_crops_use_their_own_seeded_rng(tmp_path):
     torch.manual_seed(123)  # the global RNGs play no part
     again = list(loader([source], train=True, resampled=False, shuffle_buffer=0, batch_size=1, seed=4))
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(full, again))
+
+
+def test_skip_summaries_come_after_log_every_skips_then_at_each_doubling(caplog):
+    stats = DataStats(["a"], log_every=10)
+    with caplog.at_level(logging.WARNING, logger="multimodal.data.stats"):
+        for _ in range(100):
+            stats.add({"skipped": {"a": {"missing_audio": 1}}})
+    totals = [int(line.split("(")[1].split(")")[0]) for line in caplog.messages if line.startswith("skipped so far")]
+    assert totals == [10, 20, 40, 80]
