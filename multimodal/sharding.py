@@ -86,8 +86,31 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Loads a state from :func:`full_optimizer_state` (any world size, sharded or not), slicing it as needed."""
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    """Loads a state from :func:`full_optimizer_state` (any world size, sharded or not), slicing it as needed.
+
+    Raises ``CheckpointError`` naming the parameters when the saved optimiser held other
+    parameters than ``optimizer`` does.
+    """
+    from multimodal.checkpoint import CheckpointError
+
+    saved = {name for group in state["param_groups"] for name in group["params"]}
+    # Each group's parameter names, in the order of the optimiser's own groups.
+    current_groups = [group["params"] for group in get_optimizer_state_dict(model, optimizer)["param_groups"]]
+    current = {name for names in current_groups for name in names}
+    if saved != current:
+        raise CheckpointError(
+            "the checkpoint's optimiser state is for other parameters: missing "
+            f"{sorted(current - saved)[:5]}, not in this model {sorted(saved - current)[:5]}"
+        )
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    # A parameter listed in the saved groups without a state of its own had not received a
+    # gradient yet (the temperature of a modality pair no batch held, for example). AdamW
+    # creates state on the first step that gives it one; loading filled in a zero state
+    # (with a step count), so drop it to continue exactly as the saved run would have.
+    for group, names in zip(optimizer.param_groups, current_groups, strict=True):
+        for parameter, name in zip(group["params"], names, strict=True):
+            if name not in state["state"]:
+                optimizer.state.pop(parameter, None)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

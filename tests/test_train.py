@@ -13,7 +13,7 @@ import torch
 from multimodal import train
 from multimodal.data.tokenizer import Tokenizer
 from multimodal.data.writer import SampleSource, write_shards
-from multimodal.checkpoint import load_model
+from multimodal.checkpoint import CheckpointError, load_model
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
 
@@ -419,3 +419,58 @@ def test_the_scale_settings_come_from_a_yaml_file_and_are_in_the_help(tmp_path, 
         assert line in printed
     with pytest.raises(ValueError, match="distributed must be 'ddp' or 'fsdp', got 'zero3'"):
         train.parse_config(["--distributed", "zero3"])
+
+
+def test_optimizer_state_resumes_when_a_pairs_temperature_never_had_a_gradient():
+    """Image-text and audio-text batches never hold image and audio together: the image_audio
+    temperature gets no gradient, so AdamW has no state for it when the run is saved."""
+    from multimodal.sharding import full_optimizer_state, load_optimizer_state
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    config = tiny()
+
+    def text():
+        tokens = torch.randint(3, 300, (4, config.text.context_length), generator=generator)
+        tokens[:, -1] = config.text.eot_token_id
+        return tokens
+
+    batches = [
+        {"image": torch.rand(4, 3, 32, 32, generator=generator), "text": text()},
+        {"audio": torch.randn(4, config.audio.max_frames, config.audio.num_mel_bins, generator=generator),
+         "text": text()},
+    ]
+
+    def step(model, optimizer, batch):
+        optimizer.zero_grad()
+        loss, _ = model.loss(model(batch))
+        loss.backward()
+        optimizer.step()
+
+    model = MultimodalModel(config)
+    optimizer = train.build_optimizer(model, train.OptimConfig())
+    for batch in batches:
+        step(model, optimizer, batch)
+    saved_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_state = full_optimizer_state(model, optimizer)
+    assert "logit_scales.image_audio" not in saved_state["state"]
+
+    resumed = MultimodalModel(config)
+    resumed.load_state_dict(saved_weights)
+    resumed_optimizer = train.build_optimizer(resumed, train.OptimConfig())
+    load_optimizer_state(resumed, resumed_optimizer, saved_state)
+    # Exactly the saved optimiser: the same state per parameter (none for the untrained
+    # temperature), the same groups. (Weights after further Adam steps are not compared: the
+    # embedding backward sums in a thread-dependent order, which Adam magnifies.)
+    original, loaded = optimizer.state_dict(), resumed_optimizer.state_dict()
+    assert [g["params"] for g in loaded["param_groups"]] == [g["params"] for g in original["param_groups"]]
+    assert sorted(loaded["state"]) == sorted(original["state"])
+    for index, state in original["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(loaded["state"][index][key], value, atol=0, rtol=0)
+    step(resumed, resumed_optimizer, batches[1])  # and it trains on
+
+    # A model with other parameters is refused, naming them.
+    other = MultimodalModel(tiny(["image", "text"]))
+    with pytest.raises(CheckpointError, match=r"other parameters: missing \[\], not in this model \['encoders.audio"):
+        load_optimizer_state(other, train.build_optimizer(other, train.OptimConfig()), saved_state)
