@@ -108,19 +108,23 @@ class _Media:
 
 
 def _thumbnail(data: bytes) -> str | None:
-    from PIL import Image, UnidentifiedImageError
+    """A PNG data URL of the image, decoded as training decodes it (transparency composited
+    onto white, EXIF orientation applied), at most THUMBNAIL_PIXELS on its longer side."""
+    from PIL import Image
+    from torchvision.transforms.functional import to_pil_image
+
+    from multimodal.data.image import decode_image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            scale = THUMBNAIL_PIXELS / max(image.size)
-            size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
-            # Nearest for small pictures (digits stay crisp), smooth for photos.
-            image = image.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
-            out = io.BytesIO()
-            image.save(out, format="PNG")
-    except (UnidentifiedImageError, OSError):
+        image = to_pil_image(decode_image(data))
+    except (RuntimeError, ValueError, OSError):
         return None
+    scale = THUMBNAIL_PIXELS / max(image.size)
+    size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+    # Nearest for small pictures (digits stay crisp), smooth for photos.
+    image = image.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 

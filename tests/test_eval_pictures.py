@@ -94,3 +94,25 @@ def test_audio_galleries_inline_players(checkpoint, tmp_path, capsys):
                     "--output", str(tmp_path / "plain.json"), "--no-pictures"])
     capsys.readouterr()
     assert skipped == 0 and not (tmp_path / "plain.gallery.html").exists()
+
+
+def test_gallery_thumbnails_composite_transparency_onto_white_as_training_does():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from multimodal.eval_pictures import _thumbnail
+
+    # A black cat on a transparent background: flattened onto black it would be a black square.
+    picture = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
+    picture.paste((0, 0, 0, 255), (10, 5, 30, 15))
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    url = _thumbnail(encoded.getvalue())
+    assert url.startswith("data:image/png;base64,")
+    thumbnail = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+    assert thumbnail.getpixel((0, 0)) == (255, 255, 255)
+    centre = thumbnail.getpixel((thumbnail.size[0] // 2, thumbnail.size[1] // 2))
+    assert centre == (0, 0, 0)
+    assert _thumbnail(b"not an image") is None
