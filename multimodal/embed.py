@@ -300,11 +300,16 @@ def _identity(item: Any) -> Any:
 
 @dataclass
 class _Prepared:
-    """What a reader yields: a key and its prepared item, or the reason it was skipped."""
+    """What a reader yields: a key and its prepared item, or the reason it was skipped.
+
+    ``absent``: a shard sample without this modality (on shards where only some samples
+    carry a sound, say): not an input of the modality, so neither embedded nor a failure.
+    """
 
     key: str
     item: Any = None
     error: str | None = None
+    absent: bool = False
 
 
 def _prepare(modality: str, key: str, raw: Any, config: ModelConfig) -> _Prepared:
@@ -360,7 +365,8 @@ class _ShardDataset(IterableDataset):
             try:
                 raw = shard_sample_input(sample, self.modality)
             except UnusableSample as error:
-                yield _Prepared(sample["__key__"], error=f"{error.reason}: {error}")
+                absent = error.reason == f"missing_{self.modality}"
+                yield _Prepared(sample["__key__"], error=f"{error.reason}: {error}", absent=absent)
                 continue
             yield _prepare(self.modality, sample["__key__"], raw, self.config)
         if worker == 0:
@@ -384,6 +390,7 @@ class EmbedProgress:
     total: int | None
     parts_done: int = 0
     parts_total: int | None = None
+    absent: int = 0  # shard samples without the modality, passed over
 
 
 @dataclass
@@ -392,23 +399,26 @@ class EmbedResult:
 
     ``written``: output files written by this run; ``resumed``: parts found complete
     and left as they were; ``skipped``: ``(key or shard, reason)`` for every input not
-    embedded; ``num_embedded``: rows written by this run.
+    embedded; ``num_embedded``: rows written by this run; ``num_absent``: shard samples
+    without the modality (not inputs of it, so not skipped).
     """
 
     written: list[Path] = field(default_factory=list)
     resumed: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     num_embedded: int = 0
+    num_absent: int = 0
 
 
 class _Counter:
     def __init__(self, progress: Callable[[EmbedProgress], None] | None, total: int | None, parts_total: int | None):
         self.progress, self.total, self.parts_total = progress, total, parts_total
-        self.embedded = self.skipped = self.parts_done = 0
+        self.embedded = self.skipped = self.parts_done = self.absent = 0
 
     def report(self) -> None:
         if self.progress is not None:
-            self.progress(EmbedProgress(self.embedded, self.skipped, self.total, self.parts_done, self.parts_total))
+            self.progress(EmbedProgress(self.embedded, self.skipped, self.total, self.parts_done, self.parts_total,
+                                        self.absent))
 
 
 def _embed_stream(
@@ -431,6 +441,10 @@ def _embed_stream(
         counter.report()
 
     for entry in stream:
+        if entry.absent:
+            result.num_absent += 1
+            counter.absent += 1
+            continue
         if entry.error is not None:
             if entry.key:
                 result.skipped.append((entry.key, entry.error))

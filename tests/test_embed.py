@@ -194,3 +194,36 @@ def test_outputs_get_the_permissions_of_the_umask(model, image_folder, tmp_path,
                "parts/part-shard-000000.keys.json"]
     assert {name: oct(stat.S_IMODE((tmp_path / name).stat().st_mode)) for name in outputs} == {
         name: oct(mode) for name in outputs}
+
+
+def test_shard_samples_without_the_modality_are_passed_over_not_skipped(model, tmp_path, capsys):
+    """Shards where only some samples carry a sound: embedding images passes over the
+    sound-only samples (counted, exit 0); an image that does not decode is still a skip."""
+    import webdataset
+
+    from multimodal.cli import main as cli_main
+    from tests.test_api import tiny_checkpoint, write_wav
+
+    png = write_png(tmp_path / "a.png", seed=1).read_bytes()
+    wav = write_wav(tmp_path / "a.wav", seed=1, seconds=0.5).read_bytes()
+    shard = tmp_path / "mixed-000000.tar"
+    with webdataset.TarWriter(str(shard)) as writer:
+        writer.write({"__key__": "cat", "png": png, "txt": b"a cat"})
+        writer.write({"__key__": "bell", "wav": wav, "txt": b"a bell"})
+        writer.write({"__key__": "dog", "png": png, "wav": wav, "txt": b"a dog"})
+    result = embed.embed_shards(model, "image", str(shard), tmp_path / "out")
+    assert (result.num_embedded, result.num_absent, result.skipped) == (2, 1, [])
+    assert _all_parts(tmp_path / "out")[1] == ["cat", "dog"]
+
+    status = cli_main(["embed", "--checkpoint", str(tiny_checkpoint()), "--modality", "image",
+                       "--input", str(shard), "--output", str(tmp_path / "cli")])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "embedded 2 image input(s)" in out and "skipped 0; 1 shard sample(s) have no image (not embedded)" in out
+
+    with webdataset.TarWriter(str(tmp_path / "broken-000000.tar")) as writer:
+        writer.write({"__key__": "bad", "png": b"\x89PNG but not really", "txt": b"broken"})
+        writer.write({"__key__": "bell", "wav": wav, "txt": b"a bell"})
+    status = cli_main(["embed", "--checkpoint", str(tiny_checkpoint()), "--modality", "image",
+                       "--input", str(tmp_path / "broken-000000.tar"), "--output", str(tmp_path / "cli2")])
+    assert status == 1

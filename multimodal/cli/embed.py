@@ -27,7 +27,8 @@ def add_command(commands) -> None:
             "(anything with .tar, {..} braces or pipe:) go into the folder OUTPUT, one part per shard "
             "(OUTPUT/part-<shard>.npy + .keys.json); a second run skips the parts already written. An existing "
             "OUTPUT file is refused unless --overwrite. Under accelerate launch (or with RANK/WORLD_SIZE set) each "
-            "process takes its own shards. Inputs that cannot be read are reported on stderr and skipped."
+            "process takes its own shards. Inputs that cannot be read are reported on stderr and skipped; shard "
+            "samples without the modality (a sound-only sample when embedding images) are passed over and counted."
         ),
         epilog=EXIT_STATUS_HELP,
     )
@@ -81,7 +82,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         postfix = {"skipped": state.skipped}
         if state.parts_total is not None:
             postfix["parts"] = f"{state.parts_done}/{state.parts_total}"
-        show_progress(bar, state.embedded + state.skipped, **postfix)
+        show_progress(bar, state.embedded + state.skipped + state.absent, **postfix)
 
     try:
         if all(shard_inputs):
@@ -97,6 +98,8 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         print(f"skipped {key}: {reason}", file=sys.stderr)
     written = ", ".join(str(path) for path in result.written) or "nothing new"
     resumed = f"; {len(result.resumed)} part(s) already complete, left as they were" if result.resumed else ""
+    absent = (f"; {result.num_absent} shard sample(s) have no {args.modality} (not embedded)"
+              if result.num_absent else "")
     print(f"embedded {result.num_embedded} {args.modality} input(s) into {written}{resumed}; "
-          f"skipped {len(result.skipped)}")
+          f"skipped {len(result.skipped)}{absent}")
     return exit_status(len(result.skipped), "input(s)")
