@@ -15,13 +15,17 @@ text with end-of-text pooling, projections without bias), compared in fp32 and i
   run in it).
 * in bf16 also a candidate recipe the trainer does not use: bf16 weights with fp32
   master weights (``Bf16MasterWeights``), printed for comparison only.
+* with ``--compile``, also the trainer's step with ``--compile true`` (``torch.compile``
+  per block, ``multimodal.train.compile_blocks``); its first step, which compiles, is
+  timed apart and printed as the compile time.
 
 Each precision runs in a process of its own (Accelerate fixes the precision once per
 process). Throughput is samples/s; model-FLOPs utilisation is the step's matmul FLOPs
 (counted by torch's FLOP counter on our model) per second over the square-matmul peak
 measured in the same process for that dtype.
 
-Run: ``python -m bench.bench_train_step [--quick] [--rounds N] [--configs small vit_b_32] [--precisions fp32 bf16]``.
+Run: ``python -m bench.bench_train_step [--quick] [--rounds N] [--configs small vit_b_32] [--precisions fp32 bf16]
+[--compile]``.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import argparse
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -222,8 +227,23 @@ def trainer_step(accelerator, model: MultimodalModel, batch: dict) -> Callable[[
     return step
 
 
+COMPILED = "ours --compile true"
+
+
+def compiled_trainer_step(accelerator, c: StepConfig, batch: dict) -> tuple[Callable[[], None], float]:
+    """The trainer's step with its blocks compiled, and the seconds its first (compiling) step took."""
+    from multimodal import train
+
+    model = our_model(c)
+    train.compile_blocks(model)
+    step = trainer_step(accelerator, model, batch)
+    started = time.perf_counter()
+    step()
+    return step, time.perf_counter() - started
+
+
 def compare(c: StepConfig, precision: str, rounds: int, peaks: dict[torch.dtype, float],
-            accelerator) -> tuple[Comparison, str]:
+            accelerator, compiled: bool = False) -> tuple[Comparison, str]:
     """Alternating timed steps of both implementations; prints a table, returns the comparison and ours."""
     torch.manual_seed(0)
     batch = make_batch(c)
@@ -235,6 +255,9 @@ def compare(c: StepConfig, precision: str, rounds: int, peaks: dict[torch.dtype,
         runners["candidate bf16 masters"] = candidate_master_weights_step(our_model(c), batch)
     # The first call of each runner, under the FLOP counter, is its warm-up.
     flops = {name: count_flops(runner) for name, runner in runners.items()}
+    compile_seconds = None
+    if compiled:  # warmed up by its compiling step (the FLOP counter does not see into compiled code)
+        runners[COMPILED], compile_seconds = compiled_trainer_step(accelerator, c, batch)
     comparison = alternate(runners, rounds=rounds, warmup=0)
     model_flops = flops["ours (train.py)"]
     peak = peaks[torch.float32 if precision == "fp32" else torch.bfloat16]
@@ -244,11 +267,13 @@ def compare(c: StepConfig, precision: str, rounds: int, peaks: dict[torch.dtype,
         utilisation = model_flops / comparison.median(name) / 1e9 / peak
         print(f"  {comparison.describe(name, c.batch_size, 'samples/s')}  MFU {utilisation:5.1%}  "
               f"x{comparison.ratio('open_clip', name):.2f} vs open_clip")
+    if compile_seconds is not None:
+        print(f"  {COMPILED}: its first step, which compiles the blocks, took {compile_seconds:.1f} s")
     print(f"  {noise_note(comparison)}")
     return comparison, "ours (train.py)"
 
 
-def run_precision(names: Sequence[str], precision: str, rounds: int, quick: bool) -> list[str]:
+def run_precision(names: Sequence[str], precision: str, rounds: int, quick: bool, compiled: bool = False) -> list[str]:
     """Every configuration in ``precision``, in this process; returns the summary parts."""
     from accelerate import Accelerator
 
@@ -258,10 +283,13 @@ def run_precision(names: Sequence[str], precision: str, rounds: int, quick: bool
     print("matmul peak: " + ", ".join(f"{str(d).removeprefix('torch.')} {g:.0f} GFLOP/s" for d, g in peaks.items()))
     parts = []
     for name in names:
-        comparison, ours = compare(CONFIGS[name], precision, rounds, peaks, accelerator)
+        comparison, ours = compare(CONFIGS[name], precision, rounds, peaks, accelerator, compiled)
         ratio = comparison.ratio("open_clip", ours)
         target = f" (target {TARGETS[name]}x)" if precision == "bf16" and name in TARGETS and not quick else ""
-        parts.append(f"{name} {precision} x{ratio:.2f}{target}")
+        part = f"{name} {precision} x{ratio:.2f}{target}"
+        if compiled:
+            part += f", compiled x{comparison.ratio('open_clip', COMPILED):.2f}"
+        parts.append(part)
     return parts
 
 
@@ -271,18 +299,20 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--rounds", type=int, default=None, help="alternating timed rounds (default 5, quick 1)")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="also the trainer's step with --compile true")
     args = parser.parse_args(argv)
     names = args.configs or (["tiny"] if args.quick else ["small", "vit_b_32"])
     rounds = args.rounds or (1 if args.quick else 5)
     precisions = [p for p in args.precisions if p == "fp32" or bf16_supported()]
     print(f"train step: {machine_summary()}")
     if len(precisions) == 1:
-        parts = run_precision(names, precisions[0], rounds, args.quick)
+        parts = run_precision(names, precisions[0], rounds, args.quick, args.compile)
     else:  # one process per precision; each prints its table and, last, its summary parts
         parts = []
         for precision in precisions:
             command = [sys.executable, "-m", "bench.bench_train_step", "--precisions", precision, "--configs", *names,
-                       "--rounds", str(rounds), *(["--quick"] if args.quick else [])]
+                       "--rounds", str(rounds), *(["--quick"] if args.quick else []),
+                       *(["--compile"] if args.compile else [])]
             done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
             lines = done.stdout.rstrip().splitlines()
             print("\n".join(lines[1:-1]))  # its machine line repeats ours
