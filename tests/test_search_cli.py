@@ -182,3 +182,24 @@ def test_search_needs_a_query(checkpoint, tmp_path, capsys):
         main(["search", "--index", str(tmp_path)])
     assert exited.value.code == 2
     assert "give a query: --text, --image or --audio" in capsys.readouterr().err
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(checkpoint, shards, tmp_path, capsys):
+    """`multimodal search ... | head -1`: no 'Broken pipe' error on stderr when head exits."""
+    import os
+    import subprocess
+    import sys
+
+    spec = str(tmp_path / "shards" / "web-{000..001}.tar")
+    run(capsys, "embed", "--checkpoint", checkpoint, "--modality", "image", "--input", spec,
+        "--output", tmp_path / "parts", "--precision", "fp32")
+    run(capsys, "index", "--checkpoint", checkpoint, "--input", tmp_path / "parts", "--output", tmp_path / "index",
+        "--modality", "image", "--shards", spec)
+    queries = [arg for seed in range(200) for arg in ("--text", f"query number {seed}")]
+    pipeline = subprocess.run(
+        f"{sys.executable} -m multimodal search --index {tmp_path / 'index'} --precision fp32 {' '.join(repr(q) for q in queries)} | head -1",
+        shell=True, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert pipeline.stdout.count("\n") == 1
+    assert "Broken pipe" not in pipeline.stderr and "Traceback" not in pipeline.stderr, pipeline.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args, args.command_parser)
     except ArgumentNeeded as error:  # refused until an option is given: a bad argument
         args.command_parser.error(one_line(error.for_command_line()))
+    except BrokenPipeError:
+        # The reader went away (`multimodal search ... | head`): nothing left to tell it. Point
+        # stdout at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, OSError) as error:
         print(f"{PROGRAM} {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
