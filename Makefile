@@ -1,23 +1,28 @@
-# `make train` and `make test` set everything up on a fresh machine, then run.
-# The virtual environment is rebuilt only when pyproject.toml changes.
+# `make train`, `make test` and `make bench` set everything up on a fresh machine (what
+# `make setup` does alone), then run. The virtual environment is updated only when
+# pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Quiet: setuptools' notes on editable installs are for package authors, not for users.
+PIP := PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: train test bench clean
+.PHONY: setup train test bench bench-gpu clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PIP) --upgrade pip
 	touch $@
 
 $(VENV)/.train-deps: pyproject.toml $(VENV)/.created
-	$(PY) -m pip install -q -e ".[demo]"
+	$(PIP) -e ".[demo]"
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml $(VENV)/.train-deps
-	$(PY) -m pip install -q -e ".[demo,test]"
+	$(PIP) -e ".[demo,test]"
 	touch $@
+
+setup: $(VENV)/.test-deps
 
 train: $(VENV)/.train-deps
 	$(PY) train.py
@@ -27,6 +32,10 @@ test: $(VENV)/.test-deps
 
 bench: $(VENV)/.test-deps
 	$(PY) -m bench
+
+# On a machine with an NVIDIA GPU: the gpu tests and the GPU benchmarks, in a few minutes.
+bench-gpu: $(VENV)/.test-deps
+	$(PY) -m bench.bench_gpu
 
 clean:
 	rm -rf $(VENV)

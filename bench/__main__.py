@@ -14,7 +14,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-BENCHMARKS = ("train_step", "patch_dropout", "audio", "resample", "inference", "attention", "data", "presets", "search")
+BENCHMARKS = (
+    "train_step", "patch_dropout", "audio", "resample", "inference", "attention", "data", "augment", "presets", "search",
+)
 
 
 def available() -> list[str]:

@@ -180,7 +180,7 @@ def open_clip_step(model: nn.Module, batch: dict, precision: str) -> Callable[[]
     images, text = batch["image"], batch["text"]
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             image_features, text_features, logit_scale = model(images, text)
             loss = loss_fn(image_features, text_features, logit_scale)
         loss.backward()

@@ -5,8 +5,8 @@ glibc's malloc serves blocks above a threshold (128 KiB, raised on the fly up to
 more than twice that threshold is free. Preprocessing allocates and frees the same
 few megabytes per sample (a 10 s clip's filterbank makes about 6 MiB of temporaries;
 a decoded image a few hundred KiB), so each sample faults its buffers in again.
-Each fault costs a few microseconds; on some virtual machines fault handling took
-2.5 us per 4 KiB page, and made 70% of the filterbank's time.
+Each fault costs microseconds, more on virtual machines, where it can dominate a
+filterbank's time (tests/test_allocator.py counts the faults with and without).
 
 :func:`retain_freed_memory` raises both thresholds, so freed blocks stay in the heap
 and the next sample reuses pages already mapped. The resident size then stays at the

@@ -45,8 +45,8 @@ EPSILON = torch.finfo(torch.float32).eps  # Kaldi floors mel energies at float e
 
 
 # Integer PCM is read as integers and scaled here: libsndfile's own conversion to float
-# is several times slower (350 us against 50 us for 10 s of 16-bit audio) and gives
-# the same numbers, since the scales are powers of two.
+# is slower and gives the same numbers, since the scales are powers of two (a test
+# checks every PCM subtype; ``python -m bench audio`` times the decoding).
 _INTEGER_READS = {
     "PCM_S8": ("int16", 2.0**-15),
     "PCM_U8": ("int16", 2.0**-15),
@@ -132,9 +132,11 @@ def resampling_ratio(orig_freq: int, new_freq: int) -> tuple[int, int]:
     return best.denominator, best.numerator
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
     # The module holds the sinc kernel, which functional.resample would rebuild on every call.
+    # 64 rate pairs: speed and pitch augmentation use a few dozen (ratios in 1% steps,
+    # see multimodal.data.augment_audio) beside the data's own rates.
     return torchaudio.transforms.Resample(orig_freq, new_freq)
 
 
@@ -224,8 +226,8 @@ class _MelBands:
     Each triangular filter covers a few neighbouring FFT bins, so the dense (K, F)
     matrix is over 98% zeros (504 non-zeros of 32,896 for 128 bins at 512 points).
     Groups of ``_MEL_BLOCK`` bins use a contiguous run of FFT bins; multiplying the
-    power spectrum by those blocks only does the same sums without the zero terms,
-    3-4x faster than one dense product.
+    power spectrum by those blocks only does the same sums without the zero terms
+    (``python -m bench data`` compares the filterbank with ``kaldi.fbank``).
     """
 
     def __init__(self, mel_matrix: torch.Tensor) -> None:

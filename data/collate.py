@@ -3,7 +3,8 @@
     {"image": uint8 (B, 3, S, S),                        # normalised later, see multimodal.data.loader.finish_batch
      "audio": float (W, T, F), "audio_padding_mask": bool (W, T),  # mask only when a row is padded
      "audio_window_clip": int64 (W,),                    # evaluation only: the sample of each row
-     "text": int64 (B, L), "text_padding_mask": bool (B, L),       # from the tokenize callable
+     "text": int64 (M, L), "text_padding_mask": bool (M, L),       # from the tokenize callable
+     "text_item": int64 (M,),                            # all_captions sources only: the sample of each row
      "label": int64 (B,),                                # only for sources with a label_key
      "__key__": list[str], "__source__": str}
 
@@ -12,6 +13,12 @@ several windows (see :func:`multimodal.data.audio.eval_audio_windows`): "audio" 
 has one row per window (W >= B rows) and "audio_window_clip" says which sample each
 row belongs to; embed the rows and average them per sample. Every evaluation batch
 with audio carries it (``arange(B)`` when each clip fits in one window).
+
+"text" has one row per sample (M == B), except from a source read with
+``all_captions`` (evaluation: COCO-style items with several captions each): then every
+caption of every sample is a row, in sample order, and "text_item" says which sample
+each row belongs to. Caption embeddings are never averaged: retrieval ranks each
+caption on its own and counts an item found when any of its captions is.
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ def collate_samples(
     evaluation (``audio_windows=True``) every window of the clip, each a row of
     "audio", with "audio_window_clip" int64 (W,) giving the sample each row belongs
     to. "audio_padding_mask" is present when some row is shorter than the longest.
+    A sample's "text" is its caption, or the list of all its captions: then each is a
+    row of "text" and "text_item" int64 (M,) gives the sample each row belongs to.
     ``tokenize(captions) -> (ids (B, L), padding_mask (B, L) or None)``; None keeps
     "text" as the list of caption strings.
     """
@@ -51,13 +60,18 @@ def collate_samples(
             owners = [row for row, sample in enumerate(samples) for _ in sample["audio"]]
             batch["audio_window_clip"] = torch.tensor(owners, dtype=torch.int64)  # (W,)
     if "text" in first:
-        captions = [sample["text"] for sample in samples]
+        if isinstance(first["text"], list):  # every caption of each sample (an all_captions source)
+            captions = [caption for sample in samples for caption in sample["text"]]
+            owners = [row for row, sample in enumerate(samples) for _ in sample["text"]]
+            batch["text_item"] = torch.tensor(owners, dtype=torch.int64)  # (M,)
+        else:
+            captions = [sample["text"] for sample in samples]
         if tokenize is None:
             batch["text"] = captions
         else:
             ids, padding_mask = tokenize(captions)
             if not (isinstance(ids, torch.Tensor) and ids.ndim == 2 and ids.shape[0] == len(captions)):
-                raise ValueError(f"tokenize must return ids (B, L) for B={len(captions)} captions, got {ids!r:.80}")
+                raise ValueError(f"tokenize must return ids (M, L) for M={len(captions)} captions, got {ids!r:.80}")
             batch["text"] = ids.to(torch.int64)
             if padding_mask is not None:
                 if padding_mask.shape != ids.shape:

@@ -234,6 +234,8 @@ def make_loader(
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be distinct, got {names}")
     for spec, name in zip(sources, names):
+        if train and spec.all_captions:
+            raise ValueError(f"source {name!r}: all_captions is for evaluation; training reads one caption per sample")
         if train and len(spec.modalities) < 2:
             raise ValueError(
                 f"source {name!r}: a training batch needs at least two modalities to contrast, got {spec.modalities}"

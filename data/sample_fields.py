@@ -4,20 +4,27 @@ A raw sample is what :func:`multimodal.data.shards.read_shard` yields:
 ``{"__key__": key, "__url__": url, ext: bytes, ...}`` with lower-case extensions. Where
 each field is found is written as ``;``-separated alternatives tried in order; an entry
 is a member's extension (``"txt"``, ``"jpg"``) or ``"json:FIELD"`` for a field of the
-sample's ``.json`` member. The defaults read img2dataset shards (``jpg`` + ``txt`` +
-``json``) and CLAP/WavCaps shards (``flac`` + ``json`` with ``text``) as they are.
+sample's ``.json`` member, or (captions only) ``"lines:EXT"`` for a text member holding
+one caption per line, as CLIP_benchmark writes its retrieval shards (COCO, Flickr30k).
+The defaults read img2dataset shards (``jpg`` + ``txt`` + ``json``) and CLAP/WavCaps
+shards (``flac`` + ``json`` with ``text``) as they are.
 
 One rule for captions, everywhere (training, evaluation, embedding, tokenizer
-training): the caption is taken from the first key that holds a non-empty one; a key
-may hold a string or a list of strings, and from a list training picks one non-empty
-entry at random while evaluation and embedding take the first non-empty entry.
-Entries are stripped of surrounding white space.
+training): the captions are taken from the first key that holds a non-empty one; a key
+may hold a string or a list of strings (COCO/Flickr-style json ``caption`` lists,
+Clotho/AudioCaps-style ``text`` lists). From a list training picks one non-empty entry
+at random, evaluation and embedding take the first non-empty entry, and retrieval
+evaluation reads every one (:meth:`SampleFields.captions`). Entries are stripped of
+surrounding white space. img2dataset writes ``str(caption)`` to ``.txt``, so a caption
+column that held a list arrives as its Python repr (``['a dog', 'a brown dog']``): a
+text that is exactly such a list literal of strings is read as that list.
 
 A sample that lacks a field or holds a malformed one raises :class:`UnusableSample`,
 whose ``reason`` is one of ``SAMPLE_SKIP_REASONS`` (see :mod:`multimodal.data.stats`).
 """
 from __future__ import annotations
 
+import ast
 import json
 import random
 from dataclasses import dataclass, field
@@ -40,15 +47,32 @@ class UnusableSample(ValueError):
 
 
 def parse_keys(keys: str) -> list[tuple[str, str]]:
-    """``"txt;json:text"`` -> [("ext", "txt"), ("json", "text")]; extensions lower-cased, as shards are read."""
+    """``"txt;json:text;lines:txt"`` -> [("ext", "txt"), ("json", "text"), ("lines", "txt")].
+
+    Extensions are lower-cased, as shards are read.
+    """
     parsed = []
     for entry in keys.split(";"):
         entry = entry.strip()
         if entry.startswith("json:"):
             parsed.append(("json", entry[len("json:") :]))
+        elif entry.startswith("lines:"):
+            parsed.append(("lines", entry[len("lines:") :].lower()))
         elif entry:
             parsed.append(("ext", entry.lower()))
     return parsed
+
+
+def _python_list_of_strings(text: str) -> list[str] | None:
+    """The list a text spells as a Python literal of strings (img2dataset's ``str(list)``), else None."""
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        value = ast.literal_eval(text)  # literals only: nothing is executed
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
 
 
 @dataclass(frozen=True)
@@ -57,7 +81,7 @@ class SampleFields:
 
     Args:
         image_keys / audio_keys: extensions of the member holding the modality, in order.
-        caption_keys: extensions and ``json:FIELD`` entries that may hold the caption.
+        caption_keys: extensions, ``json:FIELD`` and ``lines:EXT`` entries that may hold the captions.
         label_key: where the class label is (``"json:label;cls"``); None when not read.
 
     Raises ValueError when a key list is empty.
@@ -79,6 +103,9 @@ class SampleFields:
         for name, what in (("image_keys", "image"), ("audio_keys", "audio"), ("caption_keys", "caption")):
             if not parsed[what]:
                 raise ValueError(f"{name} is empty")
+        for name, what in (("image_keys", "image"), ("audio_keys", "audio"), ("label_key", "label")):
+            if any(kind == "lines" for kind, _ in parsed[what]):
+                raise ValueError(f"{name}: 'lines:' entries are for caption_keys (one caption per line)")
         if self.label_key is not None and not parsed["label"]:
             raise ValueError("label_key is empty (give None to read no label)")
         object.__setattr__(self, "_parsed", parsed)
@@ -92,26 +119,35 @@ class SampleFields:
         present = sorted(k for k in raw if not k.startswith("__"))
         raise UnusableSample(f"missing_{modality}", f"none of {keys} in the sample (it has {present})")
 
-    def caption(self, raw: dict, rng: random.Random | None = None) -> str:
-        """The caption: with ``rng``, a random non-empty entry of the first key holding one, else its first."""
+    def captions(self, raw: dict) -> list[str]:
+        """Every non-empty caption of the first key holding one, stripped, in order (retrieval evaluation)."""
         present_but_empty = None
         parsed_json: dict = {}
         for kind, key in self._parsed["caption"]:
             value = self._value(raw, kind, key, "caption", parsed_json)
             if value is None:
                 continue
-            candidates = [value] if isinstance(value, str) else value
-            if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+            if kind == "lines":
+                value = value.splitlines()
+            elif isinstance(value, str):
+                listed = _python_list_of_strings(value)
+                value = [value] if listed is None else listed
+            if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
                 raise UnusableSample(
                     "bad_caption", f"a caption must be a string or a list of strings, {key} holds {value!r:.80}"
                 )
-            candidates = [c.strip() for c in candidates if c.strip()]
+            candidates = [c.strip() for c in value if c.strip()]
             if candidates:
-                return rng.choice(candidates) if rng is not None else candidates[0]
+                return candidates
             present_but_empty = present_but_empty or key
         if present_but_empty is not None:
             raise UnusableSample("missing_caption", f"the caption is empty (under {present_but_empty!r})")
         raise UnusableSample("missing_caption", f"no caption under {self.caption_keys!r}")
+
+    def caption(self, raw: dict, rng: random.Random | None = None) -> str:
+        """One caption of :meth:`captions`: with ``rng`` a random one (training), else the first."""
+        candidates = self.captions(raw)
+        return rng.choice(candidates) if rng is not None else candidates[0]
 
     def label(self, raw: dict) -> int:
         """The integer class label (the first of ``label_key`` present)."""
@@ -145,11 +181,11 @@ class SampleFields:
 
     @staticmethod
     def _value(raw: dict, kind: str, key: str, what: str, parsed_json: dict) -> object | None:
-        """An extension's text, or a json field's value; None when the sample does not hold it.
+        """An extension's text (also for ``lines``), or a json field's value; None when the sample does not hold it.
 
         ``parsed_json`` keeps the parsed json member across the keys of one field.
         """
-        if kind == "ext":
+        if kind in ("ext", "lines"):
             if key not in raw:
                 return None
             try:

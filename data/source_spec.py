@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from multimodal.data.augment import AugmentConfig
 from multimodal.data.config import MODALITIES
 from multimodal.data.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS, SampleFields
 
@@ -30,6 +31,12 @@ class SourceSpec:
         name: used in counts, logs and errors; default ``source{index}``.
         image_keys / audio_keys / caption_keys: where each modality is found.
         label_key: optional class label (``"json:label"``, ``"cls"``), read as int into "label".
+        all_captions: evaluation only (a training loader refuses it): every caption of a
+            sample, not one, each a row of "text" with "text_item" saying whose it is
+            (see :mod:`multimodal.data.collate`): retrieval against all of an item's captions.
+        augment: training augmentation of this source's images and audio (see
+            :mod:`multimodal.data.augment`); off by default, never applied when the
+            loader evaluates.
     """
 
     shards: str | list[str]
@@ -40,9 +47,13 @@ class SourceSpec:
     audio_keys: str = AUDIO_KEYS
     caption_keys: str = CAPTION_KEYS
     label_key: str | None = None
+    all_captions: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         where = f"source {self.name or self.shards!r}"
+        if not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"{where}: augment must be an AugmentConfig, got {type(self.augment).__name__}")
         self.modalities = list(self.modalities)
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:

@@ -3,10 +3,15 @@
 A :class:`SourceStream` reads raw samples from its shards (resampled: drawn with
 replacement, forever; finite: each of its shards once, in order), passes them
 through a shuffle buffer and turns each into a preprocessed sample (image crop
-uint8 (3, S, S), audio windows (T, F), caption string, label int).
+uint8 (3, S, S), audio windows (T, F), caption string (every caption, a list, for an
+``all_captions`` source), label int).
+
+Augmentation: in training, a source's :class:`multimodal.data.augment.AugmentConfig`
+is applied to each image after its crop (uint8 (3, S, S) in and out) and to each
+waveform before its crop and filterbank; evaluation never augments.
 
 Determinism: shard draws, the shuffle buffer and every sample's random choices
-(crop, caption, audio crop, SpecAugment) come from RNGs seeded with
+(crop, caption, audio crop, SpecAugment, augmentation) come from RNGs seeded with
 :func:`multimodal.data.seeds.stable_int` of (seed, epoch, rank, worker, source). A
 sample's own RNG is seeded by its position in its source's stream, so a skipped
 sample does not shift the choices made for later ones. Nothing depends on torch's
@@ -31,7 +36,9 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from multimodal.data.audio import eval_audio_windows, load_waveform, train_audio_features
+from multimodal.data.audio import eval_audio_windows, load_waveform, samples_for_frames, train_audio_features
+from multimodal.data.augment_audio import augment_waveform
+from multimodal.data.augment_image import augment_image
 from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.image import decode_image, eval_crop, train_crop
 from multimodal.data.sample_fields import UnusableSample
@@ -72,6 +79,7 @@ class SourceStream:
         self.spec, self.name, self.urls, self.settings, self.counts = spec, name, urls, settings, counts
         self.fields = spec.sample_fields()
         self.member_modalities = [m for m in spec.modalities if m != "text"]  # read from a member of their own
+        self.augment = {m: settings.train and spec.augment.enabled_for(m) for m in ("image", "audio")}
         self.members_read = self.fields.members_read(spec.modalities)  # the rest is dropped as a sample is read
         self.sample_seed = stable_int("sample", *settings.seed_parts, index)
         self.shard_rng = random.Random(stable_int("shards", *settings.seed_parts, index))
@@ -224,7 +232,8 @@ class SourceStream:
         audio_bytes = fields.member(raw, "audio") if "audio" in modalities else None
         sample: dict = {"__key__": raw["__key__"]}
         if "text" in modalities:
-            sample["text"] = fields.caption(raw, rng)
+            # A list (every caption) only for an evaluation source that asks for it; make_loader refuses it in training.
+            sample["text"] = fields.captions(raw) if self.spec.all_captions else fields.caption(raw, rng)
         if fields.label_key is not None:
             sample["label"] = fields.label(raw)
         if image_bytes is not None:
@@ -234,11 +243,16 @@ class SourceStream:
             except ValueError as error:
                 raise UnusableSample("bad_image", str(error)) from None
             crop = train_crop(image, config, rng) if settings.train else eval_crop(image, config)
+            if self.augment["image"]:
+                crop = augment_image(crop, self.spec.augment.image, rng)
             sample["image"] = crop  # uint8 (3, S, S)
         if audio_bytes is not None:
             config = settings.audio_config
             try:
-                waveform = load_waveform(audio_bytes, config)
+                waveform = load_waveform(audio_bytes, config)  # (samples,) at config.sample_rate
+                if self.augment["audio"]:
+                    waveform = augment_waveform(waveform, config.sample_rate, self.spec.augment.audio, rng,
+                                                keep_samples=samples_for_frames(config.max_frames, config))
                 if settings.train:
                     sample["audio"] = [train_audio_features(waveform, config, rng)]  # one (T, F) crop
                 else:

@@ -23,15 +23,14 @@ from torch import nn
 
 BACKENDS = ("auto", "fused", "explicit")
 
-# Sequence lengths from which the fused kernel beats the explicit path on CPU
-# (``python -m bench attention``, 2 cores). With gradients in bf16 the fused backward
-# is 2-5x slower up to 257 tokens on Sapphire Rapids (AMX) and on Zen 4 (AVX512-BF16),
-# still ~20% slower at 512 on Zen 4, and on par at 1214 (AST), where it also avoids
-# keeping (T, T) probabilities per head for backward. In fp32 the two paths tie up
-# to ~77 tokens and the fused one wins from ~200 (by ~15% at 197 on Zen 4).
-# Without gradients: in fp32 the fused forward is never slower; in bf16 it is
-# 1.5-1.9x slower than the explicit one from 17 to 512 tokens, but a whole AST
-# (1214 tokens, batch 8) ran 14% faster with it: the (T, T) scores stop fitting in cache.
+# Sequence lengths from which PyTorch's fused CPU kernel beats the explicit
+# softmax(QK^T / sqrt(d)) V path, per (dtype, gradients needed). What holds: with
+# gradients in half precision the fused backward is slower at short and medium lengths
+# and pays off only for long sequences (AST-sized, ~1k tokens), where it also avoids
+# keeping (T, T) probabilities per head; in fp32 with gradients it wins from medium
+# lengths; fp32 inference is never slower fused. `python -m bench attention` measures
+# every row on the machine at hand and checks that this choice is never more than 10%
+# slower than the faster path.
 _CPU_FUSED_FROM_LENGTH = {
     (torch.bfloat16, True): 1024,
     (torch.float16, True): 1024,

@@ -3,7 +3,11 @@
 The model is anything with ``encode(modality, batch) -> (B, E)`` unit-norm embeddings
 (``Encoder``); the loops never move it between devices. Each batch is a dict as the
 data pipeline makes it ("image", "audio", "text", their padding masks, "__key__"),
-plus "label" int64 (B,) where labels are needed. Batches are moved to ``device``:
+plus "label" int64 (B,) where labels are needed. A modality may have more rows than
+the batch has samples: with "{modality}_item" int64 (M,) the batch says which sample
+each row belongs to (every caption of a COCO-style item: "text" (M, L) and
+"text_item" (M,)); its embeddings are then (M, E), and retrieval counts an item found
+when any of its rows is. Batches are moved to ``device``:
 the one given, else the device of the model's first parameter when it is a
 ``torch.nn.Module``, else they are passed as they come.
 
@@ -95,6 +99,37 @@ def _labels(batch: dict, batch_index: int, batch_size: int, device: torch.device
     return labels.to(device)
 
 
+def _rows_to_samples(batch: dict, modality: str, num_rows: int, batch_index: int) -> torch.Tensor | None:
+    """The batch's "{modality}_item" (M,) (the sample of each embedding row), checked; None when it has none."""
+    items = batch.get(f"{modality}_item")
+    if items is None:
+        return None
+    if not isinstance(items, torch.Tensor) or items.shape != (num_rows,) or items.dtype.is_floating_point:
+        shape = tuple(items.shape) if isinstance(items, torch.Tensor) else type(items).__name__
+        raise ValueError(f"batch {batch_index} '{modality}_item' is {shape}; it must be an integer tensor "
+                         f"({num_rows},): the sample of each of the {num_rows} {modality} rows")
+    return items
+
+
+def _samples_in_batch(batch: dict, sizes: dict[str, int], items: dict[str, torch.Tensor], batch_index: int) -> int:
+    """B: the rows of the modalities with one row per sample (all equal), else the number of keys."""
+    per_sample = {modality: size for modality, size in sizes.items() if modality not in items}
+    if len(set(per_sample.values())) > 1:
+        raise ValueError(f"batch {batch_index} gave different numbers of embeddings per modality: {per_sample}")
+    if per_sample:
+        num_samples = next(iter(per_sample.values()))
+    elif "__key__" in batch:
+        num_samples = len(batch["__key__"])
+    else:
+        raise ValueError(f"batch {batch_index} has only modalities with '_item' rows and no '__key__' to count "
+                         "its samples by")
+    for modality, rows in items.items():
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= num_samples):
+            raise ValueError(f"batch {batch_index} '{modality}_item' ranges over [{int(rows.min())}, "
+                             f"{int(rows.max())}] but the batch has {num_samples} samples")
+    return num_samples
+
+
 @torch.no_grad()
 def collect_embeddings(
     model: Encoder,
@@ -107,6 +142,9 @@ def collect_embeddings(
     """Embeddings of every batch for each modality, concatenated: ``{modality: (N, E)}``.
 
     With ``with_labels`` the batches' "label" entries are gathered too, under "label" (N,).
+    A modality whose batches carry "{modality}_item" (several rows per sample, e.g.
+    every caption) has (M, E) embeddings and "{modality}_item" (M,) in the result: the
+    index in [0, N) of the sample each row belongs to, counted over the whole loader.
     The results stay on the device the model returns them on.
     """
     if isinstance(modalities, str) or not modalities:
@@ -115,22 +153,40 @@ def collect_embeddings(
     collected: dict[str, list[torch.Tensor]] = {name: [] for name in modalities}
     if with_labels:
         collected["label"] = []
+    num_samples = 0  # samples of the batches before this one: the offset of this batch's "_item" rows
     with _eval_mode(model):
         for batch_index, batch in enumerate(loader):
             batch = move_batch(batch, device)
-            sizes = {}
+            sizes, items = {}, {}
             for modality in modalities:
                 embeddings = _encode(model, modality, batch, batch_index)
                 collected[modality].append(embeddings)
                 sizes[modality] = embeddings.shape[0]
-            if len(set(sizes.values())) != 1:
-                raise ValueError(f"batch {batch_index} gave different numbers of embeddings per modality: {sizes}")
+                rows = _rows_to_samples(batch, modality, embeddings.shape[0], batch_index)
+                if rows is not None:
+                    items[modality] = rows
+            batch_size = _samples_in_batch(batch, sizes, items, batch_index)
+            for modality, rows in items.items():
+                collected.setdefault(f"{modality}_item", []).append(num_samples + rows.to(torch.int64))
             if with_labels:
                 first = collected[modalities[0]][-1]
-                collected["label"].append(_labels(batch, batch_index, first.shape[0], first.device))
+                collected["label"].append(_labels(batch, batch_index, batch_size, first.device))
+            num_samples += batch_size
     if not collected[modalities[0]]:
         raise ValueError("the loader yielded no batches; nothing to evaluate")
+    for modality in modalities:
+        parts = collected.get(f"{modality}_item")
+        if parts is not None and len(parts) != len(collected[modality]):
+            raise ValueError(f"some batches have '{modality}_item' and some do not; a loader's batches must agree")
     return {name: torch.cat(parts) for name, parts in collected.items()}
+
+
+def sample_of_each_row(collected: Mapping[str, torch.Tensor], modality: str) -> torch.Tensor:
+    """(N_m,) the sample each embedding row of ``modality`` belongs to: its "_item" rows, else ``arange(N)``."""
+    items = collected.get(f"{modality}_item")
+    if items is not None:
+        return items
+    return torch.arange(collected[modality].shape[0], device=collected[modality].device)
 
 
 @torch.no_grad()
@@ -195,14 +251,17 @@ def evaluate_retrieval(
 
     ``relevance``:
 
-    * ``"pair"``: the two modalities of a sample belong together (caption i <-> image i);
+    * ``"pair"``: the two modalities of a sample belong together (caption i <-> image i).
+      A sample may have several rows of one modality ("text_item": every caption of a
+      COCO-style image, see the module docstring); CLIP_benchmark's rule then holds:
+      text -> image finds a caption's own image, image -> text any of its captions.
     * ``"label"``: items with equal "label" entries are relevant to each other, e.g.
-      spoken "seven" <-> every image of a seven (the emergent audio-image alignment),
-      or several captions per image with the image's id as label.
+      spoken "seven" <-> every image of a seven (the emergent audio-image alignment).
+      A row of a sample with several rows carries its sample's label.
 
     Returns a flat dict, e.g. for ("text", "image"): ``"text_to_image/recall@1"`` ...
-    ``"text_to_image/map@10"``, ``"text_to_image/num_queries"``, the same for
-    ``"image_to_text/..."``, and ``"num_samples"``.
+    ``"text_to_image/map@10"``, ``"text_to_image/num_queries"`` (captions, for text),
+    the same for ``"image_to_text/..."``, and ``"num_samples"`` (items).
     """
     if relevance not in RELEVANCE_MODES:
         raise ValueError(f"relevance must be one of {RELEVANCE_MODES}, got {relevance!r}")
@@ -211,17 +270,30 @@ def evaluate_retrieval(
     with_labels = relevance == "label"
     modalities = (query_modality, gallery_modality)
     collected = collect_embeddings(model, loader, modalities, with_labels=with_labels, device=device)
-    labels = collected["label"] if with_labels else None
+    several_rows = any(f"{m}_item" in collected for m in modalities)
+    labels = {}
+    if with_labels:
+        labels = {m: collected["label"][sample_of_each_row(collected, m)] for m in modalities}
+    elif several_rows:  # an item's rows are relevant to the other modality's rows of the same item
+        labels = {m: sample_of_each_row(collected, m) for m in modalities}
     metrics = bidirectional_retrieval_metrics(
         collected[query_modality],
         collected[gallery_modality],
         first_name=query_modality,
         second_name=gallery_modality,
-        first_labels=labels,
-        second_labels=labels,
+        first_labels=labels.get(query_modality),
+        second_labels=labels.get(gallery_modality),
         recall_ks=recall_ks,
         map_k=map_k,
         chunk_size=chunk_size,
     )
-    metrics["num_samples"] = collected[query_modality].shape[0]
+    metrics["num_samples"] = _num_samples(collected, modalities)
     return metrics
+
+
+def _num_samples(collected: Mapping[str, torch.Tensor], modalities: Sequence[str]) -> int:
+    """N, the samples collected: the rows of a modality with one row per sample, else the items the rows name."""
+    for modality in modalities:
+        if f"{modality}_item" not in collected:
+            return collected[modality].shape[0]
+    return 1 + max(int(collected[f"{m}_item"].max()) for m in modalities)

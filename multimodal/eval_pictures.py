@@ -9,7 +9,8 @@ Written beside the JSON of ``multimodal eval --output results.json``:
   ``results.gallery.html``: for a sample of classes, the class name as a text query
   and its top 5 inputs, each marked right or wrong with its true class;
 * retrieval: ``results.gallery.html``: a sample of queries, each with its top 5 of the
-  other modality, the true pair marked.
+  other modality, the true pair marked (any caption of the query's own item, when
+  items have several).
 
 The gallery is one self-contained HTML file (thumbnails and clips inlined), so it can
 be mailed or attached to a report. The evaluation's loader is read once more to
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from multimodal.data.files import write_atomically, write_text_atomically
+from multimodal.data.sample_fields import CAPTION_KEYS, SampleFields
 from multimodal.data.shards import expand_shards, read_shard
 from multimodal.embed import is_shard_spec, shard_sample_input
 from multimodal.evaluation import EvalSetConfig, default_templates, zero_shot_weights
@@ -45,7 +47,11 @@ MAX_INLINE_AUDIO_BYTES = 2 << 20  # a longer clip is named, not inlined
 
 
 def collect(model, loader: Iterable[dict], modalities: list[str]) -> dict:
-    """Embeddings of every batch with their keys and labels: {modality: (N, E), "keys": [...], "labels": (N,) or None}."""
+    """Embeddings of every batch with their keys and labels: {modality: (N, E), "keys": [...], "labels": (N,) or None}.
+
+    A modality with several rows per sample ("text_item": every caption) gives (M, E)
+    and "{modality}_item" (M,), the index into "keys" of each row's sample.
+    """
     embeddings: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
     keys: list[str] = []
     labels: list[torch.Tensor] = []
@@ -53,6 +59,8 @@ def collect(model, loader: Iterable[dict], modalities: list[str]) -> dict:
         for batch in loader:
             for modality in modalities:
                 embeddings[modality].append(model.encode(modality, batch).float().cpu())
+                if f"{modality}_item" in batch:
+                    embeddings.setdefault(f"{modality}_item", []).append(len(keys) + batch[f"{modality}_item"].cpu())
             keys.extend(batch["__key__"])
             if "label" in batch:
                 labels.append(torch.as_tensor(batch["label"]).cpu())
@@ -63,9 +71,13 @@ def collect(model, loader: Iterable[dict], modalities: list[str]) -> dict:
 
 
 class _Media:
-    """The raw inputs behind keys: files (a class folder's keys are paths) or shard samples, read in one pass."""
+    """The raw inputs behind keys: files (a class folder's keys are paths) or shard samples, read in one pass.
 
-    def __init__(self, data: str, keys: set[str]) -> None:
+    Captions are read where ``caption_keys`` says (the evaluation's), the ``caption``-th of a sample's.
+    """
+
+    def __init__(self, data: str, keys: set[str], caption_keys: str = CAPTION_KEYS) -> None:
+        self.fields = SampleFields(caption_keys=caption_keys)
         self.samples: dict[str, dict] = {}
         if is_shard_spec(data) or (Path(data).is_dir() and any(Path(data).glob("*.tar"))):
             for url in expand_shards(data):
@@ -73,12 +85,14 @@ class _Media:
                     if sample["__key__"] in keys and sample["__key__"] not in self.samples:
                         self.samples[sample["__key__"]] = sample
 
-    def raw(self, key: str, modality: str) -> tuple[bytes, str] | str | None:
+    def raw(self, key: str, modality: str, caption: int = 0) -> tuple[bytes, str] | str | None:
         """(bytes, extension) of an image or clip, a caption (text), or None when it cannot be found."""
         if key in self.samples:
             try:
+                if modality == "text":
+                    return self.fields.captions(self.samples[key])[caption]
                 found = shard_sample_input(self.samples[key], modality)
-            except (ValueError, UnicodeDecodeError, json.JSONDecodeError):
+            except (ValueError, UnicodeDecodeError, json.JSONDecodeError, IndexError):
                 return None
             if isinstance(found, str):
                 return found
@@ -110,8 +124,8 @@ def _thumbnail(data: bytes) -> str | None:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def _item_html(media: _Media, key: str, modality: str) -> str:
-    found = media.raw(key, modality)
+def _item_html(media: _Media, key: str, modality: str, caption: int = 0) -> str:
+    found = media.raw(key, modality, caption)
     if isinstance(found, str):
         return f'<div class="caption">{html.escape(found)}</div>'
     if found is not None:
@@ -149,8 +163,8 @@ def _page(title: str, summary: str, rows: list[str]) -> str:
             f'<p class="summary">{html.escape(summary)}</p>\n' + "\n".join(rows) + "\n</body></html>\n")
 
 
-def _cell(media: _Media, key: str, modality: str, score: float, right: bool, note: str) -> str:
-    return (f'<div class="cell {"right" if right else "wrong"}">{_item_html(media, key, modality)}'
+def _cell(media: _Media, key: str, modality: str, score: float, right: bool, note: str, caption: int = 0) -> str:
+    return (f'<div class="cell {"right" if right else "wrong"}">{_item_html(media, key, modality, caption)}'
             f"<div>{score:.3f} {html.escape(note)}</div><div class=\"key\">{html.escape(key)}</div></div>")
 
 
@@ -233,19 +247,38 @@ def _zero_shot_pictures(model, config: EvalSetConfig, collected: dict, output: P
     return [*written, path]
 
 
+def _rows(collected: dict, modality: str) -> tuple[list[int], list[int]]:
+    """For each embedding row of ``modality``: the index of its sample, and which of the sample's rows it is."""
+    items = collected.get(f"{modality}_item")
+    if items is None:
+        count = len(collected["keys"])
+        return list(range(count)), [0] * count
+    samples, numbers, seen = items.tolist(), [], {}
+    for sample in samples:
+        numbers.append(seen.get(sample, 0))
+        seen[sample] = numbers[-1] + 1
+    return samples, numbers
+
+
 def _retrieval_pictures(config: EvalSetConfig, collected: dict, output: Path, seed: int) -> list[Path]:
     queries, gallery, keys = collected[config.modality], collected[config.gallery_modality], collected["keys"]
-    chosen = _sample(len(keys), SAMPLE_QUERIES, seed)
-    best = (queries[chosen] @ gallery.T).topk(min(TOP_K, len(keys)), dim=1)  # (Q, K)
-    media = _Media(config.shards, {keys[i] for i in chosen} | {keys[i] for i in best.indices.flatten().tolist()})
+    query_samples, query_numbers = _rows(collected, config.modality)
+    gallery_samples, gallery_numbers = _rows(collected, config.gallery_modality)
+    chosen = _sample(len(query_samples), SAMPLE_QUERIES, seed)
+    best = (queries[chosen] @ gallery.T).topk(min(TOP_K, gallery.shape[0]), dim=1)  # (Q, K)
+    shown = {keys[query_samples[i]] for i in chosen} | {keys[gallery_samples[i]] for i in best.indices.flatten().tolist()}
+    media = _Media(config.shards, shown, config.caption_keys)
     rows, found = [], 0
     for row, query in enumerate(chosen):
-        cells = [_cell(media, keys[i], config.gallery_modality, float(score), i == query, "the pair" if i == query else "")
+        own = query_samples[query]
+        cells = [_cell(media, keys[gallery_samples[i]], config.gallery_modality, float(score), gallery_samples[i] == own,
+                       "the pair" if gallery_samples[i] == own else "", gallery_numbers[i])
                  for score, i in zip(best.values[row].tolist(), best.indices[row].tolist())]
-        found += query in best.indices[row].tolist()
-        rows.append(f'<div class="row"><div class="query">{_item_html(media, keys[query], config.modality)}'
-                    f'<div class="key">{html.escape(keys[query])}</div></div>{"".join(cells)}</div>')
-    summary = (f"{len(chosen)} of {len(keys)} {config.modality} queries drawn at random, each with its top {TOP_K} "
+        found += own in {gallery_samples[i] for i in best.indices[row].tolist()}
+        rows.append(f'<div class="row"><div class="query">'
+                    f'{_item_html(media, keys[own], config.modality, query_numbers[query])}'
+                    f'<div class="key">{html.escape(keys[own])}</div></div>{"".join(cells)}</div>')
+    summary = (f"{len(chosen)} of {len(query_samples)} {config.modality} queries drawn at random, each with its top {TOP_K} "
                f"{config.gallery_modality} items; green: its own pair ({found} of {len(chosen)} found in the top {TOP_K}).")
     path = output.with_suffix(".gallery.html")
     write_text_atomically(path, _page(f"{config.name}: {config.modality} -> {config.gallery_modality} retrieval", summary, rows))

@@ -14,6 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from multimodal.data import demo as demo_data
+from multimodal.data.augment import (
+    AffineAugment,
+    AugmentConfig,
+    AudioAugmentConfig,
+    BandLimitAugment,
+    BlurAugment,
+    ContrastAugment,
+    GainAugment,
+    ImageAugmentConfig,
+    NoiseAugment,
+    ResolutionAugment,
+    ReverbAugment,
+    SpeedAugment,
+    StrokeAugment,
+)
 from multimodal.data.image_stats import read_image_stats
 from multimodal.data.loader import make_loader
 from multimodal.data.shards import expand_shards
@@ -33,12 +48,39 @@ class SourceConfig:
     ``caption_keys`` lists where the caption may be, tried in order: a member's
     extension (``txt``) or ``json:FIELD`` (a field of the .json member, as CLAP/WavCaps
     shards store it). The default reads img2dataset and CLAP-style shards as they are.
+    ``augment``: training augmentation of the source's images and audio (see
+    :mod:`multimodal.data.augment`), all off unless switched on.
     """
 
     shards: str
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     weight: float = 1.0
     caption_keys: str = "txt;json:text;json:caption"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def demo_augment() -> AugmentConfig:
+    """The demo's training augmentation: handwriting as other writers and scanners give it, voices as other
+    speakers, rooms, microphones and telephone lines do.
+
+    The image levers act on the digit source, the audio levers on the speech source.
+    """
+    return AugmentConfig(
+        image=ImageAugmentConfig(
+            affine=AffineAugment(p=0.8, rotation_degrees=12.0, scale=(0.8, 1.1), shear_degrees=10.0, translate=0.08),
+            stroke=StrokeAugment(p=0.5, thickness=(-0.5, 1.0)),
+            resolution=ResolutionAugment(p=0.3, min_size=8),
+            blur=BlurAugment(p=0.3, sigma=(0.2, 1.0)),
+            contrast=ContrastAugment(p=0.5, factor=(0.5, 1.2), brightness=(-0.1, 0.1)),
+        ),
+        audio=AudioAugmentConfig(
+            speed=SpeedAugment(p=0.8, factor=(0.85, 1.15)),
+            reverb=ReverbAugment(p=0.3, rt60_seconds=(0.1, 0.6), direct_to_reverb_db=(0.0, 15.0)),
+            noise=NoiseAugment(p=0.5, snr_db=(5.0, 35.0)),
+            band_limit=BandLimitAugment(p=0.2, sample_rates=(8000,), highpass_hz=300.0, mu_law=True),
+            gain=GainAugment(p=1.0, db=(-12.0, 6.0)),
+        ),
+    )
 
 
 @dataclass
@@ -53,6 +95,8 @@ class DataConfig:
     demo_dir: str | None = None  # None: the default cache directory
     demo_scale: float = 1.0  # fraction of the demo's data (all voices and digits kept): smaller, quicker runs
     shuffle_buffer: int = 1000
+    # The demo's training augmentation (no effect on configured sources, which carry their own); null: none.
+    demo_augment: AugmentConfig | None = field(default_factory=demo_augment)
 
 
 @dataclass
@@ -60,12 +104,16 @@ class PreparedEvalSet:
     config: EvalSetConfig
     loader_factory: object
     gallery_loader_factory: object = None
+    train_loader_factory: object = None  # a linear probe's training set
 
     def loader(self):
         return self.loader_factory()
 
     def gallery_loader(self):
         return self.gallery_loader_factory()
+
+    def train_loader(self):
+        return self.train_loader_factory()
 
 
 @dataclass
@@ -84,7 +132,7 @@ class PreparedData:
         """
         specs = [
             SourceSpec(shards=s.shards, modalities=list(s.modalities), weight=s.weight, caption_keys=s.caption_keys,
-                       name=f"train{index}")
+                       name=f"train{index}", augment=s.augment)
             for index, s in enumerate(self.sources)
         ]
         self.current_loader = make_loader(
@@ -103,18 +151,8 @@ class PreparedData:
         )
         return self.current_loader
 
-    def eval_loader(self, shards: str, modality: str, paired_with: str | None = None):
-        """A finite pass over ``shards`` with evaluation preprocessing.
-
-        ``paired_with``: a second modality read from each sample (retrieval within
-        pairs: no label needed). Without it, each sample's class label is read too
-        (json ``label`` or a ``cls`` member): zero-shot classes, or the matches of
-        retrieval against a gallery set.
-        """
-        if paired_with is None:
-            spec = SourceSpec(shards=shards, modalities=[modality], label_key="json:label;cls")
-        else:
-            spec = SourceSpec(shards=shards, modalities=[modality, paired_with])
+    def eval_loader(self, spec: SourceSpec):
+        """A finite pass over an evaluation source (see ``EvalSetConfig.source_specs``) with evaluation preprocessing."""
         return make_loader(
             [spec],
             batch_size=self.config.eval_batch_size,
@@ -178,19 +216,38 @@ def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = 
                 expand_shards(source.shards)
             except ValueError as error:
                 raise ValueError(f"{where}.shards: {error}") from None
+            _check_augment(source, model, where, warn_unused=True)
         return ResolvedSources(train=list(config.train), eval_sets=eval_sets)
     paths = demo_data.build_demo(config.demo_dir, scale=config.demo_scale,
                                  progress=_demo_progress if progress else None)
+    augment = config.demo_augment if config.demo_augment is not None else AugmentConfig()
     train = [
-        SourceConfig(shards=paths.image_train, modalities=[m for m in ("image", "text") if m in model.modalities]),
-        SourceConfig(shards=paths.audio_train, modalities=[m for m in ("audio", "text") if m in model.modalities]),
+        SourceConfig(shards=paths.image_train, modalities=[m for m in ("image", "text") if m in model.modalities],
+                     augment=augment),
+        SourceConfig(shards=paths.audio_train, modalities=[m for m in ("audio", "text") if m in model.modalities],
+                     augment=augment),
     ]
     train = [s for s in train if len(s.modalities) == 2]
+    for source in train:
+        _check_augment(source, model, "data.demo_augment", warn_unused=False)
     if not train:
         raise ValueError(f"the demo trains image-text and audio-text pairs; this model has only {model.modalities}")
     if not eval_sets:
         eval_sets = [e for e in demo_eval_sets(paths) if _fits(e, model)]
     return ResolvedSources(train=train, eval_sets=eval_sets, demo=paths)
+
+
+def _check_augment(source: SourceConfig, model: ModelConfig, where: str, *, warn_unused: bool) -> None:
+    """Raises ValueError for augmentation the model's preprocessing makes meaningless; warns about levers
+    of a modality the source does not read (``warn_unused``)."""
+    if "audio" in source.modalities and model.audio_preprocess is not None:
+        source.augment.audio.check_sample_rate(model.audio_preprocess.sample_rate, f"{where}.augment.audio")
+    if not warn_unused:
+        return
+    for modality in ("image", "audio"):
+        if source.augment.enabled_for(modality) and modality not in source.modalities:
+            logger.warning("%s.augment.%s is ignored: the source reads %s, not %s", where, modality,
+                           " and ".join(source.modalities), modality)
 
 
 # Farther than this from the data's own statistics (on a [0, 1] scale, any channel), a
@@ -256,21 +313,15 @@ def prepare(config: DataConfig, model: ModelConfig, tokenizer: Tokenizer | None,
 
 
 def _fits(eval_set: EvalSetConfig, model: ModelConfig) -> bool:
-    needed = {eval_set.modality, "text" if eval_set.task == "zeroshot" else eval_set.gallery_modality}
-    return needed <= set(model.modalities)
+    return set(eval_set.model_modalities) <= set(model.modalities)
 
 
 def _prepare_eval_set(data: PreparedData, eval_set: EvalSetConfig) -> PreparedEvalSet:
-    def loader():
-        if eval_set.task == "retrieval" and eval_set.gallery_shards is None:
-            return data.eval_loader(eval_set.shards, eval_set.modality, eval_set.gallery_modality)
-        return data.eval_loader(eval_set.shards, eval_set.modality)
-
-    def gallery():
-        return data.eval_loader(eval_set.gallery_shards, eval_set.gallery_modality)
-
-    return PreparedEvalSet(config=eval_set, loader_factory=loader,
-                           gallery_loader_factory=gallery if eval_set.gallery_shards is not None else None)
+    specs = eval_set.source_specs()
+    factories = {field: (lambda spec=spec: data.eval_loader(spec)) for field, spec in specs.items()}
+    return PreparedEvalSet(config=eval_set, loader_factory=factories["shards"],
+                           gallery_loader_factory=factories.get("gallery_shards"),
+                           train_loader_factory=factories.get("train_shards"))
 
 
 def _demo_progress(stage: str, done: int, total: int) -> None:

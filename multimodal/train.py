@@ -183,10 +183,28 @@ def _fresh_config(overrides: dict[str, str]) -> TrainConfig:
     data = {"preset": preset_name}
     if config_file is not None:
         data.update(load_config_file(config_file))
+    # A file's model section changes the preset's model (`image_preprocess: {mean: ...}`
+    # alone keeps every encoder); `audio: null` drops one.
+    if isinstance(data.get("model"), dict) and data.get("preset") in PRESETS:
+        data["model"] = _merged(to_dict(preset(data["preset"])), data["model"])
+        for modality in ("image", "audio"):
+            if data["model"].get(modality) is None:
+                data["model"][f"{modality}_preprocess"] = None
     config = from_dict(TrainConfig, data)
     if config.model is None:
         config.model = preset(config.preset)
     return apply_overrides(config, overrides)
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied key by key, nested mappings merged, other values replaced."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def resumed_config(given_config: TrainConfig, checkpoint: Path, *, given: dict[str, str]) -> TrainConfig:
@@ -793,8 +811,9 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     optim = config.optim
     unwrapped = accelerator.unwrap_model(model)
     samples_per_step = config.data.batch_size * optim.accum_steps * accelerator.num_processes
+    # Live in a terminal; in a log file (a cluster job's) a line every 30 s, not one per step.
     progress = tqdm(total=optim.steps, initial=run.start_step, disable=not accelerator.is_main_process,
-                    desc="training", dynamic_ncols=True)
+                    desc="training", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     batches = None
     last_checkpoint, saved_step = None, run.start_step
     tick, window_steps = time.time(), 0

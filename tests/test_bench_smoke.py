@@ -100,3 +100,15 @@ def test_unknown_benchmark_is_named():
     )
     assert result.returncode != 0
     assert "unknown benchmarks ['no_such_benchmark']" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_every_section_on_the_cpu():
+    """``make bench-gpu`` is only ever run on a lent GPU machine: its quick CPU run keeps it from rotting."""
+    pytest.importorskip("open_clip")
+    done = subprocess.run([sys.executable, "-m", "bench.bench_gpu", "--quick"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith("gpu: train step: ours pd0.0") and "embeddings: images x" in summary
+    assert "loader: 64 images of 224 px to cpu" in summary

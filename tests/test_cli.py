@@ -1,5 +1,6 @@
 """The `multimodal` command line, end to end on a tiny checkpoint and tiny data."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -387,3 +388,138 @@ def test_convert_and_demo_call_the_library(tmp_path, capsys, monkeypatch):
     status, out, _ = run(["demo", "--cache", tmp_path / "cache", "--scale", "0.5"], capsys)
     assert status == 0 and seen["cache_dir"] == str(tmp_path / "cache") and seen["scale"] == 0.5
     assert "image-train: 4000 samples: i-{0..1}.tar" in out and "zero, one, two" in out
+
+
+def write_class_folder(root: Path, per_class: int, seed: int) -> list[tuple[Path, int]]:
+    """cats (label 0) and dogs (label 1), in the order eval reads them: sorted classes, sorted files."""
+    files = []
+    for label, name in enumerate(("cats", "dogs")):
+        for index in range(per_class):
+            files.append((write_png(root / name / f"{index}.png", seed=seed * 100 + 10 * label + index), label))
+    return files
+
+
+def test_eval_linear_probe_on_class_folders_and_on_shards(checkpoint, model, tmp_path, capsys):
+    from multimodal.eval import evaluate_linear_probe
+
+    train = write_class_folder(tmp_path / "train", 5, seed=1)
+    test = write_class_folder(tmp_path / "test", 3, seed=2)
+    expected = evaluate_linear_probe(
+        model.embed_images([path for path, _ in train]), torch.tensor([label for _, label in train]),
+        model.embed_images([path for path, _ in test]), torch.tensor([label for _, label in test]), fewshot_k=4, seed=7)
+    argv = ["eval", "--checkpoint", checkpoint, "--precision", "fp32", "--task", "linear_probe", "--data",
+            tmp_path / "test", "--train-data", tmp_path / "train", "--fewshot-k", "4", "--seed", "7", "--name", "pets"]
+    status, out, err = run([*argv, "--output", tmp_path / "probe.json"], capsys)
+    assert status == 0 and "pets/accuracy@1" in out
+    assert f"weight decay {expected.probe.weight_decay:g}: the best validation accuracy" in err
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert (report["task"], report["fewshot_k"], report["seed"], report["class_names"]) == (
+        "linear_probe", 4, 7, ["cats", "dogs"])
+    assert report["weight_decay"] == expected.probe.weight_decay and report["weight_decay_from"] == "validation"
+    assert len(report["validation_accuracy"]) == len(expected.validation_accuracy)
+    assert report["results"]["pets/num_train_samples"] == 8
+    for key, value in expected.metrics.items():
+        assert report["results"][f"pets/{key}"] == pytest.approx(value, abs=1e-6), key
+    assert not (tmp_path / "probe.gallery.html").exists()  # a probe draws no pictures
+    # The same folders as shards (labels from the json the shard writer puts there): the same probe, refit
+    # with the weight decay the search chose (the search itself is the folder run's).
+    for split in ("train", "test"):
+        write_shards(samples_from_folder(tmp_path / split), tmp_path / f"{split}-shards", max_samples_per_shard=4)
+    status, _, _ = run([*argv[:8], tmp_path / "test-shards", "--train-data", tmp_path / "train-shards", *argv[11:],
+                        "--weight-decay", repr(expected.probe.weight_decay), "--output", tmp_path / "shards.json"],
+                       capsys)
+    results = json.loads((tmp_path / "shards.json").read_text())["results"]
+    assert status == 0
+    for key, value in expected.metrics.items():
+        assert results[f"pets/{key}"] == pytest.approx(value, abs=1e-5), key
+    # A fixed weight decay: no search, and one example per class is enough.
+    status, _, err = run([*argv[:11], "--fewshot-k", "1", "--weight-decay", "0.001"], capsys)
+    assert status == 0 and "weight decay 0.001 (given)" in err
+
+
+def test_eval_linear_probe_bad_arguments(checkpoint, tmp_path, capsys):
+    write_class_folder(tmp_path / "train", 2, seed=1)
+    write_class_folder(tmp_path / "test", 2, seed=2)
+    write_png(tmp_path / "other" / "birds" / "0.png", seed=3)
+    write_png(tmp_path / "other" / "cats" / "0.png", seed=4)
+    base = ["eval", "--checkpoint", checkpoint, "--data", tmp_path / "test"]
+    cases = [
+        (["--task", "linear_probe"], "argument --train-data: --task linear_probe needs a labelled training set"),
+        (["--task", "zeroshot", "--fewshot-k", "3"], "argument --fewshot-k: only --task linear_probe trains a probe"),
+        (["--task", "zeroshot", "--train-data", tmp_path / "train"],
+         "argument --train-data: only --task linear_probe trains a probe"),
+        (["--task", "zeroshot", "--caption-keys", "json:caption"],
+         "argument --caption-keys: only --task retrieval reads captions"),
+        (["--task", "linear_probe", "--train-data", tmp_path / "other"],
+         "argument --train-data: its class folders must be those of --data (label i is the i-th folder of each); "
+         "only in --data: ['dogs'], only in --train-data: ['birds']"),
+        (["--task", "linear_probe", "--train-data", "train-{0..3}.tar"],
+         "argument --train-data: give the training and test sets alike, both class folders or both shards"),
+        (["--task", "linear_probe", "--train-data", tmp_path / "train", "--fewshot-k", "1"],
+         "eval set 'eval': fewshot_k 1 leaves no sample per class to choose the weight decay on; give weight_decay"),
+        (["--task", "linear_probe", "--train-data", tmp_path / "train", "--val-fraction", "1"],
+         "argument --val-fraction: expected a number in (0, 1), got 1.0"),
+        (["--task", "linear_probe", "--train-data", tmp_path / "train", "--weight-decay", "-1"],
+         "argument --weight-decay: expected a number >= 0, got -1.0"),
+    ]
+    for extra, message in cases:
+        err = bad_arguments([*base, *extra], capsys)
+        assert message in err, (extra, err)
+    # Too few training samples for K is the data's fault: one line, status 1.
+    status, _, err = run([*base, "--task", "linear_probe", "--train-data", tmp_path / "train", "--fewshot-k", "3"],
+                         capsys)
+    assert status == 1 and err.strip().splitlines()[-1] == (
+        "multimodal eval: error: few-shot k=3 needs 3 training samples of every class; too few in class 0: 2, "
+        "class 1: 2")
+
+
+def test_eval_retrieval_ranks_every_caption_of_an_item(checkpoint, model, tmp_path, capsys):
+    from multimodal.eval import retrieval_metrics
+
+    images = [write_png(tmp_path / "images" / f"{index}.png", seed=index).read_bytes() for index in range(4)]
+    captions = [["a photo of a cat"], ["a photo of a dog", "someone saying dog"],
+                ["the sound of a cat", "a photo of a seven", "someone saying seven"], ["the sound of a dog"]]
+    with webdataset.TarWriter(str(tmp_path / "coco-000.tar")) as writer:
+        for index, (image, listed) in enumerate(zip(images, captions)):
+            writer.write({"__key__": f"k{index}", "png": image, "json": json.dumps({"caption": listed, "id": index})})
+    status, out, err = run(["eval", "--checkpoint", checkpoint, "--precision", "fp32", "--task", "retrieval", "--data",
+                            tmp_path / "coco-000.tar", "--caption-keys", "json:caption", "--output",
+                            tmp_path / "r.json"], capsys)
+    assert status == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    results, flat = report["results"], [caption for listed in captions for caption in listed]
+    assert report["caption_keys"] == "json:caption"
+    owners = torch.tensor([index for index, listed in enumerate(captions) for _ in listed])
+    image_features, caption_features = model.embed_images(images), model.embed_texts(flat)
+    by_caption = retrieval_metrics(caption_features, image_features, query_to_gallery=owners)
+    by_image = retrieval_metrics(image_features, caption_features, query_labels=torch.arange(4), gallery_labels=owners)
+    assert results["eval/text_to_image/num_queries"] == 7 and results["eval/num_samples"] == 4
+    for key in ("recall@1", "recall@5", "map@10"):
+        assert results[f"eval/text_to_image/{key}"] == pytest.approx(by_caption[key], abs=1e-6)
+        assert results[f"eval/image_to_text/{key}"] == pytest.approx(by_image[key], abs=1e-6)
+    # The gallery shows each image's top 5 captions, each caption itself (not its item's first).
+    shown = re.findall(r'class="caption">([^<]*)<', (tmp_path / "r.gallery.html").read_text())
+    top = (image_features @ caption_features.T).topk(5, dim=1).indices  # (4, 5): every image is a query
+    assert shown == [flat[index] for row in top.tolist() for index in row]
+
+
+def test_eval_linear_probe_on_audio_class_folders(checkpoint, model, tmp_path, capsys):
+    from multimodal.eval import evaluate_linear_probe
+
+    def clips(root: Path, seed: int) -> list[tuple[Path, int]]:
+        # Clips of several lengths: the longer ones are embedded as averaged windows.
+        return [(write_wav(root / name / f"{index}.wav", seed=seed + 10 * label + index, seconds=0.4 + 0.5 * index), label)
+                for label, name in enumerate(("rain", "speech")) for index in range(3)]
+
+    train, test = clips(tmp_path / "train", 0), clips(tmp_path / "test", 100)
+    expected = evaluate_linear_probe(
+        model.embed_audio([path for path, _ in train]), torch.tensor([label for _, label in train]),
+        model.embed_audio([path for path, _ in test]), torch.tensor([label for _, label in test]), weight_decay=0.01)
+    status, _, err = run(["eval", "--checkpoint", checkpoint, "--precision", "fp32", "--task", "linear_probe",
+                          "--data", tmp_path / "test", "--train-data", tmp_path / "train", "--weight-decay", "0.01",
+                          "--output", tmp_path / "audio.json"], capsys)
+    report = json.loads((tmp_path / "audio.json").read_text())
+    assert status == 0 and report["modality"] == "audio" and "weight decay 0.01 (given)" in err
+    assert report["class_names"] == ["rain", "speech"] and report["weight_decay_from"] == "given"
+    for key, value in expected.metrics.items():
+        assert report["results"][f"eval/{key}"] == pytest.approx(value, abs=1e-6), key

@@ -221,3 +221,77 @@ def test_batches_follow_a_module_models_parameters_by_default():
     assert [device.type for device in model.devices] == ["meta", "meta"]
     assert model.weight.device.type == "meta"
     assert metrics["image_to_text/recall@1"] == 0.0  # the table pairs each image with the other text
+
+
+# ----------------------------------------------------------------------------- several captions per item
+
+
+class GivenEmbeddings:
+    """Not a Module: each modality's batch entry already holds its embeddings (rows of floats)."""
+
+    def encode(self, modality, batch):
+        return F.normalize(batch[modality].flatten(1).float(), dim=-1)
+
+
+def captioned_batches():
+    """3 images with 1, 2 and 3 captions, over two batches; every vector is unit-norm, so scores are dot products.
+
+    image 0 = e0, image 1 = e1, image 2 = e2; captions (item): c0 (0), c1, c2 (1), c3, c4, c5 (2).
+    """
+    captions = torch.tensor([
+        [0.6, 0.8, 0.0],    # c0, item 0: image 1 scores 0.8, its own 0.6 -> rank 2
+        [0.0, 0.6, 0.8],    # c1, item 1: image 2 first -> rank 2
+        [0.0, 1.0, 0.0],    # c2, item 1: rank 1
+        [0.0, 0.0, 1.0],    # c3, item 2: rank 1
+        [0.8, 0.0, 0.6],    # c4, item 2: image 0 first -> rank 2
+        [0.48, 0.64, 0.6],  # c5, item 2: image 1 first -> rank 2
+    ])
+    return [
+        {"image": torch.eye(3)[:2], "text": captions[:3], "text_item": torch.tensor([0, 1, 1]), "__key__": ["i0", "i1"]},
+        {"image": torch.eye(3)[2:], "text": captions[3:], "text_item": torch.tensor([0, 0, 0]), "__key__": ["i2"]},
+    ]
+
+
+def test_retrieval_with_several_captions_per_item_hand_worked():
+    metrics = evaluate_retrieval(GivenEmbeddings(), captioned_batches(), "image", "text", recall_ks=(1, 2))
+    # text -> image: each caption's own image; ranks [2, 2, 1, 1, 2, 2].
+    assert metrics["text_to_image/recall@1"] == pytest.approx(2 / 6)
+    assert metrics["text_to_image/recall@2"] == 1.0
+    assert metrics["text_to_image/map@10"] == pytest.approx((4 * 1 / 2 + 2 * 1) / 6)
+    assert metrics["text_to_image/num_queries"] == 6
+    # image -> text: any of its captions. Image 0 scores c4 .8 > c0 .6: rank 2.
+    # Image 1 scores c2 1 > c0 .8 > c5 .64 > c1 .6: its captions rank 1 and 4, AP = (1 + 2/4) / 2.
+    # Image 2 scores c3 1 > c1 .8 > c4 = c5 .6: its captions rank 1, 3, 4, AP = (1 + 2/3 + 3/4) / 3.
+    assert metrics["image_to_text/recall@1"] == pytest.approx(2 / 3)
+    assert metrics["image_to_text/recall@2"] == 1.0
+    assert metrics["image_to_text/map@10"] == pytest.approx((1 / 2 + 3 / 4 + 29 / 36) / 3)
+    assert metrics["image_to_text/num_queries"] == 3 and metrics["num_samples"] == 3
+    # The same from the other side: the query modality may be the one with several rows.
+    flipped = evaluate_retrieval(GivenEmbeddings(), captioned_batches(), "text", "image", recall_ks=(1, 2))
+    assert flipped == metrics
+
+
+def test_collected_rows_name_their_items_across_batches():
+    collected = collect_embeddings(GivenEmbeddings(), captioned_batches(), ["image", "text"], with_labels=False)
+    assert collected["text_item"].tolist() == [0, 1, 1, 2, 2, 2]
+    assert "image_item" not in collected and collected["text"].shape == (6, 3)
+    # Label relevance: each caption carries its item's label (images 0 and 2 are one class).
+    batches = captioned_batches()
+    batches[0]["label"], batches[1]["label"] = torch.tensor([5, 6]), torch.tensor([5])
+    metrics = evaluate_retrieval(GivenEmbeddings(), batches, "image", "text", relevance="label", recall_ks=(1,))
+    assert metrics["text_to_image/num_queries"] == 6 and metrics["num_samples"] == 3
+    # c0 (class 5) now finds image 1 (class 6) first: still rank 2; c4 finds image 0 (class 5) first: a hit.
+    assert metrics["text_to_image/recall@1"] == pytest.approx(3 / 6)
+
+
+def test_item_rows_are_checked():
+    batches = captioned_batches()
+    batches[1]["text_item"] = torch.tensor([0, 1, 0])
+    with pytest.raises(ValueError, match=r"batch 1 'text_item' ranges over \[0, 1\] but the batch has 1 samples"):
+        evaluate_retrieval(GivenEmbeddings(), batches, "image", "text")
+    batches[1]["text_item"] = torch.tensor([0, 0])
+    with pytest.raises(ValueError, match=r"batch 1 'text_item' is \(2,\); it must be an integer tensor \(3,\)"):
+        evaluate_retrieval(GivenEmbeddings(), batches, "image", "text")
+    del batches[1]["text_item"]
+    with pytest.raises(ValueError, match="batch 1 gave different numbers of embeddings per modality"):
+        evaluate_retrieval(GivenEmbeddings(), batches, "image", "text")

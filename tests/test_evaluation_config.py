@@ -22,11 +22,15 @@ def docstring_examples() -> list[dict]:
 def test_every_field_is_documented_and_the_examples_are_valid_sets():
     for field in dataclasses.fields(EvalSetConfig):
         assert f"\n        {field.name}: " in EvalSetConfig.__doc__, field.name
-    zero_shot, pairs, gallery = (from_dict(EvalSetConfig, entry, "data.eval") for entry in docstring_examples())
+    zero_shot, pairs, gallery, probe = (from_dict(EvalSetConfig, entry, "data.eval") for entry in docstring_examples())
     assert (zero_shot.task, zero_shot.modality, len(zero_shot.class_names)) == ("zeroshot", "image", 10)
     assert zero_shot.templates == ["a handwritten {}.", "the digit {} written by hand."]
     assert (pairs.task, pairs.modalities, pairs.gallery_shards) == ("retrieval", ["image", "text"], None)
+    assert pairs.caption_keys == "json:caption"
     assert (gallery.modality, gallery.gallery_modality, gallery.modalities) == ("audio", "image", ["audio"])
+    assert (probe.task, probe.modalities, probe.model_modalities, probe.fewshot_k) == (
+        "linear_probe", ["image"], ["image"], 10)
+    assert probe.train_shards == "data/digits-train-{000000..000039}.tar"
 
 
 def test_recorded_sets_choose_the_templates():
@@ -60,3 +64,45 @@ def test_a_malformed_recorded_set_is_a_checkpoint_error(tmp_path):
     directory = save_checkpoint(load_model(source), tmp_path / "ckpt", tokenizer=load_tokenizer(source),
                                 extra_config=good)
     assert load(directory, precision="fp32").eval_sets == [EvalSetConfig(name="x", shards="x.tar", class_names=["a"])]
+
+
+def test_bad_sets_are_refused_with_what_to_fix():
+    def refused(message, **fields):
+        with pytest.raises(ValueError) as error:
+            EvalSetConfig(name="x", shards="x.tar", **fields)
+        assert str(error.value) == message
+
+    refused("eval set 'x': a linear probe needs train_shards (its labelled training set)", task="linear_probe")
+    refused("eval set 'x': train_shards, fewshot_k set for a zeroshot set; they are for task linear_probe",
+            class_names=["a"], train_shards="t.tar", fewshot_k=5)
+    refused("eval set 'x': seed set for a retrieval set; they are for task linear_probe", task="retrieval", seed=3)
+    refused("eval set 'x': fewshot_k 1 leaves no sample per class to choose the weight decay on; give weight_decay "
+            "(e.g. 1e-4)", task="linear_probe", train_shards="t.tar", fewshot_k=1)
+    refused("eval set 'x': fewshot_k must be at least 1, got 0", task="linear_probe", train_shards="t.tar", fewshot_k=0)
+    refused("eval set 'x': val_fraction must be in (0, 1), got 1.0", task="linear_probe", train_shards="t.tar",
+            val_fraction=1.0)
+    refused("eval set 'x': weight_decay must be >= 0, got -1.0", task="linear_probe", train_shards="t.tar",
+            weight_decay=-1.0)
+    refused("eval set 'x': modality and gallery_modality are both 'text'; retrieval needs two", task="retrieval",
+            modality="text")
+    refused("eval set 'x': modality 'video' is not one of ('text', 'image', 'audio')", class_names=["a"],
+            modality="video")
+    refused("eval set 'x': caption_keys is empty", task="retrieval", caption_keys=" ; ")
+    EvalSetConfig(name="x", shards="x.tar", task="linear_probe", train_shards="t.tar", fewshot_k=1, weight_decay=0.0)
+
+
+def test_each_set_says_how_its_shards_are_read():
+    zero_shot, pairs, gallery, probe = (from_dict(EvalSetConfig, entry, "data.eval") for entry in docstring_examples())
+    spec = pairs.source_specs()["shards"]
+    assert (spec.modalities, spec.all_captions, spec.caption_keys, spec.label_key) == (
+        ["image", "text"], True, "json:caption", None)
+    assert list(pairs.source_specs()) == ["shards"]
+    assert zero_shot.source_specs()["shards"].label_key == "json:label;cls"
+    assert not zero_shot.source_specs()["shards"].all_captions  # reads no text
+    assert {field: spec.modalities for field, spec in gallery.source_specs().items()} == {
+        "shards": ["audio"], "gallery_shards": ["image"]}
+    specs = probe.source_specs()
+    assert {field: (spec.shards, spec.label_key, spec.name) for field, spec in specs.items()} == {
+        "shards": ("data/digits-val-{000000..000003}.tar", "json:label;cls", "digits_10shot"),
+        "train_shards": ("data/digits-train-{000000..000039}.tar", "json:label;cls", "digits_10shot:train"),
+    }

@@ -61,3 +61,22 @@ def test_loader_moves_uint8_images_to_cuda_and_normalises_them_there(tmp_path):
     assert on_gpu["image"].device.type == "cuda" and on_gpu["image"].dtype == torch.float32
     assert on_gpu["text"].device.type == "cuda"
     torch.testing.assert_close(on_gpu["image"].cpu(), on_cpu["image"], rtol=0, atol=1e-5)
+
+
+def test_linear_probe_on_cuda_matches_cpu():
+    """Embeddings on the GPU (as training evaluates them): the same weight decay, probe and metrics as on the CPU."""
+    from multimodal.eval import evaluate_linear_probe
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    generator = torch.Generator().manual_seed(0)
+    centres = 2 * torch.randn(4, 16, generator=generator, dtype=torch.float64)
+    labels = torch.arange(4).repeat_interleave(30)
+    features = centres[labels] + torch.randn(120, 16, generator=generator, dtype=torch.float64)
+    train, test = slice(0, 120, 2), slice(1, 120, 2)
+    results = {device: evaluate_linear_probe(features[train].to(device), labels[train].to(device),
+                                             features[test].to(device), labels[test].to(device), fewshot_k=10, seed=1)
+               for device in ("cpu", "cuda")}
+    assert results["cuda"].probe.weight.device.type == "cuda"
+    assert results["cuda"].probe.weight_decay == results["cpu"].probe.weight_decay
+    assert results["cuda"].metrics == results["cpu"].metrics
+    torch.testing.assert_close(results["cuda"].probe.weight.cpu(), results["cpu"].probe.weight, atol=1e-6, rtol=0)

@@ -145,3 +145,28 @@ def test_training_evaluation_embedding_and_the_tokenizer_read_the_same_fields(tm
     assert chosen["list-first-empty"] == {"the second caption", "third"}
     assert all(chosen[key] == {embed_captions[key]} for key in chosen if key != "list-first-empty")
     assert trained.stats.skipped["messy"].keys() == {"missing_caption", "bad_caption", "missing_image"}
+
+
+def test_every_caption_of_a_sample_for_retrieval():
+    fields = SampleFields()
+    coco = raw(json={"caption": [" a dog on grass ", "", "a brown dog", "  "], "image_id": 7})
+    assert fields.captions(coco) == ["a dog on grass", "a brown dog"]
+    assert fields.caption(coco) == "a dog on grass"  # evaluation's one caption is the first of them
+    clotho = raw(json={"text": ["rain on a roof", "water dripping"]})
+    assert fields.captions(clotho) == ["rain on a roof", "water dripping"]
+    assert fields.captions(raw(txt=b"a single caption")) == ["a single caption"]
+    # img2dataset writes str(caption) to .txt: a caption column that held a list arrives as its repr.
+    img2dataset = raw(txt=str(["a red bus", "a bus on a street"]).encode(), json={"caption": ["a red bus", "x"]})
+    assert fields.captions(img2dataset) == ["a red bus", "a bus on a street"]
+    assert fields.captions(raw(txt=b"[a bracketed caption]")) == ["[a bracketed caption]"]  # not a literal: as it is
+    assert fields.captions(raw(txt=b"['a', 3]")) == ["['a', 3]"]  # not a list of strings: as it is
+    assert reason_of(lambda: fields.captions(raw(txt=b"[]"))) == "missing_caption"  # str([]): no caption
+    # CLIP_benchmark's retrieval shards: one caption per line of .txt, read with lines:txt.
+    lines = SampleFields(caption_keys="lines:txt;json:caption")
+    clip_benchmark = raw(txt=b"two dogs play\r\n\ntwo dogs playing in snow\n")
+    assert lines.captions(clip_benchmark) == ["two dogs play", "two dogs playing in snow"]
+    assert fields.captions(clip_benchmark) == ["two dogs play\r\n\ntwo dogs playing in snow"]  # txt: one caption
+    assert lines.captions(raw(txt=b"\n \n", json={"caption": "the json"})) == ["the json"]
+    assert lines.members_read(["text"]) == {"txt", "json"}
+    with pytest.raises(ValueError, match="image_keys: 'lines:' entries are for caption_keys"):
+        SampleFields(image_keys="lines:jpg")

@@ -54,6 +54,13 @@ def test_preset_and_overrides_resolve(tmp_path):
     config = train.parse_config(["--preset", "small", "--config", str(config_file), "--optim.warmup_steps", "7"])
     assert config.preset == "small" and config.optim.lr == 0.01 and config.optim.warmup_steps == 7
     assert config.model.embed_dim == 64 and config.model.text.vocab_size == 300
+    # The file changed the small preset's model; everything else of it is kept.
+    assert config.model.image.image_size == 96 and config.model.audio is not None
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("model:\n  image_preprocess:\n    mean: [0.7, 0.7, 0.7]\n  audio: null\n")
+    config = train.parse_config(["--config", str(partial)])
+    assert config.model.image_preprocess.mean == (0.7, 0.7, 0.7) and config.model.image_preprocess.std == (0.31, 0.31, 0.31)
+    assert config.model.audio is None and config.model.text is not None
 
 
 def test_no_weight_decay_on_norms_biases_positions_and_temperatures():
@@ -393,3 +400,22 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     for name, expected in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_scale_settings_come_from_a_yaml_file_and_are_in_the_help(tmp_path, capsys):
+    config_file = tmp_path / "scale.yaml"
+    config_file.write_text(
+        "distributed: fsdp\ncompile: true\nwandb: true\nema:\n  decay: 0.999\n"
+        "model:\n  image:\n    patch_dropout: 0.5\n  audio:\n    patch_dropout: 0.25\n"
+    )
+    config = train.parse_config(["--config", str(config_file)])
+    assert (config.distributed, config.compile, config.wandb, config.ema.decay) == ("fsdp", True, True, 0.999)
+    assert (config.model.image.patch_dropout, config.model.audio.patch_dropout) == (0.5, 0.25)
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    printed = capsys.readouterr().out.splitlines()
+    for line in ("  --distributed \"ddp\"", "  --compile false", "  --wandb false", "  --ema.decay null",
+                 "  --model.image.patch_dropout 0.0", "  --model.audio.patch_dropout 0.0"):
+        assert line in printed
+    with pytest.raises(ValueError, match="distributed must be 'ddp' or 'fsdp', got 'zero3'"):
+        train.parse_config(["--distributed", "zero3"])

@@ -103,9 +103,18 @@ def add_label_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def progress_bar(total: int | None, unit: str, description: str):
+    """A progress bar on stderr: live in a terminal, a line every 10 s in a log file."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit=unit, desc=description, file=sys.stderr, dynamic_ncols=True)
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, unit=unit, desc=description, file=sys.stderr, dynamic_ncols=True, mininterval=interval)
+
+
+def show_progress(bar, done: int, **postfix) -> None:
+    """Moves ``bar`` to ``done``; it redraws at its own pace (not at every item: a log would get a line each)."""
+    if postfix:
+        bar.set_postfix(postfix, refresh=False)
+    bar.update(done - bar.n)
 
 
 def resolve_device(text: str, process_device=None):

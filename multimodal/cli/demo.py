@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from multimodal.cli.common import progress_bar
+from multimodal.cli.common import progress_bar, show_progress
 
 
 def add_command(commands) -> None:
@@ -31,8 +31,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
             bars[stage] = progress_bar(total, "item", stage)
         bar = bars[stage]
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        show_progress(bar, done)
 
     try:
         paths = build_demo(args.cache, force=args.force, progress=progress, scale=args.scale, seed=args.seed)

@@ -6,7 +6,15 @@ import sys
 from pathlib import Path
 
 from multimodal.embed import is_shard_spec
-from multimodal.cli.common import EXIT_STATUS_HELP, add_model_options, exit_status, load_model, non_negative_int, progress_bar
+from multimodal.cli.common import (
+    EXIT_STATUS_HELP,
+    add_model_options,
+    exit_status,
+    load_model,
+    non_negative_int,
+    progress_bar,
+    show_progress,
+)
 
 
 def add_command(commands) -> None:
@@ -70,12 +78,10 @@ def run(args, parser: argparse.ArgumentParser) -> int:
 
     def progress(state) -> None:
         bar.total = None if state.total is None else state.total
-        bar.n = state.embedded + state.skipped
         postfix = {"skipped": state.skipped}
         if state.parts_total is not None:
             postfix["parts"] = f"{state.parts_done}/{state.parts_total}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.refresh()
+        show_progress(bar, state.embedded + state.skipped, **postfix)
 
     try:
         if all(shard_inputs):

@@ -1,4 +1,4 @@
-"""``multimodal eval``: zero-shot or retrieval metrics on a folder of class folders or tar shards."""
+"""``multimodal eval``: zero-shot, retrieval or linear-probe metrics on folders of class folders or tar shards."""
 from __future__ import annotations
 
 import argparse
@@ -8,50 +8,85 @@ from pathlib import Path
 
 from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_text_atomically
+from multimodal.data.sample_fields import CAPTION_KEYS
+from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
 from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS, file_modality, is_shard_spec
 from multimodal.cli.common import (
     EXIT_STATUS_HELP,
     add_label_options,
     add_model_options,
+    checked,
     exit_status,
     load_model,
     non_negative_int,
+    one_line,
     parse_labels,
     parse_templates,
     print_templates,
+    positive_int,
     progress_bar,
     single_modality,
 )
+from multimodal.evaluation import DEFAULT_PROBE_SEED, TASKS
 
 
 def add_command(commands) -> None:
     evaluate = commands.add_parser(
-        "eval", help="zero-shot or retrieval evaluation on a folder or tar shards",
+        "eval", help="zero-shot, retrieval or linear-probe evaluation on a folder or tar shards",
         description=(
             "Evaluate a checkpoint and print a table of metrics. --data is a shard spec (labels from each sample's "
             "json 'label' or its .cls member, class names from --labels/--labels-file or the json 'class_name' fields), or, for "
-            "--task zeroshot, a folder with one sub-folder per class (class names from the sub-folders, labels by "
+            "--task zeroshot and linear_probe, a folder with one sub-folder per class (class names from the sub-folders, labels by "
             "their sorted order). Zero-shot prompts: --templates, else those the checkpoint's training evaluated "
             "the modality with (recorded in its config.json), else the built-in ones; stderr and the JSON report "
-            "say which. Inputs that cannot be read are reported on stderr and skipped."
+            "say which. Retrieval reads every caption of a sample (--caption-keys): text -> image finds a caption's "
+            "own item, image -> text any of the item's captions. A linear probe fits logistic regression (L-BFGS) on "
+            "the embeddings of --train-data and scores it on --data; its weight decay is chosen by validation accuracy "
+            "on --val-fraction of each class of the training set (stratified, drawn under --seed), then the probe is "
+            "refit on the whole training set; --weight-decay fixes it instead. --fewshot-k K trains on K samples per "
+            "class (drawn under --seed), validated within them. Inputs that cannot be read are reported on stderr and skipped."
         ),
         epilog=EXIT_STATUS_HELP,
     )
     add_model_options(evaluate)
-    evaluate.add_argument("--task", required=True, choices=("zeroshot", "retrieval"), help="what to measure")
-    evaluate.add_argument("--data", required=True, metavar="SPEC|FOLDER", help="shard spec, or a folder of class folders")
+    evaluate.add_argument("--task", required=True, choices=TASKS, help="what to measure")
+    evaluate.add_argument("--data", required=True, metavar="SPEC|FOLDER",
+                          help="shard spec, or a folder of class folders; the test set of a linear probe")
     evaluate.add_argument("--modality", choices=("image", "audio"),
                           help="the inputs classified or used as queries (default: from the folder's files, else image)")
     evaluate.add_argument("--gallery-modality", choices=MODALITIES, default="text",
                           help="retrieval: the other modality of each sample (default text)")
+    evaluate.add_argument("--caption-keys", metavar="KEYS",
+                          help=f"retrieval: where a sample's captions are, ';'-separated, tried in order: member "
+                               f"extensions, json:FIELD (a string or a list of captions), lines:EXT (one caption "
+                               f"per line, as CLIP_benchmark's retrieval shards hold them: lines:txt) (default "
+                               f"{CAPTION_KEYS})")
     add_label_options(evaluate, required=False)
+    probe = evaluate.add_argument_group("linear probe (--task linear_probe)")
+    probe.add_argument("--train-data", metavar="SPEC|FOLDER",
+                       help="the labelled training set: a shard spec, or a folder of the same class folders as --data")
+    probe.add_argument("--fewshot-k", type=positive_int, metavar="K",
+                       help="train on exactly K samples of every class, drawn under --seed (default: all)")
+    probe.add_argument("--val-fraction", type=open_fraction, metavar="F",
+                       help=f"share of each class of the training set held out to choose the weight decay "
+                            f"(default {DEFAULT_VAL_FRACTION})")
+    probe.add_argument("--weight-decay", type=non_negative_float, metavar="W",
+                       help="a fixed L2 weight decay instead of the validation search (needed with --fewshot-k 1)")
+    probe.add_argument("--seed", type=non_negative_int, metavar="N",
+                       help=f"seeds the few-shot draw and the validation split (default {DEFAULT_PROBE_SEED})")
     evaluate.add_argument("--name", default="eval", help="prefix of the metric names (default eval)")
     evaluate.add_argument("--output", metavar="FILE.json", help="also write the results as JSON")
     evaluate.add_argument("--no-pictures", action="store_true",
-                          help="with --output, skip FILE.confusion.png and FILE.gallery.html (they embed the data once more)")
+                          help="with --output, skip FILE.confusion.png and FILE.gallery.html (they embed the data once "
+                               "more; a linear probe writes none)")
     evaluate.add_argument("--num-workers", type=non_negative_int, default=0,
                           help="data loader processes for shards (default 0)")
     evaluate.set_defaults(run=run, command_parser=evaluate)
+
+
+PROBE_OPTIONS = ("train_data", "fewshot_k", "val_fraction", "weight_decay", "seed")
+open_fraction = checked(float, lambda value: 0.0 < value < 1.0, "a number in (0, 1)")
+non_negative_float = checked(float, lambda value: value >= 0.0 and value != float("inf"), "a number >= 0")
 
 
 def _is_class_folder(data: str) -> bool:
@@ -133,68 +168,147 @@ def _class_names_from_shards(spec: str) -> list[str]:
     return [names[label] for label in range(max(names) + 1)]
 
 
+def _check_task_options(args, parser: argparse.ArgumentParser, templates) -> None:
+    if templates and args.task != "zeroshot":
+        parser.error("argument --templates: only --task zeroshot builds prompts; retrieval and linear probes use none")
+    if args.caption_keys is not None and args.task != "retrieval":
+        parser.error("argument --caption-keys: only --task retrieval reads captions")
+    if args.task != "linear_probe":
+        for option in PROBE_OPTIONS:
+            if getattr(args, option) is not None:
+                parser.error(f"argument --{option.replace('_', '-')}: only --task linear_probe trains a probe")
+    elif args.train_data is None:
+        parser.error("argument --train-data: --task linear_probe needs a labelled training set")
+
+
+def _check_data(data: str, option: str, task: str, parser) -> bool:
+    """Whether ``data`` is a class folder (else a shard spec); refuses anything else."""
+    folder = _is_class_folder(data)
+    if folder and task == "retrieval":
+        parser.error(f"argument {option}: a class folder is a classification data set; retrieval needs shards with captions")
+    if not folder and not is_shard_spec(data) and not Path(data).is_dir():
+        parser.error(f"argument {option}: {data} is neither a folder nor a shard spec (.tar, {{..}} or pipe:)")
+    return folder
+
+
+def _same_classes(test_classes: list[str], train_classes: list[str], parser) -> None:
+    if test_classes != train_classes:
+        only_test = sorted(set(test_classes) - set(train_classes))
+        only_train = sorted(set(train_classes) - set(test_classes))
+        parser.error(f"argument --train-data: its class folders must be those of --data (label i is the i-th folder "
+                     f"of each); only in --data: {only_test[:10]}, only in --train-data: {only_train[:10]}")
+
+
 def run(args, parser: argparse.ArgumentParser) -> int:
     from multimodal.data.loader import make_loader
-    from multimodal.data.source_spec import SourceSpec
-    from multimodal.evaluation import EvalSetConfig, run_evaluation, zero_shot_templates
+    from multimodal.evaluation import EvalSetConfig, run_evaluation, run_linear_probe, zero_shot_templates
     from multimodal.report import format_results
 
     labels = parse_labels(args, parser)
     templates = parse_templates(args, parser)
-    if templates and args.task != "zeroshot":
-        parser.error("argument --templates: only --task zeroshot builds prompts; retrieval uses none")
-    folder = _is_class_folder(args.data)
-    if folder and args.task != "zeroshot":
-        parser.error("argument --data: a class folder is a zero-shot data set; retrieval needs shards with captions")
-    if not folder and not is_shard_spec(args.data) and not Path(args.data).is_dir():
-        parser.error(f"argument --data: {args.data} is neither a folder nor a shard spec (.tar, {{..}} or pipe:)")
-    model = load_model(args)
-    skipped: object = None
+    _check_task_options(args, parser, templates)
+    probe = args.task == "linear_probe"
+    folder = _check_data(args.data, "--data", args.task, parser)
+    if probe and _check_data(args.train_data, "--train-data", args.task, parser) != folder:
+        parser.error("argument --train-data: give the training and test sets alike, both class folders or both shards")
+
+    # What is read, settled before the model loads.
+    class_names: list[str] = labels or []
     if folder:
-        modality, class_names, items = _class_folder_items(Path(args.data), args.modality, parser)
-        if labels is not None:
-            if len(labels) != len(class_names):
-                parser.error(f"argument --labels: {len(labels)} names for {len(class_names)} class folders")
-            class_names = labels
-        loader = _FolderBatches(model, modality, items, args.batch_size)
+        modality, folder_classes, items = _class_folder_items(Path(args.data), args.modality, parser)
+        if probe:
+            _, train_classes, train_items = _class_folder_items(Path(args.train_data), modality, parser)
+            _same_classes(folder_classes, train_classes, parser)
+        if labels is not None and len(labels) != len(folder_classes):
+            parser.error(f"argument --labels: {len(labels)} names for {len(folder_classes)} class folders")
+        class_names = labels or folder_classes
     else:
         modality = args.modality or "image"
+        if args.task == "retrieval" and args.gallery_modality == modality:
+            parser.error(f"argument --gallery-modality: must differ from --modality ({modality})")
         if args.task == "zeroshot":
             class_names = labels or _class_names_from_shards(args.data)
-            source = SourceSpec(args.data, modalities=[modality], name=args.name, label_key="json:label;cls")
-            tokenize = None
-        else:
-            class_names = []
-            if args.gallery_modality == modality:
-                parser.error(f"argument --gallery-modality: must differ from --modality ({modality})")
-            source = SourceSpec(args.data, modalities=[modality, args.gallery_modality], name=args.name)
-            tokenize = model.tokenize if args.gallery_modality == "text" else None
-        loader = make_loader([source], batch_size=args.batch_size, train=False, tokenize=tokenize,
-                             image_config=model.config.image_preprocess, audio_config=model.config.audio_preprocess,
-                             num_workers=args.num_workers)
-    for needed in {modality, "text" if args.task == "zeroshot" else args.gallery_modality}:
+    probe_settings = {option: getattr(args, option) for option in ("fewshot_k", "weight_decay", "val_fraction", "seed")
+                      if getattr(args, option) is not None}
+    try:
+        config = EvalSetConfig(name=args.name, shards=str(args.data), task=args.task, modality=modality,
+                               class_names=list(class_names) if args.task == "zeroshot" else [],
+                               templates=templates or [], gallery_modality=args.gallery_modality,
+                               caption_keys=args.caption_keys or CAPTION_KEYS,
+                               train_shards=str(args.train_data) if probe else None, **probe_settings)
+    except ValueError as error:
+        parser.error(one_line(error))
+
+    model = load_model(args)
+    for needed in config.model_modalities:
         if needed not in model.modalities:
             parser.error(f"argument --checkpoint: this checkpoint encodes {model.modalities}; the task needs {needed}")
+
+    def shard_loader(spec):
+        return make_loader([spec], batch_size=args.batch_size, train=False,
+                           tokenize=model.tokenize if "text" in spec.modalities else None,
+                           image_config=model.config.image_preprocess, audio_config=model.config.audio_preprocess,
+                           num_workers=args.num_workers)
+
+    if folder:
+        loader = _FolderBatches(model, modality, items, args.batch_size)
+        train_loader = _FolderBatches(model, modality, train_items, args.batch_size) if probe else None
+    else:
+        specs = config.source_specs()
+        loader = shard_loader(specs["shards"])
+        train_loader = shard_loader(specs["train_shards"]) if probe else None
     prompts: dict = {}
     if args.task == "zeroshot":
         templates, origin = zero_shot_templates(modality, templates, model.eval_sets)
         print_templates(templates, origin)
         prompts = {"templates": templates, "templates_from": origin}
-    config = EvalSetConfig(name=args.name, shards=str(args.data), task=args.task, modality=modality,
-                           class_names=list(class_names), templates=templates or [],
-                           gallery_modality=args.gallery_modality)
-    metrics = run_evaluation(model, config, loader, model.tokenizer, device=model.device)
+        config.templates = templates
+    report: dict = {}
+    if probe:
+        result = run_linear_probe(model, config, loader, train_loader, device=model.device)
+        metrics = result.metrics
+        report = _probe_report(config, result)
+    else:
+        metrics = run_evaluation(model, config, loader, model.tokenizer, device=model.device)
     results = {f"{args.name}/{key}": value for key, value in metrics.items()}
-    skipped = loader.skipped if folder else loader.stats.summary()
-    num_skipped = len(loader.skipped) if folder else loader.stats.total_skipped()
+    skipped = {"data": _skipped(loader, folder)}
+    num_skipped = _num_skipped(loader, folder)
+    if probe:
+        skipped["train_data"] = _skipped(train_loader, folder)
+        num_skipped += _num_skipped(train_loader, folder)
     print(format_results(results))
     if args.output:
         report = {"checkpoint": str(args.checkpoint), "task": args.task, "data": args.data, "modality": modality,
-                  "class_names": list(class_names), **prompts, "results": results, "skipped": skipped}
+                  "class_names": list(class_names), **prompts, **report, "results": results,
+                  "skipped": skipped if probe else skipped["data"]}
+        if args.task == "retrieval":
+            report["caption_keys"] = config.caption_keys
         write_text_atomically(args.output, json.dumps(report, indent=2) + "\n")
-        if not args.no_pictures:
+        if not args.no_pictures and not probe:
             from multimodal.eval_pictures import write_pictures
 
             for picture in write_pictures(model, config, loader, Path(args.output)):
                 print(f"wrote {picture}", file=sys.stderr)
     return exit_status(num_skipped, "input(s)")
+
+
+def _probe_report(config, result) -> dict:
+    """What the JSON report says of a probe beside its metrics; the weight decay said on stderr too."""
+    tried = result.validation_accuracy
+    chosen = result.probe.weight_decay
+    if tried:
+        print(f"weight decay {chosen:g}: the best validation accuracy ({tried[chosen]:.1%}) of the {len(tried)} "
+              f"values tried on {config.val_fraction:g} of each class", file=sys.stderr)
+    else:
+        print(f"weight decay {chosen:g} (given)", file=sys.stderr)
+    return {"train_data": config.train_shards, "fewshot_k": config.fewshot_k, "val_fraction": config.val_fraction,
+            "seed": config.seed, "weight_decay": chosen, "weight_decay_from": "validation" if tried else "given",
+            "validation_accuracy": {f"{wd:g}": accuracy for wd, accuracy in tried.items()}}
+
+
+def _skipped(loader, folder: bool):
+    return loader.skipped if folder else loader.stats.summary()
+
+
+def _num_skipped(loader, folder: bool) -> int:
+    return len(loader.skipped) if folder else loader.stats.total_skipped()

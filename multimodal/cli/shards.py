@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from multimodal.cli.common import byte_size, checked, fraction, positive_int, progress_bar
+from multimodal.cli.common import byte_size, checked, fraction, positive_int, progress_bar, show_progress
 
 DEFAULT_MAX_SKIP_FRACTION = 0.1
 _NAMED_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "gray": (128, 128, 128)}
@@ -87,9 +87,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     bar = progress_bar(len(samples), "sample", "shards")
 
     def progress(state) -> None:
-        bar.n = state.processed
-        bar.set_postfix(written=state.written, skipped=state.skipped, refresh=False)
-        bar.refresh()
+        show_progress(bar, state.processed, written=state.written, skipped=state.skipped)
 
     try:
         result = write_shards(samples, args.output, prefix=args.prefix, max_samples_per_shard=args.max_samples,
