@@ -1,6 +1,7 @@
 """The trainer: configuration errors, resuming (with the run's own settings), SIGTERM and SIGKILL, failed starts,
 crash-safe checkpoints, the optimiser set-up, the tokenizer fitting the text tower."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -360,8 +361,9 @@ def test_training_on_a_slice_of_the_demo_learns(tmp_path):
     # Chance is 0.10 (20 of 200, standard deviation 2 points): broken learning stays near it.
     # The slice trains on MNIST and printed digits with augmentation, and reaches 0.275.
     assert final["image_zeroshot/accuracy@1"] >= 0.25, final
-    losses = [row["loss"] for row in rows if "loss" in row]  # from step 20; ln(64) = 4.16 is chance
-    assert losses[-1] < losses[0] - 0.5, losses
+    losses = [row["loss"] for row in rows if "loss" in row]  # logged every 20 steps
+    # ln(64) = 4.16 is chance; with augmentation the slice ends near 3.78 at step 120.
+    assert losses[-1] < math.log(64) - 0.25 and losses[-1] < losses[0], losses
     # The checkpoint records the evaluation it had, so `multimodal eval` prompts as the run did.
     from multimodal.data.demo import ZERO_SHOT_TEMPLATES
 
