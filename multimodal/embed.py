@@ -365,8 +365,10 @@ class _ShardDataset(IterableDataset):
             try:
                 raw = shard_sample_input(sample, self.modality)
             except UnusableSample as error:
-                absent = error.reason == f"missing_{self.modality}"
-                yield _Prepared(sample["__key__"], error=f"{error.reason}: {error}", absent=absent)
+                if error.reason == f"missing_{self.modality}":
+                    yield _Prepared(sample["__key__"], absent=True)
+                else:
+                    yield _Prepared(sample["__key__"], error=f"{error.reason}: {error}")
                 continue
             yield _prepare(self.modality, sample["__key__"], raw, self.config)
         if worker == 0:
