@@ -15,6 +15,8 @@ loader gave this rank. Each worker attaches its new counts to every batch (key
 """
 from __future__ import annotations
 
+import functools
+import os
 import random
 from collections.abc import Iterator
 
@@ -27,6 +29,20 @@ from multimodal.data.seeds import stable_int
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.source_stream import SourceStream, StreamSettings
 from multimodal.data.stats import WorkerCounts
+
+
+@functools.cache
+def lower_priority(niceness: int) -> None:
+    """Raises this worker process's niceness by ``niceness`` (once per process; 0: unchanged).
+
+    Where the CPU is shared, as on a laptop, the trainer's threads and the workers want
+    the same cores. At equal priority a worker that takes a core stalls the trainer's
+    other threads at their next barrier, and a step can take twice its time; a lower
+    priority lets the trainer run whenever it can and the workers fill the cycles it
+    leaves (its waits, its serial parts). Where cores are idle, nothing changes.
+    """
+    if niceness > 0 and hasattr(os, "nice"):
+        os.nice(niceness)
 
 
 class BatchStream(IterableDataset):
@@ -56,8 +72,10 @@ class BatchStream(IterableDataset):
         seed: int,
         rank: int,
         batches_per_epoch: int | None,
+        worker_nice: int = 0,
     ) -> None:
         super().__init__()
+        self.worker_nice = worker_nice
         self.sources, self.names, self.shard_lists = sources, names, shard_lists
         self.batch_size, self.tokenize, self.train = batch_size, tokenize, train
         self.resampled, self.shuffle_buffer, self.drop_last = resampled, shuffle_buffer, drop_last
@@ -71,6 +89,7 @@ class BatchStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:  # a worker process of ours: its malloc settings are ours to choose
             retain_freed_memory()
+            lower_priority(self.worker_nice)
         counts = WorkerCounts()
         settings = StreamSettings(
             train=self.train,

@@ -186,6 +186,7 @@ def make_loader(
     device: torch.device | str | None = None,
     normalize_images: bool = True,
     log_skips_every: int = 100,
+    worker_nice: int = 0,
 ) -> ShardLoader:
     """Batches from weighted tar-shard sources, for training (``train=True``) or evaluation.
 
@@ -214,6 +215,9 @@ def make_loader(
             normalised by the consumer (:func:`multimodal.data.image.normalize_image`), e.g.
             after its own augmentations on the GPU.
         log_skips_every: log a summary every this many skipped shards or samples.
+        worker_nice: niceness added to each worker process (0-19; 0: the trainer's priority).
+            Where workers and trainer share few cores, a lower priority for the workers
+            keeps the trainer's threads running (see :func:`multimodal.data.batch_stream.lower_priority`).
     """
     sources = list(sources)
     if not sources:
@@ -224,6 +228,8 @@ def make_loader(
         raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if not 0 <= worker_nice <= 19:
+        raise ValueError(f"worker_nice must be in 0-19 (a niceness added to the workers), got {worker_nice}")
     resampled = train if resampled is None else resampled
     if samples_per_epoch is not None:
         if not resampled:
@@ -273,6 +279,7 @@ def make_loader(
         seed=seed,
         rank=rank,
         batches_per_epoch=batches_per_epoch,
+        worker_nice=worker_nice,
     )
     return ShardLoader(
         dataset,

@@ -85,6 +85,10 @@ class DataConfig:
     batch_size: int = 128  # per process and micro-batch
     eval_batch_size: int = 250
     num_workers: int = 2
+    # Added to the workers' niceness: on a machine whose cores the trainer uses too, the
+    # trainer runs first and the workers take what it leaves (make train: 1.5x faster in
+    # fp32 on 2 cores). 0: the workers compete at the trainer's priority.
+    worker_nice: int = 19
     tokenizer: str | None = None  # a tokenizer.json; None with the demo: trained on its captions
     tokenizer_vocab_size: int = 512
     demo_dir: str | None = None  # None: the default cache directory
@@ -138,6 +142,7 @@ class PreparedData:
             rank=rank,
             world_size=world_size,
             num_workers=self.config.num_workers,
+            worker_nice=self.config.worker_nice,
             image_config=self.model.image_preprocess,
             audio_config=self.model.audio_preprocess,
             tokenize=self.tokenize,

@@ -157,7 +157,7 @@ class TrainConfig:
 # saves, where and how it computes. Everything else (model, data, optimiser, seed) is the run's.
 RESUMABLE_KEYS = (
     "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "wandb", "wandb_project",
-    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "data.num_workers",
+    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "data.num_workers", "data.worker_nice",
     "data.eval_batch_size",
     "resume", "output_dir", "run_name",
 )

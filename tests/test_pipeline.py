@@ -408,3 +408,28 @@ def test_skip_summaries_come_after_log_every_skips_then_at_each_doubling(caplog)
             stats.add({"skipped": {"a": {"missing_audio": 1}}})
     totals = [int(line.split("(")[1].split(")")[0]) for line in caplog.messages if line.startswith("skipped so far")]
     assert totals == [10, 20, 40, 80]
+
+
+def tokenize_with_niceness(captions: list[str]) -> tuple[torch.Tensor, None]:
+    """Runs in the worker: every id is the niceness of the process that tokenized."""
+    import os
+
+    return torch.full((len(captions), CONTEXT), os.nice(0), dtype=torch.int64), None
+
+
+def test_workers_run_at_lower_priority_and_the_main_process_keeps_its_own(tmp_path):
+    import os
+
+    write_img2dataset(tmp_path, num_shards=1)
+    source = SourceSpec(str(tmp_path / "img-00000.tar"), ["image", "text"])
+    base = os.nice(0)
+    batches = make_loader([source], batch_size=2, train=False, tokenize=tokenize_with_niceness, image_config=IMAGE,
+                          num_workers=1, worker_nice=5)
+    niceness = {int(value) for batch in batches for value in batch["text"].flatten()}
+    assert niceness == {min(base + 5, 19)}  # once per worker process, however many batches it makes
+    assert os.nice(0) == base
+    in_process = make_loader([source], batch_size=2, train=False, tokenize=tokenize_with_niceness, image_config=IMAGE,
+                             num_workers=0, worker_nice=5)
+    assert {int(value) for batch in in_process for value in batch["text"].flatten()} == {base}
+    with pytest.raises(ValueError, match="worker_nice must be in 0-19"):
+        make_loader([source], batch_size=2, train=False, image_config=IMAGE, worker_nice=20)
