@@ -342,8 +342,8 @@ def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MULTIMODAL_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "demo-v3"
-    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v3-scale0.5-seed3"
+    assert default_cache_dir() == tmp_path / "demo-v4"
+    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v4-scale0.5-seed3"
     monkeypatch.delenv("MULTIMODAL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v3"
+    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v4"
