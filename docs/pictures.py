@@ -1,7 +1,7 @@
 """Redraws the README's pictures from a checkpoint trained on the demo (``make train``).
 
 * ``docs/search-page.png``: ``multimodal serve`` over the held-out MNIST images, queried
-  with the text "a handwritten seven";
+  with the text "seven";
 * ``docs/eval-gallery.png``: the top of the gallery ``multimodal eval --task zeroshot``
   writes for the same images.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from multimodal.data.demo import CLASS_NAMES, build_demo
 
 DOCS = Path(__file__).resolve().parent
-QUERY = "a handwritten seven"
+QUERY = "seven"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 

@@ -126,3 +126,13 @@ def test_the_demos_training_sources_carry_its_augmentation_and_evaluation_none(t
     prepared = sources.prepare(DataConfig(), model, None, SimpleNamespace(train=[], eval_sets=[]))
     evaluation = prepared.eval_loader(SourceSpec(paths.image_train, ["image"], name="digits")).dataset
     assert all(spec.augment == AugmentConfig() for spec in evaluation.sources)
+
+
+def test_the_demo_draws_images_by_its_image_weight(tmp_path, monkeypatch):
+    paths = SimpleNamespace(image_train=write_shard(tmp_path / "i.tar"), audio_train=write_shard(tmp_path / "a.tar"))
+    monkeypatch.setattr(sources.demo_data, "build_demo", lambda *args, **kwargs: paths)
+    eval_set = EvalSetConfig(name="digits", shards=paths.image_train, modality="image", class_names=["a", "b"])
+    by_default = sources.resolve_sources(DataConfig(eval=[eval_set]), tiny()).train
+    assert [(s.modalities, s.weight) for s in by_default] == [(["image", "text"], 2.0), (["audio", "text"], 1.0)]
+    even = sources.resolve_sources(DataConfig(eval=[eval_set], demo_image_weight=1.0), tiny()).train
+    assert [s.weight for s in even] == [1.0, 1.0]
