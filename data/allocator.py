@@ -29,13 +29,10 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
 
-@functools.cache
-def retain_freed_memory() -> bool:
-    """Tells glibc's malloc to keep freed memory for reuse; True if it took effect.
+def set_malloc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Fixes glibc's mmap and trim thresholds (bytes), which also stops their raising on the fly.
 
-    Blocks up to 32 MiB come from the heap, and up to 1 GiB of free heap is kept
-    instead of being returned to the system. Does nothing (returns False) where the C
-    library is not glibc, e.g. on macOS, Windows or musl.
+    True if both took effect; False where the C library is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -46,7 +43,18 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success, 0 on error.
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
-__all__ = ["retain_freed_memory"]
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Tells glibc's malloc to keep freed memory for reuse; True if it took effect.
+
+    Blocks up to 32 MiB come from the heap, and up to 1 GiB of free heap is kept
+    instead of being returned to the system. Does nothing (returns False) where the C
+    library is not glibc, e.g. on macOS, Windows or musl.
+    """
+    return set_malloc_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD)
+
+
+__all__ = ["retain_freed_memory", "set_malloc_thresholds"]

@@ -9,8 +9,8 @@ import pytest
 
 PROGRAM = textwrap.dedent(
     """
-    import ctypes, ctypes.util, resource, sys, torch
-    from multimodal.data.allocator import retain_freed_memory
+    import resource, sys, torch
+    from multimodal.data.allocator import retain_freed_memory, set_malloc_thresholds
     from multimodal.data.audio import fbank
     from multimodal.data.config import AudioPreprocessConfig
 
@@ -28,17 +28,11 @@ PROGRAM = textwrap.dedent(
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         return sorted(faults)[calls // 2]
 
-    if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallopt"):
-        print("unsupported")
-        sys.exit(0)
     # The baseline: glibc's default thresholds (128 KiB), held fixed. Left alone, glibc
     # raises them on the fly after the first large free, by an amount that depends on
     # the order the kernels of this CPU allocate in, so an unpinned baseline faults
     # anywhere between a few hundred and 1,500 pages per call from machine to machine.
-    mallopt = ctypes.CDLL(None).mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    if not (mallopt(M_MMAP_THRESHOLD, 128 * 1024) and mallopt(M_TRIM_THRESHOLD, 128 * 1024)):
+    if not set_malloc_thresholds(128 * 1024, 128 * 1024):
         print("unsupported")
         sys.exit(0)
     baseline = faults_per_call()
