@@ -37,6 +37,7 @@ import torch
 import torchaudio
 
 from multimodal.data.config import AudioPreprocessConfig
+from multimodal.data.wav import read_pcm_wav
 
 # Kaldi's filterbank settings that AST uses; those not in AudioPreprocessConfig are fixed here.
 PREEMPHASIS = 0.97
@@ -61,8 +62,13 @@ def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
 
     Returns ``(waveform, sample_rate)``: waveform float32 (channels, samples) in [-1, 1]
     for integer formats. Raises ValueError when the bytes do not decode or the
-    samples are not finite.
+    samples are not finite. Integer-PCM WAV is read directly (:mod:`multimodal.data.wav`),
+    with the same numbers as libsndfile gives.
     """
+    plain_wav = read_pcm_wav(data)
+    if plain_wav is not None:
+        samples, sample_rate = plain_wav
+        return torch.from_numpy(np.ascontiguousarray(samples.T)), sample_rate  # (C, N)
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
             sample_rate = sound.samplerate

@@ -31,6 +31,7 @@ from multimodal.data.audio import (
 )
 from multimodal.data import audio as audio_module
 from multimodal.data.config import AudioPreprocessConfig
+from multimodal.data.wav import read_pcm_wav
 
 
 def encode(waveform: np.ndarray, sample_rate: int, format: str, subtype: str | None = None) -> bytes:
@@ -74,6 +75,25 @@ def test_lossy_formats_decode(format, subtype):
     waveform, sample_rate = decode_audio(encode(tone(0.5).numpy(), 16000, format, subtype))
     assert sample_rate == 16000 and waveform.shape[0] == 1
     assert abs(waveform.shape[1] - 8000) < 2000 and 0.2 < waveform.abs().max() < 1.0
+
+
+def test_wav_read_directly_walks_chunks_and_leaves_the_rest_to_libsndfile():
+    stereo = np.stack([tone(0.05).numpy(), tone(0.05, frequency=220, seed=1).numpy()], axis=1)  # (N, 2)
+    plain = encode(stereo, 16000, "WAV", "PCM_16")
+    # A LIST chunk of odd length (padded to even) between fmt and data, as editors write it.
+    fmt_end = 12 + 8 + int.from_bytes(plain[16:20], "little")
+    extra = b"LIST" + (5).to_bytes(4, "little") + b"INFO!" + b"\0"
+    with_list = plain[:4] + (len(plain) - 8 + len(extra)).to_bytes(4, "little") + plain[8:fmt_end] + extra + plain[fmt_end:]
+    reference, _ = soundfile.read(io.BytesIO(plain), dtype="float32", always_2d=True)  # (N, 2)
+    for data in (plain, with_list):
+        samples, rate = read_pcm_wav(data)
+        assert rate == 16000 and samples.dtype == np.float32 and np.array_equal(samples, reference)
+    # Float, 24-bit and truncated files are libsndfile's to read (or to refuse).
+    assert read_pcm_wav(encode(stereo, 16000, "WAV", "FLOAT")) is None
+    assert read_pcm_wav(encode(stereo, 16000, "WAV", "PCM_24")) is None
+    assert read_pcm_wav(plain[:-10]) is None and read_pcm_wav(b"RIFF") is None
+    truncated, _ = decode_audio(plain[:-10])
+    assert truncated.shape[1] < stereo.shape[0]
 
 
 def test_undecodable_audio_raises_value_error():

@@ -281,10 +281,10 @@ def test_media_decode_as_expected(contents):
         assert image.shape == (8, 8) and np.array_equal(image, np.round(sklearn_images[index].astype(float) * 255 / 16))
     clips = list(contents["audio-val"].values())[:10] + list(contents["audio-train"].values())[-10:]
     for sample in clips:
-        wave, rate = soundfile.read(io.BytesIO(sample["flac"]))
+        wave, rate = soundfile.read(io.BytesIO(sample["wav"]))
         assert rate == 16000 and wave.ndim == 1 and wave.size >= 16000
         assert np.abs(wave).max() > 0.2  # speech at a random gain in [0.3, 0.9], plus light noise
-    assert not np.array_equal(*(soundfile.read(io.BytesIO(s["flac"]))[0][:16000] for s in clips[:2]))
+    assert not np.array_equal(*(soundfile.read(io.BytesIO(s["wav"]))[0][:16000] for s in clips[:2]))
     real = contents["audio-real"]
     assert sorted(json.loads(s["json"])["label"] for s in real.values()) == list(range(10))
     for sample in real.values():
@@ -342,8 +342,8 @@ def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MULTIMODAL_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "demo-v4"
-    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v4-scale0.5-seed3"
+    assert default_cache_dir() == tmp_path / "demo-v5"
+    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v5-scale0.5-seed3"
     monkeypatch.delenv("MULTIMODAL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v4"
+    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v5"
