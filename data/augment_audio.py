@@ -18,7 +18,8 @@ plain functions, each checkable by hand:
   amplitude falls by 60 dB in RT60, scaled to the direct-to-reverberant energy ratio;
   the clip's length and RMS are kept;
 - :func:`add_noise`: white, pink (1/f power) or brown (1/f^2) Gaussian noise scaled
-  to an exact SNR against the clip's mean power;
+  to an exact SNR against the clip's mean power (the noise: :func:`noise_window`, a
+  window of one long draw per colour);
 - :func:`limit_band`: resampled down to a narrow rate and back, with optional 8-bit
   mu-law companding at the narrow rate, then band-passed (a telephone line: 300-3400 Hz);
 - :func:`apply_gain`: ``x * 10 ** (db / 20)``.
@@ -176,6 +177,35 @@ def coloured_noise(length: int, color: str, generator: torch.Generator) -> torch
     return irfft(spectrum * frequencies.pow_(-exponent / 2), size)[:length]
 
 
+# The noise lever's noise is a window of one long draw per colour: drawing a fresh
+# coloured spectrum and transforming it for each clip cost 450 us per 1 s clip, nearly
+# half the loader's audio time on the demo, where a window costs nothing. Windows at a
+# random offset of 32 s (2^19 samples at 16 kHz), with a random sign, are as good as fresh
+# noise for a 1 s clip; longer clips draw their own (coloured_noise).
+NOISE_BANK_SAMPLES = 1 << 19
+_NOISE_BANK_SEED = 20261203
+
+
+@functools.lru_cache(maxsize=len(_NOISE_EXPONENTS))
+def noise_bank(color: str) -> torch.Tensor:
+    """One fixed draw (NOISE_BANK_SAMPLES,) of ``color`` noise, at unit mean power; cached, never to be modified."""
+    noise = coloured_noise(NOISE_BANK_SAMPLES, color, torch.Generator().manual_seed(_NOISE_BANK_SEED))
+    return noise / noise.square().mean().sqrt()
+
+
+def noise_window(length: int, color: str, rng: random.Random) -> torch.Tensor:
+    """``length`` samples of ``color`` noise: a window of :func:`noise_bank` at an offset and sign drawn from ``rng``.
+
+    Longer than the bank: a fresh draw (:func:`coloured_noise`) seeded from ``rng``.
+    """
+    bank = noise_bank(color)
+    if length > bank.shape[0]:
+        return coloured_noise(length, color, _generator(rng))
+    start = rng.randrange(bank.shape[0] - length + 1)
+    window = bank[start : start + length]
+    return window if rng.random() < 0.5 else -window
+
+
 def add_noise(waveform: torch.Tensor, snr_db: float, noise: torch.Tensor) -> torch.Tensor:
     """``waveform + noise`` scaled so that mean power(waveform) / mean power(noise) is ``snr_db``: (N,) -> (N,).
 
@@ -297,7 +327,7 @@ def augment_waveform(
     if _applies(config.noise.p, rng):
         lever = config.noise
         snr, color = rng.uniform(*lever.snr_db), rng.choice(lever.colors)
-        waveform = add_noise(waveform, snr, coloured_noise(waveform.shape[0], color, _generator(rng)))
+        waveform = add_noise(waveform, snr, noise_window(waveform.shape[0], color, rng))
     if _applies(config.band_limit.p, rng):
         lever = config.band_limit
         waveform = limit_band(waveform, sample_rate, rng.choice(lever.sample_rates),
@@ -314,6 +344,8 @@ __all__ = [
     "augment_waveform",
     "change_speed",
     "coloured_noise",
+    "noise_bank",
+    "noise_window",
     "fft_convolve",
     "fft_size",
     "irfft",

@@ -18,6 +18,7 @@ from multimodal.data.augment import (
     TempoAugment,
 )
 from multimodal.data.augment_audio import (
+    NOISE_BANK_SAMPLES,
     add_noise,
     add_reverb,
     apply_gain,
@@ -26,6 +27,8 @@ from multimodal.data.augment_audio import (
     coloured_noise,
     fft_size,
     limit_band,
+    noise_bank,
+    noise_window,
     room_impulse_response,
     samples_to_augment,
     shift_pitch,
@@ -166,6 +169,21 @@ def test_noise_colours_have_their_spectral_slope(color, octave_ratio):
     # Power per octave: doubles for white, stays for pink (1/f), halves for brown (1/f^2).
     measured = band_power(noise, 1000, 2000) / band_power(noise, 500, 1000)
     assert measured == pytest.approx(octave_ratio, rel=0.1)
+
+
+@pytest.mark.parametrize(("color", "octave_ratio"), [("white", 2.0), ("pink", 1.0), ("brown", 0.5)])
+def test_noise_windows_keep_the_colour_and_differ_per_draw(color, octave_ratio):
+    # The noise lever takes windows of one long draw per colour (cheap); ten 1 s windows
+    # must still have the colour's slope, and different draws different noise.
+    windows = [noise_window(RATE, color, random.Random(seed)) for seed in range(10)]
+    measured = sum(band_power(w, 1000, 2000) for w in windows) / sum(band_power(w, 500, 1000) for w in windows)
+    assert measured == pytest.approx(octave_ratio, rel=0.15)
+    assert all(w.shape == (RATE,) and w.dtype == torch.float32 for w in windows)
+    assert not torch.equal(windows[0], windows[1])
+    assert torch.equal(windows[3], noise_window(RATE, color, random.Random(3)))  # seeded
+    assert float(noise_bank(color).square().mean()) == pytest.approx(1.0, rel=1e-4)
+    longer = noise_window(NOISE_BANK_SAMPLES + 5, color, random.Random(0))  # past the bank: a fresh draw
+    assert longer.shape == (NOISE_BANK_SAMPLES + 5,)
 
 
 def test_band_limit_keeps_the_telephone_band_and_nothing_above_half_the_narrow_rate():
