@@ -3,7 +3,7 @@
     {"image": uint8 (B, 3, S, S),                        # normalised later, see multimodal.data.loader.finish_batch
      "audio": float (W, T, F), "audio_padding_mask": bool (W, T),  # mask only when a row is padded
      "audio_window_clip": int64 (W,),                    # evaluation only: the sample of each row
-     "text": int64 (M, L), "text_padding_mask": bool (M, L),       # from the tokenize callable
+     "text": int64 (M, L), "text_padding_mask": bool (M, L),       # from the tokenize callable, L cut to the longest row
      "text_item": int64 (M,),                            # all_captions sources only: the sample of each row
      "label": int64 (B,),                                # only for sources with a label_key
      "__key__": list[str], "__source__": str}
@@ -30,6 +30,21 @@ from multimodal.data.audio import collate_audio
 from multimodal.data.image import collate_images
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def trim_padding_columns(ids: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drops the trailing columns that are padding in every row: (M, L) -> (M, L'), L' the longest caption.
+
+    A tokenizer pads every caption to the context length (16 in the tiny preset, 77 in
+    CLIP's), where the demo's captions hold at most 8 tokens: the text tower would spend
+    half its work on padding. Padded positions are masked keys and come after the
+    end-of-text token, so no output changes (tests compare the embeddings).
+    """
+    used = (~padding_mask).any(dim=0).nonzero()  # columns holding a token in some row
+    longest = int(used[-1]) + 1 if len(used) else 1
+    if longest >= ids.shape[1]:
+        return ids, padding_mask
+    return ids[:, :longest].contiguous(), padding_mask[:, :longest].contiguous()
 
 
 def collate_samples(
@@ -72,16 +87,18 @@ def collate_samples(
             ids, padding_mask = tokenize(captions)
             if not (isinstance(ids, torch.Tensor) and ids.ndim == 2 and ids.shape[0] == len(captions)):
                 raise ValueError(f"tokenize must return ids (M, L) for M={len(captions)} captions, got {ids!r:.80}")
-            batch["text"] = ids.to(torch.int64)
+            ids = ids.to(torch.int64)
             if padding_mask is not None:
                 if padding_mask.shape != ids.shape:
                     raise ValueError(
                         f"tokenize returned a padding mask {tuple(padding_mask.shape)} for ids {tuple(ids.shape)}"
                     )
-                batch["text_padding_mask"] = padding_mask.to(torch.bool)
+                ids, padding_mask = trim_padding_columns(ids, padding_mask.to(torch.bool))
+                batch["text_padding_mask"] = padding_mask
+            batch["text"] = ids
     if "label" in first:
         batch["label"] = torch.tensor([sample["label"] for sample in samples], dtype=torch.int64)  # (B,)
     return batch
 
 
-__all__ = ["Tokenize", "collate_samples"]
+__all__ = ["Tokenize", "collate_samples", "trim_padding_columns"]
