@@ -32,7 +32,7 @@ import torch
 
 from bench.common import alternate, machine_summary, noise_note, parse_args
 from multimodal.data import demo as demo_data
-from multimodal.data.audio import load_waveform, samples_for_frames, train_audio_features
+from multimodal.data.audio import load_waveform, mask_features, samples_for_frames, train_audio_features
 from multimodal.data.augment import AudioAugmentConfig, AugmentConfig, ImageAugmentConfig
 from multimodal.data.augment_audio import augment_waveform
 from multimodal.data.augment_image import augment_image
@@ -124,7 +124,13 @@ def measure_levers(paths, count: int, rounds: int) -> list[tuple[str, float]]:
             augment_image(c, config, random.Random(i)) for i, c in enumerate(crops)]
     runners["image: demo's levers"] = lambda: [augment_image(c, demo_augment().image, random.Random(i))
                                                for i, c in enumerate(crops)]
+    features = [train_audio_features(w, audio_config, random.Random(i)) for i, w in enumerate(waves)]
+    spec_lever = AudioAugmentConfig().spec_augment
+    runners["audio spec_augment"] = lambda: [
+        mask_features(f, spec_lever.freq_mask, spec_lever.time_mask, random.Random(i)) for i, f in enumerate(features)]
     for field in fields(AudioAugmentConfig):
+        if field.name == "spec_augment":  # on the features, timed above
+            continue
         config = one_lever(AudioAugmentConfig(), field.name)
         runners[f"audio {field.name}"] = lambda config=config: [
             augment_waveform(w, audio_config.sample_rate, config, random.Random(i), keep_samples=keep)

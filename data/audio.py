@@ -333,8 +333,13 @@ def spec_augment(features: torch.Tensor, config: AudioPreprocessConfig, rng: ran
     masking rule); 0 after normalisation is the data set's mean. A width of 0 in the
     config turns that mask off.
     """
+    return mask_features(features, config.freq_mask, config.time_mask, rng)
+
+
+def mask_features(features: torch.Tensor, freq_mask: int, time_mask: int, rng: random.Random) -> torch.Tensor:
+    """:func:`spec_augment` with its widest masks given: ``freq_mask`` mel bins, ``time_mask`` frames; (T, F) in place."""
     num_time, num_freq = features.shape
-    for width_max, size, dim in ((config.freq_mask, num_freq, 1), (config.time_mask, num_time, 0)):
+    for width_max, size, dim in ((freq_mask, num_freq, 1), (time_mask, num_time, 0)):
         if width_max <= 0:
             continue
         width = int(rng.random() * min(width_max, size))

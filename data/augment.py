@@ -15,7 +15,8 @@ training crop (3, S, S): ``affine`` (rotation, scale, shear, translation), ``str
 Audio (:mod:`multimodal.data.augment_audio`), applied in this order to the mono
 waveform before the filterbank: ``speed`` (tempo and pitch together), ``tempo``
 (duration only), ``pitch`` (pitch only), ``reverb`` (a synthetic room), ``noise``
-(at a random SNR), ``band_limit`` (telephone-like narrowband audio), ``gain``.
+(at a random SNR), ``band_limit`` (telephone-like narrowband audio), ``gain``; then
+``spec_augment`` masks a band and a span of the log-mel features.
 
 Settings are checked when built (so a configuration file with a bad range fails
 before training starts); an error names the setting, as in
@@ -326,8 +327,30 @@ class GainAugment:
 
 
 @dataclass
+class SpecAugmentLever:
+    """SpecAugment on the training features, after the filterbank: one band of mel bins and one span of
+    frames set to the data set's mean (0 after normalisation).
+
+    Widths are drawn in [0, ``freq_mask``] mel bins and [0, ``time_mask``] frames (torchaudio's
+    masking rule); a width of 0 turns that mask off. Cheap (two slices set to 0), and what
+    AST and speech recognisers train with so that no single band or moment carries a class.
+    """
+
+    p: float = 0.0
+    freq_mask: int = 8
+    time_mask: int = 10
+
+    def __post_init__(self) -> None:
+        check_probability(self.p, "augment.audio.spec_augment.p")
+        for name in ("freq_mask", "time_mask"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise ValueError(f"augment.audio.spec_augment.{name} must be an integer >= 0, got {value!r}")
+
+
+@dataclass
 class AudioAugmentConfig:
-    """The audio levers, applied in this order to a training waveform."""
+    """The audio levers: the waveform levers in this order, then ``spec_augment`` on the features."""
 
     speed: SpeedAugment = field(default_factory=SpeedAugment)
     tempo: TempoAugment = field(default_factory=TempoAugment)
@@ -336,11 +359,17 @@ class AudioAugmentConfig:
     noise: NoiseAugment = field(default_factory=NoiseAugment)
     band_limit: BandLimitAugment = field(default_factory=BandLimitAugment)
     gain: GainAugment = field(default_factory=GainAugment)
+    spec_augment: SpecAugmentLever = field(default_factory=SpecAugmentLever)
 
     @property
     def enabled(self) -> bool:
         """Whether any lever is on (p > 0)."""
         return any(getattr(self, f.name).p > 0 for f in fields(self))
+
+    @property
+    def waveform_enabled(self) -> bool:
+        """Whether any lever that acts on the waveform (all but ``spec_augment``) is on."""
+        return any(getattr(self, f.name).p > 0 for f in fields(self) if f.name != "spec_augment")
 
     def check_sample_rate(self, sample_rate: int, where: str = "augment.audio") -> None:
         """Raises ValueError when ``band_limit`` is on with a rate that removes nothing at ``sample_rate``."""
@@ -390,6 +419,7 @@ __all__ = [
     "RATIO_STEPS",
     "ResolutionAugment",
     "ReverbAugment",
+    "SpecAugmentLever",
     "SpeedAugment",
     "StrokeAugment",
     "TempoAugment",

@@ -298,7 +298,9 @@ def augment_waveform(
     *,
     keep_samples: int | None = None,
 ) -> torch.Tensor:
-    """The levers of ``config`` that ``rng`` draws, in order: mono float32 (N,) at ``sample_rate`` -> (N',).
+    """The waveform levers of ``config`` that ``rng`` draws, in order: mono float32 (N,) at ``sample_rate`` -> (N',).
+
+    ``spec_augment`` acts on the features, not here (see :func:`multimodal.data.audio.mask_features`).
 
     ``keep_samples``: the samples training will crop out of the result (its
     ``max_frames`` window). A longer clip is first cut at random to what the levers
@@ -307,7 +309,7 @@ def augment_waveform(
     """
     if waveform.ndim != 1:
         raise ValueError(f"augment_waveform expects a mono waveform (samples,), got shape {tuple(waveform.shape)}")
-    if not config.enabled or waveform.shape[0] == 0:
+    if not config.waveform_enabled or waveform.shape[0] == 0:
         return waveform
     if keep_samples is not None:
         needed = samples_to_augment(config, keep_samples)

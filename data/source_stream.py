@@ -8,7 +8,8 @@ uint8 (3, S, S), audio windows (T, F), caption string (every caption, a list, fo
 
 Augmentation: in training, a source's :class:`multimodal.data.augment.AugmentConfig`
 is applied to each image after its crop (uint8 (3, S, S) in and out) and to each
-waveform before its crop and filterbank; evaluation never augments.
+waveform before its crop and filterbank (its ``spec_augment`` lever to the features
+after); evaluation never augments.
 
 Determinism: shard draws, the shuffle buffer and every sample's random choices
 (crop, caption, audio crop, SpecAugment, augmentation) come from RNGs seeded with
@@ -36,7 +37,13 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from multimodal.data.audio import eval_audio_windows, load_waveform, samples_for_frames, train_audio_features
+from multimodal.data.audio import (
+    eval_audio_windows,
+    load_waveform,
+    mask_features,
+    samples_for_frames,
+    train_audio_features,
+)
 from multimodal.data.augment_audio import augment_waveform
 from multimodal.data.augment_image import augment_image
 from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
@@ -250,11 +257,15 @@ class SourceStream:
             config = settings.audio_config
             try:
                 waveform = load_waveform(audio_bytes, config)  # (samples,) at config.sample_rate
+                levers = self.spec.augment.audio
                 if self.augment["audio"]:
-                    waveform = augment_waveform(waveform, config.sample_rate, self.spec.augment.audio, rng,
+                    waveform = augment_waveform(waveform, config.sample_rate, levers, rng,
                                                 keep_samples=samples_for_frames(config.max_frames, config))
                 if settings.train:
-                    sample["audio"] = [train_audio_features(waveform, config, rng)]  # one (T, F) crop
+                    features = train_audio_features(waveform, config, rng)  # one (T, F) crop
+                    if self.augment["audio"] and levers.spec_augment.p > 0 and rng.random() < levers.spec_augment.p:
+                        mask_features(features, levers.spec_augment.freq_mask, levers.spec_augment.time_mask, rng)
+                    sample["audio"] = [features]
                 else:
                     sample["audio"] = eval_audio_windows(waveform, config)  # every (T, F) window of the clip
             except ValueError as error:

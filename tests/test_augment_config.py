@@ -37,6 +37,7 @@ from multimodal.train import parse_config
         ({"audio": {"band_limit": {"highpass_hz": 500, "lowpass_hz": 400}}},
          "augment.audio.band_limit.lowpass_hz must be a number above highpass_hz"),
         ({"audio": {"reverb": {"rt60_seconds": [0, 0.5]}}}, "augment.audio.reverb.rt60_seconds must be two numbers"),
+        ({"audio": {"spec_augment": {"freq_mask": -1}}}, "augment.audio.spec_augment.freq_mask must be an integer >= 0"),
     ],
 )
 def test_a_bad_setting_is_an_error_naming_it(settings, message):

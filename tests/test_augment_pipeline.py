@@ -136,3 +136,24 @@ def test_levers_all_off_read_a_source_exactly_as_without_augmentation(tmp_path):
         setattr(off.augment, modality, type(getattr(off.augment, modality))())  # this modality's levers off
         assert getattr(off.augment, other).enabled  # the other modality's levers do not touch this source
         assert same(batches(plain, train=True), batches(off, train=True), modality)
+
+
+def test_spec_augment_lever_masks_the_features_and_leaves_the_waveform_levers_off(tmp_path):
+    shards = write_shards(tmp_path, encoded_audio, "aud")
+    plain = SourceSpec(shards, ["audio", "text"], name="aud")
+    masked = SourceSpec(shards, ["audio", "text"], name="aud",
+                        augment=from_dict(AugmentConfig, {"audio": {"spec_augment": {"p": 1.0, "freq_mask": 6,
+                                                                                      "time_mask": 8}}}))
+    assert not masked.augment.audio.waveform_enabled
+    reference, first = batches(plain, train=True), batches(masked, train=True)
+    assert same(first, batches(masked, train=True), "audio")  # seeded
+    # Only whole bands and spans change, and to 0 (the normalised mean); nothing else moves.
+    changed = [(a["audio"] != b["audio"]) for a, b in zip(reference, first)]
+    assert any(bool(c.any()) for c in changed)
+    assert all(bool((b["audio"][c] == 0).all()) for b, c in zip(first, changed))
+    for batch, mask in zip(first, changed):
+        _, frames, bins = batch["audio"].shape
+        # At most one band of <= 6 bins over every frame and one span of <= 8 frames over every bin.
+        assert all(int(row.sum()) <= 6 * frames + 8 * bins for row in mask)
+    evaluation = list(make_loader([masked], batch_size=5, train=False, audio_config=AUDIO))
+    assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, audio_config=AUDIO)), "audio")
