@@ -115,6 +115,13 @@ class _GatherRows(torch.autograd.Function):
         return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
+def _gather_groups(groups: torch.Tensor, world_size: int) -> torch.Tensor:
+    """(b,) group ids of this process -> (N,) of all processes, in rank order (no gradient to carry)."""
+    parts = [torch.empty_like(groups) for _ in range(world_size)]
+    torch.distributed.all_gather(parts, groups.contiguous())
+    return torch.cat(parts)
+
+
 def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """All processes' features concatenated in rank order, (b, E) -> (W * b, E), with gradients.
 
@@ -137,6 +144,12 @@ def _scaled_similarity(rows: torch.Tensor, columns: torch.Tensor, log_scale: tor
         return log_scale.exp() * (rows.to(dtype) @ columns.to(dtype).T)
 
 
+def _positive_targets(groups: torch.Tensor, groups_all: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(b,), (N,) group ids -> (b, N) targets: 1 / |positives of row i| at each column of row i's group, else 0."""
+    same = (groups[:, None] == groups_all[None, :]).to(dtype)  # (b, N); the own pair is always among them
+    return same / same.sum(dim=1, keepdim=True)
+
+
 def _infonce(
     first: torch.Tensor,
     second: torch.Tensor,
@@ -144,16 +157,25 @@ def _infonce(
     second_all: torch.Tensor,
     log_scale: torch.Tensor,
     offset: int,
+    groups: torch.Tensor | None = None,
+    groups_all: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric cross-entropy of local rows (b, E) against all columns (N, E); positives at ``offset + i``."""
+    """Symmetric cross-entropy of local rows (b, E) against all columns (N, E); positives at ``offset + i``.
+
+    With ``groups`` (b,) and ``groups_all`` (N,), every column of a row's group is a
+    positive, each with an equal share of the target (UniCL's image-text-label loss).
+    """
     num_rows = first.shape[0]
-    labels = torch.arange(offset, offset + num_rows, device=first.device)  # (b,)
     logits_first = _scaled_similarity(first, second_all, log_scale)  # (b, N)
     if first_all is first:  # one process: the second direction is the transpose
         logits_second = logits_first.T  # (N, N)
     else:
         logits_second = _scaled_similarity(second, first_all, log_scale)  # (b, N)
-    return (F.cross_entropy(logits_first, labels) + F.cross_entropy(logits_second, labels)) / 2
+    if groups is None:
+        targets = torch.arange(offset, offset + num_rows, device=first.device)  # (b,)
+    else:
+        targets = _positive_targets(groups, groups_all, logits_first.dtype)  # (b, N)
+    return (F.cross_entropy(logits_first, targets) + F.cross_entropy(logits_second, targets)) / 2
 
 
 def _sigmoid(
@@ -162,11 +184,17 @@ def _sigmoid(
     log_scale: torch.Tensor,
     bias: torch.Tensor,
     offset: int,
+    groups: torch.Tensor | None = None,
+    groups_all: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SigLIP loss of local rows (b, E) against all columns (N, E), divided by b; positives at ``offset + i``."""
+    """SigLIP loss of local rows (b, E) against all columns (N, E), divided by b; positives at ``offset + i``,
+    or at every column of the row's group when ``groups`` (b,) and ``groups_all`` (N,) are given."""
     logits = _scaled_similarity(first, second_all, log_scale)  # (b, N)
     logits = logits + torch.as_tensor(bias, device=logits.device).to(logits.dtype)
-    positives = logits.diagonal(offset)  # (b,)
+    if groups is None:
+        positives = logits.diagonal(offset)  # (b,)
+    else:
+        positives = logits[groups[:, None] == groups_all[None, :]]  # every same-group logit
     # -logsigmoid(label * z) is softplus(z) for a negative pair and softplus(z) - z for a
     # positive one, so the sum needs no (b, N) matrix of +-1 labels.
     return (F.softplus(logits).sum() - positives.sum()) / first.shape[0]
@@ -282,6 +310,7 @@ def contrastive_loss(
     kind: str = "infonce",
     pairs: Iterable[Sequence[str]] | None = None,
     gather: bool | None = None,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Contrastive loss summed over modality pairs.
 
@@ -297,6 +326,11 @@ def contrastive_loss(
         gather: across processes, compare local rows with every process's features
             (module docstring); None gathers whenever ``torch.distributed`` is initialised
             with more than one process. Each modality is gathered once for all its pairs.
+        groups: optional int64 (b,) group of each row (a class label): rows of one group
+            are all positives of each other, not negatives (UniCL). On a data set of few
+            classes, a batch otherwise holds many pairs that show the same class and
+            trains them apart: with 10 classes in a batch of 128, each row has about 12.
+            None: only a row's own pair is positive (CLIP).
 
     Returns:
         ``(total, per_pair)``: the summed scalar loss, and each pair's loss detached
@@ -322,6 +356,14 @@ def contrastive_loss(
             gathered[modality] = gather_with_grad(features[modality])
         return gathered[modality]
 
+    groups_all = None
+    if groups is not None:
+        first_features = features[selected[0][0]]
+        if groups.shape != (first_features.shape[0],):
+            raise ValueError(f"groups must be one id per row, shape ({first_features.shape[0]},); "
+                             f"got {tuple(groups.shape)}")
+        groups = groups.to(first_features.device)
+        groups_all = groups if world_size == 1 else _gather_groups(groups, world_size)
     total: torch.Tensor | None = None
     per_pair: dict[str, torch.Tensor] = {}
     for first_name, second_name in selected:
@@ -332,11 +374,12 @@ def contrastive_loss(
             raise ValueError(f"no log scale for pair {name!r}; log_scales holds {sorted(log_scales)}")
         offset = rank * first.shape[0]
         if kind == "infonce":
-            loss = _infonce(first, second, everyone(first_name), everyone(second_name), log_scales[name], offset)
+            loss = _infonce(first, second, everyone(first_name), everyone(second_name), log_scales[name], offset,
+                            groups, groups_all)
         else:
             if name not in biases:
                 raise ValueError(f"no bias for pair {name!r}; biases holds {sorted(biases)}")
-            loss = _sigmoid(first, everyone(second_name), log_scales[name], biases[name], offset)
+            loss = _sigmoid(first, everyone(second_name), log_scales[name], biases[name], offset, groups, groups_all)
         per_pair[name] = loss.detach()
         total = loss if total is None else total + loss
     return total, per_pair

@@ -189,14 +189,19 @@ class MultimodalModel(nn.Module):
 
         Returns ``{"features": {modality: (B, E) unit vectors}, "log_scales": {pair: ()},
         "biases": {pair: ()}}`` for the modalities of this model present in ``batch`` and
-        the trained pairs among them. The temperatures pass through ``forward`` (as
-        copies in the graph) so that distributed wrappers see them as used parameters.
+        the trained pairs among them, and ``"groups"``: the batch's ``"label"`` (B,) when it
+        has one (a training source with a ``label_key``): rows of one label are positives
+        of each other in the loss. The temperatures pass through ``forward`` (as copies in
+        the graph) so that distributed wrappers see them as used parameters.
         """
         features = {m: self.encode(m, batch) for m in self.modalities if m in batch}
         pairs = self.trained_pairs(features)
         log_scales = {p: self.logit_scales[p].clone() for p in pairs}
         biases = {p: self.logit_biases[p].clone() for p in pairs} if self.logit_biases is not None else {}
-        return {"features": features, "log_scales": log_scales, "biases": biases}
+        outputs = {"features": features, "log_scales": log_scales, "biases": biases}
+        if "label" in batch:
+            outputs["groups"] = batch["label"]
+        return outputs
 
     def loss(self, outputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Contrastive loss summed over the trained pairs in ``outputs`` (from ``forward``); also each pair's loss."""
@@ -213,6 +218,7 @@ class MultimodalModel(nn.Module):
             biases=outputs["biases"] or None,
             kind=self.config.loss,
             pairs=[tuple(p.split("_")) for p in pairs],
+            groups=outputs.get("groups"),
         )
 
     @torch.no_grad()

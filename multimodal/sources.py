@@ -45,6 +45,10 @@ class SourceConfig:
     shards store it). The default reads img2dataset and CLAP-style shards as they are.
     ``augment``: training augmentation of the source's images and audio (see
     :mod:`multimodal.data.augment`), all off unless switched on.
+    ``label_key``: where a class label is (``"json:label"``, ``"cls"``). With one, the
+    samples of a batch that share a label are positives of each other in the loss
+    instead of negatives (UniCL); for data of few classes, where a batch holds many
+    pairs showing the same class. None: every other pair is a negative (CLIP).
     """
 
     shards: str
@@ -52,6 +56,7 @@ class SourceConfig:
     weight: float = 1.0
     caption_keys: str = "txt;json:text;json:caption"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    label_key: str | None = None
 
 
 def demo_augment() -> AugmentConfig:
@@ -100,6 +105,9 @@ class DataConfig:
     shuffle_buffer: int = 1000
     # The demo's training augmentation (no effect on configured sources, which carry their own); null: none.
     demo_augment: AugmentConfig | None = field(default_factory=demo_augment)
+    # The demo's samples of one digit are positives of each other in the loss (its sources'
+    # label_key): ten classes in a batch of 128 made a dozen same-digit pairs per row negatives.
+    demo_label_positives: bool = True
 
 
 @dataclass
@@ -135,7 +143,7 @@ class PreparedData:
         """
         specs = [
             SourceSpec(shards=s.shards, modalities=list(s.modalities), weight=s.weight, caption_keys=s.caption_keys,
-                       name=f"train{index}", augment=s.augment)
+                       name=f"train{index}", augment=s.augment, label_key=s.label_key)
             for index, s in enumerate(self.sources)
         ]
         self.current_loader = make_loader(
@@ -236,11 +244,12 @@ def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = 
     paths = demo_data.build_demo(config.demo_dir, scale=config.demo_scale,
                                  progress=_demo_progress if progress else None)
     augment = config.demo_augment if config.demo_augment is not None else AugmentConfig()
+    label_key = "json:label" if config.demo_label_positives else None
     train = [
         SourceConfig(shards=paths.image_train, modalities=[m for m in ("image", "text") if m in model.modalities],
-                     augment=augment, weight=config.demo_image_weight),
+                     augment=augment, weight=config.demo_image_weight, label_key=label_key),
         SourceConfig(shards=paths.audio_train, modalities=[m for m in ("audio", "text") if m in model.modalities],
-                     augment=augment),
+                     augment=augment, label_key=label_key),
     ]
     train = [s for s in train if len(s.modalities) == 2]
     for source in train:

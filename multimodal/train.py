@@ -399,6 +399,8 @@ def compute_gradients(accelerator, model, micro_batches: list[dict]) -> tuple[to
 
     cached: dict[str, list[torch.Tensor]] = {}
     rng_states = []
+    # Labels of the whole accumulated batch, when the source reads them (positives by label).
+    groups = torch.cat([batch["label"] for batch in micro_batches]) if "label" in micro_batches[0] else None
     with torch.no_grad():
         for batch in micro_batches:
             rng_states.append(_rng_state())
@@ -420,7 +422,10 @@ def compute_gradients(accelerator, model, micro_batches: list[dict]) -> tuple[to
                         "log_scales": {k: v.detach() for k, v in outputs["log_scales"].items()},
                         "biases": {k: v.detach() for k, v in outputs["biases"].items()},
                     }
-                loss, per_pair = unwrapped.loss({**outputs, "features": features})
+                outputs = {**outputs, "features": features}
+                if groups is not None:
+                    outputs["groups"] = groups
+                loss, per_pair = unwrapped.loss(outputs)
             accelerator.backward(loss)
     average_replicated_gradients(unwrapped)  # only under FSDP: the temperatures it leaves whole
     return loss.detach(), per_pair

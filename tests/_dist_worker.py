@@ -23,7 +23,9 @@ def run_case(case: dict, inputs: dict, rank: int, world_size: int) -> dict:
     log_scales = {p: s.clone().requires_grad_() for p, s in case["log_scales"].items()}
     biases = {p: b.clone().requires_grad_() for p, b in case["biases"].items()} if case["biases"] is not None else None
     features = {m: F.normalize(x[rows] @ weights[m].T, dim=-1) for m, x in inputs.items()}  # (b, E)
-    total, per_pair = contrastive_loss(features, log_scales, biases, kind=case["kind"])
+    groups = case.get("groups")
+    total, per_pair = contrastive_loss(features, log_scales, biases, kind=case["kind"],
+                                       groups=None if groups is None else groups[rows])
     total.backward()
     result = {"loss": total.detach(), "per_pair": per_pair}
     result.update({f"weight.{m}": w.grad for m, w in weights.items()})

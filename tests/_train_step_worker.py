@@ -36,7 +36,9 @@ def global_batch(config) -> dict:
     ids = torch.randint(3, config.text.vocab_size, (GLOBAL_BATCH, config.text.context_length), generator=generator)
     ids[:, -1] = config.text.eot_token_id
     images = torch.randn(GLOBAL_BATCH, 3, config.image.image_size, config.image.image_size, generator=generator)
-    return {"text": ids, "image": images}
+    # Class labels: rows of one label are positives of each other, across micro-batches and processes.
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2])
+    return {"text": ids, "image": images, "label": labels}
 
 
 def run(output: str, accum_steps: int, distributed: str) -> None:

@@ -323,3 +323,40 @@ def test_substitute_microbatch_layout_and_errors():
         substitute_microbatch(cached, fresh, 3)
     with pytest.raises(ValueError, match="recompute the same micro-batch"):
         substitute_microbatch(cached, {"text": torch.zeros(3, 3), "image": fresh["image"]}, 0)
+
+
+def _naive_grouped(first, second, scale, groups, bias=None):
+    """Loops: InfoNCE with uniform targets over same-group columns (bias None), or sigmoid with +1 for same group."""
+    n = len(first)
+    logits = [[scale * sum(x * y for x, y in zip(first[i], second[j])) for j in range(n)] for i in range(n)]
+    if bias is not None:
+        return sum(math.log(1.0 + math.exp(-(1.0 if groups[i] == groups[j] else -1.0) * (logits[i][j] + bias)))
+                   for i in range(n) for j in range(n)) / n
+    total = 0.0
+    for direction in (logits, [list(column) for column in zip(*logits)]):
+        for i in range(n):
+            positives = [j for j in range(n) if groups[j] == groups[i]]
+            normaliser = _log_sum_exp(direction[i])
+            total += sum(normaliser - direction[i][j] for j in positives) / len(positives) / n
+    return total / 2
+
+
+@pytest.mark.parametrize("kind", ["infonce", "sigmoid"])
+def test_groups_make_same_label_rows_positives(kind):
+    generator = torch.Generator().manual_seed(3)
+    text, image = _unit_rows(generator, 6, 4), _unit_rows(generator, 6, 4)
+    groups = torch.tensor([2, 0, 2, 1, 0, 2])
+    log_scale = torch.tensor(math.log(3.0), dtype=torch.float64)
+    biases = {"text_image": torch.tensor(-2.0, dtype=torch.float64)} if kind == "sigmoid" else None
+    features = {"text": text, "image": image}
+    total, _ = contrastive_loss(features, {"text_image": log_scale}, biases, kind=kind, groups=groups)
+    expected = _naive_grouped(text.tolist(), image.tolist(), 3.0, groups.tolist(),
+                              bias=-2.0 if kind == "sigmoid" else None)
+    assert total.item() == pytest.approx(expected, rel=1e-10)
+    # Every row its own group: CLIP's loss exactly.
+    plain, _ = contrastive_loss(features, {"text_image": log_scale}, biases, kind=kind)
+    distinct, _ = contrastive_loss(features, {"text_image": log_scale}, biases, kind=kind, groups=torch.arange(6))
+    assert distinct.item() == pytest.approx(plain.item(), rel=1e-12)
+    assert not math.isclose(total.item(), plain.item(), rel_tol=1e-3)
+    with pytest.raises(ValueError, match=r"groups must be one id per row, shape \(6,\)"):
+        contrastive_loss(features, {"text_image": log_scale}, biases, kind=kind, groups=groups[:5])

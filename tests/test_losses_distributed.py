@@ -1,4 +1,5 @@
-"""The gathered (local-loss) contrastive losses on two CPU processes equal one process on the whole batch.
+"""The gathered (local-loss) contrastive losses on two CPU processes equal one process on the whole batch,
+with CLIP's positives and with class-label groups.
 
 Two gloo processes on the loopback interface each hold half of a global batch of three
 modalities, projected by small linear maps. Averaging their losses and gradients (what
@@ -37,9 +38,12 @@ def _setup(global_batch=8, input_dim=5, embed_dim=3):
 
     inputs = {m: randn(global_batch, input_dim) for m in ("text", "image", "audio")}
     cases = []
-    for kind in ("infonce", "sigmoid"):
+    # Without groups (CLIP's positives), then with class labels as groups (UniCL's positives).
+    for kind, groups in (("infonce", None), ("sigmoid", None), ("infonce", [0, 1, 0, 2, 1, 0, 3, 2]),
+                         ("sigmoid", [0, 1, 0, 2, 1, 0, 3, 2])):
         cases.append({
             "kind": kind,
+            "groups": None if groups is None else torch.tensor(groups),
             "weights": {m: randn(embed_dim, input_dim) for m in inputs},
             "log_scales": {p: torch.tensor(1.0 + i, dtype=torch.float64) for i, p in enumerate(PAIRS)},
             "biases": {p: torch.tensor(-1.0 - i, dtype=torch.float64) for i, p in enumerate(PAIRS)}
