@@ -32,7 +32,12 @@ def _select(config: ModelConfig, modalities: Iterable[str] | None) -> ModelConfi
 
 
 def tiny(modalities: Iterable[str] | None = None, vocab_size: int = 1024) -> ModelConfig:
-    """Trains in minutes on 2 CPU cores: 32 px digits in 8 px patches, 1 s clips of 64 mel bins."""
+    """Trains in minutes on 2 CPU cores: 32 px digits in 8 px patches, 1 s clips of 64 mel bins in 16 x 16 patches.
+
+    The spectrogram patches do not overlap (stride 16, where AST overlaps them at 10): 24
+    patches a clip instead of 45 halve the audio tower's work, which on a CPU without
+    bf16 was what kept ``make train`` over its time.
+    """
     def trunk() -> TransformerConfig:
         return TransformerConfig(width=128, depth=3, num_heads=4, mlp_ratio=2.0)
 
@@ -40,7 +45,7 @@ def tiny(modalities: Iterable[str] | None = None, vocab_size: int = 1024) -> Mod
         embed_dim=128,
         text=TextConfig(vocab_size=vocab_size, context_length=16, transformer=trunk()),
         image=VisionConfig(image_size=32, patch_size=8, transformer=trunk()),
-        audio=AudioConfig(num_mel_bins=64, max_frames=100, transformer=trunk()),
+        audio=AudioConfig(num_mel_bins=64, max_frames=100, stride=16, transformer=trunk()),
         image_preprocess=ImagePreprocessConfig(image_size=32, mean=_DEMO_IMAGE_MEAN, std=_DEMO_IMAGE_STD),
         audio_preprocess=AudioPreprocessConfig(num_mel_bins=64, max_frames=100),
     )
