@@ -137,3 +137,18 @@ def test_the_demo_draws_images_by_its_image_weight(tmp_path, monkeypatch):
     assert [(s.modalities, s.weight) for s in by_default] == [(["image", "text"], 2.0), (["audio", "text"], 1.0)]
     even = sources.resolve_sources(DataConfig(eval=[eval_set], demo_image_weight=1.0), tiny()).train
     assert [s.weight for s in even] == [1.0, 1.0]
+
+
+def test_every_yaml_example_in_the_readme_parses_to_its_settings(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
+    assert len(blocks) >= 2
+    configs = []
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"example{index}.yaml"
+        path.write_text(block, encoding="utf-8")
+        configs.append(parse_config(["--config", str(path)]))
+    levers = next(config for config, block in zip(configs, blocks) if "spec_augment" in block).data.train
+    assert levers[0].augment.image.affine.p == 0.8 and levers[0].augment.image.resolution.min_size == 8
+    assert levers[1].label_key == "json:label" and levers[1].augment.audio.spec_augment.p == 0.5
+    assert levers[1].augment.audio.band_limit.sample_rates == (8000,)
