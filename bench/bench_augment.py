@@ -107,7 +107,7 @@ def measure_levers(paths, count: int, rounds: int) -> list[tuple[str, float]]:
     model = tiny()
     image_config, audio_config = model.image_preprocess, model.audio_preprocess
     images = demo_samples(paths.image_train, "png", count)
-    clips = demo_samples(paths.audio_train, "flac", count)
+    clips = demo_samples(paths.audio_train, "wav", count)
     crops = [train_crop(decode_image(data), image_config, random.Random(i)) for i, data in enumerate(images)]
     waves = [load_waveform(data, audio_config) for data in clips]
     keep = samples_for_frames(audio_config.max_frames, audio_config)
