@@ -13,7 +13,7 @@ training crop (3, S, S): ``affine`` (rotation, scale, shear, translation), ``str
 ``blur`` (Gaussian), ``contrast`` (contrast and brightness), ``invert``.
 
 Audio (:mod:`multimodal.data.augment_audio`), applied in this order to the mono
-waveform before the filterbank: ``speed`` (tempo and pitch together), ``tempo``
+waveform before the filterbank: ``trim`` (quiet ends cut), ``speed`` (tempo and pitch together), ``tempo``
 (duration only), ``pitch`` (pitch only), ``reverb`` (a synthetic room), ``noise``
 (at a random SNR), ``band_limit`` (telephone-like narrowband audio), ``gain``; then
 ``spec_augment`` masks a band and a span of the log-mel features.
@@ -197,6 +197,27 @@ class ImageAugmentConfig:
 
 
 @dataclass
+class TrimAugment:
+    """Leading and trailing quiet cut away, leaving a random margin: the clip then holds the sound and little else.
+
+    Quiet is every 10 ms whose power is more than ``threshold_db`` below the loudest 10 ms
+    of the clip; ``margin_seconds`` draws how much of it stays on each side. Recordings
+    are often trimmed like this (a word spoken into a phone, a cut sample), where
+    synthetic or padded training clips always hold silence around the sound. The
+    result is never shorter than 0.1 s; a clip with no loud part is left as it is.
+    """
+
+    p: float = 0.0
+    threshold_db: float = 30.0
+    margin_seconds: tuple[float, float] = (0.0, 0.15)
+
+    def __post_init__(self) -> None:
+        check_probability(self.p, "augment.audio.trim.p")
+        check_number(self.threshold_db, "augment.audio.trim.threshold_db", 1.0, 120.0)
+        check_range(self.margin_seconds, "augment.audio.trim.margin_seconds", 0.0, 10.0)
+
+
+@dataclass
 class SpeedAugment:
     """Played faster or slower by ``factor`` (resampled): duration / factor, pitch and formants x factor.
 
@@ -352,6 +373,7 @@ class SpecAugmentLever:
 class AudioAugmentConfig:
     """The audio levers: the waveform levers in this order, then ``spec_augment`` on the features."""
 
+    trim: TrimAugment = field(default_factory=TrimAugment)
     speed: SpeedAugment = field(default_factory=SpeedAugment)
     tempo: TempoAugment = field(default_factory=TempoAugment)
     pitch: PitchAugment = field(default_factory=PitchAugment)
@@ -423,6 +445,7 @@ __all__ = [
     "SpeedAugment",
     "StrokeAugment",
     "TempoAugment",
+    "TrimAugment",
     "check_number",
     "check_probability",
     "check_range",

@@ -8,6 +8,8 @@ torch's global RNG. It runs on the waveform at the model's sample rate, before t
 filterbank (and before SpecAugment, which works on the features). The transforms are
 plain functions, each checkable by hand:
 
+- :func:`trim_quiet_ends`: the quiet before the first and after the last loud 10 ms cut,
+  but for a random margin;
 - :func:`change_speed`: resampled by a ratio of k / 100 (:func:`multimodal.data.audio.resample`),
   so duration / factor and every frequency x factor;
 - :func:`time_stretch`: a phase vocoder (STFT of ~32 ms Hann windows, hop a quarter
@@ -87,6 +89,32 @@ def _fit_length(waveform: torch.Tensor, length: int) -> torch.Tensor:
     if waveform.shape[0] >= length:
         return waveform[:length]
     return torch.nn.functional.pad(waveform, (0, length - waveform.shape[0]))
+
+
+def trim_quiet_ends(
+    waveform: torch.Tensor, sample_rate: int, threshold_db: float, margins: tuple[float, float]
+) -> torch.Tensor:
+    """The clip from its first to its last loud 10 ms, with ``margins`` seconds (before, after) kept: (N,) -> (N',).
+
+    Loud: within ``threshold_db`` of the loudest 10 ms in power. At least 0.1 s (or the
+    whole clip) is kept, centred on the loud part; a silent clip comes back as it is.
+    """
+    hop = max(1, sample_rate // 100)
+    num_hops = waveform.shape[0] // hop
+    if num_hops == 0:
+        return waveform
+    power = waveform[: num_hops * hop].view(num_hops, hop).square().mean(dim=1)  # (H,) per 10 ms
+    peak = float(power.max())
+    if peak <= 0:
+        return waveform
+    loud = (power >= peak * 10.0 ** (-threshold_db / 10.0)).nonzero().flatten()
+    start = max(0, int(loud[0]) * hop - round(margins[0] * sample_rate))
+    end = min(waveform.shape[0], (int(loud[-1]) + 1) * hop + round(margins[1] * sample_rate))
+    shortest = min(waveform.shape[0], sample_rate // 10)
+    if end - start < shortest:  # widen to 0.1 s about the loud part, within the clip
+        start = min(max(0, (start + end - shortest) // 2), waveform.shape[0] - shortest)
+        end = start + shortest
+    return waveform[start:end]
 
 
 def change_speed(waveform: torch.Tensor, steps: int) -> torch.Tensor:
@@ -316,6 +344,10 @@ def augment_waveform(
         if waveform.shape[0] > needed:
             start = rng.randrange(waveform.shape[0] - needed + 1)
             waveform = waveform[start : start + needed]
+    if _applies(config.trim.p, rng):
+        lever = config.trim
+        waveform = trim_quiet_ends(waveform, sample_rate, lever.threshold_db,
+                                   (rng.uniform(*lever.margin_seconds), rng.uniform(*lever.margin_seconds)))
     if _applies(config.speed.p, rng):
         waveform = change_speed(waveform, ratio_steps(rng.uniform(*config.speed.factor)))
     if _applies(config.tempo.p, rng):
@@ -359,4 +391,5 @@ __all__ = [
     "samples_to_augment",
     "shift_pitch",
     "time_stretch",
+    "trim_quiet_ends",
 ]

@@ -16,6 +16,7 @@ from multimodal.data.augment import (
     ReverbAugment,
     SpeedAugment,
     TempoAugment,
+    TrimAugment,
 )
 from multimodal.data.augment_audio import (
     NOISE_BANK_SAMPLES,
@@ -33,6 +34,7 @@ from multimodal.data.augment_audio import (
     samples_to_augment,
     shift_pitch,
     time_stretch,
+    trim_quiet_ends,
 )
 
 RATE = 16000
@@ -250,3 +252,23 @@ def test_fft_size_is_the_smallest_5_smooth_length():
 def test_a_stereo_waveform_is_refused():
     with pytest.raises(ValueError, match=r"mono waveform \(samples,\), got shape \(2, 100\)"):
         augment_waveform(torch.zeros(2, 100), RATE, ALL_ON, random.Random(0))
+
+
+def test_trim_keeps_the_loud_part_and_the_margins_asked_for():
+    clip = torch.zeros(RATE)
+    clip[4800:9600] = 0.5 * torch.sin(torch.arange(4800) * 0.3)  # 0.3 s of sound at 0.3-0.6 s
+    clip += 1e-4 * torch.randn(RATE, generator=torch.Generator().manual_seed(0))  # a floor 60+ dB down
+    tight = trim_quiet_ends(clip, RATE, 30.0, (0.0, 0.0))
+    assert torch.equal(tight, clip[4800:9600])  # the loud 10 ms hops, 4800 and 9600 on hop edges
+    padded = trim_quiet_ends(clip, RATE, 30.0, (0.05, 0.1))
+    assert torch.equal(padded, clip[4800 - 800 : 9600 + 1600])
+    # A click: widened to 0.1 s about it; near an end, within the clip; silence: as it is.
+    click = torch.zeros(RATE)
+    click[50:100] = 1.0
+    assert torch.equal(trim_quiet_ends(click, RATE, 30.0, (0.0, 0.0)), click[:1600])
+    assert torch.equal(trim_quiet_ends(torch.zeros(RATE), RATE, 30.0, (0.1, 0.1)), torch.zeros(RATE))
+    # Through the levers: seeded margins in the configured range.
+    config = AudioAugmentConfig(trim=TrimAugment(p=1.0, margin_seconds=(0.0, 0.1)))
+    out = augment_waveform(clip, RATE, config, random.Random(4))
+    assert torch.equal(out, augment_waveform(clip, RATE, config, random.Random(4)))
+    assert 4800 <= out.shape[0] <= 4800 + 2 * 1600 and out.abs().max() == clip.abs().max()

@@ -38,6 +38,7 @@ from multimodal.train import parse_config
          "augment.audio.band_limit.lowpass_hz must be a number above highpass_hz"),
         ({"audio": {"reverb": {"rt60_seconds": [0, 0.5]}}}, "augment.audio.reverb.rt60_seconds must be two numbers"),
         ({"audio": {"spec_augment": {"freq_mask": -1}}}, "augment.audio.spec_augment.freq_mask must be an integer >= 0"),
+        ({"audio": {"trim": {"margin_seconds": [0.2, 0.1]}}}, "augment.audio.trim.margin_seconds must be two numbers"),
     ],
 )
 def test_a_bad_setting_is_an_error_naming_it(settings, message):
