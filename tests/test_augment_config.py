@@ -153,3 +153,4 @@ def test_every_yaml_example_in_the_readme_parses_to_its_settings(tmp_path):
     assert levers[0].augment.image.affine.p == 0.8 and levers[0].augment.image.resolution.min_size == 8
     assert levers[1].label_key == "json:label" and levers[1].augment.audio.spec_augment.p == 0.5
     assert levers[1].augment.audio.band_limit.sample_rates == (8000,)
+    assert levers[1].augment.audio.trim.margin_seconds == (0, 0.15)
