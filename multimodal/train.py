@@ -216,6 +216,7 @@ def resumed_config(given_config: TrainConfig, checkpoint: Path, *, given: dict[s
     saved = read_config(checkpoint).get("train")
     if saved is None:
         raise CheckpointError(f"{checkpoint} holds no training configuration (config.json has no 'train' section)")
+    saved = _with_earlier_behaviour(saved)
     run_config = from_dict(TrainConfig, saved, "train")
     run_tree, given_tree = to_dict(run_config), to_dict(given_config)
     explicit = set(given) - {"config"}
@@ -237,6 +238,20 @@ def resumed_config(given_config: TrainConfig, checkpoint: Path, *, given: dict[s
     resumable = {key: _lookup(given_tree, key) for key in explicit if _is_resumable(key)}
     resumable.update(resume=given_config.resume, output_dir=given_config.output_dir, run_name=given_config.run_name)
     return apply_overrides(run_config, resumable)
+
+
+# Settings added since a run may have started, with the value that keeps what such a run
+# trained with (a new default applies to new runs only).
+_EARLIER_BEHAVIOUR = {("data", "demo_label_positives"): False}
+
+
+def _with_earlier_behaviour(saved: dict) -> dict:
+    """A saved training configuration with every later-added setting it lacks set to the behaviour it had."""
+    saved = json.loads(json.dumps(saved))  # a copy
+    for (section, key), value in _EARLIER_BEHAVIOUR.items():
+        if isinstance(saved.get(section), dict) and key not in saved[section]:
+            saved[section][key] = value
+    return saved
 
 
 def _is_resumable(key: str) -> bool:

@@ -154,3 +154,18 @@ def test_every_yaml_example_in_the_readme_parses_to_its_settings(tmp_path):
     assert levers[1].label_key == "json:label" and levers[1].augment.audio.spec_augment.p == 0.5
     assert levers[1].augment.audio.band_limit.sample_rates == (8000,)
     assert levers[1].augment.audio.trim.margin_seconds == (0, 0.15)
+
+
+@pytest.mark.parametrize(("saved_flag", "expected"), [(None, False), (True, True), (False, False)])
+def test_a_demo_run_from_before_label_positives_resumes_without_them(tmp_path, saved_flag, expected):
+    from multimodal.checkpoint import FORMAT_VERSION
+    from multimodal.train import TrainConfig, resumed_config
+
+    train = to_dict(TrainConfig())
+    if saved_flag is None:  # written before the setting existed
+        del train["data"]["demo_label_positives"]
+    else:
+        train["data"]["demo_label_positives"] = saved_flag
+    (tmp_path / "config.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "model": {}, "train": train}))
+    resumed = resumed_config(TrainConfig(resume=str(tmp_path)), tmp_path, given={"resume": str(tmp_path)})
+    assert resumed.data.demo_label_positives is expected
