@@ -63,6 +63,12 @@ def check_range(value: object, where: str, low: float, high: float, *, open_low:
         raise ValueError(f"{where} must be two numbers [low, high], low <= high, within {bounds}; got {value!r}")
 
 
+def check_integer(value: object, where: str, low: int) -> None:
+    """Raises ValueError unless ``value`` is an integer (not a bool) >= ``low``."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        raise ValueError(f"{where} must be an integer >= {low}, got {value!r}")
+
+
 def check_number(value: object, where: str, low: float, high: float) -> None:
     """Raises ValueError unless ``value`` is a number in [low, high]."""
     if not (_is_number(value) and low <= value <= high):
@@ -128,8 +134,7 @@ class ResolutionAugment:
 
     def __post_init__(self) -> None:
         check_probability(self.p, "augment.image.resolution.p")
-        if not (isinstance(self.min_size, int) and not isinstance(self.min_size, bool) and self.min_size >= 2):
-            raise ValueError(f"augment.image.resolution.min_size must be an integer >= 2, got {self.min_size!r}")
+        check_integer(self.min_size, "augment.image.resolution.min_size", 2)
 
 
 @dataclass
@@ -363,10 +368,8 @@ class SpecAugmentLever:
 
     def __post_init__(self) -> None:
         check_probability(self.p, "augment.audio.spec_augment.p")
-        for name in ("freq_mask", "time_mask"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-                raise ValueError(f"augment.audio.spec_augment.{name} must be an integer >= 0, got {value!r}")
+        check_integer(self.freq_mask, "augment.audio.spec_augment.freq_mask", 0)
+        check_integer(self.time_mask, "augment.audio.spec_augment.time_mask", 0)
 
 
 @dataclass
@@ -446,6 +449,7 @@ __all__ = [
     "StrokeAugment",
     "TempoAugment",
     "TrimAugment",
+    "check_integer",
     "check_number",
     "check_probability",
     "check_range",

@@ -41,7 +41,7 @@ import torch
 import torchaudio
 
 from multimodal.data.augment import RATIO_STEPS, AudioAugmentConfig
-from multimodal.data.audio import resample
+from multimodal.data.audio import mask_features, resample
 
 # Energy decays by 60 dB (amplitude by 1000x) in RT60: amplitude exp(-ln(1000) t / RT60).
 _LOG_1000 = math.log(1000.0)
@@ -314,6 +314,14 @@ def _applies(p: float, rng: random.Random) -> bool:
     return p > 0 and rng.random() < p
 
 
+def augment_features(features: torch.Tensor, config: AudioAugmentConfig, rng: random.Random) -> torch.Tensor:
+    """The ``spec_augment`` lever, when ``rng`` draws it: normalised log-mel frames (T, F), masked in place."""
+    lever = config.spec_augment
+    if _applies(lever.p, rng):
+        mask_features(features, lever.freq_mask, lever.time_mask, rng)
+    return features
+
+
 def _generator(rng: random.Random) -> torch.Generator:
     return torch.Generator().manual_seed(rng.getrandbits(63))
 
@@ -328,7 +336,7 @@ def augment_waveform(
 ) -> torch.Tensor:
     """The waveform levers of ``config`` that ``rng`` draws, in order: mono float32 (N,) at ``sample_rate`` -> (N',).
 
-    ``spec_augment`` acts on the features, not here (see :func:`multimodal.data.audio.mask_features`).
+    ``spec_augment`` acts on the features, not here (see :func:`augment_features`).
 
     ``keep_samples``: the samples training will crop out of the result (its
     ``max_frames`` window). A longer clip is first cut at random to what the levers
@@ -373,6 +381,7 @@ def augment_waveform(
 
 __all__ = [
     "add_noise",
+    "augment_features",
     "add_reverb",
     "apply_gain",
     "augment_waveform",

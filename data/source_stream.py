@@ -37,14 +37,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from multimodal.data.audio import (
-    eval_audio_windows,
-    load_waveform,
-    mask_features,
-    samples_for_frames,
-    train_audio_features,
-)
-from multimodal.data.augment_audio import augment_waveform
+from multimodal.data.audio import eval_audio_windows, load_waveform, samples_for_frames, train_audio_features
+from multimodal.data.augment_audio import augment_features, augment_waveform
 from multimodal.data.augment_image import augment_image
 from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.image import decode_image, eval_crop, train_crop
@@ -263,8 +257,8 @@ class SourceStream:
                                                 keep_samples=samples_for_frames(config.max_frames, config))
                 if settings.train:
                     features = train_audio_features(waveform, config, rng)  # one (T, F) crop
-                    if self.augment["audio"] and levers.spec_augment.p > 0 and rng.random() < levers.spec_augment.p:
-                        mask_features(features, levers.spec_augment.freq_mask, levers.spec_augment.time_mask, rng)
+                    if self.augment["audio"]:
+                        augment_features(features, levers, rng)
                     sample["audio"] = [features]
                 else:
                     sample["audio"] = eval_audio_windows(waveform, config)  # every (T, F) window of the clip

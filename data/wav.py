@@ -43,7 +43,8 @@ def _samples(format_chunk, data: bytes, start: int, size: int) -> tuple[np.ndarr
         return None
     tag, channels, sample_rate, _, block_align, bits = format_chunk
     width = bits // 8
-    if tag != _PCM or bits % 8 or width not in _LAYOUTS or channels < 1 or block_align != channels * width:
+    if (tag != _PCM or bits % 8 or width not in _LAYOUTS or channels < 1 or block_align != channels * width
+            or sample_rate < 1):
         return None
     dtype, scale = _LAYOUTS[width]
     frames = size // block_align
