@@ -7,15 +7,16 @@ worker, batches of 128, plain and with the demo's augmentation
 (:func:`multimodal.sources.demo_augment`) alternately. The clock starts at the first
 batch (the worker's start and its first batch are left out), so samples/s is what
 one worker keeps up. "worker s per step" is the CPU one worker spends on the batch of
-an average training step (the demo mixes the two sources 1:1): compare it with the
-trainer's step time times the number of workers (``make train``: 2) to see whether
-the loader keeps the trainer fed; on a machine whose cores the workers share with
-the trainer, it is also time the trainer loses.
+an average training step (the demo draws ``data.demo_image_weight`` image batches per
+audio batch): compare it with the trainer's step time times the number of workers
+(``make train``: 2) to see whether the loader keeps the trainer fed; on a machine
+whose cores the workers share with the trainer, it is also time the trainer loses.
 
 Levers: each lever alone at p = 1 and its default ranges on 256 decoded demo samples
 (32 px crops; 1 s clips at 16 kHz), one thread, alternating, in microseconds per
 sample, beside the preprocessing the sample gets anyway (decode + crop; decode +
-resample + filterbank).
+resample + filterbank). Image levers act on all the crops at once, as the loader
+applies them to a batch; the demo's image levers are also timed one image at a time.
 
 Builds the demo on first use (a few minutes), like ``make train``. Run:
 ``python -m bench.bench_augment [--quick] [--rounds N]``. Prints figures, asserts nothing.
@@ -35,13 +36,13 @@ from multimodal.data import demo as demo_data
 from multimodal.data.audio import load_waveform, mask_features, samples_for_frames, train_audio_features
 from multimodal.data.augment import AudioAugmentConfig, AugmentConfig, ImageAugmentConfig
 from multimodal.data.augment_audio import augment_waveform
-from multimodal.data.augment_image import augment_image
+from multimodal.data.augment_image import augment_image, augment_images, draw_image_levers
 from multimodal.data.image import decode_image, train_crop
 from multimodal.data.loader import make_loader
 from multimodal.data.shards import expand_shards, read_shard
 from multimodal.data.source_spec import SourceSpec
 from multimodal.presets import tiny
-from multimodal.sources import demo_augment
+from multimodal.sources import DataConfig, demo_augment
 
 BATCH_SIZE = 128
 
@@ -118,12 +119,18 @@ def measure_levers(paths, count: int, rounds: int) -> list[tuple[str, float]]:
             train_audio_features(load_waveform(d, audio_config), audio_config, random.Random(i))
             for i, d in enumerate(clips)],
     }
+    stacked = torch.stack(crops)  # (N, 3, S, S): the loader augments a batch's crops at once
+
+    def batched(config: ImageAugmentConfig) -> torch.Tensor:
+        draws = [draw_image_levers(config, random.Random(i), stacked.shape[-1]) for i in range(len(crops))]
+        return augment_images(stacked, draws)
+
     for field in fields(ImageAugmentConfig):
         config = one_lever(ImageAugmentConfig(), field.name)
-        runners[f"image {field.name}"] = lambda config=config: [
-            augment_image(c, config, random.Random(i)) for i, c in enumerate(crops)]
-    runners["image: demo's levers"] = lambda: [augment_image(c, demo_augment().image, random.Random(i))
-                                               for i, c in enumerate(crops)]
+        runners[f"image {field.name}"] = lambda config=config: batched(config)
+    runners["image: demo's levers"] = lambda: batched(demo_augment().image)
+    runners["image: demo's levers, one at a time"] = lambda: [augment_image(c, demo_augment().image, random.Random(i))
+                                                              for i, c in enumerate(crops)]
     features = [train_audio_features(w, audio_config, random.Random(i)) for i, w in enumerate(waves)]
     spec_lever = AudioAugmentConfig().spec_augment
     runners["audio spec_augment"] = lambda: [
@@ -160,11 +167,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     for modality, by_kind in rates.items():
         print(f"    {modality:<6} plain {by_kind['plain']:7.0f} samples/s  augmented {by_kind['augmented']:7.0f} "
               f"samples/s  (x{by_kind['augmented'] / by_kind['plain']:.2f})")
-    per_step = {kind: 0.5 * BATCH_SIZE * sum(1.0 / rates[m][kind] for m in rates) for kind in ("plain", "augmented")}
+    image_weight = DataConfig().demo_image_weight
+    per_step = {kind: BATCH_SIZE * (image_weight / rates["image"][kind] + 1.0 / rates["audio"][kind]) / (image_weight + 1)
+                for kind in ("plain", "augmented")}
     summary = (
         f"augment: demo loader samples/s per worker, plain/augmented: images {rates['image']['plain']:.0f}/"
         f"{rates['image']['augmented']:.0f}, audio {rates['audio']['plain']:.0f}/{rates['audio']['augmented']:.0f}; "
-        f"worker s per step (batch {BATCH_SIZE}, sources 1:1): {per_step['plain']:.3f} plain, "
+        f"worker s per step (batch {BATCH_SIZE}, images:audio {image_weight:g}:1): {per_step['plain']:.3f} plain, "
         f"{per_step['augmented']:.3f} augmented"
     )
     print(summary)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 
 from multimodal.data.audio import collate_audio
+from multimodal.data.augment_image import augment_images
 from multimodal.data.image import collate_images
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -52,6 +53,9 @@ def collate_samples(
 ) -> dict:
     """Preprocessed samples of one source -> a batch dict (images stay uint8).
 
+    Samples carrying "image_draws" (:func:`multimodal.data.augment_image.draw_image_levers`)
+    have their images augmented here, the batch at once (:func:`~multimodal.data.augment_image.augment_images`).
+
     A sample's "audio" is a list of (T, F) windows: one crop in training; in
     evaluation (``audio_windows=True``) every window of the clip, each a row of
     "audio", with "audio_window_clip" int64 (W,) giving the sample each row belongs
@@ -65,6 +69,8 @@ def collate_samples(
     first = samples[0]
     if "image" in first:
         batch["image"] = collate_images([sample["image"] for sample in samples])  # (B, 3, S, S)
+        if "image_draws" in first:  # training augmentation, drawn per sample, applied to the batch at once
+            batch["image"] = augment_images(batch["image"], [sample["image_draws"] for sample in samples])
     if "audio" in first:
         windows = [window for sample in samples for window in sample["audio"]]
         audio, padding_mask = collate_audio(windows)  # (W, T, F), (W, T)

@@ -7,9 +7,10 @@ uint8 (3, S, S), audio windows (T, F), caption string (every caption, a list, fo
 ``all_captions`` source), label int).
 
 Augmentation: in training, a source's :class:`multimodal.data.augment.AugmentConfig`
-is applied to each image after its crop (uint8 (3, S, S) in and out) and to each
-waveform before its crop and filterbank (its ``spec_augment`` lever to the features
-after); evaluation never augments.
+is drawn for each image after its crop (applied to the batch's crops at once when they
+are collated, see :mod:`multimodal.data.collate`) and applied to each waveform before
+its crop and filterbank (its ``spec_augment`` lever to the features after); evaluation
+never augments.
 
 Determinism: shard draws, the shuffle buffer and every sample's random choices
 (crop, caption, audio crop, SpecAugment, augmentation) come from RNGs seeded with
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 
 from multimodal.data.audio import eval_audio_windows, load_waveform, samples_for_frames, train_audio_features
 from multimodal.data.augment_audio import augment_features, augment_waveform
-from multimodal.data.augment_image import augment_image
+from multimodal.data.augment_image import draw_image_levers
 from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.image import decode_image, eval_crop, train_crop
 from multimodal.data.sample_fields import UnusableSample
@@ -244,9 +245,10 @@ class SourceStream:
             except ValueError as error:
                 raise UnusableSample("bad_image", str(error)) from None
             crop = train_crop(image, config, rng) if settings.train else eval_crop(image, config)
-            if self.augment["image"]:
-                crop = augment_image(crop, self.spec.augment.image, rng)
             sample["image"] = crop  # uint8 (3, S, S)
+            if self.augment["image"]:
+                # Drawn here, from the sample's RNG; applied to the whole batch at collation.
+                sample["image_draws"] = draw_image_levers(self.spec.augment.image, rng, max(crop.shape[1:]))
         if audio_bytes is not None:
             config = settings.audio_config
             try:

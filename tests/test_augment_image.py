@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -226,3 +227,21 @@ def test_the_sampling_grid_is_affine_grids():
     theta = torch.tensor([[0.9, 0.2, 0.1], [-0.3, 1.1, -0.05]])
     ours = (_pixel_centres(7, 12) @ theta.T).view(1, 7, 12, 2)
     torch.testing.assert_close(ours, F.affine_grid(theta[None], [1, 1, 7, 12], align_corners=False))
+
+
+def test_a_batch_is_augmented_as_its_images_one_by_one():
+    from multimodal.data.augment_image import augment_images, draw_image_levers
+
+    mixed = ImageAugmentConfig(**{name: replace(getattr(ALL_ON, name), p=0.6) for name in EVERY_LEVER})
+    for images in ([digit(), digit(light_on_dark=False), digit(), digit()], [digit(), photo(32, 32, 1), photo(32, 32, 2)]):
+        draws = [draw_image_levers(mixed, random.Random(seed), 32) for seed in range(len(images))]
+        draws[0] = None  # a row that drew nothing is copied as it is
+        batch = augment_images(torch.stack(images), draws)
+        assert torch.equal(batch[0], images[0])
+        for row in range(1, len(images)):
+            alone = augment_image(images[row], mixed, random.Random(row))  # the same draws
+            assert (batch[row].int() - alone.int()).abs().max() <= 1, row  # float sums in another order
+    plain = torch.stack([digit(), photo(32, 32)])
+    assert augment_images(plain, [None, None]) is plain
+    with pytest.raises(ValueError, match="1 draws for 2 images"):
+        augment_images(plain, [None])
