@@ -1,4 +1,4 @@
-"""Stems and positions: patch embedding, position encodings, resizing a position grid.
+"""Stems and positions: patch embedding (plain or after a few convolutions), position encodings, resizing a position grid.
 
 Shapes: B batch, C input channels, H x W input plane, R x K patch grid (rows x columns),
 N = R * K patches, D model width.
@@ -47,6 +47,42 @@ class PatchEmbed(nn.Module):
         patches = x.reshape(B, C, R, p, K, p).permute(0, 2, 4, 1, 3, 5).reshape(B, R, K, C * p * p)
         weight = self.proj.weight.reshape(self.proj.out_channels, C * p * p)  # (D, C*p*p)
         return F.linear(patches, weight, self.proj.bias)  # (B, R, K, D)
+
+
+class ConvStem(nn.Module):
+    """A few 3 x 3 stride-2 convolutions before the patch projection: (B, C, H, W) -> (B, R, K, D).
+
+    The same token grid as :class:`PatchEmbed` with ``patch_size`` (R = H / p): each
+    convolution (GELU after it) halves the plane, and what remains of the patch is cut
+    and projected as PatchEmbed does (``proj``, a Conv2d's layout). A patch of raw pixels
+    projected straight to the width is what makes a ViT need much data; a few early
+    convolutions give it a convolution's locality for little work (Xiao et al. 2021,
+    "Early Convolutions Help Transformers See Better"). With two of them, the demo's
+    digits went from 94.9% to 98.2% zero-shot on MNIST (README).
+    """
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, channels: tuple[int, ...], bias: bool = True):
+        super().__init__()
+        reduction = 2 ** len(channels)
+        if not channels or patch_size % reduction != 0:
+            raise ValueError(
+                f"a conv stem of {len(channels)} stride-2 convolutions needs a patch_size divisible by {reduction}, "
+                f"got {patch_size}"
+            )
+        widths = (in_channels, *channels)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1) for c_in, c_out in zip(widths, widths[1:])
+        )
+        self.patch = PatchEmbed(channels[-1], dim, patch_size // reduction, bias=bias)
+
+    @property
+    def proj(self) -> nn.Conv2d:
+        return self.patch.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = F.gelu(conv(x))  # (B, C', H', W'), each side halved
+        return self.patch(x)  # (B, R, K, D)
 
 
 def sinusoidal_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:

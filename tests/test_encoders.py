@@ -173,3 +173,32 @@ def test_layer_scale_drop_path_and_qk_norm_run():
     # LayerScale at 1e-5 keeps the stack close to identity at initialisation
     stack.eval()
     assert (stack(x) - x).abs().max() < 1e-3
+
+
+def test_conv_stem_is_its_convolutions_then_a_patch_projection():
+    from multimodal.encoders.embed import ConvStem
+
+    torch.manual_seed(0)
+    stem = ConvStem(3, 24, patch_size=8, channels=(4, 6))
+    x = torch.randn(2, 3, 32, 16)
+    by_hand = x
+    for conv in stem.convs:
+        by_hand = F.gelu(F.conv2d(by_hand, conv.weight, conv.bias, stride=2, padding=1))
+    by_hand = F.conv2d(by_hand, stem.proj.weight, stem.proj.bias, stride=2).permute(0, 2, 3, 1)  # (B, R, K, D)
+    out = stem(x)
+    assert out.shape == (2, 4, 2, 24)  # the grid of 8 px patches
+    torch.testing.assert_close(out, by_hand)
+    with pytest.raises(ValueError, match="needs a patch_size divisible by 4, got 6"):
+        ConvStem(3, 24, patch_size=6, channels=(4, 6))
+
+
+def test_vision_encoder_with_a_conv_stem_trains_and_resizes():
+    config = VisionConfig(image_size=32, patch_size=8, stem="conv", transformer=TransformerConfig(32, 1, 2))
+    encoder = VisionEncoder(config)
+    images = torch.randn(3, 3, 32, 32)
+    encoder(images).sum().backward()
+    assert encoder.patch_embed.convs[0].weight.grad is not None
+    encoder.resize_positions(48)
+    assert encoder(torch.randn(1, 3, 48, 48)).shape == (1, 32)
+    with pytest.raises(ValueError, match="image stem must be one of patch, conv, got 'cnn'"):
+        VisionConfig(stem="cnn")

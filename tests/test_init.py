@@ -95,6 +95,7 @@ def groups(ours: MultimodalModel, theirs: torch.nn.Module) -> dict[str, tuple[to
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_towers_start_as_open_clip_does(name):
     config = PRESETS[name](modalities=("text", "image"))
+    config.image.stem = "patch"  # open_clip's ViT has no convolutional stem; the rest must start as its does
     torch.manual_seed(0)
     ours = MultimodalModel(config)
     torch.manual_seed(1)

@@ -110,7 +110,7 @@ def test_export_of_a_trained_shape_and_from_pretrained(tmp_path):
     # A model of ours (not converted), CLIP-shaped: vocabulary and end-of-text of CLIP's tokenizer.
     config = preset("tiny", modalities=("text", "image"), vocab_size=VOCAB_SIZE)
     config.text.eot_token_id = VOCAB_SIZE - 1
-    config.image.pre_norm, config.image.patch_bias = True, False
+    config.image.pre_norm, config.image.patch_bias, config.image.stem = True, False, "patch"
     config.text.transformer.activation = config.image.transformer.activation = "quick_gelu"
     torch.manual_seed(0)
     ours = perturbed(MultimodalModel(config), seed=4)
@@ -128,11 +128,12 @@ def test_export_of_a_trained_shape_and_from_pretrained(tmp_path):
 
 
 def test_export_refuses_models_that_are_not_clip_shaped():
-    model = MultimodalModel(preset("tiny"))  # three modalities, end-of-text id 2, patch bias, no pre-norm
+    model = MultimodalModel(preset("tiny"))  # three modalities, end-of-text id 2, patch bias, no pre-norm, conv stem
     with pytest.raises(ValueError) as error:
         model_to_hf_clip(model)
     message = str(error.value)
-    reasons = ("modalities are ['text', 'image', 'audio']", "eot_token_id=2", "pre_norm=True", "patch embedding without bias")
+    reasons = ("modalities are ['text', 'image', 'audio']", "eot_token_id=2", "pre_norm=True", "patch embedding without bias",
+               "this one has a conv stem")
     for reason in reasons:
         assert reason in message
 

@@ -221,6 +221,8 @@ def _export_problems(model: MultimodalModel) -> list[str]:
             )
     if c.image is not None and (not c.image.class_token or c.image.pooling != "cls" or c.image.patch_bias):
         problems.append("image: CLIP's vision tower has a class token, CLS pooling and a patch embedding without bias")
+    if c.image is not None and c.image.stem != "patch":
+        problems.append(f"image: CLIP's vision tower embeds patches of pixels; this one has a {c.image.stem} stem")
     return problems
 
 
