@@ -140,7 +140,7 @@ class MultimodalModel(nn.Module):
             if other != first.config:
                 raise ValueError(
                     f"share_trunk needs identical transformer configs, but {modalities[0]} has {first.config} "
-                    f"and {m} has {other}"
+                    f"and {m} has {other}; set the same model.<modality>.transformer settings for every tower"
                 )
             self.encoders[m].trunk.transformer = first
 

@@ -118,10 +118,12 @@ def test_towers_start_as_open_clip_does(name):
 
 @pytest.mark.parametrize("modality", ["text", "image", "audio"])
 def test_blocks_use_clips_scaled_residual_init(modality):
-    """The formulas themselves, at the tiny preset's width 128 and depth 3 (open_clip's TextTransformer)."""
+    """The formulas themselves, at the tiny preset's width 128 and depths 3 (image: 2) (open_clip's TextTransformer)."""
     torch.manual_seed(0)
-    blocks = MultimodalModel(tiny()).encoders[modality].trunk.transformer.blocks
-    width, depth = 128, 3
+    config = tiny()
+    blocks = MultimodalModel(config).encoders[modality].trunk.transformer.blocks
+    width, depth = 128, getattr(config, modality).transformer.depth
+    assert depth == (2 if modality == "image" else 3)
     expected = {
         "attn.qkv.weight": width**-0.5,  # 0.088
         "attn.proj.weight": width**-0.5 * (2 * depth) ** -0.5,
@@ -136,6 +138,7 @@ def test_blocks_use_clips_scaled_residual_init(modality):
 def test_audio_tower_starts_as_the_image_tower():
     """No reference has an audio ViT trained from scratch; ours starts as the image tower (open_clip's ViT)."""
     config = tiny()
+    config.image.transformer.depth = config.audio.transformer.depth  # the residual init scales with depth
     torch.manual_seed(0)
     model = MultimodalModel(config)
     audio, image = model.encoders["audio"], model.encoders["image"]

@@ -58,8 +58,10 @@ def test_parameter_counts_equal_open_clips_for_the_same_towers(name):
 
 
 def test_shared_trunk_drops_the_parameters_of_all_but_one_stack():
-    separate = MultimodalModel(tiny())
-    shared = MultimodalModel(ModelConfig(**{**tiny().__dict__, "share_trunk": True}))
+    config = tiny()
+    config.image.transformer.depth = config.text.transformer.depth  # the tiny image trunk is shallower
+    separate = MultimodalModel(config)
+    shared = MultimodalModel(ModelConfig(**{**config.__dict__, "share_trunk": True}))
     stack = sum(p.numel() for p in separate.encoders["text"].trunk.transformer.parameters())
     assert separate.num_parameters() - shared.num_parameters() == 2 * stack
     assert shared.encoders["image"].trunk.transformer is shared.encoders["audio"].trunk.transformer
