@@ -38,7 +38,9 @@ def tiny(modalities: Iterable[str] | None = None, vocab_size: int = 1024) -> Mod
     projection (``stem="conv"``): the same 16 tokens, and from a few thousand digits it
     learns what a patch projection learns from far more (MNIST zero-shot 94.9% -> 98.2%).
     With the stem doing the early work, its trunk keeps two blocks of the three: the
-    same accuracy (98.1%) for a sixth less work per image step.
+    same accuracy (98.1%) for a sixth less work per image step. The text trunk has two
+    as well: the demo's captions hold at most 8 tokens, and a third block changed no
+    figure beyond seed noise while it cost 7% of every step.
 
     The spectrogram patches do not overlap (stride 16, where AST overlaps them at 10): 24
     patches a clip instead of 45 halve the audio tower's work, which on a CPU without
@@ -49,7 +51,7 @@ def tiny(modalities: Iterable[str] | None = None, vocab_size: int = 1024) -> Mod
 
     config = ModelConfig(
         embed_dim=128,
-        text=TextConfig(vocab_size=vocab_size, context_length=16, transformer=trunk()),
+        text=TextConfig(vocab_size=vocab_size, context_length=16, transformer=trunk(depth=2)),
         image=VisionConfig(image_size=32, patch_size=8, stem="conv", transformer=trunk(depth=2)),
         audio=AudioConfig(num_mel_bins=64, max_frames=100, stride=16, transformer=trunk()),
         image_preprocess=ImagePreprocessConfig(image_size=32, mean=_DEMO_IMAGE_MEAN, std=_DEMO_IMAGE_STD),

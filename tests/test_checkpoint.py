@@ -28,7 +28,7 @@ def test_round_trip_gives_identical_embeddings(tmp_path):
 
 def test_shared_trunk_is_stored_once_and_restored_shared(tmp_path):
     config = tiny()
-    config.image.transformer.depth = config.text.transformer.depth  # the tiny image trunk is shallower
+    config.image.transformer.depth = config.text.transformer.depth = config.audio.transformer.depth  # tiny's differ
     model = MultimodalModel(ModelConfig(**{**config.__dict__, "share_trunk": True}))
     save_checkpoint(model, tmp_path / "ckpt")
     keys = load_file(str(tmp_path / "ckpt" / "model.safetensors")).keys()

@@ -118,12 +118,12 @@ def test_towers_start_as_open_clip_does(name):
 
 @pytest.mark.parametrize("modality", ["text", "image", "audio"])
 def test_blocks_use_clips_scaled_residual_init(modality):
-    """The formulas themselves, at the tiny preset's width 128 and depths 3 (image: 2) (open_clip's TextTransformer)."""
+    """The formulas themselves, at the tiny preset's width 128 and depths 2 (audio: 3) (open_clip's TextTransformer)."""
     torch.manual_seed(0)
     config = tiny()
     blocks = MultimodalModel(config).encoders[modality].trunk.transformer.blocks
     width, depth = 128, getattr(config, modality).transformer.depth
-    assert depth == (2 if modality == "image" else 3)
+    assert depth == (3 if modality == "audio" else 2)
     expected = {
         "attn.qkv.weight": width**-0.5,  # 0.088
         "attn.proj.weight": width**-0.5 * (2 * depth) ** -0.5,

@@ -59,7 +59,7 @@ def test_parameter_counts_equal_open_clips_for_the_same_towers(name):
 
 def test_shared_trunk_drops_the_parameters_of_all_but_one_stack():
     config = tiny()
-    config.image.transformer.depth = config.text.transformer.depth  # the tiny image trunk is shallower
+    config.image.transformer.depth = config.text.transformer.depth = config.audio.transformer.depth  # tiny's differ
     separate = MultimodalModel(config)
     shared = MultimodalModel(ModelConfig(**{**config.__dict__, "share_trunk": True}))
     stack = sum(p.numel() for p in separate.encoders["text"].trunk.transformer.parameters())
