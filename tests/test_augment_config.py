@@ -154,6 +154,8 @@ def test_every_yaml_example_in_the_readme_parses_to_its_settings(tmp_path):
     assert levers[1].label_key == "json:label" and levers[1].augment.audio.spec_augment.p == 0.5
     assert levers[1].augment.audio.band_limit.sample_rates == (8000,)
     assert levers[1].augment.audio.trim.margin_seconds == (0, 0.15)
+    stem = next(config for config, block in zip(configs, blocks) if "stem:" in block).model.image
+    assert stem.stem == "conv" and tuple(stem.stem_channels) == (32, 64)
 
 
 @pytest.mark.parametrize(("saved_flag", "expected"), [(None, False), (True, True), (False, False)])
