@@ -13,10 +13,10 @@ training crop (3, S, S): ``affine`` (rotation, scale, shear, translation), ``str
 ``blur`` (Gaussian), ``contrast`` (contrast and brightness), ``invert``.
 
 Audio (:mod:`multimodal.data.augment_audio`), applied in this order to the mono
-waveform before the filterbank: ``trim`` (quiet ends cut), ``speed`` (tempo and pitch together), ``tempo``
-(duration only), ``pitch`` (pitch only), ``reverb`` (a synthetic room), ``noise``
-(at a random SNR), ``band_limit`` (telephone-like narrowband audio), ``gain``; then
-``spec_augment`` masks a band and a span of the log-mel features.
+waveform before the filterbank: ``trim`` (quiet ends cut), ``speed`` (tempo and pitch
+together), ``tempo`` (duration only), ``pitch`` (pitch only), ``reverb`` (a synthetic
+room), ``noise`` (at a random SNR), ``band_limit`` (telephone-like narrowband audio),
+``gain``; then ``spec_augment`` masks a band and a span of the log-mel features.
 
 Settings are checked when built (so a configuration file with a bad range fails
 before training starts); an error names the setting, as in

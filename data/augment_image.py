@@ -76,7 +76,8 @@ def draw_image_levers(config: ImageAugmentConfig, rng: random.Random, side: int)
         found["affine"] = (
             rng.uniform(-lever.rotation_degrees, lever.rotation_degrees),
             rng.uniform(*lever.scale),
-            (rng.uniform(-lever.shear_degrees, lever.shear_degrees), rng.uniform(-lever.shear_degrees, lever.shear_degrees)),
+            (rng.uniform(-lever.shear_degrees, lever.shear_degrees),
+             rng.uniform(-lever.shear_degrees, lever.shear_degrees)),
             (rng.uniform(-lever.translate, lever.translate), rng.uniform(-lever.translate, lever.translate)),
         )
     if _applies(config.stroke.p, rng):
@@ -276,7 +277,7 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def adjust_contrast_rows(images: torch.Tensor, factor: torch.Tensor, brightness: torch.Tensor) -> torch.Tensor:
-    """``mean + factor * (x - mean) + brightness * 255`` per row, ``mean`` over the row's image: (N, C, H, W), unclamped.
+    """``mean + factor * (x - mean) + brightness * 255`` per row, ``mean`` over its image: (N, C, H, W), unclamped.
 
     ``factor`` and ``brightness``: (N,).
     """

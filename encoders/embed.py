@@ -1,4 +1,4 @@
-"""Stems and positions: patch embedding (plain or after a few convolutions), position encodings, resizing a position grid.
+"""Stems and positions: patch embedding (plain or after convolutions), position encodings, resizing a position grid.
 
 Shapes: B batch, C input channels, H x W input plane, R x K patch grid (rows x columns),
 N = R * K patches, D model width.
@@ -63,8 +63,10 @@ class ConvStem(nn.Module):
 
     def __init__(self, in_channels: int, dim: int, patch_size: int, channels: tuple[int, ...], bias: bool = True):
         super().__init__()
+        if not channels:
+            raise ValueError("a conv stem needs at least one convolution: give stem_channels, e.g. [32, 64]")
         reduction = 2 ** len(channels)
-        if not channels or patch_size % reduction != 0:
+        if patch_size % reduction != 0:
             raise ValueError(
                 f"a conv stem of {len(channels)} stride-2 convolutions needs a patch_size divisible by {reduction}, "
                 f"got {patch_size}"
