@@ -17,6 +17,8 @@ Levers: each lever alone at p = 1 and its default ranges on 256 decoded demo sam
 sample, beside the preprocessing the sample gets anyway (decode + crop; decode +
 resample + filterbank). Image levers act on all the crops at once, as the loader
 applies them to a batch; the demo's image levers are also timed one image at a time.
+The audio feature levers (``equalizer``, ``spec_augment``) act on the filterbank's
+features, the others on the waveform.
 
 Builds the demo on first use (a few minutes), like ``make train``. Run:
 ``python -m bench.bench_augment [--quick] [--rounds N]``. Prints figures, asserts nothing.
@@ -33,9 +35,9 @@ import torch
 
 from bench.common import alternate, machine_summary, noise_note, parse_args
 from multimodal.data import demo as demo_data
-from multimodal.data.audio import load_waveform, mask_features, samples_for_frames, train_audio_features
-from multimodal.data.augment import AudioAugmentConfig, AugmentConfig, ImageAugmentConfig
-from multimodal.data.augment_audio import augment_waveform
+from multimodal.data.audio import load_waveform, samples_for_frames, train_audio_features
+from multimodal.data.augment import FEATURE_LEVERS, AudioAugmentConfig, AugmentConfig, ImageAugmentConfig
+from multimodal.data.augment_audio import augment_features, augment_waveform
 from multimodal.data.augment_image import augment_image, augment_images, draw_image_levers
 from multimodal.data.image import decode_image, train_crop
 from multimodal.data.loader import make_loader
@@ -132,19 +134,23 @@ def measure_levers(paths, count: int, rounds: int) -> list[tuple[str, float]]:
     runners["image: demo's levers, one at a time"] = lambda: [augment_image(c, demo_augment().image, random.Random(i))
                                                               for i, c in enumerate(crops)]
     features = [train_audio_features(w, audio_config, random.Random(i)) for i, w in enumerate(waves)]
-    spec_lever = AudioAugmentConfig().spec_augment
-    runners["audio spec_augment"] = lambda: [
-        mask_features(f, spec_lever.freq_mask, spec_lever.time_mask, random.Random(i)) for i, f in enumerate(features)]
+    for name in FEATURE_LEVERS:  # on the features, in place (repeating them on the same tensors costs the same)
+        config = one_lever(AudioAugmentConfig(), name)
+        runners[f"audio {name}"] = lambda config=config: [
+            augment_features(f, config, random.Random(i), norm_std=audio_config.norm_std)
+            for i, f in enumerate(features)]
     for field in fields(AudioAugmentConfig):
-        if field.name == "spec_augment":  # on the features, timed above
+        if field.name in FEATURE_LEVERS:
             continue
         config = one_lever(AudioAugmentConfig(), field.name)
         runners[f"audio {field.name}"] = lambda config=config: [
             augment_waveform(w, audio_config.sample_rate, config, random.Random(i), keep_samples=keep)
             for i, w in enumerate(waves)]
+    demo_audio = demo_augment().audio
     runners["audio: demo's levers"] = lambda: [
-        augment_waveform(w, audio_config.sample_rate, demo_augment().audio, random.Random(i), keep_samples=keep)
-        for i, w in enumerate(waves)]
+        (augment_waveform(w, audio_config.sample_rate, demo_audio, random.Random(i), keep_samples=keep),
+         augment_features(f, demo_audio, random.Random(i), norm_std=audio_config.norm_std))
+        for i, (w, f) in enumerate(zip(waves, features))]
     comparison = alternate(runners, rounds=rounds, warmup=1)
     print(f"  levers, {len(crops)} samples each, median of {rounds} alternating round(s) "
           f"({noise_note(comparison)})")

@@ -16,7 +16,9 @@ Audio (:mod:`multimodal.data.augment_audio`), applied in this order to the mono
 waveform before the filterbank: ``trim`` (quiet ends cut), ``speed`` (tempo and pitch
 together), ``tempo`` (duration only), ``pitch`` (pitch only), ``reverb`` (a synthetic
 room), ``noise`` (at a random SNR), ``band_limit`` (telephone-like narrowband audio),
-``gain``; then ``spec_augment`` masks a band and a span of the log-mel features.
+``gain``; then, on the log-mel features, ``equalizer`` (a microphone's and a room's
+colouring: a tilt and a peak or notch across the bands) and ``spec_augment`` (a band and
+a span masked).
 
 Settings are checked when built (so a configuration file with a bad range fails
 before training starts); an error names the setting, as in
@@ -29,6 +31,9 @@ from dataclasses import dataclass, field, fields
 
 # Noise spectra the noise lever can draw: power falling as 1/f^0 (white), 1/f (pink), 1/f^2 (brown).
 NOISE_COLORS = ("white", "pink", "brown")
+
+# The audio levers that act on the log-mel features, after the filterbank; the others act on the waveform.
+FEATURE_LEVERS = ("equalizer", "spec_augment")
 
 # Speed, tempo and pitch ratios are rounded to steps of 1/RATIO_STEPS (1%, 17 cents of
 # pitch): resampling by k/100 reuses one of a few dozen cached resampling kernels,
@@ -306,12 +311,12 @@ class NoiseAugment:
 class BandLimitAugment:
     """Narrowband audio, as a telephone line carries it.
 
-    Resampled down to a rate drawn from ``sample_rates``, there companded to 8-bit
-    mu-law (G.711) with ``mu_law``, resampled back, then band-passed: nothing left
-    below half ``highpass_hz`` or above half the narrow rate, full level between
-    ``highpass_hz`` and ``lowpass_hz`` (capped at half the narrow rate), raised-cosine
-    slopes between. The defaults are the telephone band, 300-3400 Hz at 8 kHz;
-    ``highpass_hz`` 0 keeps the low end.
+    Band-passed (full level between ``highpass_hz`` and ``lowpass_hz``, capped at half
+    the narrow rate, raised-cosine slopes to nothing below half ``highpass_hz`` and above
+    half the narrow rate), resampled down to a rate drawn from ``sample_rates``, there
+    companded to 8-bit mu-law (G.711) with ``mu_law``, and resampled back as the loader
+    reads a recording made at that rate. The defaults are the telephone band,
+    300-3400 Hz at 8 kHz; ``highpass_hz`` 0 keeps the low end.
 
     A rate at or above the model's sample rate has nothing to remove: training refuses it.
     """
@@ -353,6 +358,30 @@ class GainAugment:
 
 
 @dataclass
+class EqualizerAugment:
+    """A microphone's and a room's colouring, on the log-mel features: a gain per mel band.
+
+    The gain in dB across the bands is a straight tilt drawn in ``tilt_db`` (the top band
+    minus the bottom one: negative dulls, positive brightens) plus one bell-shaped peak
+    (or notch, below 0) drawn in ``peak_db``, centred on a band drawn at random, with a
+    standard deviation drawn in ``peak_width`` (a fraction of the bands). Adding dB to a
+    band's log energy is filtering by a smooth frequency response, at the cost of one add
+    per band: recordings differ from each other in this far more than in content.
+    """
+
+    p: float = 0.0
+    tilt_db: tuple[float, float] = (-12.0, 12.0)
+    peak_db: tuple[float, float] = (-8.0, 8.0)
+    peak_width: tuple[float, float] = (0.05, 0.25)
+
+    def __post_init__(self) -> None:
+        check_probability(self.p, "augment.audio.equalizer.p")
+        check_range(self.tilt_db, "augment.audio.equalizer.tilt_db", -60.0, 60.0)
+        check_range(self.peak_db, "augment.audio.equalizer.peak_db", -60.0, 60.0)
+        check_range(self.peak_width, "augment.audio.equalizer.peak_width", 0.0, 10.0, open_low=True)
+
+
+@dataclass
 class SpecAugmentLever:
     """SpecAugment on the training features, after the filterbank: one band of mel bins and one span of
     frames set to the data set's mean (0 after normalisation).
@@ -374,7 +403,7 @@ class SpecAugmentLever:
 
 @dataclass
 class AudioAugmentConfig:
-    """The audio levers: the waveform levers in this order, then ``spec_augment`` on the features."""
+    """The audio levers: the waveform levers in this order, then ``equalizer`` and ``spec_augment`` on the features."""
 
     trim: TrimAugment = field(default_factory=TrimAugment)
     speed: SpeedAugment = field(default_factory=SpeedAugment)
@@ -384,6 +413,7 @@ class AudioAugmentConfig:
     noise: NoiseAugment = field(default_factory=NoiseAugment)
     band_limit: BandLimitAugment = field(default_factory=BandLimitAugment)
     gain: GainAugment = field(default_factory=GainAugment)
+    equalizer: EqualizerAugment = field(default_factory=EqualizerAugment)
     spec_augment: SpecAugmentLever = field(default_factory=SpecAugmentLever)
 
     @property
@@ -393,8 +423,8 @@ class AudioAugmentConfig:
 
     @property
     def waveform_enabled(self) -> bool:
-        """Whether any lever that acts on the waveform (all but ``spec_augment``) is on."""
-        return any(getattr(self, f.name).p > 0 for f in fields(self) if f.name != "spec_augment")
+        """Whether any lever that acts on the waveform (all but the feature levers) is on."""
+        return any(getattr(self, f.name).p > 0 for f in fields(self) if f.name not in FEATURE_LEVERS)
 
     def check_sample_rate(self, sample_rate: int, where: str = "augment.audio") -> None:
         """Raises ValueError when ``band_limit`` is on with a rate that removes nothing at ``sample_rate``."""
@@ -435,6 +465,8 @@ __all__ = [
     "BandLimitAugment",
     "BlurAugment",
     "ContrastAugment",
+    "EqualizerAugment",
+    "FEATURE_LEVERS",
     "GainAugment",
     "ImageAugmentConfig",
     "InvertAugment",

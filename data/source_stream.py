@@ -260,7 +260,7 @@ class SourceStream:
                 if settings.train:
                     features = train_audio_features(waveform, config, rng)  # one (T, F) crop
                     if self.augment["audio"]:
-                        augment_features(features, levers, rng)
+                        augment_features(features, levers, rng, norm_std=config.norm_std)
                     sample["audio"] = [features]
                 else:
                     sample["audio"] = eval_audio_windows(waveform, config)  # every (T, F) window of the clip

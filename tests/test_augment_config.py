@@ -39,6 +39,9 @@ from multimodal.train import parse_config
         ({"audio": {"reverb": {"rt60_seconds": [0, 0.5]}}}, "augment.audio.reverb.rt60_seconds must be two numbers"),
         ({"audio": {"spec_augment": {"freq_mask": -1}}}, "augment.audio.spec_augment.freq_mask must be an integer >= 0"),
         ({"audio": {"trim": {"margin_seconds": [0.2, 0.1]}}}, "augment.audio.trim.margin_seconds must be two numbers"),
+        ({"audio": {"equalizer": {"tilt_db": [12, -12]}}}, "augment.audio.equalizer.tilt_db must be two numbers"),
+        ({"audio": {"equalizer": {"peak_width": [0, 0.2]}}},
+         r"augment.audio.equalizer.peak_width must be two numbers \[low, high\], low <= high, within \(0, 10\]"),
     ],
 )
 def test_a_bad_setting_is_an_error_naming_it(settings, message):

@@ -157,3 +157,23 @@ def test_spec_augment_lever_masks_the_features_and_leaves_the_waveform_levers_of
         assert all(int(row.sum()) <= 6 * frames + 8 * bins for row in mask)
     evaluation = list(make_loader([masked], batch_size=5, train=False, audio_config=AUDIO))
     assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, audio_config=AUDIO)), "audio")
+
+
+def test_equalizer_lever_colours_each_clip_with_one_curve_over_all_its_frames(tmp_path):
+    shards = write_shards(tmp_path, encoded_audio, "aud")
+    plain = SourceSpec(shards, ["audio", "text"], name="aud")
+    coloured = SourceSpec(shards, ["audio", "text"], name="aud",
+                          augment=from_dict(AugmentConfig, {"audio": {"equalizer": {"p": 1.0}}}))
+    assert not coloured.augment.audio.waveform_enabled
+    reference, first = batches(plain, train=True), batches(coloured, train=True)
+    assert same(first, batches(coloured, train=True), "audio")  # seeded
+    for a, b in zip(reference, first):
+        added = b["audio"] - a["audio"]  # (B, T, F): one curve per clip, the same on each of its frames
+        valid = ~a.get("audio_padding_mask", torch.zeros(added.shape[:2], dtype=torch.bool))
+        for row in range(added.shape[0]):
+            frames = added[row][valid[row]]
+            torch.testing.assert_close(frames, frames[:1].expand_as(frames), atol=1e-5, rtol=0)
+            assert float(frames[0].abs().max()) > 0
+        assert bool((added[~valid] == 0).all())  # padding stays padding
+    evaluation = list(make_loader([coloured], batch_size=5, train=False, audio_config=AUDIO))
+    assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, audio_config=AUDIO)), "audio")
