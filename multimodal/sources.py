@@ -195,6 +195,7 @@ def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
     - ``image_zeroshot``: MNIST digits held out from training;
     - ``image_real_zeroshot``: scikit-learn's 8 x 8 digits, other writers and another scanner;
     - ``audio_zeroshot``: espeak-ng voices never heard in training;
+    - ``audio_phone_zeroshot``: the same clips over a telephone line (8 kHz, 300-3,400 Hz, mu-law);
     - ``audio_real_zeroshot``: the ten human recordings (one speaker);
     - ``emergent``: held-out voices retrieving held-out MNIST images of their digit, a pair
       never trained on.
@@ -208,6 +209,8 @@ def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
         EvalSetConfig(name="image_real_zeroshot", shards=paths.image_real, modality="image",
                       class_names=names, templates=image_templates),
         EvalSetConfig(name="audio_zeroshot", shards=paths.audio_val, modality="audio",
+                      class_names=names, templates=audio_templates),
+        EvalSetConfig(name="audio_phone_zeroshot", shards=paths.audio_phone, modality="audio",
                       class_names=names, templates=audio_templates),
         EvalSetConfig(name="audio_real_zeroshot", shards=paths.audio_real, modality="audio",
                       class_names=names, templates=audio_templates),

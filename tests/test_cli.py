@@ -46,7 +46,7 @@ def class_folder(tmp_path) -> Path:
 
 def demo_paths(root: Path) -> demo_data.DemoPaths:
     return demo_data.DemoPaths(root=root, image_train="i-{0..1}.tar", image_val="iv.tar", image_real="ir.tar", audio_train="a.tar",
-                               audio_val="av.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
+                               audio_val="av.tar", audio_phone="ap.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
                                captions_file=root / "captions.txt")
 
 
@@ -375,7 +375,7 @@ def test_convert_and_demo_call_the_library(tmp_path, capsys, monkeypatch):
     assert status == 0 and calls == [("open_clip", str(tmp_path), str(tmp_path / "ckpt"), {"activation": "quick_gelu"})]
 
     paths = demo_data.DemoPaths(root=tmp_path, image_train="i-{0..1}.tar", image_val="iv.tar", image_real="ir.tar", audio_train="a.tar",
-                                audio_val="av.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
+                                audio_val="av.tar", audio_phone="ap.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
                                 captions_file=tmp_path / "captions.txt")
     seen = {}
 

@@ -189,7 +189,8 @@ def test_sklearn_digits_from_the_installed_wheel_equal_load_digits():
 def test_layout_counts_and_demo_json(built):
     paths, stages = built
     assert paths.num_samples == {"image-train": 200 + 220, "image-val": 50, "image-real": 90,
-                                 "audio-train": 10 * NUM_TRAIN_VOICES, "audio-val": 40, "audio-real": 10}
+                                 "audio-train": 10 * NUM_TRAIN_VOICES, "audio-val": 40, "audio-phone": 40,
+                                 "audio-real": 10}
     for split in SPLITS:
         sizes = json.loads((paths.root / split / "sizes.json").read_text())
         assert sum(sizes.values()) == paths.num_samples[split]
@@ -197,7 +198,7 @@ def test_layout_counts_and_demo_json(built):
     info = json.loads((paths.root / "demo.json").read_text())
     assert info["class_names"] == list(CLASS_NAMES) and info["audio_sample_rate"] == paths.audio_sample_rate == 16000
     train_voices = info["voices"]["audio-train"]
-    assert info["voices"]["audio-val"] == list(VALIDATION_VOICES)
+    assert info["voices"]["audio-val"] == info["voices"]["audio-phone"] == list(VALIDATION_VOICES)
     assert train_voices["espeak_variants"] == list(TRAIN_VARIANTS) and train_voices["accents"] == list(ENGLISH_ACCENTS)
     # Each derived voice's variant file is recorded, as the engine reads it.
     assert list(train_voices["derived"]) == [f"derived-{index:03d}" for index in range(NUM_DERIVED_VOICES)]
@@ -221,7 +222,8 @@ def test_full_scale_counts_are_the_docstrings():
     assert (len(FONT_FILES), printed) == (22, 1100)
     for line in ("5,100 images: 4,000 MNIST + 1,100 printed (22 fonts x 10 x 5)", "1,000 other MNIST images",
                  "1,797 scikit-learn digits", "4,800 clips: 160 voices x 10 digits x 3 draws",
-                 "400 clips: 4 held-out voices x 10 digits x 10 draws", "160 training voices: 88 of espeak-ng's"):
+                 "400 clips: 4 held-out voices x 10 digits x 10 draws", "160 training voices: 88 of espeak-ng's",
+                 "the same 400 clips over a telephone line, 8 kHz"):
         assert line in " ".join(demo.__doc__.split()), line
 
 
@@ -229,7 +231,8 @@ def test_held_out_splits_share_no_image_and_no_voice(contents):
     metadata = {split: [json.loads(sample["json"]) for sample in samples.values()] for split, samples in contents.items()}
     sources = {split: {m["source"] for m in split_metadata} for split, split_metadata in metadata.items()}
     assert sources == {"image-train": {"mnist", "font"}, "image-val": {"mnist"}, "image-real": {"sklearn-digits"},
-                       "audio-train": {"espeak-ng"}, "audio-val": {"espeak-ng"}, "audio-real": {"spokennumbers"}}
+                       "audio-train": {"espeak-ng"}, "audio-val": {"espeak-ng"}, "audio-phone": {"espeak-ng"},
+                       "audio-real": {"spokennumbers"}}
     train_images = {m["index"] for m in metadata["image-train"] if m["source"] == "mnist"}
     val_images = {m["index"] for m in metadata["image-val"]}
     assert len(train_images) == 200 and len(val_images) == 50 and train_images.isdisjoint(val_images)
@@ -285,6 +288,23 @@ def test_media_decode_as_expected(contents):
         assert rate == 16000 and wave.ndim == 1 and wave.size >= 16000
         assert np.abs(wave).max() > 0.2  # speech at a random gain in [0.3, 0.9], plus light noise
     assert not np.array_equal(*(soundfile.read(io.BytesIO(s["wav"]))[0][:16000] for s in clips[:2]))
+    # The telephone split: each validation clip at 8 kHz, its level kept in the band and nothing above it.
+    phone = contents["audio-phone"]
+    assert sorted(phone) == sorted(f"{key}-phone" for key in contents["audio-val"])
+    for key, sample in list(contents["audio-val"].items())[:5]:
+        wide, _ = soundfile.read(io.BytesIO(sample["wav"]))
+        narrow, rate = soundfile.read(io.BytesIO(phone[f"{key}-phone"]["wav"]))
+        assert rate == 8000 and narrow.size == -(-wide.size // 2)
+        assert json.loads(phone[f"{key}-phone"]["json"])["channel"].startswith("telephone: 300-3400 Hz")
+        assert phone[f"{key}-phone"]["txt"] == sample["txt"]
+
+        def band_db(wave, rate, low, high):
+            power = np.abs(np.fft.rfft(wave) / wave.size) ** 2  # per bin, whatever the rate
+            frequencies = np.fft.rfftfreq(wave.size, 1 / rate)
+            return 10 * np.log10(power[(frequencies >= low) & (frequencies <= high)].sum())
+
+        assert abs(band_db(narrow, 8000, 500, 3000) - band_db(wide, 16000, 500, 3000)) < 1.5  # the band kept
+        assert band_db(narrow, 8000, 3700, 4000) < band_db(wide, 16000, 3700, 4000) - 10  # above it: cut
     real = contents["audio-real"]
     assert sorted(json.loads(s["json"])["label"] for s in real.values()) == list(range(10))
     for sample in real.values():
@@ -297,7 +317,7 @@ def test_two_builds_are_byte_identical(built, tmp_path):
     paths, _ = built
     other = build_demo(tmp_path / "again", scale=SCALE)
     names = [path.relative_to(paths.root) for path in shard_files(paths.root)]
-    assert names == [path.relative_to(other.root) for path in shard_files(other.root)] and len(names) == 9
+    assert names == [path.relative_to(other.root) for path in shard_files(other.root)] and len(names) == 10
     for name in names + [Path(split) / "sizes.json" for split in SPLITS] + [Path("demo.json"), Path("captions.txt")]:
         first = hashlib.sha256((paths.root / name).read_bytes()).hexdigest()
         assert first == hashlib.sha256((other.root / name).read_bytes()).hexdigest(), name
@@ -342,8 +362,8 @@ def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MULTIMODAL_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "demo-v5"
-    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v5-scale0.5-seed3"
+    assert default_cache_dir() == tmp_path / "demo-v6"
+    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v6-scale0.5-seed3"
     monkeypatch.delenv("MULTIMODAL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v5"
+    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v6"
