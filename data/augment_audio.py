@@ -282,14 +282,19 @@ def telephone_line(
     lowpass_hz: float = math.inf,
     mu_law: bool = False,
 ) -> torch.Tensor:
-    """What a narrowband line delivers: (N,) at ``sample_rate`` -> (ceil(N * narrow_rate / sample_rate),) at ``narrow_rate``.
+    """What a narrowband line delivers: (N,) at ``sample_rate`` -> (ceil(N * narrow_rate / sample_rate),).
 
     Band-passed in the frequency domain by :func:`band_mask` (full level from
     ``highpass_hz`` to ``lowpass_hz``, nothing above half the narrow rate), resampled
     down to ``narrow_rate`` and there optionally companded to 8-bit mu-law (samples
-    clamped to [-1, 1] first), as G.711 carries speech at 8 kHz.
+    clamped to [-1, 1] first), as G.711 carries speech at 8 kHz. Raises ValueError
+    unless ``narrow_rate`` is below ``sample_rate``.
     """
+    if not 0 < narrow_rate < sample_rate:
+        raise ValueError(f"a narrowband line's rate must be below the clip's {sample_rate} Hz, got {narrow_rate} Hz")
     length = waveform.shape[0]
+    if length == 0:
+        return waveform
     # Filtered at a 5-smooth length, zero-padded: after the speed lever a clip's length
     # is any number, primes included, where the FFT is ten times slower. The trace that
     # cutting the padding off leaves above the band (45-55 dB down) the resampler removes.
@@ -362,7 +367,7 @@ def equalizer_curve(
 
 @functools.lru_cache(maxsize=8)
 def mel_band_positions(num_bins: int) -> torch.Tensor:
-    """The bands' positions for :func:`equalizer_curve`, (num_bins,): evenly spaced from 0 to 1 (mel bands are even in mel).
+    """The bands' positions for :func:`equalizer_curve`, (num_bins,): 0 to 1, evenly (mel bands are even in mel).
 
     Cached: the result must not be modified.
     """

@@ -220,6 +220,9 @@ def test_band_limit_keeps_the_telephone_band_as_the_loader_reads_a_narrowband_re
     soundfile.write(recording, line.numpy(), 8000, format="WAV", subtype="PCM_16")
     read = load_waveform(recording.getvalue(), AudioPreprocessConfig())  # resampled to 16 kHz
     torch.testing.assert_close(read, out, atol=1e-4, rtol=0)  # 16-bit rounding, resampled
+    with pytest.raises(ValueError, match="a narrowband line's rate must be below the clip's 16000 Hz, got 16000 Hz"):
+        telephone_line(noise, RATE, RATE)
+    assert telephone_line(torch.zeros(0), RATE, 8000).shape == (0,)
     # Lengths of slow FFT sizes (16,001 is a prime) are filtered at a fast one: the band is the same.
     for length in (15999, 16001):
         other = limit_band(torch.cat([noise, noise])[:length], RATE, 8000)
