@@ -296,7 +296,7 @@ def telephone_line(
     if length == 0:
         return waveform
     # Filtered at a 5-smooth length, zero-padded: after the speed lever a clip's length
-    # is any number, primes included, where the FFT is ten times slower. The trace that
+    # is any number, primes included, where the FFT is many times slower. The trace that
     # cutting the padding off leaves above the band (45-55 dB down) the resampler removes.
     size = fft_size(length)
     spectrum = rfft(waveform.contiguous(), size)  # (size // 2 + 1,)
@@ -359,7 +359,7 @@ def equalizer_curve(
     the tilt pivots on the middle band, so it colours the sound without making it louder
     on average (the gain lever does that). :func:`mel_band_positions` gives a filterbank's.
     """
-    # In numpy: for a few dozen bands each torch call costs more than its arithmetic (15 us against 75).
+    # In numpy: for a few dozen bands each torch call costs more than its arithmetic.
     u = np.asarray(position, dtype=np.float64)
     curve = tilt_db * (u - 0.5) + peak_db * np.exp(-0.5 * ((u - peak_center) / peak_width) ** 2)
     return torch.from_numpy(curve.astype(np.float32))
