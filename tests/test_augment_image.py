@@ -245,3 +245,20 @@ def test_a_batch_is_augmented_as_its_images_one_by_one():
     assert augment_images(plain, [None, None]) is plain
     with pytest.raises(ValueError, match="1 draws for 2 images"):
         augment_images(plain, [None])
+
+
+def test_lowering_rows_at_once_gives_lower_resolution_pixels():
+    from multimodal.data.augment_image import lower_resolution_rows, resolution_map
+
+    generator = torch.Generator().manual_seed(0)
+    for height, width in ((32, 32), (24, 40), (37, 29)):
+        images = torch.rand(6, 3, height, width, generator=generator) * 255
+        sizes = [8, 8, 13, 21, max(height, width) - 1, max(height, width)]
+        together = lower_resolution_rows(images, sizes)
+        for row, size in enumerate(sizes):
+            torch.testing.assert_close(together[row], lower_resolution(images[row], size), atol=2e-3, rtol=0)
+        torch.testing.assert_close(together[-1], images[-1], atol=2e-3, rtol=0)  # not larger than size: unchanged
+    # The maps keep a flat image flat (their rows sum to one) and differ between sizes.
+    for axis in (0, 1):
+        torch.testing.assert_close(resolution_map(24, 40, 9, axis).sum(dim=1), torch.ones((24, 40)[axis]))
+    assert not torch.allclose(resolution_map(32, 32, 8, 0), resolution_map(32, 32, 9, 0))
