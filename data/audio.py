@@ -138,12 +138,59 @@ def resampling_ratio(orig_freq: int, new_freq: int) -> tuple[int, int]:
     return best.denominator, best.numerator
 
 
+# Frame values per matrix product of the resampler (131,072 float32: 512 KiB).
+_RESAMPLE_CHUNK_VALUES = 1 << 17
+
+
+class _SincResampler:
+    """torchaudio's resampler (``torchaudio.transforms.Resample``), its strided convolution done as a matrix product.
+
+    torchaudio convolves the padded clip with a ``(new, 1, 2 * width + orig)`` kernel at
+    stride ``orig`` (reduced rates): output frame m, phase j is
+    ``sum_k kernel[j, k] * padded[m * orig + k]``. At stride 2 and more, PyTorch's
+    one-channel strided convolution is a slow path on CPU: the frames as a strided view
+    times the kernel as a (taps, new) matrix give the same sums faster (measured on one
+    thread against torchaudio's module: 2.4x for 16 -> 8 kHz, 1.6-1.8x for the speed
+    lever's 93:100 and 107:100 on 1 s clips, 1.1x for 44.1 and 48 kHz to 16 kHz on 10 s
+    clips). Stride 1 (upsampling by a whole factor) stays a convolution, as torchaudio
+    runs it: there the frames overlap in all but one sample.
+    """
+
+    def __init__(self, orig_freq: int, new_freq: int) -> None:
+        """``orig_freq`` and ``new_freq``: the reduced rates (no common divisor)."""
+        module = torchaudio.transforms.Resample(orig_freq, new_freq)
+        self.orig_freq, self.new_freq, self.width = orig_freq, new_freq, module.width
+        self.kernel = module.kernel  # (new, 1, 2 * width + orig)
+
+    def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(..., N) float -> (..., ceil(N * new / orig)), in the waveform's dtype."""
+        length = waveform.shape[-1]
+        rows = waveform.reshape(math.prod(waveform.shape[:-1]), length)  # (B, N)
+        padded = torch.nn.functional.pad(rows, (self.width, self.width + self.orig_freq))
+        kernel = self.kernel.to(rows.dtype)
+        if self.orig_freq == 1:
+            resampled = torch.nn.functional.conv1d(padded[:, None], kernel).transpose(1, 2)  # (B, M, new)
+        else:
+            frames = padded.unfold(-1, kernel.shape[-1], self.orig_freq)  # (B, M, taps) view, M = N // orig + 1
+            taps_by_phase = kernel[:, 0].T  # (taps, new)
+            resampled = rows.new_empty(frames.shape[0], frames.shape[1], self.new_freq)  # (B, M, new)
+            # The product copies the overlapping frames out of the view; a chunk at a time
+            # that copy stays in cache (a 10 s clip at 48 kHz in one piece took about twice as long).
+            chunk = max(1, _RESAMPLE_CHUNK_VALUES // kernel.shape[-1])
+            for row in range(frames.shape[0]):
+                for start in range(0, frames.shape[1], chunk):
+                    torch.mm(frames[row, start : start + chunk], taps_by_phase,
+                             out=resampled[row, start : start + chunk])
+        target = resampled_length(length, self.orig_freq, self.new_freq)
+        return resampled.flatten(1)[:, :target].reshape(*waveform.shape[:-1], target)
+
+
 @functools.lru_cache(maxsize=64)
-def _resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
-    # The module holds the sinc kernel, which functional.resample would rebuild on every call.
+def _resampler(orig_freq: int, new_freq: int) -> _SincResampler:
+    # Built once per rate pair: the kernel costs more than a clip's resampling.
     # 64 rate pairs: speed and pitch augmentation use a few dozen (ratios in 1% steps,
     # see multimodal.data.augment_audio) beside the data's own rates.
-    return torchaudio.transforms.Resample(orig_freq, new_freq)
+    return _SincResampler(orig_freq, new_freq)
 
 
 def resampled_length(num_samples: int, orig_freq: int, new_freq: int) -> int:

@@ -129,6 +129,17 @@ def test_resample_at_common_rates_equals_torchaudio(orig_freq):
     assert float((ours.double() - exact).abs().max()) < 2e-5
 
 
+@pytest.mark.parametrize("orig_freq, new_freq", [(93, 100), (115, 100), (16000, 8000), (8000, 16000), (48000, 16000)])
+def test_resample_any_shape_and_dtype_equals_torchaudio(orig_freq, new_freq):
+    # The speed lever's ratios, the telephone lever's 2:1 and 1:2, a 3:1 down; batch dims and float64 kept.
+    waveform = torch.randn(2, 3, 1601, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = resample(waveform, orig_freq, new_freq)
+    assert ours.dtype == torch.float64 and ours.shape == (2, 3, resampled_length(1601, orig_freq, new_freq))
+    torch.testing.assert_close(ours, torchaudio.functional.resample(waveform, orig_freq, new_freq), rtol=0, atol=3e-5)
+    assert resample(torch.zeros(0), orig_freq, new_freq).shape == (0,)
+    assert resample(torch.zeros(3, 0), orig_freq, new_freq).shape == (3, 0)
+
+
 def sine_frequency_and_amplitude(wave: np.ndarray, sample_rate: int) -> tuple[float, float]:
     """Frequency (Hz) of a pure tone, from the peak of its finely zero-padded spectrum, and its amplitude."""
     middle = wave[len(wave) // 8 : -len(wave) // 8]  # away from the filter's edge effects
