@@ -8,6 +8,7 @@ import random
 import pytest
 import soundfile
 import torch
+import torchaudio
 
 from multimodal.data.config import AudioPreprocessConfig
 
@@ -216,6 +217,10 @@ def test_band_limit_keeps_the_telephone_band_as_the_loader_reads_a_narrowband_re
     # The line's own output is 8 kHz audio; a WAV of it read by the loader is the lever's output.
     line = telephone_line(noise, RATE, 8000, highpass_hz=300.0, lowpass_hz=3400.0, mu_law=True)
     assert line.shape == (8000,) and line.abs().max() <= 1.0
+    # The mu-law levels are looked up: torchaudio's own encoding and decoding, to the bit.
+    unquantised = telephone_line(noise, RATE, 8000, highpass_hz=300.0, lowpass_hz=3400.0)
+    codes = torchaudio.functional.mu_law_encoding(unquantised.clamp(-1.0, 1.0), 256)
+    assert codes.unique().numel() > 100 and torch.equal(line, torchaudio.functional.mu_law_decoding(codes, 256))
     recording = io.BytesIO()
     soundfile.write(recording, line.numpy(), 8000, format="WAV", subtype="PCM_16")
     read = load_waveform(recording.getvalue(), AudioPreprocessConfig())  # resampled to 16 kHz
