@@ -837,6 +837,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     batches = None
     last_checkpoint, saved_step = None, run.start_step
     tick, window_steps = time.time(), 0
+    waited = 0.0  # seconds of this log window spent waiting for batches
 
     def save(step: int) -> Path | None:
         return save_training_checkpoint(accelerator, model, run.optimizer, run.scheduler, data.tokenizer, config,
@@ -861,6 +862,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
                 device=accelerator.device,
             )
             batches = iter(loader)
+        fetch_started = time.time()
         try:
             micro_batches = [next(batches) for _ in range(optim.accum_steps)]
         except (ValueError, OSError) as error:
@@ -872,6 +874,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
                 last_checkpoint, saved_step = save(done), done
             kept = f"checkpoint at step {saved_step}: {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
             raise DataError(f"{error} (training stopped after step {done}; {kept})") from error
+        waited += time.time() - fetch_started
         loss, per_pair = train_step(accelerator, model, run.optimizer, run.scheduler, micro_batches, optim.grad_clip)
         if run.ema is not None:
             run.ema.update(unwrapped)
@@ -888,6 +891,9 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
                 "lr": run.scheduler.get_last_lr()[0],
                 **temperatures,
                 "samples_per_s": window_steps * samples_per_step / max(elapsed, 1e-9),
+                # The share of the window the trainer waited for its batches: well above 0,
+                # the data pipeline is what limits training (more workers, cheaper levers).
+                "data_wait": min(1.0, waited / max(elapsed, 1e-9)),
                 "skipped": data.skipped_total(),
             }
             log.write(done, values)
@@ -896,7 +902,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
             shown = sum(trained) / len(trained)
             progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{values['lr']:.2e}", scale=f"{shown:.1f}",
                                  sps=f"{values['samples_per_s']:.0f}")
-            tick, window_steps = time.time(), 0
+            tick, window_steps, waited = time.time(), 0, 0.0
         if config.eval_every and done % config.eval_every == 0 and done != optim.steps:
             log.write(done, evaluate_all())
             model.train()
@@ -966,7 +972,11 @@ SIGTERM or Ctrl-C saves a checkpoint at the current step before exiting."""
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
-        print_help([arg for arg in argv if arg not in ("-h", "--help")])
+        try:
+            print_help([arg for arg in argv if arg not in ("-h", "--help")])
+        except (ValueError, TypeError, OSError) as error:  # a wrong preset or file beside --help
+            print(f"train.py: error: {error}\n(train.py --help alone lists every setting)", file=sys.stderr)
+            raise SystemExit(2) from None
         raise SystemExit(0)
     # The training step allocates and frees the same activations every step; keeping
     # freed memory in the process spares the page faults of fresh allocations

@@ -47,6 +47,13 @@ def test_help_lists_every_setting_and_bad_arguments_exit_2_without_traceback(cap
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "optim.steps: expected" in error and "Traceback" not in error
+    # --help beside something that is not a setting: the same one-line error.
+    for wrong in (["data.demo_augment"], ["--preset", "huge"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--help", *wrong])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("train.py: error: ") and "--help alone lists every setting" in error
 
 
 def test_preset_and_overrides_resolve(tmp_path):
@@ -340,6 +347,33 @@ def test_a_tracker_without_its_package_is_a_clear_error(monkeypatch, tmp_path, t
     config = train.parse_config([f"--{tracker}", "true", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match=rf"--{tracker} true needs the {tracker} package: pip install -e '\.\[{tracker}\]'"):
         train.make_accelerator(config, tmp_path)
+
+
+# Runs the trainer with every batch delivered 0.3 s late, as from a loader that cannot keep up.
+SLOW_LOADER = """
+import sys, time
+from multimodal import sources, train
+real_loader = sources.PreparedData.train_loader
+def late_batches(loader):
+    for batch in loader:
+        time.sleep(0.3)
+        yield batch
+sources.PreparedData.train_loader = lambda self, **kwargs: late_batches(real_loader(self, **kwargs))
+train.main(sys.argv[1:])
+"""
+
+
+def test_the_log_says_how_much_of_the_time_the_trainer_waited_for_data(tiny_dataset, tmp_path):
+    args = run_args(tiny_dataset, tmp_path, 4, ["--checkpoint_every", "0"])[2:]
+    done = subprocess.run([sys.executable, "-c", SLOW_LOADER, *args], env=ENV, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    waits = [row["data_wait"] for row in rows if "loss" in row]
+    assert len(waits) == 4
+    # A step of this tiny model takes milliseconds beside the 0.3 s wait: at least 0.3 s of
+    # every window was waiting, and only a step taking 2.7 s would bring the share under 10%.
+    assert all(0.1 < wait <= 1.0 for wait in waits), waits
 
 
 @pytest.mark.slow
