@@ -274,7 +274,7 @@ def band_mask(length: int, sample_rate: int, low_hz: float, high_hz: float, stop
 
 
 @functools.lru_cache(maxsize=4)
-def mu_law_levels(channels: int) -> torch.Tensor:
+def _mu_law_levels(channels: int) -> torch.Tensor:
     """The level (channels,) each mu-law code decodes to, by ``torchaudio.functional.mu_law_decoding``.
 
     Decoding a clip is then one lookup, the same numbers a few times faster than the
@@ -314,7 +314,7 @@ def telephone_line(
     narrow = resample(irfft(spectrum, size)[:length], sample_rate, narrow_rate)
     if mu_law:
         codes = torchaudio.functional.mu_law_encoding(narrow.clamp(-1.0, 1.0), 256)
-        narrow = mu_law_levels(256)[codes]
+        narrow = _mu_law_levels(256)[codes]
     return narrow
 
 
