@@ -892,7 +892,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
                 **temperatures,
                 "samples_per_s": window_steps * samples_per_step / max(elapsed, 1e-9),
                 # The share of the window the trainer waited for its batches: well above 0,
-                # the data pipeline is what limits training (more workers, cheaper levers).
+                # the data pipeline limits training (more workers if cores idle, else cheaper levers).
                 "data_wait": min(1.0, waited / max(elapsed, 1e-9)),
                 "skipped": data.skipped_total(),
             }
