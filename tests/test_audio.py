@@ -19,6 +19,7 @@ from multimodal.data.audio import (
     fbank,
     kaldi_fbank,
     load_waveform,
+    mask_features,
     normalize_fbank,
     num_frames,
     resample,
@@ -278,6 +279,22 @@ def test_spec_augment_masks_bands_and_is_off_at_zero():
         kept = masked != 0
         assert torch.equal(masked[kept], features[kept])
     assert masked_any
+
+
+def test_a_time_mask_alone_blanks_one_span_of_frames_and_no_band():
+    # The demo's setting (freq_mask 0): a short word loses at most 10 of its frames, every band kept.
+    features = torch.randn(63, 64) + 5  # a 0.63 s clip, as the shortest human recording
+    widths = set()
+    for seed in range(50):
+        masked = mask_features(features.clone(), freq_mask=0, time_mask=10, rng=random.Random(seed))
+        blank = (masked == 0).all(dim=1).nonzero().flatten().tolist()  # the frames set to the mean
+        assert (masked == 0).sum().item() == len(blank) * 64  # only whole frames, so no band
+        if blank:
+            assert blank == list(range(blank[0], blank[-1] + 1))  # one span
+        assert len(blank) <= 10
+        assert torch.equal(masked[masked != 0], features[masked != 0])
+        widths.add(len(blank))
+    assert len(widths) >= 5  # widths drawn, not fixed
 
 
 def test_eval_windows_cover_the_whole_clip():
