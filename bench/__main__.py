@@ -15,7 +15,8 @@ import time
 from collections.abc import Sequence
 
 BENCHMARKS = (
-    "train_step", "patch_dropout", "audio", "resample", "inference", "attention", "data", "augment", "presets", "search",
+    "train_step", "learning", "patch_dropout", "audio", "resample", "inference", "attention", "data", "augment", "presets",
+    "search",
 )
 
 
