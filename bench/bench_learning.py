@@ -274,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     loss_gap = statistics.median(tail_mean(o.losses) - tail_mean(t.losses)
                                  for o, t in zip(results["ours"], results["open_clip"]))
-    print(f"learning: {len(results['ours'])} seeds of {steps} steps; loss over the last third "
+    count = len(results["ours"])
+    print(f"learning: {count} seed{'s' if count != 1 else ''} of {steps} steps; loss over the last third "
           f"open_clip {median('open_clip', lambda r: tail_mean(r.losses)):.3f}, "
           f"ours {median('ours', lambda r: tail_mean(r.losses)):.3f} (median per-seed gap {loss_gap:+.3f}); "
           f"zero-shot MNIST open_clip {median('open_clip', lambda r: r.zero_shot):.1f}%, "
