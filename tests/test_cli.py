@@ -525,3 +525,41 @@ def test_eval_linear_probe_on_audio_class_folders(checkpoint, model, tmp_path, c
     assert report["class_names"] == ["rain", "speech"] and report["weight_decay_from"] == "given"
     for key, value in expected.metrics.items():
         assert report["results"][f"eval/{key}"] == pytest.approx(value, abs=1e-6), key
+
+
+def test_eval_reads_the_modality_of_shards_from_their_samples(checkpoint, tmp_path, capsys):
+    # Audio class folders as shards: without --modality the probe embeds the clips, as the folders' run does.
+    for split, seed in (("train", 0), ("test", 100)):
+        for label, name in enumerate(("rain", "speech")):
+            for index in range(3):
+                write_wav(tmp_path / split / name / f"{index}.wav", seed=seed + 10 * label + index, seconds=0.5)
+        write_shards(samples_from_folder(tmp_path / split), tmp_path / f"{split}-shards", shuffle=False)
+    reports = {}
+    for data in ("", "-shards"):
+        status, _, err = run(["eval", "--checkpoint", checkpoint, "--precision", "fp32", "--task", "linear_probe",
+                              "--data", tmp_path / f"test{data}", "--train-data", tmp_path / f"train{data}",
+                              "--weight-decay", "0.01", "--output", tmp_path / f"audio{data}.json"], capsys)
+        assert status == 0, err
+        reports[data] = json.loads((tmp_path / f"audio{data}.json").read_text())
+    assert reports["-shards"]["modality"] == "audio"
+    for key, value in reports[""]["results"].items():
+        assert reports["-shards"]["results"][key] == pytest.approx(value, abs=1e-5), key
+
+    # Samples holding an image and a clip: the command cannot guess which is meant, and says so.
+    with webdataset.TarWriter(str(tmp_path / "both-000000.tar")) as writer:
+        writer.write({"__key__": "k0", "png": write_png(tmp_path / "x.png", seed=0).read_bytes(),
+                      "wav": (tmp_path / "test" / "rain" / "0.wav").read_bytes(), "cls": b"0"})
+    err = bad_arguments(["eval", "--checkpoint", checkpoint, "--task", "zeroshot", "--labels", "a,b", "--data",
+                         tmp_path / "both-000000.tar"], capsys)
+    assert "argument --modality: the samples of" in err and "hold images and audio (e.g. k0)" in err
+    # ... unless the retrieval gallery takes one of them.
+    status, _, err = run(["eval", "--checkpoint", checkpoint, "--task", "retrieval", "--gallery-modality", "audio",
+                          "--data", tmp_path / "both-000000.tar", "--output", tmp_path / "r.json"], capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["modality"] == "image"
+    # Samples with neither.
+    with webdataset.TarWriter(str(tmp_path / "text-000000.tar")) as writer:
+        writer.write({"__key__": "k0", "txt": b"a caption", "cls": b"0"})
+    err = bad_arguments(["eval", "--checkpoint", checkpoint, "--task", "zeroshot", "--labels", "a,b", "--data",
+                         tmp_path / "text-000000.tar"], capsys)
+    assert "argument --data: no sample of" in err and "holds an image (jpg;jpeg;png;webp) or audio" in err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_text_atomically
-from multimodal.data.sample_fields import CAPTION_KEYS
+from multimodal.data.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
 from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS, file_modality, is_shard_spec
 from multimodal.cli.common import (
@@ -53,7 +53,8 @@ def add_command(commands) -> None:
     evaluate.add_argument("--data", required=True, metavar="SPEC|FOLDER",
                           help="shard spec, or a folder of class folders; the test set of a linear probe")
     evaluate.add_argument("--modality", choices=("image", "audio"),
-                          help="the inputs classified or used as queries (default: from the folder's files, else image)")
+                          help="the inputs classified or used as queries (default: what the folder's files or the shards' "
+                               "first sample hold)")
     evaluate.add_argument("--gallery-modality", choices=MODALITIES, default="text",
                           help="retrieval: the other modality of each sample (default text)")
     evaluate.add_argument("--caption-keys", metavar="KEYS",
@@ -147,6 +148,29 @@ class _FolderBatches:
             bar.close()
 
 
+def _shard_modality(spec: str, gallery_modality: str, parser: argparse.ArgumentParser) -> str:
+    """The modality of shards given without --modality: what the first sample holding an image or audio holds.
+
+    A sample holding both is ambiguous unless the gallery (retrieval) takes one of them.
+    """
+    from multimodal.data.shards import expand_shards, read_shard
+
+    members = {"image": set(IMAGE_KEYS.split(";")), "audio": set(AUDIO_KEYS.split(";"))}
+    problems = []
+    for url in expand_shards(spec):
+        for sample in read_shard(url, problems):
+            held = [modality for modality, extensions in members.items()
+                    if extensions & sample.keys() and modality != gallery_modality]
+            if len(held) == 1:
+                return held[0]
+            if held:
+                parser.error(f"argument --modality: the samples of {spec} hold images and audio "
+                             f"(e.g. {sample['__key__']}); say which to evaluate: --modality image or audio")
+    unread = f"; {problems[0].url}: {problems[0].message}" if problems else ""
+    parser.error(f"argument --data: no sample of {spec} holds an image ({IMAGE_KEYS}) or audio ({AUDIO_KEYS})"
+                 f"{unread}")
+
+
 def _class_names_from_shards(spec: str) -> list[str]:
     """Class names from the json ``label`` / ``class_name`` fields of every sample (one pass over the shards)."""
     from multimodal.data.shards import expand_shards, read_shard
@@ -223,7 +247,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
             parser.error(f"argument --labels: {len(labels)} names for {len(folder_classes)} class folders")
         class_names = labels or folder_classes
     else:
-        modality = args.modality or "image"
+        modality = args.modality or _shard_modality(str(args.data), args.gallery_modality, parser)
         if args.task == "retrieval" and args.gallery_modality == modality:
             parser.error(f"argument --gallery-modality: must differ from --modality ({modality})")
         if args.task == "zeroshot":
