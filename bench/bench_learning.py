@@ -44,10 +44,17 @@ from PIL import Image
 from bench.common import machine_summary
 from multimodal.data.demo import CLASS_NAMES, ZERO_SHOT_TEMPLATES, build_demo
 from multimodal.data.shards import expand_shards, read_shard
+from multimodal.presets import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "bench-learning-tiny"
+# The recipe both trainers run, each given it in its own flags.
 BATCH_SIZE = 128
+LR = 2e-3
+WEIGHT_DECAY = 0.1
+BETAS = (0.9, 0.98)
+EPS = 1e-6
+GRAD_CLIP = 1.0
 WARMUP_STEPS = 50
 
 # The tiny preset's image and text towers as an open_clip model config.
@@ -62,8 +69,9 @@ OUR_MODEL_OVERRIDES = (
     "--model.image.stem", "patch", "--model.image.patch_bias", "false", "--model.image.pre_norm", "true",
     "--model.audio", "null", "--model.audio_preprocess", "null",
 )
-DEMO_IMAGE_MEAN = ("0.13", "0.13", "0.13")  # the tiny preset's, which our side uses by default
-DEMO_IMAGE_STD = ("0.31", "0.31", "0.31")
+# The tiny preset's image statistics, which our side uses by default, given to open_clip.
+IMAGE_MEAN = tiny().image_preprocess.mean
+IMAGE_STD = tiny().image_preprocess.std
 
 _OPEN_CLIP_MAIN = """
 import sys, open_clip
@@ -103,6 +111,16 @@ def write_open_clip_config(directory: Path) -> Path:
     return directory
 
 
+def warmup_steps(steps: int) -> int:
+    """The recipe's warm-up, shortened to a third of a short run."""
+    return min(WARMUP_STEPS, steps // 3)
+
+
+def loss_window(steps: int) -> int:
+    """How many final steps the loss figure averages: the last third, at least one."""
+    return max(1, math.ceil(steps / 3))
+
+
 def our_config_args(tokenizer: Path) -> list[str]:
     return [*OUR_MODEL_OVERRIDES, "--data.tokenizer", str(tokenizer)]
 
@@ -129,10 +147,11 @@ def open_clip_command(workdir: Path, config_dir: Path, shards: str, seed: int, s
         sys.executable, "-c", _OPEN_CLIP_MAIN, str(config_dir),
         "--model", MODEL_NAME, "--train-data", shards, "--dataset-type", "webdataset", "--dataset-resampled",
         "--train-num-samples", str(steps * BATCH_SIZE), "--epochs", "1", "--batch-size", str(BATCH_SIZE),
-        "--lr", "2e-3", "--wd", "0.1", "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
-        "--warmup", str(min(WARMUP_STEPS, steps // 3)), "--grad-clip-norm", "1.0", "--precision", "fp32",
+        "--lr", str(LR), "--wd", str(WEIGHT_DECAY), "--beta1", str(BETAS[0]), "--beta2", str(BETAS[1]),
+        "--eps", str(EPS), "--warmup", str(warmup_steps(steps)), "--grad-clip-norm", str(GRAD_CLIP),
+        "--precision", "fp32",
         "--workers", "2", "--seed", str(seed), "--log-every-n-steps", "1",
-        "--image-mean", *DEMO_IMAGE_MEAN, "--image-std", *DEMO_IMAGE_STD,
+        "--image-mean", *map(str, IMAGE_MEAN), "--image-std", *map(str, IMAGE_STD),
         "--logs", str(workdir / "open_clip"), "--name", f"seed{seed}", "--report-to", "", "--save-frequency", "1",
         "--device", "cpu",
     ]
@@ -143,8 +162,8 @@ def our_command(workdir: Path, tokenizer: Path, shards: str, seed: int, steps: i
     return [
         sys.executable, str(ROOT / "train.py"), *our_config_args(tokenizer),
         "--data.train", json.dumps([source]), "--data.batch_size", str(BATCH_SIZE), "--data.num_workers", "2",
-        "--optim.lr", "2e-3", "--optim.weight_decay", "0.1", "--optim.betas", "[0.9, 0.98]", "--optim.eps", "1e-6",
-        "--optim.warmup_steps", str(min(WARMUP_STEPS, steps // 3)), "--optim.grad_clip", "1.0",
+        "--optim.lr", str(LR), "--optim.weight_decay", str(WEIGHT_DECAY), "--optim.betas", json.dumps(BETAS),
+        "--optim.eps", str(EPS), "--optim.warmup_steps", str(warmup_steps(steps)), "--optim.grad_clip", str(GRAD_CLIP),
         "--optim.steps", str(steps), "--mixed_precision", "no", "--seed", str(seed), "--log_every", "1",
         "--checkpoint_every", "0", "--plot", "false",
         "--output_dir", str(workdir / "ours"), "--run_name", f"seed{seed}",
@@ -167,10 +186,9 @@ def our_log(metrics_jsonl: str) -> tuple[list[float], list[float]]:
     return [row["loss"] for row in rows], [row["samples_per_s"] for row in rows]
 
 
-def tail_mean(losses: Sequence[float], fraction: float = 1 / 3) -> float:
-    """Mean of the last ``fraction`` of the steps (at least one)."""
-    count = max(1, math.ceil(len(losses) * fraction))
-    return statistics.fmean(losses[-count:])
+def tail_mean(losses: Sequence[float]) -> float:
+    """Mean of the last third of the steps (at least one)."""
+    return statistics.fmean(losses[-loss_window(len(losses)):])
 
 
 def held_out_digits(spec: str) -> tuple[list[Image.Image], torch.Tensor]:
@@ -190,10 +208,8 @@ def open_clip_zero_shot(checkpoint: Path, config_dir: Path, images, labels: torc
     import open_clip
 
     open_clip.add_model_config(config_dir)
-    mean = tuple(float(x) for x in DEMO_IMAGE_MEAN)
-    std = tuple(float(x) for x in DEMO_IMAGE_STD)
     model, _, preprocess = open_clip.create_model_and_transforms(
-        MODEL_NAME, pretrained=str(checkpoint), image_mean=mean, image_std=std)
+        MODEL_NAME, pretrained=str(checkpoint), image_mean=tuple(IMAGE_MEAN), image_std=tuple(IMAGE_STD))
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     model.eval()
     templates = ZERO_SHOT_TEMPLATES["image"]
@@ -243,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer = ClipTokenizer.from_bpe_file().save(workdir / "clip-tokenizer.json")
         parameters = check_same_architecture(config_dir, tokenizer)
         print(f"both: {parameters:,} parameters, {steps} steps of batch {BATCH_SIZE}, fp32; "
-              f"loss = mean over the last {max(1, math.ceil(steps / 3))} steps")
+              f"loss = mean over the last {loss_window(steps)} steps")
         print(f"{'seed':>4}  {'open_clip loss':>14}  {'ours':>6}  {'open_clip zero-shot':>19}  {'ours':>6}  "
               f"{'open_clip samples/s':>19}  {'ours':>6}")
         results: dict[str, list[Run]] = {"open_clip": [], "ours": []}
