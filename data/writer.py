@@ -43,6 +43,10 @@ Guarantees:
 - each media file is decoded before it is written (the same decoders training
   uses); what fails is skipped and reported with the reason, never silently.
 
+Given a model's limits (``lengths``, see :mod:`multimodal.data.lengths`), every sample
+written is measured against them: :attr:`WriteResult.lengths` counts the clips longer
+than the audio window and the captions longer than the text context, which training cuts.
+
 The functions here compute and return; progress goes to a callback, nothing is printed.
 """
 from __future__ import annotations
@@ -74,11 +78,13 @@ from multimodal.data.listing import (
     samples_from_folder,
     samples_from_manifest,
 )
+from multimodal.data.sample_fields import SampleFields
 from multimodal.data.seeds import stable_fraction
 from multimodal.data.tar_shards import ShardSequence, existing_shards, merged_sizes, shard_spec
 
 if TYPE_CHECKING:
     from multimodal.data.image_stats import ImageStats
+    from multimodal.data.lengths import LengthCounts, LengthLimits
 
 TRAIN_SPLIT = "train"
 VALIDATION_SPLIT = "val"
@@ -152,6 +158,8 @@ class WriteResult:
     ``skipped_file`` is where they were written, one JSON object a line.
     ``ignored_files`` counts files of unread types per extension (``{"dat": 528}``;
     ``""`` for files without one). ``num_listed`` counts the samples offered.
+    ``lengths``: the clips and captions written, measured against the ``lengths`` limits
+    given to :func:`write_shards` (None without them).
     """
 
     splits: dict[str, SplitResult]
@@ -162,6 +170,7 @@ class WriteResult:
     multi_line_captions: int = 0
     caption_lines: str = "lines"
     svgs_rasterised: int = 0
+    lengths: LengthCounts | None = None  # the samples written against the limits given, if any
 
     @property
     def num_written(self) -> int:
@@ -433,6 +442,23 @@ def _by_count(counts: Counter[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+def _length_counts(limits: LengthLimits | None) -> LengthCounts | None:
+    if limits is None:
+        return None
+    # Imported here: the audio stack is not needed to write shards unmeasured.
+    from multimodal.data.lengths import LengthCounts
+
+    return LengthCounts(limits)
+
+
+def _count_lengths(counts: LengthCounts, prepared: _PreparedSample) -> None:
+    """Adds a written sample's clips, and its captions as training reads them (default caption keys), to ``counts``."""
+    for extension, data in prepared.members.items():
+        if modality_of_extension(extension) == "audio":
+            counts.add_clip(data)
+    counts.add_captions(SampleFields().captions(prepared.members))
+
+
 def _write_skipped_file(path: Path, skipped: list[SkippedSample]) -> None:
     lines = [json.dumps(skip._asdict(), ensure_ascii=False) + "\n" for skip in skipped]
     write_text_atomically(path, "".join(lines))
@@ -455,6 +481,7 @@ def write_shards(
     stats_max_images: int = STATS_MAX_IMAGES,
     progress: Callable[[WriteProgress], None] | None = None,
     validator: Callable[[str, bytes], object] | None = None,
+    lengths: LengthLimits | None = None,
 ) -> WriteResult:
     """Write samples into webdataset tar shards.
 
@@ -485,10 +512,13 @@ def write_shards(
         progress: called with :class:`WriteProgress` after each sample.
         validator: ``(extension, bytes) -> decoded image or None`` raising ValueError for
             bad media; default decodes with ``multimodal.data.image`` / ``multimodal.data.audio``.
+        lengths: a model's audio window and text context (and tokenizer): every sample written
+            is measured against them (:class:`multimodal.data.lengths.LengthCounts`); None: not measured.
 
     Returns:
         A :class:`WriteResult`: shards, counts and image statistics per split, the skipped
-        samples with reasons, the ignored files and multi-line captions counted.
+        samples with reasons, the ignored files and multi-line captions counted, the lengths
+        measured.
     """
     _check_arguments(max_samples_per_shard, max_bytes_per_shard, validation_fraction, prefix, caption_lines)
     output_dir = Path(output_dir)
@@ -510,6 +540,7 @@ def write_shards(
     ignored: Counter[str] = Counter()
     multi_line = rasterised = written = listed = 0
     seen_keys: set[str] = set()
+    length_counts = _length_counts(lengths)
     try:
         for processed, source in enumerate(sources, start=1):
             if source.only_ignored:
@@ -533,6 +564,8 @@ def write_shards(
                         split = VALIDATION_SPLIT if _is_validation(source.key, seed, validation_fraction) else TRAIN_SPLIT
                     writers[split].add(source.key, prepared)
                     written += 1
+                    if length_counts is not None:
+                        _count_lengths(length_counts, prepared)
             if progress is not None:
                 progress(WriteProgress(processed=processed, total=len(sources), written=written, skipped=len(skipped)))
         for writer in writers.values():
@@ -554,6 +587,7 @@ def write_shards(
         multi_line_captions=multi_line,
         caption_lines=caption_lines,
         svgs_rasterised=rasterised,
+        lengths=length_counts,
     )
 
 

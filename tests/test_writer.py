@@ -387,3 +387,32 @@ def test_image_statistics_file_and_sampling(tmp_path):
     (tmp_path / "c" / "image_stats.json").write_text('{"format_version": 9}')
     with pytest.raises(ValueError, match="not an image statistics file this version reads"):
         read_image_stats(tmp_path / "c")
+
+
+def tone_flac(seconds: float, rate: int = 16_000) -> bytes:
+    wave = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * rate)) / rate)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wave.astype(np.float32), rate, format="FLAC")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("policy, captions, long_captions", [("lines", 4, 1), ("first", 3, 0), ("whole", 3, 1)])
+def test_lengths_of_every_sample_written_against_a_window_and_context(tmp_path, policy, captions, long_captions):
+    from multimodal.data.config import AudioPreprocessConfig
+    from multimodal.data.lengths import LengthLimits
+
+    # A 1.015 s window (100 frames) and 3 caption words besides start and end of text.
+    limits = LengthLimits(audio=AudioPreprocessConfig(num_mel_bins=64, max_frames=100), context_length=5)
+    sources = [
+        SampleSource("short", {"flac": tone_flac(0.5)}, caption="a short beep"),
+        SampleSource("long", {"flac": tone_flac(2.0)}, caption="a beep\na beep that lasts two seconds"),
+        SampleSource("longer", {"flac": tone_flac(5.0), "png": png_bytes(1)}, caption="five seconds"),
+        SampleSource("broken", {"flac": b"fLaC truncated"}, caption="never written, never counted at all"),
+    ]
+    result = write_shards(sources, tmp_path, caption_lines=policy, lengths=limits)
+    counts = result.lengths
+    assert (counts.clips, counts.long_clips, counts.longest_seconds) == (3, 2, 5.0)
+    assert counts.mean_seconds == pytest.approx(2.5) and counts.clip_frames == {48: 1, 198: 1, 498: 1}
+    # Counted in words (no tokenizer): "lines" counts each line of the two-line caption.
+    assert (counts.captions, counts.long_captions) == (captions, long_captions)
+    assert write_shards(sources, tmp_path / "plain").lengths is None

@@ -2,9 +2,11 @@
 
 Standard output: the shards written per split and the image statistics with the
 training options that use them. Standard error: the progress bar and a summary of
-what was skipped or ignored, a few lines by reason; the full list is in
-``OUTPUT/skipped.jsonl``. The exit status is 1 when more than ``--max-skip-fraction``
-of the samples were skipped (the shards written are kept).
+what was skipped or ignored, a few lines by reason (the full list is in
+``OUTPUT/skipped.jsonl``), and how many clips and captions are longer than a
+model's audio window and text context (``--preset``; caption tokens counted with
+``--tokenizer``, else words), which training would cut. The exit status is 1 when
+more than ``--max-skip-fraction`` of the samples were skipped (the shards written are kept).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 from multimodal.cli.common import byte_size, checked, fraction, positive_int, progress_bar, show_progress
+from multimodal.presets import PRESETS
 
 DEFAULT_MAX_SKIP_FRACTION = 0.1
 _NAMED_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "gray": (128, 128, 128)}
@@ -42,7 +45,8 @@ def add_command(commands) -> None:
             "captions, or one sub-folder per class) or a .csv/.jsonl manifest (path, caption, other columns kept "
             "in .json). Every media file is decoded first; what fails is skipped, summarised by reason and listed "
             "in OUTPUT/skipped.jsonl. Files of other types beside a sample are ignored and counted. The images' "
-            "per-channel mean and std go to image_stats.json beside sizes.json."
+            "per-channel mean and std go to image_stats.json beside sizes.json. Clips longer than the --preset "
+            "model's audio window and captions longer than its text context, which training cuts, are counted."
         ),
     )
     shards.add_argument("--input", required=True, metavar="FOLDER|MANIFEST", help="a folder, or a .csv / .jsonl manifest")
@@ -69,12 +73,19 @@ def add_command(commands) -> None:
                         help="exit with status 1 when more than this share of the samples is skipped (the shards "
                              f"written are kept), in [0, 1]; 1 accepts any (default {DEFAULT_MAX_SKIP_FRACTION})")
     shards.add_argument("--overwrite", action="store_true", help="replace shards with the same prefix in OUTPUT")
+    shards.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                        help="the model preset whose audio window and text context the clips and captions are "
+                             "measured against, to count what training would cut (default tiny)")
+    shards.add_argument("--tokenizer", metavar="FILE",
+                        help="a tokenizer.json (or a checkpoint folder holding one) to count caption tokens with; "
+                             "without it captions are counted in words, a lower bound of their tokens")
     shards.set_defaults(run=run, command_parser=shards)
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
     from multimodal.data.writer import samples_from_folder, samples_from_manifest, write_shards
 
+    lengths = length_limits(args.preset, args.tokenizer, parser)  # a bad --tokenizer fails before any work
     source = Path(args.input)
     if source.is_dir():
         samples = samples_from_folder(source, layout=args.layout, caption_template=args.caption_template)
@@ -93,10 +104,10 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         result = write_shards(samples, args.output, prefix=args.prefix, max_samples_per_shard=args.max_samples,
                               max_bytes_per_shard=args.max_bytes, validation_fraction=args.validation_fraction,
                               seed=args.seed, overwrite=args.overwrite, caption_lines=args.caption_lines,
-                              background=args.image_background, progress=progress)
+                              background=args.image_background, progress=progress, lengths=lengths)
     finally:
         bar.close()
-    print_report(result, args.image_background)
+    print_report(result, args.image_background, args.preset)
     if result.skip_fraction > args.max_skip_fraction:
         raise ValueError(
             f"skipped {len(result.skipped):,} of {result.num_listed:,} samples ({result.skip_fraction:.1%}), more than "
@@ -107,10 +118,29 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def print_report(result, background: tuple[int, int, int]) -> None:
-    """The summary: skips and ignored files to standard error, shards and statistics to standard output."""
+def length_limits(preset_name: str, tokenizer_path: str | None, parser: argparse.ArgumentParser):
+    """The preset's audio window and text context, with the tokenizer at ``tokenizer_path`` (None: count words)."""
+    from multimodal.checkpoint import load_tokenizer
+    from multimodal.presets import preset
+    from multimodal.truncation import model_limits
+
+    tokenizer = None
+    if tokenizer_path is not None:
+        try:
+            tokenizer = load_tokenizer(tokenizer_path)
+        except (OSError, ValueError) as error:
+            parser.error(f"argument --tokenizer: {error}")
+        if tokenizer is None:
+            parser.error(f"argument --tokenizer: {tokenizer_path} is a folder without a tokenizer.json")
+    return model_limits(preset(preset_name), tokenizer)
+
+
+def print_report(result, background: tuple[int, int, int], preset_name: str = "tiny") -> None:
+    """The summary: skips, ignored files and what training would cut to standard error; shards and
+    statistics to standard output."""
     from multimodal.data.image_stats import FILE_NAME as IMAGE_STATS_FILE
     from multimodal.data.writer import SKIP_REASONS
+    from multimodal.truncation import written_truncation_lines
 
     if result.skipped:
         print(f"skipped {len(result.skipped):,} of {result.num_listed:,} samples "
@@ -134,6 +164,9 @@ def print_report(result, background: tuple[int, int, int]) -> None:
         print(f"{result.multi_line_captions:,} caption files have several lines: {what}", file=sys.stderr)
     if result.svgs_rasterised:
         print(f"{result.svgs_rasterised:,} SVG drawings rasterised to PNG", file=sys.stderr)
+    if result.lengths is not None:
+        for line in written_truncation_lines(result.lengths, preset_name):
+            print(line, file=sys.stderr)
     for name, split in result.splits.items():
         print(f"{name}: {split.num_samples:,} samples in {len(split.shards)} shard(s): {split.spec or '(none)'}")
     print(f"written {result.num_written:,} of {result.num_listed:,} samples, skipped {len(result.skipped):,}")
