@@ -15,9 +15,12 @@ Two kinds of job:
 
 Output formats, chosen by the file suffix (or ``format`` for shard parts):
 
-* ``.npy``: float32 (N, E), with the keys in row order in a sidecar JSON list named
-  after it (``emb.npy`` -> ``emb.keys.json``), written before the ``.npy`` so a
-  complete ``.npy`` always has its keys;
+* ``.npy``: float32 (N, E), with two sidecar JSON files named after it: the keys in
+  row order as a list (``emb.npy`` -> ``emb.keys.json``), and what the other formats
+  keep in their metadata as an object of strings (``emb.meta.json``: modality, width,
+  dtype, checkpoint id and, for a shard part, its shard). Both are written before the
+  ``.npy``, so a complete ``.npy`` always has them; outputs of earlier versions have
+  no ``.meta.json`` and read with empty metadata;
 * ``.safetensors``: tensor ``"embeddings"`` float32 (N, E) and the metadata entry
   ``"keys"`` (a JSON list), in one file;
 * ``.parquet``: columns ``key`` (string) and ``embedding`` (fixed-size list of
@@ -208,23 +211,39 @@ def _check_format(format: str) -> None:
         raise ValueError(f"unknown output format {format!r}; expected one of {OUTPUT_FORMATS}")
 
 
+def _sidecar(npy_path: str | os.PathLike, suffix: str) -> Path:
+    path = Path(npy_path)
+    return path.with_name((path.name[: -len(path.suffix)] if path.suffix else path.name) + suffix)
+
+
 def keys_path(npy_path: str | os.PathLike) -> Path:
     """``emb.npy`` -> ``emb.keys.json``: where the keys of an .npy output are."""
-    path = Path(npy_path)
-    return path.with_name(path.name[: -len(path.suffix)] + ".keys.json") if path.suffix else path.with_name(path.name + ".keys.json")
+    return _sidecar(npy_path, ".keys.json")
+
+
+def metadata_path(npy_path: str | os.PathLike) -> Path:
+    """``emb.npy`` -> ``emb.meta.json``: what an .npy output records of how it was made."""
+    return _sidecar(npy_path, ".meta.json")
 
 
 def write_embeddings(
     path: str | os.PathLike, embeddings: np.ndarray, keys: Sequence[str], *, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Writes float32 (N, E) ``embeddings`` and their ``keys`` to ``path`` (format from its suffix), atomically."""
+    """Writes float32 (N, E) ``embeddings``, their ``keys`` and ``metadata`` to ``path``, atomically.
+
+    The format follows the suffix (see the module's docstring for where each keeps the
+    keys and the metadata).
+    """
     path = Path(path)
     format = output_format(path)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(keys):
         raise ValueError(f"embeddings {embeddings.shape} must be (N, E) with N = {len(keys)} keys")
     if format == "npy":
-        # Keys first: a complete .npy then always has its keys beside it.
+        # Sidecars first: a complete .npy then always has its keys and metadata beside it. The
+        # metadata is written even when empty, so none left by an earlier output survives.
+        record = json.dumps(dict(metadata or {}), sort_keys=True) + "\n"
+        write_atomically(metadata_path(path), lambda tmp: tmp.write_text(record, encoding="utf-8"))
         write_atomically(keys_path(path), lambda tmp: tmp.write_text(json.dumps(list(keys)) + "\n", encoding="utf-8"))
         def write_npy(temporary: Path) -> None:
             with open(temporary, "wb") as handle:  # a file object: np.save would add ".npy" to a name
@@ -257,6 +276,35 @@ def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     return embeddings, keys
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """What an output of :func:`write_embeddings` records of how it was made (its ``metadata``).
+
+    ``.npy``: its ``.meta.json`` ({} for outputs of earlier versions, which have none);
+    ``.safetensors``: the file's metadata but the keys; ``.parquet``: the schema's metadata.
+    Raises ValueError for a ``.meta.json`` that is not a JSON object of strings.
+    """
+    path = Path(path)
+    format = output_format(path)
+    if format == "npy":
+        sidecar = metadata_path(path)
+        if not sidecar.is_file():
+            return {}
+        metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ValueError(f"{sidecar} must hold a JSON object of strings, as multimodal embed writes it; "
+                             "embed the inputs again")
+        return metadata
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        schema_metadata = pq.read_schema(str(path)).metadata or {}
+        return {k.decode(): v.decode() for k, v in schema_metadata.items() if not k.startswith(b"ARROW:")}
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = dict(handle.metadata() or {})
+    metadata.pop("keys", None)
+    return metadata
+
+
 def _write_parquet(path: Path, embeddings: np.ndarray, keys: Sequence[str], metadata: dict[str, str] | None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -281,11 +329,12 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def _is_complete(path: Path) -> bool:
-    """A part already written by an earlier run: present, readable, as many rows as keys."""
+    """A part already written by an earlier run: present, readable (metadata too), as many rows as keys."""
     if not path.is_file():
         return False
     try:
         read_embeddings(path)
+        read_metadata(path)
     except (ValueError, OSError, KeyError, json.JSONDecodeError):
         return False
     return True
@@ -614,10 +663,12 @@ __all__ = [
     "is_shard_spec",
     "keys_path",
     "list_inputs",
+    "metadata_path",
     "output_format",
     "part_path",
     "process_place",
     "read_embeddings",
+    "read_metadata",
     "shard_part_name",
     "shard_sample_input",
     "write_embeddings",

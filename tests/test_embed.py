@@ -120,7 +120,7 @@ def test_shards_give_one_part_each_and_resume_after_an_interruption(model, image
         embed.embed_shards(model, "image", urls, tmp_path / "run")
     monkeypatch.setattr(embed, "write_embeddings", real_write)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "part-shard-000000.keys.json", "part-shard-000000.npy", "part-shard-000001.keys.json", "part-shard-000001.npy"]
+        f"part-shard-00000{i}.{end}" for i in range(2) for end in ("keys.json", "meta.json", "npy")]
     resumed = embed.embed_shards(model, "image", urls, tmp_path / "run")
     assert len(resumed.resumed) == 2 and len(resumed.written) == 2
     vectors_run, keys_run = _all_parts(tmp_path / "run")
@@ -131,6 +131,38 @@ def test_shards_give_one_part_each_and_resume_after_an_interruption(model, image
     again = embed.embed_shards(model, "image", urls, tmp_path / "run")
     assert [p.name for p in again.written] == ["part-shard-000002.npy"] and len(again.resumed) == 3
     assert _all_parts(tmp_path / "run")[1] == keys
+
+
+def test_every_format_records_the_same_metadata_and_npy_keeps_it_beside_its_keys(model, image_folder, tmp_path):
+    """An .npy part records in its .meta.json what .safetensors and .parquet parts record: its shard and modality."""
+    from multimodal.checkpoint import checkpoint_id
+
+    url = _shards(image_folder, tmp_path / "shards", validate=True)[0]
+    recorded = {}
+    for format in embed.OUTPUT_FORMATS:
+        (path,) = embed.embed_shards(model, "image", url, tmp_path / format, format=format).written
+        recorded[format] = embed.read_metadata(path)
+    assert recorded["npy"] == recorded["safetensors"] == recorded["parquet"] == {
+        "modality": "image", "embed_dim": "128", "dtype": "float32", "checkpoint_id": checkpoint_id(tiny_checkpoint()),
+        "shard": url}
+    npy = embed.part_path(tmp_path / "npy", url)
+    assert json.loads(embed.metadata_path(npy).read_text()) == recorded["npy"]
+    assert embed.metadata_path(tmp_path / "emb.npy") == tmp_path / "emb.meta.json"
+    # Files outputs record all but the shard.
+    embed.embed_files(model, "image", [image_folder / "dogs"], tmp_path / "emb.npy")
+    assert embed.read_metadata(tmp_path / "emb.npy") == {k: v for k, v in recorded["npy"].items() if k != "shard"}
+    # An .npy of an earlier version (no .meta.json) reads with empty metadata; a damaged one is refused,
+    # and a part whose .meta.json is damaged is not complete: a rerun writes it again.
+    embed.metadata_path(npy).unlink()
+    assert embed.read_metadata(npy) == {}
+    embed.metadata_path(npy).write_text('["not", "an", "object"]')
+    with pytest.raises(ValueError, match=r"part-shard-000000\.meta\.json must hold a JSON object of strings"):
+        embed.read_metadata(npy)
+    again = embed.embed_shards(model, "image", url, tmp_path / "npy")
+    assert again.written == [npy] and embed.read_metadata(npy) == recorded["npy"]
+    # Writing an .npy again replaces its metadata: none of the earlier output's is left.
+    embed.write_embeddings(npy, np.zeros((1, 4), np.float32), ["k"])
+    assert embed.read_metadata(npy) == {}
 
 
 def test_ranks_take_disjoint_shards_and_workers_keep_the_order(model, image_folder, tmp_path):
@@ -190,8 +222,8 @@ def test_outputs_get_the_permissions_of_the_umask(model, image_folder, tmp_path,
                            tmp_path / "parts")
     finally:
         os.umask(previous)
-    outputs = ["emb.npy", "emb.keys.json", "emb.parquet", "emb.safetensors", "parts/part-shard-000000.npy",
-               "parts/part-shard-000000.keys.json"]
+    outputs = ["emb.npy", "emb.keys.json", "emb.meta.json", "emb.parquet", "emb.safetensors",
+               "parts/part-shard-000000.npy", "parts/part-shard-000000.keys.json", "parts/part-shard-000000.meta.json"]
     assert {name: oct(stat.S_IMODE((tmp_path / name).stat().st_mode)) for name in outputs} == {
         name: oct(mode) for name in outputs}
 

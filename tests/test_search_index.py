@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from multimodal.embed import write_embeddings
+from multimodal.errors import ArgumentNeeded
 from multimodal.search import (
     IndexFileError,
     add_to_index,
@@ -153,8 +154,10 @@ def test_nothing_is_written_when_a_build_fails(checkpoint, tmp_path):
     empty = write_embeddings(tmp_path / "empty.npy", np.zeros((0, DIM), np.float32), [])
     with pytest.raises(ValueError, match="the collection is empty: there is nothing to index"):
         build_index([empty], tmp_path / "index", checkpoint=checkpoint, modality="image")
-    with pytest.raises(ValueError, match="do not record their modality .* give it with --modality"):
+    with pytest.raises(ArgumentNeeded) as error:
         build_index([good], tmp_path / "index", checkpoint=checkpoint)
+    assert error.value.for_command_line() == (
+        f"{good} does not record the modality (.npy outputs of earlier versions do not): give it with --modality")
     nan = unit_rows(3)
     nan[1, 5] = np.nan
     bad = write_embeddings(tmp_path / "nan.npy", nan, ["a", "b", "c"])
@@ -177,6 +180,31 @@ def test_parts_embedded_by_another_checkpoint_are_refused(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="their embedding spaces differ"):
         add_to_index(tmp_path / "index", [tmp_path / "more.npy"], checkpoint=other)
     assert open_index(tmp_path / "index").count == 4
+
+
+def test_the_modality_comes_from_the_inputs_and_is_checked(checkpoint, tmp_path):
+    """.npy outputs record their modality in .meta.json; a given one, or the index's, must agree with it."""
+    image = write_embeddings(tmp_path / "image.npy", unit_rows(4), list("abcd"), metadata={"modality": "image"})
+    audio = write_embeddings(tmp_path / "audio.npy", unit_rows(4, seed=1), list("efgh"), metadata={"modality": "audio"})
+    old = write_embeddings(tmp_path / "old.npy", unit_rows(4, seed=2), list("ijkl"))
+    (tmp_path / "old.meta.json").unlink()  # as earlier versions wrote it
+    with pytest.raises(ValueError) as error:
+        build_index([image, audio], tmp_path / "index", checkpoint=checkpoint)
+    assert str(error.value) == (f"the inputs hold embeddings of several modalities ({audio} holds audio, {image} holds "
+                                "image); index one modality at a time")
+    with pytest.raises(ArgumentNeeded) as error:
+        build_index([old, image], tmp_path / "index", checkpoint=checkpoint, modality="text")
+    assert str(error.value) == (f"modality='text', but {image} records image embeddings: leave it out (the inputs "
+                                "record their modality) or give image")
+    # One input that records it speaks for an earlier one that does not.
+    assert build_index([old, image], tmp_path / "index", checkpoint=checkpoint).modality == "image"
+    with pytest.raises(ValueError) as error:
+        add_to_index(tmp_path / "index", [audio])
+    assert str(error.value) == (f"the index holds image embeddings, the inputs are audio ({audio} records it): add "
+                                "them to an index of audio embeddings")
+    # An earlier .npy added without a modality takes the index's.
+    more = write_embeddings(tmp_path / "more.npy", unit_rows(2, seed=3), ["m", "n"])
+    assert add_to_index(tmp_path / "index", [more]).rows_added == 2 and open_index(tmp_path / "index").count == 10
 
 
 @pytest.mark.parametrize("damage", ["truncate-index", "garbage-index", "truncate-vectors", "manifest", "missing-items"])

@@ -19,13 +19,15 @@ from multimodal.cli.common import (
 
 def add_command(commands) -> None:
     embed = commands.add_parser(
-        "embed", help="embed files, folders, caption files or tar shards into .npy or .safetensors",
+        "embed", help="embed files, folders, caption files or tar shards into .npy, .safetensors or .parquet",
         description=(
             "Embed many inputs. Files and folders (searched recursively by extension) or caption files "
             "(--modality text: one caption per line) go into one OUTPUT file: .npy (keys in OUTPUT's .keys.json "
-            "sidecar, e.g. emb.npy -> emb.keys.json) or .safetensors (keys in its metadata). Shard inputs "
+            "sidecar, e.g. emb.npy -> emb.keys.json; modality, width and checkpoint id in its .meta.json), "
+            ".safetensors or .parquet (keys and the rest in the file). Shard inputs "
             "(anything with .tar, {..} braces or pipe:) go into the folder OUTPUT, one part per shard "
-            "(OUTPUT/part-<shard>.npy + .keys.json); a second run skips the parts already written. An existing "
+            "(OUTPUT/part-<shard>.npy + .keys.json + .meta.json, which also records the shard: multimodal index "
+            "reads it); a second run skips the parts already written. An existing "
             "OUTPUT file is refused unless --overwrite. Under accelerate launch (or with RANK/WORLD_SIZE set) each "
             "process takes its own shards. Inputs that cannot be read are reported on stderr and skipped; shard "
             "samples without the modality (a sound-only sample when embedding images) are passed over and counted."

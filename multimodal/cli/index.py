@@ -12,12 +12,15 @@ def add_command(commands) -> None:
     index = commands.add_parser(
         "index", help="build a FAISS search index from outputs of multimodal embed, or add to one",
         description=(
-            "Index embeddings written by multimodal embed (.npy + .keys.json, .safetensors, .parquet; files, or "
-            "folders of per-shard parts) into the folder OUTPUT: the FAISS index, the exact vectors, each row's key, "
-            "source and caption, and manifest.json (checkpoint id, modality, width, count, index type and "
-            "parameters). --index-type auto chooses flat (every vector scored) up to 100,000 vectors and IVF-PQ "
-            "above, both re-ranked exactly in float32. --add adds new inputs to an existing index without rebuilding it; inputs already in "
-            "it are left out. Nothing is written unless the whole index is."
+            "Index embeddings written by multimodal embed (.npy + .keys.json + .meta.json, .safetensors, .parquet; "
+            "files, or folders of per-shard parts) into the folder OUTPUT: the FAISS index, the exact vectors, each "
+            "row's key, source and caption, and manifest.json (checkpoint id, modality, width, count, index type and "
+            "parameters). Each input records its modality and, for a shard part, its shard; .npy outputs of earlier "
+            "versions record neither: give --modality, and --shards to find each part's shard by its name (a part "
+            "whose name several of the shards have is refused, not guessed). --index-type auto chooses flat (every "
+            "vector scored) up to 100,000 vectors and IVF-PQ above, both re-ranked exactly in float32. --add adds new "
+            "inputs to an existing index without rebuilding it; inputs already in it are left out. Nothing is "
+            "written unless the whole index is."
         ),
     )
     index.add_argument("--input", required=True, nargs="+", metavar="PATH",
@@ -27,10 +30,12 @@ def add_command(commands) -> None:
                        help="the checkpoint that embedded the inputs (required to build; --add defaults to the "
                             "index's own)")
     index.add_argument("--modality", choices=("image", "audio", "text"),
-                       help="what the inputs embed (needed only for .npy inputs, which do not record it)")
+                       help="what the inputs embed: needed only for .npy outputs of earlier versions, which do "
+                            "not record it (with no .meta.json); refused when an input records another")
     index.add_argument("--shards", metavar="SPEC",
-                       help="the shard spec the parts were embedded from: finds each .npy part's shard, so hits "
-                            "show the sample and its caption (.safetensors and .parquet parts record their shard)")
+                       help="the shard spec that parts which do not record their shard (.npy parts of earlier "
+                            "versions) were embedded from: finds each one's shard by its name, so hits show the "
+                            "sample and its caption; a name several of the shards have is refused")
     index.add_argument("--add", action="store_true", help="add the inputs to the index at OUTPUT")
     index.add_argument("--overwrite", action="store_true", help="replace an index already at OUTPUT")
     index.add_argument("--index-type", choices=INDEX_TYPES, default="auto",

@@ -38,6 +38,7 @@ import numpy as np
 from multimodal.checkpoint import CheckpointError, checkpoint_id, read_config, write_directory_atomically
 from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_atomically, write_json_atomically
+from multimodal.errors import ArgumentNeeded
 from multimodal.search.collection import Part, describe_rows, file_digest, part_files, part_shard, read_part
 from multimodal.search.collection import shards_by_part_name
 from multimodal.search.plan import KMEANS_ITERATIONS, NPROBE_CHOICES, REFINE_CHOICES, TARGET_RECALL, TUNING_QUERIES
@@ -376,12 +377,15 @@ class _Input:
 
 
 def _read_inputs(
-    files: Sequence[Path], checkpoint: _Checkpoint, modality: str | None, shards: dict[str, str], read_captions: bool,
-    progress: Callable[[str], None] | None,
+    files: Sequence[Path], checkpoint: _Checkpoint, modality: str | None, shards: dict[str, list[str]],
+    read_captions: bool, progress: Callable[[str], None] | None, indexed: str | None = None,
 ) -> tuple[list[_Input], str]:
-    """Reads and checks every input against the checkpoint and each other; returns them with the modality."""
+    """Reads and checks every input against the checkpoint and each other; returns them with the modality.
+
+    ``modality``: the one given (None: what the inputs record); ``indexed``: the modality
+    of the index they are added to, which stands for inputs that record none.
+    """
     inputs: list[_Input] = []
-    recorded = set()
     for path in files:
         part = read_part(path)
         if part.vectors.shape[1] != checkpoint.dim:
@@ -391,28 +395,49 @@ def _read_inputs(
         if embedded_by and embedded_by != checkpoint.id:
             raise ValueError(f"{path} was embedded by checkpoint {embedded_by}, not by {checkpoint.path} ({checkpoint.id}): "
                              "their embedding spaces differ; give the checkpoint that embedded it")
-        if part.metadata.get("modality"):
-            recorded.add(part.metadata["modality"])
         inputs.append(_Input(part, file_digest(path)))
         if progress is not None:
             progress(f"read {path} ({len(part.keys)} rows)")
-    if len(recorded) > 1:
-        raise ValueError(f"the inputs hold embeddings of several modalities ({sorted(recorded)}); index one modality at a time")
-    if modality is None:
-        if not recorded:
-            raise ValueError("the inputs do not record their modality (.npy outputs do not): give it with --modality")
-        modality = recorded.pop()
-    elif recorded and modality not in recorded:
-        raise ValueError(f"--modality {modality} but the inputs record {recorded.pop()} embeddings")
+    modality = _inputs_modality([entry.part for entry in inputs], modality, indexed)
     if modality not in checkpoint.modalities:
         raise ValueError(f"checkpoint {checkpoint.path} has no {modality} encoder (it encodes {checkpoint.modalities})")
     digests = [entry.digest for entry in inputs]
     for entry in inputs:
         if digests.count(entry.digest) > 1:
             raise ValueError(f"{entry.part.path} is given twice (or holds the same bytes as another input); give each part once")
+    for entry in inputs:  # every shard found before any is read
         entry.shard = part_shard(entry.part, shards)
+    for entry in inputs:
         describe_rows(entry.part, modality, entry.shard, read_captions=read_captions)
     return inputs, modality
+
+
+def _inputs_modality(parts: Sequence[Part], given: str | None, indexed: str | None) -> str:
+    """The modality of the inputs: the one they record, checked against ``given``; else ``given``, else ``indexed``.
+
+    Raises ValueError for inputs that record several, ArgumentNeeded for a ``given`` one
+    that another input contradicts, or for inputs that record none when nothing says it.
+    """
+    recorded = {part.path: part.metadata["modality"] for part in parts if part.metadata.get("modality")}
+    kinds = sorted(set(recorded.values()))
+    if len(kinds) > 1:
+        examples = ", ".join(f"{next(p for p, m in recorded.items() if m == kind)} holds {kind}" for kind in kinds)
+        raise ValueError(f"the inputs hold embeddings of several modalities ({examples}); index one modality at a time")
+    if given is not None and kinds and kinds[0] != given:
+        path = next(iter(recorded))
+        raise ArgumentNeeded(f"{{modality}}, but {path} records {kinds[0]} embeddings: leave it out (the inputs "
+                             f"record their modality) or give {kinds[0]}",
+                             modality=(f"modality={given!r}", f"--modality {given}"))
+    modality = given or (kinds[0] if kinds else indexed)
+    if modality is None:
+        unrecorded = next((f"{part.path} does" for part in parts if part.path not in recorded), "the inputs do")
+        raise ArgumentNeeded(f"{unrecorded} not record the modality (.npy outputs of earlier versions do not): "
+                             "give it with {modality}", modality=("modality=", "--modality"))
+    if indexed is not None and modality != indexed:
+        said = f"{next(iter(recorded))} records it" if kinds else "as given"
+        raise ValueError(f"the index holds {indexed} embeddings, the inputs are {modality} ({said}): "
+                         f"add them to an index of {modality} embeddings")
+    return modality
 
 
 def _write_chunk(directory: Path, generation: int, inputs: Sequence[_Input], start: int, dim: int) -> dict:
@@ -566,9 +591,14 @@ def build_index(
         inputs: output files of ``multimodal embed``, or folders of its per-shard parts.
         checkpoint: the checkpoint that embedded them: its id is recorded, so that
             queries are embedded in the same space; parts that record another id are refused.
-        modality: what the rows embed; needed only when no input records it (``.npy``).
-        shards: the shard spec the parts were embedded from, to find each ``.npy``
-            part's shard (``.safetensors`` and ``.parquet`` parts record it).
+        modality: what the rows embed; needed only when no input records it (``.npy``
+            outputs of earlier versions, with no ``.meta.json``); one that an input
+            contradicts is refused.
+        shards: the shard spec the parts were embedded from, to find the shard of parts
+            that do not record theirs (``.npy`` parts of earlier versions), by part name:
+            a part whose name several of its shards have (same file name, other
+            folders) is refused rather than guessed. Parts that record their shard
+            need none.
         index_type: "auto" (by size, see :mod:`multimodal.search.plan`), "flat" or "ivfpq";
             ``nlist``, ``pq_m`` and ``nprobe`` override the ivfpq parameters.
         read_captions: read the captions of shard samples (one pass over each shard).
@@ -690,10 +720,9 @@ def add_to_index(
                 new_files.append(path)
         if not new_files:
             return AddResult([], already, 0)
-        entries, found_modality = _read_inputs(new_files, model, modality or manifest["modality"], shards_by_part_name(shards),
-                                               read_captions, progress)
-        if found_modality != manifest["modality"]:
-            raise ValueError(f"{directory} indexes {manifest['modality']} embeddings, the inputs are {found_modality}")
+        entries, found_modality = _read_inputs(new_files, model, modality, shards_by_part_name(shards), read_captions,
+                                               progress, indexed=manifest["modality"])
+        assert found_modality == manifest["modality"]  # checked by _read_inputs
         rows = sum(len(entry.part.keys) for entry in entries)
         if rows == 0:
             return AddResult(new_files, already, 0)
