@@ -1,4 +1,5 @@
-"""The ``multimodal`` command line: embed, classify, eval, shards, tokenizer, convert, demo, index, search, serve.
+"""The ``multimodal`` command line: embed, classify, eval, shards, tokenizer, convert, interpolate, demo, index, search,
+serve.
 
 Each command is a module of this package holding its options (``add_command``) beside
 the function that runs them (``run(args, parser)``). ``main(argv)`` returns the exit
@@ -15,11 +16,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from multimodal.cli import classify, convert, demo, embed, evaluate, index, search, serve, shards, tokenizer
+from multimodal.cli import (
+    classify, convert, demo, embed, evaluate, index, interpolate, search, serve, shards, tokenizer,
+)
 from multimodal.cli.common import EXIT_STATUS_HELP, PROGRAM, one_line
 from multimodal.errors import ArgumentNeeded
 
-COMMANDS = (embed, classify, evaluate, shards, tokenizer, convert, demo, index, search, serve)
+COMMANDS = (embed, classify, evaluate, shards, tokenizer, convert, interpolate, demo, index, search, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
