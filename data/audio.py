@@ -22,6 +22,12 @@ the same alone or batched.
   when the clip does not divide evenly, the last window is taken to *end at the
   clip's end* (it overlaps the one before it) so every window of a long clip is
   full length. A clip no longer than ``max_frames`` is one window of its own length.
+
+Too short and empty clips, one rule (:func:`fit_clip_length`) for every command that
+feeds an encoder: a clip shorter than the encoder's fewest frames (one spectrogram
+patch along time) is padded at its end with silence up to that many frames, so it is
+embedded from its own sound whether it is alone or batched with longer clips; a clip
+with no samples at all is refused with :data:`EMPTY_CLIP`.
 """
 from __future__ import annotations
 
@@ -80,7 +86,9 @@ def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
                 samples = sound.read(dtype=dtype, always_2d=True).astype(np.float32)  # (N, C)
                 samples *= np.float32(scale)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as error:
-        raise ValueError(f"cannot decode audio ({len(data)} bytes): {error}") from error
+        # libsndfile's own words ("Format not recognised."), without the repr of the in-memory file it opened.
+        reason = getattr(error, "error_string", None) or str(error)
+        raise ValueError(f"cannot decode audio ({len(data)} bytes): {reason}") from error
     if integer is None and not np.isfinite(samples).all():
         raise ValueError("decoded audio holds NaN or infinite samples")
     return torch.from_numpy(samples.T.copy()), int(sample_rate)  # (C, N)
@@ -243,7 +251,36 @@ def load_waveform(
         waveform = data.to(torch.float32)
     else:
         raise TypeError(f"expected audio bytes or a waveform tensor, got {type(data).__name__}")
+    check_has_samples(waveform)
     return resample(to_mono(waveform), sample_rate, config.sample_rate)
+
+
+# What every path says of a clip with no samples (a WAV header and nothing after it):
+# callers put the file or query in front of it.
+EMPTY_CLIP = "the clip holds no audio samples"
+
+
+def check_has_samples(waveform: torch.Tensor) -> None:
+    """Raises ValueError(:data:`EMPTY_CLIP`) for a waveform with no samples (or no channels)."""
+    if waveform.numel() == 0:
+        raise ValueError(EMPTY_CLIP)
+
+
+def fit_clip_length(waveform: torch.Tensor, config: AudioPreprocessConfig, min_frames: int) -> torch.Tensor:
+    """The one length rule for a clip going to an encoder: mono (samples,) -> (max(samples, S),).
+
+    ``min_frames``: the fewest frames the encoder takes (its patch length along time).
+    A clip shorter than the S = ``samples_for_frames(min_frames)`` samples those frames
+    need is padded at its end with zeros (silence) up to S; a longer one is returned as
+    it is. Padding the samples, not the frames, makes a padded clip's features those of
+    the clip followed by silence, computed like any other clip's. A clip with no
+    samples raises ValueError(:data:`EMPTY_CLIP`): there is nothing to embed.
+    """
+    check_has_samples(waveform)
+    if min_frames < 1:
+        raise ValueError(f"min_frames must be at least 1, got {min_frames}")
+    shortfall = samples_for_frames(min_frames, config) - waveform.shape[-1]
+    return torch.nn.functional.pad(waveform, (0, shortfall)) if shortfall > 0 else waveform
 
 
 # Filterbank ----------------------------------------------------------------------------
@@ -396,24 +433,31 @@ def mask_features(features: torch.Tensor, freq_mask: int, time_mask: int, rng: r
 
 
 def train_audio_features(
-    waveform: torch.Tensor, config: AudioPreprocessConfig, rng: random.Random
+    waveform: torch.Tensor, config: AudioPreprocessConfig, rng: random.Random, *, min_frames: int | None = None
 ) -> torch.Tensor:
     """Training features of a mono waveform at ``config.sample_rate``: random crop, fbank, normalise, SpecAugment.
 
     Returns (T, F) with T <= max_frames (T < max_frames only for clips shorter than
-    one window: they are not padded here).
+    one window: they are not padded to a window). With ``min_frames`` (the encoder's
+    fewest frames) a shorter clip is padded with silence to it (:func:`fit_clip_length`);
+    without it the filterbank refuses a clip shorter than one frame.
     """
     crop_samples = samples_for_frames(config.max_frames, config)
     if waveform.shape[0] > crop_samples:
         start = rng.randrange(waveform.shape[0] - crop_samples + 1)
         waveform = waveform[start : start + crop_samples]
+    check_has_samples(waveform)
+    if min_frames is not None:
+        waveform = fit_clip_length(waveform, config, min_frames)
     features = normalize_fbank(fbank(waveform, config), config)
     if config.freq_mask > 0 or config.time_mask > 0:
         spec_augment(features, config, rng)
     return features
 
 
-def eval_audio_windows(waveform: torch.Tensor, config: AudioPreprocessConfig) -> list[torch.Tensor]:
+def eval_audio_windows(
+    waveform: torch.Tensor, config: AudioPreprocessConfig, *, min_frames: int | None = None
+) -> list[torch.Tensor]:
     """Evaluation features of a mono waveform: the whole clip as windows of at most ``max_frames`` frames.
 
     The filterbank is computed once over the whole clip, then cut (its frames depend
@@ -421,8 +465,13 @@ def eval_audio_windows(waveform: torch.Tensor, config: AudioPreprocessConfig) ->
     Windows start every ``max_frames`` frames; the last one ends at the clip's end,
     overlapping its neighbour when the length does not divide evenly. Returns a list
     of normalised (T_i, F) tensors: one of T <= max_frames for a clip that fits in a
-    window, else full windows of exactly max_frames.
+    window, else full windows of exactly max_frames. With ``min_frames`` (the encoder's
+    fewest frames) a shorter clip is first padded with silence to it (:func:`fit_clip_length`);
+    without it the filterbank refuses a clip shorter than one frame.
     """
+    check_has_samples(waveform)
+    if min_frames is not None:
+        waveform = fit_clip_length(waveform, config, min_frames)
     features = normalize_fbank(fbank(waveform, config), config)  # (T, F)
     total = features.shape[0]
     if total <= config.max_frames:
@@ -438,17 +487,20 @@ def audio_to_features(
     sample_rate: int | None = None,
     train: bool = False,
     rng: random.Random | None = None,
+    min_frames: int | None = None,
 ) -> list[torch.Tensor] | torch.Tensor:
     """One clip, as the inference API needs it: bytes or a waveform -> features.
 
     Evaluation (``train=False``): the list of windows of :func:`eval_audio_windows`
     (embed each and average). Training: one (T, F) tensor from
     :func:`train_audio_features` with ``rng`` (a fresh unseeded one if None).
+    ``min_frames``: the encoder's fewest frames, which a shorter clip is padded to
+    (:func:`fit_clip_length`). An empty clip raises ValueError(:data:`EMPTY_CLIP`).
     """
     waveform = load_waveform(data, config, sample_rate)
     if train:
-        return train_audio_features(waveform, config, rng if rng is not None else random.Random())
-    return eval_audio_windows(waveform, config)
+        return train_audio_features(waveform, config, rng if rng is not None else random.Random(), min_frames=min_frames)
+    return eval_audio_windows(waveform, config, min_frames=min_frames)
 
 
 def collate_audio(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -468,11 +520,14 @@ def collate_audio(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
 
 
 __all__ = [
+    "EMPTY_CLIP",
     "audio_to_features",
+    "check_has_samples",
     "collate_audio",
     "decode_audio",
     "eval_audio_windows",
     "fbank",
+    "fit_clip_length",
     "frame_geometry",
     "kaldi_fbank",
     "load_waveform",

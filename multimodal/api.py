@@ -15,7 +15,10 @@ Inputs go through the same preprocessing functions as training and evaluation
 (``multimodal.data.image`` / ``multimodal.data.audio``, parameters from the checkpoint's config): an image
 is resized on its shortest side and centre-cropped; a clip is resampled to the
 model's rate and cut into windows of the model's length (``eval_audio_windows``),
-whose embeddings are averaged, so any clip length is covered deterministically.
+whose embeddings are averaged, so any clip length is covered deterministically. A
+clip shorter than one spectrogram patch is padded with silence up to it, and a clip
+with no samples is refused (``multimodal.data.audio.fit_clip_length``): the rule of
+every command, so a file gets the same answer from embed, classify, eval, search and serve.
 
 An item is prepared on its own and encoded in batches whose padding is masked, so
 an input gets the same embedding alone or among others (to float rounding).
@@ -97,6 +100,18 @@ def as_items(modality: str, inputs: Any) -> list:
         return [inputs]
 
 
+def audio_min_frames(config: ModelConfig) -> int:
+    """The fewest log-mel frames the audio encoder takes: one patch along time.
+
+    Shorter clips are padded with silence up to it (``multimodal.data.audio.fit_clip_length``)
+    rather than refused: batched with longer clips they would otherwise be padded
+    and masked to nothing, so a clip's embedding would depend on its batch.
+    """
+    if config.audio is None:
+        raise ValueError("this model has no audio encoder")
+    return config.audio.patch_size
+
+
 def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate: int | None = None) -> Any:
     """One raw input -> its model-ready form, with the preprocessing ``config`` describes.
 
@@ -104,7 +119,8 @@ def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate:
       (3, S, S), resized on its shortest side, centre-cropped and normalised;
     * audio (a path, bytes, a ``(waveform, sample_rate)`` tuple, or a waveform tensor or
       array with ``sample_rate``) -> its evaluation windows [(T_i, F), ...] of
-      normalised log-mel frames (see ``multimodal.data.audio.eval_audio_windows``);
+      normalised log-mel frames (see ``multimodal.data.audio.eval_audio_windows``),
+      at least :func:`audio_min_frames` long (a shorter clip padded with silence);
     * text (a string) -> the string (tokenised in batches when encoded).
 
     A plain function of the config, so DataLoader workers can run it. Raises
@@ -124,9 +140,10 @@ def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate:
                 raise ValueError("a waveform needs its sample rate: pass (waveform, sample_rate) or sample_rate=...")
             if not item.is_floating_point():
                 raise ValueError(f"a waveform must be floating point in [-1, 1], got {item.dtype}")
-            return audio_to_features(item.cpu(), config.audio_preprocess, sample_rate=int(sample_rate))
+            return audio_to_features(item.cpu(), config.audio_preprocess, sample_rate=int(sample_rate),
+                                     min_frames=audio_min_frames(config))
         if isinstance(item, (bytes, bytearray, memoryview)):
-            return audio_to_features(bytes(item), config.audio_preprocess)
+            return audio_to_features(bytes(item), config.audio_preprocess, min_frames=audio_min_frames(config))
         raise TypeError(
             f"cannot read audio from {type(item).__name__}: give a path, bytes, (waveform, sample_rate) or a waveform tensor"
         )
@@ -493,6 +510,7 @@ __all__ = [
     "PRECISIONS",
     "ZeroShotClassifier",
     "as_items",
+    "audio_min_frames",
     "cpu_has_native_bf16",
     "load",
     "load_tokenizer",

@@ -26,7 +26,7 @@ from typing import Any
 
 from multimodal.search.index import SearchIndex
 from multimodal.search.media import MediaReader
-from multimodal.search.query import check_model, describe_hits, embed_queries
+from multimodal.search.query import QUERY_ERRORS, check_model, describe_hits, embed_query
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -95,9 +95,9 @@ class SearchService:
             raise _BadQuery(f"this checkpoint cannot embed {modality} queries; it encodes {self.model.modalities}")
         with self._model_lock:
             try:
-                vectors = embed_queries(self.model, modality, [query])
-            except (ValueError, TypeError, OSError) as error:
-                raise _BadQuery(f"the {modality} query cannot be read: {str(error).split(': ', 1)[-1]}") from None
+                vectors = embed_query(self.model, modality, query)  # (1, E)
+            except QUERY_ERRORS as error:
+                raise _BadQuery(f"the {modality} query cannot be read: {error}") from None
         hits = describe_hits(self.index.search(vectors, k)[0])
         for hit in hits:
             hit["media"] = f"/media/{hit['id']}" if self.index.modality in ("image", "audio") and hit["source"] else None
@@ -189,7 +189,12 @@ def create_app(service: SearchService):
 
 
 def run_server(app, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, sock=None) -> None:
-    """Serves ``app`` with uvicorn until interrupted (``sock``: an already bound socket, e.g. port 0 in tests)."""
+    """Serves ``app`` with uvicorn until interrupted (``sock``: an already bound socket, e.g. port 0 in tests).
+
+    On Ctrl-C (SIGINT) uvicorn stops serving, then raises the signal again once its
+    own handler is removed, so this raises KeyboardInterrupt after a clean shutdown;
+    the command line turns that into a one-line message.
+    """
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

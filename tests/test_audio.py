@@ -12,11 +12,13 @@ import torch
 import torchaudio
 
 from multimodal.data.audio import (
+    EMPTY_CLIP,
     audio_to_features,
     collate_audio,
     decode_audio,
     eval_audio_windows,
     fbank,
+    fit_clip_length,
     kaldi_fbank,
     load_waveform,
     mask_features,
@@ -100,8 +102,10 @@ def test_wav_read_directly_walks_chunks_and_leaves_the_rest_to_libsndfile():
 def test_undecodable_audio_raises_value_error():
     with pytest.raises(ValueError, match="cannot decode audio"):
         decode_audio(b"RIFF....WAVEfmt garbage")
-    with pytest.raises(ValueError, match="cannot decode audio"):
+    with pytest.raises(ValueError) as raised:
         decode_audio(b"")
+    # libsndfile's reason, without the repr of the in-memory file it was given.
+    assert str(raised.value) == "cannot decode audio (0 bytes): Format not recognised."
 
 
 def test_mono_and_resample_match_torchaudio():
@@ -325,3 +329,60 @@ def test_eval_features_are_identical_alone_and_batched():
         assert torch.equal(audio[row, :length], features)
         assert not padding_mask[row, :length].any() and padding_mask[row, length:].all()
         assert (audio[row, length:] == 0).all()
+
+
+# Too short and empty clips: one rule (fit_clip_length) ----------------------------------------
+
+
+@pytest.mark.parametrize("min_frames", [1, 16])
+def test_a_clip_shorter_than_the_encoders_minimum_is_padded_with_silence(min_frames):
+    config = AudioPreprocessConfig(num_mel_bins=64, max_frames=100)
+    clip = tone(0.01)  # 160 samples: not even one 25 ms frame
+    fitted = fit_clip_length(clip, config, min_frames)
+    needed = 400 + (min_frames - 1) * 160  # samples_for_frames, written out
+    assert fitted.shape == (needed,) and torch.equal(fitted[:160], clip) and not fitted[160:].any()
+    windows = eval_audio_windows(clip, config, min_frames=min_frames)
+    assert len(windows) == 1 and windows[0].shape == (min_frames, 64)
+    # The padded clip's features are the filterbank of the clip followed by zeros, as any clip's are.
+    reference = normalize_fbank(kaldi_fbank(torch.cat([clip, torch.zeros(needed - 160)]), config), config)
+    assert_fbank_equal(windows[0], reference)
+    trained = train_audio_features(clip, config, random.Random(0), min_frames=min_frames)
+    torch.testing.assert_close(trained, windows[0])
+
+
+def test_a_clip_long_enough_is_left_as_it_is():
+    config = AudioPreprocessConfig(num_mel_bins=64, max_frames=100)
+    clip = tone(0.5)
+    assert fit_clip_length(clip, config, 16) is clip
+    assert torch.equal(eval_audio_windows(clip, config, min_frames=16)[0], eval_audio_windows(clip, config)[0])
+    # Exactly the samples 16 frames need: no padding, 16 frames.
+    exact = clip[: samples_for_frames(16, config)]
+    assert fit_clip_length(exact, config, 16) is exact
+    assert eval_audio_windows(exact, config, min_frames=16)[0].shape == (16, 64)
+
+
+def test_audio_to_features_pads_bytes_and_waveforms_alike():
+    config = AudioPreprocessConfig(num_mel_bins=64, max_frames=100)
+    clip = tone(0.1)  # 8 frames
+    from_bytes = audio_to_features(encode(clip.numpy(), 16000, "WAV", "FLOAT"), config, min_frames=16)
+    from_tensor = audio_to_features(clip, config, sample_rate=16000, min_frames=16)
+    assert from_bytes[0].shape == (16, 64) and torch.equal(from_bytes[0], from_tensor[0])
+    assert audio_to_features(clip, config, sample_rate=16000)[0].shape == (8, 64)  # no minimum given: its own length
+
+
+@pytest.mark.parametrize("empty", [
+    encode(np.zeros((0, 1), np.float32), 16000, "WAV", "FLOAT"),  # a header and no samples, read by libsndfile
+    encode(np.zeros((0, 2), np.int16), 44100, "WAV", "PCM_16"),  # read by the direct WAV reader
+    encode(np.zeros((0, 1), np.float32), 16000, "OGG", "VORBIS"),
+], ids=["wav-float", "wav-pcm16-stereo", "ogg"])
+def test_an_empty_clip_is_refused_with_one_message(empty):
+    config = AudioPreprocessConfig(num_mel_bins=64, max_frames=100)
+    for call in (lambda: load_waveform(empty, config),
+                 lambda: audio_to_features(empty, config, min_frames=16),
+                 lambda: audio_to_features(torch.zeros(2, 0), config, sample_rate=16000, min_frames=16),
+                 lambda: fit_clip_length(torch.zeros(0), config, 16),
+                 lambda: eval_audio_windows(torch.zeros(0), config),
+                 lambda: train_audio_features(torch.zeros(0), config, random.Random(0))):
+        with pytest.raises(ValueError) as raised:
+            call()
+        assert str(raised.value) == EMPTY_CLIP == "the clip holds no audio samples"

@@ -141,11 +141,13 @@ def test_errors_are_one_line_and_write_nothing(checkpoint, tmp_path, capsys):
         assert err.rstrip().endswith(errors[0])  # the last thing said
         return errors[0]
 
-    # A query file that cannot be decoded.
+    # A query file that cannot be decoded: named with its reason, the other queries still answered (exit 1).
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    assert error_of("search", "--index", tmp_path / "index", "--image", broken).startswith(
-        f"multimodal search: error: --image {broken}: cannot decode image")
+    status, out, err = run(capsys, "search", "--index", tmp_path / "index", "--image", broken, "--text", "seven")
+    assert status == 1 and out.startswith("text 'seven': 1 hit(s)") and "Traceback" not in err
+    assert err.splitlines()[0].startswith(f"cannot search --image {broken}: ValueError: cannot decode image")
+    assert err.splitlines()[1:] == ["multimodal: skipped 1 of 2 query(ies)"]
     # Another checkpoint: another embedding space.
     other = build_tiny_checkpoint(tmp_path / "other")
     import torch

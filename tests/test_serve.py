@@ -2,13 +2,18 @@
 import io
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
 pytest.importorskip("starlette")
@@ -18,7 +23,18 @@ from multimodal.api import load
 from multimodal.embed import embed_files
 from multimodal.search import build_index, open_index
 from multimodal.serve import SearchService, create_app
-from tests.test_api import tiny_checkpoint, write_png
+from tests.test_api import tiny_checkpoint, waveform, write_png
+
+SAMPLE_RATE = 16000
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+EMPTY_WAV = wav_bytes(np.zeros(0, np.float32))  # a header and no samples
 
 MAX_UPLOAD = 100_000
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-headless-shell")
@@ -105,6 +121,7 @@ def test_text_queries_and_info(server):
     ("/api/search?modality=image", b"GIF89a but broken", 400, "the image query cannot be read"),
     ("/api/search?modality=video", b"x", 400, "modality must be image or audio"),
     ("/api/search?modality=audio", b"", 400, "the upload is empty"),
+    ("/api/search?modality=audio", EMPTY_WAV, 400, "the audio query cannot be read: the clip holds no audio samples"),
     ("/api/search?text=" + "a" * 1001, None, 400, "at most 1000 characters"),
     ("/api/search?text=seven&k=0", None, 400, "k must be an integer from 1 to 100"),
     ("/api/search?text=%20", None, 400, "give a text query"),
@@ -119,6 +136,53 @@ def test_bad_queries_are_refused_with_a_reason(server, path, data, status, messa
 def test_nothing_outside_the_collection_is_served(server, path):
     status, _, body = request(server + path)
     assert status == 404 and b"root:" not in body
+
+
+def test_an_uploaded_clip_shorter_than_a_patch_is_searched_as_the_api_embeds_it(server, collection):
+    """0.1 s is 8 frames, half the tiny preset's patch: padded with silence, as every command pads it."""
+    _, _, model = collection
+    clip = wav_bytes(waveform(1, 0.1).numpy())
+    status, _, body = request(f"{server}/api/search?modality=audio&k=3", clip, {"Content-Type": "audio/wav"})
+    assert status == 200
+    expected = open_index(collection[0] / "index").search(model.embed_audio([clip]).numpy(), 3)[0]
+    assert [(hit["key"], hit["score"]) for hit in json.loads(body)["hits"]] == [
+        (hit.key, pytest.approx(hit.score, abs=1e-5)) for hit in expected]
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ctrl_c_stops_the_server_with_one_line_and_status_0(collection):
+    root, _, _ = collection
+    port = free_loopback_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "multimodal", "serve", "--index", str(root / "index"), "--host", "127.0.0.1",
+         "--port", str(port), "--precision", "fp32"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # Served once /api/info answers: uvicorn's own Ctrl-C handling is then in place.
+        while not (_listening(port) and request(f"http://127.0.0.1:{port}/api/info")[0] == 200):
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate(timeout=10)
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert out == "" and "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.splitlines() == [f"serving 6 image rows of {root / 'index'} on http://127.0.0.1:{port}/ (Ctrl-C stops)",
+                                "multimodal serve: stopped"]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_the_server_binds_loopback_by_default():

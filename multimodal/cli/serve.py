@@ -5,7 +5,15 @@ import argparse
 import ipaddress
 import sys
 
-from multimodal.cli.common import DEVICE_HELP, PRECISION_HELP, byte_size, checked, checkpoint_dir, resolve_device
+from multimodal.cli.common import (
+    DEVICE_HELP,
+    PRECISION_HELP,
+    PROGRAM,
+    byte_size,
+    checked,
+    checkpoint_dir,
+    resolve_device,
+)
 
 port_number = checked(int, lambda value: 0 <= value <= 65535, "a port number from 0 to 65535")
 
@@ -34,6 +42,23 @@ def add_command(commands) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
+    """Serves until Ctrl-C, which ends the command with exit status 0 and one line on stderr.
+
+    Ctrl-C is how this command is meant to stop ("Ctrl-C stops"), so it is a normal end,
+    not a failure: status 0, as for any command that did what it was asked. That holds
+    while the model loads too.
+    """
+    try:
+        _serve(args)
+    except KeyboardInterrupt:
+        # uvicorn shuts down on SIGINT, then raises it again; where SIGINT is ignored
+        # (a job started in the background by a script) the server just returns.
+        pass
+    print(f"{PROGRAM} serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _serve(args) -> None:
     from multimodal.search import load_index_model, open_index
     from multimodal.serve import SearchService, create_app, run_server
 
@@ -52,4 +77,3 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     print(f"serving {index.count} {index.modality} rows of {args.index} on http://{args.host}:{args.port}/ "
           "(Ctrl-C stops)", file=sys.stderr, flush=True)
     run_server(app, host=args.host, port=args.port)
-    return 0

@@ -54,14 +54,37 @@ def load_index_model(index: SearchIndex, checkpoint: str | os.PathLike | None = 
     return model
 
 
+# What a query that cannot be embedded raises: not decodable, unreadable, missing, an empty clip.
+QUERY_ERRORS = (ValueError, TypeError, OSError)
+
+
+def _check_query_modality(model: EmbeddingModel, modality: str) -> None:
+    if modality not in model.modalities:
+        raise ValueError(f"this checkpoint has no {modality} encoder, so it cannot embed a {modality} query; "
+                         f"it encodes {model.modalities}")
+
+
+def embed_query(model: EmbeddingModel, modality: str, query: Any) -> np.ndarray:
+    """One query (a caption, an image or audio file's path or bytes, anything the API embeds) -> float32 (1, E).
+
+    Raises one of ``QUERY_ERRORS`` saying what is wrong with the query, without naming
+    it: the caller knows it as a command-line option or an upload. Audio follows the
+    rule of every command (``multimodal.data.audio.fit_clip_length``): a clip shorter
+    than one spectrogram patch is padded with silence, an empty one refused.
+    """
+    _check_query_modality(model, modality)
+    if modality == "text" and (not isinstance(query, str) or not query.strip()):
+        raise ValueError("a text query must be a non-empty string")
+    prepared = model.prepare(modality, query)
+    return model.encode_prepared(modality, [prepared]).cpu().numpy()
+
+
 def embed_queries(model: EmbeddingModel, modality: str, queries: Any) -> np.ndarray:
     """Queries of one modality (captions, image files, audio files, or anything the API embeds) -> float32 (Q, E).
 
     Raises ValueError naming the query that cannot be read or decoded.
     """
-    if modality not in model.modalities:
-        raise ValueError(f"this checkpoint has no {modality} encoder, so it cannot embed a {modality} query; "
-                         f"it encodes {model.modalities}")
+    _check_query_modality(model, modality)
     items = as_items(modality, queries)
     if not items:
         raise ValueError("no query given")
@@ -101,5 +124,5 @@ def describe_hits(hits: Sequence[Hit]) -> list[dict]:
     return [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, start=1)]
 
 
-__all__ = ["check_model", "describe_hits", "embed_queries", "load_index_model", "query_modality_of",
-           "search"]
+__all__ = ["QUERY_ERRORS", "check_model", "describe_hits", "embed_queries", "embed_query", "load_index_model",
+           "query_modality_of", "search"]
