@@ -112,7 +112,9 @@ class DataConfig:
     eval: list[EvalSetConfig] = field(default_factory=list)  # with the demo and none given: the demo's sets
     batch_size: int = 128  # per process and micro-batch
     eval_batch_size: int = 250
-    num_workers: int = 2
+    # Loader worker processes per training process; None: chosen from the cores the run gets
+    # (see multimodal/threads.py: 2 on a CPU with 2 cores or more).
+    num_workers: int | None = None
     # Added to the workers' niceness: on a machine whose cores the trainer uses too, the
     # trainer runs first and the workers take what it leaves (make train: 1.5x faster in
     # fp32 on 2 cores). 0: the workers compete at the trainer's priority.

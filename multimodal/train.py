@@ -15,6 +15,7 @@ checkpoint on SIGTERM or Ctrl-C), the report.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -22,10 +23,12 @@ import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from multimodal import evaluation, report, sources
+from multimodal import evaluation, preflight, report, sources
 from multimodal.checkpoint import (
     RUN_CHECKPOINTS,
     TRAINER_FILE,
@@ -71,12 +74,15 @@ from multimodal.sharding import (
     load_optimizer_state,
     shard_model,
 )
+from multimodal.threads import apply_plan, plan_threads
+from multimodal.truncation import measure_sources, truncation_lines
 
 logger = logging.getLogger("multimodal.train")
 
 TRAINING_STATE_FILE = "training_state.pt"
 EMA_DIR = "ema"  # in a training checkpoint: the averaged weights, a checkpoint directory of their own
 RUN_CONFIG_FILE = "config.json"
+MACHINE_KEY = "machine"  # in a run's config.json: the cores, threads and workers the run chose
 
 
 # --------------------------------------------------------------------------- configuration
@@ -119,6 +125,9 @@ class TrainConfig:
     # or "no", "bf16", "fp16", through Accelerate.
     mixed_precision: str = "auto"
     seed: int = 0
+    # torch's compute threads in each training process; None: chosen from the cores the process
+    # gets, less the loader's workers and cores other work keeps busy (see multimodal/threads.py).
+    threads: int | None = None
     output_dir: str = "runs"
     run_name: str | None = None  # None: a time stamp
     log_every: int = 20
@@ -144,6 +153,10 @@ class TrainConfig:
             raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
         if self.distributed == "fsdp" and self.mixed_precision == "fp16":
             raise ValueError("distributed fsdp computes in bf16 or fp32 (mixed_precision bf16, no or auto), not fp16")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 (or null: chosen from the cores), got {self.threads}")
+        if self.data.num_workers is not None and self.data.num_workers < 0:
+            raise ValueError(f"data.num_workers must be at least 0 (or null: chosen), got {self.data.num_workers}")
         for name in ("log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -157,8 +170,8 @@ class TrainConfig:
 # saves, where and how it computes. Everything else (model, data, optimiser, seed) is the run's.
 RESUMABLE_KEYS = (
     "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "wandb", "wandb_project",
-    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "data.num_workers", "data.worker_nice",
-    "data.eval_batch_size",
+    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "data.num_workers", "data.worker_nice", "threads",
+    "data.eval_batch_size", "data.eval",
     "resume", "output_dir", "run_name",
 )
 
@@ -183,6 +196,8 @@ def _fresh_config(overrides: dict[str, str]) -> TrainConfig:
     data = {"preset": preset_name}
     if config_file is not None:
         data.update(load_config_file(config_file))
+        # A run's config.json records the threads it chose on its machine: a record, not a setting.
+        data.pop(MACHINE_KEY, None)
     # A file's model section changes the preset's model (`image_preprocess: {mean: ...}`
     # alone keeps every encoder); `audio: null` drops one.
     if isinstance(data.get("model"), dict) and data.get("preset") in PRESETS:
@@ -287,10 +302,12 @@ def choose_tokenizer(config: TrainConfig, resolved: sources.ResolvedSources, res
         return None
     if resume_from is not None:
         return sources.load_tokenizer(resume_from)
-    if config.data.tokenizer is not None:
-        return sources.load_tokenizer(config.data.tokenizer)
-    if config.init_from is not None:
-        return sources.load_tokenizer(config.init_from)
+    for key, path in (("data.tokenizer", config.data.tokenizer), ("init_from", config.init_from)):
+        if path is not None:
+            try:
+                return sources.load_tokenizer(path)
+            except (ValueError, OSError) as error:
+                raise ValueError(f"{key}: {error}") from None
     if resolved.demo is not None:
         return sources.demo_tokenizer(resolved.demo, config.data.tokenizer_vocab_size)
     return None
@@ -743,18 +760,30 @@ def start_run(config: TrainConfig) -> Run:
     nothing behind.
     """
     resume_from = find_resume_checkpoint(config) if config.resume is not None else None
+    check_run_inputs(config)
+    # Chosen before anything starts: the neighbours counted are other work, not this run's loader.
+    thread_plan = plan_threads(config.threads, config.data.num_workers, on_gpu=torch.cuda.is_available(),
+                               local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    apply_plan(thread_plan)
+    config.data.num_workers = thread_plan.workers if config.data.num_workers is None else config.data.num_workers
     accelerator = make_accelerator(config, Path(config.output_dir))
     run_dir = shared_run_dir(accelerator, config)
     if resume_from is None:
         check_run_dir_is_free(run_dir)
+    preflight.check_output_dir(run_dir)
     seed_everything(config.seed)
 
     resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
+    preflight.check_eval_sets(resolved.eval_sets, config.model)
     if accelerator.is_main_process:
         for warning in sources.normalisation_warnings(resolved, config.model):
             logger.warning(warning)
     tokenizer = choose_tokenizer(config, resolved, resume_from)
     config.model = fit_text_to_tokenizer(config.model, tokenizer)
+    if accelerator.is_main_process and resolved.demo is None:
+        # What the model's audio window and text context cut of the data, from the first samples of each source.
+        for line in truncation_lines(measure_sources(resolved.train, config.model, tokenizer)):
+            logger.warning(line)
     data = sources.prepare(config.data, config.model, tokenizer, resolved)
     # Recorded in the run's config and its checkpoints: `multimodal eval` and the classifier
     # then prompt with the templates the run was evaluated with (the demo's, say).
@@ -784,16 +813,31 @@ def start_run(config: TrainConfig) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a start that failed before its first checkpoint
-        write_text_atomically(run_dir / RUN_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
+        record = {**to_dict(config), MACHINE_KEY: dataclasses.asdict(thread_plan)}
+        write_text_atomically(run_dir / RUN_CONFIG_FILE, json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if config.tensorboard or config.wandb:
         accelerator.init_trackers(
             config.wandb_project if config.wandb else run_dir.name, config=_tracker_config(config),
             init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir), "resume": "allow", "id": _run_id(run_dir)}},
         )
+    accelerator.print(thread_plan.describe())
     if resume_from is not None:
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
     return Run(config, accelerator, run_dir, data, model, optimizer, scheduler, start_step, resume_from, ema)
+
+
+def check_run_inputs(config: TrainConfig) -> None:
+    """The files a new run reads besides its data (checked in resolve_sources): a typo fails in seconds.
+
+    A resumed run reads its weights and tokenizer from its checkpoint instead.
+    """
+    if config.resume is not None:
+        return
+    if config.init_from is not None:
+        preflight.check_checkpoint_dir(config.init_from, "init_from")
+    if config.data.tokenizer is not None:
+        preflight.check_tokenizer_path(config.data.tokenizer, "data.tokenizer")
 
 
 class StartError(ValueError):
@@ -807,20 +851,25 @@ def train(config: TrainConfig) -> dict:
         run = start_run(config)
     except (ValueError, TypeError, OSError) as error:
         raise StartError(str(error)) from error
-    accelerator = run.accelerator
-    log = MetricsLog(accelerator, run.run_dir)
-    with StopRequest() as stop:
-        result = run_loop(run, log, stop)
+    accelerator, run_dir = run.accelerator, run.run_dir
+    log = MetricsLog(accelerator, run_dir)
+    plot = accelerator.is_main_process and config.plot
+    try:
+        with StopRequest() as stop:
+            result = run_loop(run, log, stop)
+    except DataError:
+        if plot and log.path.is_file():  # the curves up to the failure are worth seeing
+            report.plot_curves(log.path, run_dir / "curves.png")
+        raise
     result["wall_seconds"] = time.time() - started
-    is_main = accelerator.is_main_process
     # Gathers' autograd nodes hold the process group; free them before end_training tears
     # it down, or gloo can abort at interpreter exit.
     del run
     gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    if is_main and config.plot and log.path.is_file():
-        result["plot"] = str(report.plot_curves(log.path, Path(result["run_dir"]) / "curves.png"))
+    if plot and log.path.is_file():
+        result["plot"] = str(report.plot_curves(log.path, run_dir / "curves.png"))
     return result
 
 
@@ -835,22 +884,26 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     progress = tqdm(total=optim.steps, initial=run.start_step, disable=not accelerator.is_main_process,
                     desc="training", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     batches = None
-    last_checkpoint, saved_step = None, run.start_step
-    tick, window_steps = time.time(), 0
+    # A resumed run's latest checkpoint is the one it resumed from until it saves another.
+    last_checkpoint, saved_step = run.resumed_from, run.start_step
+    tick, window = time.time(), LossWindow()
     waited = 0.0  # seconds of this log window spent waiting for batches
 
     def save(step: int) -> Path | None:
         return save_training_checkpoint(accelerator, model, run.optimizer, run.scheduler, data.tokenizer, config,
                                         run.run_dir, step, run.ema)
 
-    def evaluate_all() -> dict:
-        results = evaluate(accelerator, evaluation_model(run), data)
-        if run.ema is not None and config.ema.evaluate:
-            averaged = evaluate(accelerator, evaluation_model(run, averaged=True), data)
+    def evaluate_all(step: int) -> dict:
+        results = evaluate(accelerator, evaluation_model(run), data, run.run_dir, step)
+        if run.ema is not None and config.ema.evaluate and EVAL_ERROR not in results:
+            averaged = evaluate(accelerator, evaluation_model(run, averaged=True), data, run.run_dir, step)
             results.update({f"ema/{key}": value for key, value in averaged.items()})
         return results
 
     model.train()
+    if run.start_step >= optim.steps:
+        accelerator.print(f"the run has trained its {optim.steps} steps already (raise --optim.steps to train on); "
+                          "evaluating its last checkpoint")
     done = run.start_step
     for step in range(run.start_step, optim.steps):
         if batches is None or (config.checkpoint_every and step % config.checkpoint_every == 0):
@@ -879,32 +932,32 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
         if run.ema is not None:
             run.ema.update(unwrapped)
         done = step + 1
-        window_steps += 1
+        window.add(loss, per_pair)
         progress.update(1)
         if done % config.log_every == 0 or done == optim.steps:
             elapsed = time.time() - tick
-            loss_value = accelerator.reduce(loss.float(), reduction="mean").item()
+            loss_value, pair_losses = window.means(accelerator)
             temperatures = {f"temperature/{k}": math.exp(v.item()) for k, v in unwrapped.logit_scales.items()}
             values = {
                 "loss": loss_value,
-                **{f"loss/{k}": float(v) for k, v in per_pair.items()},
+                **{f"loss/{k}": v for k, v in pair_losses.items()},
                 "lr": run.scheduler.get_last_lr()[0],
                 **temperatures,
-                "samples_per_s": window_steps * samples_per_step / max(elapsed, 1e-9),
+                "samples_per_s": window.steps * samples_per_step / max(elapsed, 1e-9),
                 # The share of the window the trainer waited for its batches: well above 0,
                 # the data pipeline limits training (more workers if cores idle, else cheaper levers).
                 "data_wait": min(1.0, waited / max(elapsed, 1e-9)),
                 "skipped": data.skipped_total(),
             }
             log.write(done, values)
-            # The bar shows the scale of the pairs this batch trained (image-audio may never train).
-            trained = [temperatures[f"temperature/{pair}"] for pair in per_pair]
+            # The bar shows the scale of the pairs the window trained (image-audio may never train).
+            trained = [temperatures[f"temperature/{pair}"] for pair in pair_losses]
             shown = sum(trained) / len(trained)
             progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{values['lr']:.2e}", scale=f"{shown:.1f}",
                                  sps=f"{values['samples_per_s']:.0f}")
-            tick, window_steps, waited = time.time(), 0, 0.0
+            tick, window, waited = time.time(), LossWindow(), 0.0
         if config.eval_every and done % config.eval_every == 0 and done != optim.steps:
-            log.write(done, evaluate_all())
+            log.write(done, evaluate_all(done))
             model.train()
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == optim.steps:
             last_checkpoint, saved_step = save(done), done
@@ -918,9 +971,39 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     if stop.signal_number is not None:
         result["stopped_by"] = signal.Signals(stop.signal_number).name
         return result
-    results = evaluate_all()
-    log.write(optim.steps, results)
+    results = evaluate_all(done)
+    log.write(done, results)
+    if EVAL_ERROR in results:
+        result[EVAL_ERROR] = results.pop(EVAL_ERROR)
     return {"results": results, **result}
+
+
+class LossWindow:
+    """The losses of the steps since the last log line, to log their mean.
+
+    Batches alternate between sources (image-text, audio-text), so one step's loss
+    read every ``log_every`` steps would draw one source's curve at one point and the
+    other's at the next. Sums stay on the device: no synchronisation per step.
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.total: torch.Tensor | float = 0.0
+        self.pairs: dict[str, list] = {}  # pair -> [sum, steps that trained it]
+
+    def add(self, loss: torch.Tensor, per_pair: dict[str, torch.Tensor]) -> None:
+        self.steps += 1
+        self.total = self.total + loss.detach().float()
+        for pair, value in per_pair.items():
+            entry = self.pairs.setdefault(pair, [0.0, 0])
+            entry[0] = entry[0] + value.detach().float()
+            entry[1] += 1
+
+    def means(self, accelerator) -> tuple[float, dict[str, float]]:
+        """The window's mean loss (averaged over processes) and each pair's mean over the steps that trained it."""
+        total = torch.as_tensor(self.total, dtype=torch.float32, device=accelerator.device) / max(self.steps, 1)
+        mean = accelerator.reduce(total, reduction="mean").item()
+        return mean, {pair: float(value) / count for pair, (value, count) in self.pairs.items()}
 
 
 class DataError(ValueError):
@@ -949,12 +1032,29 @@ def evaluation_model(run: Run, *, averaged: bool = False) -> MultimodalModel | N
     return copy.to(run.accelerator.device)
 
 
-def evaluate(accelerator, model: MultimodalModel | None, data) -> dict:
-    """The configured evaluation sets, on the main process (evaluation sets are small)."""
+EVAL_ERROR = "eval_error"  # in evaluation results: why the evaluation failed (the results are then empty)
+EVAL_ERRORS_FILE = "eval-errors.log"  # in the run directory: the tracebacks of failed evaluations
+
+
+def evaluate(accelerator, model: MultimodalModel | None, data, run_dir: Path, step: int) -> dict:
+    """The configured evaluation sets, on the main process (evaluation sets are small).
+
+    An evaluation that fails (a shard deleted mid-run, a set that cannot be read) costs
+    its results, not the run: the error is logged in one line, its traceback appended
+    to ``eval-errors.log`` in the run directory, and ``{"eval_error": message}`` returned.
+    """
     results: dict = {}
     if accelerator.is_main_process and data.eval_sets:
         model.eval()
-        results = evaluation.run_evaluations(model, data.eval_sets, data.tokenizer, device=accelerator.device)
+        try:
+            results = evaluation.run_evaluations(model, data.eval_sets, data.tokenizer, device=accelerator.device)
+        except Exception as error:  # noqa: BLE001 - whatever failed, training and its checkpoints go on
+            message = f"{type(error).__name__}: {error}"
+            with open(run_dir / EVAL_ERRORS_FILE, "a") as handle:
+                handle.write(f"step {step}\n{traceback.format_exc()}\n")
+            logger.error("evaluation at step %d failed: %s (traceback in %s)", step, message,
+                         run_dir / EVAL_ERRORS_FILE)
+            results = {EVAL_ERROR: message}
     accelerator.wait_for_everyone()
     return results
 
@@ -996,15 +1096,27 @@ def main(argv: list[str] | None = None) -> dict:
     if int(os.environ.get("RANK", "0")) == 0:
         if "stopped_by" in result:
             print(f"stopped by {result['stopped_by']} after step {result['step']}; checkpoint: {result['checkpoint']}\n"
-                  f"continue with: python train.py --output_dir {config.output_dir} "
-                  f"--run_name {Path(result['run_dir']).name} --resume latest")
+                  f"continue with: {resume_command(Path(result['run_dir']))}")
+        elif EVAL_ERROR in result:
+            print(f"train.py: error: the final evaluation failed: {result[EVAL_ERROR]}\n"
+                  f"training finished and its checkpoint is kept: {result['checkpoint']}; evaluate it with "
+                  f"multimodal eval --checkpoint {result['checkpoint']} ...", file=sys.stderr)
         else:
             print(report.format_results(result["results"]))
             print(f"checkpoint: {result['checkpoint']}")
             print(f"wall time: {result['wall_seconds']:.0f} s")
     if "stopped_by" in result:
         raise SystemExit(128 + int(signal.Signals[result["stopped_by"]]))
+    if EVAL_ERROR in result:
+        raise SystemExit(1)
     return result
+
+
+def resume_command(run_dir: Path) -> str:
+    """A command that continues the run in ``run_dir`` from any working directory."""
+    run_dir = run_dir.absolute()
+    return shlex.join([sys.executable, "-m", "multimodal.train", "--output_dir", str(run_dir.parent),
+                       "--run_name", run_dir.name, "--resume", "latest"])
 
 
 def print_help(argv: list[str]) -> None:

@@ -238,7 +238,7 @@ def test_sigterm_saves_the_current_step_and_resume_keeps_the_runs_settings(tiny_
     (["--model.audio", "null", "--data.train", '[{"shards": "SHARDS", "modalities": ["audio", "text"]}]'],
      "data.train[0].modalities: the model has no audio encoder"),
     (["--resume", "latest"], "--resume latest: no checkpoint under"),
-    (["--data.tokenizer", "NOWHERE/tokenizer.json"], "no tokenizer file at NOWHERE/tokenizer.json"),
+    (["--data.tokenizer", "NOWHERE/tokenizer.json"], "data.tokenizer: NOWHERE/tokenizer.json does not exist"),
 ])
 def test_a_failed_start_prints_one_line_and_leaves_no_run_folder(tiny_dataset, tmp_path, case, expected):
     case = [arg.replace("SHARDS", tiny_dataset["spec"]) for arg in case]

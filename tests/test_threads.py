@@ -1,0 +1,96 @@
+"""The trainer's thread count: from the cores the process may use (affinity, cgroup quota, processes per node),
+less the loader's workers and the cores other work keeps busy; a setting or OMP_NUM_THREADS overrides."""
+import os
+
+import pytest
+
+from multimodal import threads
+
+
+def write_cgroup_v2(root, text):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cpu.max").write_text(text)
+    return root
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path):
+    assert threads.cgroup_cpu_limit(write_cgroup_v2(tmp_path / "v2", "150000 100000\n")) == 1.5
+    assert threads.cgroup_cpu_limit(write_cgroup_v2(tmp_path / "unlimited", "max 100000\n")) is None
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.cgroup_cpu_limit(tmp_path / "v1") == 3.0
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert threads.cgroup_cpu_limit(tmp_path / "v1") is None
+    assert threads.cgroup_cpu_limit(tmp_path / "nothing") is None
+
+
+def test_usable_cores_take_the_tightest_of_affinity_quota_and_processes_per_node(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "affinity_cores", lambda: 8)
+    assert threads.usable_cores(1, tmp_path / "none") == (8, "affinity")
+    # A quota of 2.5 cores: two whole cores (a third busy thread would be throttled every period).
+    quota = write_cgroup_v2(tmp_path / "quota", "250000 100000\n")
+    assert threads.usable_cores(1, quota) == (2, "cgroup quota")
+    assert threads.usable_cores(1, write_cgroup_v2(tmp_path / "big", "1600000 100000\n")) == (8, "affinity")
+    assert threads.usable_cores(1, write_cgroup_v2(tmp_path / "tiny", "50000 100000\n")) == (1, "cgroup quota")
+    # Four processes of one node share its eight cores.
+    assert threads.usable_cores(4, tmp_path / "none") == (2, "4 processes on this node")
+
+
+@pytest.mark.parametrize("cores, workers, neighbours, expected", [
+    (2, 2, 0, 1),   # the demo on 2 cores: one compute thread, the workers share the other core
+    (2, 0, 0, 2),
+    (2, 2, 1, 1),   # never fewer than one
+    (16, 2, 0, 14),
+    (16, 2, 3, 11),  # three cores busy with other work are left to it
+    (1, 1, 0, 1),
+])
+def test_choose_threads(cores, workers, neighbours, expected):
+    assert threads.choose_threads(cores, workers, neighbours) == expected
+
+
+def test_choose_workers():
+    assert [threads.choose_workers(cores, on_gpu=False) for cores in (1, 2, 16)] == [1, 2, 2]
+    assert [threads.choose_workers(cores, on_gpu=True) for cores in (2, 8, 16, 64)] == [2, 4, 8, 8]
+
+
+def proc_stat(per_cpu: list[tuple[int, int]]) -> str:
+    """A /proc/stat with (busy, idle) jiffies per CPU (busy as user time)."""
+    lines = [f"cpu  {sum(b for b, _ in per_cpu)} 0 0 {sum(i for _, i in per_cpu)} 0 0 0 0 0 0"]
+    lines += [f"cpu{n} {busy} 0 0 {idle} 0 0 0 0 0 0" for n, (busy, idle) in enumerate(per_cpu)]
+    return "\n".join(lines) + "\nintr 0\n"
+
+
+def test_busy_cores_elsewhere_counts_the_cpus_of_this_process_only(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    snapshots = iter([
+        proc_stat([(10, 10), (10, 10), (10, 10)]),
+        # over the sample: cpu0 fully busy, cpu1 a quarter, cpu2 (not ours) fully busy
+        proc_stat([(110, 10), (35, 85), (110, 10)]),
+    ])
+    real_read_text = type(stat).read_text
+    monkeypatch.setattr(type(stat), "read_text", lambda self, *a, **k: next(snapshots) if self == stat
+                        else real_read_text(self, *a, **k))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    busy = threads.busy_cores_elsewhere(seconds=0.01, stat=stat)
+    assert busy == pytest.approx(1.25, abs=0.05)
+
+
+def test_plan_leaves_out_cores_that_other_work_keeps_busy(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda processes=1: (8, "affinity"))
+    for busy, neighbours in ((0.3, 0), (0.6, 1), (2.7, 3), (40.0, 7)):
+        monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda busy=busy: busy)
+        plan = threads.plan_threads(None, None)
+        assert (plan.neighbour_cores, plan.workers, plan.threads) == (neighbours, 2, max(1, 8 - 2 - neighbours))
+    assert "1 compute thread(s): 8 core(s) usable (affinity), 7 busy with other work" in plan.describe()
+
+
+def test_a_setting_or_omp_num_threads_overrides_the_choice(monkeypatch):
+    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: pytest.fail("an override measures nothing"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert (threads.plan_threads(None, 2).threads, threads.plan_threads(None, 2).source) == (3, "OMP_NUM_THREADS")
+    plan = threads.plan_threads(5, 0)
+    assert (plan.threads, plan.workers, plan.source) == (5, 0, "threads setting")
+    assert plan.describe().startswith("5 compute thread(s) (threads setting)")
