@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.common import machine_summary
+from bench.common import busy_neighbours, machine_summary
 from multimodal.data.demo import CLASS_NAMES, ZERO_SHOT_TEMPLATES, build_demo
 from multimodal.data.shards import expand_shards, read_shard
 from multimodal.presets import tiny
@@ -243,13 +243,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="one seed of 30 steps (a smoke run)")
     parser.add_argument("--rounds", type=int, default=None, help="seeds to run, 0 .. N-1 (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="training steps a run (default 150)")
+    parser.add_argument("--neighbours", type=int, default=0,
+                        help="busy single-core processes running beside both trainers, as on a shared machine")
     args = parser.parse_args(argv)
     seeds = range(args.rounds or (1 if args.quick else 3))
     steps = args.steps or (30 if args.quick else 150)
 
     from multimodal.data.clip_tokenizer import ClipTokenizer
 
-    print(machine_summary())
+    print(machine_summary() + (f"; {args.neighbours} busy neighbour process(es)" if args.neighbours else ""))
     demo = build_demo()
     shards = demo.shards("image-train")
     images, labels = held_out_digits(demo.shards("image-val"))
@@ -263,27 +265,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{'seed':>4}  {'open_clip loss':>14}  {'ours':>6}  {'open_clip zero-shot':>19}  {'ours':>6}  "
               f"{'open_clip samples/s':>19}  {'ours':>6}")
         results: dict[str, list[Run]] = {"open_clip": [], "ours": []}
-        for seed in seeds:
-            order = ["open_clip", "ours"] if seed % 2 == 0 else ["ours", "open_clip"]
-            for side in order:
-                if side == "open_clip":
-                    run(open_clip_command(workdir, config_dir, shards, seed, steps), f"open_clip_train, seed {seed}")
-                    log = workdir / "open_clip" / f"seed{seed}"
-                    losses, speeds = open_clip_log((log / "out.log").read_text())
-                    accuracy = open_clip_zero_shot(log / "checkpoints" / "epoch_1.pt", config_dir, images, labels)
-                else:
-                    run(our_command(workdir, tokenizer, shards, seed, steps), f"train.py, seed {seed}")
-                    run_dir = workdir / "ours" / f"seed{seed}"
-                    losses, speeds = our_log((run_dir / "metrics.jsonl").read_text())
-                    checkpoint = run_dir / "checkpoints" / f"step-{steps:07d}"
-                    accuracy = our_zero_shot(checkpoint, images, labels)
-                if len(losses) != steps:
-                    raise RuntimeError(f"{side}, seed {seed}: {len(losses)} logged steps, expected {steps}")
-                results[side].append(Run(losses, statistics.median(speeds[len(speeds) // 10:]), accuracy))
-            theirs, ours = results["open_clip"][-1], results["ours"][-1]
-            print(f"{seed:>4}  {tail_mean(theirs.losses):>14.3f}  {tail_mean(ours.losses):>6.3f}  "
-                  f"{theirs.zero_shot:>18.1f}%  {ours.zero_shot:>5.1f}%  "
-                  f"{theirs.samples_per_second:>19.0f}  {ours.samples_per_second:>6.0f}", flush=True)
+        with busy_neighbours(args.neighbours):  # none unless --neighbours
+            for seed in seeds:
+                order = ["open_clip", "ours"] if seed % 2 == 0 else ["ours", "open_clip"]
+                for side in order:
+                    if side == "open_clip":
+                        command = open_clip_command(workdir, config_dir, shards, seed, steps)
+                        run(command, f"open_clip_train, seed {seed}")
+                        log = workdir / "open_clip" / f"seed{seed}"
+                        losses, speeds = open_clip_log((log / "out.log").read_text())
+                        checkpoint = log / "checkpoints" / "epoch_1.pt"
+                        accuracy = open_clip_zero_shot(checkpoint, config_dir, images, labels)
+                    else:
+                        run(our_command(workdir, tokenizer, shards, seed, steps), f"train.py, seed {seed}")
+                        run_dir = workdir / "ours" / f"seed{seed}"
+                        losses, speeds = our_log((run_dir / "metrics.jsonl").read_text())
+                        checkpoint = run_dir / "checkpoints" / f"step-{steps:07d}"
+                        accuracy = our_zero_shot(checkpoint, images, labels)
+                    if len(losses) != steps:
+                        raise RuntimeError(f"{side}, seed {seed}: {len(losses)} logged steps, expected {steps}")
+                    results[side].append(Run(losses, statistics.median(speeds[len(speeds) // 10:]), accuracy))
+                theirs, ours = results["open_clip"][-1], results["ours"][-1]
+                print(f"{seed:>4}  {tail_mean(theirs.losses):>14.3f}  {tail_mean(ours.losses):>6.3f}  "
+                      f"{theirs.zero_shot:>18.1f}%  {ours.zero_shot:>5.1f}%  "
+                      f"{theirs.samples_per_second:>19.0f}  {ours.samples_per_second:>6.0f}", flush=True)
 
     def median(side: str, value) -> float:
         return statistics.median(value(r) for r in results[side])

@@ -10,11 +10,14 @@ ratios, and the spread of those ratios says how noisy the run was. The fastest r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -141,3 +144,19 @@ def noise_note(comparison: Comparison) -> str:
     """How noisy a comparison was: the largest spread of any implementation."""
     worst = max(comparison.spread(name) for name in comparison.times)
     return f"largest spread across rounds {worst:.0%}" + (" (noisy: the machine was busy)" if worst > 0.3 else "")
+
+
+@contextlib.contextmanager
+def busy_neighbours(count: int) -> Iterator[None]:
+    """``count`` single-core busy loops, each a process of its own, for the body's duration.
+
+    They stand for what shares a machine with training: another job, a browser tab,
+    a test suite. Each runs at normal priority and never sleeps.
+    """
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()

@@ -115,10 +115,10 @@ class DataConfig:
     # Loader worker processes per training process; None: chosen from the cores the run gets
     # (see multimodal/threads.py: 2 on a CPU with 2 cores or more).
     num_workers: int | None = None
-    # Added to the workers' niceness: on a machine whose cores the trainer uses too, the
-    # trainer runs first and the workers take what it leaves (make train: 1.5x faster in
-    # fp32 on 2 cores). 0: the workers compete at the trainer's priority.
-    worker_nice: int = 19
+    # Added to the workers' niceness (0-19); None: 19 where several compute threads share
+    # their cores with the workers (a worker would stall their parallel regions), else 0
+    # (see multimodal/threads.py).
+    worker_nice: int | None = None
     tokenizer: str | None = None  # a tokenizer.json; None with the demo: trained on its captions
     tokenizer_vocab_size: int = 512
     demo_dir: str | None = None  # None: the default cache directory

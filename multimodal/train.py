@@ -44,6 +44,7 @@ from multimodal.checkpoint import (
     list_checkpoints,
     load_model,
     load_state_checked,
+    load_tokenizer as checkpoint_tokenizer,
     read_config,
     save_checkpoint,
     unique_state_dict,
@@ -65,6 +66,7 @@ from multimodal.losses import substitute_microbatch
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.precision import native_bf16
 from multimodal.presets import PRESETS, preset
+from multimodal.pretrained import init_model_config, keep_locked_in_eval, layer_decay_groups, load_pretrained, lock_towers
 from multimodal.sharding import (
     average_replicated_gradients,
     clip_grad_norm,
@@ -100,6 +102,9 @@ class OptimConfig:
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     accum_steps: int = 1  # micro-batches per step; negatives span the whole accumulated batch
     fused: bool = True  # AdamW(fused=True) where torch supports it: one kernel for all parameters
+    # Layer-wise learning-rate decay for fine-tuning (e.g. 0.75): each block of a tower learns this
+    # many times slower than the block above it, the stem slowest; None: one rate for all.
+    layer_decay: float | None = None
 
 
 @dataclass
@@ -135,8 +140,12 @@ class TrainConfig:
     checkpoint_every: int = 400  # steps between checkpoints (the last step, SIGTERM and Ctrl-C always save one)
     keep_last: int = 2  # checkpoints kept; older ones are deleted
     resume: str | None = None  # "latest" or a checkpoint directory: continue that run with its own settings
-    init_from: str | None = None  # a checkpoint whose weights (and tokenizer) start training (fine-tuning)
-    freeze: list[str] = field(default_factory=list)  # modalities whose encoder stays fixed (locked-image tuning)
+    # A checkpoint to start from (ours, or converted from open_clip / Hugging Face): the towers it
+    # holds come with its architecture, preprocessing, weights and tokenizer; towers only this
+    # run's model has start fresh (see multimodal/pretrained.py).
+    init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)  # towers that stay fixed (locked-image tuning, binding)
+    freeze_unlocked_blocks: int = 0  # the last blocks (and head) of each frozen tower that still train
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile each transformer block (regional: one compiled block serves the stack)
     tensorboard: bool = False
@@ -160,6 +169,10 @@ class TrainConfig:
         for name in ("log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.freeze_unlocked_blocks < 0:
+            raise ValueError(f"freeze_unlocked_blocks must be 0 or more, got {self.freeze_unlocked_blocks}")
+        if self.optim.layer_decay is not None and not 0.0 < self.optim.layer_decay <= 1.0:
+            raise ValueError(f"optim.layer_decay must be in (0, 1], e.g. 0.75; got {self.optim.layer_decay}")
         if self.optim.accum_steps < 1 or self.optim.steps < 1:
             raise ValueError("optim.steps and optim.accum_steps must be at least 1")
         if self.ema.decay is not None and not 0.0 < self.ema.decay < 1.0:
@@ -170,7 +183,8 @@ class TrainConfig:
 # saves, where and how it computes. Everything else (model, data, optimiser, seed) is the run's.
 RESUMABLE_KEYS = (
     "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "wandb", "wandb_project",
-    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "data.num_workers", "data.worker_nice", "threads",
+    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "threads", "data.num_workers",
+    "data.worker_nice",
     "data.eval_batch_size", "data.eval",
     "resume", "output_dir", "run_name",
 )
@@ -208,7 +222,16 @@ def _fresh_config(overrides: dict[str, str]) -> TrainConfig:
     config = from_dict(TrainConfig, data)
     if config.model is None:
         config.model = preset(config.preset)
-    return apply_overrides(config, overrides)
+    config = apply_overrides(config, overrides)
+    if config.init_from is not None and config.resume is None:
+        # The checkpoint's towers keep its architecture; what the command line says of them applies on top.
+        try:
+            preflight.check_checkpoint_dir(config.init_from, "init_from")
+        except ValueError as error:
+            raise StartError(str(error)) from None  # a wrong path, not a wrong setting: no pointer to --help
+        config.model = init_model_config(config.model, config.init_from)
+        config = apply_overrides(config, {k: v for k, v in overrides.items() if k.startswith("model.")})
+    return config
 
 
 def _merged(base: dict, changes: dict) -> dict:
@@ -302,12 +325,15 @@ def choose_tokenizer(config: TrainConfig, resolved: sources.ResolvedSources, res
         return None
     if resume_from is not None:
         return sources.load_tokenizer(resume_from)
-    for key, path in (("data.tokenizer", config.data.tokenizer), ("init_from", config.init_from)):
-        if path is not None:
-            try:
-                return sources.load_tokenizer(path)
-            except (ValueError, OSError) as error:
-                raise ValueError(f"{key}: {error}") from None
+    if config.data.tokenizer is not None:
+        try:
+            return sources.load_tokenizer(config.data.tokenizer)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"data.tokenizer: {error}") from None
+    if config.init_from is not None:
+        tokenizer = checkpoint_tokenizer(config.init_from)
+        if tokenizer is not None:  # an audio-only checkpoint (AST) has none: the data's then
+            return tokenizer
     if resolved.demo is not None:
         return sources.demo_tokenizer(resolved.demo, config.data.tokenizer_vocab_size)
     return None
@@ -349,23 +375,33 @@ def compile_blocks(model: nn.Module) -> int:
     return len(blocks)
 
 
-def build_model(config: TrainConfig) -> MultimodalModel:
-    """The model from its config; weights from ``init_from``; frozen towers; gradient checkpointing."""
+def build_model(config: TrainConfig, say=print) -> MultimodalModel:
+    """The model from its config; the towers ``init_from`` holds; locked towers; gradient checkpointing.
+
+    ``say`` prints what was loaded and locked (the start-up log).
+    """
     model_config = config.model
     for modality in model_config.modalities:
         getattr(model_config, modality).transformer.grad_checkpointing = config.grad_checkpointing
     model = MultimodalModel(model_config)
-    if config.init_from is not None:
-        source = load_model(config.init_from)
-        load_state_checked(model, source.state_dict(), f"init_from={config.init_from}")
-    for modality in config.freeze:
-        if modality not in model.encoders:
-            raise ValueError(f"freeze: unknown modality {modality!r}; this model has {model.modalities}")
-        for parameter in list(model.encoders[modality].parameters()) + list(model.projections[modality].parameters()):
-            parameter.requires_grad_(False)
+    if config.init_from is not None and config.resume is None:  # a resumed run loads its own weights
+        loaded = load_pretrained(model, config.init_from)
+        fresh = f"; {', '.join(loaded['fresh'])} start(s) fresh" if loaded["fresh"] else ""
+        pairs = f" and the {', '.join(loaded['temperatures'])} temperature(s)" if loaded["temperatures"] else ""
+        say(f"init_from {config.init_from}: loaded the {', '.join(loaded['loaded'])} tower(s){pairs}{fresh}")
+    if config.freeze:
+        locked = lock_towers(model, config.freeze, config.freeze_unlocked_blocks)
+        for modality, counts in locked["towers"].items():
+            say(f"freeze {modality}: {counts['locked']:,} parameters locked, {counts['trainable']:,} train"
+                + (f" (its last {counts['unlocked_blocks']} block(s) and head)" if counts["unlocked_blocks"] else ""))
     if config.compile:
         compile_blocks(model)
     return model
+
+
+def locked_modalities(config: TrainConfig) -> set[str]:
+    """The towers that do not train at all (frozen with no block unlocked)."""
+    return set(config.freeze) if config.freeze_unlocked_blocks == 0 else set()
 
 
 def is_decay_free(name: str, parameter: torch.Tensor) -> bool:
@@ -376,6 +412,14 @@ def is_decay_free(name: str, parameter: torch.Tensor) -> bool:
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with layer-wise learning rates when ``optim.layer_decay`` is set."""
+    if optim.layer_decay is not None and optim.layer_decay != 1.0:
+        groups = layer_decay_groups(model, optim.lr, optim.layer_decay, optim.weight_decay, is_decay_free)
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=optim.fused)
+    return build_uniform_optimizer(model, optim)
+
+
+def build_uniform_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only, in groups that are the same whether the model is sharded or not.
 
     The parameters FSDP keeps whole (scalars, empty tensors; see multimodal/sharding.py)
@@ -765,7 +809,10 @@ def start_run(config: TrainConfig) -> Run:
     thread_plan = plan_threads(config.threads, config.data.num_workers, on_gpu=torch.cuda.is_available(),
                                local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     apply_plan(thread_plan)
-    config.data.num_workers = thread_plan.workers if config.data.num_workers is None else config.data.num_workers
+    if config.data.num_workers is None:
+        config.data.num_workers = thread_plan.workers
+    if config.data.worker_nice is None:
+        config.data.worker_nice = thread_plan.worker_nice
     accelerator = make_accelerator(config, Path(config.output_dir))
     run_dir = shared_run_dir(accelerator, config)
     if resume_from is None:
@@ -775,6 +822,7 @@ def start_run(config: TrainConfig) -> Run:
 
     resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
     preflight.check_eval_sets(resolved.eval_sets, config.model)
+    resolved.train = trained_sources(resolved, locked_modalities(config), accelerator.print)
     if accelerator.is_main_process:
         for warning in sources.normalisation_warnings(resolved, config.model):
             logger.warning(warning)
@@ -788,7 +836,7 @@ def start_run(config: TrainConfig) -> Run:
     # Recorded in the run's config and its checkpoints: `multimodal eval` and the classifier
     # then prompt with the templates the run was evaluated with (the demo's, say).
     config.data.eval = list(resolved.eval_sets)
-    model = build_model(config)
+    model = build_model(config, accelerator.print)
     if resume_from is not None:
         load_weights(resume_from, model)
     sharded = uses_fsdp(config) and accelerator.num_processes > 1  # one process: nothing to shard
@@ -838,6 +886,29 @@ def check_run_inputs(config: TrainConfig) -> None:
         preflight.check_checkpoint_dir(config.init_from, "init_from")
     if config.data.tokenizer is not None:
         preflight.check_tokenizer_path(config.data.tokenizer, "data.tokenizer")
+    missing = [m for m in config.freeze if m not in config.model.modalities]
+    if missing:
+        raise ValueError(f"freeze: this model has no {' or '.join(map(repr, missing))} tower "
+                         f"(it has {', '.join(config.model.modalities)})")
+
+
+def trained_sources(resolved: sources.ResolvedSources, locked: set[str], say=print) -> list[sources.SourceConfig]:
+    """The training sources with a tower to train: one whose towers are all locked has nothing to learn.
+
+    Binding audio into a locked image-text model (ImageBind's recipe) leaves the demo's
+    image-text source out this way: its batches are not drawn.
+    """
+    kept = []
+    for index, source in enumerate(resolved.train):
+        if set(source.modalities) <= locked:
+            name = "the demo's" if resolved.demo is not None else f"data.train[{index}]:"
+            say(f"{name} {'-'.join(source.modalities)} pairs are not trained: those towers are all frozen")
+        else:
+            kept.append(source)
+    if not kept:
+        raise ValueError(f"freeze: every training source's towers are frozen ({', '.join(sorted(locked))}); "
+                         "nothing would train")
+    return kept
 
 
 class StartError(ValueError):
@@ -900,7 +971,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
             results.update({f"ema/{key}": value for key, value in averaged.items()})
         return results
 
-    model.train()
+    train_mode(model)
     if run.start_step >= optim.steps:
         accelerator.print(f"the run has trained its {optim.steps} steps already (raise --optim.steps to train on); "
                           "evaluating its last checkpoint")
@@ -958,7 +1029,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
             tick, window, waited = time.time(), LossWindow(), 0.0
         if config.eval_every and done % config.eval_every == 0 and done != optim.steps:
             log.write(done, evaluate_all(done))
-            model.train()
+            train_mode(model)
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == optim.steps:
             last_checkpoint, saved_step = save(done), done
         if stop.agreed(accelerator):
@@ -976,6 +1047,12 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     if EVAL_ERROR in results:
         result[EVAL_ERROR] = results.pop(EVAL_ERROR)
     return {"results": results, **result}
+
+
+def train_mode(model: nn.Module) -> None:
+    """Training mode, with locked towers kept in evaluation mode (their dropout and drop-path off)."""
+    model.train()
+    keep_locked_in_eval(model)
 
 
 class LossWindow:
@@ -1085,6 +1162,9 @@ def main(argv: list[str] | None = None) -> dict:
     # A wrong setting, file or data: one line that says which, without a traceback.
     try:
         config = parse_config(argv)
+    except StartError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (ValueError, TypeError, OSError) as error:
         print(f"train.py: error: {error}\n(train.py --help lists every setting)", file=sys.stderr)
         raise SystemExit(2) from None

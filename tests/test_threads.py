@@ -94,3 +94,16 @@ def test_a_setting_or_omp_num_threads_overrides_the_choice(monkeypatch):
     plan = threads.plan_threads(5, 0)
     assert (plan.threads, plan.workers, plan.source) == (5, 0, "threads setting")
     assert plan.describe().startswith("5 compute thread(s) (threads setting)")
+
+
+@pytest.mark.parametrize("threads_, workers, cores, nice", [
+    (1, 2, 2, 0),    # one compute thread: no parallel region for a worker to stall
+    (2, 2, 2, 19),   # two threads on the workers' cores: the workers yield
+    (14, 2, 16, 0),  # the workers have cores of their own
+    (16, 2, 16, 19),
+])
+def test_the_workers_yield_only_where_they_would_stall_a_parallel_region(threads_, workers, cores, nice):
+    assert threads.choose_worker_nice(threads_, workers, cores) == nice
+    plan = threads.plan_threads(threads_, workers) if cores == threads.usable_cores()[0] else None
+    if plan is not None:
+        assert plan.worker_nice == nice

@@ -96,7 +96,7 @@ def test_freeze_keeps_a_tower_fixed():
     model = train.build_model(config)
     assert not any(p.requires_grad for p in model.encoders["image"].parameters())
     assert all(p.requires_grad for p in model.encoders["text"].parameters())
-    with pytest.raises(ValueError, match="freeze: unknown modality 'smell'"):
+    with pytest.raises(ValueError, match="freeze: this model has no 'smell' tower"):
         train.build_model(train.parse_config(["--freeze", '["smell"]']))
 
 
