@@ -10,9 +10,9 @@ frame_shift=10)``, then normalised as ``(x - norm_mean) / (2 * norm_std)``.
 :func:`fbank` computes the same numbers as that call (a test holds them equal)
 with fewer passes over the frames and its window and mel matrix cached.
 
-Lengths: a clip yields its true number of frames, never padded here; collation pads
-a batch and marks the padding in ``audio_padding_mask``, so a clip's features are
-the same alone or batched.
+Lengths: a clip yields its true number of frames (or ``min_frames``, when shorter:
+see below), never padded to a window here; collation pads a batch and marks the
+padding in ``audio_padding_mask``, so a clip's features are the same alone or batched.
 
 - Training (:func:`train_audio_features`): a random crop of ``max_frames`` worth of
   samples when the clip is longer; shorter clips are kept whole; optional
@@ -23,11 +23,12 @@ the same alone or batched.
   clip's end* (it overlaps the one before it) so every window of a long clip is
   full length. A clip no longer than ``max_frames`` is one window of its own length.
 
-Too short and empty clips, one rule (:func:`fit_clip_length`) for every command that
-feeds an encoder: a clip shorter than the encoder's fewest frames (one spectrogram
-patch along time) is padded at its end with silence up to that many frames, so it is
-embedded from its own sound whether it is alone or batched with longer clips; a clip
-with no samples at all is refused with :data:`EMPTY_CLIP`.
+Too short and empty clips, one rule (:func:`fit_clip_length`) for every path that
+feeds an encoder (training and evaluation on shards, the inference API and every
+command): a clip shorter than the encoder's fewest frames (one spectrogram patch along
+time, ``config.min_frames``) is padded at its end with silence up to that many frames,
+so it is embedded from its own sound whether it is alone or batched with longer clips;
+a clip with no samples at all is refused with :data:`EMPTY_CLIP`.
 """
 from __future__ import annotations
 
@@ -437,18 +438,16 @@ def train_audio_features(
 ) -> torch.Tensor:
     """Training features of a mono waveform at ``config.sample_rate``: random crop, fbank, normalise, SpecAugment.
 
-    Returns (T, F) with T <= max_frames (T < max_frames only for clips shorter than
-    one window: they are not padded to a window). With ``min_frames`` (the encoder's
-    fewest frames) a shorter clip is padded with silence to it (:func:`fit_clip_length`);
-    without it the filterbank refuses a clip shorter than one frame.
+    Returns (T, F) with min_frames <= T <= max_frames (T < max_frames only for clips
+    shorter than one window: they are not padded to a window). A clip shorter than
+    ``min_frames`` (the encoder's fewest frames; ``config.min_frames`` when None) is
+    padded with silence to it (:func:`fit_clip_length`).
     """
     crop_samples = samples_for_frames(config.max_frames, config)
     if waveform.shape[0] > crop_samples:
         start = rng.randrange(waveform.shape[0] - crop_samples + 1)
         waveform = waveform[start : start + crop_samples]
-    check_has_samples(waveform)
-    if min_frames is not None:
-        waveform = fit_clip_length(waveform, config, min_frames)
+    waveform = fit_clip_length(waveform, config, config.min_frames if min_frames is None else min_frames)
     features = normalize_fbank(fbank(waveform, config), config)
     if config.freq_mask > 0 or config.time_mask > 0:
         spec_augment(features, config, rng)
@@ -464,14 +463,12 @@ def eval_audio_windows(
     only on their own samples, so a window equals the fbank of its own span).
     Windows start every ``max_frames`` frames; the last one ends at the clip's end,
     overlapping its neighbour when the length does not divide evenly. Returns a list
-    of normalised (T_i, F) tensors: one of T <= max_frames for a clip that fits in a
-    window, else full windows of exactly max_frames. With ``min_frames`` (the encoder's
-    fewest frames) a shorter clip is first padded with silence to it (:func:`fit_clip_length`);
-    without it the filterbank refuses a clip shorter than one frame.
+    of normalised (T_i, F) tensors: one of min_frames <= T <= max_frames for a clip
+    that fits in a window, else full windows of exactly max_frames. A clip shorter than
+    ``min_frames`` (the encoder's fewest frames; ``config.min_frames`` when None) is
+    first padded with silence to it (:func:`fit_clip_length`).
     """
-    check_has_samples(waveform)
-    if min_frames is not None:
-        waveform = fit_clip_length(waveform, config, min_frames)
+    waveform = fit_clip_length(waveform, config, config.min_frames if min_frames is None else min_frames)
     features = normalize_fbank(fbank(waveform, config), config)  # (T, F)
     total = features.shape[0]
     if total <= config.max_frames:
@@ -495,7 +492,8 @@ def audio_to_features(
     (embed each and average). Training: one (T, F) tensor from
     :func:`train_audio_features` with ``rng`` (a fresh unseeded one if None).
     ``min_frames``: the encoder's fewest frames, which a shorter clip is padded to
-    (:func:`fit_clip_length`). An empty clip raises ValueError(:data:`EMPTY_CLIP`).
+    (:func:`fit_clip_length`; ``config.min_frames`` when None). An empty clip raises
+    ValueError(:data:`EMPTY_CLIP`).
     """
     waveform = load_waveform(data, config, sample_rate)
     if train:

@@ -62,6 +62,8 @@ class AudioPreprocessConfig:
 
     The filterbank is Kaldi-compatible (``torchaudio.compliance.kaldi.fbank``),
     as AST uses; normalisation is ``(x - norm_mean) / (2 * norm_std)``.
+    Checkpoints written before ``min_frames`` existed load with the default, 16: the
+    patch length of AST and of every preset (the model's config checks it).
     """
 
     sample_rate: int = 16000
@@ -75,6 +77,23 @@ class AudioPreprocessConfig:
     # SpecAugment in training: widest frequency / time mask (0 disables).
     freq_mask: int = 0
     time_mask: int = 0
+    # Fewest frames a window may have: the encoder's patch length along time (16 in AST and
+    # every preset). Shorter clips are padded with silence up to it, so a clip is embedded
+    # from its own sound whether it is alone or batched with longer ones.
+    min_frames: int = 16
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_frames, bool) or not isinstance(self.min_frames, int) or self.min_frames < 1:
+            raise ValueError(
+                f"audio_preprocess.min_frames must be an integer of at least 1 (the encoder's patch length along "
+                f"time), got {self.min_frames!r}"
+            )
+        if self.min_frames > self.max_frames:
+            # Every window would then be shorter than the encoder takes.
+            raise ValueError(
+                f"audio_preprocess.min_frames {self.min_frames} exceeds audio_preprocess.max_frames "
+                f"{self.max_frames}: a window holds at most max_frames frames, so it could never be long enough"
+            )
 
 
 @dataclass

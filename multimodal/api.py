@@ -105,11 +105,13 @@ def audio_min_frames(config: ModelConfig) -> int:
 
     Shorter clips are padded with silence up to it (``multimodal.data.audio.fit_clip_length``)
     rather than refused: batched with longer clips they would otherwise be padded
-    and masked to nothing, so a clip's embedding would depend on its batch.
+    and masked to nothing, so a clip's embedding would depend on its batch. Read from
+    ``audio_preprocess.min_frames`` (which ``ModelConfig`` holds equal to the encoder's
+    patch length), the value the shard loader pads to as well.
     """
-    if config.audio is None:
+    if config.audio is None or config.audio_preprocess is None:
         raise ValueError("this model has no audio encoder")
-    return config.audio.patch_size
+    return config.audio_preprocess.min_frames
 
 
 def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate: int | None = None) -> Any:

@@ -58,7 +58,8 @@ class ModelConfig:
         if self.audio is not None:
             if self.audio_preprocess is None:
                 self.audio_preprocess = AudioPreprocessConfig(
-                    num_mel_bins=self.audio.num_mel_bins, max_frames=self.audio.max_frames
+                    num_mel_bins=self.audio.num_mel_bins, max_frames=self.audio.max_frames,
+                    min_frames=self.audio.patch_size,
                 )
             elif (self.audio_preprocess.num_mel_bins, self.audio_preprocess.max_frames) != (
                 self.audio.num_mel_bins, self.audio.max_frames
@@ -67,6 +68,13 @@ class ModelConfig:
                     "audio_preprocess (num_mel_bins, max_frames) = "
                     f"{(self.audio_preprocess.num_mel_bins, self.audio_preprocess.max_frames)} differs from the encoder's "
                     f"{(self.audio.num_mel_bins, self.audio.max_frames)}"
+                )
+            elif self.audio_preprocess.min_frames != self.audio.patch_size:
+                # Shorter windows than one patch are refused by the encoder alone and masked to
+                # nothing when batched, so every path pads clips to exactly this length.
+                raise ValueError(
+                    f"model.audio_preprocess.min_frames {self.audio_preprocess.min_frames} differs from the audio "
+                    f"encoder's patch length {self.audio.patch_size} (model.audio.patch_size); set them equal"
                 )
         valid_pairs = set(self.pairs)
         bad = [p for p in self.loss_pairs if p not in valid_pairs]

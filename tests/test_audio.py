@@ -367,7 +367,25 @@ def test_audio_to_features_pads_bytes_and_waveforms_alike():
     from_bytes = audio_to_features(encode(clip.numpy(), 16000, "WAV", "FLOAT"), config, min_frames=16)
     from_tensor = audio_to_features(clip, config, sample_rate=16000, min_frames=16)
     assert from_bytes[0].shape == (16, 64) and torch.equal(from_bytes[0], from_tensor[0])
-    assert audio_to_features(clip, config, sample_rate=16000)[0].shape == (8, 64)  # no minimum given: its own length
+    # No minimum given: the config's (16 by default, the encoder's patch length), in evaluation and training.
+    assert torch.equal(audio_to_features(clip, config, sample_rate=16000)[0], from_tensor[0])
+    trained = audio_to_features(clip, config, sample_rate=16000, train=True, rng=random.Random(0))
+    assert torch.equal(trained, from_tensor[0])
+    # A config whose minimum the clip already reaches leaves it at its own length.
+    fewer = AudioPreprocessConfig(num_mel_bins=64, max_frames=100, min_frames=4)
+    assert audio_to_features(clip, fewer, sample_rate=16000)[0].shape == (8, 64)
+    assert eval_audio_windows(tone(0.01), fewer)[0].shape == (4, 64)
+    assert train_audio_features(tone(0.01), fewer, random.Random(0)).shape == (4, 64)
+
+
+@pytest.mark.parametrize("min_frames, words", [
+    (0, "audio_preprocess.min_frames must be an integer of at least 1"),
+    (True, "audio_preprocess.min_frames must be an integer of at least 1"),
+    (101, "audio_preprocess.min_frames 101 exceeds audio_preprocess.max_frames 100"),
+])
+def test_min_frames_must_fit_a_window(min_frames, words):
+    with pytest.raises(ValueError, match=words):
+        AudioPreprocessConfig(num_mel_bins=64, max_frames=100, min_frames=min_frames)
 
 
 @pytest.mark.parametrize("empty", [

@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 
 from multimodal.config import apply_overrides, from_dict, load_config_file, parse_override_args, to_dict
 
@@ -109,3 +110,47 @@ def test_config_files(tmp_path):
     (tmp_path / "c.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="mapping"):
         load_config_file(tmp_path / "c.json")
+
+
+# The model's audio preprocessing follows its encoder ------------------------------------------
+
+
+def test_audio_min_frames_follows_the_encoders_patch_length_and_a_mismatch_is_refused():
+    from multimodal.encoders import AudioConfig, TransformerConfig
+    from multimodal.model import ModelConfig
+    from multimodal.train import parse_config
+
+    small = TransformerConfig(width=32, depth=1, num_heads=2)
+    audio = AudioConfig(num_mel_bins=32, max_frames=100, patch_size=8, stride=8, transformer=small)
+    assert ModelConfig(audio=audio).audio_preprocess.min_frames == 8  # built from the encoder when not given
+    with pytest.raises(ValueError) as error:
+        from_dict(ModelConfig, {**to_dict(ModelConfig(audio=audio)), "audio": to_dict(AudioConfig(
+            num_mel_bins=32, max_frames=100, transformer=small))}, "model")
+    assert str(error.value) == (
+        "model.audio_preprocess.min_frames 8 differs from the audio encoder's patch length 16 "
+        "(model.audio.patch_size); set them equal"
+    )
+    # A command line that changes the patch must change the minimum with it.
+    with pytest.raises(ValueError, match=r"min_frames 16 differs from the audio encoder's patch length 8"):
+        parse_config(["--model.audio.patch_size", "8"])
+    config = parse_config(["--model.audio.patch_size", "8", "--model.audio_preprocess.min_frames", "8"])
+    assert config.model.audio_preprocess.min_frames == 8
+
+
+def test_a_checkpoint_written_before_min_frames_loads_with_its_patch_length(tmp_path):
+    import json
+
+    from multimodal.checkpoint import load_model, save_checkpoint
+    from multimodal.model import ModelConfig, MultimodalModel
+    from multimodal.presets import tiny
+
+    model = MultimodalModel(tiny(["text", "audio"]))
+    directory = save_checkpoint(model, tmp_path / "old")
+    written = json.loads((directory / "config.json").read_text())
+    del written["model"]["audio_preprocess"]["min_frames"]
+    (directory / "config.json").write_text(json.dumps(written))
+    assert from_dict(ModelConfig, written["model"], "model").audio_preprocess.min_frames == 16
+    loaded = load_model(directory)
+    assert loaded.config.audio_preprocess.min_frames == loaded.config.audio.patch_size == 16
+    frames = torch.randn(1, 16, loaded.config.audio.num_mel_bins)
+    torch.testing.assert_close(loaded.encode("audio", frames), model.eval().encode("audio", frames))

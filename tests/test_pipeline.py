@@ -23,7 +23,8 @@ from multimodal.data.source_spec import SourceSpec
 from multimodal.data.stats import DataStats
 
 IMAGE = ImagePreprocessConfig(image_size=8, train_crop_scale=(0.5, 1.0))
-AUDIO = AudioPreprocessConfig(num_mel_bins=16, max_frames=12)
+# Windows of 12 frames, so a 4-frame minimum (a small encoder's patch length along time).
+AUDIO = AudioPreprocessConfig(num_mel_bins=16, max_frames=12, min_frames=4)
 CONTEXT = 10
 
 
@@ -234,6 +235,7 @@ def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path, caplog):
         writer.write({"__key__": "sound", "flac": flac(0, 0.1), "json": json.dumps({"text": "ok"})})
         writer.write({"__key__": "noise", "flac": b"fLaC but not really", "json": json.dumps({"text": "broken"})})
         writer.write({"__key__": "tooshort", "wav": _wav(100), "json": json.dumps({"text": "100 samples"})})
+        writer.write({"__key__": "nosamples", "wav": _wav(0), "json": json.dumps({"text": "a header alone"})})
     sources = [
         image_source(tmp_path),
         SourceSpec(str(tmp_path / "aud-00000.tar"), ["audio", "text"], name="aud"),
@@ -241,15 +243,20 @@ def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="multimodal.data.stats"):
         stream = loader(sources, train=False, batch_size=8, log_skips_every=3)
         batches = list(stream)
-    assert sorted(keys_of(batches)) == ["good0", "good1", "sound"]
+    # 100 samples, not one 25 ms frame, are padded with silence to min_frames and kept, as the API keeps
+    # them; a WAV header with no samples is refused, as everywhere.
+    assert sorted(keys_of(batches)) == ["good0", "good1", "sound", "tooshort"]
     assert stream.stats.summary() == {
-        "samples": {"img": 2, "aud": 1},
+        "samples": {"img": 2, "aud": 2},
         "skipped": {
             "img": {"bad_image": 1, "missing_caption": 2, "bad_caption": 1, "empty_shard": 1, "unreadable_shard": 1},
             "aud": {"bad_audio": 2},
         },
         "total_skipped": 8,
     }
+    (audio_batch,) = [batch for batch in batches if "audio" in batch]
+    row = audio_batch["__key__"].index("tooshort")
+    assert (~audio_batch["audio_padding_mask"][row]).sum() == AUDIO.min_frames
     assert "skipping data (bad_image)" in caplog.text and "truncated" in caplog.text
     assert "skipped so far" in caplog.text
 
@@ -324,13 +331,14 @@ def test_uint8_images_on_request_and_worker_normalisation_keeps_the_thread_count
 
 def test_audio_eval_features_are_the_same_batched_or_alone(tmp_path):
     with webdataset.TarWriter(str(tmp_path / "aud-00000.tar")) as writer:
-        for index, seconds in enumerate((0.05, 0.3, 0.1)):  # 3, 2 windows and 1 short window of 8 frames
+        # 3 frames (padded with silence to min_frames, 4), 3 windows of 12, and 8 frames
+        for index, seconds in enumerate((0.05, 0.3, 0.1)):
             writer.write({"__key__": f"c{index}", "flac": flac(index, seconds), "txt": f"clip {index}"})
     source = SourceSpec(str(tmp_path / "aud-00000.tar"), ["audio", "text"])
     batch = next(iter(loader([source], train=False)))
     alone = [audio_to_features(flac(index, seconds), AUDIO) for index, seconds in enumerate((0.05, 0.3, 0.1))]
     windows = [window for clip in alone for window in clip]
-    assert [len(clip) for clip in alone] == [1, 3, 1]
+    assert [len(clip) for clip in alone] == [1, 3, 1] and alone[0][0].shape == (AUDIO.min_frames, 16)
     assert batch["audio_window_clip"].tolist() == [0, 1, 1, 1, 2]
     assert batch["audio"].shape == (5, 12, 16)
     for row, window in enumerate(windows):

@@ -1,8 +1,9 @@
-"""One rule for too-short and empty clips in every command: embed, classify, eval, search and serve.
+"""One rule for too-short and empty clips in every command: embed, classify, eval, search, serve and shards.
 
 A clip shorter than one spectrogram patch (0.1 s is 8 frames; the tiny preset's patch
 is 16) is padded with silence up to it and embedded from its own sound, the same alone
-or batched; a clip with no samples is refused with the same words everywhere.
+or batched, from a file or from tar shards; a clip with no samples is refused with the
+same words everywhere.
 """
 import json
 
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import webdataset
 
-from multimodal.api import ZeroShotClassifier, audio_min_frames, load
+from multimodal.api import ZeroShotClassifier, audio_min_frames, load, prepare_input
 from multimodal.cli import main
 from multimodal.data.audio import EMPTY_CLIP, samples_for_frames
+from multimodal.data.loader import make_loader
+from multimodal.data.source_spec import SourceSpec
 from multimodal.embed import read_embeddings
 from multimodal.search import build_index, open_index
 from multimodal.serve import SearchService
@@ -76,6 +80,43 @@ def test_a_short_clip_is_embedded_from_its_own_sound_alone_or_batched(model, cli
     samples = torch.from_numpy(soundfile.read(clips["short"], dtype="float32")[0])
     padded = torch.cat([samples, torch.zeros(samples_for_frames(16, model.config.audio_preprocess) - len(samples))])
     torch.testing.assert_close(model.embed_audio([(padded, SAMPLE_RATE)]), alone, atol=1e-5, rtol=0)
+
+
+def test_a_short_clip_read_from_shards_is_fed_as_the_api_feeds_it(model, clips, tmp_path):
+    """The shard loader pads with the model's audio_preprocess alone: no encoder in the data package."""
+    names = ["short", "long", "other"]
+    shard = tmp_path / "clips-00000.tar"
+    with webdataset.TarWriter(str(shard)) as writer:
+        for name in names:
+            writer.write({"__key__": name, "wav": clips[name].read_bytes(), "txt": f"someone saying {name}"})
+    config = model.model.config
+    source = SourceSpec(str(shard), ["audio", "text"])
+
+    def batches(batch_size: int, train: bool = False) -> list[dict]:
+        return list(make_loader([source], batch_size=batch_size, train=train, audio_config=config.audio_preprocess,
+                                resampled=False, shuffle_buffer=0, drop_last=False))
+
+    # Evaluation: every window of every clip as prepare_input makes it, the 0.1 s clip padded to one patch.
+    (batch,) = batches(3)
+    windows = [window for name in names for window in prepare_input("audio", clips[name], config)]
+    assert batch["__key__"] == names and windows[0].shape == (16, config.audio_preprocess.num_mel_bins)
+    assert batch["audio"].shape[0] == len(windows)
+    for row, window in enumerate(windows):
+        length = window.shape[0]
+        assert torch.equal(batch["audio"][row, :length], window)
+        assert (~batch["audio_padding_mask"][row]).sum() == length
+    expected = model.embed_audio([clips[name] for name in names])  # (3, E)
+    torch.testing.assert_close(model.encode("audio", batch), expected, atol=1e-5, rtol=0)
+    # Alone in its batch the short clip is embedded, not refused, and the same.
+    alone = batches(1)[0]
+    assert alone["__key__"] == ["short"]
+    torch.testing.assert_close(model.encode("audio", alone), expected[:1], atol=1e-5, rtol=0)
+
+    # Training reads the same padded frames (a clip shorter than a window is not cropped; no SpecAugment).
+    trained = next(batch for batch in batches(3, train=True) if "short" in batch["__key__"])
+    row = trained["__key__"].index("short")
+    assert (~trained["audio_padding_mask"][row]).sum() == 16  # beside the 1 s clip's 98 frames
+    assert torch.equal(trained["audio"][row, :16], windows[0])
 
 
 def test_embed_classify_eval_search_and_serve_take_a_short_clip_alike(model, clips, index, tmp_path, capsys):

@@ -144,7 +144,7 @@ def hf_ast_model_config(
         )
     preprocess = AudioPreprocessConfig(
         sample_rate=int(features["sampling_rate"]), num_mel_bins=audio.num_mel_bins, max_frames=audio.max_frames,
-        norm_mean=float(features["mean"]), norm_std=float(features["std"]),
+        norm_mean=float(features["mean"]), norm_std=float(features["std"]), min_frames=audio.patch_size,
     )
     return ModelConfig(embed_dim=width, audio=audio, audio_preprocess=preprocess, projection_bias=False)
 
