@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Quiet: setuptools' notes on editable installs are for package authors, not for users.
 PIP := PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup train test bench bench-gpu clean
+.PHONY: setup train bind test bench bench-gpu clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ setup: $(VENV)/.test-deps
 
 train: $(VENV)/.train-deps
 	$(PY) train.py
+
+# Binding on the demo (ImageBind's recipe): an image-text run that never hears a clip, then an
+# audio tower trained into its space with the image and text towers locked, on audio-text
+# pairs only; evaluated like the main job, speech -> image retrieval included.
+BIND_RUN := bind-$(shell date +%Y%m%d-%H%M%S)
+bind: $(VENV)/.train-deps
+	$(PY) train.py --run_name $(BIND_RUN)-image-text --model.audio null
+	$(PY) train.py --run_name $(BIND_RUN)-audio --init_from runs/$(BIND_RUN)-image-text/checkpoints/step-0001200 \
+		--freeze '["image", "text"]' --optim.steps 500
 
 test: $(VENV)/.test-deps
 	$(PY) -m pytest -q

@@ -823,7 +823,9 @@ def start_run(config: TrainConfig) -> Run:
     resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
     preflight.check_eval_sets(resolved.eval_sets, config.model)
     resolved.train = trained_sources(resolved, locked_modalities(config), accelerator.print)
-    if accelerator.is_main_process:
+    # A pretrained image tower keeps the normalisation its weights learned with, whatever the data measure.
+    pretrained_image = config.init_from is not None and read_config(config.init_from)["model"].get("image")
+    if accelerator.is_main_process and not pretrained_image:
         for warning in sources.normalisation_warnings(resolved, config.model):
             logger.warning(warning)
     tokenizer = choose_tokenizer(config, resolved, resume_from)
