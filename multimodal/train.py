@@ -820,8 +820,9 @@ def start_run(config: TrainConfig) -> Run:
     preflight.check_output_dir(run_dir)
     seed_everything(config.seed)
 
+    # The evaluation sets given are checked before the demo (if it trains) is built: a typo fails in seconds.
+    preflight.check_eval_sets(config.data.eval, config.model)
     resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
-    preflight.check_eval_sets(resolved.eval_sets, config.model)
     resolved.train = trained_sources(resolved, locked_modalities(config), accelerator.print)
     # A pretrained image tower keeps the normalisation its weights learned with, whatever the data measure.
     pretrained_image = config.init_from is not None and read_config(config.init_from)["model"].get("image")

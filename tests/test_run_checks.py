@@ -155,3 +155,12 @@ def test_the_resume_command_works_from_any_directory(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--resume latest: no checkpoint under" in done.stderr
     assert ROOT != tmp_path
+
+
+def test_a_wrong_evaluation_path_fails_before_the_demo_is_built(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--output_dir", str(tmp_path / "runs"), "--data.demo_dir", str(tmp_path / "demo"),
+                    "--data.eval", zero_shot_set("NOWHERE/val.tar")])
+    assert exit_info.value.code == 2
+    assert "data.eval[0] (squares).shards: none of the 1 shards of 'NOWHERE/val.tar' exists" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "runs").exists()
