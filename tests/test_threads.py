@@ -1,6 +1,8 @@
 """The trainer's thread count: from the cores the process may use (affinity, cgroup quota, processes per node),
 less the loader's workers and the cores other work keeps busy; a setting or OMP_NUM_THREADS overrides."""
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +109,33 @@ def test_the_workers_yield_only_where_they_would_stall_a_parallel_region(threads
     plan = threads.plan_threads(threads_, workers) if cores == threads.usable_cores()[0] else None
     if plan is not None:
         assert plan.worker_nice == nice
+
+
+def test_the_threads_bench_reads_training_seconds_from_the_runs_log(tmp_path):
+    from bench.bench_threads import training_seconds
+
+    rows = [{"step": 20, "loss": 4.0, "samples_per_s": 256.0}, {"step": 20, "image_zeroshot/accuracy@1": 0.5},
+            {"step": 30, "loss": 3.0, "samples_per_s": 128.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # 20 steps of 128 samples at 256/s, then 10 at 128/s; evaluation rows do not count.
+    assert training_seconds(tmp_path) == pytest.approx(10.0 + 10.0)
+
+
+def test_busy_neighbours_run_for_the_body_only():
+    from bench.common import busy_neighbours
+
+    with busy_neighbours(2):
+        children = [p for p in Path("/proc").glob("[0-9]*") if _is_busy_loop(p)]
+        assert len(children) >= 2
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _is_busy_loop(p) and _parent(p) == os.getpid()]
+
+
+def _is_busy_loop(proc: Path) -> bool:
+    try:
+        return b"while True: pass" in (proc / "cmdline").read_bytes() and _parent(proc) == os.getpid()
+    except OSError:
+        return False
+
+
+def _parent(proc: Path) -> int:
+    return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
