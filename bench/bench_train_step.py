@@ -42,8 +42,8 @@ from torch import nn
 
 from bench.common import Comparison, alternate, bf16_supported, count_flops, machine_summary, matmul_peaks, noise_note
 from multimodal.data.allocator import retain_freed_memory
-from multimodal.encoders import TextConfig, TransformerConfig, VisionConfig
-from multimodal.model import ModelConfig, MultimodalModel
+from multimodal.interop.open_clip import open_clip_model_config
+from multimodal.model import MultimodalModel
 
 LEARNING_RATE = 5e-4
 WEIGHT_DECAY = 0.2
@@ -81,19 +81,10 @@ TARGETS = {"small": 2.0, "vit_b_32": 1.8}
 
 
 def our_model(c: StepConfig) -> MultimodalModel:
-    """Text + image ``MultimodalModel`` with open_clip's architecture (pre_norm, no patch bias, GELU)."""
-    config = ModelConfig(
-        embed_dim=c.embed_dim,
-        text=TextConfig(
-            vocab_size=c.vocab_size, context_length=c.context_length, eot_token_id=c.vocab_size - 1,
-            transformer=TransformerConfig(width=c.text_width, depth=c.text_depth, num_heads=c.text_heads),
-        ),
-        image=VisionConfig(
-            image_size=c.image_size, patch_size=c.patch_size, patch_bias=False, pre_norm=True,
-            transformer=TransformerConfig(width=c.vision_width, depth=c.vision_depth, num_heads=c.vision_heads),
-        ),
-    )
-    return MultimodalModel(config)
+    """Text + image ``MultimodalModel`` with open_clip's architecture, as the shipped converter maps its ``CLIP``."""
+    with torch.device("meta"):  # shapes only, no memory: the converter reads the architecture from them
+        shapes = open_clip_model(c).state_dict()
+    return MultimodalModel(open_clip_model_config(shapes, activation="gelu", model_config=open_clip_config(c)))
 
 
 def open_clip_config(c: StepConfig) -> dict:

@@ -95,9 +95,3 @@ class AudioPreprocessConfig:
                 f"{self.max_frames}: a window holds at most max_frames frames, so it could never be long enough"
             )
 
-
-@dataclass
-class TextPreprocessConfig:
-    """How a caption becomes ``context_length`` token ids."""
-
-    context_length: int = 77

@@ -16,33 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-IMAGE_EXTENSIONS = ("jpg", "png", "webp")
-AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
+from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, modality_of_extension, normalize_extension
+
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
 # Drawings, rasterised to PNG when written if the svg extra is installed.
 VECTOR_EXTENSIONS = ("svg",)
 READ_EXTENSIONS = MEDIA_EXTENSIONS + VECTOR_EXTENSIONS  # anything else is ignored (and counted)
 CAPTION_EXTENSION = "txt"
 EXTRA_EXTENSION = "json"
-# Spellings of the same format mapped to the key the readers expect.
-_EXTENSION_ALIASES = {"jpeg": "jpg"}
 
 DEFAULT_CAPTION_TEMPLATES = {"image": "a photo of {}.", "audio": "the sound of {}."}
-
-
-def normalize_extension(extension: str) -> str:
-    """``".JPEG"`` -> ``"jpg"``: lower case, no dot, aliases folded."""
-    extension = extension.lower().lstrip(".")
-    return _EXTENSION_ALIASES.get(extension, extension)
-
-
-def modality_of_extension(extension: str) -> str | None:
-    """``"image"``, ``"audio"`` or None for a (normalised) media extension."""
-    if extension in IMAGE_EXTENSIONS or extension in VECTOR_EXTENSIONS:
-        return "image"
-    if extension in AUDIO_EXTENSIONS:
-        return "audio"
-    return None
 
 
 _UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-]+")

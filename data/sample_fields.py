@@ -30,10 +30,12 @@ import random
 from dataclasses import dataclass, field
 
 from multimodal.data.config import MODALITIES
+from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
 from multimodal.data.stats import SAMPLE_SKIP_REASONS
 
-IMAGE_KEYS = "jpg;jpeg;png;webp"
-AUDIO_KEYS = "flac;wav;ogg;mp3"
+# The members a modality is read from by default: every extension its decoder reads, in order.
+IMAGE_KEYS = ";".join(IMAGE_EXTENSIONS)
+AUDIO_KEYS = ";".join(AUDIO_EXTENSIONS)
 CAPTION_KEYS = "txt;json:text;json:caption"
 
 

@@ -2,9 +2,11 @@
 
 A sample in a shard is a group of tar members sharing a key::
 
-    {key}.png | .jpg | .webp | .flac | .wav | .ogg | .mp3   the media, bytes as they were
-    {key}.txt                                               the caption (UTF-8)
-    {key}.json                                              extra fields (label, class name, ...)
+    {key}.png | .jpg | .webp | .gif | .flac | .wav | .ogg | .mp3   the media, bytes as they were
+    {key}.txt                                                      the caption (UTF-8)
+    {key}.json                                                     extra fields (label, class name, ...)
+
+(the extensions of :mod:`multimodal.data.media_types`, ``.jpeg`` written as ``.jpg``).
 
 Shards are named ``{prefix}-000000.tar``, ``{prefix}-000001.tar`` ... and a
 ``sizes.json`` beside them maps each shard's file name to its sample count
@@ -73,11 +75,11 @@ from multimodal.data.listing import (
     READ_EXTENSIONS,
     SampleSource,
     make_key,
-    modality_of_extension,
     normalize_extension,
     samples_from_folder,
     samples_from_manifest,
 )
+from multimodal.data.media_types import modality_of_extension
 from multimodal.data.sample_fields import SampleFields
 from multimodal.data.seeds import stable_fraction
 from multimodal.data.tar_shards import ShardSequence, existing_shards, merged_sizes, shard_spec

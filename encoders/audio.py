@@ -54,10 +54,6 @@ class AudioConfig:
     def grid_size(self) -> tuple[int, int]:
         return patch_grid_size((self.num_mel_bins, self.max_frames), self.patch_size, self.stride)
 
-    def time_patches(self, num_frames: int) -> int:
-        """Time columns of patches that fit entirely inside ``num_frames`` frames."""
-        return (num_frames - self.patch_size) // self.stride + 1
-
 
 class AudioEncoder(nn.Module):
     """Log-mel frames (B, T, F) -> pooled features (B, D)."""

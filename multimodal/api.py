@@ -251,20 +251,6 @@ class EmbeddingModel:
 
     # Preprocessing, one item at a time
 
-    def preprocess_image(self, image: Any) -> torch.Tensor:
-        """One image (path, bytes, PIL image, uint8 or [0, 1] float tensor/array) -> float32 (3, S, S), normalised."""
-        self._require("image")
-        return prepare_input("image", image, self.model.config)
-
-    def preprocess_audio(self, audio: Any, sample_rate: int | None = None) -> list[torch.Tensor]:
-        """One clip -> its evaluation windows, normalised log-mel frames [(T_i, F), ...].
-
-        ``audio``: a path, encoded bytes, a ``(waveform, sample_rate)`` tuple, or a waveform
-        tensor/array ((samples,) or (channels, samples)) with ``sample_rate`` given.
-        """
-        self._require("audio")
-        return prepare_input("audio", audio, self.model.config, sample_rate=sample_rate)
-
     def prepare(self, modality: str, item: Any, *, sample_rate: int | None = None) -> Any:
         """One raw item -> what :meth:`encode_prepared` takes (see :func:`prepare_input`)."""
         self._require(modality)

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_atomically
+from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, modality_of_extension
 from multimodal.data.sample_fields import SampleFields, UnusableSample
 from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
@@ -60,9 +61,6 @@ from multimodal.errors import ArgumentNeeded
 from multimodal.model import ModelConfig
 
 OUTPUT_FORMATS = ("npy", "safetensors", "parquet")
-# What multimodal.data.image.decode_image reads (torchvision's decoders: no BMP or TIFF).
-IMAGE_FILE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif")
-AUDIO_FILE_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
 TEXT_FILE_EXTENSIONS = ("txt",)
 # Where each modality is found in a shard sample: the training sources' defaults.
 SHARD_FIELDS = SampleFields()
@@ -105,11 +103,9 @@ def file_modality(path: str | os.PathLike) -> str | None:
     OSError when the file cannot be opened.
     """
     path = Path(path)
-    extension = path.suffix.lower().lstrip(".")
-    if extension in IMAGE_FILE_EXTENSIONS:
-        return "image"
-    if extension in AUDIO_FILE_EXTENSIONS:
-        return "audio"
+    modality = modality_of_extension(path.suffix)
+    if modality is not None:
+        return modality
     with open(path, "rb") as handle:
         head = handle.read(16)
     if any(all(head[offset : offset + len(magic)] == magic for offset, magic in signature) for signature in _IMAGE_SIGNATURES):
@@ -124,7 +120,7 @@ def file_modality(path: str | os.PathLike) -> str | None:
 
 
 def _extensions(modality: str) -> tuple[str, ...]:
-    return {"image": IMAGE_FILE_EXTENSIONS, "audio": AUDIO_FILE_EXTENSIONS, "text": TEXT_FILE_EXTENSIONS}[modality]
+    return {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "text": TEXT_FILE_EXTENSIONS}[modality]
 
 
 def _files_in(folder: Path, extensions: Sequence[str]) -> list[Path]:
@@ -141,8 +137,8 @@ def list_inputs(modality: str, inputs: Sequence[str | os.PathLike]) -> list[Inpu
     """File and folder inputs -> the items to embed, in order.
 
     * image / audio: a file is taken as it is (whatever its extension); a folder gives
-      its files with the modality's extensions (``IMAGE_FILE_EXTENSIONS``,
-      ``AUDIO_FILE_EXTENSIONS``), recursively, sorted, hidden ones left out. Key: the path.
+      its files with the modality's extensions (see :mod:`multimodal.data.media_types`),
+      recursively, sorted, hidden ones left out. Key: the path.
     * text: a file holds one caption per line (empty lines skipped), key ``path:line``;
       a folder gives one caption per ``.txt`` file (its whole text), key: the path.
 

@@ -562,4 +562,4 @@ def test_eval_reads_the_modality_of_shards_from_their_samples(checkpoint, tmp_pa
         writer.write({"__key__": "k0", "txt": b"a caption", "cls": b"0"})
     err = bad_arguments(["eval", "--checkpoint", checkpoint, "--task", "zeroshot", "--labels", "a,b", "--data",
                          tmp_path / "text-000000.tar"], capsys)
-    assert "argument --data: no sample of" in err and "holds an image (jpg;jpeg;png;webp) or audio" in err
+    assert "argument --data: no sample of" in err and "holds an image (jpg;jpeg;png;webp;gif) or audio" in err

@@ -52,7 +52,7 @@ def test_captions_follow_one_rule():
 def test_members_labels_and_messages():
     fields = SampleFields(caption_keys="json:title;txt", label_key="json:label;cls")
     sample = raw(png=b"png bytes", webp=b"webp bytes", cls=b" 3\n", txt=b"t", json={"title": "json first"})
-    assert fields.member(sample, "image") == b"png bytes"  # the first of jpg;jpeg;png;webp present
+    assert fields.member(sample, "image") == b"png bytes"  # the first of jpg;jpeg;png;webp;gif present
     assert fields.caption(sample) == "json first"
     assert fields.label(sample) == 3
     assert fields.label(raw(json={"label": 2.0})) == 2
@@ -61,7 +61,7 @@ def test_members_labels_and_messages():
     assert reason_of(lambda: fields.label(raw(json={"label": "seven"}))) == "bad_label"
     assert reason_of(lambda: fields.label(raw(json={"label": True}))) == "bad_label"
     assert reason_of(lambda: fields.label(raw(txt=b"x"))) == "missing_label"
-    assert fields.members_read(["image", "text"]) == {"jpg", "jpeg", "png", "webp", "json", "txt", "cls"}
+    assert fields.members_read(["image", "text"]) == {"jpg", "jpeg", "png", "webp", "gif", "json", "txt", "cls"}
     assert SampleFields().members_read(["audio"]) == {"flac", "wav", "ogg", "mp3"}
     with pytest.raises(ValueError, match="caption_keys is empty"):
         SampleFields(caption_keys=" ; ")

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS
+from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
 
 PROGRAM = "multimodal"
 EXIT_STATUS_HELP = (
@@ -176,8 +176,8 @@ def print_templates(templates: Sequence[str], origin: str) -> None:
 def not_media_reason() -> str:
     """Why a file is not classified: what it is not, and what is read."""
     return ("not an image or audio file (neither by its extension nor by its content); images are read "
-            f"from {', '.join('.' + e for e in IMAGE_FILE_EXTENSIONS)} files, audio from "
-            f"{', '.join('.' + e for e in AUDIO_FILE_EXTENSIONS)} files")
+            f"from {', '.join('.' + e for e in IMAGE_EXTENSIONS)} files, audio from "
+            f"{', '.join('.' + e for e in AUDIO_EXTENSIONS)} files")
 
 
 def single_modality(kinds: dict, parser: argparse.ArgumentParser, option: str) -> str:

@@ -10,7 +10,8 @@ from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_text_atomically
 from multimodal.data.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
-from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS, file_modality, is_shard_spec
+from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from multimodal.embed import file_modality, is_shard_spec
 from multimodal.cli.common import (
     EXIT_STATUS_HELP,
     add_label_options,
@@ -105,12 +106,12 @@ def _class_folder_items(root: Path, modality: str | None, parser) -> tuple[str, 
             if path.is_file() and not path.name.startswith("."):
                 files.append((path, label))
     media = [(path, label) for path, label in files
-             if path.suffix.lower().lstrip(".") in IMAGE_FILE_EXTENSIONS + AUDIO_FILE_EXTENSIONS]
+             if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS + AUDIO_EXTENSIONS]
     if not media:
         parser.error(f"argument --data: the class folders of {root} hold no image or audio file")
     if modality is None:
         modality = single_modality({path: file_modality(path) for path, _ in media}, parser, f"the files of {root}")
-    extensions = IMAGE_FILE_EXTENSIONS if modality == "image" else AUDIO_FILE_EXTENSIONS
+    extensions = IMAGE_EXTENSIONS if modality == "image" else AUDIO_EXTENSIONS
     items = [(path, label) for path, label in media if path.suffix.lower().lstrip(".") in extensions]
     return modality, [name.replace("_", " ") for name in classes], items
 

@@ -12,13 +12,10 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from multimodal.data.media_types import MEDIA_TYPES, modality_of_extension
 from multimodal.data.sample_fields import AUDIO_KEYS, IMAGE_KEYS, parse_keys
 from multimodal.data.shards import SHARD_SUFFIXES
 
-MEDIA_TYPES = {
-    "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
-    "bmp": "image/bmp", "flac": "audio/flac", "wav": "audio/wav", "ogg": "audio/ogg", "mp3": "audio/mpeg",
-}
 OPEN_SHARDS = 8  # tar files kept open, least recently used closed first
 
 
@@ -49,7 +46,7 @@ class MediaReader:
         if is_local_shard(source):
             return self._from_shard(source, key)
         path = Path(source)
-        if not path.is_file() or path.suffix.lower().lstrip(".") not in MEDIA_TYPES:
+        if not path.is_file() or modality_of_extension(path.suffix) is None:
             return None
         return path.read_bytes(), media_type(path.suffix)
 

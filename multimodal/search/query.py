@@ -106,23 +106,10 @@ def search(
     return index.search(embed_queries(model, modality, queries), k, nprobe=nprobe)
 
 
-def query_modality_of(path: str | os.PathLike) -> str:
-    """image or audio, from a query file's extension; ValueError for others."""
-    from multimodal.embed import AUDIO_FILE_EXTENSIONS, IMAGE_FILE_EXTENSIONS
-
-    extension = Path(path).suffix.lower().lstrip(".")
-    if extension in IMAGE_FILE_EXTENSIONS:
-        return "image"
-    if extension in AUDIO_FILE_EXTENSIONS:
-        return "audio"
-    raise ValueError(f"cannot tell whether {path} is an image or a sound from its extension "
-                     f"(images: {', '.join(IMAGE_FILE_EXTENSIONS)}; audio: {', '.join(AUDIO_FILE_EXTENSIONS)})")
-
-
 def describe_hits(hits: Sequence[Hit]) -> list[dict]:
     """Hits as JSON-ready dicts with their rank (1 = best)."""
     return [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, start=1)]
 
 
 __all__ = ["QUERY_ERRORS", "check_model", "describe_hits", "embed_queries", "embed_query", "load_index_model",
-           "query_modality_of", "search"]
+           "search"]
