@@ -69,38 +69,28 @@ def demo_augment() -> AugmentConfig:
     speakers, rooms and microphones do.
 
     The image levers act on the digit source, the audio levers on the speech source. Only
-    the cheap levers are on, and band-limiting for a fifth of the clips: on 2 cores the
-    loader's workers share the CPU with the trainer, and every lever on (reverb and
-    band-limiting on every clip, blur, contrast ...) cost 2.7x the loader's time per step
-    (``python -m bench.bench_augment``) and made ``make train`` run past its time. The
-    others stay a dotted key away (``--data.demo_augment.audio.reverb.p 0.3``).
+    the cheap levers are on, and band-limiting for a fifth of the clips, because on 2 cores
+    the loader's workers share the CPU with the trainer (what each setting bought and cost:
+    docs/decisions.md, "The demo's augmentation and mixing"). The others stay a dotted key
+    away (``--data.demo_augment.audio.reverb.p 0.3``).
     """
     return AugmentConfig(
         image=ImageAugmentConfig(
-            # Zoomed up to 1.4x: MNIST fits its digits in 20 of 28 pixels, other collections fill
-            # the frame (scikit-learn's digits do); and a third of the digits at a lower
-            # resolution, down to 8 pixels, as small scans arrive. The scikit-learn digits went
-            # from 66-75% to 84 and 87% (seeds 0, 1), and with the demo's pen-written digits
-            # to 86.5-90.6% over six runs; MNIST stayed at 97.3-98.7%.
+            # Zoom up to 1.4x, as digits that fill their frame; a third down to 8 px, as small scans (docs/decisions.md).
             affine=AffineAugment(p=0.8, rotation_degrees=12.0, scale=(0.8, 1.4), shear_degrees=10.0, translate=0.08),
             stroke=StrokeAugment(p=0.5, thickness=(-0.5, 1.0)),
             resolution=ResolutionAugment(p=0.3, min_size=8),
         ),
         audio=AudioAugmentConfig(
-            # Half the clips lose their quiet ends, as people's recordings of a word do (the
-            # demo's human ones last 0.62-0.79 s): 7 / 9 / 7 of them right over three seeds, against 6 / 9 / 4.
+            # Half the clips lose their quiet ends, as people's recordings of a word do (docs/decisions.md).
             trim=TrimAugment(p=0.5),
             speed=SpeedAugment(p=0.8, factor=(0.85, 1.15)),
             noise=NoiseAugment(p=0.5, snr_db=(5.0, 35.0)),
-            # A fifth of the clips over a telephone line, and most through another microphone's
-            # colouring: over six runs the human recordings went from 7 / 9 / 7 of 10 right to
-            # 9, 8, 9, 8, 7, 8, the held-out voices over a telephone line from 68-73% to 89-95%.
+            # A fifth of the clips through a telephone line, most through a microphone's colouring (docs/decisions.md).
             band_limit=BandLimitAugment(p=0.2),
             gain=GainAugment(p=1.0, db=(-12.0, 6.0)),
             equalizer=EqualizerAugment(p=0.8),
-            # Half the clips lose a span of up to 10 frames (0.1 s), no band: over ten seeds the
-            # human recordings went from a median of 7 of 10 (4 runs of 10 at 8 or more) to 8 (9
-            # runs of 10). Masking a band as well, or a band alone, cost audio -> image recall.
+            # Half the clips lose a span of up to 10 frames (0.1 s), no band of mel bins (docs/decisions.md).
             spec_augment=SpecAugmentLever(p=0.5, freq_mask=0, time_mask=10),
         ),
     )
@@ -123,9 +113,7 @@ class DataConfig:
     tokenizer_vocab_size: int = 512
     demo_dir: str | None = None  # None: the default cache directory
     demo_scale: float = 1.0  # fraction of the demo's data (all voices and digits kept): smaller, quicker runs
-    # The demo's image-text batches per audio-text batch. Image steps cost half an audio step
-    # and the digits had more to learn: 2 bought +1.0 points on MNIST and +15 on the
-    # scikit-learn digits at no cost in time (seed 0; the README has three seeds).
+    # The demo's image-text batches per audio-text batch (why 2: docs/decisions.md).
     demo_image_weight: float = 2.0
     shuffle_buffer: int = 1000
     # The demo's training augmentation (no effect on configured sources, which carry their own); null: none.
