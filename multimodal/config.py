@@ -319,3 +319,37 @@ def load_config_file(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a configuration file must hold a mapping at the top level")
     return data
+
+
+# --------------------------------------------------------------------------- plain trees of settings
+
+
+def lookup(tree: dict, dotted: str) -> Any:
+    """The value at ``dotted`` in nested dicts (a whole section for a section's key); None where absent."""
+    node = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts -> ``{"a.b": leaf}``; lists and empty dicts are leaves."""
+    flat = {}
+    for key, value in tree.items():
+        dotted = _join(prefix, key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied key by key, nested mappings merged, other values replaced."""
+    result = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result

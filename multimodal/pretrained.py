@@ -34,7 +34,7 @@ from multimodal.checkpoint import (
     read_config,
     write_directory_atomically,
 )
-from multimodal.config import from_dict, to_dict
+from multimodal.config import flatten, from_dict, to_dict
 from multimodal.data.config import MODALITIES
 from multimodal.model import ModelConfig, MultimodalModel
 
@@ -330,21 +330,10 @@ _TRAINING_ONLY = {
 }
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            flat.update(_flatten(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def _check_same_architecture(a_dir: Path, b_dir: Path) -> None:
     """Refuses two checkpoints whose model configs differ beyond training-only settings, naming the first key."""
-    a = _flatten(to_dict(checkpoint_model_config(a_dir, "interpolate")), "model")
-    b = _flatten(to_dict(checkpoint_model_config(b_dir, "interpolate")), "model")
+    a = flatten(to_dict(checkpoint_model_config(a_dir, "interpolate")), "model")
+    b = flatten(to_dict(checkpoint_model_config(b_dir, "interpolate")), "model")
     for key in sorted(set(a) | set(b)):
         if key.rsplit(".", 1)[-1] in _TRAINING_ONLY:
             continue
