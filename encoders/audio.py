@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from multimodal.encoders.block import TransformerConfig
-from multimodal.encoders.embed import GridPositions, PatchEmbed, patch_grid_size
+from multimodal.encoders.stems import GridPositions, PatchEmbed, patch_grid_size
 from multimodal.encoders.encoder import EncoderTrunk
 from multimodal.encoders.patch_dropout import PatchDropout
 

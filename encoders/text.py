@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from multimodal.encoders.block import TransformerConfig
-from multimodal.encoders.embed import GridPositions
+from multimodal.encoders.stems import GridPositions
 from multimodal.encoders.encoder import EncoderTrunk
 
 

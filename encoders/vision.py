@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from multimodal.encoders.block import TransformerConfig
-from multimodal.encoders.embed import ConvStem, GridPositions, PatchEmbed
+from multimodal.encoders.stems import ConvStem, GridPositions, PatchEmbed
 from multimodal.encoders.encoder import EncoderTrunk
 from multimodal.encoders.patch_dropout import PatchDropout
 

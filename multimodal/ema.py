@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from multimodal.sharding import full_tensor, like
+from multimodal.fsdp import full_tensor, like
 
 
 class WeightAverage:

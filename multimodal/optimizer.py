@@ -30,7 +30,7 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.A
 def build_uniform_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only, in groups that are the same whether the model is sharded or not.
 
-    The parameters FSDP keeps whole (scalars, empty tensors; see multimodal/sharding.py)
+    The parameters FSDP keeps whole (scalars, empty tensors; see multimodal/fsdp.py)
     get a group of their own: the fused kernel steps a group at once and cannot mix them
     with sharded ones. Grouping by shape alone keeps the optimiser state interchangeable
     between DDP and FSDP runs.

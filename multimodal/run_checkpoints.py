@@ -29,7 +29,7 @@ from multimodal.checkpoint import (
 from multimodal.config import to_dict
 from multimodal.ema import WeightAverage
 from multimodal.random_state import python_rng_state, rng_state, set_python_rng_state, set_rng_state
-from multimodal.sharding import full_model_state, full_optimizer_state, is_sharded, load_optimizer_state
+from multimodal.fsdp import full_model_state, full_optimizer_state, is_sharded, load_optimizer_state
 
 if TYPE_CHECKING:
     from multimodal.train import TrainConfig
@@ -38,7 +38,7 @@ TRAINING_STATE_FILE = "training_state.pt"
 EMA_DIR = "ema"  # in a training checkpoint: the averaged weights, a checkpoint directory of their own
 
 
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
+def step_checkpoint_dir(run_dir: Path, step: int) -> Path:
     """Where the run in ``run_dir`` keeps its checkpoint of ``step``."""
     return run_dir / RUN_CHECKPOINTS / f"step-{step:07d}"
 
@@ -74,7 +74,7 @@ def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer
                 save_checkpoint(unwrapped, tmp / EMA_DIR, tokenizer=tokenizer, state={**weights, **averaged},
                                 extra_config={**extra_config, "ema": {"decay": ema.decay, "step": step}})
 
-        path = save_checkpoint(unwrapped, checkpoint_dir(run_dir, step), tokenizer=tokenizer, state=weights,
+        path = save_checkpoint(unwrapped, step_checkpoint_dir(run_dir, step), tokenizer=tokenizer, state=weights,
                                extra_config=extra_config, write_extra=write_training_state)
         for old in list_checkpoints(run_dir)[: -config.keep_last]:
             _remove_tree(old)

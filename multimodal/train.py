@@ -66,7 +66,7 @@ from multimodal.run_checkpoints import (
     save_training_checkpoint,
 )
 from multimodal.run_log import LossWindow, MetricsLog
-from multimodal.sharding import shard_model
+from multimodal.fsdp import shard_model
 from multimodal.stop_request import StopRequest
 from multimodal.threads import ThreadPlan, apply_plan, plan_threads
 from multimodal.training_evaluation import EVAL_ERROR, evaluate_run
@@ -80,7 +80,7 @@ from multimodal.optimizer import build_uniform_optimizer, is_decay_free  # noqa:
 from multimodal.run_checkpoints import (  # noqa: F401
     EMA_DIR,
     TRAINING_STATE_FILE,
-    checkpoint_dir,
+    step_checkpoint_dir,
     whole_weights,
 )
 from multimodal.training_evaluation import EVAL_ERRORS_FILE, evaluate, evaluation_model  # noqa: F401
@@ -127,7 +127,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     # "ddp": every process holds the whole model (DistributedDataParallel); "fsdp": weights, gradients
-    # and optimiser state sharded over the processes (FSDP2, see multimodal/sharding.py). An
+    # and optimiser state sharded over the processes (FSDP2, see multimodal/fsdp.py). An
     # `accelerate config` with distributed_type FSDP selects "fsdp" too.
     distributed: str = "ddp"
     # "auto": bf16 where the CPU or GPU computes it natively (see multimodal/precision.py), else fp32;

@@ -10,7 +10,7 @@ from multimodal import evaluation
 from multimodal.checkpoint import load_state_checked
 from multimodal.model import MultimodalModel
 from multimodal.run_checkpoints import whole_weights
-from multimodal.sharding import is_sharded
+from multimodal.fsdp import is_sharded
 
 if TYPE_CHECKING:
     from multimodal.train import Run

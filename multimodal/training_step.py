@@ -11,7 +11,7 @@ import torch
 
 from multimodal.losses import substitute_microbatch
 from multimodal.random_state import rng_state, set_rng_state
-from multimodal.sharding import average_replicated_gradients, clip_grad_norm, is_sharded
+from multimodal.fsdp import average_replicated_gradients, clip_grad_norm, is_sharded
 
 
 def compute_gradients(accelerator, model, micro_batches: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from multimodal import train
-from multimodal.sharding import full_model_state, full_tensor, shard_model
+from multimodal.fsdp import full_model_state, full_tensor, shard_model
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
 

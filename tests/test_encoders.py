@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from multimodal.encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, Transformer, TransformerConfig
 from multimodal.encoders import VisionConfig, VisionEncoder
-from multimodal.encoders.embed import GridPositions, PatchEmbed, resize_grid, sinusoidal_1d, sinusoidal_2d
+from multimodal.encoders.stems import GridPositions, PatchEmbed, resize_grid, sinusoidal_1d, sinusoidal_2d
 from multimodal.encoders.pool import AttentionPool, pool_eot, pool_mean
 
 SMALL = dict(width=32, depth=2, num_heads=4)
@@ -176,7 +176,7 @@ def test_layer_scale_drop_path_and_qk_norm_run():
 
 
 def test_conv_stem_is_its_convolutions_then_a_patch_projection():
-    from multimodal.encoders.embed import ConvStem
+    from multimodal.encoders.stems import ConvStem
 
     torch.manual_seed(0)
     stem = ConvStem(3, 24, patch_size=8, channels=(4, 6))

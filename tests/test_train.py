@@ -462,7 +462,7 @@ def test_the_scale_settings_come_from_a_yaml_file_and_are_in_the_help(tmp_path, 
 def test_optimizer_state_resumes_when_a_pairs_temperature_never_had_a_gradient():
     """Image-text and audio-text batches never hold image and audio together: the image_audio
     temperature gets no gradient, so AdamW has no state for it when the run is saved."""
-    from multimodal.sharding import full_optimizer_state, load_optimizer_state
+    from multimodal.fsdp import full_optimizer_state, load_optimizer_state
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from multimodal.data.config import MODALITIES
@@ -224,50 +225,76 @@ def _same_classes(test_classes: list[str], train_classes: list[str], parser) -> 
                      f"of each); only in --data: {only_test[:10]}, only in --train-data: {only_train[:10]}")
 
 
-def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.data.loader import make_loader
-    from multimodal.evaluation import EvalSetConfig, run_evaluation, run_linear_probe, zero_shot_templates
-    from multimodal.report import format_results
+@dataclass
+class _Inputs:
+    """What is read, settled before the model loads (loading is slow; a bad option should fail first)."""
 
-    labels = parse_labels(args, parser)
-    templates = parse_templates(args, parser)
-    _check_task_options(args, parser, templates)
-    probe = args.task == "linear_probe"
+    folder: bool  # class folders, else shards
+    modality: str
+    class_names: list[str]
+    items: list[tuple[Path, int]] = field(default_factory=list)  # class folders only
+    train_items: list[tuple[Path, int]] = field(default_factory=list)  # class folders of a linear probe only
+
+
+def _settle_inputs(args, parser: argparse.ArgumentParser, labels: list[str] | None, probe: bool) -> _Inputs:
+    """The data's kind, modality and class names (and the files of class folders); parser errors for bad ones."""
     folder = _check_data(args.data, "--data", args.task, parser)
     if probe and _check_data(args.train_data, "--train-data", args.task, parser) != folder:
         parser.error("argument --train-data: give the training and test sets alike, both class folders or both shards")
-
-    # What is read, settled before the model loads.
-    class_names: list[str] = labels or []
     if folder:
-        modality, folder_classes, items = _class_folder_items(Path(args.data), args.modality, parser)
-        if probe:
-            _, train_classes, train_items = _class_folder_items(Path(args.train_data), modality, parser)
-            _same_classes(folder_classes, train_classes, parser)
-        if labels is not None and len(labels) != len(folder_classes):
-            parser.error(f"argument --labels: {len(labels)} names for {len(folder_classes)} class folders")
-        class_names = labels or folder_classes
-    else:
-        modality = args.modality or _shard_modality(str(args.data), args.gallery_modality, parser)
-        if args.task == "retrieval" and args.gallery_modality == modality:
-            parser.error(f"argument --gallery-modality: must differ from --modality ({modality})")
-        if args.task == "zeroshot":
-            class_names = labels or _class_names_from_shards(args.data)
+        return _folder_inputs(args, parser, labels, probe)
+    class_names: list[str] = labels or []
+    modality = args.modality or _shard_modality(str(args.data), args.gallery_modality, parser)
+    if args.task == "retrieval" and args.gallery_modality == modality:
+        parser.error(f"argument --gallery-modality: must differ from --modality ({modality})")
+    if args.task == "zeroshot":
+        class_names = labels or _class_names_from_shards(args.data)
+    return _Inputs(folder=False, modality=modality, class_names=class_names)
+
+
+def _folder_inputs(args, parser: argparse.ArgumentParser, labels: list[str] | None, probe: bool) -> _Inputs:
+    """The inputs of class folders: their files, and the class names from the folders unless labels are given."""
+    modality, folder_classes, items = _class_folder_items(Path(args.data), args.modality, parser)
+    train_items: list[tuple[Path, int]] = []
+    if probe:
+        _, train_classes, train_items = _class_folder_items(Path(args.train_data), modality, parser)
+        _same_classes(folder_classes, train_classes, parser)
+    if labels is not None and len(labels) != len(folder_classes):
+        parser.error(f"argument --labels: {len(labels)} names for {len(folder_classes)} class folders")
+    return _Inputs(folder=True, modality=modality, class_names=labels or folder_classes, items=items,
+                   train_items=train_items)
+
+
+def _eval_set_config(args, parser: argparse.ArgumentParser, inputs: _Inputs, templates, probe: bool):
+    """The EvalSetConfig of the options; a parser error for settings it refuses."""
+    from multimodal.evaluation import EvalSetConfig
+
     probe_settings = {option: getattr(args, option) for option in ("fewshot_k", "weight_decay", "val_fraction", "seed")
                       if getattr(args, option) is not None}
     try:
-        config = EvalSetConfig(name=args.name, shards=str(args.data), task=args.task, modality=modality,
-                               class_names=list(class_names) if args.task == "zeroshot" else [],
-                               templates=templates or [], gallery_modality=args.gallery_modality,
-                               caption_keys=args.caption_keys or CAPTION_KEYS,
-                               train_shards=str(args.train_data) if probe else None, **probe_settings)
+        return EvalSetConfig(name=args.name, shards=str(args.data), task=args.task, modality=inputs.modality,
+                             class_names=list(inputs.class_names) if args.task == "zeroshot" else [],
+                             templates=templates or [], gallery_modality=args.gallery_modality,
+                             caption_keys=args.caption_keys or CAPTION_KEYS,
+                             train_shards=str(args.train_data) if probe else None, **probe_settings)
     except ValueError as error:
         parser.error(one_line(error))
 
-    model = load_model(args)
+
+def _check_model_modalities(model, config, parser: argparse.ArgumentParser) -> None:
     for needed in config.model_modalities:
         if needed not in model.modalities:
             parser.error(f"argument --checkpoint: this checkpoint encodes {model.modalities}; the task needs {needed}")
+
+
+def _loaders(args, model, config, inputs: _Inputs, probe: bool):
+    """The batches of the test set and, for a linear probe, of the training set (else None)."""
+    from multimodal.data.loader import make_loader
+
+    if inputs.folder:
+        loader = _FolderBatches(model, inputs.modality, inputs.items, args.batch_size)
+        train_loader = _FolderBatches(model, inputs.modality, inputs.train_items, args.batch_size) if probe else None
+        return loader, train_loader
 
     def shard_loader(spec):
         return make_loader([spec], batch_size=args.batch_size, train=False,
@@ -275,45 +302,66 @@ def run(args, parser: argparse.ArgumentParser) -> int:
                            image_config=model.config.image_preprocess, audio_config=model.config.audio_preprocess,
                            num_workers=args.num_workers)
 
-    if folder:
-        loader = _FolderBatches(model, modality, items, args.batch_size)
-        train_loader = _FolderBatches(model, modality, train_items, args.batch_size) if probe else None
-    else:
-        specs = config.source_specs()
-        loader = shard_loader(specs["shards"])
-        train_loader = shard_loader(specs["train_shards"]) if probe else None
-    prompts: dict = {}
-    if args.task == "zeroshot":
-        templates, origin = zero_shot_templates(modality, templates, model.eval_sets)
-        print_templates(templates, origin)
-        prompts = {"templates": templates, "templates_from": origin}
-        config.templates = templates
-    report: dict = {}
+    specs = config.source_specs()
+    return shard_loader(specs["shards"]), (shard_loader(specs["train_shards"]) if probe else None)
+
+
+def _zero_shot_prompts(model, config, modality: str, templates) -> dict:
+    """Settles the prompt templates into ``config``, says them on stderr; what the JSON report says of them."""
+    from multimodal.evaluation import zero_shot_templates
+
+    templates, origin = zero_shot_templates(modality, templates, model.eval_sets)
+    print_templates(templates, origin)
+    config.templates = templates
+    return {"templates": templates, "templates_from": origin}
+
+
+def _write_report(args, model, config, loader, inputs: _Inputs, details: dict, results: dict, skipped) -> None:
+    """Writes the JSON report to ``--output`` and, unless ``--no-pictures``, the pictures beside it."""
+    report = {"checkpoint": str(args.checkpoint), "task": args.task, "data": args.data, "modality": inputs.modality,
+              "class_names": list(inputs.class_names), **details, "results": results, "skipped": skipped}
+    if args.task == "retrieval":
+        report["caption_keys"] = config.caption_keys
+    write_text_atomically(args.output, json.dumps(report, indent=2) + "\n")
+    if not args.no_pictures and args.task != "linear_probe":
+        from multimodal.eval_pictures import write_pictures
+
+        for picture in write_pictures(model, config, loader, Path(args.output)):
+            print(f"wrote {picture}", file=sys.stderr)
+
+
+def run(args, parser: argparse.ArgumentParser) -> int:
+    from multimodal.evaluation import run_evaluation, run_linear_probe
+    from multimodal.report import format_results
+
+    labels = parse_labels(args, parser)
+    templates = parse_templates(args, parser)
+    _check_task_options(args, parser, templates)
+    probe = args.task == "linear_probe"
+    inputs = _settle_inputs(args, parser, labels, probe)
+    config = _eval_set_config(args, parser, inputs, templates, probe)
+
+    model = load_model(args)
+    _check_model_modalities(model, config, parser)
+    loader, train_loader = _loaders(args, model, config, inputs, probe)
+    prompts = _zero_shot_prompts(model, config, inputs.modality, templates) if args.task == "zeroshot" else {}
+    probe_details: dict = {}
     if probe:
         result = run_linear_probe(model, config, loader, train_loader, device=model.device)
         metrics = result.metrics
-        report = _probe_report(config, result)
+        probe_details = _probe_report(config, result)
     else:
         metrics = run_evaluation(model, config, loader, model.tokenizer, device=model.device)
     results = {f"{args.name}/{key}": value for key, value in metrics.items()}
-    skipped = {"data": _skipped(loader, folder)}
-    num_skipped = _num_skipped(loader, folder)
+    skipped = {"data": _skipped(loader, inputs.folder)}
+    num_skipped = _num_skipped(loader, inputs.folder)
     if probe:
-        skipped["train_data"] = _skipped(train_loader, folder)
-        num_skipped += _num_skipped(train_loader, folder)
+        skipped["train_data"] = _skipped(train_loader, inputs.folder)
+        num_skipped += _num_skipped(train_loader, inputs.folder)
     print(format_results(results))
     if args.output:
-        report = {"checkpoint": str(args.checkpoint), "task": args.task, "data": args.data, "modality": modality,
-                  "class_names": list(class_names), **prompts, **report, "results": results,
-                  "skipped": skipped if probe else skipped["data"]}
-        if args.task == "retrieval":
-            report["caption_keys"] = config.caption_keys
-        write_text_atomically(args.output, json.dumps(report, indent=2) + "\n")
-        if not args.no_pictures and not probe:
-            from multimodal.eval_pictures import write_pictures
-
-            for picture in write_pictures(model, config, loader, Path(args.output)):
-                print(f"wrote {picture}", file=sys.stderr)
+        _write_report(args, model, config, loader, inputs, {**prompts, **probe_details}, results,
+                      skipped if probe else skipped["data"])
     return exit_status(num_skipped, "input(s)")
 
 
