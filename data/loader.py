@@ -166,6 +166,90 @@ class ShardLoader:
                 )
 
 
+def _check_arguments(
+    sources: list[SourceSpec],
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    worker_nice: int,
+    resampled: bool,
+    samples_per_epoch: int | None,
+) -> None:
+    """Refuses the settings of :func:`make_loader` that cannot make a stream, naming the one at fault."""
+    if not sources:
+        raise ValueError("make_loader needs at least one source")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if not 0 <= worker_nice <= 19:
+        raise ValueError(f"worker_nice must be in 0-19 (a niceness added to the workers), got {worker_nice}")
+    if samples_per_epoch is not None:
+        if not resampled:
+            raise ValueError("samples_per_epoch sets the length of a resampled stream; a finite one reads each shard once")
+        if samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be at least 1, got {samples_per_epoch}")
+
+
+def _source_names(sources: list[SourceSpec]) -> list[str]:
+    """Each source's name (``source{index}`` when it has none); distinct, as they key the statistics."""
+    names = [spec.name or f"source{index}" for index, spec in enumerate(sources)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"source names must be distinct, got {names}")
+    return names
+
+
+def _check_sources(
+    sources: list[SourceSpec],
+    names: list[str],
+    train: bool,
+    image_config: ImagePreprocessConfig | None,
+    audio_config: AudioPreprocessConfig | None,
+) -> None:
+    """Refuses a source that this mode cannot read, or whose modality has no preprocessing given."""
+    for spec, name in zip(sources, names):
+        if train and spec.all_captions:
+            raise ValueError(f"source {name!r}: all_captions is for evaluation; training reads one caption per sample")
+        if train and len(spec.modalities) < 2:
+            raise ValueError(
+                f"source {name!r}: a training batch needs at least two modalities to contrast, got {spec.modalities}"
+            )
+        if "image" in spec.modalities and image_config is None:
+            raise ValueError(f"source {name!r} has images but make_loader got no image_config")
+        if "audio" in spec.modalities and audio_config is None:
+            raise ValueError(f"source {name!r} has audio but make_loader got no audio_config")
+
+
+def _shard_lists(sources: list[SourceSpec], names: list[str], resampled: bool, readers: int) -> list[list[str]]:
+    """Each source's shard URLs; in a finite pass, a warning for each source with fewer shards than ``readers``."""
+    shard_lists = [expand_shards(spec.shards) for spec in sources]
+    if not resampled:
+        _warn_of_idle_readers(names, shard_lists, readers)
+    return shard_lists
+
+
+def _warn_of_idle_readers(names: list[str], shard_lists: list[list[str]], readers: int) -> None:
+    """Warns of a source with fewer shards than ranks x workers: in a finite pass some of them read nothing."""
+    for name, urls in zip(names, shard_lists):
+        if len(urls) < readers:
+            logger.warning(
+                "source %r has %d shards for %d ranks x workers: some read nothing in a finite pass",
+                name,
+                len(urls),
+                readers,
+            )
+
+
+def _batches_per_epoch(samples_per_epoch: int | None, batch_size: int, world_size: int) -> int | None:
+    """Batches per rank in an epoch of ``samples_per_epoch`` over all ranks; None: the stream never ends."""
+    if samples_per_epoch is None:
+        return None
+    return math.ceil(samples_per_epoch / (batch_size * world_size))
+
+
 def make_loader(
     sources: Sequence[SourceSpec],
     *,
@@ -220,66 +304,17 @@ def make_loader(
             keeps the trainer's threads running (see :func:`multimodal.data.batch_stream.lower_priority`).
     """
     sources = list(sources)
-    if not sources:
-        raise ValueError("make_loader needs at least one source")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if not 0 <= worker_nice <= 19:
-        raise ValueError(f"worker_nice must be in 0-19 (a niceness added to the workers), got {worker_nice}")
     resampled = train if resampled is None else resampled
-    if samples_per_epoch is not None:
-        if not resampled:
-            raise ValueError("samples_per_epoch sets the length of a resampled stream; a finite one reads each shard once")
-        if samples_per_epoch < 1:
-            raise ValueError(f"samples_per_epoch must be at least 1, got {samples_per_epoch}")
-    names = [spec.name or f"source{index}" for index, spec in enumerate(sources)]
-    if len(set(names)) != len(names):
-        raise ValueError(f"source names must be distinct, got {names}")
-    for spec, name in zip(sources, names):
-        if train and spec.all_captions:
-            raise ValueError(f"source {name!r}: all_captions is for evaluation; training reads one caption per sample")
-        if train and len(spec.modalities) < 2:
-            raise ValueError(
-                f"source {name!r}: a training batch needs at least two modalities to contrast, got {spec.modalities}"
-            )
-        if "image" in spec.modalities and image_config is None:
-            raise ValueError(f"source {name!r} has images but make_loader got no image_config")
-        if "audio" in spec.modalities and audio_config is None:
-            raise ValueError(f"source {name!r} has audio but make_loader got no audio_config")
-    shard_lists = [expand_shards(spec.shards) for spec in sources]
-    if not resampled:
-        readers = world_size * max(num_workers, 1)
-        for name, urls in zip(names, shard_lists):
-            if len(urls) < readers:
-                logger.warning(
-                    "source %r has %d shards for %d ranks x workers: some read nothing in a finite pass",
-                    name,
-                    len(urls),
-                    readers,
-                )
-    batches_per_epoch = None
-    if samples_per_epoch is not None:
-        batches_per_epoch = math.ceil(samples_per_epoch / (batch_size * world_size))
+    _check_arguments(sources, batch_size, rank, world_size, num_workers, worker_nice, resampled, samples_per_epoch)
+    names = _source_names(sources)
+    _check_sources(sources, names, train, image_config, audio_config)
+    shard_lists = _shard_lists(sources, names, resampled, readers=world_size * max(num_workers, 1))
     dataset = BatchStream(
-        sources,
-        names,
-        shard_lists,
-        batch_size=batch_size,
-        tokenize=tokenize,
-        train=train,
-        resampled=resampled,
+        sources, names, shard_lists, batch_size=batch_size, tokenize=tokenize, train=train, resampled=resampled,
         shuffle_buffer=(1000 if train else 0) if shuffle_buffer is None else shuffle_buffer,
         drop_last=train if drop_last is None else drop_last,
-        image_config=image_config,
-        audio_config=audio_config,
-        seed=seed,
-        rank=rank,
-        batches_per_epoch=batches_per_epoch,
-        worker_nice=worker_nice,
+        image_config=image_config, audio_config=audio_config, seed=seed, rank=rank,
+        batches_per_epoch=_batches_per_epoch(samples_per_epoch, batch_size, world_size), worker_nice=worker_nice,
     )
     return ShardLoader(
         dataset,

@@ -466,6 +466,104 @@ def _write_skipped_file(path: Path, skipped: list[SkippedSample]) -> None:
     write_text_atomically(path, "".join(lines))
 
 
+@dataclass
+class _Tally:
+    """What the writing loop counts, sample by sample, for the :class:`WriteResult`."""
+
+    length_counts: LengthCounts | None
+    skipped: list[SkippedSample] = field(default_factory=list)
+    ignored: Counter[str] = field(default_factory=Counter)
+    seen_keys: set[str] = field(default_factory=set)
+    multi_line: int = 0
+    rasterised: int = 0
+    written: int = 0
+    listed: int = 0
+
+    def result(self, splits: dict[str, SplitResult], skipped_file: Path, caption_lines: str) -> WriteResult:
+        return WriteResult(
+            splits=splits,
+            skipped=self.skipped,
+            skipped_file=skipped_file,
+            num_listed=self.listed,
+            ignored_files=_by_count(self.ignored),
+            multi_line_captions=self.multi_line,
+            caption_lines=caption_lines,
+            svgs_rasterised=self.rasterised,
+            lengths=self.length_counts,
+        )
+
+
+@dataclass(frozen=True)
+class _SplitChooser:
+    """Which split a sample's key goes to: ``"all"`` without a validation fraction."""
+
+    seed: int
+    validation_fraction: float
+
+    def __call__(self, key: str) -> str:
+        if self.validation_fraction <= 0:
+            return ALL_SPLIT
+        return VALIDATION_SPLIT if _is_validation(key, self.seed, self.validation_fraction) else TRAIN_SPLIT
+
+
+def _prepare_new_key(source: SampleSource, preparation: _Preparation, seen_keys: set[str]) -> _PreparedSample:
+    """:func:`_prepare`, refusing a key another sample already has: a key must name one sample."""
+    if source.key in seen_keys:
+        raise _SampleError("duplicate_key", f"duplicate key {source.key!r}: another sample already has it")
+    return _prepare(source, preparation)
+
+
+def _write_source(
+    source: SampleSource,
+    preparation: _Preparation,
+    writers: dict[str, _SplitWriter],
+    tally: _Tally,
+    choose_split: _SplitChooser,
+) -> None:
+    """Writes one source into its split's shards, or records why not; counts it in ``tally``."""
+    if source.only_ignored:
+        tally.ignored.update(normalize_extension(path.suffix) for path in source.ignored)
+        return
+    tally.listed += 1
+    try:
+        prepared = _prepare_new_key(source, preparation, tally.seen_keys)
+    except _SampleError as error:
+        tally.skipped.append(SkippedSample(source.describe(), error.reason, str(error)))
+        tally.ignored.update(normalize_extension(path.suffix) for path in source.ignored)
+        return
+    tally.seen_keys.add(source.key)
+    tally.ignored.update(prepared.ignored)
+    tally.multi_line += prepared.multi_line_caption
+    tally.rasterised += prepared.rasterised_svg
+    writers[choose_split(source.key)].add(source.key, prepared)
+    tally.written += 1
+    if tally.length_counts is not None:
+        _count_lengths(tally.length_counts, prepared)
+
+
+def _write_sources(
+    sources: list[SampleSource],
+    preparation: _Preparation,
+    writers: dict[str, _SplitWriter],
+    tally: _Tally,
+    choose_split: _SplitChooser,
+    progress: Callable[[WriteProgress], None] | None,
+) -> None:
+    """Writes every source and closes the shards; on any error, aborts them so no partial shard remains."""
+    try:
+        for processed, source in enumerate(sources, start=1):
+            _write_source(source, preparation, writers, tally, choose_split)
+            if progress is not None:
+                progress(WriteProgress(processed=processed, total=len(sources), written=tally.written,
+                                       skipped=len(tally.skipped)))
+        for writer in writers.values():
+            writer.shards.close()
+    except BaseException:
+        for writer in writers.values():
+            writer.shards.abort()
+        raise
+
+
 def write_shards(
     samples: Iterable[SampleSource],
     output_dir: str | os.PathLike,
@@ -538,60 +636,13 @@ def write_shards(
         name: _SplitWriter(directory, prefix, max_samples_per_shard, max_bytes_per_shard, background, stats_max_images)
         for name, directory in directories.items()
     }
-    skipped: list[SkippedSample] = []
-    ignored: Counter[str] = Counter()
-    multi_line = rasterised = written = listed = 0
-    seen_keys: set[str] = set()
-    length_counts = _length_counts(lengths)
-    try:
-        for processed, source in enumerate(sources, start=1):
-            if source.only_ignored:
-                ignored.update(normalize_extension(path.suffix) for path in source.ignored)
-            else:
-                listed += 1
-                try:
-                    if source.key in seen_keys:
-                        raise _SampleError("duplicate_key", f"duplicate key {source.key!r}: another sample already has it")
-                    prepared = _prepare(source, preparation)
-                except _SampleError as error:
-                    skipped.append(SkippedSample(source.describe(), error.reason, str(error)))
-                    ignored.update(normalize_extension(path.suffix) for path in source.ignored)
-                else:
-                    seen_keys.add(source.key)
-                    ignored.update(prepared.ignored)
-                    multi_line += prepared.multi_line_caption
-                    rasterised += prepared.rasterised_svg
-                    split = ALL_SPLIT
-                    if validation_fraction > 0:
-                        split = VALIDATION_SPLIT if _is_validation(source.key, seed, validation_fraction) else TRAIN_SPLIT
-                    writers[split].add(source.key, prepared)
-                    written += 1
-                    if length_counts is not None:
-                        _count_lengths(length_counts, prepared)
-            if progress is not None:
-                progress(WriteProgress(processed=processed, total=len(sources), written=written, skipped=len(skipped)))
-        for writer in writers.values():
-            writer.shards.close()
-    except BaseException:
-        for writer in writers.values():
-            writer.shards.abort()
-        raise
+    tally = _Tally(length_counts=_length_counts(lengths))
+    _write_sources(sources, preparation, writers, tally, _SplitChooser(seed, validation_fraction), progress)
 
     splits = {name: writer.finish(prefix) for name, writer in writers.items()}
     skipped_file = output_dir / SKIPPED_FILE
-    _write_skipped_file(skipped_file, skipped)
-    return WriteResult(
-        splits=splits,
-        skipped=skipped,
-        skipped_file=skipped_file,
-        num_listed=listed,
-        ignored_files=_by_count(ignored),
-        multi_line_captions=multi_line,
-        caption_lines=caption_lines,
-        svgs_rasterised=rasterised,
-        lengths=length_counts,
-    )
-
+    _write_skipped_file(skipped_file, tally.skipped)
+    return tally.result(splits, skipped_file, caption_lines)
 
 __all__ = [
     "ALL_SPLIT",

@@ -205,6 +205,63 @@ def _check_retrieval_inputs(
             raise ValueError(f"{name} contain NaN or infinity; ranks would be meaningless (check the model's outputs)")
 
 
+def _score_dtype(query_embeddings: torch.Tensor, gallery_embeddings: torch.Tensor) -> torch.dtype:
+    """The dtype similarities are computed in: that of the embeddings, float32 at least."""
+    # float32 at least: half-precision similarities tie far more often than the model means them to.
+    score_dtype = torch.promote_types(query_embeddings.dtype, gallery_embeddings.dtype)
+    return torch.promote_types(score_dtype, torch.float32)
+
+
+def _chunk_ranks(
+    scores: torch.Tensor,
+    start: int,
+    position: torch.Tensor,
+    max_cutoff: int,
+    query_to_gallery: torch.Tensor | None,
+    query_labels: torch.Tensor | None,
+    gallery_labels: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query of a chunk (rows ``start`` on): the rank (q, K) of its m-th best relevant item, ``max_cutoff + 1``
+    past its last one, and its number of relevant items (q,). ``position`` (K,) is 1, 2, ... K.
+
+    Overwrites ``scores`` (q, G), as :func:`_best_relevant_and_irrelevant` does; raises ValueError for a query
+    without a relevant item.
+    """
+    num_gallery, depth = scores.shape[1], position.shape[0]
+    best_relevant, best_irrelevant, num_relevant = _best_relevant_and_irrelevant(  # (q, K), (q, K), (q,)
+        scores, start, depth, query_to_gallery, query_labels, gallery_labels
+    )
+    if not bool((num_relevant > 0).all()):
+        query = start + int((num_relevant == 0).nonzero()[0])
+        raise ValueError(f"query {query} has no relevant gallery item; every query needs at least one "
+                         "(check the labels, or that the gallery covers every query's class)")
+    num_irrelevant = num_gallery - num_relevant  # (q,)
+
+    relevant_valid = position[None, :] <= num_relevant[:, None]  # (q, K) slot m holds a real relevant item
+    irrelevant_valid = position[None, :] <= num_irrelevant[:, None]  # (q, K) slot holds a real irrelevant item
+    # Irrelevant items scoring >= the m-th best relevant one, each sitting before it (pessimistic ties).
+    outscoring = best_irrelevant[:, None, :] >= best_relevant[:, :, None]  # (q, K, K)
+    outscoring &= irrelevant_valid[:, None, :]
+    # Exact while below K; once it reaches K the item ranks past K anyway.
+    ranks = position[None, :] + outscoring.sum(dim=2)  # (q, K) rank of the m-th best relevant item
+
+    # Slots past the last relevant item must never count as hits: rank them past every cut-off.
+    return ranks.masked_fill(~relevant_valid, max_cutoff + 1), num_relevant
+
+
+def _recall_and_map(
+    ranks: torch.Tensor, num_relevant: torch.Tensor, recall_ks: Sequence[int], map_k: int | None
+) -> dict[str, float]:
+    """recall@k for each k and mAP@``map_k`` from the ranks (Q, K) and the numbers of relevant items (Q,)."""
+    metrics = {f"recall@{k}": float((ranks[:, 0] <= k).double().mean()) for k in recall_ks}
+    if map_k is not None:
+        position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)  # (K,)
+        precision_at_hits = torch.where(ranks <= map_k, position[None, :] / ranks, 0.0)  # (Q, K)
+        average_precision = precision_at_hits.sum(dim=1) / num_relevant.clamp(max=map_k)  # (Q,)
+        metrics[f"map@{map_k}"] = float(average_precision.mean())
+    return metrics
+
+
 def retrieval_metrics(
     query_embeddings: torch.Tensor,
     gallery_embeddings: torch.Tensor,
@@ -251,9 +308,7 @@ def retrieval_metrics(
     cutoffs = list(recall_ks) + ([map_k] if map_k is not None else [])
 
     device = query_embeddings.device
-    # float32 at least: half-precision similarities tie far more often than the model means them to.
-    score_dtype = torch.promote_types(query_embeddings.dtype, gallery_embeddings.dtype)
-    score_dtype = torch.promote_types(score_dtype, torch.float32)
+    score_dtype = _score_dtype(query_embeddings, gallery_embeddings)
     gallery = gallery_embeddings.to(device, score_dtype)  # (G, E)
     # Only the K best relevant and K best irrelevant scores of a query can decide
     # whether a relevant item lands in the top K; more is never needed.
@@ -264,39 +319,18 @@ def retrieval_metrics(
     for start in range(0, num_queries, chunk_size):
         end = min(start + chunk_size, num_queries)
         scores = query_embeddings[start:end].to(score_dtype) @ gallery.T  # (q, G)
-        best_relevant, best_irrelevant, num_relevant = _best_relevant_and_irrelevant(  # (q, K), (q, K), (q,)
-            scores, start, depth, query_to_gallery, query_labels, gallery_labels
+        ranks, num_relevant = _chunk_ranks(  # (q, K), (q,)
+            scores, start, position, max(cutoffs), query_to_gallery, query_labels, gallery_labels
         )
-        if not bool((num_relevant > 0).all()):
-            query = start + int((num_relevant == 0).nonzero()[0])
-            raise ValueError(f"query {query} has no relevant gallery item; every query needs at least one "
-                             "(check the labels, or that the gallery covers every query's class)")
-        num_irrelevant = num_gallery - num_relevant  # (q,)
-
-        relevant_valid = position[None, :] <= num_relevant[:, None]  # (q, K) slot m holds a real relevant item
-        irrelevant_valid = position[None, :] <= num_irrelevant[:, None]  # (q, K) slot holds a real irrelevant item
-        # Irrelevant items scoring >= the m-th best relevant one, each sitting before it (pessimistic ties).
-        outscoring = best_irrelevant[:, None, :] >= best_relevant[:, :, None]  # (q, K, K)
-        outscoring &= irrelevant_valid[:, None, :]
-        # Exact while below K; once it reaches K the item ranks past K anyway.
-        ranks = position[None, :] + outscoring.sum(dim=2)  # (q, K) rank of the m-th best relevant item
-
-        # Slots past the last relevant item must never count as hits: rank them past every cut-off.
-        all_ranks.append(ranks.masked_fill(~relevant_valid, max(cutoffs) + 1))
+        all_ranks.append(ranks)
         all_num_relevant.append(num_relevant)
 
     # (Q, K) integers: small enough to finish on the CPU in float64 on any device.
     ranks = torch.cat(all_ranks).cpu()  # (Q, K) rank of each query's m-th best relevant item
     num_relevant = torch.cat(all_num_relevant).cpu()  # (Q,)
-    metrics = {f"recall@{k}": float((ranks[:, 0] <= k).double().mean()) for k in recall_ks}
-    if map_k is not None:
-        position = torch.arange(1, depth + 1, dtype=torch.float64)  # (K,)
-        precision_at_hits = torch.where(ranks <= map_k, position[None, :] / ranks, 0.0)  # (Q, K)
-        average_precision = precision_at_hits.sum(dim=1) / num_relevant.clamp(max=map_k)  # (Q,)
-        metrics[f"map@{map_k}"] = float(average_precision.mean())
+    metrics = _recall_and_map(ranks, num_relevant, recall_ks, map_k)
     metrics["num_queries"] = num_queries
     return metrics
-
 
 def bidirectional_retrieval_metrics(
     first_embeddings: torch.Tensor,
