@@ -28,7 +28,7 @@ _EXPORTS = {
     "augment_waveform": "multimodal.data.augment_audio",
     "SampleFields": "multimodal.data.sample_fields",
     "SourceSpec": "multimodal.data.source_spec",
-    "DataStats": "multimodal.data.stats",
+    "DataStats": "multimodal.data.skip_counts",
     "ShardLoader": "multimodal.data.loader",
     "make_loader": "multimodal.data.loader",
 }

@@ -28,7 +28,7 @@ from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.seeds import stable_int
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.source_stream import SourceStream, StreamSettings
-from multimodal.data.stats import WorkerCounts
+from multimodal.data.skip_counts import WorkerCounts
 
 
 @functools.cache

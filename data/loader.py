@@ -26,7 +26,7 @@ Each pass over a loader is the next epoch: every stream gets a new seed, so a
 second pass does not repeat the first. To continue a run, make a new loader with a
 new seed (the trainer derives one from the step it restarts at).
 
-Bad data is skipped and counted (:mod:`multimodal.data.stats`); ``loader.stats`` adds
+Bad data is skipped and counted (:mod:`multimodal.data.skip_counts`); ``loader.stats`` adds
 up the workers' reports. A source with no valid sample at all is an error naming
 it: raised by a worker in resampled mode (see :mod:`multimodal.data.source_stream`),
 and at the end of a finite pass for a source of which this rank read nothing valid.
@@ -50,7 +50,7 @@ from multimodal.data.main_process import RecycledBuffers, one_cpu_thread
 from multimodal.data.seeds import stable_int
 from multimodal.data.shards import expand_shards
 from multimodal.data.source_spec import SourceSpec
-from multimodal.data.stats import DataStats
+from multimodal.data.skip_counts import DataStats
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ShardLoader:
     Made by :func:`make_loader`. Iterating runs one epoch (forever for a resampled
     stream without ``samples_per_epoch``) and then advances :attr:`epoch`, so the
     next pass draws new shards, shuffles and crops. Attributes: ``stats``
-    (:class:`multimodal.data.stats.DataStats`), ``epoch`` (passes completed),
+    (:class:`multimodal.data.skip_counts.DataStats`), ``epoch`` (passes completed),
     ``num_batches`` (batches per epoch per rank, or None when unknown).
     """
 

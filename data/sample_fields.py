@@ -20,7 +20,7 @@ column that held a list arrives as its Python repr (``['a dog', 'a brown dog']``
 text that is exactly such a list literal of strings is read as that list.
 
 A sample that lacks a field or holds a malformed one raises :class:`UnusableSample`,
-whose ``reason`` is one of ``SAMPLE_SKIP_REASONS`` (see :mod:`multimodal.data.stats`).
+whose ``reason`` is one of ``SAMPLE_SKIP_REASONS`` (see :mod:`multimodal.data.skip_counts`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from multimodal.data.config import MODALITIES
 from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
-from multimodal.data.stats import SAMPLE_SKIP_REASONS
+from multimodal.data.skip_counts import SAMPLE_SKIP_REASONS
 
 # The members a modality is read from by default: every extension its decoder reads, in order.
 IMAGE_KEYS = ";".join(IMAGE_EXTENSIONS)

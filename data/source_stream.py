@@ -20,7 +20,7 @@ sample does not shift the choices made for later ones. Nothing depends on torch'
 global RNG. Evaluation makes no random choice at all.
 
 Bad data: a sample that lacks a modality of the source or whose data does not
-decode is counted (see :mod:`multimodal.data.stats`) and skipped, and its shard goes
+decode is counted (see :mod:`multimodal.data.skip_counts`) and skipped, and its shard goes
 on. A sample without the source's image or audio member is dropped as it is read,
 before the shuffle buffer, and the others keep only the members the source reads:
 the buffer's slots and memory go to samples the source can use.
@@ -47,7 +47,7 @@ from multimodal.data.sample_fields import UnusableSample
 from multimodal.data.seeds import stable_int
 from multimodal.data.shards import ShardProblem, read_shard
 from multimodal.data.source_spec import SourceSpec
-from multimodal.data.stats import WorkerCounts
+from multimodal.data.skip_counts import WorkerCounts
 
 # A resampled source is declared empty before a whole pass is judged only after this
 # many failures spread over at least EMPTY_SOURCE_MIN_SHARDS shards, none valid: a

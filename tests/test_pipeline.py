@@ -20,7 +20,7 @@ from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.image import normalize_image, preprocess_image
 from multimodal.data.loader import make_loader
 from multimodal.data.source_spec import SourceSpec
-from multimodal.data.stats import DataStats
+from multimodal.data.skip_counts import DataStats
 
 IMAGE = ImagePreprocessConfig(image_size=8, train_crop_scale=(0.5, 1.0))
 # Windows of 12 frames, so a 4-frame minimum (a small encoder's patch length along time).
@@ -240,7 +240,7 @@ def test_every_kind_of_bad_data_is_skipped_and_counted(tmp_path, caplog):
         image_source(tmp_path),
         SourceSpec(str(tmp_path / "aud-00000.tar"), ["audio", "text"], name="aud"),
     ]
-    with caplog.at_level(logging.WARNING, logger="multimodal.data.stats"):
+    with caplog.at_level(logging.WARNING, logger="multimodal.data.skip_counts"):
         stream = loader(sources, train=False, batch_size=8, log_skips_every=3)
         batches = list(stream)
     # 100 samples, not one 25 ms frame, are padded with silence to min_frames and kept, as the API keeps
@@ -411,7 +411,7 @@ def test_training_captions_and_crops_use_their_own_seeded_rng(tmp_path):
 
 def test_skip_summaries_come_after_log_every_skips_then_at_each_doubling(caplog):
     stats = DataStats(["a"], log_every=10)
-    with caplog.at_level(logging.WARNING, logger="multimodal.data.stats"):
+    with caplog.at_level(logging.WARNING, logger="multimodal.data.skip_counts"):
         for _ in range(100):
             stats.add({"skipped": {"a": {"missing_audio": 1}}})
     totals = [int(line.split("(")[1].split(")")[0]) for line in caplog.messages if line.startswith("skipped so far")]

@@ -12,7 +12,7 @@ from multimodal.cli.common import (
     add_label_options,
     add_model_options,
     exit_status,
-    load_model,
+    load_model_for,
     not_media_reason,
     parse_labels,
     parse_templates,
@@ -76,7 +76,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
             parser.error(f"argument FILE: {first}" if len(args.files) == 1 else
                          f"argument FILE: none of the {len(args.files)} files can be classified; {first}")
         modality = single_modality(kinds, parser, "the files")
-    model = load_model(args)
+    model = load_model_for(args)
     if modality not in model.modalities or "text" not in model.modalities:
         parser.error(f"argument --checkpoint: this checkpoint encodes {model.modalities}; "
                      f"classifying {modality} needs text and {modality}")

@@ -130,7 +130,7 @@ def resolve_device(text: str, process_device=None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(args, process_device=None):
+def load_model_for(args, process_device=None):
     from multimodal.api import load
 
     return load(args.checkpoint, device=resolve_device(args.device, process_device), precision=args.precision,

@@ -10,7 +10,7 @@ from multimodal.cli.common import (
     EXIT_STATUS_HELP,
     add_model_options,
     exit_status,
-    load_model,
+    load_model_for,
     non_negative_int,
     progress_bar,
     show_progress,
@@ -73,7 +73,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     if not all(shard_inputs) and world_size > 1:
         parser.error(f"argument --input: files are embedded by one process, but {world_size} were launched; "
                      "give shard inputs to share the work, or run one process")
-    model = load_model(args, process_device)
+    model = load_model_for(args, process_device)
     if args.modality not in model.modalities:
         parser.error(f"argument --modality: this checkpoint encodes {model.modalities}, not {args.modality}")
 

@@ -19,7 +19,7 @@ from multimodal.cli.common import (
     add_model_options,
     checked,
     exit_status,
-    load_model,
+    load_model_for,
     non_negative_int,
     one_line,
     parse_labels,
@@ -341,7 +341,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     inputs = _settle_inputs(args, parser, labels, probe)
     config = _eval_set_config(args, parser, inputs, templates, probe)
 
-    model = load_model(args)
+    model = load_model_for(args)
     _check_model_modalities(model, config, parser)
     loader, train_loader = _loaders(args, model, config, inputs, probe)
     prompts = _zero_shot_prompts(model, config, inputs.modality, templates) if args.task == "zeroshot" else {}
