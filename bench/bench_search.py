@@ -223,14 +223,14 @@ def demo_precision(checkpoint: Path, folder: Path) -> dict[str, dict[str, float]
     """Precision@10 of each digit word against the held-out demo images: {"text" | "spoken" | "human": {word: p}}."""
     import json
 
-    from multimodal.api import load
+    from multimodal.api import load_embedding_model
     from multimodal.data.demo import build_demo
     from multimodal.data.shards import expand_shards, read_shard
     from multimodal.embed import embed_shards, shard_sample_input
     from multimodal.search import build_index, search
 
     paths = build_demo(None)
-    model = load(checkpoint)
+    model = load_embedding_model(checkpoint)
     images = paths.shards("image-val")
     embed_shards(model, "image", images, folder / "image-parts")
     index = build_index([folder / "image-parts"], folder / "demo-index", checkpoint=checkpoint, modality="image",

@@ -11,7 +11,7 @@ def __getattr__(name: str):
     if name in _API_NAMES:
         from multimodal import api
 
-        return api.load if name == "load_embedding_model" else getattr(api, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'multimodal' has no attribute {name!r}")
 
 

@@ -4,9 +4,9 @@ Shapes: N inputs, W audio windows, C classes, E embedding width.
 
 ::
 
-    from multimodal.api import ZeroShotClassifier, load
+    from multimodal.api import ZeroShotClassifier, load_embedding_model
 
-    model = load("runs/demo/final")                     # an EmbeddingModel
+    model = load_embedding_model("runs/demo/final")                   # an EmbeddingModel
     vectors = model.embed_images(["cat.jpg", pil_image])  # float32 (N, E), unit rows
     classifier = ZeroShotClassifier("runs/demo/final", ["cat", "dog"])
     classifier.classify(["cat.jpg"], top_k=2)           # [[("cat", 0.93), ("dog", 0.07)]]
@@ -162,7 +162,7 @@ def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate:
 class EmbeddingModel:
     """A checkpoint's model with its tokenizer and preprocessing: inputs in, unit-norm float32 embeddings out.
 
-    Build it with :func:`load` (or :meth:`from_checkpoint`). Attributes: ``model``
+    Build it with :func:`load_embedding_model`. Attributes: ``model``
     (the :class:`~multimodal.model.MultimodalModel`, in eval mode, weights in
     ``dtype``: a model passed in is cast in place), ``tokenizer``, ``device``, ``dtype``,
     ``batch_size``, ``logit_scales`` (pair -> log scale, read in float32 before the cast),
@@ -196,28 +196,6 @@ class EmbeddingModel:
         self.eval_sets = list(eval_sets)
         self.checkpoint: Path | None = None  # the directory it was loaded from, when it was
         self._checkpoint_id: str | None = None
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        *,
-        device: torch.device | str = "cpu",
-        precision: str = "auto",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> EmbeddingModel:
-        """Loads a checkpoint directory (config.json, model.safetensors, tokenizer.json)."""
-        model = load_model(path)
-        tokenizer = load_tokenizer(path)
-        check_tokenizer_fits(model.config, tokenizer, str(path))
-        try:
-            eval_sets = recorded_eval_sets(read_config(path))
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {error}") from error
-        embedding_model = cls(model, tokenizer, device=device, precision=precision, batch_size=batch_size,
-                              eval_sets=eval_sets)
-        embedding_model.checkpoint = Path(path)
-        return embedding_model
 
     # What the model is
 
@@ -383,19 +361,29 @@ def _describe(item: Any) -> str:
     return type(item).__name__
 
 
-def load(
+def load_embedding_model(
     path: str | os.PathLike,
     *,
     device: torch.device | str = "cpu",
     precision: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> EmbeddingModel:
-    """A checkpoint directory -> :class:`EmbeddingModel` (model, tokenizer and preprocessing).
+    """A checkpoint directory (config.json, model.safetensors, tokenizer.json) -> :class:`EmbeddingModel`.
 
     ``multimodal.checkpoint.load_model`` is the low-level loader that returns the bare
     :class:`~multimodal.model.MultimodalModel` in float32.
     """
-    return EmbeddingModel.from_checkpoint(path, device=device, precision=precision, batch_size=batch_size)
+    model = load_model(path)
+    tokenizer = load_tokenizer(path)
+    check_tokenizer_fits(model.config, tokenizer, str(path))
+    try:
+        eval_sets = recorded_eval_sets(read_config(path))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {error}") from error
+    embedding_model = EmbeddingModel(model, tokenizer, device=device, precision=precision, batch_size=batch_size,
+                                     eval_sets=eval_sets)
+    embedding_model.checkpoint = Path(path)
+    return embedding_model
 
 
 # Zero-shot classification -----------------------------------------------------------------
@@ -432,7 +420,7 @@ class ZeroShotClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         if not isinstance(model, EmbeddingModel):
-            model = load(model, device=device, precision=precision, batch_size=batch_size)
+            model = load_embedding_model(model, device=device, precision=precision, batch_size=batch_size)
         self.embedding_model = model
         if isinstance(labels, str) or not labels or not all(isinstance(label, str) and label.strip() for label in labels):
             raise ValueError(f"labels must be a non-empty list of non-empty strings, got {labels!r}")
@@ -500,7 +488,7 @@ __all__ = [
     "as_items",
     "audio_min_frames",
     "cpu_has_native_bf16",
-    "load",
+    "load_embedding_model",
     "load_tokenizer",
     "prepare_input",
     "resolve_dtype",

@@ -15,7 +15,7 @@ from PIL import Image
 
 from multimodal.data.audio import audio_to_features, collate_audio
 from multimodal.data.tokenizer import Tokenizer
-from multimodal.api import EmbeddingModel, ZeroShotClassifier, as_items, cpu_has_native_bf16, load, load_tokenizer
+from multimodal.api import EmbeddingModel, ZeroShotClassifier, as_items, cpu_has_native_bf16, load_embedding_model as load, load_tokenizer
 from multimodal.api import resolve_dtype
 from multimodal.checkpoint import save_checkpoint
 from multimodal.model import MultimodalModel
@@ -242,6 +242,6 @@ def test_package_exports_the_api():
     import multimodal.api
 
     assert multimodal.ZeroShotClassifier is ZeroShotClassifier and multimodal.EmbeddingModel is EmbeddingModel
-    assert multimodal.load_embedding_model is multimodal.api.load
+    assert multimodal.load_embedding_model is multimodal.api.load_embedding_model
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         multimodal.nothing  # noqa: B018

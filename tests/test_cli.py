@@ -14,7 +14,7 @@ import multimodal.interop
 from multimodal.data.tokenizer import Tokenizer
 from multimodal.data.writer import samples_from_folder, write_shards
 from multimodal import embed
-from multimodal.api import ZeroShotClassifier, load
+from multimodal.api import ZeroShotClassifier, load_embedding_model as load
 from multimodal.checkpoint import TRAINER_FILE, load_model, load_tokenizer, save_checkpoint
 from multimodal.cli import build_parser, main
 from multimodal.config import to_dict

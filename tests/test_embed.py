@@ -10,7 +10,7 @@ import torch
 from multimodal.data.shards import read_shard
 from multimodal.data.writer import samples_from_folder, write_shards
 from multimodal import embed
-from multimodal.api import load
+from multimodal.api import load_embedding_model as load
 from multimodal.errors import ArgumentNeeded
 from tests.test_api import tiny_checkpoint, write_png, write_wav
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from multimodal.api import ZeroShotClassifier, load
+from multimodal.api import ZeroShotClassifier, load_embedding_model as load
 from multimodal.cli import main
 from multimodal.data.writer import samples_from_folder, write_shards
 from multimodal.eval_pictures import confusion_matrix

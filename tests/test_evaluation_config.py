@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from multimodal.api import load
+from multimodal.api import load_embedding_model as load
 from multimodal.checkpoint import CheckpointError, load_model, load_tokenizer, save_checkpoint
 from multimodal.config import from_dict, to_dict
 from multimodal.eval import AUDIO_TEMPLATES, IMAGE_TEMPLATES

@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
-from multimodal.api import load
+from multimodal.api import load_embedding_model as load
 from multimodal.embed import embed_files
 from multimodal.search import build_index, open_index
 from multimodal.serve import SearchService, create_app

@@ -13,7 +13,7 @@ import soundfile
 import torch
 import webdataset
 
-from multimodal.api import ZeroShotClassifier, audio_min_frames, load, prepare_input
+from multimodal.api import ZeroShotClassifier, audio_min_frames, load_embedding_model as load, prepare_input
 from multimodal.cli import main
 from multimodal.data.audio import EMPTY_CLIP, samples_for_frames
 from multimodal.data.loader import make_loader

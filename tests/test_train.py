@@ -282,7 +282,7 @@ def test_the_text_tower_takes_its_vocabulary_and_end_of_text_id_from_the_tokeniz
 
 
 def test_a_checkpoint_whose_tokenizer_does_not_fit_its_text_tower_is_refused(tiny_dataset, tmp_path):
-    from multimodal.api import load
+    from multimodal.api import load_embedding_model as load
     from multimodal.checkpoint import CheckpointError, save_checkpoint
     from multimodal.data.clip_tokenizer import ClipTokenizer
 

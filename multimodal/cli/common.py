@@ -131,10 +131,10 @@ def resolve_device(text: str, process_device=None):
 
 
 def load_model_for(args, process_device=None):
-    from multimodal.api import load
+    from multimodal.api import load_embedding_model
 
-    return load(args.checkpoint, device=resolve_device(args.device, process_device), precision=args.precision,
-                batch_size=args.batch_size)
+    return load_embedding_model(args.checkpoint, device=resolve_device(args.device, process_device),
+                                precision=args.precision, batch_size=args.batch_size)
 
 
 def parse_labels(args, parser: argparse.ArgumentParser) -> list[str] | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from multimodal.api import EmbeddingModel, as_items, load
+from multimodal.api import EmbeddingModel, as_items, load_embedding_model
 from multimodal.search.index import Hit, SearchIndex
 
 
@@ -30,7 +30,7 @@ def check_model(index: SearchIndex, model: EmbeddingModel) -> None:
     if model.checkpoint_id is None:
         raise ValueError(
             "this model was not loaded from a checkpoint directory, so which space it embeds into cannot be checked; "
-            "load it with multimodal.api.load(DIR)"
+            "load it with multimodal.load_embedding_model(DIR)"
         )
     if model.checkpoint_id != index.checkpoint_id:
         raise ValueError(
@@ -43,13 +43,13 @@ def check_model(index: SearchIndex, model: EmbeddingModel) -> None:
 def load_index_model(index: SearchIndex, checkpoint: str | os.PathLike | None = None, **options: Any) -> EmbeddingModel:
     """The model to embed queries with: ``checkpoint`` if given, else the one the index records; checked against it.
 
-    ``options`` go to :func:`multimodal.api.load` (device, precision, batch_size).
+    ``options`` go to :func:`multimodal.api.load_embedding_model` (device, precision, batch_size).
     """
     path = Path(checkpoint) if checkpoint is not None else index.checkpoint_path
     if checkpoint is None and not (path / "config.json").is_file():
         raise ValueError(f"{index.path} was built from checkpoint {path}, which is not there any more; give its new "
                          "place with --checkpoint")
-    model = load(path, **options)
+    model = load_embedding_model(path, **options)
     check_model(index, model)
     return model
 
