@@ -39,7 +39,8 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://", "hf://", "sftp://", "ftp://")
 
 
-def _is_remote(url: str) -> bool:
+def is_remote(url: str) -> bool:
+    """A shard read through a command (``pipe:``) or over a network: not a local file to check or peek into."""
     return url.startswith(_REMOTE_PREFIXES) or "://" in url.split(" ", 1)[0]
 
 
@@ -66,7 +67,7 @@ def expand_shards(spec: str | Sequence[str], *, check_exists: bool = True) -> li
             piece = piece.strip()
             if not piece:
                 continue
-            if not _is_remote(piece) and Path(_local_path(piece)).is_dir():
+            if not is_remote(piece) and Path(_local_path(piece)).is_dir():
                 directory = Path(_local_path(piece))
                 found = sorted(str(p) for p in directory.iterdir() if p.name.endswith(SHARD_SUFFIXES) and p.is_file())
                 if not found:
@@ -77,7 +78,7 @@ def expand_shards(spec: str | Sequence[str], *, check_exists: bool = True) -> li
     if not urls:
         raise ValueError(f"shard spec {spec!r} names no shard")
     if check_exists:
-        missing = [url for url in urls if not _is_remote(url) and not os.path.exists(_local_path(url))]
+        missing = [url for url in urls if not is_remote(url) and not os.path.exists(_local_path(url))]
         if missing:
             urls = [url for url in urls if url not in set(missing)]
             if not urls:
@@ -289,4 +290,4 @@ def read_shard(url: str, problems: list[ShardProblem]) -> Iterator[dict]:
                     )
 
 
-__all__ = ["SHARD_SUFFIXES", "ShardProblem", "TarFormatError", "expand_shards", "iterate_tar", "read_shard"]
+__all__ = ["SHARD_SUFFIXES", "ShardProblem", "TarFormatError", "expand_shards", "is_remote", "iterate_tar", "read_shard"]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from multimodal.pretrained import layer_decay_groups
+from multimodal.pretrained import GROUP_KINDS, layer_decay_groups, parameter_group_kind
 
 if TYPE_CHECKING:
     from multimodal.train import OptimConfig
@@ -35,17 +35,12 @@ def build_uniform_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch
     with sharded ones. Grouping by shape alone keeps the optimiser state interchangeable
     between DDP and FSDP runs.
     """
-    decay, free, whole = [], [], []
+    members: dict[str, list] = {kind: [] for kind in GROUP_KINDS}
     for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if parameter.ndim == 0 or parameter.numel() == 0:
-            whole.append(parameter)
-        else:
-            (free if is_decay_free(name, parameter) else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": free, "weight_decay": 0.0},
-              {"params": whole, "weight_decay": 0.0}]
-    groups = [group for group in groups if group["params"]]
+        if parameter.requires_grad:
+            members[parameter_group_kind(name, parameter, is_decay_free)].append(parameter)
+    groups = [{"params": members[kind], "weight_decay": optim.weight_decay if kind == "decay" else 0.0}
+              for kind in GROUP_KINDS if members[kind]]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=optim.fused)
 
 

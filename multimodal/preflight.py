@@ -11,13 +11,14 @@ The training sources are checked where they are resolved
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from multimodal.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CheckpointError, read_config
 from multimodal.data.sample_fields import SampleFields, UnusableSample
-from multimodal.data.shards import ShardProblem, expand_shards, read_shard
+from multimodal.data.shards import ShardProblem, expand_shards, is_remote, read_shard
 from multimodal.evaluation import EvalSetConfig
 from multimodal.model import ModelConfig
 
@@ -62,7 +63,8 @@ def check_eval_sets(eval_sets: Sequence[EvalSetConfig], model: ModelConfig) -> N
     """Every evaluation set fits the model, its shards exist, and its first shard holds what the set reads.
 
     The first sample must hold the set's modalities (and a label, where the set reads
-    one); the labels of the first ``LABELS_CHECKED`` samples must name a class of
+    one); the labels of the first ``LABELS_CHECKED`` samples (at most ``LABEL_BYTES_CHECKED``
+    bytes of them: an audio set's clips are large) must name a class of
     ``class_names``, since one beyond them stops the evaluation. That takes a fraction of
     a second; later samples that are unusable are skipped and counted, as in training.
     """
@@ -81,11 +83,12 @@ def check_eval_sets(eval_sets: Sequence[EvalSetConfig], model: ModelConfig) -> N
 
 
 LABELS_CHECKED = 1000  # samples of an evaluation set's first shard whose labels are checked at start-up
+LABEL_BYTES_CHECKED = 64 << 20  # and at most this many bytes of them read
 
 
 def _check_first_shard(url: str, modalities: list[str], fields: SampleFields, eval_set: EvalSetConfig,
                        where: str) -> None:
-    if url.startswith("pipe:") or "://" in url:
+    if is_remote(url):
         return  # remote: opening it may cost more than a start-up check should
     problems: list[ShardProblem] = []
     samples = read_shard(url, problems)
@@ -105,8 +108,10 @@ def _check_first_shard(url: str, modalities: list[str], fields: SampleFields, ev
     if eval_set.task != "zeroshot":
         return
     classes = len(eval_set.class_names)
-    for count, sample in enumerate([first, *samples]):
-        if count == LABELS_CHECKED:
+    size = 0
+    for count, sample in enumerate(itertools.chain([first], samples)):  # lazily: a shard may be large
+        size += sum(len(value) for key, value in sample.items() if not key.startswith("__"))
+        if count == LABELS_CHECKED or size > LABEL_BYTES_CHECKED:
             break
         try:
             label = fields.label(sample)

@@ -262,6 +262,17 @@ def keep_locked_in_eval(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- layer-wise learning-rate decay
 
 
+GROUP_KINDS = ("decay", "free", "whole")  # the optimiser's groups of parameters, in their order
+
+
+def parameter_group_kind(name: str, parameter: torch.Tensor, is_decay_free: Callable[[str, torch.Tensor], bool]) -> str:
+    """Which optimiser group a parameter joins: ``"decay"`` (matrices), ``"free"`` (no weight decay) or
+    ``"whole"`` (scalars and empty tensors, which FSDP keeps whole and the fused kernel steps apart)."""
+    if parameter.ndim == 0 or parameter.numel() == 0:
+        return "whole"
+    return "free" if is_decay_free(name, parameter) else "decay"
+
+
 def layer_scale(name: str, model: MultimodalModel, decay: float) -> float:
     """The learning-rate multiplier of parameter ``name`` under layer-wise decay (BEiT, timm's ``layer_decay``).
 
@@ -300,23 +311,20 @@ def layer_decay_groups(
     """
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"layer decay must be in (0, 1] (e.g. 0.75; 1: none), got {decay}")
-    kinds = ("decay", "free", "whole")
     groups: dict[tuple[int, float], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if parameter.ndim == 0 or parameter.numel() == 0:
-            kind = "whole"
-        else:
-            kind = "free" if is_decay_free(name, parameter) else "decay"
+        kind = parameter_group_kind(name, parameter, is_decay_free)
         scale = layer_scale(name, model, decay)
-        group = groups.setdefault((kinds.index(kind), scale), {
+        group = groups.setdefault((GROUP_KINDS.index(kind), scale), {
             "params": [], "weight_decay": weight_decay if kind == "decay" else 0.0, "lr": base_lr * scale,
             "lr_scale": scale,
         })
         group["params"].append(parameter)
     # Decay groups first, then decay-free, then whole: build_optimizer's order; within a kind, the head first.
     return [groups[key] for key in sorted(groups, key=lambda key: (key[0], -key[1]))]
+
 
 
 # --------------------------------------------------------------------------- WiSE-FT

@@ -389,7 +389,9 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None) -> 
     resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
     resolved.train = trained_sources(resolved, locked_modalities(config), accelerator.print)
     # A pretrained image tower keeps the normalisation its weights learned with, whatever the data measure.
-    pretrained_image = config.init_from is not None and read_config(config.init_from)["model"].get("image")
+    # (A resumed run said so at its start, and its init_from checkpoint may have moved since: not read again.)
+    pretrained_image = config.init_from is not None and (
+        resume_from is not None or read_config(config.init_from)["model"].get("image"))
     if accelerator.is_main_process and not pretrained_image:
         for warning in sources.normalisation_warnings(resolved, config.model):
             logger.warning(warning)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from multimodal.data.lengths import LengthCounts, LengthLimits
 from multimodal.data.sample_fields import AUDIO_KEYS, SampleFields, UnusableSample
-from multimodal.data.shards import ShardProblem, expand_shards, read_shard
+from multimodal.data.shards import ShardProblem, expand_shards, is_remote, read_shard
 from multimodal.model import ModelConfig
 
 # Bounds of the sample read per source: start-up stays quick even for shards of long clips.
@@ -85,7 +85,7 @@ def _measure_source(source, where: str, limits: LengthLimits, max_samples: int, 
     measured.num_shards = len(urls)
     read_audio = "audio" in source.modalities and limits.audio is not None
     read_text = "text" in source.modalities and limits.context_length is not None
-    if any(_is_remote(url) for url in urls):
+    if any(is_remote(url) for url in urls):
         measured.measured = False
         return measured
     # A SourceSpec names its audio keys; a SourceConfig reads the default ones.
@@ -105,11 +105,6 @@ def _measure_source(source, where: str, limits: LengthLimits, max_samples: int, 
                           captions if read_text else None)
     measured.counts.add_captions(captions)  # one batch: tokenizers encode a batch far faster than one at a time
     return measured
-
-
-def _is_remote(url: str) -> bool:
-    """A shard read through a command or over a network (as ``sources.normalisation_warnings`` tells them)."""
-    return url.startswith("pipe:") or "://" in url
 
 
 def _raw_samples(urls: list[str]) -> Iterator[tuple[int, dict]]:

@@ -179,3 +179,15 @@ def test_refusals_come_before_training_in_one_line(data, tmp_path, extra, expect
     error = capsys.readouterr().err
     assert expected in error and len(error.strip().splitlines()) == 1, error
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_started_from_a_checkpoint_resumes_after_that_checkpoint_moved(data, tmp_path):
+    import shutil
+
+    start = tmp_path / "start"
+    shutil.copytree(data["open_clip"], start)
+    train.main(finetune_args(data, start, tmp_path, "--freeze", '["image"]', "--checkpoint_every", "3", steps=3))
+    start.rename(tmp_path / "moved")
+    result = train.main(["--output_dir", str(tmp_path), "--run_name", "run", "--resume", "latest",
+                         "--optim.steps", "5", "--threads", "1"])
+    assert Path(result["checkpoint"]).name == "step-0000005"

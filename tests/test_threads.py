@@ -104,11 +104,19 @@ def test_a_setting_or_omp_num_threads_overrides_the_choice(monkeypatch):
     (14, 2, 16, 0),  # the workers have cores of their own
     (16, 2, 16, 19),
 ])
-def test_the_workers_yield_only_where_they_would_stall_a_parallel_region(threads_, workers, cores, nice):
+def test_the_workers_yield_only_where_they_would_stall_a_parallel_region(threads_, workers, cores, nice, monkeypatch):
     assert threads.choose_worker_nice(threads_, workers, cores) == nice
-    plan = threads.plan_threads(threads_, workers) if cores == threads.usable_cores()[0] else None
-    if plan is not None:
-        assert plan.worker_nice == nice
+    monkeypatch.setattr(threads, "usable_cores", lambda processes=1: (cores, "affinity"))
+    assert threads.plan_threads(threads_, workers).worker_nice == nice
+
+
+def test_siblings_starting_on_the_node_are_not_counted_as_neighbours(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "affinity_cores", lambda: 16)
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root=None: None)
+    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: pytest.fail("siblings would be counted"))
+    plan = threads.plan_threads(None, 2, local_processes=4)
+    assert (plan.cores, plan.neighbour_cores, plan.threads) == (4, 0, 2)
 
 
 def test_the_threads_bench_reads_training_seconds_from_the_runs_log(tmp_path):

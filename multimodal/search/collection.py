@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multimodal.data.shards import expand_shards, read_shard
+from multimodal.data.shards import expand_shards, is_remote, read_shard
 from multimodal.embed import OUTPUT_FORMATS, PART_PREFIX, keys_path, metadata_path, read_embeddings
 from multimodal.embed import read_metadata, shard_part_name, shard_sample_input
 from multimodal.errors import ArgumentNeeded
@@ -112,7 +112,7 @@ def read_part(path: Path) -> Part:
 
 def _same_shard(url: str) -> str:
     """A shard's identity: a local path made absolute and normal (so one shard spelt two ways is one), URLs as they are."""
-    if url.startswith("pipe:") or "://" in url:
+    if is_remote(url):
         return url
     return os.path.abspath(url)
 
