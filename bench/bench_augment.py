@@ -55,7 +55,7 @@ def loader_rate(spec: SourceSpec, batches: int) -> Callable[[], float]:
 
     def run() -> float:
         loader = make_loader([spec], batch_size=BATCH_SIZE, train=True, seed=random.randrange(1 << 30),
-                             num_workers=1, image_config=model.image_preprocess, audio_config=model.audio_preprocess,
+                             num_workers=1, preprocess={"image": model.image_preprocess, "audio": model.audio_preprocess},
                              shuffle_buffer=1000)
         stream = iter(loader)
         next(stream)

@@ -116,7 +116,7 @@ def ours_pass(urls: list[str], num_workers: int, config: ImagePreprocessConfig, 
         resampled=False,
         shuffle_buffer=0,
         drop_last=False,
-        image_config=config,
+        preprocess={"image": config},
         num_workers=num_workers,
         normalize_images=normalize,
     )
@@ -130,7 +130,7 @@ def audio_pass(urls: list[str], num_workers: int, config: AudioPreprocessConfig)
         train=True,
         resampled=False,
         shuffle_buffer=0,
-        audio_config=config,
+        preprocess={"audio": config},
         num_workers=num_workers,
     )
     return sum(len(batch["__key__"]) for batch in loader)

@@ -154,7 +154,7 @@ def loader_to_device(device: torch.device, num_images: int, batch_size: int, num
         result = write_shards(samples, Path(folder) / "shards", max_samples_per_shard=max(1, num_images // 8))
         source = SourceSpec(result.splits["all"].spec, modalities=["image"])
         loader = make_loader([source], batch_size=batch_size, train=False, num_workers=num_workers,
-                             image_config=ImagePreprocessConfig(image_size=224), device=device)
+                             preprocess={"image": ImagePreprocessConfig(image_size=224)}, device=device)
         started, seen = time.perf_counter(), 0
         for batch in loader:
             seen += batch["image"].shape[0]

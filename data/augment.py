@@ -450,12 +450,9 @@ class AugmentConfig:
             raise TypeError("AugmentConfig takes an ImageAugmentConfig and an AudioAugmentConfig")
 
     def enabled_for(self, modality: str) -> bool:
-        """Whether any lever of ``modality`` ("image" or "audio"; text has none) is on."""
-        if modality == "image":
-            return self.image.enabled
-        if modality == "audio":
-            return self.audio.enabled
-        return False
+        """Whether any lever of ``modality`` (its field here: "image" or "audio"; text has none) is on."""
+        levers = getattr(self, modality, None)
+        return levers is not None and levers.enabled
 
 
 __all__ = [

@@ -24,7 +24,6 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.collate import Tokenize, collate_samples
-from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.seeds import stable_int
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.source_stream import SourceStream, StreamSettings
@@ -67,8 +66,7 @@ class BatchStream(IterableDataset):
         resampled: bool,
         shuffle_buffer: int,
         drop_last: bool,
-        image_config: ImagePreprocessConfig | None,
-        audio_config: AudioPreprocessConfig | None,
+        preprocess: dict[str, object],
         seed: int,
         rank: int,
         batches_per_epoch: int | None,
@@ -79,7 +77,7 @@ class BatchStream(IterableDataset):
         self.sources, self.names, self.shard_lists = sources, names, shard_lists
         self.batch_size, self.tokenize, self.train = batch_size, tokenize, train
         self.resampled, self.shuffle_buffer, self.drop_last = resampled, shuffle_buffer, drop_last
-        self.image_config, self.audio_config = image_config, audio_config
+        self.preprocess = preprocess
         self.seed, self.rank, self.batches_per_epoch = seed, rank, batches_per_epoch
         self.epoch = 0
         self.rank_shards: list[list[str]] = shard_lists  # set by the loader per epoch in finite mode
@@ -95,8 +93,7 @@ class BatchStream(IterableDataset):
             train=self.train,
             resampled=self.resampled,
             shuffle_buffer=self.shuffle_buffer,
-            image_config=self.image_config,
-            audio_config=self.audio_config,
+            preprocess=self.preprocess,
             seed_parts=(self.seed, self.epoch, self.rank, worker),
         )
         streams: list[SourceStream | None] = []

@@ -26,9 +26,8 @@ from collections.abc import Callable
 
 import torch
 
-from multimodal.data.audio import collate_audio
-from multimodal.data.augment_image import augment_images
-from multimodal.data.image import collate_images
+from multimodal.data.modalities import MEDIA_FIRST, get_modality
+
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -67,41 +66,9 @@ def collate_samples(
     """
     batch: dict = {"__key__": [sample["__key__"] for sample in samples], "__source__": source}
     first = samples[0]
-    if "image" in first:
-        batch["image"] = collate_images([sample["image"] for sample in samples])  # (B, 3, S, S)
-        if "image_draws" in first:  # training augmentation, drawn per sample, applied to the batch at once
-            batch["image"] = augment_images(batch["image"], [sample["image_draws"] for sample in samples])
-    if "audio" in first:
-        windows = [window for sample in samples for window in sample["audio"]]
-        audio, padding_mask = collate_audio(windows)  # (W, T, F), (W, T)
-        batch["audio"] = audio
-        if bool(padding_mask.any()):
-            batch["audio_padding_mask"] = padding_mask
-        if audio_windows:
-            owners = [row for row, sample in enumerate(samples) for _ in sample["audio"]]
-            batch["audio_window_clip"] = torch.tensor(owners, dtype=torch.int64)  # (W,)
-    if "text" in first:
-        if isinstance(first["text"], list):  # every caption of each sample (an all_captions source)
-            captions = [caption for sample in samples for caption in sample["text"]]
-            owners = [row for row, sample in enumerate(samples) for _ in sample["text"]]
-            batch["text_item"] = torch.tensor(owners, dtype=torch.int64)  # (M,)
-        else:
-            captions = [sample["text"] for sample in samples]
-        if tokenize is None:
-            batch["text"] = captions
-        else:
-            ids, padding_mask = tokenize(captions)
-            if not (isinstance(ids, torch.Tensor) and ids.ndim == 2 and ids.shape[0] == len(captions)):
-                raise ValueError(f"tokenize must return ids (M, L) for M={len(captions)} captions, got {ids!r:.80}")
-            ids = ids.to(torch.int64)
-            if padding_mask is not None:
-                if padding_mask.shape != ids.shape:
-                    raise ValueError(
-                        f"tokenize returned a padding mask {tuple(padding_mask.shape)} for ids {tuple(ids.shape)}"
-                    )
-                ids, padding_mask = trim_padding_columns(ids, padding_mask.to(torch.bool))
-                batch["text_padding_mask"] = padding_mask
-            batch["text"] = ids
+    for modality in MEDIA_FIRST:  # members, then captions: the order batches have always been built in
+        if modality in first:
+            get_modality(modality).collate_into(batch, samples, tokenize=tokenize, windows=audio_windows)
     if "label" in first:
         batch["label"] = torch.tensor([sample["label"] for sample in samples], dtype=torch.int64)  # (B,)
     return batch

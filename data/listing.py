@@ -16,16 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, modality_of_extension, normalize_extension
+from multimodal.data.modalities import (
+    IMAGE_EXTENSIONS,
+    MEDIA_EXTENSIONS,
+    MEDIA_MODALITIES,
+    get_modality,
+    modality_of_extension,
+    normalize_extension,
+)
 
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
 # Drawings, rasterised to PNG when written if the svg extra is installed.
 VECTOR_EXTENSIONS = ("svg",)
 READ_EXTENSIONS = MEDIA_EXTENSIONS + VECTOR_EXTENSIONS  # anything else is ignored (and counted)
 CAPTION_EXTENSION = "txt"
 EXTRA_EXTENSION = "json"
 
-DEFAULT_CAPTION_TEMPLATES = {"image": "a photo of {}.", "audio": "the sound of {}."}
+DEFAULT_CAPTION_TEMPLATES = {name: get_modality(name).class_caption for name in MEDIA_MODALITIES}
 
 
 _UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-]+")
@@ -202,7 +208,7 @@ def _caption_templates(caption_template: str | Mapping[str, str] | None) -> dict
     if caption_template is None:
         templates = dict(DEFAULT_CAPTION_TEMPLATES)
     elif isinstance(caption_template, str):
-        templates = {"image": caption_template, "audio": caption_template}
+        templates = dict.fromkeys(MEDIA_MODALITIES, caption_template)
     else:
         templates = {**DEFAULT_CAPTION_TEMPLATES, **caption_template}
     for modality, template in templates.items():

@@ -37,15 +37,16 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
 from multimodal.data.batch_stream import BatchStream
 from multimodal.data.collate import Tokenize
-from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.config import ImagePreprocessConfig
 from multimodal.data.image import normalize_image
+from multimodal.data.modalities import get_modality
 from multimodal.data.main_process import RecycledBuffers, one_cpu_thread
 from multimodal.data.seeds import stable_int
 from multimodal.data.shards import expand_shards
@@ -202,13 +203,7 @@ def _source_names(sources: list[SourceSpec]) -> list[str]:
     return names
 
 
-def _check_sources(
-    sources: list[SourceSpec],
-    names: list[str],
-    train: bool,
-    image_config: ImagePreprocessConfig | None,
-    audio_config: AudioPreprocessConfig | None,
-) -> None:
+def _check_sources(sources: list[SourceSpec], names: list[str], train: bool, preprocess: Mapping[str, object]) -> None:
     """Refuses a source that this mode cannot read, or whose modality has no preprocessing given."""
     for spec, name in zip(sources, names):
         if train and spec.all_captions:
@@ -217,10 +212,10 @@ def _check_sources(
             raise ValueError(
                 f"source {name!r}: a training batch needs at least two modalities to contrast, got {spec.modalities}"
             )
-        if "image" in spec.modalities and image_config is None:
-            raise ValueError(f"source {name!r} has images but make_loader got no image_config")
-        if "audio" in spec.modalities and audio_config is None:
-            raise ValueError(f"source {name!r} has audio but make_loader got no audio_config")
+        for modality in spec.modalities:
+            if get_modality(modality).reads_files and preprocess.get(modality) is None:
+                raise ValueError(f"source {name!r} has {modality} but make_loader got no {modality}_config: "
+                                 f"give preprocess={{{modality!r}: ...}}")
 
 
 def _shard_lists(sources: list[SourceSpec], names: list[str], resampled: bool, readers: int) -> list[list[str]]:
@@ -256,8 +251,7 @@ def make_loader(
     batch_size: int,
     train: bool,
     tokenize: Tokenize | None = None,
-    image_config: ImagePreprocessConfig | None = None,
-    audio_config: AudioPreprocessConfig | None = None,
+    preprocess: Mapping[str, object] | None = None,
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
@@ -282,7 +276,9 @@ def make_loader(
         tokenize: ``tokenize(list[str]) -> (ids int64 (B, L), padding_mask bool (B, L) or None)``;
             None leaves "text" as the list of caption strings. Runs in the workers
             (so it must pickle when workers are not forked).
-        image_config / audio_config: preprocessing; required when a source has that modality.
+        preprocess: each media modality's preprocessing config by name (``{"image":
+            ImagePreprocessConfig, "audio": AudioPreprocessConfig}``, as a model's
+            ``ModelConfig.preprocess`` gives them); required for each modality a source reads from files.
         seed: base of every RNG (with epoch, rank and worker id).
         rank / world_size: this process's place among data-parallel processes.
         num_workers: DataLoader worker processes (0: in this process).
@@ -307,13 +303,14 @@ def make_loader(
     resampled = train if resampled is None else resampled
     _check_arguments(sources, batch_size, rank, world_size, num_workers, worker_nice, resampled, samples_per_epoch)
     names = _source_names(sources)
-    _check_sources(sources, names, train, image_config, audio_config)
+    preprocess = dict(preprocess or {})
+    _check_sources(sources, names, train, preprocess)
     shard_lists = _shard_lists(sources, names, resampled, readers=world_size * max(num_workers, 1))
     dataset = BatchStream(
         sources, names, shard_lists, batch_size=batch_size, tokenize=tokenize, train=train, resampled=resampled,
         shuffle_buffer=(1000 if train else 0) if shuffle_buffer is None else shuffle_buffer,
         drop_last=train if drop_last is None else drop_last,
-        image_config=image_config, audio_config=audio_config, seed=seed, rank=rank,
+        preprocess=preprocess, seed=seed, rank=rank,
         batches_per_epoch=_batches_per_epoch(samples_per_epoch, batch_size, world_size), worker_nice=worker_nice,
     )
     return ShardLoader(
@@ -321,7 +318,8 @@ def make_loader(
         num_workers=num_workers,
         prefetch_factor=prefetch_factor,
         device=torch.device(device) if device is not None else None,
-        image_config=image_config if normalize_images else None,
+        # uint8 crops are normalised where they arrive (see finish_batch), unless the consumer does it.
+        image_config=preprocess.get("image") if normalize_images else None,
         world_size=world_size,
         log_skips_every=log_skips_every,
     )

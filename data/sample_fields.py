@@ -29,13 +29,12 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from multimodal.data.config import MODALITIES
-from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from multimodal.data.modalities import MEDIA_MODALITIES, get_modality
 from multimodal.data.skip_counts import SAMPLE_SKIP_REASONS
 
 # The members a modality is read from by default: every extension its decoder reads, in order.
-IMAGE_KEYS = ";".join(IMAGE_EXTENSIONS)
-AUDIO_KEYS = ";".join(AUDIO_EXTENSIONS)
+IMAGE_KEYS = get_modality("image").default_keys
+AUDIO_KEYS = get_modality("audio").default_keys
 CAPTION_KEYS = "txt;json:text;json:caption"
 
 
@@ -96,24 +95,24 @@ class SampleFields:
     _parsed: dict[str, list[tuple[str, str]]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        parsed = {
-            "image": parse_keys(self.image_keys),
-            "audio": parse_keys(self.audio_keys),
-            "caption": parse_keys(self.caption_keys),
-            "label": parse_keys(self.label_key) if self.label_key is not None else [],
-        }
-        for name, what in (("image_keys", "image"), ("audio_keys", "audio"), ("caption_keys", "caption")):
+        # The field each part is configured by; a media modality's members are where its
+        # ``<name>_keys`` says (its default extensions when the class has no such field).
+        fields = {name: f"{name}_keys" for name in MEDIA_MODALITIES}
+        parsed = {name: parse_keys(getattr(self, key, get_modality(name).default_keys)) for name, key in fields.items()}
+        parsed["caption"] = parse_keys(self.caption_keys)
+        parsed["label"] = parse_keys(self.label_key) if self.label_key is not None else []
+        for what, key in {**fields, "caption": "caption_keys"}.items():
             if not parsed[what]:
-                raise ValueError(f"{name} is empty")
-        for name, what in (("image_keys", "image"), ("audio_keys", "audio"), ("label_key", "label")):
+                raise ValueError(f"{key} is empty")
+        for what, key in {**fields, "label": "label_key"}.items():
             if any(kind == "lines" for kind, _ in parsed[what]):
-                raise ValueError(f"{name}: 'lines:' entries are for caption_keys (one caption per line)")
+                raise ValueError(f"{key}: 'lines:' entries are for caption_keys (one caption per line)")
         if self.label_key is not None and not parsed["label"]:
             raise ValueError("label_key is empty (give None to read no label)")
         object.__setattr__(self, "_parsed", parsed)
 
     def member(self, raw: dict, modality: str) -> bytes:
-        """The bytes of the sample's image or audio member (the first of the keys present)."""
+        """The bytes of the sample's member of a media modality (the first of its keys present)."""
         keys = [key for _, key in self._parsed[modality]]
         for key in keys:
             if key in raw:
@@ -172,14 +171,13 @@ class SampleFields:
         A sample's other members can be dropped before it is held anywhere: on shards
         serving an image source and an audio source at once, each keeps only its own bytes.
         """
-        groups = [self._parsed[m if m != "text" else "caption"] for m in modalities] + [self._parsed["label"]]
+        groups = [self._parsed[m if get_modality(m).reads_files else "caption"] for m in modalities]
+        groups.append(self._parsed["label"])
         return frozenset("json" if kind == "json" else key for group in groups for kind, key in group)
 
     def raw_input(self, raw: dict, modality: str, rng: random.Random | None = None) -> bytes | str:
-        """What a model reads of ``modality``: the image or audio member's bytes, or the caption ("text")."""
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-        return self.caption(raw, rng) if modality == "text" else self.member(raw, modality)
+        """What a model reads of ``modality``: the bytes of a media modality's member, or the caption ("text")."""
+        return self.member(raw, modality) if get_modality(modality).reads_files else self.caption(raw, rng)
 
     @staticmethod
     def _value(raw: dict, kind: str, key: str, what: str, parsed_json: dict) -> object | None:

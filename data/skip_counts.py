@@ -19,15 +19,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from multimodal.data.modalities import MEDIA_MODALITIES
+
 logger = logging.getLogger(__name__)
 
+# Per media modality (its member is missing, or does not decode), then the caption's and label's.
 SAMPLE_SKIP_REASONS = (
-    "missing_image",
-    "missing_audio",
+    *(f"missing_{name}" for name in MEDIA_MODALITIES),
     "missing_caption",
     "missing_label",
-    "bad_image",
-    "bad_audio",
+    *(f"bad_{name}" for name in MEDIA_MODALITIES),
     "bad_caption",
     "bad_label",
 )

@@ -1,4 +1,9 @@
-"""One data source as the loader is given it: shards, mixing weight, modalities, where its fields are."""
+"""One data source as the loader is given it: shards, mixing weight, modalities, where its fields are.
+
+The same type is a training source of a run's configuration (``data.train`` entries, each
+key one of its fields), so what a run records in its config.json is exactly what its
+loader reads.
+"""
 from __future__ import annotations
 
 import math
@@ -23,12 +28,19 @@ class SourceSpec:
     and counted (``missing_audio`` ...), so shards where only some samples carry a
     modality can serve a source of it.
 
+    With a ``label_key``, training treats the samples of a batch that share a label as
+    positives of each other in the loss instead of negatives (UniCL): data of few classes,
+    where a batch holds many pairs showing the same class, needs it most. Without one,
+    every other pair of the batch is a negative (CLIP). Evaluation reads the label to
+    match zero-shot classes, galleries and linear probes.
+
     Args:
         shards: a shard spec (see :func:`multimodal.data.shards.expand_shards`).
         modalities: one to three of "text", "image", "audio"; training needs at
             least two (a contrastive pair), evaluation and embedding may read one.
         weight: relative share of batches drawn from this source.
-        name: used in counts, logs and errors; default ``source{index}``.
+        name: used in counts, logs and errors; default ``source{index}`` (a run's
+            training sources: ``train{index}``).
         image_keys / audio_keys / caption_keys: where each modality is found.
         label_key: optional class label (``"json:label"``, ``"cls"``), read as int into "label".
         all_captions: evaluation only (a training loader refuses it): every caption of a

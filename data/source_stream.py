@@ -38,11 +38,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from multimodal.data.audio import eval_audio_windows, load_waveform, samples_for_frames, train_audio_features
-from multimodal.data.augment_audio import augment_features, augment_waveform
-from multimodal.data.augment_image import draw_image_levers
-from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
-from multimodal.data.image import decode_image, eval_crop, train_crop
+from multimodal.data.modalities import MODALITIES, get_modality
 from multimodal.data.sample_fields import UnusableSample
 from multimodal.data.seeds import stable_int
 from multimodal.data.shards import ShardProblem, read_shard
@@ -63,8 +59,7 @@ class StreamSettings:
     train: bool
     resampled: bool
     shuffle_buffer: int
-    image_config: ImagePreprocessConfig | None
-    audio_config: AudioPreprocessConfig | None
+    preprocess: dict[str, object]  # each media modality's preprocessing config, by name
     seed_parts: tuple  # (seed, epoch, rank, worker)
 
 
@@ -80,8 +75,11 @@ class SourceStream:
     ) -> None:
         self.spec, self.name, self.urls, self.settings, self.counts = spec, name, urls, settings, counts
         self.fields = spec.sample_fields()
-        self.member_modalities = [m for m in spec.modalities if m != "text"]  # read from a member of their own
-        self.augment = {m: settings.train and spec.augment.enabled_for(m) for m in ("image", "audio")}
+        # Read from a member of their own, in the registry's order (the order their random draws are made in).
+        self.member_modalities = [m for m in MODALITIES if m in spec.modalities and get_modality(m).reads_files]
+        # Each one's augmentation levers where they apply: training, and some lever on.
+        self.levers = {m: get_modality(m).augment_levers(spec.augment) if settings.train and spec.augment.enabled_for(m)
+                       else None for m in self.member_modalities}
         self.members_read = self.fields.members_read(spec.modalities)  # the rest is dropped as a sample is read
         self.sample_seed = stable_int("sample", *settings.seed_parts, index)
         self.shard_rng = random.Random(stable_int("shards", *settings.seed_parts, index))
@@ -230,42 +228,20 @@ class SourceStream:
         modalities, fields, settings = self.spec.modalities, self.fields, self.settings
         # Cheap checks first: a sample missing a field is rejected before anything is decoded
         # (a missing member was already dropped before the shuffle buffer).
-        image_bytes = fields.member(raw, "image") if "image" in modalities else None
-        audio_bytes = fields.member(raw, "audio") if "audio" in modalities else None
+        members = {modality: fields.member(raw, modality) for modality in self.member_modalities}
         sample: dict = {"__key__": raw["__key__"]}
         if "text" in modalities:
             # A list (every caption) only for an evaluation source that asks for it; make_loader refuses it in training.
             sample["text"] = fields.captions(raw) if self.spec.all_captions else fields.caption(raw, rng)
         if fields.label_key is not None:
             sample["label"] = fields.label(raw)
-        if image_bytes is not None:
-            config = settings.image_config
+        for modality, data in members.items():
             try:
-                image = decode_image(image_bytes, config.background)
+                sample.update(get_modality(modality).load_member(
+                    data, settings.preprocess[modality], train=settings.train, rng=rng, levers=self.levers[modality]
+                ))
             except ValueError as error:
-                raise UnusableSample("bad_image", str(error)) from None
-            crop = train_crop(image, config, rng) if settings.train else eval_crop(image, config)
-            sample["image"] = crop  # uint8 (3, S, S)
-            if self.augment["image"]:
-                # Drawn here, from the sample's RNG; applied to the whole batch at collation.
-                sample["image_draws"] = draw_image_levers(self.spec.augment.image, rng, max(crop.shape[1:]))
-        if audio_bytes is not None:
-            config = settings.audio_config
-            try:
-                waveform = load_waveform(audio_bytes, config)  # (samples,) at config.sample_rate
-                levers = self.spec.augment.audio
-                if self.augment["audio"]:
-                    waveform = augment_waveform(waveform, config.sample_rate, levers, rng,
-                                                keep_samples=samples_for_frames(config.max_frames, config))
-                if settings.train:
-                    features = train_audio_features(waveform, config, rng)  # one (T, F) crop
-                    if self.augment["audio"]:
-                        augment_features(features, levers, rng, norm_std=config.norm_std)
-                    sample["audio"] = [features]
-                else:
-                    sample["audio"] = eval_audio_windows(waveform, config)  # every (T, F) window of the clip
-            except ValueError as error:
-                raise UnusableSample("bad_audio", str(error)) from None
+                raise UnusableSample(f"bad_{modality}", str(error)) from None
         return sample
 
 

@@ -6,7 +6,7 @@ A sample in a shard is a group of tar members sharing a key::
     {key}.txt                                                      the caption (UTF-8)
     {key}.json                                                     extra fields (label, class name, ...)
 
-(the extensions of :mod:`multimodal.data.media_types`, ``.jpeg`` written as ``.jpg``).
+(the extensions of :mod:`multimodal.data.modalities`, ``.jpeg`` written as ``.jpg``).
 
 Shards are named ``{prefix}-000000.tar``, ``{prefix}-000001.tar`` ... and a
 ``sizes.json`` beside them maps each shard's file name to its sample count
@@ -79,7 +79,7 @@ from multimodal.data.listing import (
     samples_from_folder,
     samples_from_manifest,
 )
-from multimodal.data.media_types import modality_of_extension
+from multimodal.data.modalities import MEDIA_MODALITIES, get_modality, modality_of_extension
 from multimodal.data.sample_fields import SampleFields
 from multimodal.data.seeds import stable_fraction
 from multimodal.data.tar_shards import ShardSequence, existing_shards, merged_sizes, shard_spec
@@ -110,8 +110,8 @@ SKIP_REASONS = {
     "bad_caption": "the caption file is not UTF-8 text; re-save it as UTF-8",
     "bad_json": "the same-name .json is not a JSON object",
     "caption_conflict": "a multi-line caption file and a 'caption' field in the .json: keep one",
-    "bad_image": "the image does not decode (damaged, or not what its extension says)",
-    "bad_audio": "the audio does not decode (damaged, or not what its extension says)",
+    **{f"bad_{name}": f"the {name} does not decode (damaged, or not what its extension says)"
+       for name in MEDIA_MODALITIES},
     "empty_file": "an empty media file",
     "unreadable": "a file could not be read",
     "bad_key": "its key holds a '.' or '/' or is empty (see make_key)",
@@ -199,21 +199,11 @@ class WriteResult:
 
 
 def _decode_media(extension: str, data: bytes, background: tuple[int, int, int] = WHITE) -> object:
-    """Decodes with the decoders training uses: the image (uint8 (3, H, W)), or None for audio.
-
-    Raises ValueError when the bytes do not decode.
+    """Decodes with the decoders training uses (see ``Modality.check_decodes``): an image's uint8
+    (3, H, W), else None. Raises ValueError when the bytes do not decode.
     """
-    # Imported here: listing and writing need neither torch nor the audio stack.
     modality = modality_of_extension(extension)
-    if modality == "image":
-        from multimodal.data.image import decode_image
-
-        return decode_image(data, background)
-    if modality == "audio":
-        from multimodal.data.audio import decode_audio
-
-        decode_audio(data)
-    return None
+    return get_modality(modality).check_decodes(data, background) if modality is not None else None
 
 
 class _SampleError(Exception):
@@ -333,7 +323,7 @@ def _media_members(source: SampleSource, preparation: _Preparation, prepared: _P
             try:
                 decoded = preparation.validator(extension, data)
             except (ValueError, RuntimeError) as error:
-                reason = "bad_audio" if modality_of_extension(extension) == "audio" else "bad_image"
+                reason = f"bad_{modality_of_extension(extension) or 'image'}"
                 raise _SampleError(reason, f"{extension} does not decode: {error}") from error
             if modality_of_extension(extension) == "image" and decoded is not None:
                 prepared.image = decoded

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from multimodal.data.audio import audio_to_features, collate_audio
+from multimodal.data.audio import collate_audio
 from multimodal.data.clip_tokenizer import ClipTokenizer
 from multimodal.data.config import MODALITIES
-from multimodal.data.image import preprocess_image
+from multimodal.data.modalities import get_modality
 from multimodal.data.tokenizer import Tokenizer
 from multimodal.eval import build_zero_shot_weights, zero_shot_probabilities
 from multimodal.checkpoint import (
@@ -56,6 +56,7 @@ from multimodal.checkpoint import (
 )
 from multimodal.evaluation import EvalSetConfig, recorded_eval_sets, zero_shot_templates
 from multimodal.losses import pair_name
+from multimodal.modalities import CLASSIFIED_MODALITIES
 from multimodal.model import ModelConfig, MultimodalModel, average_windows
 from multimodal.precision import PRECISIONS, cpu_has_native_bf16, resolve_dtype
 
@@ -65,35 +66,23 @@ DEFAULT_BATCH_SIZE = 32
 # Inputs ----------------------------------------------------------------------------------
 
 
-def _is_waveform_with_rate(item: Any) -> bool:
-    return (
-        isinstance(item, tuple)
-        and len(item) == 2
-        and isinstance(item[0], (torch.Tensor, np.ndarray))
-        and isinstance(item[1], (int, np.integer))
-    )
-
-
 def as_items(modality: str, inputs: Any) -> list:
     """One input or a collection of inputs of ``modality`` -> a list of single items.
 
     Single items: a path (str or Path), encoded bytes, a PIL image, an image tensor or
     array (3-D or 2-D), a caption (str), a ``(waveform, sample_rate)`` tuple, a
     waveform tensor or array (1-D or (channels, samples)). Collections: a list or
-    tuple of items; a 4-D image tensor or array (N, 3, H, W) / (N, H, W, 3).
+    tuple of items; a 4-D image tensor or array (N, 3, H, W) / (N, H, W, 3). What is
+    one item is the modality's to say (``multimodal.data.modality.Modality.is_single_input``).
     """
-    if isinstance(inputs, (str, bytes, bytearray, memoryview, Path)):
-        return [inputs]
-    if modality == "audio" and _is_waveform_with_rate(inputs):
+    definition = get_modality(modality)
+    if definition.is_single_input(inputs):
         return [inputs]
     if isinstance(inputs, (torch.Tensor, np.ndarray)):
-        if modality == "image" and inputs.ndim == 4:
-            return list(inputs)
-        return [inputs]
+        batch = definition.split_batch(inputs)
+        return batch if batch is not None else [inputs]
     if isinstance(inputs, (list, tuple)):
         return list(inputs)
-    if modality == "image" and type(inputs).__module__.startswith("PIL."):
-        return [inputs]
     try:
         return list(inputs)
     except TypeError:
@@ -128,32 +117,11 @@ def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate:
     A plain function of the config, so DataLoader workers can run it. Raises
     ValueError / TypeError / OSError for inputs that cannot be read.
     """
-    if modality == "image":
-        return preprocess_image(item, config.image_preprocess)
-    if modality == "audio":
-        if _is_waveform_with_rate(item):
-            item, sample_rate = item
-        if isinstance(item, (str, Path)):
-            item = Path(item).read_bytes()
-        if isinstance(item, np.ndarray):
-            item = torch.from_numpy(np.ascontiguousarray(item))
-        if isinstance(item, torch.Tensor):
-            if sample_rate is None:
-                raise ValueError("a waveform needs its sample rate: pass (waveform, sample_rate) or sample_rate=...")
-            if not item.is_floating_point():
-                raise ValueError(f"a waveform must be floating point in [-1, 1], got {item.dtype}")
-            return audio_to_features(item.cpu(), config.audio_preprocess, sample_rate=int(sample_rate),
-                                     min_frames=audio_min_frames(config))
-        if isinstance(item, (bytes, bytearray, memoryview)):
-            return audio_to_features(bytes(item), config.audio_preprocess, min_frames=audio_min_frames(config))
-        raise TypeError(
-            f"cannot read audio from {type(item).__name__}: give a path, bytes, (waveform, sample_rate) or a waveform tensor"
-        )
-    if modality == "text":
-        if not isinstance(item, str):
-            raise TypeError(f"a caption must be a string, got {type(item).__name__}")
-        return item
-    raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    definition = get_modality(modality)
+    preprocess = config.preprocess.get(modality)
+    if definition.reads_files and preprocess is None:
+        raise ValueError(f"this model has no {modality} encoder")
+    return definition.prepare(item, preprocess, sample_rate=sample_rate)
 
 
 # The embedding model ---------------------------------------------------------------------
@@ -224,7 +192,7 @@ class EmbeddingModel:
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         if modality not in self.model.modalities:
             raise ValueError(f"this model has no {modality} encoder; it encodes {self.model.modalities}")
-        if modality == "text" and self.tokenizer is None:
+        if get_modality(modality).batching == "captions" and self.tokenizer is None:
             raise ValueError("this model has no tokenizer (tokenizer.json is missing from the checkpoint): it cannot embed text")
 
     # Preprocessing, one item at a time
@@ -259,7 +227,7 @@ class EmbeddingModel:
             if modality not in inputs:
                 raise ValueError(f"batch has no {modality!r} entry; it holds {sorted(inputs)}")
             padding_mask = inputs.get(f"{modality}_padding_mask")
-            window_clip = inputs.get("audio_window_clip") if modality == "audio" else None
+            window_clip = inputs.get(f"{modality}_window_clip")  # audio windows: the clip of each row
             inputs = inputs[modality]
         if isinstance(inputs, list):
             return self.encode_prepared(modality, inputs)
@@ -283,25 +251,24 @@ class EmbeddingModel:
         self._require(modality)
         if not items:
             return torch.empty(0, self.embed_dim)
-        if modality == "image":
-            chunks = []
-            for start in range(0, len(items), self.batch_size):
-                batch = torch.stack(items[start : start + self.batch_size])  # (B, 3, S, S)
-                chunks.append(self._encode_tensor("image", batch, None))
-            return torch.cat(chunks)
-        if modality == "text":
-            chunks = []
-            for start in range(0, len(items), self.batch_size):
-                ids, padding_mask = self.tokenize(items[start : start + self.batch_size])  # (B, L)
-                chunks.append(self._encode_tensor("text", ids, padding_mask))
-            return torch.cat(chunks)
-        return self._encode_windows(items)
+        batching = get_modality(modality).batching  # how the modality's prepared items batch
+        if batching == "windows":
+            return self._encode_windows(modality, items)
+        chunks = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            if batching == "captions":
+                ids, padding_mask = self.tokenize(chunk)  # (B, L)
+                chunks.append(self._encode_tensor(modality, ids, padding_mask))
+            else:
+                chunks.append(self._encode_tensor(modality, torch.stack(chunk), None))  # (B, ...) e.g. (B, 3, S, S)
+        return torch.cat(chunks)
 
-    def _encode_windows(self, clips: list[list[torch.Tensor]]) -> torch.Tensor:
+    def _encode_windows(self, modality: str, clips: list[list[torch.Tensor]]) -> torch.Tensor:
         windows = [window for clip in clips for window in clip]
         owners = torch.tensor([row for row, clip in enumerate(clips) for _ in clip], dtype=torch.int64)  # (W,)
         if not windows:
-            raise ValueError("an audio clip gave no window")
+            raise ValueError(f"an {modality} clip gave no window")
         # Longest first, so each batch holds windows of similar length and little padding;
         # padding is masked, so the grouping changes no embedding beyond float rounding.
         order = sorted(range(len(windows)), key=lambda i: -windows[i].shape[0])
@@ -310,7 +277,7 @@ class EmbeddingModel:
             rows = order[start : start + self.batch_size]
             audio, padding_mask = collate_audio([windows[i] for i in rows])  # (B, T, F), (B, T)
             mask = padding_mask if bool(padding_mask.any()) else None
-            embeddings[rows] = self._encode_tensor("audio", audio, mask).cpu()
+            embeddings[rows] = self._encode_tensor(modality, audio, mask).cpu()
         return F.normalize(average_windows(embeddings, owners), dim=-1).to(self.device)  # (N, E)
 
     # Raw inputs -> embeddings
@@ -441,7 +408,7 @@ class ZeroShotClassifier:
         ).cpu()  # (C, E), cached for every call
 
     def _choose_modality(self, modality: str | None) -> str:
-        available = [m for m in ("image", "audio") if m in self.embedding_model.modalities]
+        available = [m for m in CLASSIFIED_MODALITIES if m in self.embedding_model.modalities]
         if "text" not in self.embedding_model.modalities:
             raise ValueError("zero-shot classification needs a text encoder; this model has none")
         if modality is None:

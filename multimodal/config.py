@@ -38,7 +38,13 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise unknown_keys_error(unknown, _schema_keys(cls, where))
     hints = typing.get_type_hints(cls)
     kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        if not where.endswith("]") or str(error).startswith(where):
+            raise
+        # An entry of a list (``data.train[1]``) cannot tell its own check which entry it is: say it here.
+        raise ValueError(f"{where}: {error}") from None
 
 
 def _init_fields(cls: type) -> list[str]:

@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_atomically
-from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, modality_of_extension
+from multimodal.data.modalities import MEDIA_MODALITIES, get_modality, modality_of_extension
 from multimodal.data.sample_fields import SampleFields, UnusableSample
 from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
@@ -61,7 +61,6 @@ from multimodal.errors import ArgumentNeeded
 from multimodal.model import ModelConfig
 
 OUTPUT_FORMATS = ("npy", "safetensors", "parquet")
-TEXT_FILE_EXTENSIONS = ("txt",)
 # Where each modality is found in a shard sample: the training sources' defaults.
 SHARD_FIELDS = SampleFields()
 PART_PREFIX = "part-"
@@ -85,22 +84,13 @@ class InputItem:
     source: str | Path
 
 
-# First bytes of the image formats decode_image reads: (offset, bytes) pairs that must all match.
-_IMAGE_SIGNATURES = (
-    ((0, b"\xff\xd8\xff"),),  # JPEG
-    ((0, b"\x89PNG\r\n\x1a\n"),),
-    ((0, b"GIF87a"),),
-    ((0, b"GIF89a"),),
-    ((0, b"RIFF"), (8, b"WEBP")),
-)
-
-
 def file_modality(path: str | os.PathLike) -> str | None:
     """"image" or "audio" for a file, by its extension, else by its content; None when it is neither.
 
-    The content decides for names without a known extension (``photo``, ``x.jfif``): the
-    first bytes of a JPEG, PNG, GIF or WebP image, or a header soundfile reads. Raises
-    OSError when the file cannot be opened.
+    The content decides for names without a known extension (``photo``, ``x.jfif``): each
+    media modality is asked in turn (``Modality.recognises``: the first bytes of a JPEG,
+    PNG, GIF or WebP image; a header soundfile reads). Raises OSError when the file
+    cannot be opened.
     """
     path = Path(path)
     modality = modality_of_extension(path.suffix)
@@ -108,19 +98,7 @@ def file_modality(path: str | os.PathLike) -> str | None:
         return modality
     with open(path, "rb") as handle:
         head = handle.read(16)
-    if any(all(head[offset : offset + len(magic)] == magic for offset, magic in signature) for signature in _IMAGE_SIGNATURES):
-        return "image"
-    import soundfile
-
-    try:
-        soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError):
-        return None
-    return "audio"
-
-
-def _extensions(modality: str) -> tuple[str, ...]:
-    return {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "text": TEXT_FILE_EXTENSIONS}[modality]
+    return next((name for name in MEDIA_MODALITIES if get_modality(name).recognises(path, head)), None)
 
 
 def _files_in(folder: Path, extensions: Sequence[str]) -> list[Path]:
@@ -137,7 +115,7 @@ def list_inputs(modality: str, inputs: Sequence[str | os.PathLike]) -> list[Inpu
     """File and folder inputs -> the items to embed, in order.
 
     * image / audio: a file is taken as it is (whatever its extension); a folder gives
-      its files with the modality's extensions (see :mod:`multimodal.data.media_types`),
+      its files with the modality's extensions (see :mod:`multimodal.data.modalities`),
       recursively, sorted, hidden ones left out. Key: the path.
     * text: a file holds one caption per line (empty lines skipped), key ``path:line``;
       a folder gives one caption per ``.txt`` file (its whole text), key: the path.
@@ -146,25 +124,18 @@ def list_inputs(modality: str, inputs: Sequence[str | os.PathLike]) -> list[Inpu
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected text, image or audio")
+    definition = get_modality(modality)
     items: list[InputItem] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            files = _files_in(path, _extensions(modality))
+            extensions = definition.folder_extensions
+            files = _files_in(path, extensions)
             if not files:
-                raise ValueError(f"folder {path} holds no {modality} file (looked for {', '.join(_extensions(modality))})")
-            if modality == "text":
-                items.extend(InputItem(str(file), file.read_text(encoding="utf-8").strip()) for file in files)
-            else:
-                items.extend(InputItem(str(file), file) for file in files)
+                raise ValueError(f"folder {path} holds no {modality} file (looked for {', '.join(extensions)})")
+            items.extend(InputItem(str(file), definition.item_of_folder_file(file)) for file in files)
         elif path.is_file():
-            if modality == "text":
-                with open(path, encoding="utf-8") as handle:
-                    for number, line in enumerate(handle, start=1):
-                        if line.strip():
-                            items.append(InputItem(f"{path}:{number}", line.strip()))
-            else:
-                items.append(InputItem(str(path), path))
+            items.extend(InputItem(key, item) for key, item in definition.items_of_file(path))
         else:
             raise ValueError(f"input {given} does not exist (expected a file or a folder)")
     return items

@@ -30,17 +30,18 @@ import numpy as np
 import torch
 
 from multimodal.data.files import write_atomically, write_text_atomically
+from multimodal.data.modalities import get_modality
 from multimodal.data.sample_fields import CAPTION_KEYS, SampleFields
 from multimodal.data.shards import expand_shards, read_shard
 from multimodal.embed import is_shard_spec, shard_sample_input
 from multimodal.evaluation import EvalSetConfig, default_templates, zero_shot_weights
-from multimodal.search.media import MEDIA_TYPES
+from multimodal.search.media import media_type
 
 TOP_K = 5
 SAMPLE_QUERIES = 12
 MAX_CLASSES_SHOWN = 20
 THUMBNAIL_PIXELS = 112
-MAX_INLINE_AUDIO_BYTES = 2 << 20  # a longer clip is named, not inlined
+MAX_INLINE_MEDIA_BYTES = 2 << 20  # a longer clip is named, not inlined
 
 
 # What was evaluated ---------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ class _Media:
         """(bytes, extension) of an image or clip, a caption (text), or None when it cannot be found."""
         if key in self.samples:
             try:
-                if modality == "text":
+                if not get_modality(modality).reads_files:  # captions, read where the evaluation reads them
                     return self.fields.captions(self.samples[key])[caption]
                 found = shard_sample_input(self.samples[key], modality)
             except (ValueError, UnicodeDecodeError, json.JSONDecodeError, IndexError):
@@ -99,7 +100,7 @@ class _Media:
             extension = next(ext for ext in self.samples[key] if self.samples[key][ext] is found)
             return found, extension
         path = Path(key)
-        if modality != "text" and path.is_file():
+        if get_modality(modality).reads_files and path.is_file():
             return path.read_bytes(), path.suffix.lstrip(".").lower()
         return None
 
@@ -107,22 +108,12 @@ class _Media:
 # Rendering -------------------------------------------------------------------------------------------
 
 
-def _thumbnail(data: bytes) -> str | None:
-    """A PNG data URL of the image, decoded as training decodes it (transparency composited
-    onto white, EXIF orientation applied), at most THUMBNAIL_PIXELS on its longer side."""
-    from PIL import Image
-    from torchvision.transforms.functional import to_pil_image
-
-    from multimodal.data.image import decode_image
-
-    try:
-        image = to_pil_image(decode_image(data))
-    except (RuntimeError, ValueError, OSError):
+def _thumbnail(modality: str, data: bytes) -> str | None:
+    """A PNG data URL of the item's picture (``Modality.thumbnail``: decoded as training decodes
+    it, THUMBNAIL_PIXELS on its longer side); None when it has none."""
+    image = get_modality(modality).thumbnail(data, THUMBNAIL_PIXELS)
+    if image is None:
         return None
-    scale = THUMBNAIL_PIXELS / max(image.size)
-    size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
-    # Nearest for small pictures (digits stay crisp), smooth for photos.
-    image = image.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
@@ -134,14 +125,13 @@ def _item_html(media: _Media, key: str, modality: str, caption: int = 0) -> str:
         return f'<div class="caption">{html.escape(found)}</div>'
     if found is not None:
         data, extension = found
-        if modality == "image":
-            thumbnail = _thumbnail(data)
-            if thumbnail:
-                return f'<img src="{thumbnail}" alt="{html.escape(key)}">'
-        elif modality == "audio" and len(data) <= MAX_INLINE_AUDIO_BYTES:
-            media_type = MEDIA_TYPES.get(extension, "audio/wav")
-            source = f"data:{media_type};base64," + base64.b64encode(data).decode("ascii")
-            return f'<audio controls preload="none" src="{source}"></audio>'
+        thumbnail = _thumbnail(modality, data)
+        if thumbnail:
+            return f'<img src="{thumbnail}" alt="{html.escape(key)}">'
+        element = get_modality(modality).page_element
+        if element not in (None, "img") and len(data) <= MAX_INLINE_MEDIA_BYTES:  # a player: audio (or video)
+            source = f"data:{media_type(extension)};base64," + base64.b64encode(data).decode("ascii")
+            return f'<{element} controls preload="none" src="{source}"></{element}>'
     return f'<div class="missing">{html.escape(modality)} not found</div>'
 
 

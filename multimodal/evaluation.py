@@ -16,10 +16,11 @@ from multimodal.config import from_dict
 from multimodal.data.config import MODALITIES
 from multimodal.data.sample_fields import CAPTION_KEYS, SampleFields
 from multimodal.data.source_spec import SourceSpec
-from multimodal.eval import TEMPLATE_SETS, build_zero_shot_weights, collect_embeddings, retrieval_metrics, validate_templates
+from multimodal.eval import build_zero_shot_weights, collect_embeddings, retrieval_metrics, validate_templates
 from multimodal.eval import evaluate_retrieval, evaluate_zero_shot
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION, LinearProbeResult, evaluate_linear_probe
 from multimodal.eval.loops import sample_of_each_row
+from multimodal.modalities import CLASSIFIED_MODALITIES, parts_of
 
 TASKS = ("zeroshot", "retrieval", "linear_probe")
 LABEL_KEY = "json:label;cls"  # where evaluation reads a sample's class label
@@ -51,7 +52,7 @@ class EvalSetConfig:
             ``label`` field or its ``.cls`` member (so for linear-probe sets too).
         templates: zero-shot only: prompts with one ``{}`` (or ``{label}``) where the class
             name goes, averaged into one classifier row per class. Empty: the built-in
-            templates of the modality (``multimodal.eval.TEMPLATE_SETS``).
+            templates of the modality (``multimodal.modalities.PARTS``).
         gallery_modality: retrieval only: the modality retrieved (default ``"text"``).
         gallery_shards: retrieval only. Unset: every sample of ``shards`` holds a pair, its
             ``modality`` and its ``gallery_modality`` (an image and its captions), and each
@@ -196,8 +197,11 @@ class EvalSetConfig:
 
 
 def default_templates(modality: str) -> tuple[str, ...]:
-    """The built-in zero-shot templates of ``modality`` ("image", else the audio ones)."""
-    return TEMPLATE_SETS["image" if modality == "image" else "audio"]
+    """The built-in zero-shot templates of ``modality`` (``multimodal.modalities.PARTS``)."""
+    templates = parts_of(modality).templates
+    if templates is None:
+        raise ValueError(f"{modality} has no zero-shot templates: classify one of {CLASSIFIED_MODALITIES}")
+    return templates
 
 
 def recorded_eval_sets(checkpoint_config: dict) -> list[EvalSetConfig]:

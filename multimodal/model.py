@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from multimodal.data.config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
-from multimodal.encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, VisionConfig, VisionEncoder
+from multimodal.encoders import AudioConfig, TextConfig, VisionConfig
 from multimodal.losses import contrastive_loss, pair_name
+from multimodal.modalities import PARTS
 
 LOSSES = ("infonce", "sigmoid")
 
@@ -86,6 +87,12 @@ class ModelConfig:
         return [m for m in MODALITIES if getattr(self, m) is not None]
 
     @property
+    def preprocess(self) -> dict[str, ImagePreprocessConfig | AudioPreprocessConfig]:
+        """Each encoded modality's preprocessing config (its ``<name>_preprocess``), by name: what loaders take."""
+        configs = {m: getattr(self, f"{m}_preprocess", None) for m in self.modalities}
+        return {m: config for m, config in configs.items() if config is not None}
+
+    @property
     def pairs(self) -> list[str]:
         return [pair_name(a, b) for a, b in combinations(self.modalities, 2)]
 
@@ -107,9 +114,6 @@ def average_windows(window_embeddings: torch.Tensor, window_clip: torch.Tensor) 
     return sums / counts[:, None]
 
 
-_ENCODER_CLASSES = {"text": TextEncoder, "image": VisionEncoder, "audio": AudioEncoder}
-
-
 class MultimodalModel(nn.Module):
     """Encoders for any subset of {text, image, audio}, projected to one unit-norm space.
 
@@ -121,7 +125,7 @@ class MultimodalModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoders = nn.ModuleDict({m: _ENCODER_CLASSES[m](getattr(config, m)) for m in config.modalities})
+        self.encoders = nn.ModuleDict({m: PARTS[m].encoder(getattr(config, m)) for m in config.modalities})
         if config.share_trunk:
             self._share_trunk()
         self.projections = nn.ModuleDict()

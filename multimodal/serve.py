@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from multimodal.data.modalities import MEDIA_MODALITIES, get_modality
 from multimodal.search.index import SearchIndex
 from multimodal.search.media import MediaReader
 from multimodal.search.query import QUERY_ERRORS, check_model, describe_hits, embed_query
@@ -58,21 +59,23 @@ class _BadQuery(ValueError):
         self.status = status
 
 
-def _thumbnail(data: bytes, media: str) -> tuple[bytes, str]:
-    """An image at most THUMBNAIL_PIXELS on its longer side (PNG for small ones, JPEG for photos)."""
+def _thumbnail(modality: str, data: bytes, media: str) -> tuple[bytes, str]:
+    """A picture at most THUMBNAIL_PIXELS on its longer side: a small one as it is; a larger one
+    decoded as training decodes it (``Modality.thumbnail``: transparency onto white), as JPEG."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
             if max(image.size) <= THUMBNAIL_PIXELS:
                 return data, media
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
-            out = io.BytesIO()
-            image.save(out, format="JPEG", quality=85)
-            return out.getvalue(), "image/jpeg"
     except (UnidentifiedImageError, OSError):
+        pass
+    picture = get_modality(modality).thumbnail(data, THUMBNAIL_PIXELS)
+    if picture is None:
         return data, media
+    out = io.BytesIO()
+    picture.convert("RGB").save(out, format="JPEG", quality=85)
+    return out.getvalue(), "image/jpeg"
 
 
 class SearchService:
@@ -100,8 +103,9 @@ class SearchService:
                 raise _BadQuery(f"the {modality} query cannot be read: {error}") from None
         hits = describe_hits(self.index.search(vectors, k)[0])
         for hit in hits:
-            hit["media"] = f"/media/{hit['id']}" if self.index.modality in ("image", "audio") and hit["source"] else None
-        return {"query": {"modality": modality, **({"text": query} if modality == "text" else {})},
+            hit["media"] = f"/media/{hit['id']}" if get_modality(self.index.modality).reads_files and hit["source"] else None
+        caption = {} if get_modality(modality).reads_files else {"text": query}  # an upload is not echoed
+        return {"query": {"modality": modality, **caption},
                 "index_modality": self.index.modality, "hits": hits}
 
     def media_of(self, id: int, thumbnail: bool) -> tuple[bytes, str] | None:
@@ -109,8 +113,8 @@ class SearchService:
             return None
         key, source, _ = self.index.item(id)
         found = self.media.read(key, source)
-        if found is not None and thumbnail and found[1].startswith("image/"):
-            return _thumbnail(*found)
+        if found is not None and thumbnail and get_modality(self.index.modality).page_element == "img":
+            return _thumbnail(self.index.modality, *found)
         return found
 
 
@@ -165,8 +169,8 @@ def create_app(service: SearchService):
                 modality, query = "text", text
             else:
                 modality = request.query_params.get("modality", "")
-                if modality not in ("image", "audio"):
-                    raise _BadQuery(f"modality must be image or audio for an upload, got {modality!r}")
+                if modality not in MEDIA_MODALITIES:
+                    raise _BadQuery(f"modality must be {' or '.join(MEDIA_MODALITIES)} for an upload, got {modality!r}")
                 query = await _read_limited(request, service.max_upload_bytes)
             result = await asyncio.to_thread(service.search, modality, query, k)
         except _BadQuery as bad:

@@ -10,7 +10,8 @@ see multimodal/train.py) and the evaluation sets.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from multimodal.data import demo as demo_data
@@ -31,6 +32,7 @@ from multimodal.data.augment import (
 )
 from multimodal.data.image_stats import read_image_stats
 from multimodal.data.loader import make_loader
+from multimodal.data.modalities import MEDIA_MODALITIES
 from multimodal.data.shards import expand_shards
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
@@ -39,29 +41,6 @@ from multimodal.evaluation import EvalSetConfig
 from multimodal.model import ModelConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SourceConfig:
-    """One training source: shards of paired samples and the modalities to read from them.
-
-    ``caption_keys`` lists where the caption may be, tried in order: a member's
-    extension (``txt``) or ``json:FIELD`` (a field of the .json member, as CLAP/WavCaps
-    shards store it). The default reads img2dataset and CLAP-style shards as they are.
-    ``augment``: training augmentation of the source's images and audio (see
-    :mod:`multimodal.data.augment`), all off unless switched on.
-    ``label_key``: where a class label is (``"json:label"``, ``"cls"``). With one, the
-    samples of a batch that share a label are positives of each other in the loss
-    instead of negatives (UniCL); for data of few classes, where a batch holds many
-    pairs showing the same class. None: every other pair is a negative (CLIP).
-    """
-
-    shards: str
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
-    weight: float = 1.0
-    caption_keys: str = "txt;json:text;json:caption"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    label_key: str | None = None
 
 
 def demo_augment() -> AugmentConfig:
@@ -98,7 +77,9 @@ def demo_augment() -> AugmentConfig:
 
 @dataclass
 class DataConfig:
-    train: list[SourceConfig] = field(default_factory=list)  # empty: the built-in demo
+    # Empty: the built-in demo. Each entry is what the loader reads (see SourceSpec), so every
+    # option of a source, its name and keys included, is a setting of the run.
+    train: list[SourceSpec] = field(default_factory=list)
     eval: list[EvalSetConfig] = field(default_factory=list)  # with the demo and none given: the demo's sets
     batch_size: int = 128  # per process and micro-batch
     eval_batch_size: int = 250
@@ -145,7 +126,7 @@ class PreparedData:
     config: DataConfig
     model: ModelConfig
     tokenizer: Tokenizer | None
-    sources: list[SourceConfig]
+    sources: list[SourceSpec]
     eval_sets: list[PreparedEvalSet]
     current_loader: object = None
 
@@ -154,13 +135,12 @@ class PreparedData:
 
         ``device``: where batches arrive; images travel as uint8 and are normalised there.
         """
-        specs = [
-            SourceSpec(shards=s.shards, modalities=list(s.modalities), weight=s.weight, caption_keys=s.caption_keys,
-                       name=f"train{index}", augment=s.augment, label_key=s.label_key)
-            for index, s in enumerate(self.sources)
-        ]
+        # Copies, named: the run's config keeps its sources as configured (an unnamed one stays unnamed
+        # in config.json), while logs and skip counts name each one.
+        named = [replace(source, name=_training_name(source, index))
+                 for index, source in enumerate(self.sources)]
         self.current_loader = make_loader(
-            specs,
+            named,
             batch_size=self.config.batch_size,
             train=True,
             seed=seed,
@@ -168,8 +148,7 @@ class PreparedData:
             world_size=world_size,
             num_workers=self.config.num_workers,
             worker_nice=self.config.worker_nice,
-            image_config=self.model.image_preprocess,
-            audio_config=self.model.audio_preprocess,
+            preprocess=self.model.preprocess,
             tokenize=self.tokenize,
             shuffle_buffer=self.config.shuffle_buffer,
             device=device,
@@ -184,8 +163,7 @@ class PreparedData:
             train=False,
             seed=0,
             num_workers=0,
-            image_config=self.model.image_preprocess,
-            audio_config=self.model.audio_preprocess,
+            preprocess=self.model.preprocess,
             tokenize=self.tokenize,
         )
 
@@ -232,7 +210,7 @@ def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
 class ResolvedSources:
     """What a run reads: training sources and evaluation sets (the demo's when none is configured)."""
 
-    train: list[SourceConfig]
+    train: list[SourceSpec]
     eval_sets: list[EvalSetConfig]
     demo: demo_data.DemoPaths | None = None
 
@@ -240,13 +218,18 @@ class ResolvedSources:
 def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = True) -> ResolvedSources:
     """The configured sources, checked; or the built-in demo (built on first use) when none is configured.
 
-    Raises ValueError naming the setting when a source's shards do not exist or its
-    modalities are not the model's, so a run fails before it starts.
+    Raises ValueError naming the setting when a source's shards do not exist, its
+    modalities are not the model's, it asks for every caption (``all_captions``, an
+    evaluation option) or its name is another's, so a run fails before it starts.
     """
     eval_sets = list(config.eval)
     if config.train:
         for index, source in enumerate(config.train):
             where = f"data.train[{index}]"
+            if source.all_captions:
+                # The training loader refuses it too, but only once the model is built.
+                raise ValueError(f"{where}.all_captions: every caption of a sample is for retrieval evaluation; "
+                                 "training reads one caption per sample (remove all_captions)")
             unknown = [m for m in source.modalities if m not in model.modalities]
             if unknown:
                 raise ValueError(f"{where}.modalities: the model has no {' or '.join(unknown)} encoder "
@@ -256,35 +239,55 @@ def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = 
             except ValueError as error:
                 raise ValueError(f"{where}.shards: {error}") from None
             _check_augment(source, model, where, warn_unused=True)
+        _check_distinct_names(config.train)
         return ResolvedSources(train=list(config.train), eval_sets=eval_sets)
+    # The demo's two collections, each paired with captions: only the pairs the model encodes are trained.
+    collections = {"image": ("image_train", config.demo_image_weight), "audio": ("audio_train", 1.0)}
+    trained = [modality for modality in collections if {modality, "text"} <= set(model.modalities)]
+    if not trained:  # said before the demo is built, which takes minutes the first time
+        raise ValueError(f"the demo trains image-text and audio-text pairs; this model has only {model.modalities}")
+    if "image" in trained and not (math.isfinite(config.demo_image_weight) and config.demo_image_weight > 0):
+        raise ValueError(f"data.demo_image_weight must be a positive number, got {config.demo_image_weight}")
     paths = demo_data.build_demo(config.demo_dir, scale=config.demo_scale,
                                  progress=_demo_progress if progress else None)
     augment = config.demo_augment if config.demo_augment is not None else AugmentConfig()
     label_key = "json:label" if config.demo_label_positives else None
-    train = [
-        SourceConfig(shards=paths.image_train, modalities=[m for m in ("image", "text") if m in model.modalities],
-                     augment=augment, weight=config.demo_image_weight, label_key=label_key),
-        SourceConfig(shards=paths.audio_train, modalities=[m for m in ("audio", "text") if m in model.modalities],
-                     augment=augment, label_key=label_key),
-    ]
-    train = [s for s in train if len(s.modalities) == 2]
+    train = [SourceSpec(shards=getattr(paths, collections[m][0]), modalities=[m, "text"], augment=augment,
+                        weight=collections[m][1], label_key=label_key) for m in trained]
     for source in train:
         _check_augment(source, model, "data.demo_augment", warn_unused=False)
-    if not train:
-        raise ValueError(f"the demo trains image-text and audio-text pairs; this model has only {model.modalities}")
     if not eval_sets:
         eval_sets = [e for e in demo_eval_sets(paths) if _fits(e, model)]
     return ResolvedSources(train=train, eval_sets=eval_sets, demo=paths)
 
 
-def _check_augment(source: SourceConfig, model: ModelConfig, where: str, *, warn_unused: bool) -> None:
+def _training_name(source: SourceSpec, index: int) -> str:
+    """What training source ``index`` goes by in the loader's logs, skip counts and errors.
+
+    Its name, else ``train{index}``: the name every training source had before a source could be named.
+    """
+    return source.name or f"train{index}"
+
+
+def _check_distinct_names(train: list[SourceSpec]) -> None:
+    """Raises ValueError when two training sources would go by one name: the loader keys its counts by name."""
+    first: dict[str, int] = {}
+    for index, source in enumerate(train):
+        name = _training_name(source, index)
+        if name in first:
+            raise ValueError(f"data.train[{first[name]}] and data.train[{index}] both go by the name {name!r} "
+                             "(an unnamed source is train{index}); give them distinct names")
+        first[name] = index
+
+
+def _check_augment(source: SourceSpec, model: ModelConfig, where: str, *, warn_unused: bool) -> None:
     """Raises ValueError for augmentation the model's preprocessing makes meaningless; warns about levers
     of a modality the source does not read (``warn_unused``)."""
     if "audio" in source.modalities and model.audio_preprocess is not None:
         source.augment.audio.check_sample_rate(model.audio_preprocess.sample_rate, f"{where}.augment.audio")
     if not warn_unused:
         return
-    for modality in ("image", "audio"):
+    for modality in MEDIA_MODALITIES:
         if source.augment.enabled_for(modality) and modality not in source.modalities:
             logger.warning("%s.augment.%s is ignored: the source reads %s, not %s", where, modality,
                            " and ".join(source.modalities), modality)

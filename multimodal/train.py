@@ -47,7 +47,9 @@ from multimodal.config import (
 )
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.files import write_text_atomically
+from multimodal.data.modalities import MEDIA_MODALITIES
 from multimodal.data.seeds import stable_int
+from multimodal.data.source_spec import SourceSpec
 from multimodal.ema import WeightAverage
 from multimodal.model import ModelConfig
 from multimodal.model_setup import build_model, choose_tokenizer, fit_text_to_tokenizer, locked_modalities
@@ -209,7 +211,7 @@ def _fresh_config(overrides: dict[str, str]) -> TrainConfig:
     # alone keeps every encoder); `audio: null` drops one.
     if isinstance(data.get("model"), dict) and data.get("preset") in PRESETS:
         data["model"] = merged(to_dict(preset(data["preset"])), data["model"])
-        for modality in ("image", "audio"):
+        for modality in MEDIA_MODALITIES:  # an encoder dropped takes its preprocessing with it
             if data["model"].get(modality) is None:
                 data["model"][f"{modality}_preprocess"] = None
     config = from_dict(TrainConfig, data)
@@ -408,7 +410,7 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None) -> 
     return data
 
 
-def trained_sources(resolved: sources.ResolvedSources, locked: set[str], say=print) -> list[sources.SourceConfig]:
+def trained_sources(resolved: sources.ResolvedSources, locked: set[str], say=print) -> list[SourceSpec]:
     """The training sources with a tower to train: one whose towers are all locked has nothing to learn.
 
     Binding audio into a locked image-text model (ImageBind's recipe) leaves the demo's

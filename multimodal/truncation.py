@@ -19,8 +19,10 @@ from contextlib import closing
 from dataclasses import dataclass
 
 from multimodal.data.lengths import LengthCounts, LengthLimits
-from multimodal.data.sample_fields import AUDIO_KEYS, SampleFields, UnusableSample
+from multimodal.data.modalities import get_modality
+from multimodal.data.sample_fields import SampleFields, UnusableSample
 from multimodal.data.shards import ShardProblem, expand_shards, is_remote, read_shard
+from multimodal.data.source_spec import SourceSpec
 from multimodal.model import ModelConfig
 
 # Bounds of the sample read per source: start-up stays quick even for shards of long clips.
@@ -58,13 +60,13 @@ def model_limits(model: ModelConfig, tokenizer=None) -> LengthLimits:
 
 
 def measure_sources(
-    sources: Sequence, model: ModelConfig, tokenizer=None, *, names: Sequence[str] | None = None,
+    sources: Sequence[SourceSpec], model: ModelConfig, tokenizer=None, *, names: Sequence[str] | None = None,
     max_samples: int = MAX_SAMPLES, max_bytes: int = MAX_BYTES,
 ) -> list[SourceLengths]:
     """Clip and caption lengths of the first samples of each training source, against ``model``.
 
     Args:
-        sources: training sources (``SourceConfig``: ``shards``, ``modalities``, ``caption_keys``).
+        sources: training sources (:class:`~multimodal.data.source_spec.SourceSpec`), read with their own keys.
         model: the run's model config: its audio window and text context.
         tokenizer: the run's tokenizer (its ``tokenize``); None counts captions in words.
         names: how the lines name each source; default ``data.train[i]``.
@@ -79,7 +81,9 @@ def measure_sources(
     return [_measure_source(source, name, limits, max_samples, max_bytes) for source, name in zip(sources, names)]
 
 
-def _measure_source(source, where: str, limits: LengthLimits, max_samples: int, max_bytes: int) -> SourceLengths:
+def _measure_source(
+    source: SourceSpec, where: str, limits: LengthLimits, max_samples: int, max_bytes: int
+) -> SourceLengths:
     measured = SourceLengths(where, LengthCounts(limits))
     urls = expand_shards(source.shards, check_exists=False)  # checked when the sources were resolved
     measured.num_shards = len(urls)
@@ -88,8 +92,8 @@ def _measure_source(source, where: str, limits: LengthLimits, max_samples: int, 
     if any(is_remote(url) for url in urls):
         measured.measured = False
         return measured
-    # A SourceSpec names its audio keys; a SourceConfig reads the default ones.
-    fields = SampleFields(audio_keys=getattr(source, "audio_keys", AUDIO_KEYS), caption_keys=source.caption_keys)
+    # The source's own keys, as its training loader reads it: what is measured is what training sees.
+    fields = source.sample_fields()
     captions: list[str] = []
     size = 0
     measured.complete = True
@@ -116,14 +120,15 @@ def _raw_samples(urls: list[str]) -> Iterator[tuple[int, dict]]:
                 yield index, raw
 
 
-def _count_sample(raw: dict, source, fields: SampleFields, clips: LengthCounts | None,
+def _count_sample(raw: dict, source: SourceSpec, fields: SampleFields, clips: LengthCounts | None,
                   captions: list[str] | None) -> None:
     """Adds a raw sample's clip to ``clips`` and its captions to ``captions``, as training reads the sample.
 
     A sample lacking one of the source's modalities is skipped by training, so it is not counted.
     """
     try:
-        members = {modality: fields.member(raw, modality) for modality in source.modalities if modality != "text"}
+        members = {modality: fields.member(raw, modality) for modality in source.modalities
+                   if get_modality(modality).reads_files}
         texts = fields.captions(raw) if "text" in source.modalities else []
     except UnusableSample:
         return  # training skips it too (and counts it among its skipped samples)

@@ -14,7 +14,7 @@ from multimodal.data.source_spec import SourceSpec
 from multimodal.data.augment import AugmentConfig, ImageAugmentConfig, NoiseAugment
 from multimodal.evaluation import EvalSetConfig
 from multimodal.presets import tiny
-from multimodal.sources import DataConfig, SourceConfig, demo_augment
+from multimodal.sources import DataConfig, demo_augment
 from multimodal.train import parse_config
 
 
@@ -57,7 +57,7 @@ def test_wrong_types_and_misspelt_keys_are_errors():
 
 
 def test_everything_is_off_by_default_and_on_for_the_demo():
-    assert not SourceConfig(shards="x.tar").augment.image.enabled
+    assert not SourceSpec(shards="x.tar").augment.image.enabled
     assert not AugmentConfig().audio.enabled and not AugmentConfig().enabled_for("text")
     demo = DataConfig().demo_augment
     assert demo == demo_augment() and demo.image.enabled and demo.audio.enabled
@@ -103,13 +103,13 @@ def write_shard(path: Path) -> str:
 def test_training_refuses_a_band_limit_at_the_models_rate_and_warns_about_unused_levers(tmp_path, caplog):
     model = tiny()  # audio at 16 kHz
     shards = write_shard(tmp_path / "a.tar")
-    speech = SourceConfig(shards=shards, modalities=["audio", "text"],
-                          augment=from_dict(AugmentConfig, {"audio": {"band_limit": {"p": 0.5,
-                                                                                     "sample_rates": [16000]}}}))
+    speech = SourceSpec(shards=shards, modalities=["audio", "text"],
+                        augment=from_dict(AugmentConfig, {"audio": {"band_limit": {"p": 0.5,
+                                                                                   "sample_rates": [16000]}}}))
     with pytest.raises(ValueError, match=r"data.train\[0\].augment.audio.band_limit.sample_rates \[16000\] must all "
                                          r"be below the model's audio sample rate \(16000 Hz\)"):
         sources.resolve_sources(DataConfig(train=[speech]), model)
-    images = SourceConfig(shards=shards, modalities=["image", "text"], augment=demo_augment())
+    images = SourceSpec(shards=shards, modalities=["image", "text"], augment=demo_augment())
     with caplog.at_level(logging.WARNING, logger="multimodal.sources"):
         sources.resolve_sources(DataConfig(train=[images]), model)
     assert "data.train[0].augment.audio is ignored: the source reads image and text, not audio" in caplog.text

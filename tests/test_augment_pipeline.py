@@ -80,7 +80,7 @@ def write_shards(directory, encode, prefix: str, count: int = 12) -> str:
 
 def batches(spec: SourceSpec, *, train: bool, seed: int = 0, count: int = 3, num_workers: int = 0) -> list[dict]:
     loader = make_loader([spec], batch_size=4, train=train, seed=seed, num_workers=num_workers,
-                         image_config=IMAGE, audio_config=AUDIO, shuffle_buffer=1)
+                         preprocess={"image": IMAGE, "audio": AUDIO}, shuffle_buffer=1)
     return list(itertools.islice(iter(loader), count))
 
 
@@ -98,8 +98,8 @@ def test_training_augments_messy_images_deterministically_and_evaluation_never(t
     assert not same(first, batches(augmented, train=True, seed=1), "image")
     assert not same(first, batches(plain, train=True), "image")
     assert [b["__key__"] for b in first] == [b["__key__"] for b in batches(plain, train=True)]
-    evaluation = list(make_loader([augmented], batch_size=5, train=False, image_config=IMAGE))
-    assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, image_config=IMAGE)), "image")
+    evaluation = list(make_loader([augmented], batch_size=5, train=False, preprocess={"image": IMAGE}))
+    assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, preprocess={"image": IMAGE})), "image")
 
 
 def test_training_augments_messy_audio_deterministically_and_evaluation_never(tmp_path):
@@ -112,8 +112,8 @@ def test_training_augments_messy_audio_deterministically_and_evaluation_never(tm
     assert all(b["audio"].shape[1] <= AUDIO.max_frames for b in first)
     assert same(first, batches(augmented, train=True), "audio")
     assert not same(first, batches(plain, train=True), "audio")
-    evaluation = list(make_loader([augmented], batch_size=5, train=False, audio_config=AUDIO))
-    reference = list(make_loader([plain], batch_size=5, train=False, audio_config=AUDIO))
+    evaluation = list(make_loader([augmented], batch_size=5, train=False, preprocess={"audio": AUDIO}))
+    reference = list(make_loader([plain], batch_size=5, train=False, preprocess={"audio": AUDIO}))
     assert same(evaluation, reference, "audio")
     assert [b["__key__"] for b in evaluation] == [b["__key__"] for b in reference]
 
@@ -155,8 +155,8 @@ def test_spec_augment_lever_masks_the_features_and_leaves_the_waveform_levers_of
         _, frames, bins = batch["audio"].shape
         # At most one band of <= 6 bins over every frame and one span of <= 8 frames over every bin.
         assert all(int(row.sum()) <= 6 * frames + 8 * bins for row in mask)
-    evaluation = list(make_loader([masked], batch_size=5, train=False, audio_config=AUDIO))
-    assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, audio_config=AUDIO)), "audio")
+    evaluation = list(make_loader([masked], batch_size=5, train=False, preprocess={"audio": AUDIO}))
+    assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, preprocess={"audio": AUDIO})), "audio")
 
 
 def test_equalizer_lever_colours_each_clip_with_one_curve_over_all_its_frames(tmp_path):
@@ -175,5 +175,5 @@ def test_equalizer_lever_colours_each_clip_with_one_curve_over_all_its_frames(tm
             torch.testing.assert_close(frames, frames[:1].expand_as(frames), atol=1e-5, rtol=0)
             assert float(frames[0].abs().max()) > 0
         assert bool((added[~valid] == 0).all())  # padding stays padding
-    evaluation = list(make_loader([coloured], batch_size=5, train=False, audio_config=AUDIO))
-    assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, audio_config=AUDIO)), "audio")
+    evaluation = list(make_loader([coloured], batch_size=5, train=False, preprocess={"audio": AUDIO}))
+    assert same(evaluation, list(make_loader([plain], batch_size=5, train=False, preprocess={"audio": AUDIO})), "audio")

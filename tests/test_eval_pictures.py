@@ -109,10 +109,10 @@ def test_gallery_thumbnails_composite_transparency_onto_white_as_training_does()
     picture.paste((0, 0, 0, 255), (10, 5, 30, 15))
     encoded = io.BytesIO()
     picture.save(encoded, format="PNG")
-    url = _thumbnail(encoded.getvalue())
+    url = _thumbnail("image", encoded.getvalue())
     assert url.startswith("data:image/png;base64,")
     thumbnail = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
     assert thumbnail.getpixel((0, 0)) == (255, 255, 255)
     centre = thumbnail.getpixel((thumbnail.size[0] // 2, thumbnail.size[1] // 2))
     assert centre == (0, 0, 0)
-    assert _thumbnail(b"not an image") is None
+    assert _thumbnail("image", b"not an image") is None

@@ -8,7 +8,7 @@ from PIL import Image
 from multimodal.cli import main
 from multimodal.data.image import decode_image
 from multimodal.data.listing import READ_EXTENSIONS
-from multimodal.data.media_types import (
+from multimodal.data.modalities import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
     MEDIA_TYPES,

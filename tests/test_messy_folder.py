@@ -169,7 +169,7 @@ def test_messy_folder_end_to_end(stamps, tmp_path, capsys):
     # Image-text through the training pipeline: transparent pixels are white, the black cat stays black.
     image_config = ImagePreprocessConfig(image_size=16)
     loader = make_loader([SourceSpec(str(output), modalities=["image", "text"], name="stamps")], batch_size=8,
-                         train=False, image_config=image_config, normalize_images=False)
+                         train=False, preprocess={"image": image_config}, normalize_images=False)
     batches = list(loader)
     assert len(batches) == 1 and len(batches[0]["__key__"]) == 6
     row = batches[0]["__key__"].index("animals__cat")
@@ -181,7 +181,7 @@ def test_messy_folder_end_to_end(stamps, tmp_path, capsys):
     # Audio-text: clips at 11,127 and 22,254 Hz come out at 16 kHz with the right number of frames.
     audio_config = AudioPreprocessConfig(num_mel_bins=64, max_frames=400)
     loader = make_loader([SourceSpec(str(output), modalities=["audio", "text"], name="sounds")], batch_size=8,
-                         train=False, audio_config=audio_config)
+                         train=False, preprocess={"audio": audio_config})
     batch = next(iter(loader))
     assert sorted(batch["__key__"]) == ["animals__cat", "animals__dog"]
     frames = {key: int((~batch["audio_padding_mask"][row]).sum()) if "audio_padding_mask" in batch else batch["audio"].shape[1]

@@ -87,7 +87,7 @@ def image_source(directory, prefix: str = "img", **kwargs) -> SourceSpec:
 
 def loader(sources, *, train: bool, batch_size: int = 4, **kwargs):
     return make_loader(
-        sources, batch_size=batch_size, train=train, tokenize=tokenize, image_config=IMAGE, audio_config=AUDIO, **kwargs
+        sources, batch_size=batch_size, train=train, tokenize=tokenize, preprocess={"image": IMAGE, "audio": AUDIO}, **kwargs
     )
 
 
@@ -394,7 +394,7 @@ def test_evaluation_reads_one_modality_with_cls_labels_and_no_caption(tmp_path):
 def test_without_a_tokenizer_text_is_the_caption_strings(tmp_path):
     keys = write_img2dataset(tmp_path, num_shards=1)
     source = SourceSpec(str(tmp_path / "img-00000.tar"), ["image", "text"])
-    batch = next(iter(make_loader([source], batch_size=4, train=False, image_config=IMAGE)))
+    batch = next(iter(make_loader([source], batch_size=4, train=False, preprocess={"image": IMAGE})))
     assert batch["text"] == keys and "text_padding_mask" not in batch
 
 
@@ -431,13 +431,13 @@ def test_workers_run_at_lower_priority_and_the_main_process_keeps_its_own(tmp_pa
     write_img2dataset(tmp_path, num_shards=1)
     source = SourceSpec(str(tmp_path / "img-00000.tar"), ["image", "text"])
     base = os.nice(0)
-    batches = make_loader([source], batch_size=2, train=False, tokenize=tokenize_with_niceness, image_config=IMAGE,
+    batches = make_loader([source], batch_size=2, train=False, tokenize=tokenize_with_niceness, preprocess={"image": IMAGE},
                           num_workers=1, worker_nice=5)
     niceness = {int(value) for batch in batches for value in batch["text"].flatten()}
     assert niceness == {min(base + 5, 19)}  # once per worker process, however many batches it makes
     assert os.nice(0) == base
-    in_process = make_loader([source], batch_size=2, train=False, tokenize=tokenize_with_niceness, image_config=IMAGE,
+    in_process = make_loader([source], batch_size=2, train=False, tokenize=tokenize_with_niceness, preprocess={"image": IMAGE},
                              num_workers=0, worker_nice=5)
     assert {int(value) for batch in in_process for value in batch["text"].flatten()} == {base}
     with pytest.raises(ValueError, match="worker_nice must be in 0-19"):
-        make_loader([source], batch_size=2, train=False, image_config=IMAGE, worker_nice=20)
+        make_loader([source], batch_size=2, train=False, preprocess={"image": IMAGE}, worker_nice=20)

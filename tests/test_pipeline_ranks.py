@@ -19,8 +19,7 @@ def test_ranks_draw_the_same_source_sequence(tmp_path):
     ]
     orders = []
     for rank in range(2):
-        loader = make_loader(sources, batch_size=2, train=True, tokenize=tokenize, image_config=IMAGE,
-                             audio_config=AUDIO, seed=3, rank=rank, world_size=2, num_workers=0)
+        loader = make_loader(sources, batch_size=2, train=True, tokenize=tokenize, preprocess={"image": IMAGE, "audio": AUDIO}, seed=3, rank=rank, world_size=2, num_workers=0)
         orders.append([batch["__source__"] for batch in itertools.islice(loader, 12)])
     assert orders[0] == orders[1]
     assert set(orders[0]) == {"images", "speech"}

@@ -62,7 +62,7 @@ def test_collate_flattens_every_caption_with_its_item():
 def test_the_evaluation_loader_yields_every_caption(tmp_path):
     spec = write_caption_shards(tmp_path)
     source = SourceSpec(spec, ["image", "text"], name="coco", all_captions=True)
-    loader = make_loader([source], batch_size=2, train=False, tokenize=tokenize, image_config=IMAGE)
+    loader = make_loader([source], batch_size=2, train=False, tokenize=tokenize, preprocess={"image": IMAGE})
     batches = list(loader)
     keys = [key for batch in batches for key in batch["__key__"]]
     assert keys == ["one", "two", "three", "four"]
@@ -76,11 +76,11 @@ def test_the_evaluation_loader_yields_every_caption(tmp_path):
     assert loader.stats.skipped["coco"] == {"missing_caption": 1, "missing_image": 1}
     # One caption per sample, as before, without all_captions.
     single = make_loader([SourceSpec(spec, ["image", "text"])], batch_size=8, train=False, tokenize=tokenize,
-                         image_config=IMAGE)
+                         preprocess={"image": IMAGE})
     batch = next(iter(single))
     assert "text_item" not in batch and detokenize(batch["text"]) == [c[0] for c in CAPTIONS.values()]
     with pytest.raises(ValueError, match="source 'coco': all_captions is for evaluation"):
-        make_loader([source], batch_size=2, train=True, tokenize=tokenize, image_config=IMAGE)
+        make_loader([source], batch_size=2, train=True, tokenize=tokenize, preprocess={"image": IMAGE})
 
 
 class CaptionTable:
@@ -104,7 +104,7 @@ def test_retrieval_from_shards_ranks_every_caption(tmp_path):
     caption_vectors = torch.nn.functional.normalize(torch.randn(len(all_captions), 4, generator=generator), dim=-1)
     table = CaptionTable(dict(zip(keys, image_vectors)), dict(zip(all_captions, caption_vectors)))
     source = SourceSpec(spec, ["image", "text"], name="coco", all_captions=True)
-    loader = make_loader([source], batch_size=3, train=False, tokenize=tokenize, image_config=IMAGE)
+    loader = make_loader([source], batch_size=3, train=False, tokenize=tokenize, preprocess={"image": IMAGE})
     metrics = evaluate_retrieval(table, loader, "image", "text", recall_ks=(1, 2, 5))
     owners = torch.tensor([index for index, key in enumerate(keys) for _ in CAPTIONS[key]])  # (8,)
     items = torch.arange(len(keys))

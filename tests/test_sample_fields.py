@@ -120,7 +120,7 @@ def test_training_evaluation_embedding_and_the_tokenizer_read_the_same_fields(tm
 
     def loaded(modalities: list[str]) -> dict:
         source = SourceSpec(str(shard), modalities, name="messy")
-        stream = make_loader([source], batch_size=16, train=False, image_config=IMAGE)
+        stream = make_loader([source], batch_size=16, train=False, preprocess={"image": IMAGE})
         batches = list(stream)
         return {key: {m: batch[m][row] for m in modalities}
                 for batch in batches for row, key in enumerate(batch["__key__"])}
@@ -136,7 +136,7 @@ def test_training_evaluation_embedding_and_the_tokenizer_read_the_same_fields(tm
 
     # Training takes a random non-empty entry of the same field: never the empty first one.
     source = SourceSpec(str(shard), ["image", "text"], name="messy")
-    trained = make_loader([source], batch_size=5, train=True, samples_per_epoch=100, image_config=IMAGE, seed=1)
+    trained = make_loader([source], batch_size=5, train=True, samples_per_epoch=100, preprocess={"image": IMAGE}, seed=1)
     chosen = {}
     for batch in trained:
         for key, caption in zip(batch["__key__"], batch["text"]):

@@ -93,7 +93,7 @@ def test_a_short_clip_read_from_shards_is_fed_as_the_api_feeds_it(model, clips, 
     source = SourceSpec(str(shard), ["audio", "text"])
 
     def batches(batch_size: int, train: bool = False) -> list[dict]:
-        return list(make_loader([source], batch_size=batch_size, train=train, audio_config=config.audio_preprocess,
+        return list(make_loader([source], batch_size=batch_size, train=train, preprocess={"audio": config.audio_preprocess},
                                 resampled=False, shuffle_buffer=0, drop_last=False))
 
     # Evaluation: every window of every clip as prepare_input makes it, the 0.1 s clip padded to one patch.

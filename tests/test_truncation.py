@@ -11,7 +11,7 @@ from multimodal.data.lengths import LengthCounts, LengthLimits, audio_length
 from multimodal.data.tokenizer import Tokenizer
 from multimodal.data.writer import SampleSource, write_shards
 from multimodal.presets import tiny
-from multimodal.sources import SourceConfig
+from multimodal.data.source_spec import SourceSpec
 from multimodal.truncation import measure_sources, model_limits, truncation_lines, written_truncation_lines
 
 RATE = 16_000
@@ -95,7 +95,7 @@ def test_measure_sources_counts_and_lines(tmp_path, tokenizer):
     clips = [(0.5, caption(3)), (2.0, caption(10)), (5.0, caption(15)), (1.0, caption(15, 2)), (0.8, caption(14, 5))]
     spec = write_clips(tmp_path / "a", clips, max_per_shard=3)
     model = tiny()
-    [measured] = measure_sources([SourceConfig(shards=spec, modalities=["audio", "text"])], model, tokenizer)
+    [measured] = measure_sources([SourceSpec(shards=spec, modalities=["audio", "text"])], model, tokenizer)
     counts = measured.counts
     assert (measured.complete, measured.samples_read, measured.shards_read, measured.num_shards) == (True, 5, 2, 2)
     assert (counts.clips, counts.long_clips, counts.longest_seconds) == (5, 2, 5.0)
@@ -111,7 +111,7 @@ def test_measure_sources_counts_and_lines(tmp_path, tokenizer):
         "tokens. To read all of them whole, train with --model.text.context_length 17",
     ]
     # A bounded sample says so, and what it read.
-    [sampled] = measure_sources([SourceConfig(shards=spec, modalities=["audio", "text"])], model, tokenizer,
+    [sampled] = measure_sources([SourceSpec(shards=spec, modalities=["audio", "text"])], model, tokenizer,
                                 names=["voices"], max_samples=4)
     assert (sampled.complete, sampled.samples_read, sampled.counts.clips, sampled.counts.long_clips) == (False, 4, 4, 2)
     assert truncation_lines([sampled])[0].startswith(
@@ -121,7 +121,7 @@ def test_measure_sources_counts_and_lines(tmp_path, tokenizer):
     roomy = tiny()
     roomy.audio.max_frames = roomy.audio_preprocess.max_frames = 498
     roomy.text.context_length = 17
-    assert truncation_lines(measure_sources([SourceConfig(shards=spec, modalities=["audio", "text"])], roomy,
+    assert truncation_lines(measure_sources([SourceSpec(shards=spec, modalities=["audio", "text"])], roomy,
                                             tokenizer)) == []
 
 
@@ -143,14 +143,14 @@ def test_advice_reads_most_clips_when_many_are_cut_and_min_share_quietens(tmp_pa
 
 def test_nothing_cut_nothing_said_and_remote_sources_are_not_read(tmp_path, tokenizer):
     spec = write_clips(tmp_path / "short", [(0.5, "a beep"), (1.0, "a longer beep")])
-    image_text = SourceConfig(shards=spec, modalities=["image", "text"])  # its samples have no image: none counted
-    measured = measure_sources([SourceConfig(shards=spec, modalities=["audio", "text"]), image_text], tiny(), tokenizer)
+    image_text = SourceSpec(shards=spec, modalities=["image", "text"])  # its samples have no image: none counted
+    measured = measure_sources([SourceSpec(shards=spec, modalities=["audio", "text"]), image_text], tiny(), tokenizer)
     assert [(m.counts.clips, m.counts.captions) for m in measured] == [(2, 2), (0, 0)]
     assert truncation_lines(measured) == []
-    [remote] = measure_sources([SourceConfig(shards="pipe:false", modalities=["audio", "text"])], tiny(), tokenizer)
+    [remote] = measure_sources([SourceSpec(shards="pipe:false", modalities=["audio", "text"])], tiny(), tokenizer)
     assert not remote.measured and truncation_lines([remote]) == []
     # A model without a text tower counts no caption.
-    [no_text] = measure_sources([SourceConfig(shards=spec, modalities=["audio", "text"])], tiny(["audio", "image"]))
+    [no_text] = measure_sources([SourceSpec(shards=spec, modalities=["audio", "text"])], tiny(["audio", "image"]))
     assert (no_text.counts.clips, no_text.counts.captions) == (2, 0)
     assert model_limits(tiny(["text", "image"])).audio is None
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from multimodal.embed import file_modality
+from multimodal.modalities import CLASSIFIED_MODALITIES
 from multimodal.cli.common import (
     EXIT_STATUS_HELP,
     add_label_options,
@@ -35,7 +36,7 @@ def add_command(commands) -> None:
     )
     add_model_options(classify)
     add_label_options(classify, required=True)
-    classify.add_argument("--modality", choices=("image", "audio"), help="what the files are (default: from extensions)")
+    classify.add_argument("--modality", choices=CLASSIFIED_MODALITIES, help="what the files are (default: from extensions)")
     classify.add_argument("--top-k", type=positive_int, default=5, help="labels shown per file (default 5)")
     classify.add_argument("--json", action="store_true",
                           help='print a JSON list, one object per file in input order: {"path", "labels", "scores"} '

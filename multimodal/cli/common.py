@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from multimodal.data.modalities import get_modality
+from multimodal.modalities import CLASSIFIED_MODALITIES
 
 PROGRAM = "multimodal"
 EXIT_STATUS_HELP = (
@@ -175,14 +176,18 @@ def print_templates(templates: Sequence[str], origin: str) -> None:
 
 def not_media_reason() -> str:
     """Why a file is not classified: what it is not, and what is read."""
-    return ("not an image or audio file (neither by its extension nor by its content); images are read "
-            f"from {', '.join('.' + e for e in IMAGE_EXTENSIONS)} files, audio from "
-            f"{', '.join('.' + e for e in AUDIO_EXTENSIONS)} files")
+    media = [get_modality(name) for name in CLASSIFIED_MODALITIES]
+    # "images are read from .jpg, ... files, audio from .flac, ... files"
+    read = [f"{m.many} from {', '.join('.' + e for e in m.extensions)} files" for m in media]
+    read[0] = read[0].replace(" from ", " are read from ", 1)
+    return (f"not {' or '.join(m.one for m in media)} file (neither by its extension nor by its content); "
+            + ", ".join(read))
 
 
 def single_modality(kinds: dict, parser: argparse.ArgumentParser, option: str) -> str:
-    """The one modality of files whose kinds are known (``{file: "image" | "audio"}``); images and audio mixed are refused."""
+    """The one modality of files whose kinds are known (``{file: "image" | "audio"}``); modalities mixed are refused."""
     found = sorted(set(kinds.values()))
     if len(found) != 1:
-        parser.error(f"argument --modality: {option} mix images and audio; give one modality at a time")
+        mixed = " and ".join(get_modality(m).many for m in CLASSIFIED_MODALITIES if m in found)
+        parser.error(f"argument --modality: {option} mix {mixed}; give one modality at a time")
     return found[0]

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from multimodal.data.modalities import MEDIA_FIRST
 from multimodal.embed import is_shard_spec
 from multimodal.cli.common import (
     EXIT_STATUS_HELP,
@@ -35,7 +36,7 @@ def add_command(commands) -> None:
         epilog=EXIT_STATUS_HELP,
     )
     add_model_options(embed)
-    embed.add_argument("--modality", required=True, choices=("image", "audio", "text"), help="what the inputs are")
+    embed.add_argument("--modality", required=True, choices=MEDIA_FIRST, help="what the inputs are")
     embed.add_argument("--input", required=True, nargs="+", metavar="PATH",
                        help="files, folders, caption files (text), or shard specs")
     embed.add_argument("--output", required=True, metavar="PATH",

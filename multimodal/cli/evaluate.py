@@ -9,10 +9,11 @@ from pathlib import Path
 
 from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_text_atomically
-from multimodal.data.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS
+from multimodal.data.sample_fields import CAPTION_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
-from multimodal.data.media_types import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from multimodal.data.modalities import get_modality, modality_of_extension
 from multimodal.embed import file_modality, is_shard_spec
+from multimodal.modalities import CLASSIFIED_MODALITIES
 from multimodal.cli.common import (
     EXIT_STATUS_HELP,
     add_label_options,
@@ -54,7 +55,7 @@ def add_command(commands) -> None:
     evaluate.add_argument("--task", required=True, choices=TASKS, help="what to measure")
     evaluate.add_argument("--data", required=True, metavar="SPEC|FOLDER",
                           help="shard spec, or a folder of class folders; the test set of a linear probe")
-    evaluate.add_argument("--modality", choices=("image", "audio"),
+    evaluate.add_argument("--modality", choices=CLASSIFIED_MODALITIES,
                           help="the inputs classified or used as queries (default: what the folder's files or the shards' "
                                "first sample hold)")
     evaluate.add_argument("--gallery-modality", choices=MODALITIES, default="text",
@@ -106,14 +107,12 @@ def _class_folder_items(root: Path, modality: str | None, parser) -> tuple[str, 
         for path in sorted((root / name).rglob("*")):
             if path.is_file() and not path.name.startswith("."):
                 files.append((path, label))
-    media = [(path, label) for path, label in files
-             if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS + AUDIO_EXTENSIONS]
+    media = [(path, label) for path, label in files if modality_of_extension(path.suffix) in CLASSIFIED_MODALITIES]
     if not media:
-        parser.error(f"argument --data: the class folders of {root} hold no image or audio file")
+        parser.error(f"argument --data: the class folders of {root} hold no {' or '.join(CLASSIFIED_MODALITIES)} file")
     if modality is None:
         modality = single_modality({path: file_modality(path) for path, _ in media}, parser, f"the files of {root}")
-    extensions = IMAGE_EXTENSIONS if modality == "image" else AUDIO_EXTENSIONS
-    items = [(path, label) for path, label in media if path.suffix.lower().lstrip(".") in extensions]
+    items = [(path, label) for path, label in media if modality_of_extension(path.suffix) == modality]
     return modality, [name.replace("_", " ") for name in classes], items
 
 
@@ -157,7 +156,7 @@ def _shard_modality(spec: str, gallery_modality: str, parser: argparse.ArgumentP
     """
     from multimodal.data.shards import expand_shards, read_shard
 
-    members = {"image": set(IMAGE_KEYS.split(";")), "audio": set(AUDIO_KEYS.split(";"))}
+    members = {modality: set(get_modality(modality).extensions) for modality in CLASSIFIED_MODALITIES}
     problems = []
     for url in expand_shards(spec):
         for sample in read_shard(url, problems):
@@ -166,11 +165,12 @@ def _shard_modality(spec: str, gallery_modality: str, parser: argparse.ArgumentP
             if len(held) == 1:
                 return held[0]
             if held:
-                parser.error(f"argument --modality: the samples of {spec} hold images and audio "
-                             f"(e.g. {sample['__key__']}); say which to evaluate: --modality image or audio")
+                parser.error(f"argument --modality: the samples of {spec} hold "
+                             f"{' and '.join(get_modality(m).many for m in held)} (e.g. {sample['__key__']}); "
+                             f"say which to evaluate: --modality {' or '.join(held)}")
     unread = f"; {problems[0].url}: {problems[0].message}" if problems else ""
-    parser.error(f"argument --data: no sample of {spec} holds an image ({IMAGE_KEYS}) or audio ({AUDIO_KEYS})"
-                 f"{unread}")
+    held = " or ".join(f"{get_modality(m).one} ({get_modality(m).default_keys})" for m in CLASSIFIED_MODALITIES)
+    parser.error(f"argument --data: no sample of {spec} holds {held}{unread}")
 
 
 def _class_names_from_shards(spec: str) -> list[str]:
@@ -299,7 +299,7 @@ def _loaders(args, model, config, inputs: _Inputs, probe: bool):
     def shard_loader(spec):
         return make_loader([spec], batch_size=args.batch_size, train=False,
                            tokenize=model.tokenize if "text" in spec.modalities else None,
-                           image_config=model.config.image_preprocess, audio_config=model.config.audio_preprocess,
+                           preprocess=model.config.preprocess,
                            num_workers=args.num_workers)
 
     specs = config.source_specs()

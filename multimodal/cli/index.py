@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from multimodal.cli.common import checkpoint_dir, non_negative_int, positive_int
+from multimodal.data.modalities import MEDIA_FIRST
 from multimodal.search.plan import INDEX_TYPES
 
 
@@ -29,7 +30,7 @@ def add_command(commands) -> None:
     index.add_argument("--checkpoint", type=checkpoint_dir, metavar="DIR",
                        help="the checkpoint that embedded the inputs (required to build; --add defaults to the "
                             "index's own)")
-    index.add_argument("--modality", choices=("image", "audio", "text"),
+    index.add_argument("--modality", choices=MEDIA_FIRST,
                        help="what the inputs embed: needed only for .npy outputs of earlier versions, which do "
                             "not record it (with no .meta.json); refused when an input records another")
     index.add_argument("--shards", metavar="SPEC",

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from multimodal.data.modalities import get_modality
 from multimodal.cli.common import (
     DEVICE_HELP,
     PRECISION_HELP,
@@ -91,7 +92,7 @@ def _print_duplicates(index, pairs, as_json: bool) -> None:
 
 def _describe_query(modality: str, query: str) -> str:
     """How the command line gave a query: ``--text 'seven'``, ``--audio clip.wav``."""
-    return f"--text {query!r}" if modality == "text" else f"--{modality} {query}"
+    return f"--{modality} {query}" if get_modality(modality).reads_files else f"--{modality} {query!r}"
 
 
 def _search_each(index, model, queries, args) -> list[dict]:
@@ -102,7 +103,8 @@ def _search_each(index, model, queries, args) -> list[dict]:
     for modality, query in queries:
         record = {"query": {"modality": modality, "input": query}, "hits": []}
         try:
-            vector = embed_query(model, modality, query if modality == "text" else Path(query))  # (1, E)
+            # A file's path, or the caption itself.
+            vector = embed_query(model, modality, Path(query) if get_modality(modality).reads_files else query)  # (1, E)
         except QUERY_ERRORS as error:
             # The same words as classify and embed give the same file.
             record["error"] = one_line(f"{type(error).__name__}: {error}")

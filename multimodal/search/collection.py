@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multimodal.data.modalities import get_modality
 from multimodal.data.shards import expand_shards, is_remote, read_shard
 from multimodal.embed import OUTPUT_FORMATS, PART_PREFIX, keys_path, metadata_path, read_embeddings
 from multimodal.embed import read_metadata, shard_part_name, shard_sample_input
@@ -222,15 +223,16 @@ def describe_rows(part: Part, modality: str, shard: str | None, *, read_captions
         return
     part.sources, part.captions = [], []
     lines_of: dict[str, list[str] | None] = {}
+    rows_are_captions = not get_modality(modality).reads_files  # text: a row's caption is the row itself
     for key in part.keys:
         source = _resolved_file(key)
         caption = None
-        if source is not None and modality == "text":  # a folder of .txt files: one caption per file
+        if source is not None and rows_are_captions:  # a folder of .txt files: one caption per file
             try:
                 caption = Path(source).read_text(encoding="utf-8").strip()[:CAPTION_CHARS]
             except (OSError, UnicodeDecodeError):
                 caption = None
-        elif modality == "text":
+        elif rows_are_captions:
             source, caption = _caption_line(key, lines_of)
         part.sources.append(source)
         part.captions.append(caption)

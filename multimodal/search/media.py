@@ -12,8 +12,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from multimodal.data.media_types import MEDIA_TYPES, modality_of_extension
-from multimodal.data.sample_fields import AUDIO_KEYS, IMAGE_KEYS, parse_keys
+from multimodal.data.modalities import MEDIA_TYPES, get_modality, modality_of_extension
 from multimodal.data.shards import SHARD_SUFFIXES
 
 OPEN_SHARDS = 8  # tar files kept open, least recently used closed first
@@ -33,9 +32,8 @@ class MediaReader:
     """Reads rows' media for one modality; thread-safe; keeps a few shards open with their member tables."""
 
     def __init__(self, modality: str) -> None:
-        # The members training reads the modality from, in the same order.
-        keys = {"image": IMAGE_KEYS, "audio": AUDIO_KEYS}.get(modality)
-        self.extensions = tuple(key for _, key in parse_keys(keys)) if keys else ()
+        # The members training reads the modality from, in the same order (none for captions).
+        self.extensions = get_modality(modality).extensions
         self._shards: OrderedDict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = OrderedDict()
         self._lock = threading.Lock()
 

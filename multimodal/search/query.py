@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from multimodal.api import EmbeddingModel, as_items, load_embedding_model
+from multimodal.data.modalities import get_modality
 from multimodal.search.index import Hit, SearchIndex
 
 
@@ -64,6 +65,12 @@ def _check_query_modality(model: EmbeddingModel, modality: str) -> None:
                          f"it encodes {model.modalities}")
 
 
+def _check_captions(modality: str, queries: list) -> None:
+    """Caption queries (a modality not read from files: text) must be non-empty strings."""
+    if not get_modality(modality).reads_files and any(not isinstance(q, str) or not q.strip() for q in queries):
+        raise ValueError(f"a {modality} query must be a non-empty string")
+
+
 def embed_query(model: EmbeddingModel, modality: str, query: Any) -> np.ndarray:
     """One query (a caption, an image or audio file's path or bytes, anything the API embeds) -> float32 (1, E).
 
@@ -73,8 +80,7 @@ def embed_query(model: EmbeddingModel, modality: str, query: Any) -> np.ndarray:
     than one spectrogram patch is padded with silence, an empty one refused.
     """
     _check_query_modality(model, modality)
-    if modality == "text" and (not isinstance(query, str) or not query.strip()):
-        raise ValueError("a text query must be a non-empty string")
+    _check_captions(modality, [query])
     prepared = model.prepare(modality, query)
     return model.encode_prepared(modality, [prepared]).cpu().numpy()
 
@@ -88,8 +94,7 @@ def embed_queries(model: EmbeddingModel, modality: str, queries: Any) -> np.ndar
     items = as_items(modality, queries)
     if not items:
         raise ValueError("no query given")
-    if modality == "text" and any(not isinstance(item, str) or not item.strip() for item in items):
-        raise ValueError("a text query must be a non-empty string")
+    _check_captions(modality, items)
     return model.embed(modality, items).numpy()
 
 
