@@ -246,3 +246,25 @@ def test_media_of_shard_samples_and_sounds(tmp_path):
     assert MediaReader("audio").read(str(clip), str(clip)) == (b"RIFF....WAVE", "audio/wav")
     assert MediaReader("text").read("captions.txt:3", str(clip)) is None  # a caption has no media
     reader.close()
+
+
+def test_a_large_transparent_images_thumbnail_is_composited_onto_white():
+    """Decoded as training decodes it: a transparent background is white, not the black PIL's RGB convert gives."""
+    from PIL import Image
+
+    from multimodal.serve import THUMBNAIL_PIXELS, _thumbnail
+
+    picture = Image.new("RGBA", (600, 300), (0, 0, 0, 0))
+    picture.paste((200, 30, 30, 255), (250, 100, 350, 200))  # a red square in the middle
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    data, media = _thumbnail("image", encoded.getvalue(), "image/png")
+    thumbnail = Image.open(io.BytesIO(data))
+    assert media == "image/jpeg" and thumbnail.size == (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS // 2)
+    assert min(thumbnail.getpixel((2, 2))) >= 250  # white
+    red, green, _ = thumbnail.getpixel((THUMBNAIL_PIXELS // 2, THUMBNAIL_PIXELS // 4))
+    assert red > 180 and green < 60
+    # A small picture is served as it is.
+    small = io.BytesIO()
+    picture.resize((100, 50)).save(small, format="PNG")
+    assert _thumbnail("image", small.getvalue(), "image/png") == (small.getvalue(), "image/png")
