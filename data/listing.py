@@ -121,11 +121,7 @@ def samples_from_folder(
         raise ValueError(f"{root} is not a directory; pass the folder that holds the images/audio and captions")
     if layout not in ("auto", "captions", "classes"):
         raise ValueError(f"layout must be 'auto', 'captions' or 'classes', got {layout!r}")
-    files = sorted(
-        path
-        for path in root.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
+    files = visible_files(root)
     if layout == "auto":
         layout = "captions" if any(path.suffix.lower() == ".txt" for path in files) else "classes"
     if layout == "captions":
@@ -165,18 +161,46 @@ def _samples_with_caption_files(root: Path, files: list[Path]) -> list[SampleSou
     return samples
 
 
+def visible_files(root: Path) -> list[Path]:
+    """Every file under ``root``, sorted, leaving out hidden files and whatever is in hidden folders."""
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+
+
+def class_folder_files(root: Path, files: list[Path] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The one rule by which class sub-folders are labelled, in ``shards`` and ``eval`` alike.
+
+    The classes are the sub-folders of ``root`` holding at least one visible file (at any
+    depth), sorted by name; a class's label is its place in that order. Returns (the class
+    folders' names, every visible file inside them with its label), ``files`` being
+    :func:`visible_files` of ``root`` when not given. Files beside the folders belong to none.
+    """
+    files = visible_files(root) if files is None else files
+    in_classes = [path for path in files if len(path.relative_to(root).parts) > 1]
+    names = sorted({path.relative_to(root).parts[0] for path in in_classes})
+    labels = {name: index for index, name in enumerate(names)}
+    return names, [(path, labels[path.relative_to(root).parts[0]]) for path in in_classes]
+
+
+def class_name_in_words(folder: str) -> str:
+    """A class folder's name as captions and class lists say it: ``golden_retriever`` -> ``golden retriever``."""
+    return folder.replace("_", " ")
+
+
 def _samples_from_class_folders(
     root: Path, files: list[Path], caption_template: str | Mapping[str, str] | None
 ) -> list[SampleSource]:
     templates = _caption_templates(caption_template)
-    in_classes = [path for path in files if len(path.relative_to(root).parts) > 1]
-    class_names = sorted({path.relative_to(root).parts[0] for path in in_classes})
+    class_names, labelled = class_folder_files(root, files)
     if not class_names:
         raise ValueError(
             f"{root} has neither caption files (.txt beside each media file) nor class sub-folders; "
             "see samples_from_folder's docstring for the two layouts"
         )
-    labels = {name: index for index, name in enumerate(class_names)}
+    labels = dict(labelled)
     samples = []
     for path in files:
         relative = path.relative_to(root)
@@ -189,15 +213,14 @@ def _samples_from_class_folders(
             # A file beside the class folders belongs to no class.
             samples.append(SampleSource(key, {extension: path}, origin=str(path)))
             continue
-        class_name = relative.parts[0]
-        readable_name = class_name.replace("_", " ")
+        readable_name = class_name_in_words(relative.parts[0])
         template = templates.get(modality_of_extension(extension) or "image")
         samples.append(
             SampleSource(
                 key=key,
                 media={extension: path},
                 caption=template.format(readable_name),
-                extra={"label": labels[class_name], "class_name": readable_name},
+                extra={"label": labels[path], "class_name": readable_name},
                 origin=str(path),
             )
         )

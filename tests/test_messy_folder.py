@@ -213,3 +213,26 @@ def test_image_background_option_sets_the_statistics_and_the_printed_override(tm
     with pytest.raises(SystemExit):
         main(["shards", "--input", str(root), "--output", str(tmp_path / "x"), "--max-skip-fraction", "2"])
     assert "argument --max-skip-fraction: expected a number in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+def test_shards_and_eval_label_class_folders_by_one_rule(tmp_path):
+    """An empty class folder and a hidden folder inside a class: `shards` and `eval` give the same labels."""
+    import argparse
+
+    from multimodal.cli.evaluate import _class_folder_items
+    from multimodal.data.listing import samples_from_folder
+
+    root = tmp_path / "classes"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(cat_pixels()).save(root / name / f"{name}.png")
+    (root / "aardvark").mkdir()  # empty: no class of either
+    (root / "dog" / ".thumbnails").mkdir()  # hidden: read by neither
+    Image.fromarray(cat_pixels()).save(root / "dog" / ".thumbnails" / "small.png")
+    (root / "loose.png").write_bytes((root / "cat" / "cat.png").read_bytes())  # beside the folders: no class
+
+    written = {sample.origin: sample.extra["label"] for sample in samples_from_folder(root) if sample.extra}
+    modality, classes, items = _class_folder_items(root, None, argparse.ArgumentParser())
+    assert (modality, classes) == ("image", ["cat", "dog"])
+    assert {str(path): label for path, label in items} == written == {
+        str(root / "cat" / "cat.png"): 0, str(root / "dog" / "dog.png"): 1}

@@ -11,6 +11,7 @@ from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_text_atomically
 from multimodal.data.sample_fields import CAPTION_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
+from multimodal.data.listing import class_folder_files, class_name_in_words
 from multimodal.data.modalities import get_modality, modality_of_extension
 from multimodal.embed import file_modality, is_shard_spec
 from multimodal.modalities import CLASSIFIED_MODALITIES
@@ -99,21 +100,17 @@ def _is_class_folder(data: str) -> bool:
 
 
 def _class_folder_items(root: Path, modality: str | None, parser) -> tuple[str, list[str], list[tuple[Path, int]]]:
-    classes = sorted(child.name for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
+    # Labelled by the rule `multimodal shards` writes class folders with, so the two agree.
+    classes, files = class_folder_files(root)
     if not classes:
-        parser.error(f"argument --data: folder {root} has no class sub-folders (and no .tar shards)")
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                files.append((path, label))
+        parser.error(f"argument --data: folder {root} has no class sub-folders holding files (and no .tar shards)")
     media = [(path, label) for path, label in files if modality_of_extension(path.suffix) in CLASSIFIED_MODALITIES]
     if not media:
         parser.error(f"argument --data: the class folders of {root} hold no {' or '.join(CLASSIFIED_MODALITIES)} file")
     if modality is None:
         modality = single_modality({path: file_modality(path) for path, _ in media}, parser, f"the files of {root}")
     items = [(path, label) for path, label in media if modality_of_extension(path.suffix) == modality]
-    return modality, [name.replace("_", " ") for name in classes], items
+    return modality, [class_name_in_words(name) for name in classes], items
 
 
 class _FolderBatches:
