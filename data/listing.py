@@ -162,12 +162,21 @@ def _samples_with_caption_files(root: Path, files: list[Path]) -> list[SampleSou
 
 
 def visible_files(root: Path) -> list[Path]:
-    """Every file under ``root``, sorted, leaving out hidden files and whatever is in hidden folders."""
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
+    """Every file under ``root``, sorted, leaving out hidden files and whatever is in hidden folders.
+
+    Linked folders are followed (a class folder is often a link to where the files are),
+    each real folder once, so a link back up the tree cannot loop.
+    """
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        files.extend(Path(folder) / name for name in names if not name.startswith("."))
+    return sorted(path for path in files if path.is_file())
 
 
 def class_folder_files(root: Path, files: list[Path] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:

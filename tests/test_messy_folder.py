@@ -236,3 +236,19 @@ def test_shards_and_eval_label_class_folders_by_one_rule(tmp_path):
     assert (modality, classes) == ("image", ["cat", "dog"])
     assert {str(path): label for path, label in items} == written == {
         str(root / "cat" / "cat.png"): 0, str(root / "dog" / "dog.png"): 1}
+
+
+def test_linked_class_folders_are_read_once_and_a_link_back_up_does_not_loop(tmp_path):
+    from multimodal.data.listing import class_folder_files
+
+    elsewhere = tmp_path / "elsewhere" / "cats"
+    elsewhere.mkdir(parents=True)
+    Image.fromarray(cat_pixels()).save(elsewhere / "cat.png")
+    root = tmp_path / "classes"
+    (root / "dog").mkdir(parents=True)
+    Image.fromarray(cat_pixels()).save(root / "dog" / "dog.png")
+    (root / "cat").symlink_to(elsewhere)  # a class folder that is a link
+    (root / "dog" / "up").symlink_to(root)  # a link back up the tree
+    names, files = class_folder_files(root)
+    assert names == ["cat", "dog"]
+    assert [(path.relative_to(root).as_posix(), label) for path, label in files] == [("cat/cat.png", 0), ("dog/dog.png", 1)]
