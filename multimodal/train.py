@@ -8,11 +8,11 @@
 
 (also ``python -m multimodal.train`` or ``multimodal-train`` from any directory.)
 
-Reads top to bottom: configuration (a resumed run restores its own), the run's start
-(Accelerator, data and tokenizer, model, optimiser), the loop (with evaluation,
-checkpoints, and a checkpoint on SIGTERM or Ctrl-C), the command line. The parts live
-beside it in multimodal/: resume_config, model_setup, optimizer, training_step,
-run_checkpoints, run_log, stop_request, training_evaluation.
+Reads top to bottom: the run's start (Accelerator, data and tokenizer, model, optimiser),
+the loop (with evaluation, checkpoints, and a checkpoint on SIGTERM or Ctrl-C), the command
+line. The parts live beside it in multimodal/: run_config (the settings and how they are
+read; a resumed run restores its own through resume_config), model_setup, optimizer,
+training_step, run_checkpoints, run_log, stop_request, training_evaluation.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,30 +35,19 @@ from torch import nn
 
 from multimodal import preflight, report, sources
 from multimodal.checkpoint import read_config
-from multimodal.config import (
-    apply_overrides,
-    describe_keys,
-    flatten,
-    from_dict,
-    load_config_file,
-    merged,
-    parse_override_args,
-    to_dict,
-)
+from multimodal.config import describe_keys, flatten, parse_override_args, to_dict
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.files import write_text_atomically
-from multimodal.data.modalities import MEDIA_MODALITIES
 from multimodal.data.seeds import stable_int
 from multimodal.data.source_spec import SourceSpec
 from multimodal.ema import WeightAverage
-from multimodal.model import ModelConfig
 from multimodal.model_setup import build_model, choose_tokenizer, fit_text_to_tokenizer, locked_modalities
 from multimodal.optimizer import build_optimizer, cosine_with_warmup
 from multimodal.precision import native_bf16
-from multimodal.presets import PRESETS, preset
-from multimodal.pretrained import init_model_config, keep_locked_in_eval
+from multimodal.pretrained import keep_locked_in_eval
 from multimodal.random_state import seed_everything
-from multimodal.resume_config import RESUMABLE_KEYS, resumed_config
+from multimodal.resume_config import RESUMABLE_KEYS
+from multimodal.run_config import MACHINE_KEY, RUN_CONFIG_FILE, StartError, TrainConfig, fresh_config, parse_config
 from multimodal.run_checkpoints import (
     check_run_dir_is_free,
     find_resume_checkpoint,
@@ -86,147 +75,10 @@ from multimodal.run_checkpoints import (  # noqa: F401
     whole_weights,
 )
 from multimodal.training_evaluation import EVAL_ERRORS_FILE, evaluate, evaluation_model  # noqa: F401
+from multimodal.run_config import EmaConfig, OptimConfig  # noqa: F401
+from multimodal.resume_config import resumed_config  # noqa: F401
 
 logger = logging.getLogger("multimodal.train")
-
-RUN_CONFIG_FILE = "config.json"
-MACHINE_KEY = "machine"  # in a run's config.json: the cores, threads and workers the run chose
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    steps: int = 1200
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
-    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
-    accum_steps: int = 1  # micro-batches per step; negatives span the whole accumulated batch
-    fused: bool = True  # AdamW(fused=True) where torch supports it: one kernel for all parameters
-    # Layer-wise learning-rate decay for fine-tuning (e.g. 0.75): each block of a tower learns this
-    # many times slower than the block above it, the stem slowest; None: one rate for all.
-    layer_decay: float | None = None
-
-
-@dataclass
-class EmaConfig:
-    """An exponential moving average of the weights (see multimodal/ema.py); off unless ``decay`` is set."""
-
-    decay: float | None = None  # e.g. 0.999: the average over about 1 / (1 - decay) steps
-    evaluate: bool = True  # evaluate the averaged weights beside the raw ones (results under "ema/...")
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "tiny"
-    model: ModelConfig | None = None  # None: the preset's
-    data: sources.DataConfig = field(default_factory=sources.DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    ema: EmaConfig = field(default_factory=EmaConfig)
-    # "ddp": every process holds the whole model (DistributedDataParallel); "fsdp": weights, gradients
-    # and optimiser state sharded over the processes (FSDP2, see multimodal/fsdp.py). An
-    # `accelerate config` with distributed_type FSDP selects "fsdp" too.
-    distributed: str = "ddp"
-    # "auto": bf16 where the CPU or GPU computes it natively (see multimodal/precision.py), else fp32;
-    # or "no", "bf16", "fp16", through Accelerate.
-    mixed_precision: str = "auto"
-    seed: int = 0
-    # torch's compute threads in each training process; None: chosen from the cores the process
-    # gets, less the loader's workers and cores other work keeps busy (see multimodal/threads.py).
-    threads: int | None = None
-    output_dir: str = "runs"
-    run_name: str | None = None  # None: a time stamp
-    log_every: int = 20
-    eval_every: int = 0  # steps between evaluations during training; 0: only at the end
-    checkpoint_every: int = 400  # steps between checkpoints (the last step, SIGTERM and Ctrl-C always save one)
-    keep_last: int = 2  # checkpoints kept; older ones are deleted
-    resume: str | None = None  # "latest" or a checkpoint directory: continue that run with its own settings
-    # A checkpoint to start from (ours, or converted from open_clip / Hugging Face): the towers it
-    # holds come with its architecture, preprocessing, weights and tokenizer; towers only this
-    # run's model has start fresh (see multimodal/pretrained.py).
-    init_from: str | None = None
-    freeze: list[str] = field(default_factory=list)  # towers that stay fixed (locked-image tuning, binding)
-    freeze_unlocked_blocks: int = 0  # the last blocks (and head) of each frozen tower that still train
-    grad_checkpointing: bool = False
-    compile: bool = False  # torch.compile each transformer block (regional: one compiled block serves the stack)
-    tensorboard: bool = False
-    wandb: bool = False  # log to Weights & Biases (WANDB_MODE=offline writes the run locally, no network)
-    wandb_project: str = "multimodal"
-    plot: bool = True
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; available: {sorted(PRESETS)}")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        if self.distributed not in ("ddp", "fsdp"):
-            raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
-        if self.distributed == "fsdp" and self.mixed_precision == "fp16":
-            raise ValueError("distributed fsdp computes in bf16 or fp32 (mixed_precision bf16, no or auto), not fp16")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1 (or null: chosen from the cores), got {self.threads}")
-        if self.data.num_workers is not None and self.data.num_workers < 0:
-            raise ValueError(f"data.num_workers must be at least 0 (or null: chosen), got {self.data.num_workers}")
-        for name in ("log_every", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.freeze_unlocked_blocks < 0:
-            raise ValueError(f"freeze_unlocked_blocks must be 0 or more, got {self.freeze_unlocked_blocks}")
-        if self.optim.layer_decay is not None and not 0.0 < self.optim.layer_decay <= 1.0:
-            raise ValueError(f"optim.layer_decay must be in (0, 1], e.g. 0.75; got {self.optim.layer_decay}")
-        if self.optim.accum_steps < 1 or self.optim.steps < 1:
-            raise ValueError("optim.steps and optim.accum_steps must be at least 1")
-        if self.ema.decay is not None and not 0.0 < self.ema.decay < 1.0:
-            raise ValueError(f"ema.decay must be in (0, 1), e.g. 0.999; got {self.ema.decay}")
-
-
-def parse_config(argv: list[str]) -> TrainConfig:
-    """``--preset NAME``, ``--config FILE`` (JSON/YAML) and dotted overrides, applied in that order.
-
-    With ``--resume``, the run's saved configuration is the base instead, and the
-    settings given may change only ``RESUMABLE_KEYS`` (see :func:`resumed_config`).
-    """
-    overrides = parse_override_args(argv)
-    config = _fresh_config(overrides)
-    if config.resume is None:
-        return config
-    return resumed_config(config, find_resume_checkpoint(config), given=overrides)
-
-
-def _fresh_config(overrides: dict[str, str]) -> TrainConfig:
-    overrides = dict(overrides)
-    preset_name = overrides.pop("preset", "tiny")
-    config_file = overrides.pop("config", None)
-    data = {"preset": preset_name}
-    if config_file is not None:
-        data.update(load_config_file(config_file))
-        # A run's config.json records the threads it chose on its machine: a record, not a setting.
-        data.pop(MACHINE_KEY, None)
-    # A file's model section changes the preset's model (`image_preprocess: {mean: ...}`
-    # alone keeps every encoder); `audio: null` drops one.
-    if isinstance(data.get("model"), dict) and data.get("preset") in PRESETS:
-        data["model"] = merged(to_dict(preset(data["preset"])), data["model"])
-        for modality in MEDIA_MODALITIES:  # an encoder dropped takes its preprocessing with it
-            if data["model"].get(modality) is None:
-                data["model"][f"{modality}_preprocess"] = None
-    config = from_dict(TrainConfig, data)
-    if config.model is None:
-        config.model = preset(config.preset)
-    config = apply_overrides(config, overrides)
-    if config.init_from is not None and config.resume is None:
-        # The checkpoint's towers keep its architecture; what the command line says of them applies on top.
-        try:
-            preflight.check_checkpoint_dir(config.init_from, "init_from")
-        except ValueError as error:
-            raise StartError(str(error)) from None  # a wrong path, not a wrong setting: no pointer to --help
-        config.model = init_model_config(config.model, config.init_from)
-        config = apply_overrides(config, {k: v for k, v in overrides.items() if k.startswith("model.")})
-    return config
 
 
 # --------------------------------------------------------------------------- the run's start
@@ -246,10 +98,6 @@ class Run:
     start_step: int
     resumed_from: Path | None
     ema: WeightAverage | None = None
-
-
-class StartError(ValueError):
-    """The run could not start: a setting, a file or the data is wrong (the message says which)."""
 
 
 class DataError(ValueError):
@@ -722,7 +570,7 @@ def print_help(argv: list[str]) -> None:
     """The usage and every setting with its default, for the preset (and config file) on the command line."""
     overrides = parse_override_args(argv)
     keep = {key: overrides[key] for key in ("preset", "config") if key in overrides}
-    config = _fresh_config(keep)
+    config = fresh_config(keep)
     print(USAGE.format(resumable=", ".join(RESUMABLE_KEYS)))
     print(f"\nsettings and their defaults ({config.preset} preset"
           f"{', ' + keep['config'] if 'config' in keep else ''}):")
