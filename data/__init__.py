@@ -31,6 +31,9 @@ _EXPORTS = {
     "DataStats": "multimodal.data.skip_counts",
     "ShardLoader": "multimodal.data.loader",
     "make_loader": "multimodal.data.loader",
+    "Modality": "multimodal.data.modality",
+    "MODALITIES": "multimodal.data.modalities",
+    "get_modality": "multimodal.data.modalities",
 }
 
 __all__ = sorted(_EXPORTS)
