@@ -449,9 +449,13 @@ class AugmentConfig:
         if not isinstance(self.image, ImageAugmentConfig) or not isinstance(self.audio, AudioAugmentConfig):
             raise TypeError("AugmentConfig takes an ImageAugmentConfig and an AudioAugmentConfig")
 
+    def levers_for(self, modality: str) -> ImageAugmentConfig | AudioAugmentConfig | None:
+        """The levers of ``modality`` (the field of its name: "image", "audio"); None for one without (text)."""
+        return getattr(self, modality, None)
+
     def enabled_for(self, modality: str) -> bool:
-        """Whether any lever of ``modality`` (its field here: "image" or "audio"; text has none) is on."""
-        levers = getattr(self, modality, None)
+        """Whether any lever of ``modality`` is on."""
+        levers = self.levers_for(modality)
         return levers is not None and levers.enabled
 
 

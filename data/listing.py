@@ -174,7 +174,8 @@ def visible_files(root: Path) -> list[Path]:
             subfolders.clear()
             continue
         seen.add(real)
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        # Sorted, so which of two links to one folder is read is the same on every machine.
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         files.extend(Path(folder) / name for name in names if not name.startswith("."))
     return sorted(path for path in files if path.is_file())
 

@@ -93,10 +93,6 @@ class Modality:
 
     # Training and evaluation samples
 
-    def augment_levers(self, augment: object) -> Any:
-        """This modality's levers in a source's augmentation config, or None when it has none."""
-        return getattr(augment, self.name, None)
-
     def load_member(
         self, data: bytes, config: Any, *, train: bool, rng: random.Random | None, levers: Any
     ) -> dict[str, Any]:

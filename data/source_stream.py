@@ -78,8 +78,9 @@ class SourceStream:
         # Read from a member of their own, in the registry's order (the order their random draws are made in).
         self.member_modalities = [m for m in MODALITIES if m in spec.modalities and get_modality(m).reads_files]
         # Each one's augmentation levers where they apply: training, and some lever on.
-        self.levers = {m: get_modality(m).augment_levers(spec.augment) if settings.train and spec.augment.enabled_for(m)
-                       else None for m in self.member_modalities}
+        self.levers = {m: spec.augment.levers_for(m) if settings.train and spec.augment.enabled_for(m) else None
+                       for m in self.member_modalities}
+        self.definitions = {m: get_modality(m) for m in self.member_modalities}
         self.members_read = self.fields.members_read(spec.modalities)  # the rest is dropped as a sample is read
         self.sample_seed = stable_int("sample", *settings.seed_parts, index)
         self.shard_rng = random.Random(stable_int("shards", *settings.seed_parts, index))
@@ -237,7 +238,7 @@ class SourceStream:
             sample["label"] = fields.label(raw)
         for modality, data in members.items():
             try:
-                sample.update(get_modality(modality).load_member(
+                sample.update(self.definitions[modality].load_member(
                     data, settings.preprocess[modality], train=settings.train, rng=rng, levers=self.levers[modality]
                 ))
             except ValueError as error:

@@ -67,9 +67,6 @@ class TextModality(Modality):
             batch["text_padding_mask"] = padding_mask
         batch["text"] = ids
 
-    def is_single_input(self, inputs: Any) -> bool:
-        return isinstance(inputs, str) or super().is_single_input(inputs)
-
     def prepare(self, item: Any, config: Any = None, *, sample_rate: int | None = None) -> Any:
         """A caption stays a string (tokenised in batches when encoded)."""
         if not isinstance(item, str):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from multimodal.data.modalities import MEDIA_MODALITIES, MODALITIES, get_modality
+from multimodal.data.modalities import MODALITIES, get_modality
 from multimodal.data.modality import Modality
 from multimodal.encoders import AudioEncoder, TextEncoder, VisionEncoder
 from multimodal.eval import AUDIO_TEMPLATES, IMAGE_TEMPLATES
@@ -52,4 +52,4 @@ def parts_of(name: str) -> ModalityParts:
     return PARTS[name]
 
 
-__all__ = ["CLASSIFIED_MODALITIES", "MEDIA_MODALITIES", "ModalityParts", "PARTS", "parts_of"]
+__all__ = ["CLASSIFIED_MODALITIES", "ModalityParts", "PARTS", "parts_of"]
