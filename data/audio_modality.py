@@ -54,9 +54,9 @@ class AudioModality(Modality):
         return True
 
     def check_decodes(self, data: bytes, background: tuple[int, int, int]) -> object:
-        from multimodal.data.audio import decode_audio
+        from multimodal.data.audio import check_has_samples, decode_audio
 
-        decode_audio(data)
+        check_has_samples(decode_audio(data)[0])  # a clip with no samples is refused by every reader
         return None
 
     def load_member(self, data: bytes, config: Any, *, train: bool, rng: random.Random | None, levers: Any) -> dict:

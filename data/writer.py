@@ -80,7 +80,7 @@ from multimodal.data.listing import (
     samples_from_manifest,
 )
 from multimodal.data.modalities import MEDIA_MODALITIES, get_modality, modality_of_extension
-from multimodal.data.sample_fields import SampleFields
+from multimodal.data.sample_fields import SampleFields, UnusableSample
 from multimodal.data.seeds import stable_fraction
 from multimodal.data.tar_shards import ShardSequence, existing_shards, merged_sizes, shard_spec
 
@@ -97,6 +97,9 @@ CAPTION_LINES = ("lines", "first", "whole")
 SKIPPED_FILE = "skipped.jsonl"
 # Images measured per split for image_stats.json: the first ones written, in the shuffled order.
 STATS_MAX_IMAGES = 10_000
+
+# Where training sources read a sample by default: what the length report measures.
+_TRAINING_FIELDS = SampleFields()
 
 # Why a sample was not written, and what to do about it.
 SKIP_REASONS = {
@@ -448,7 +451,11 @@ def _count_lengths(counts: LengthCounts, prepared: _PreparedSample) -> None:
     for extension, data in prepared.members.items():
         if modality_of_extension(extension) == "audio":
             counts.add_clip(data)
-    counts.add_captions(SampleFields().captions(prepared.members))
+    try:
+        counts.add_captions(_TRAINING_FIELDS.captions(prepared.members))
+    except UnusableSample:
+        pass  # a caption training reads as empty (a text of "[]"): skipped there, so not measured here
+
 
 
 def _write_skipped_file(path: Path, skipped: list[SkippedSample]) -> None:

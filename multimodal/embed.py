@@ -55,7 +55,7 @@ from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_atomically
 from multimodal.data.modalities import MEDIA_MODALITIES, get_modality, modality_of_extension
 from multimodal.data.sample_fields import SampleFields, UnusableSample
-from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, read_shard
+from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, is_remote, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
 from multimodal.errors import ArgumentNeeded
 from multimodal.model import ModelConfig
@@ -519,7 +519,7 @@ def embed_files(
 def _known_sizes(urls: Sequence[str]) -> dict[str, int]:
     """Sample counts from the ``sizes.json`` the shard writer leaves beside local shards."""
     sizes: dict[str, int] = {}
-    for directory in sorted({os.path.dirname(url) for url in urls if not url.startswith("pipe:") and "://" not in url}):
+    for directory in sorted({os.path.dirname(url) for url in urls if not is_remote(url)}):
         path = Path(directory or ".") / "sizes.json"
         try:
             table = json.loads(path.read_text())

@@ -9,7 +9,7 @@ import torch
 from multimodal.pretrained import GROUP_KINDS, layer_decay_groups, parameter_group_kind
 
 if TYPE_CHECKING:
-    from multimodal.train import OptimConfig
+    from multimodal.run_config import OptimConfig
 
 
 def is_decay_free(name: str, parameter: torch.Tensor) -> bool:

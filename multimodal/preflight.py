@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from contextlib import closing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,7 +92,13 @@ def _check_first_shard(url: str, modalities: list[str], fields: SampleFields, ev
     if is_remote(url):
         return  # remote: opening it may cost more than a start-up check should
     problems: list[ShardProblem] = []
-    samples = read_shard(url, problems)
+    with closing(read_shard(url, problems)) as samples:  # closed on every way out, the raises included
+        _check_samples(samples, problems, url, modalities, fields, eval_set, where)
+
+
+def _check_samples(samples, problems: list[ShardProblem], url: str, modalities: list[str], fields: SampleFields,
+                   eval_set: EvalSetConfig, where: str) -> None:
+    """The first sample's members and label, then (zero-shot) the labels of the first LABELS_CHECKED, read lazily."""
     first = next(samples, None)
     if first is None:
         detail = problems[0].message if problems else "it holds no sample"
@@ -120,7 +127,6 @@ def _check_first_shard(url: str, modalities: list[str], fields: SampleFields, ev
         if not 0 <= label < classes:
             raise ValueError(f"{where}: sample {sample['__key__']} of {url} has label {label}, but class_names "
                              f"names {classes} classes (labels 0-{classes - 1}); give a name for every label")
-    samples.close()
 
 
 __all__ = ["check_checkpoint_dir", "check_eval_sets", "check_output_dir", "check_tokenizer_path"]

@@ -33,7 +33,7 @@ from multimodal.data.augment import (
 from multimodal.data.image_stats import read_image_stats
 from multimodal.data.loader import make_loader
 from multimodal.data.modalities import MEDIA_MODALITIES
-from multimodal.data.shards import expand_shards
+from multimodal.data.shards import expand_shards, is_remote
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
 from multimodal import checkpoint
@@ -308,7 +308,7 @@ def normalisation_warnings(resolved: ResolvedSources, model: ModelConfig) -> lis
         if "image" not in source.modalities:
             continue
         first = expand_shards(source.shards)[0]
-        if "://" in first or first.startswith("pipe:"):
+        if is_remote(first):
             continue
         stats = read_image_stats(Path(first).parent)
         if stats is None:

@@ -186,9 +186,10 @@ def plan_threads(setting: int | None, workers: int | None, *, on_gpu: bool = Fal
         threads, source, neighbours = int(from_environment), "OMP_NUM_THREADS", 0
     else:
         neighbours = 0
-        # With several processes on the node, the busy cores at start-up are the siblings starting too:
-        # their share is already left out (usable_cores), so nothing is measured.
-        if measure_neighbours and cores > 1 and local_processes == 1:
+        # Measured only where affinity alone limits the cores: with several processes on the node the
+        # busy cores at start-up are the siblings starting too (their share is already left out), and
+        # under a cgroup quota the busy cores are other containers', which do not shrink the quota.
+        if measure_neighbours and cores > 1 and limited_by == "affinity":
             # Only whole cores kept busy count: a short burst elsewhere should not cost a thread for the whole run.
             neighbours = min(cores - 1, int(busy_cores_elsewhere() + (1 - BUSY_CORE)))
         threads, source = choose_threads(cores, workers, neighbours), "auto"

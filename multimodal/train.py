@@ -64,18 +64,11 @@ from multimodal.training_evaluation import EVAL_ERROR, evaluate_run
 from multimodal.training_step import compute_gradients, optimizer_step
 from multimodal.truncation import measure_sources, truncation_lines
 
-# Importable from here as before the trainer was split into the modules above.
+# Importable from here as before the trainer was split into the modules above (tests and benches use them).
 from multimodal.checkpoint import list_checkpoints  # noqa: F401
 from multimodal.model_setup import compile_blocks  # noqa: F401
-from multimodal.optimizer import build_uniform_optimizer, is_decay_free  # noqa: F401
-from multimodal.run_checkpoints import (  # noqa: F401
-    EMA_DIR,
-    TRAINING_STATE_FILE,
-    step_checkpoint_dir,
-    whole_weights,
-)
-from multimodal.training_evaluation import EVAL_ERRORS_FILE, evaluate, evaluation_model  # noqa: F401
-from multimodal.run_config import EmaConfig, OptimConfig  # noqa: F401
+from multimodal.optimizer import is_decay_free  # noqa: F401
+from multimodal.run_config import OptimConfig  # noqa: F401
 from multimodal.resume_config import resumed_config  # noqa: F401
 
 logger = logging.getLogger("multimodal.train")
@@ -123,7 +116,7 @@ def start_run(config: TrainConfig) -> Run:
     preflight.check_output_dir(run_dir)
     seed_everything(config.seed)
 
-    data = prepare_data(config, accelerator, resume_from)
+    data = prepare_data(config, accelerator, resume_from, thread_plan)
     model = build_model(config, accelerator.print)
     if resume_from is not None:
         load_weights(resume_from, model)
@@ -170,17 +163,15 @@ def check_run_inputs(config: TrainConfig) -> None:
 
 
 def plan_machine(config: TrainConfig) -> ThreadPlan:
-    """Chooses and applies the compute threads, and fills in the loader's workers and niceness left unset.
+    """Chooses and applies the compute threads, and the loader's workers and niceness where unset.
 
     Chosen before anything starts: the neighbours counted are other work, not this run's loader.
+    The choice is recorded under ``machine`` in the run's config.json, never as the run's
+    settings: a run resumed on another machine chooses again.
     """
     thread_plan = plan_threads(config.threads, config.data.num_workers, on_gpu=torch.cuda.is_available(),
                                local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     apply_plan(thread_plan)
-    if config.data.num_workers is None:
-        config.data.num_workers = thread_plan.workers
-    if config.data.worker_nice is None:
-        config.data.worker_nice = thread_plan.worker_nice
     return thread_plan
 
 
@@ -230,8 +221,9 @@ def shared_run_dir(accelerator, config: TrainConfig) -> Path:
     return Path(holder[0])
 
 
-def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None) -> sources.PreparedData:
-    """The training and evaluation data with the run's tokenizer.
+def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
+                 thread_plan: ThreadPlan) -> sources.PreparedData:
+    """The training and evaluation data with the run's tokenizer, read by the workers ``thread_plan`` chose.
 
     Fits ``config.model``'s text tower to the tokenizer and records the evaluation sets
     in ``config.data.eval``, so the run's config and checkpoints say what was used.
@@ -251,7 +243,9 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None) -> 
         # What the model's audio window and text context cut of the data, from the first samples of each source.
         for line in truncation_lines(measure_sources(resolved.train, config.model, tokenizer)):
             logger.warning(line)
-    data = sources.prepare(config.data, config.model, tokenizer, resolved)
+    nice = config.data.worker_nice if config.data.worker_nice is not None else thread_plan.worker_nice
+    loading = dataclasses.replace(config.data, num_workers=thread_plan.workers, worker_nice=nice)
+    data = sources.prepare(loading, config.model, tokenizer, resolved)
     # Recorded in the run's config and its checkpoints: `multimodal eval` and the classifier
     # then prompt with the templates the run was evaluated with (the demo's, say).
     config.data.eval = list(resolved.eval_sets)

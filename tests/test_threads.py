@@ -120,6 +120,16 @@ def test_siblings_starting_on_the_node_are_not_counted_as_neighbours(monkeypatch
     assert (plan.cores, plan.neighbour_cores, plan.threads) == (4, 0, 2)
 
 
+def test_under_a_cgroup_quota_other_containers_load_is_not_counted(monkeypatch):
+    """A pod with a 4-core quota on a busy 64-core node keeps its 4 cores: the busy ones are other pods'."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "affinity_cores", lambda: 64)
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root=None: 4.0)
+    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: 60.0)
+    plan = threads.plan_threads(None, 2)
+    assert (plan.cores, plan.limited_by, plan.neighbour_cores, plan.threads) == (4, "cgroup quota", 0, 2)
+
+
 def test_the_threads_bench_reads_training_seconds_from_the_runs_log(tmp_path):
     from bench.bench_threads import training_seconds
 
@@ -153,3 +163,15 @@ def _is_busy_loop(proc: Path) -> bool:
 
 def _parent(proc: Path) -> int:
     return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_the_workers_chosen_are_a_record_of_the_machine_not_the_runs_settings(monkeypatch):
+    """A run resumed on another machine chooses again: the choice never becomes data.num_workers / worker_nice."""
+    import multimodal.train
+    from multimodal.train import parse_config, plan_machine
+
+    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: 0.0)
+    monkeypatch.setattr(multimodal.train, "apply_plan", lambda plan: None)  # this test process keeps its threads
+    config = parse_config(["--threads", "1"])
+    plan = plan_machine(config)
+    assert plan.workers >= 1 and (config.data.num_workers, config.data.worker_nice) == (None, None)

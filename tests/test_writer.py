@@ -416,3 +416,22 @@ def test_lengths_of_every_sample_written_against_a_window_and_context(tmp_path, 
     # Counted in words (no tokenizer): "lines" counts each line of the two-line caption.
     assert (counts.captions, counts.long_captions) == (captions, long_captions)
     assert write_shards(sources, tmp_path / "plain").lengths is None
+
+
+def test_a_caption_read_as_empty_or_an_empty_clip_does_not_stop_a_measured_write(tmp_path):
+    """A caption of "[]" (img2dataset's empty list) is written unmeasured; a clip with no samples is
+    refused as bad_audio, as every reader refuses it; the other samples are written."""
+    from multimodal.data.config import AudioPreprocessConfig
+    from multimodal.data.lengths import LengthLimits
+
+    empty_clip = io.BytesIO()
+    soundfile.write(empty_clip, np.zeros(0, dtype=np.float32), 8000, format="WAV")
+    samples = [SampleSource("listed", {"flac": flac_bytes(0)}, caption="[]"),
+               SampleSource("fine", {"flac": flac_bytes(1)}, caption="a tone"),
+               SampleSource("silent", {"wav": empty_clip.getvalue()}, caption="nothing")]
+    result = write_shards(samples, tmp_path / "out", shuffle=False,
+                          lengths=LengthLimits(audio=AudioPreprocessConfig(), context_length=16))
+    written, _ = read_shards(result.splits["all"].shards)
+    assert sorted(written) == ["fine", "listed"]
+    assert [(skip.origin, skip.reason) for skip in result.skipped] == [("silent", "bad_audio")]
+    assert result.lengths.clips == 2 and result.lengths.captions == 1

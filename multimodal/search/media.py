@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from multimodal.data.modalities import MEDIA_TYPES, get_modality, modality_of_extension
-from multimodal.data.shards import SHARD_SUFFIXES
+from multimodal.data.shards import SHARD_SUFFIXES, is_remote
 
 OPEN_SHARDS = 8  # tar files kept open, least recently used closed first
 
@@ -25,7 +25,7 @@ def media_type(extension: str) -> str:
 
 
 def is_local_shard(source: str) -> bool:
-    return source.endswith(SHARD_SUFFIXES) and "://" not in source and not source.startswith("pipe:")
+    return source.endswith(SHARD_SUFFIXES) and not is_remote(source)
 
 
 class MediaReader:
