@@ -196,8 +196,12 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / TRAINER_FILE).is_file())
 
 
-def read_config(directory: str | Path) -> dict:
-    """config.json of a checkpoint, with its format version checked."""
+def read_config(directory: str | Path, *, as_written: bool = False) -> dict:
+    """config.json of a checkpoint, with its format version checked.
+
+    Settings added since it was written are filled in with what their absence meant
+    (see :func:`_with_earlier_model_settings`), unless ``as_written``.
+    """
     path = Path(directory) / CONFIG_FILE
     checkpoints = list_checkpoints(directory)
     if checkpoints:  # a run directory holds a config.json too, of the training run
@@ -214,7 +218,24 @@ def read_config(directory: str | Path) -> dict:
         )
     if "model" not in config:
         raise CheckpointError(f"{path}: has no 'model' section")
+    if not as_written:
+        for model in (config["model"], (config.get("train") or {}).get("model")):
+            _with_earlier_model_settings(model)
     return config
+
+
+def _with_earlier_model_settings(model: dict | None) -> None:
+    """Fills in place what a model config written before a setting existed meant by leaving it out.
+
+    ``audio_preprocess.min_frames`` (added later) was the audio encoder's patch length, which
+    ``ModelConfig`` now holds equal to it: a checkpoint whose patches are not 16 frames loads.
+    """
+    if not isinstance(model, dict):
+        return
+    audio, preprocess = model.get("audio"), model.get("audio_preprocess")
+    if isinstance(audio, dict) and isinstance(preprocess, dict) and "min_frames" not in preprocess:
+        if "patch_size" in audio:
+            preprocess["min_frames"] = audio["patch_size"]
 
 
 def checkpoint_id(directory: str | Path) -> str:
@@ -226,7 +247,7 @@ def checkpoint_id(directory: str | Path) -> str:
     query is never embedded by a model whose space differs from the collection's.
     """
     directory = Path(directory)
-    config = read_config(directory)
+    config = read_config(directory, as_written=True)  # the id of a checkpoint never changes with this code
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")

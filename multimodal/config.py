@@ -298,18 +298,7 @@ def parse_override_args(argv: list[str]) -> dict[str, str]:
 
 def describe_keys(config: Any) -> list[str]:
     """Every dotted key of a dataclass config with its current value, one ``--key value`` line each."""
-    lines = []
-
-    def walk(node: Any, prefix: str) -> None:
-        for key, value in node.items():
-            dotted = _join(prefix, key)
-            if isinstance(value, dict) and value:
-                walk(value, dotted)
-            else:
-                lines.append(f"  --{dotted} {json.dumps(value)}")
-
-    walk(to_dict(config), "")
-    return lines
+    return [f"  --{key} {json.dumps(value)}" for key, value in flatten(to_dict(config)).items()]
 
 
 def load_config_file(path: str | Path) -> dict:

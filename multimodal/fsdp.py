@@ -62,8 +62,11 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def average_replicated_gradients(model: nn.Module) -> None:
-    """Averages over processes the gradients of the parameters left whole (the temperatures)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    """Averages over processes the gradients of the parameters FSDP leaves whole (the temperatures).
+
+    Nothing to do for a model that is not sharded: DDP has averaged every gradient already.
+    """
+    if not is_sharded(model) or not dist.is_initialized() or dist.get_world_size() == 1:
         return
     gradients = [p.grad for p in model.parameters()
                  if not isinstance(p, DTensor) and p.grad is not None and p.numel() > 0]

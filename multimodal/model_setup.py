@@ -11,7 +11,7 @@ from multimodal.checkpoint import load_tokenizer as checkpoint_tokenizer
 from multimodal.config import apply_overrides
 from multimodal.encoders import Block
 from multimodal.model import ModelConfig, MultimodalModel
-from multimodal.pretrained import load_pretrained, lock_towers
+from multimodal.pretrained import load_pretrained, lock_towers, same_tokenizer
 
 if TYPE_CHECKING:
     from multimodal.train import TrainConfig
@@ -25,9 +25,15 @@ def choose_tokenizer(config: TrainConfig, resolved: sources.ResolvedSources, res
         return sources.load_tokenizer(resume_from)
     if config.data.tokenizer is not None:
         try:
-            return sources.load_tokenizer(config.data.tokenizer)
+            tokenizer = sources.load_tokenizer(config.data.tokenizer)
         except (ValueError, OSError) as error:
             raise ValueError(f"data.tokenizer: {error}") from None
+        if config.init_from is not None and not same_tokenizer(config.data.tokenizer, config.init_from):
+            # The checkpoint's text tower is loaded: its embedding rows are its own tokenizer's ids.
+            raise ValueError(f"data.tokenizer: {config.data.tokenizer} is not the tokenizer of init_from "
+                             f"{config.init_from}, whose text tower reads that checkpoint's ids; leave "
+                             "data.tokenizer unset to use the checkpoint's")
+        return tokenizer
     if config.init_from is not None:
         tokenizer = checkpoint_tokenizer(config.init_from)
         if tokenizer is not None:  # an audio-only checkpoint (AST) has none: the data's then

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-
-from multimodal.pretrained import GROUP_KINDS, layer_decay_groups, parameter_group_kind
 
 if TYPE_CHECKING:
     from multimodal.run_config import OptimConfig
@@ -19,10 +18,76 @@ def is_decay_free(name: str, parameter: torch.Tensor) -> bool:
     )
 
 
+GROUP_KINDS = ("decay", "free", "whole")  # the optimiser's groups of parameters, in their order
+
+
+def parameter_group_kind(name: str, parameter: torch.Tensor,
+                         decay_free: Callable[[str, torch.Tensor], bool] = is_decay_free) -> str:
+    """Which optimiser group a parameter joins: ``"decay"`` (matrices), ``"free"`` (no weight decay, as
+    ``decay_free`` says) or ``"whole"`` (scalars and empty tensors, which FSDP keeps whole and the fused
+    kernel steps apart)."""
+    if parameter.ndim == 0 or parameter.numel() == 0:
+        return "whole"
+    return "free" if decay_free(name, parameter) else "decay"
+
+
+def layer_scale(name: str, model: torch.nn.Module, decay: float) -> float:
+    """The learning-rate multiplier of parameter ``name`` under layer-wise decay (BEiT, timm's ``layer_decay``).
+
+    Within each tower of depth L, block i (0-based) gets ``decay ** (L - i)`` (the last
+    block ``decay``), the stem (embeddings, positions, class and prefix tokens, pre-norm)
+    ``decay ** (L + 1)``; the head (final norm, attention pooling, projection) and the
+    temperatures get 1, as timm's ``param_groups_layer_decay`` numbers a ViT's layers.
+    """
+    parts = name.split(".")
+    if parts[0] in ("projections", "logit_scales", "logit_biases"):
+        return 1.0
+    assert parts[0] == "encoders", f"layer decay has no rule for parameter {name}"
+    depth = len(model.encoders[parts[1]].trunk.transformer.blocks)
+    inside = parts[2:]
+    if inside[:3] == ["trunk", "transformer", "blocks"]:
+        return decay ** (depth - int(inside[3]))
+    if inside[:2] in (["trunk", "norm"], ["trunk", "attention_pool"]):
+        return 1.0
+    return decay ** (depth + 1)
+
+
+def layer_decay_groups(
+    model: torch.nn.Module,
+    base_lr: float,
+    decay: float,
+    weight_decay: float,
+    is_decay_free: Callable[[str, torch.Tensor], bool] = is_decay_free,
+) -> list[dict]:
+    """Optimiser parameter groups with layer-wise learning rates: ``lr = base_lr * lr_scale`` (see :func:`layer_scale`).
+
+    The grouping of ``build_optimizer`` holds within each scale: matrices with
+    ``weight_decay``; what ``is_decay_free(name, parameter)`` names with none; scalars and
+    empty tensors (kept whole under FSDP) in groups of their own. Frozen parameters are
+    left out. Each group carries its ``lr_scale``; a ``LambdaLR`` multiplies each group's
+    initial ``lr``, so the schedule applies to every layer alike.
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer decay must be in (0, 1] (e.g. 0.75; 1: none), got {decay}")
+    groups: dict[tuple[int, float], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        kind = parameter_group_kind(name, parameter, is_decay_free)
+        scale = layer_scale(name, model, decay)
+        group = groups.setdefault((GROUP_KINDS.index(kind), scale), {
+            "params": [], "weight_decay": weight_decay if kind == "decay" else 0.0, "lr": base_lr * scale,
+            "lr_scale": scale,
+        })
+        group["params"].append(parameter)
+    # Decay groups first, then decay-free, then whole: build_optimizer's order; within a kind, the head first.
+    return [groups[key] for key in sorted(groups, key=lambda key: (key[0], -key[1]))]
+
+
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, with layer-wise learning rates when ``optim.layer_decay`` is set."""
     if optim.layer_decay is not None and optim.layer_decay != 1.0:
-        groups = layer_decay_groups(model, optim.lr, optim.layer_decay, optim.weight_decay, is_decay_free)
+        groups = layer_decay_groups(model, optim.lr, optim.layer_decay, optim.weight_decay)
         return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=optim.fused)
     return build_uniform_optimizer(model, optim)
 
@@ -38,7 +103,7 @@ def build_uniform_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch
     members: dict[str, list] = {kind: [] for kind in GROUP_KINDS}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            members[parameter_group_kind(name, parameter, is_decay_free)].append(parameter)
+            members[parameter_group_kind(name, parameter)].append(parameter)
     groups = [{"params": members[kind], "weight_decay": optim.weight_decay if kind == "decay" else 0.0}
               for kind in GROUP_KINDS if members[kind]]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=optim.fused)

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import chain
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from multimodal.checkpoint import (
 from multimodal.config import flatten, from_dict, to_dict
 from multimodal.data.config import MODALITIES
 from multimodal.model import ModelConfig, MultimodalModel
+from multimodal.optimizer import layer_decay_groups, layer_scale  # noqa: F401 (importable from here, as before)
 
 # ModelConfig fields that describe the shared space rather than one tower: a run started
 # from a checkpoint takes them from the checkpoint (its projections, temperatures and
@@ -259,74 +260,6 @@ def keep_locked_in_eval(model: nn.Module) -> int:
     return visit(model)
 
 
-# --------------------------------------------------------------------------- layer-wise learning-rate decay
-
-
-GROUP_KINDS = ("decay", "free", "whole")  # the optimiser's groups of parameters, in their order
-
-
-def parameter_group_kind(name: str, parameter: torch.Tensor, is_decay_free: Callable[[str, torch.Tensor], bool]) -> str:
-    """Which optimiser group a parameter joins: ``"decay"`` (matrices), ``"free"`` (no weight decay) or
-    ``"whole"`` (scalars and empty tensors, which FSDP keeps whole and the fused kernel steps apart)."""
-    if parameter.ndim == 0 or parameter.numel() == 0:
-        return "whole"
-    return "free" if is_decay_free(name, parameter) else "decay"
-
-
-def layer_scale(name: str, model: MultimodalModel, decay: float) -> float:
-    """The learning-rate multiplier of parameter ``name`` under layer-wise decay (BEiT, timm's ``layer_decay``).
-
-    Within each tower of depth L, block i (0-based) gets ``decay ** (L - i)`` (the last
-    block ``decay``), the stem (embeddings, positions, class and prefix tokens, pre-norm)
-    ``decay ** (L + 1)``; the head (final norm, attention pooling, projection) and the
-    temperatures get 1, as timm's ``param_groups_layer_decay`` numbers a ViT's layers.
-    """
-    parts = name.split(".")
-    if parts[0] in ("projections", "logit_scales", "logit_biases"):
-        return 1.0
-    assert parts[0] == "encoders", f"layer decay has no rule for parameter {name}"
-    depth = len(model.encoders[parts[1]].trunk.transformer.blocks)
-    inside = parts[2:]
-    if inside[:3] == ["trunk", "transformer", "blocks"]:
-        return decay ** (depth - int(inside[3]))
-    if inside[:2] in (["trunk", "norm"], ["trunk", "attention_pool"]):
-        return 1.0
-    return decay ** (depth + 1)
-
-
-def layer_decay_groups(
-    model: MultimodalModel,
-    base_lr: float,
-    decay: float,
-    weight_decay: float,
-    is_decay_free: Callable[[str, torch.Tensor], bool],
-) -> list[dict]:
-    """Optimiser parameter groups with layer-wise learning rates: ``lr = base_lr * lr_scale`` (see :func:`layer_scale`).
-
-    The grouping of ``build_optimizer`` holds within each scale: matrices with
-    ``weight_decay``; what ``is_decay_free(name, parameter)`` names with none; scalars and
-    empty tensors (kept whole under FSDP) in groups of their own. Frozen parameters are
-    left out. Each group carries its ``lr_scale``; a ``LambdaLR`` multiplies each group's
-    initial ``lr``, so the schedule applies to every layer alike.
-    """
-    if not 0.0 < decay <= 1.0:
-        raise ValueError(f"layer decay must be in (0, 1] (e.g. 0.75; 1: none), got {decay}")
-    groups: dict[tuple[int, float], dict] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        kind = parameter_group_kind(name, parameter, is_decay_free)
-        scale = layer_scale(name, model, decay)
-        group = groups.setdefault((GROUP_KINDS.index(kind), scale), {
-            "params": [], "weight_decay": weight_decay if kind == "decay" else 0.0, "lr": base_lr * scale,
-            "lr_scale": scale,
-        })
-        group["params"].append(parameter)
-    # Decay groups first, then decay-free, then whole: build_optimizer's order; within a kind, the head first.
-    return [groups[key] for key in sorted(groups, key=lambda key: (key[0], -key[1]))]
-
-
-
 # --------------------------------------------------------------------------- WiSE-FT
 
 
@@ -353,14 +286,23 @@ def _check_same_architecture(a_dir: Path, b_dir: Path) -> None:
     _check_same_tokenizer(a_dir, b_dir)
 
 
+def same_tokenizer(a: str | Path, b: str | Path) -> bool:
+    """Whether two tokenizer.json files (or the checkpoints holding them) map text to the same ids.
+
+    Their vocabularies and added tokens are compared: a text tower's embedding rows mean
+    what its tokenizer's ids mean. True where either file is missing (nothing to compare).
+    """
+    a, b = (Path(p) / TOKENIZER_FILE if Path(p).is_dir() else Path(p) for p in (a, b))
+    if not (a.is_file() and b.is_file()):
+        return True
+    a_json, b_json = json.loads(a.read_text()), json.loads(b.read_text())
+    return all(a_json.get(section) == b_json.get(section) for section in ("model", "added_tokens"))
+
+
 def _check_same_tokenizer(a_dir: Path, b_dir: Path) -> None:
     """Refuses two checkpoints whose tokenizers map text to other ids: their text towers' rows mean other things."""
     a, b = a_dir / TOKENIZER_FILE, b_dir / TOKENIZER_FILE
-    if not (a.is_file() and b.is_file()):
-        return
-    sections = ("model", "added_tokens")
-    a_json, b_json = json.loads(a.read_text()), json.loads(b.read_text())
-    if any(a_json.get(s) != b_json.get(s) for s in sections):
+    if not same_tokenizer(a_dir, b_dir):
         raise ValueError(f"interpolate: {a} and {b} are different tokenizers; interpolate a fine-tuned checkpoint "
                          "with the one it started from")
 

@@ -142,11 +142,9 @@ def fresh_config(overrides: dict[str, str]) -> TrainConfig:
         data.pop(MACHINE_KEY, None)
     # A file's model section changes the preset's model (`image_preprocess: {mean: ...}`
     # alone keeps every encoder); `audio: null` drops one.
-    if isinstance(data.get("model"), dict) and data.get("preset") in PRESETS:
-        data["model"] = merged(to_dict(preset(data["preset"])), data["model"])
-        for modality in MEDIA_MODALITIES:  # an encoder dropped takes its preprocessing with it
-            if data["model"].get(modality) is None:
-                data["model"][f"{modality}_preprocess"] = None
+    file_model = data.get("model") if isinstance(data.get("model"), dict) else None
+    if file_model is not None and data.get("preset") in PRESETS:
+        data["model"] = _model_changed_by(to_dict(preset(data["preset"])), file_model)
     config = from_dict(TrainConfig, data)
     if config.model is None:
         config.model = preset(config.preset)
@@ -158,8 +156,19 @@ def fresh_config(overrides: dict[str, str]) -> TrainConfig:
         except ValueError as error:
             raise StartError(str(error)) from None  # a wrong path, not a wrong setting: no pointer to --help
         config.model = init_model_config(config.model, config.init_from)
+        if file_model is not None:  # the file's model section, then the command line's, on top of the checkpoint's
+            config.model = from_dict(ModelConfig, _model_changed_by(to_dict(config.model), file_model), "model")
         config = apply_overrides(config, {k: v for k, v in overrides.items() if k.startswith("model.")})
     return config
+
+
+def _model_changed_by(model: dict, changes: dict) -> dict:
+    """A model config tree with a file's ``model`` section applied; an encoder set to null takes its preprocessing along."""
+    model = merged(model, changes)
+    for modality in MEDIA_MODALITIES:
+        if model.get(modality) is None:
+            model[f"{modality}_preprocess"] = None
+    return model
 
 
 __all__ = ["EmaConfig", "MACHINE_KEY", "OptimConfig", "RUN_CONFIG_FILE", "StartError", "TrainConfig", "fresh_config", "parse_config"]

@@ -90,3 +90,21 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
         save_checkpoint(model, tmp_path / "ckpt", tokenizer=BrokenTokenizer())
     load_model(tmp_path / "ckpt")
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary directory left behind
+
+
+def test_a_checkpoint_from_before_min_frames_loads_with_its_own_patch_length(tmp_path):
+    """config.json written before audio_preprocess.min_frames existed: it meant the encoder's patch length
+    (8 here), so the checkpoint loads as it did, and its id is still hashed from the file as written."""
+    from multimodal.checkpoint import checkpoint_id, read_config
+    from multimodal.config import apply_overrides
+
+    config = apply_overrides(tiny(), {"audio.patch_size": "8", "audio.stride": "8", "audio_preprocess.min_frames": "8"})
+    directory = save_checkpoint(MultimodalModel(config), tmp_path / "ckpt")
+    before = checkpoint_id(directory)
+    written = json.loads((directory / "config.json").read_text())
+    del written["model"]["audio_preprocess"]["min_frames"]
+    (directory / "config.json").write_text(json.dumps(written))
+    assert load_model(directory).config.audio_preprocess.min_frames == 8
+    assert "min_frames" not in read_config(directory, as_written=True)["model"]["audio_preprocess"]
+    # Hashed as written, as the version that wrote it hashed it (indexes record that id): filled in, it would equal before.
+    assert checkpoint_id(directory) != before

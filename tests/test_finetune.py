@@ -191,3 +191,36 @@ def test_a_run_started_from_a_checkpoint_resumes_after_that_checkpoint_moved(dat
     result = train.main(["--output_dir", str(tmp_path), "--run_name", "run", "--resume", "latest",
                          "--optim.steps", "5", "--threads", "1"])
     assert Path(result["checkpoint"]).name == "step-0000005"
+
+
+def test_a_config_files_model_section_applies_on_top_of_the_checkpoints_towers(tmp_path):
+    """`--config` with a model section and `--init_from`: the file's settings hold as a flag's do, the
+    checkpoint's architecture stays, and the same file is accepted again on resume."""
+    from multimodal.train import parse_config
+
+    checkpoint = converted_open_clip(tmp_path)
+    (tmp_path / "run.yaml").write_text("model:\n  image:\n    transformer:\n      drop_path: 0.1\n")
+    from_file = parse_config(["--init_from", str(checkpoint), "--config", str(tmp_path / "run.yaml")])
+    from_flag = parse_config(["--init_from", str(checkpoint), "--model.image.transformer.drop_path", "0.1"])
+    assert from_file.model == from_flag.model
+    assert from_file.model.image.transformer.drop_path == 0.1
+    assert from_file.model.image.transformer.width == json.loads((checkpoint / "config.json").read_text())[
+        "model"]["image"]["transformer"]["width"]
+
+
+def test_a_tokenizer_other_than_the_checkpoints_is_refused_for_its_text_tower(tmp_path):
+    """The loaded text tower's rows are its own tokenizer's ids: another tokenizer of any size is refused by name."""
+    from multimodal.data.tokenizer import Tokenizer
+    from multimodal.model_setup import choose_tokenizer
+    from multimodal.sources import ResolvedSources
+    from multimodal.train import parse_config
+
+    checkpoint = converted_open_clip(tmp_path)
+    other = tmp_path / "other.json"
+    Tokenizer.train(["a red square", "a blue circle"] * 20, vocab_size=300).save(other)
+    resolved = ResolvedSources(train=[], eval_sets=[])
+    config = parse_config(["--init_from", str(checkpoint), "--data.tokenizer", str(other)])
+    with pytest.raises(ValueError, match=r"^data.tokenizer: .*other.json is not the tokenizer of init_from"):
+        choose_tokenizer(config, resolved, None)
+    same = parse_config(["--init_from", str(checkpoint), "--data.tokenizer", str(checkpoint / "tokenizer.json")])
+    assert choose_tokenizer(same, resolved, None).vocab_size == config.model.text.vocab_size

@@ -368,3 +368,19 @@ def test_interpolate_help_describes_every_option(capsys):
     assert text.startswith("usage: multimodal interpolate")
     for option in ("--from", "--to", "--alpha", "--output", "WiSE-FT"):
         assert option in text
+
+
+def test_the_runs_optimizer_takes_layer_decay_from_its_setting():
+    """optim.layer_decay reaches the optimiser a run builds: each group's lr is the base lr times its layer's scale."""
+    from multimodal.optimizer import build_optimizer
+    from multimodal.run_config import OptimConfig
+
+    model = MultimodalModel(tiny())
+    decayed = build_optimizer(model, OptimConfig(lr=1e-3, layer_decay=0.5, fused=False))
+    scales = sorted({group["lr_scale"] for group in decayed.param_groups})
+    deepest = max(len(encoder.trunk.transformer.blocks) for encoder in model.encoders.values())
+    assert scales[0] == pytest.approx(0.5 ** (deepest + 1)) and scales[-1] == 1.0
+    assert [group["lr"] for group in decayed.param_groups] == pytest.approx(
+        [1e-3 * group["lr_scale"] for group in decayed.param_groups])
+    uniform = build_optimizer(model, OptimConfig(lr=1e-3, fused=False))
+    assert {group["lr"] for group in uniform.param_groups} == {1e-3}

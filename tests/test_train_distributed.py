@@ -135,3 +135,19 @@ def test_a_run_on_two_processes_resumes_in_one_across_ddp_and_fsdp(tmp_path, fir
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at step 4" in resumed.stdout + resumed.stderr
     assert sorted(losses_by_step(tmp_path / "run")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_ddp_gradients_are_not_averaged_a_second_time(monkeypatch):
+    """Under DDP every gradient is averaged by DDP itself: the FSDP-only step must not all-reduce them again."""
+    import torch
+
+    from multimodal import fsdp
+
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(1, 3)).sum().backward()
+    monkeypatch.setattr(fsdp.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(fsdp.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(fsdp.dist, "all_reduce", lambda tensor: pytest.fail("a second all-reduce of DDP's gradients"))
+    before = model.weight.grad.clone()
+    fsdp.average_replicated_gradients(model)
+    assert torch.equal(model.weight.grad, before)
