@@ -332,6 +332,7 @@ def retrieval_metrics(
     metrics["num_queries"] = num_queries
     return metrics
 
+
 def bidirectional_retrieval_metrics(
     first_embeddings: torch.Tensor,
     second_embeddings: torch.Tensor,
