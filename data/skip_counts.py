@@ -32,7 +32,6 @@ SAMPLE_SKIP_REASONS = (
     "bad_caption",
     "bad_label",
 )
-SHARD_SKIP_REASONS = ("unreadable_shard", "empty_shard", "truncated_shard")
 
 
 class DataStats:
@@ -124,4 +123,4 @@ class WorkerCounts:
         return delta
 
 
-__all__ = ["DataStats", "SAMPLE_SKIP_REASONS", "SHARD_SKIP_REASONS", "WorkerCounts"]
+__all__ = ["DataStats", "SAMPLE_SKIP_REASONS", "WorkerCounts"]

@@ -9,9 +9,7 @@ from multimodal.encoders.patch_dropout import PatchDropout
 from multimodal.encoders.text import TextConfig, TextEncoder
 from multimodal.encoders.vision import VisionConfig, VisionEncoder
 
-ENCODERS = {"text": TextEncoder, "image": VisionEncoder, "audio": AudioEncoder}
-
 __all__ = [
-    "Attention", "AudioConfig", "AudioEncoder", "Block", "ENCODERS", "PatchDropout", "TextConfig", "TextEncoder",
+    "Attention", "AudioConfig", "AudioEncoder", "Block", "PatchDropout", "TextConfig", "TextEncoder",
     "Transformer", "TransformerConfig", "VisionConfig", "VisionEncoder", "choose_backend", "scaled_dot_product",
 ]

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _NONE_WORDS = ("none", "null")
-_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 def to_dict(config: Any) -> dict:

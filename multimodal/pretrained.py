@@ -5,10 +5,10 @@ Face) builds its model with :func:`init_model_config` (the towers the checkpoint
 keep the checkpoint's architecture and preprocessing; towers the run adds come from the
 run's config), fills it with :func:`load_pretrained`, may lock towers (or all but their
 last blocks) with :func:`lock_towers`, and may give earlier layers smaller learning rates
-with :func:`layer_decay_groups`. Binding a new modality into a locked image-text space
-(ImageBind's recipe) is the same mechanism, with the new tower's pairs as the only ones
-trained. :func:`interpolate_checkpoints` blends a fine-tuned checkpoint with the one it
-started from (WiSE-FT).
+with :func:`multimodal.optimizer.layer_decay_groups`. Binding a new modality into a locked
+image-text space (ImageBind's recipe) is the same mechanism, with the new tower's pairs as
+the only ones trained. :func:`interpolate_checkpoints` blends a fine-tuned checkpoint with
+the one it started from (WiSE-FT).
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ from multimodal.checkpoint import (
 from multimodal.config import flatten, from_dict, to_dict
 from multimodal.data.config import MODALITIES
 from multimodal.model import ModelConfig, MultimodalModel
-from multimodal.optimizer import layer_decay_groups, layer_scale  # noqa: F401 (importable from here, as before)
 
 # ModelConfig fields that describe the shared space rather than one tower: a run started
 # from a checkpoint takes them from the checkpoint (its projections, temperatures and

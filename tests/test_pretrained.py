@@ -12,13 +12,12 @@ from multimodal.config import apply_overrides
 from multimodal.data.config import CLIP_MEAN, CLIP_STD
 from multimodal.data.tokenizer import Tokenizer
 from multimodal.model import MultimodalModel
+from multimodal.optimizer import layer_decay_groups, layer_scale
 from multimodal.presets import tiny
 from multimodal.pretrained import (
     init_model_config,
     interpolate_checkpoints,
     keep_locked_in_eval,
-    layer_decay_groups,
-    layer_scale,
     load_pretrained,
     lock_towers,
 )
