@@ -401,9 +401,12 @@ def substitute_microbatch(
     loss of the whole batch, so the accumulated encoder gradients equal those of one
     batch k times larger.
 
-    The temperatures and biases take part in all k losses, so their gradients
-    accumulate k times: divide them by k before the optimiser step (and before
-    gradient clipping), e.g. ``for p in model.logit_scales.values(): p.grad.div_(k)``.
+    The temperatures and biases take part in all k losses, and every pass computes the
+    same loss, so their gradient is the same in each pass; summed over the passes it
+    would be k times too large. Take it from one pass only: pass them detached in all
+    passes but one, as the trainer's ``compute_gradients`` does (the last pass keeps
+    them). Dividing their summed gradients by k before clipping and the optimiser step
+    gives the same result.
 
     Returns:
         modality -> cached micro-batches concatenated in order, with ``fresh`` at ``index``.
