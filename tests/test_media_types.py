@@ -1,21 +1,22 @@
-"""One definition of an image file and an audio file: every reader and writer agrees, GIF included."""
+"""One definition of an image file and an audio file: every reader and writer agrees, GIF included.
+
+Each extension a definition registers is tried with a file generated in its format.
+"""
 import io
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 from PIL import Image
 
 from multimodal.cli import main
+from multimodal.data.audio import load_waveform
+from multimodal.data.config import AudioPreprocessConfig
 from multimodal.data.image import decode_image
-from multimodal.data.listing import READ_EXTENSIONS
-from multimodal.data.modalities import (
-    AUDIO_EXTENSIONS,
-    IMAGE_EXTENSIONS,
-    MEDIA_TYPES,
-    modality_of_extension,
-    normalize_extension,
-)
-from multimodal.data.sample_fields import AUDIO_KEYS, IMAGE_KEYS, SampleFields, parse_keys
+from multimodal.data.listing import samples_from_folder
+from multimodal.data.modalities import MEDIA_MODALITIES, get_modality, modality_of_extension, normalize_extension
+from multimodal.data.sample_fields import SampleFields
 from multimodal.data.shards import read_shard
 from multimodal.embed import file_modality, list_inputs
 from multimodal.search.media import MediaReader, media_type
@@ -34,12 +35,63 @@ def test_normalize_extension_folds_spellings():
     assert normalize_extension(".JPEG") == "jpg" and normalize_extension("Png") == "png"
 
 
-def test_every_place_reads_the_same_extensions():
-    assert [key for _, key in parse_keys(IMAGE_KEYS)] == list(IMAGE_EXTENSIONS)
-    assert [key for _, key in parse_keys(AUDIO_KEYS)] == list(AUDIO_EXTENSIONS)
-    assert set(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS) <= set(READ_EXTENSIONS)
-    assert set(MEDIA_TYPES) == set(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS)
-    assert media_type("GIF") == "image/gif"
+IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
+AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16"), "ogg": ("OGG", "VORBIS"),
+                 "mp3": ("MP3", "MPEG_LAYER_III")}
+COLOUR = (200, 40, 90)
+TONE_HZ, RATE, SECONDS = 440.0, 16000, 0.5
+
+
+def generated_file(extension: str) -> bytes:
+    """A file of ``extension``'s format: a 16 x 16 image of COLOUR, or half a second of a 440 Hz tone."""
+    buffer = io.BytesIO()
+    if extension in IMAGE_FORMATS:
+        Image.new("RGB", (16, 16), COLOUR).save(buffer, format=IMAGE_FORMATS[extension])
+    else:
+        container, subtype = AUDIO_FORMATS[extension]
+        time = np.arange(int(RATE * SECONDS)) / RATE
+        soundfile.write(buffer, 0.5 * np.sin(2 * np.pi * TONE_HZ * time), RATE, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+REGISTERED = [(name, extension) for name in MEDIA_MODALITIES for extension in get_modality(name).extensions]
+
+
+def test_every_registered_extension_has_a_file_to_test_it_with():
+    """A new extension in a definition needs a generator above, so that the test below reads a file of it."""
+    assert sorted(extension for _, extension in REGISTERED) == sorted({**IMAGE_FORMATS, **AUDIO_FORMATS})
+
+
+@pytest.mark.parametrize("name, extension", REGISTERED)
+def test_a_file_of_each_registered_extension_is_listed_found_decoded_and_served(tmp_path, name, extension):
+    data = generated_file(extension)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / f"clip.{extension}").write_bytes(data)
+    (folder / "clip.txt").write_text("a caption", encoding="utf-8")
+    (tmp_path / "unnamed").write_bytes(data)
+    definition = get_modality(name)
+
+    # Every command takes it: by its name, and by its content when the name has no extension.
+    assert file_modality(folder / f"clip.{extension}") == name and file_modality(tmp_path / "unnamed") == name
+    [listed] = samples_from_folder(folder, layout="captions")
+    assert list(listed.media) == [normalize_extension(extension)] and listed.ignored == ()
+    # A shard member of that extension is found by a source's default keys.
+    assert SampleFields().member({"__key__": "clip", extension: data, "txt": b"a caption"}, name) == data
+
+    if name == "image":
+        assert media_type(extension) == Image.open(io.BytesIO(data)).get_format_mimetype()
+        decoded = definition.check_decodes(data, (0, 0, 0))  # uint8 (3, 16, 16)
+        assert decoded.shape == (3, 16, 16)
+        assert (decoded.float() - torch.tensor(COLOUR).view(3, 1, 1)).abs().max() <= 6  # JPEG and GIF are lossy
+    else:
+        assert media_type(extension).startswith("audio/")
+        definition.check_decodes(data, (0, 0, 0))
+        waveform = load_waveform(data, AudioPreprocessConfig(sample_rate=RATE))  # (samples,)
+        # Decoders may add an encoder's delay (MP3), never lose the tone: its length and pitch hold.
+        assert RATE * SECONDS <= len(waveform) <= RATE * (SECONDS + 0.1)
+        spectrum = torch.fft.rfft(waveform).abs()
+        assert float(spectrum.argmax()) * RATE / len(waveform) == pytest.approx(TONE_HZ, abs=RATE / len(waveform))
 
 
 def gif_bytes(colour: tuple[int, int, int]) -> bytes:
