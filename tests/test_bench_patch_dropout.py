@@ -1,7 +1,11 @@
 """The patch dropout benchmark: what one timed step does, and its smoke run."""
+import re
+import statistics
+
 import torch
 
 from bench import bench_patch_dropout
+from bench import common as bench_common
 from multimodal.presets import tiny
 
 
@@ -15,10 +19,33 @@ def test_a_step_trains_the_tower_on_the_kept_tokens_only():
     assert all(p.grad is None for p in bench.tower.parameters())  # cleared for the next timed step
 
 
-def test_quick_run_reports_every_rate(capsys):
-    summary = bench_patch_dropout.main(["--quick"])
-    assert summary.startswith("patch_dropout: image-tower fp32 train step")
-    assert "tiny 0.5 x" in summary and "tiny 0.75 x" in summary
-    printed = capsys.readouterr().out
-    assert "threads; native bf16" in printed  # the machine line, with the CPU model
-    assert printed.count(" tokens ") == 3
+# Seconds the fake clock gives each timed step, per rate, one per round. Rounds alternate
+# their order (0, 0.5, 0.75, then reversed), so the clock hands them out in call order.
+FAKE_SECONDS = {0.0: [1.0, 2.0, 3.0], 0.5: [0.4, 1.6, 1.0], 0.75: [0.2, 0.8, 1.0]}
+
+
+def test_quick_run_reports_the_median_per_round_speed_up(monkeypatch, capsys):
+    """Figures from a known clock: the speed-up is the median of per-round ratios (2.50 and 3.00),
+    not the ratio of medians (2.00 and 2.50); throughput is the batch over the median time."""
+    order = [[0.0, 0.5, 0.75], [0.75, 0.5, 0.0], [0.0, 0.5, 0.75]]
+    seconds = iter(FAKE_SECONDS[rate][index] for index, rates in enumerate(order) for rate in rates)
+
+    def fake_time_call(step):
+        step()  # every timed step still runs
+        return next(seconds)
+
+    monkeypatch.setattr(bench_common, "time_call", fake_time_call)
+    summary = bench_patch_dropout.main(["--quick", "--rounds", "3"])
+    assert next(seconds, None) is None  # every figure came from the fake clock
+    assert summary.endswith("median per-round speed-up over 0: tiny 0.5 x2.50; tiny 0.75 x3.00")
+
+    rows = re.findall(r"patch_dropout (\S+) +median +([\d.]+) ms.*? ([\d.]+) samples/s.*? (\d+) tokens +x([\d.]+) vs 0",
+                      capsys.readouterr().out)
+    batch_size = bench_patch_dropout.CONFIGS["tiny"][1]
+    expected = []
+    for rate, times in FAKE_SECONDS.items():
+        median = statistics.median(times)
+        speed_up = statistics.median(base / own for base, own in zip(FAKE_SECONDS[0.0], times))
+        expected.append((f"{rate:g}", f"{median * 1e3:.1f}", f"{batch_size / median:.1f}", str(1 + int(16 * (1 - rate))),
+                         f"{speed_up:.2f}"))
+    assert rows == expected
