@@ -1,15 +1,21 @@
-"""Audio decoding, resampling, the Kaldi filterbank against torchaudio's, crops and evaluation windows."""
+"""Audio decoding, resampling, the Kaldi filterbank against torchaudio's, features against Hugging Face's AST
+feature extractor, crops and evaluation windows."""
 from __future__ import annotations
 
 import io
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
 import soundfile
 import torch
 import torchaudio
+from transformers import ASTFeatureExtractor
+from transformers.models.audio_spectrogram_transformer import (
+    feature_extraction_audio_spectrogram_transformer as hf_ast_features,
+)
 
 from multimodal.data.audio import (
     EMPTY_CLIP,
@@ -261,11 +267,38 @@ def test_train_features_crop_long_clips_keep_short_ones_and_are_seeded():
     assert torch.equal(first, normalize_fbank(fbank(span, config), config))
 
 
-def test_normalisation_is_asts():
-    config = AudioPreprocessConfig()
-    features = torch.randn(5, 128)
-    expected = (features - config.norm_mean) / (2 * config.norm_std)
-    torch.testing.assert_close(normalize_fbank(features.clone(), config), expected)
+def test_our_defaults_are_asts_feature_extractors():
+    hugging_face = ASTFeatureExtractor()
+    ours = AudioPreprocessConfig()
+    assert (ours.sample_rate, ours.num_mel_bins, ours.max_frames) == (
+        hugging_face.sampling_rate, hugging_face.num_mel_bins, hugging_face.max_length)
+    assert (ours.norm_mean, ours.norm_std) == (hugging_face.mean, hugging_face.std)
+
+
+@pytest.mark.parametrize("num_mel_bins", [128, 64])
+@pytest.mark.parametrize("hugging_face_filterbank", ["torchaudio", "numpy"])
+def test_features_equal_hugging_faces_ast_feature_extractor(monkeypatch, num_mel_bins, hugging_face_filterbank):
+    """Filterbank and normalisation, as training and evaluation read a clip, against
+    ``transformers.ASTFeatureExtractor`` (no weights). HF fits every clip to ``max_length``
+    frames by padding the normalised log-mels with 0 (ours pads the waveform with silence
+    and cuts windows), so the clip here fills ``max_length`` exactly; the mel bins, mean and
+    std are set as :mod:`multimodal.interop.hf_ast` maps them. HF computes the filterbank
+    with torchaudio's Kaldi fbank when torchaudio is installed, else with its own NumPy
+    spectrogram: both are compared."""
+    if hugging_face_filterbank == "numpy":
+        monkeypatch.setattr(hf_ast_features, "is_speech_available", lambda: False)
+    generator = torch.Generator().manual_seed(num_mel_bins)
+    clip = tone(2.1)[:32077] + 0.1 * torch.randn(32077, generator=generator)  # (samples,), 198 frames
+    config = AudioPreprocessConfig(num_mel_bins=num_mel_bins, max_frames=num_frames(len(clip), AudioPreprocessConfig()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # HF's NumPy banks: "a mel filter has all zero values" at 128
+        extractor = ASTFeatureExtractor(sampling_rate=config.sample_rate, num_mel_bins=num_mel_bins,
+                                        max_length=config.max_frames, mean=config.norm_mean, std=config.norm_std)
+        reference = extractor(clip.numpy(), sampling_rate=config.sample_rate, return_tensors="pt")["input_values"][0]
+    [ours] = audio_to_features(clip, config, sample_rate=config.sample_rate)  # one window: (T, F)
+    assert ours.shape == reference.shape == (198, num_mel_bins)
+    # Normalised units: 1e-4 is 1e-3 in log energy, float32 rounding of a 512-point power spectrum.
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-4)
 
 
 def test_spec_augment_masks_bands_and_is_off_at_zero():
