@@ -24,6 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.collate import Tokenize, collate_samples
+from multimodal.data.remote import RemoteConfig, exit_with_parent
 from multimodal.data.seeds import stable_int
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.source_stream import SourceStream, StreamSettings
@@ -71,9 +72,11 @@ class BatchStream(IterableDataset):
         rank: int,
         batches_per_epoch: int | None,
         worker_nice: int = 0,
+        remote: RemoteConfig | None = None,
     ) -> None:
         super().__init__()
         self.worker_nice = worker_nice
+        self.remote = remote if remote is not None else RemoteConfig()
         self.sources, self.names, self.shard_lists = sources, names, shard_lists
         self.batch_size, self.tokenize, self.train = batch_size, tokenize, train
         self.resampled, self.shuffle_buffer, self.drop_last = resampled, shuffle_buffer, drop_last
@@ -88,6 +91,7 @@ class BatchStream(IterableDataset):
         if info is not None:  # a worker process of ours: its malloc settings are ours to choose
             retain_freed_memory()
             lower_priority(self.worker_nice)
+            exit_with_parent()  # a worker blocked on a read must not outlive a killed run
         counts = WorkerCounts()
         settings = StreamSettings(
             train=self.train,
@@ -95,6 +99,7 @@ class BatchStream(IterableDataset):
             shuffle_buffer=self.shuffle_buffer,
             preprocess=self.preprocess,
             seed_parts=(self.seed, self.epoch, self.rank, worker),
+            remote=self.remote,
         )
         streams: list[SourceStream | None] = []
         for index, (spec, name) in enumerate(zip(self.sources, self.names)):

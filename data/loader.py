@@ -48,6 +48,7 @@ from multimodal.data.config import ImagePreprocessConfig
 from multimodal.data.image import normalize_image
 from multimodal.data.modalities import get_modality
 from multimodal.data.main_process import RecycledBuffers, one_cpu_thread
+from multimodal.data.remote import RemoteConfig
 from multimodal.data.seeds import stable_int
 from multimodal.data.shards import expand_shards
 from multimodal.data.source_spec import SourceSpec
@@ -265,6 +266,7 @@ def make_loader(
     normalize_images: bool = True,
     log_skips_every: int = 100,
     worker_nice: int = 0,
+    remote: RemoteConfig | None = None,
 ) -> ShardLoader:
     """Batches from weighted tar-shard sources, for training (``train=True``) or evaluation.
 
@@ -298,6 +300,9 @@ def make_loader(
         worker_nice: niceness added to each worker process (0-19; 0: the trainer's priority).
             Where workers and trainer share few cores, a lower priority for the workers
             keeps the trainer's threads running (see :func:`multimodal.data.batch_stream.lower_priority`).
+        remote: how shards over HTTP(S) and from ``pipe:`` commands are read: stall timeout,
+            retries, shards fetched ahead at once (see :class:`multimodal.data.remote.RemoteConfig`;
+            None: its defaults).
     """
     sources = list(sources)
     resampled = train if resampled is None else resampled
@@ -312,6 +317,7 @@ def make_loader(
         drop_last=train if drop_last is None else drop_last,
         preprocess=preprocess, seed=seed, rank=rank,
         batches_per_epoch=_batches_per_epoch(samples_per_epoch, batch_size, world_size), worker_nice=worker_nice,
+        remote=remote,
     )
     return ShardLoader(
         dataset,

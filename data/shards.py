@@ -10,13 +10,14 @@ A shard spec is a string or a list of strings. Each string may be:
 
 Local files that do not exist are dropped with a warning (crawled data sets often
 miss a few shard numbers); a spec with no shard left is an error. URLs other than
-local paths (``pipe:``, ``s3://``, ``http(s)://`` ...) are opened by webdataset's
-``gopen`` and not checked in advance.
+local paths are not checked in advance: ``http(s)://`` URLs and ``pipe:`` commands
+are read with bounded waits and tries (:mod:`multimodal.data.remote`), other schemes
+(``s3://`` ...) by webdataset's ``gopen``.
 
 :func:`read_shard` yields the samples of one shard as dicts of raw bytes keyed by
 extension (``{"__key__": "000001", "jpg": b"...", "txt": b"..."}``) and reports
 what went wrong instead of raising, so a pipeline can count bad shards and go on.
-Shards are opened with webdataset's ``gopen`` and parsed by :func:`iterate_tar`
+Shards are parsed by :func:`iterate_tar`
 (plain or gzip-compressed tar), grouped into samples by webdataset's key rule.
 """
 from __future__ import annotations
@@ -235,50 +236,77 @@ class ShardProblem:
     samples_read: int
 
 
-def read_shard(url: str, problems: list[ShardProblem]) -> Iterator[dict]:
-    """Yields the samples of one tar shard, grouping consecutive files by key.
+def tar_samples(stream, url: str) -> Iterator[dict]:
+    """The samples of a tar stream, grouping consecutive files by key; raises what the stream or parser raises.
 
     A sample is ``{"__key__": key, "__url__": url, ext: bytes, ...}`` with lower-case
     extensions (everything after the first dot of the file's base name, as
-    webdataset splits them). Files named ``__*__`` are metadata and skipped. When the
-    shard cannot be read, a :class:`ShardProblem` is appended to ``problems`` (and the
-    sample being assembled when a read failed is dropped); nothing is raised.
+    webdataset splits them). Files named ``__*__`` are metadata and skipped.
     """
+    current: dict | None = None
+    for name, data in iterate_tar(stream):
+        key, extension = base_plus_ext(name)
+        if key is None or (key.startswith("__") and key.endswith("__")):
+            continue
+        extension = extension.lower()
+        if current is None or current["__key__"] != key:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__url__": url}
+        if extension in current:
+            logger.warning("shard %s: sample %s has two %r files; the first is kept", url, key, extension)
+            continue
+        current[extension] = data
+    if current is not None:
+        yield current
+
+
+def read_problem(url: str, error: Exception | None, samples_read: int) -> ShardProblem | None:
+    """The :class:`ShardProblem` of a shard whose reading ended with ``error`` (None: it ended well)."""
+    if error is None:
+        return ShardProblem(url, "empty_shard", "the tar holds no sample", 0) if samples_read == 0 else None
+    message = str(error)
+    if samples_read == 0 and message == "the file is empty":
+        return ShardProblem(url, "empty_shard", message, 0)
+    reason = "truncated_shard" if samples_read else "unreadable_shard"
+    return ShardProblem(url, reason, f"{type(error).__name__}: {message}", samples_read)
+
+
+def read_shard(url: str, problems: list[ShardProblem], remote=None) -> Iterator[dict]:
+    """Yields the samples of one tar shard (see :func:`tar_samples`).
+
+    When the shard cannot be read, a :class:`ShardProblem` is appended to ``problems``
+    (and the sample being assembled when a read failed is dropped); nothing is raised.
+    Shards over HTTP(S) and from ``pipe:`` commands are read with bounded waits and
+    tries (:mod:`multimodal.data.remote`; ``remote``: its
+    :class:`multimodal.data.remote.RemoteConfig`, None: the defaults), anything else
+    with webdataset's ``gopen``.
+    """
+    from multimodal.data.remote import RemoteConfig, is_fetched  # imports this module
+
+    if is_fetched(url):
+        yield from _fetched_shard(url, problems, remote or RemoteConfig())
+        return
     samples_read = 0
     stream = None
     abandoned = False
     try:
         stream = webdataset.gopen(url, "rb")
-        current: dict | None = None
-        for name, data in iterate_tar(stream):
-            key, extension = base_plus_ext(name)
-            if key is None or (key.startswith("__") and key.endswith("__")):
-                continue
-            extension = extension.lower()
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    samples_read += 1
-                    yield current
-                current = {"__key__": key, "__url__": url}
-            if extension in current:
-                logger.warning("shard %s: sample %s has two %r files; the first is kept", url, key, extension)
-                continue
-            current[extension] = data
-        if current is not None:
-            samples_read += 1
-            yield current
-        if samples_read == 0:
-            problems.append(ShardProblem(url, "empty_shard", "the tar holds no sample", 0))
+        failure: Exception | None = None
+        try:
+            for sample in tar_samples(stream, url):
+                samples_read += 1
+                yield sample
+        except (OSError, EOFError, ValueError) as error:  # TarFormatError is a ValueError; gzip raises OSError
+            failure = error
+        problem = read_problem(url, failure, samples_read)
+        if problem is not None:
+            problems.append(problem)
     except GeneratorExit:  # the reader stopped early (end of an epoch): not a problem of the shard
         abandoned = True
         raise
-    except (OSError, EOFError, ValueError) as error:  # TarFormatError is a ValueError; gzip raises OSError
-        message = str(error)
-        if samples_read == 0 and message == "the file is empty":
-            problems.append(ShardProblem(url, "empty_shard", message, 0))
-        else:
-            reason = "truncated_shard" if samples_read else "unreadable_shard"
-            problems.append(ShardProblem(url, reason, f"{type(error).__name__}: {message}", samples_read))
+    except (OSError, EOFError, ValueError) as error:  # gopen itself failed
+        problems.append(read_problem(url, error, samples_read))
     finally:
         if stream is not None:
             try:
@@ -290,4 +318,17 @@ def read_shard(url: str, problems: list[ShardProblem]) -> Iterator[dict]:
                     )
 
 
-__all__ = ["SHARD_SUFFIXES", "ShardProblem", "TarFormatError", "expand_shards", "is_remote", "iterate_tar", "read_shard"]
+def _fetched_shard(url: str, problems: list[ShardProblem], remote) -> Iterator[dict]:
+    from multimodal.data.fetch_ahead import FetchAhead  # imports this module
+
+    for _, _, sample, shard_problems in FetchAhead(iter([(0, url)]), remote).reads():
+        if sample is not None:
+            yield sample
+        else:
+            problems.extend(shard_problems)
+
+
+__all__ = [
+    "SHARD_SUFFIXES", "ShardProblem", "TarFormatError", "expand_shards", "is_remote", "iterate_tar", "read_problem",
+    "read_shard", "tar_samples",
+]

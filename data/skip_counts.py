@@ -39,13 +39,15 @@ class DataStats:
 
     ``samples[source]`` counts valid samples; ``skipped[source][reason]`` counts
     skipped samples (sample reasons) or shards (shard reasons); ``examples`` keeps the
-    first message seen for each (source, reason).
+    first message seen for each (source, reason); ``failed_shards`` the first reason and
+    message of each shard skipped (by (source, url)), each logged once as it comes.
     """
 
     def __init__(self, sources: Sequence[str], log_every: int = 100) -> None:
         self.samples: dict[str, int] = {name: 0 for name in sources}
         self.skipped: dict[str, dict[str, int]] = {name: {} for name in sources}
         self.examples: dict[tuple[str, str], str] = {}
+        self.failed_shards: dict[tuple[str, str], str] = {}
         self.log_every = log_every
         self._next_log = log_every
 
@@ -61,6 +63,8 @@ class DataStats:
             for reason, message in reasons.items():
                 if (source, reason) not in self.examples:
                     self.examples[(source, reason)] = message
+                    if reason.endswith("_shard"):
+                        continue  # a shard's skip is named with its URL below
                     logger.warning(
                         "source %r: skipping data (%s): %s; counted in loader.stats, summarised after %d skips and each doubling",
                         source,
@@ -68,6 +72,11 @@ class DataStats:
                         message,
                         self.log_every,
                     )
+        for source, shards in delta.get("shards", {}).items():
+            for url, message in shards.items():
+                if (source, url) not in self.failed_shards:
+                    self.failed_shards[(source, url)] = message
+                    logger.warning("source %r: skipping shard %s", source, message)
         total = self.total_skipped()
         if self.log_every > 0 and total >= self._next_log:
             logger.warning("skipped so far (%d): %s", total, self._compact())
@@ -104,22 +113,28 @@ class WorkerCounts:
         self.samples: dict[str, int] = {}
         self.skipped: dict[str, dict[str, int]] = {}
         self.examples: dict[str, dict[str, str]] = {}
+        self.shards: dict[str, dict[str, str]] = {}  # source -> {url: "(reason) url: message"}, a shard's first skip
         self._reported_examples: set[tuple[str, str]] = set()
+        self._reported_shards: set[tuple[str, str]] = set()
 
     def valid(self, source: str) -> None:
         self.samples[source] = self.samples.get(source, 0) + 1
 
-    def skip(self, source: str, reason: str, message: str) -> None:
+    def skip(self, source: str, reason: str, message: str, shard: str | None = None) -> None:
+        """Counts one skip; ``shard``: the URL of a shard skipped, named in the report the first time."""
         reasons = self.skipped.setdefault(source, {})
         reasons[reason] = reasons.get(reason, 0) + 1
+        if shard is not None and (source, shard) not in self._reported_shards:
+            self._reported_shards.add((source, shard))
+            self.shards.setdefault(source, {})[shard] = f"({reason}) {message}"
         if (source, reason) not in self._reported_examples:
             self._reported_examples.add((source, reason))
             self.examples.setdefault(source, {})[reason] = message
 
     def take(self) -> dict:
         """The report of everything counted since the last one; the counts start again from zero."""
-        delta = {"samples": self.samples, "skipped": self.skipped, "examples": self.examples}
-        self.samples, self.skipped, self.examples = {}, {}, {}
+        delta = {"samples": self.samples, "skipped": self.skipped, "examples": self.examples, "shards": self.shards}
+        self.samples, self.skipped, self.examples, self.shards = {}, {}, {}, {}
         return delta
 
 

@@ -38,7 +38,9 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from multimodal.data.fetch_ahead import FetchAhead, ShardRead
 from multimodal.data.modalities import MODALITIES, get_modality
+from multimodal.data.remote import RemoteConfig, is_fetched
 from multimodal.data.sample_fields import UnusableSample
 from multimodal.data.seeds import stable_int
 from multimodal.data.shards import ShardProblem, read_shard
@@ -61,6 +63,7 @@ class StreamSettings:
     shuffle_buffer: int
     preprocess: dict[str, object]  # each media modality's preprocessing config, by name
     seed_parts: tuple  # (seed, epoch, rank, worker)
+    remote: RemoteConfig  # how shards over HTTP(S) and from pipe: commands are read
 
 
 class SourceStream:
@@ -107,18 +110,33 @@ class SourceStream:
         else:
             yield from range(len(self.urls))
 
-    def _raw_samples(self) -> Iterator[dict]:
-        for shard_index in self._shard_order():
-            url = self.urls[shard_index]
+    def _shard_reads(self) -> Iterator[ShardRead]:
+        """Samples of the shards as drawn, each shard's end with its problems.
+
+        Shards over HTTP(S) or from ``pipe:`` commands are fetched ahead, several at
+        once (:mod:`multimodal.data.fetch_ahead`); local files are read one after the other.
+        """
+        draws = ((shard_index, self.urls[shard_index]) for shard_index in self._shard_order())
+        if any(is_fetched(url) for url in self.urls):
+            yield from FetchAhead(draws, self.settings.remote).reads()
+            return
+        for shard_index, url in draws:
             problems: list[ShardProblem] = []
             for sample in read_shard(url, problems):
+                yield shard_index, url, sample, None
+            yield shard_index, url, None, problems
+
+    def _raw_samples(self) -> Iterator[dict]:
+        for shard_index, _, sample, problems in self._shard_reads():
+            if sample is not None:
                 sample["__shard__"] = shard_index
                 sample["__read__"] = self.samples_read
                 self.samples_read += 1
                 if self._has_members(sample):
                     yield {name: data for name, data in sample.items() if name in self.members_read or name[:2] == "__"}
+                continue
             for problem in problems:
-                self._skip(problem.reason, f"{problem.url}: {problem.message}")
+                self._skip(problem.reason, f"{problem.url}: {problem.message}", shard=problem.url)
                 if problem.samples_read == 0:
                     self.failures += 1
                     self.failed_shards.add(shard_index)
@@ -171,9 +189,9 @@ class SourceStream:
 
     # Failure accounting
 
-    def _skip(self, reason: str, message: str) -> None:
+    def _skip(self, reason: str, message: str, shard: str | None = None) -> None:
         self.skip_counts[reason] = self.skip_counts.get(reason, 0) + 1
-        self.counts.skip(self.name, reason, message)
+        self.counts.skip(self.name, reason, message, shard)
 
     def _judged(self, raw: dict) -> None:
         if self.pass_end is None or raw["__read__"] < self.pass_end:

@@ -15,7 +15,7 @@ T = TypeVar("T")
 RESUMABLE_KEYS = (
     "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "wandb", "wandb_project",
     "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "threads", "data.num_workers",
-    "data.worker_nice",
+    "data.worker_nice", "data.remote",
     "data.eval_batch_size", "data.eval",
     "resume", "output_dir", "run_name",
 )

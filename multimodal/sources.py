@@ -33,6 +33,7 @@ from multimodal.data.augment import (
 from multimodal.data.image_stats import read_image_stats
 from multimodal.data.loader import make_loader
 from multimodal.data.modalities import MEDIA_MODALITIES
+from multimodal.data.remote import RemoteConfig
 from multimodal.data.shards import expand_shards, is_remote
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
@@ -102,6 +103,9 @@ class DataConfig:
     # The demo's samples of one digit are positives of each other in the loss (its sources'
     # label_key): ten classes in a batch of 128 made a dozen same-digit pairs per row negatives.
     demo_label_positives: bool = True
+    # How shards over HTTP(S) and from pipe: commands are read: stall timeout, retries, shards
+    # fetched ahead at once (see multimodal/data/remote.py and docs/scale.md).
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
 
 @dataclass
@@ -152,6 +156,7 @@ class PreparedData:
             tokenize=self.tokenize,
             shuffle_buffer=self.config.shuffle_buffer,
             device=device,
+            remote=self.config.remote,
         )
         return self.current_loader
 
@@ -165,6 +170,7 @@ class PreparedData:
             num_workers=0,
             preprocess=self.model.preprocess,
             tokenize=self.tokenize,
+            remote=self.config.remote,
         )
 
     def tokenize(self, texts: list[str]):
