@@ -26,13 +26,10 @@ class TextModality(Modality):
         return TEXT_FILE_EXTENSIONS
 
     def items_of_file(self, path: Path) -> list[tuple[str, Any]]:
-        """A caption file: one caption per non-empty line, keyed ``path:line``."""
-        items = []
+        """A caption file: one caption per line, keyed ``path:line``; a blank line is an empty
+        caption, which :meth:`prepare` refuses, so it is named among the skipped inputs."""
         with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    items.append((f"{path}:{number}", line.strip()))
-        return items
+            return [(f"{path}:{number}", line.strip()) for number, line in enumerate(handle, start=1)]
 
     def item_of_folder_file(self, path: Path) -> Any:
         """A ``.txt`` file in a folder: one caption, its whole text."""
@@ -68,9 +65,12 @@ class TextModality(Modality):
         batch["text"] = ids
 
     def prepare(self, item: Any, config: Any = None, *, sample_rate: int | None = None) -> Any:
-        """A caption stays a string (tokenised in batches when encoded)."""
+        """A caption stays a string (tokenised in batches when encoded); an empty one is refused
+        (ValueError): it says nothing, and its embedding would be that of the padding alone."""
         if not isinstance(item, str):
             raise TypeError(f"a caption must be a string, got {type(item).__name__}")
+        if not item.strip():
+            raise ValueError("the caption is empty (nothing but white space): nothing to embed")
         return item
 
 

@@ -8,7 +8,9 @@ Two kinds of job:
   recursively by extension), or caption files (one caption per line), embedded into
   one output file.
 * **Shards** (:func:`embed_shards`): every sample of every tar shard, one output part
-  per shard (``OUTPUT_DIR/part-<shard name>.npy`` ...). A part is written to a temporary
+  per shard (``OUTPUT_DIR/part-<shard name>.npy`` ...; shards of several folders are
+  named by their path below the folder they share: ``part-train__shard-000000.npy``,
+  see :func:`part_names`). A part is written to a temporary
   name and renamed when complete, so a run that stops can be started again and skips
   the parts already there. With several processes (``accelerate launch``, or RANK and
   WORLD_SIZE set) each process takes its own shards: ``shards[rank::world_size]``.
@@ -117,8 +119,9 @@ def list_inputs(modality: str, inputs: Sequence[str | os.PathLike]) -> list[Inpu
     * image / audio: a file is taken as it is (whatever its extension); a folder gives
       its files with the modality's extensions (see :mod:`multimodal.data.modalities`),
       recursively, sorted, hidden ones left out. Key: the path.
-    * text: a file holds one caption per line (empty lines skipped), key ``path:line``;
-      a folder gives one caption per ``.txt`` file (its whole text), key: the path.
+    * text: a file holds one caption per line, key ``path:line``; a folder gives one
+      caption per ``.txt`` file (its whole text), key: the path. An empty caption (a
+      blank line, an empty file) is an item too, so that embedding skips it by name.
 
     Raises ValueError for an input that does not exist or a folder with nothing to embed.
     """
@@ -141,17 +144,54 @@ def list_inputs(modality: str, inputs: Sequence[str | os.PathLike]) -> list[Inpu
     return items
 
 
-def shard_part_name(url: str) -> str:
-    """The part name of a shard: its file name without ``.tar``, made safe (``pipe:... /a/b-01.tar -`` -> ``b-01``)."""
+def _shard_location(url: str) -> tuple[str, ...]:
+    """The path of a shard as components, the file name last: a local path made absolute, a URL's
+    scheme and host then its path, a ``pipe:`` command's shard word (``pipe:curl -s https://h/a.tar -``)."""
     if url.startswith("pipe:"):
         words = [word for word in url[len("pipe:") :].split() if ".tar" in word or ".tgz" in word]
         url = words[-1] if words else url[len("pipe:") :]
-    name = url.rstrip("/").rsplit("/", 1)[-1]
+    url = url.rstrip("/")
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return (f"{scheme}:", *rest.split("/"))
+    parts = Path(os.path.abspath(url[len("file:") :] if url.startswith("file:") else url)).parts
+    return parts[1:] if parts[0] == os.sep else parts  # the root names no folder
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._")
+
+
+def shard_part_name(url: str) -> str:
+    """The part name of a shard: its file name without ``.tar``, made safe (``pipe:... /a/b-01.tar -`` -> ``b-01``)."""
+    name = _shard_location(url)[-1]
     for suffix in SHARD_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._") or "shard"
+    return _safe_name(name) or "shard"
+
+
+def part_names(urls: Sequence[str]) -> dict[str, str]:
+    """``shard url -> the name of its part`` for shards embedded together into one folder.
+
+    Shards of one folder: each its file name without ``.tar`` (:func:`shard_part_name`,
+    ``emb/part-shard-000000.npy``), as always. Shards of several folders (``train/`` and
+    ``val/`` both hold ``shard-000000.tar``): each its path below the folder they all
+    share, folders joined by ``__`` as the shard writer joins a key's folders
+    (``train__shard-000000``, ``val__shard-000000``), so no two parts collide. The name
+    depends only on the shards given, so a rerun with the same shards finds its parts.
+    """
+    locations = {url: _shard_location(url) for url in urls}
+    folders = {location[:-1] for location in locations.values()}
+    if len(folders) <= 1:
+        return {url: shard_part_name(url) for url in urls}
+    common = os.path.commonprefix(sorted(folders))  # the longest run of leading components they share
+    names = {}
+    for url, location in locations.items():
+        below = [_safe_name(folder) or "_" for folder in location[len(common) : -1]]
+        names[url] = "__".join([*below, shard_part_name(url)])
+    return names
 
 
 # Writing and reading outputs -------------------------------------------------------------------
@@ -530,9 +570,14 @@ def _known_sizes(urls: Sequence[str]) -> dict[str, int]:
     return sizes
 
 
-def part_path(output_dir: str | os.PathLike, url: str, format: str = "npy") -> Path:
-    """Where the part of shard ``url`` goes: ``output_dir/part-<shard name>.<format>``."""
-    return Path(output_dir) / f"{PART_PREFIX}{shard_part_name(url)}.{format}"
+def part_path(output_dir: str | os.PathLike, url: str, format: str = "npy", *, urls: Sequence[str] = ()) -> Path:
+    """Where the part of shard ``url`` goes: ``output_dir/part-<part name>.<format>``.
+
+    ``urls``: every shard embedded into ``output_dir`` together; their folders decide
+    the part name (see :func:`part_names`). Left empty: ``url`` alone (its file name).
+    """
+    name = part_names(urls)[url] if url in urls else shard_part_name(url)
+    return Path(output_dir) / f"{PART_PREFIX}{name}.{format}"
 
 
 def embed_shards(
@@ -568,9 +613,10 @@ def embed_shards(
             "give a folder and choose the format of the parts with format="
         )
     urls = expand_shards(shards)
+    names = part_names(urls)
     by_name: dict[str, str] = {}
     for url in urls:
-        name = shard_part_name(url)
+        name = names[url]
         if name in by_name and by_name[name] != url:
             raise ValueError(
                 f"shards {by_name[name]} and {url} would both write part {PART_PREFIX}{name}; "
@@ -583,7 +629,7 @@ def embed_shards(
     result = EmbedResult()
     counter = _Counter(progress, total, len(mine))
     for url in mine:
-        path = part_path(output_dir, url, format)
+        path = Path(output_dir) / f"{PART_PREFIX}{names[url]}.{format}"
         if not overwrite and _is_complete(path):
             result.resumed.append(path)
             counter.parts_done += 1
@@ -632,6 +678,7 @@ __all__ = [
     "list_inputs",
     "metadata_path",
     "output_format",
+    "part_names",
     "part_path",
     "process_place",
     "read_embeddings",

@@ -259,3 +259,61 @@ def test_shard_samples_without_the_modality_are_passed_over_not_skipped(model, t
     status = cli_main(["embed", "--checkpoint", str(tiny_checkpoint()), "--modality", "image",
                        "--input", str(tmp_path / "broken-000000.tar"), "--output", str(tmp_path / "cli2")])
     assert status == 1
+
+
+def test_shards_of_several_folders_get_parts_named_by_their_folder(model, tmp_path, capsys):
+    """`train/shard-000000.tar` and `val/shard-000000.tar` into one folder: two parts, named by the
+    folder below the one they share; shards of one folder keep their names (``part-shard-000000``)."""
+    import webdataset
+
+    from multimodal.cli import main as cli_main
+
+    png = write_png(tmp_path / "a.png", seed=1).read_bytes()
+    urls = []
+    for split in ("train", "val"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        urls.append(str(tmp_path / "data" / split / "shard-000000.tar"))
+        with webdataset.TarWriter(urls[-1]) as writer:
+            writer.write({"__key__": f"{split}-cat", "png": png, "txt": b"a cat"})
+    assert embed.part_names(urls) == {urls[0]: "train__shard-000000", urls[1]: "val__shard-000000"}
+    assert embed.part_names(urls[:1]) == {urls[0]: "shard-000000"}
+    assert embed.part_names(["a/x-0.tar", "a/b/c/x-0.tar"]) == {"a/x-0.tar": "x-0", "a/b/c/x-0.tar": "b__c__x-0"}
+    remote = ["https://h/d/train/x-1.tar", "pipe:curl -s https://h/d/val/x-1.tar -"]
+    assert embed.part_names(remote) == {remote[0]: "train__x-1", remote[1]: "val__x-1"}
+    assert embed.part_path(tmp_path, urls[1], urls=urls) == tmp_path / "part-val__shard-000000.npy"
+
+    argv = ["embed", "--checkpoint", str(tiny_checkpoint()), "--modality", "image", "--input", *urls,
+            "--output", str(tmp_path / "emb")]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"into {tmp_path / 'emb' / 'part-train__shard-000000.npy'}, {tmp_path / 'emb' / 'part-val__shard-000000.npy'}" in out
+    for split, url in zip(("train", "val"), urls):
+        part = tmp_path / "emb" / f"part-{split}__shard-000000.npy"
+        assert embed.read_embeddings(part)[1] == [f"{split}-cat"] and embed.read_metadata(part)["shard"] == url
+    # The same command again finds both parts complete.
+    assert cli_main(argv) == 0
+    assert "2 part(s) already complete" in capsys.readouterr().out
+
+
+def test_empty_captions_are_skipped_by_name(model, tmp_path, capsys):
+    from multimodal.cli import main as cli_main
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a photo of a cat\n\nsomeone saying seven\n   \n")
+    result = embed.embed_files(model, "text", [captions], tmp_path / "lines.npy")
+    empty = "ValueError: the caption is empty (nothing but white space): nothing to embed"
+    assert result.skipped == [(f"{captions}:2", empty), (f"{captions}:4", empty)]
+    assert embed.read_embeddings(tmp_path / "lines.npy")[1] == [f"{captions}:1", f"{captions}:3"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "cat.txt").write_text("a photo of a cat\n")
+    (folder / "empty.txt").write_text("")
+    (folder / "blank.txt").write_text(" \n\t\n")
+    status = cli_main(["embed", "--checkpoint", str(tiny_checkpoint()), "--modality", "text", "--input", str(folder),
+                       "--output", str(tmp_path / "folder.npy")])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert f"skipped {folder / 'blank.txt'}: {empty}\nskipped {folder / 'empty.txt'}: {empty}\n" in captured.err
+    assert "embedded 1 text input(s)" in captured.out and "skipped 2" in captured.out
+    assert "multimodal: skipped 2 input(s)" in captured.err
+    assert embed.read_embeddings(tmp_path / "folder.npy")[1] == [str(folder / "cat.txt")]
