@@ -1,21 +1,20 @@
 """What to write into shards: the samples of a folder or a manifest, listed, not yet read.
 
-Two folder layouts (see :func:`samples_from_folder`) and CSV / JSONL manifests (see
-:func:`samples_from_manifest`) give :class:`SampleSource` lists for
-:func:`multimodal.data.writer.write_shards`. Listing reads no media: it groups files
-by name and decides what each one is for.
+Two folder layouts (see :func:`list_folder`), captions from file names, and CSV / JSONL
+manifests (see :func:`samples_from_manifest`) give :class:`SampleSource` lists for
+:func:`multimodal.data.writer.write_shards`. Listing reads no media: it groups files by
+name, pairs them by the one rule of :mod:`multimodal.data.pairing`, keys them by the rule
+of :mod:`multimodal.data.keys`, and decides what each file is for.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from multimodal.data.keys import make_key
+from multimodal.data.manifests import samples_from_manifest
 from multimodal.data.modalities import (
     IMAGE_EXTENSIONS,
     MEDIA_EXTENSIONS,
@@ -24,141 +23,35 @@ from multimodal.data.modalities import (
     modality_of_extension,
     normalize_extension,
 )
-
-# Drawings, rasterised to PNG when written if the svg extra is installed.
-VECTOR_EXTENSIONS = ("svg",)
-READ_EXTENSIONS = MEDIA_EXTENSIONS + VECTOR_EXTENSIONS  # anything else is ignored (and counted)
-CAPTION_EXTENSION = "txt"
-EXTRA_EXTENSION = "json"
+from multimodal.data.pairing import (
+    CAPTION_EXTENSION,
+    EXTRA_EXTENSION,
+    READ_EXTENSIONS,
+    UNUSED_REASONS,
+    VECTOR_EXTENSIONS,
+    Draft,
+    SampleSource,
+    keyed_samples,
+    media_modality,
+    pair_media,
+)
 
 DEFAULT_CAPTION_TEMPLATES = {name: get_modality(name).class_caption for name in MEDIA_MODALITIES}
-
-
-_UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-]+")
-
-
-def make_key(name: str) -> str:
-    """A shard key from a relative path without extension: ``"cats/tabby 01"`` -> ``"cats__tabby_01"``.
-
-    Keys hold no dot (webdataset splits key and extension at the first dot of the
-    member name) and no slash (one flat level of members).
-    """
-    parts = [_UNSAFE_KEY_CHARACTERS.sub("_", part).strip("_") or "_" for part in re.split(r"[/\\]", name) if part]
-    return "__".join(parts)
+LAYOUTS = ("auto", "captions", "classes")
+# Where captions come from: "auto" by the layout (caption files, or the class folder's name);
+# "names": each file's name; "names+folders": its folders, then its name.
+CAPTION_SOURCES = ("auto", "names", "names+folders")
+# The automatic layout reads caption files when at least this share of the media files has one.
+CAPTIONED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
-class SampleSource:
-    """One sample to write: its media (in memory or on disk), caption and extra fields.
+class FolderListing:
+    """The samples of a folder, the layout they were listed by, and why (one line, for the report)."""
 
-    Args:
-        key: unique name of the sample inside the shards (see :func:`make_key`).
-        media: extension (``"png"``, ``"flac"`` ...) -> file contents or a path to read them from.
-            Several entries make one multimodal sample (an image and its sound).
-        caption: the caption, or a path to a UTF-8 text file holding it.
-        extra: fields written as ``{key}.json``, or a path to a JSON file holding them.
-        origin: where the sample came from, for skip reports (default: the first media path or the key).
-        ignored: files of the same name whose type is not read; counted per extension.
-            A source with nothing but ignored files is no sample: it is only counted.
-    """
-
-    key: str
-    media: Mapping[str, bytes | Path]
-    caption: str | Path | None = None
-    extra: Mapping[str, Any] | Path | None = None
-    origin: str = ""
-    ignored: tuple[Path, ...] = ()
-
-    def describe(self) -> str:
-        if self.origin:
-            return self.origin
-        for value in self.media.values():
-            if isinstance(value, Path):
-                return str(value)
-        return self.key
-
-    @property
-    def only_ignored(self) -> bool:
-        """True for files of unread types that belong to no sample."""
-        return not self.media and self.caption is None and self.extra is None and bool(self.ignored)
-
-
-
-def samples_from_folder(
-    root: str | os.PathLike,
-    *,
-    layout: str = "auto",
-    caption_template: str | Mapping[str, str] | None = None,
-) -> list[SampleSource]:
-    """List the samples of a folder, in sorted order.
-
-    Two layouts:
-
-    - ``"captions"``: every media file has a caption in a same-stem ``.txt``
-      (``dogs/01.jpg`` + ``dogs/01.txt``) and optionally extra fields in a
-      same-stem ``.json``. Files sharing a stem make one sample, so
-      ``x.png`` + ``x.flac`` + ``x.txt`` is an image-audio-text sample.
-    - ``"classes"``: one sub-folder per class (``root/golden_retriever/*.jpg``);
-      the caption is the template filled with the class name (underscores as
-      spaces) and ``{"label": i, "class_name": name}`` goes to ``.json``, with
-      ``i`` the index of the class in sorted order.
-
-    ``"auto"`` picks ``"captions"`` when any ``.txt`` file exists, else ``"classes"``.
-
-    Args:
-        caption_template: for ``"classes"``: one template for all (``"a photo of a {}"``)
-            or one per modality (``{"image": ..., "audio": ...}``); default
-            ``"a photo of {}."`` / ``"the sound of {}."``.
-
-    Hidden files and folders are left out. Files of types not read (neither media,
-    ``.svg``, ``.txt`` nor ``.json``) are attached to the sample of the same name as
-    ``ignored``, or listed alone, so that they are counted rather than vanish unnoticed;
-    an ``.svg`` beside a raster image of the same name is ignored too (the raster is the
-    original more often than not).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a directory; pass the folder that holds the images/audio and captions")
-    if layout not in ("auto", "captions", "classes"):
-        raise ValueError(f"layout must be 'auto', 'captions' or 'classes', got {layout!r}")
-    files = visible_files(root)
-    if layout == "auto":
-        layout = "captions" if any(path.suffix.lower() == ".txt" for path in files) else "classes"
-    if layout == "captions":
-        return _samples_with_caption_files(root, files)
-    return _samples_from_class_folders(root, files, caption_template)
-
-
-def _split_group(group: dict[str, Path]) -> tuple[dict[str, Path], tuple[Path, ...]]:
-    """Same-name files ``{extension: path}`` -> (media to write, files ignored)."""
-    media = {extension: path for extension, path in group.items() if extension in READ_EXTENSIONS}
-    ignored = [path for extension, path in group.items() if extension not in READ_EXTENSIONS]
-    if "svg" in media and any(extension in IMAGE_EXTENSIONS for extension in media):
-        ignored.append(media.pop("svg"))
-    return media, tuple(sorted(ignored))
-
-
-def _samples_with_caption_files(root: Path, files: list[Path]) -> list[SampleSource]:
-    groups: dict[Path, dict[str, Path]] = {}
-    for path in files:
-        stem = path.relative_to(root).with_suffix("")
-        groups.setdefault(stem, {})[normalize_extension(path.suffix)] = path
-    samples = []
-    for stem, group in sorted(groups.items()):
-        caption = group.pop(CAPTION_EXTENSION, None)
-        extra = group.pop(EXTRA_EXTENSION, None)
-        media, ignored = _split_group(group)
-        samples.append(
-            SampleSource(
-                key=make_key(stem.as_posix()),
-                media=media,
-                caption=caption,
-                extra=extra,
-                origin=str(root / stem) + ".*",
-                ignored=ignored,
-            )
-        )
-    return samples
+    samples: list[SampleSource]
+    layout: str
+    decision: str
 
 
 def visible_files(root: Path) -> list[Path]:
@@ -180,19 +73,34 @@ def visible_files(root: Path) -> list[Path]:
     return sorted(path for path in files if path.is_file())
 
 
+def class_root(root: Path, files: list[Path]) -> Path:
+    """Where the class folders are: ``root``, or the one folder inside it that holds everything.
+
+    A folder holding no file of its own and one sub-folder only wraps the classes (a download
+    unpacked into ``data/birds/``): every file under it would have one class, so the classes
+    are looked for inside, and so on down while that holds.
+    """
+    parts = [path.relative_to(root).parts for path in files]
+    depth = 0
+    while parts and all(len(each) > depth + 2 for each in parts) and len({each[depth] for each in parts}) == 1:
+        depth += 1
+    return root.joinpath(*parts[0][:depth]) if depth else root
+
+
 def class_folder_files(root: Path, files: list[Path] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
     """The one rule by which class sub-folders are labelled, in ``shards`` and ``eval`` alike.
 
-    The classes are the sub-folders of ``root`` holding at least one visible file (at any
-    depth), sorted by name; a class's label is its place in that order. Returns (the class
+    The classes are the sub-folders of :func:`class_root` holding at least one visible file (at
+    any depth), sorted by name; a class's label is its place in that order. Returns (the class
     folders' names, every visible file inside them with its label), ``files`` being
     :func:`visible_files` of ``root`` when not given. Files beside the folders belong to none.
     """
     files = visible_files(root) if files is None else files
-    in_classes = [path for path in files if len(path.relative_to(root).parts) > 1]
-    names = sorted({path.relative_to(root).parts[0] for path in in_classes})
+    top = class_root(root, files)
+    in_classes = [path for path in files if len(path.relative_to(top).parts) > 1]
+    names = sorted({path.relative_to(top).parts[0] for path in in_classes})
     labels = {name: index for index, name in enumerate(names)}
-    return names, [(path, labels[path.relative_to(root).parts[0]]) for path in in_classes]
+    return names, [(path, labels[path.relative_to(top).parts[0]]) for path in in_classes]
 
 
 def class_name_in_words(folder: str) -> str:
@@ -200,121 +108,269 @@ def class_name_in_words(folder: str) -> str:
     return folder.replace("_", " ")
 
 
-def _samples_from_class_folders(
-    root: Path, files: list[Path], caption_template: str | Mapping[str, str] | None
-) -> list[SampleSource]:
-    templates = _caption_templates(caption_template)
-    class_names, labelled = class_folder_files(root, files)
-    if not class_names:
-        raise ValueError(
-            f"{root} has neither caption files (.txt beside each media file) nor class sub-folders; "
-            "see samples_from_folder's docstring for the two layouts"
-        )
-    labels = dict(labelled)
-    samples = []
+def name_in_words(name: str) -> str:
+    """A file or folder name as a caption says it: ``polar_bear`` -> ``polar bear``, ``snare-drum`` -> ``snare drum``."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split())
+
+
+def caption_from_name(relative_stem: str, with_folders: bool = False) -> str:
+    """The caption ``--captions names`` gives a file: its name in words (:func:`name_in_words`).
+
+    With ``with_folders``, the folders come first as context, separated by ``, `` and
+    followed by ``: ``: ``animals/arctic/polar_bear`` -> ``animals, arctic: polar bear``.
+    """
+    *folders, name = Path(relative_stem).parts
+    words = name_in_words(name)
+    context = [name_in_words(folder) for folder in folders if name_in_words(folder)]
+    return f"{', '.join(context)}: {words}" if with_folders and context and words else words
+
+
+def _stem_groups(root: Path, files: list[Path]) -> dict[str, list[Path]]:
+    """Files by relative path without extension (``animals/cat``), in sorted order."""
+    groups: dict[str, list[Path]] = {}
     for path in files:
-        relative = path.relative_to(root)
+        groups.setdefault(path.relative_to(root).with_suffix("").as_posix(), []).append(path)
+    return dict(sorted(groups.items()))
+
+
+def _sorted_by_kind(paths: list[Path]) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
+    """(media, caption files, fields files, files of types not read), each sorted."""
+    kinds = {"media": [], CAPTION_EXTENSION: [], EXTRA_EXTENSION: [], "other": []}
+    for path in sorted(paths):
         extension = normalize_extension(path.suffix)
-        key = make_key(relative.with_suffix("").as_posix())
-        if extension not in READ_EXTENSIONS:
-            samples.append(SampleSource(key, {}, origin=str(path), ignored=(path,)))
-            continue
-        if len(relative.parts) == 1:
-            # A file beside the class folders belongs to no class.
-            samples.append(SampleSource(key, {extension: path}, origin=str(path)))
-            continue
-        readable_name = class_name_in_words(relative.parts[0])
-        template = templates.get(modality_of_extension(extension) or "image")
-        samples.append(
-            SampleSource(
-                key=key,
-                media={extension: path},
-                caption=template.format(readable_name),
-                extra={"label": labels[path], "class_name": readable_name},
-                origin=str(path),
-            )
-        )
-    return samples
+        if extension in READ_EXTENSIONS:
+            kinds["media"].append(path)
+        else:
+            kinds.get(extension, kinds["other"]).append(path)
+    return kinds["media"], kinds[CAPTION_EXTENSION], kinds[EXTRA_EXTENSION], kinds["other"]
 
 
-def _caption_templates(caption_template: str | Mapping[str, str] | None) -> dict[str, str]:
+def _caption_templates(caption_template: str | Mapping[str, str] | None, default: Mapping[str, str]) -> dict[str, str]:
     if caption_template is None:
-        templates = dict(DEFAULT_CAPTION_TEMPLATES)
+        templates = dict(default)
     elif isinstance(caption_template, str):
         templates = dict.fromkeys(MEDIA_MODALITIES, caption_template)
     else:
-        templates = {**DEFAULT_CAPTION_TEMPLATES, **caption_template}
+        templates = {**default, **caption_template}
     for modality, template in templates.items():
         if "{}" not in template:
-            raise ValueError(f"caption template for {modality} {template!r} needs a '{{}}' where the class name goes")
+            raise ValueError(f"caption template for {modality} {template!r} needs a '{{}}' where the name goes")
     return templates
 
 
-def samples_from_manifest(path: str | os.PathLike) -> list[SampleSource]:
-    """List the samples of a CSV (with a header row) or JSONL manifest.
+def _template_for(templates: Mapping[str, str], media: Mapping[str, Path]) -> str:
+    """The template of the sample's first modality in registry order (an image and its sound: the image's)."""
+    present = {media_modality(path) for path in media.values()}
+    return next(templates[modality] for modality in MEDIA_MODALITIES if modality in present)
 
-    Required columns / fields: ``path`` (relative to the manifest's folder, or
-    absolute) and ``caption``; optional ``key`` (default: from the path); every
-    other column / field is kept in the sample's ``.json``. Empty CSV cells are
-    left out.
+
+def _first_of_each(captions: list[Path], extras: list[Path]) -> tuple[Path | None, Path | None, list[tuple[Path, str]]]:
+    """The caption file and fields file of a name, and the further ones (x.txt beside x.TXT) as unused."""
+    unused = [(path, "same_name_twice") for path in captions[1:] + extras[1:]]
+    return (captions[0] if captions else None), (extras[0] if extras else None), unused
+
+
+def _group_drafts(
+    root: Path, stem: str, paths: list[Path], captions: str, class_captions: Mapping[Path, tuple[str, int]] | None,
+    templates: Mapping[str, str],
+) -> list[Draft]:
+    """The samples of the files sharing one relative stem, captioned from ``captions``.
+
+    ``class_captions``: for the class-folder layout, each file in a class folder -> (class
+    name in words, label); None for the other layouts.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = _read_csv_manifest(path)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _read_jsonl_manifest(path)
+    media, caption_files, extra_files, others = _sorted_by_kind(paths)
+    ignored = tuple(others)
+    if class_captions is not None and captions == "auto":
+        caption_file, extra_file = None, None
+        unused = [(path, "captions_from_classes") for path in caption_files + extra_files]
     else:
-        raise ValueError(f"manifest {path} must be a .csv or .jsonl file")
-    samples = []
-    for line_number, row in rows:
-        relative = Path(str(row.pop("path")))
-        media_path = relative if relative.is_absolute() else path.parent / relative
-        key = row.pop("key", None) or relative.with_suffix("").as_posix()
-        caption = row.pop("caption")
-        samples.append(
-            SampleSource(
-                key=make_key(str(key)),
-                media={normalize_extension(relative.suffix): media_path},
-                caption=None if caption is None else str(caption),
-                extra=row or None,
-                origin=f"{path}:{line_number} ({media_path})",
+        caption_file, extra_file, unused = _first_of_each(caption_files, extra_files)
+        if captions != "auto":
+            unused += [(path, "captions_from_names") for path in caption_files]
+            caption_file = None
+    pairs = pair_media(stem, media)
+    if not pairs:
+        # A caption or fields file without media (the writer says no_media), or unread files only.
+        return [Draft(stem, {}, caption_file, extra_file, f"{root / stem}.*", ignored, tuple(unused))]
+    drafts = []
+    for index, (name, sample_media) in enumerate(pairs):
+        caption, extra = caption_file, extra_file
+        if captions != "auto":
+            caption = _template_for(templates, sample_media).format(caption_from_name(stem, captions == "names+folders"))
+        if class_captions is not None:
+            classes = [class_captions[path] for path in sample_media.values() if path in class_captions]
+            if classes:
+                class_name, label = classes[0]
+                extra = {"label": label, "class_name": class_name}
+                if captions == "auto":
+                    caption = _template_for(templates, sample_media).format(class_name)
+        single = len(sample_media) == 1 and (class_captions is not None or index > 0)
+        origin = str(next(iter(sample_media.values()))) if single else f"{root / stem}.*"
+        # The files of the name that are not media go with its first sample, to be counted once.
+        first = index == 0
+        drafts.append(Draft(name, sample_media, caption, extra, origin, ignored if first else (),
+                            tuple(unused) if first else ()))
+    return drafts
+
+
+def _class_captions(root: Path, files: list[Path]) -> dict[Path, tuple[str, int]]:
+    names, labelled = class_folder_files(root, files)
+    return {path: (class_name_in_words(names[label]), label) for path, label in labelled}
+
+
+def _count_captioned(groups: Mapping[str, list[Path]]) -> tuple[int, int]:
+    """(media files with a same-name caption file, media files)."""
+    captioned = media = 0
+    for paths in groups.values():
+        found, caption_files, _, _ = _sorted_by_kind(paths)
+        media += len(found)
+        captioned += len(found) if caption_files else 0
+    return captioned, media
+
+
+def choose_layout(root: Path, files: list[Path], layout: str, captions: str) -> tuple[str, str]:
+    """The layout to list ``root`` by and why, in words: ``("classes", "classes: ...")``.
+
+    ``"auto"`` reads caption files when at least :data:`CAPTIONED_SHARE` of the media files
+    have one (a stray ``README.txt`` or ``Licence.txt`` does not make a folder of captions),
+    else class folders when there are any, else the caption files there are. With captions
+    from names, ``"auto"`` groups files by name and labels nothing.
+    """
+    groups = _stem_groups(root, files)
+    captioned, media = _count_captioned(groups)
+    share = f"{captioned:,} of {media:,} media files have a same-name .txt caption"
+    if captions != "auto":
+        chosen = "classes" if layout == "classes" else "captions"
+        source = "folders, then name" if captions == "names+folders" else "name"
+        labels = "; labels from the class folders" if chosen == "classes" else ""
+        return chosen, f"captions from each file's {source} (--captions {captions}){labels}"
+    if layout != "auto":
+        return layout, f"{layout} (--layout {layout}); {share}"
+    if captioned and captioned >= CAPTIONED_SHARE * media:
+        return "captions", f"captions: {share}"
+    class_names = class_folder_files(root, files)[0]
+    if class_names:
+        return "classes", f"classes: only {share}, fewer than half; {len(class_names):,} class folders name the rest"
+    if captioned or any(path.suffix.lower() == ".txt" for path in files):
+        return "captions", f"captions: {share}, and there are no class folders"
+    raise ValueError(
+        f"{root} has neither caption files (.txt beside each media file) nor class sub-folders; "
+        "pass --captions names to caption each file by its name (polar_bear.png -> 'polar bear'), "
+        "or see docs/your-data.md for the layouts"
+    )
+
+
+def _describe_classes(root: Path, files: list[Path]) -> str:
+    names = class_folder_files(root, files)[0]
+    top = class_root(root, files)
+    inside = f" inside {top.relative_to(root).as_posix()}/ (the one folder at the top)" if top != root else ""
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    one = "; one class: every caption is the same" if len(names) == 1 else ""
+    return f" ({len(names):,} classes{inside}: {shown}{one})" if names else " (no class folders)"
+
+
+def list_folder(
+    root: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    captions: str = "auto",
+    caption_template: str | Mapping[str, str] | None = None,
+) -> FolderListing:
+    """List the samples of a folder, in sorted order, with the layout chosen and why.
+
+    Layouts (``"auto"``: see :func:`choose_layout`):
+
+    - ``"captions"``: every media file has a caption in a same-stem ``.txt``
+      (``dogs/01.jpg`` + ``dogs/01.txt``) and optionally extra fields in a same-stem ``.json``.
+    - ``"classes"``: one sub-folder per class (``root/golden_retriever/*.jpg``, see
+      :func:`class_folder_files`); the caption is the template filled with the class name
+      (underscores as spaces) and ``{"label": i, "class_name": name}`` goes to ``.json``,
+      with ``i`` the index of the class in sorted order.
+
+    In both, files sharing a stem are paired by :func:`multimodal.data.pairing.pair_media`:
+    ``x.png`` + ``x.flac`` + ``x.txt`` is an image-audio-text sample; ``x.png`` and ``x.svg``
+    are two samples.
+
+    Args:
+        captions: ``"auto"``: by the layout; ``"names"``: each file's name in words
+            (:func:`caption_from_name`; ``.txt`` files are then not read);
+            ``"names+folders"``: its folders, then its name.
+        caption_template: one template for all (``"a photo of a {}"``) or one per modality
+            (``{"image": ..., "audio": ...}``), ``{}`` standing for the class name or, with
+            captions from names, the name. Defaults: ``"a photo of {}."`` / ``"the sound of {}."``
+            for classes, ``"{}"`` (the name alone) for names. A sample of an image and a sound
+            takes the image's.
+
+    Hidden files and folders are left out. Files of types not read (neither media, ``.svg``,
+    ``.txt`` nor ``.json``) are attached to the sample of the same name as ``ignored``, or
+    listed alone, and other files no sample uses as ``unused``, so that the writer names them
+    rather than let them vanish unnoticed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory; pass the folder that holds the images/audio and captions")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if captions not in CAPTION_SOURCES:
+        raise ValueError(f"captions must be one of {CAPTION_SOURCES}, got {captions!r}")
+    files = visible_files(root)
+    chosen, decision = choose_layout(root, files, layout, captions)
+    class_captions = None
+    if chosen == "classes":
+        class_captions = _class_captions(root, files)
+        if not class_captions and captions == "auto":
+            raise ValueError(
+                f"{root} has no class sub-folders (--layout classes wants one sub-folder per class); "
+                "pass --captions names to caption each file by its name"
             )
-        )
-    return samples
+        decision += _describe_classes(root, files)
+    default = DEFAULT_CAPTION_TEMPLATES if captions == "auto" else dict.fromkeys(MEDIA_MODALITIES, "{}")
+    templates = _caption_templates(caption_template, default)
+    drafts = [
+        draft
+        for stem, paths in _stem_groups(root, files).items()
+        for draft in _group_drafts(root, stem, paths, captions, class_captions, templates)
+    ]
+    return FolderListing(keyed_samples(drafts), chosen, decision)
 
 
-def _require_columns(path: Path, found: Iterable[str], where: str) -> None:
-    missing = [name for name in ("path", "caption") if name not in found]
-    if missing:
-        raise ValueError(f"manifest {path}{where} lacks {missing}; found {sorted(found)}. Needed: path, caption")
+def samples_from_folder(
+    root: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    captions: str = "auto",
+    caption_template: str | Mapping[str, str] | None = None,
+) -> list[SampleSource]:
+    """The samples of :func:`list_folder`, without the layout's report."""
+    return list_folder(root, layout=layout, captions=captions, caption_template=caption_template).samples
 
 
-def _read_csv_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        _require_columns(path, reader.fieldnames or [], " header")
-        rows = []
-        for row in reader:
-            rows.append((reader.line_num, {name: value for name, value in row.items() if value not in ("", None)}))
-    for line_number, row in rows:
-        row.setdefault("caption", None)
-        if "path" not in row:
-            raise ValueError(f"manifest {path} line {line_number} has an empty path")
-        yield line_number, row
-
-
-def _read_jsonl_manifest(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as file:
-        lines = file.readlines()
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"manifest {path} line {line_number} is not valid JSON: {error}") from error
-        if not isinstance(row, dict):
-            raise ValueError(f"manifest {path} line {line_number} is not a JSON object")
-        _require_columns(path, row.keys(), f" line {line_number}")
-        yield line_number, row
+__all__ = [
+    "CAPTIONED_SHARE",
+    "CAPTION_EXTENSION",
+    "CAPTION_SOURCES",
+    "DEFAULT_CAPTION_TEMPLATES",
+    "EXTRA_EXTENSION",
+    "FolderListing",
+    "IMAGE_EXTENSIONS",
+    "LAYOUTS",
+    "MEDIA_EXTENSIONS",
+    "READ_EXTENSIONS",
+    "SampleSource",
+    "UNUSED_REASONS",
+    "VECTOR_EXTENSIONS",
+    "caption_from_name",
+    "choose_layout",
+    "class_folder_files",
+    "class_name_in_words",
+    "class_root",
+    "list_folder",
+    "make_key",
+    "modality_of_extension",
+    "name_in_words",
+    "normalize_extension",
+    "samples_from_folder",
+    "samples_from_manifest",
+    "visible_files",
+]

@@ -16,17 +16,17 @@ Shards are named ``{prefix}-000000.tar``, ``{prefix}-000001.tar`` ... and a
   (see :mod:`multimodal.data.image_stats`), for training's normalisation;
 - ``skipped.jsonl`` (in the output folder): one JSON object per sample not
   written, ``{"origin": ..., "reason": ..., "detail": ...}``, ``reason`` one of
-  :data:`SKIP_REASONS`; empty when nothing was skipped.
+  :data:`SKIP_REASONS`, then one per other file no sample uses, ``reason`` one of
+  :data:`UNUSED_FILE_REASONS`; empty when every file was used.
 
 What a messy folder holds, and what becomes of it:
 
-- files of types not read (``.dat``, ``.xcf`` ...) beside a sample are ignored and
-  counted per extension (:attr:`WriteResult.ignored_files`); they never cost the
-  sample its media;
+- files of types not read (``.dat``, ``.xcf`` ...) are ignored, counted per extension
+  (:attr:`WriteResult.ignored_files`) and named in ``skipped.jsonl``; they never cost
+  the sample of their name its media;
 - an SVG is rasterised to PNG when ``resvg-py`` is installed (the ``svg`` extra,
-  see :mod:`multimodal.data.svg`) and the sample has no other image; else it is
-  ignored and counted, and a sample whose only image it was is skipped as
-  ``svg_unsupported``;
+  see :mod:`multimodal.data.svg`); else a sample whose only media it was is skipped as
+  ``svg_unsupported``, and one with a sound is written without it, the SVG named;
 - a caption file of several non-empty lines (a caption and its translations, or
   several descriptions): by default (``caption_lines="lines"``) every non-empty line
   is one caption, written as the list ``{"caption": [...]}`` in the sample's
@@ -73,7 +73,10 @@ from multimodal.data.listing import (
     EXTRA_EXTENSION,
     MEDIA_EXTENSIONS,
     READ_EXTENSIONS,
+    UNUSED_REASONS,
+    FolderListing,
     SampleSource,
+    list_folder,
     make_key,
     normalize_extension,
     samples_from_folder,
@@ -120,6 +123,11 @@ SKIP_REASONS = {
     "bad_key": "its key holds a '.' or '/' or is empty (see make_key)",
     "duplicate_key": "another sample has the same key",
 }
+# Why a file was used by no sample, though the sample of its name may have been written.
+UNUSED_FILE_REASONS = {
+    **UNUSED_REASONS,
+    "svg_unsupported": f"an SVG beside a sound, left out (the sound is written): {svg.INSTALL_HINT}",
+}
 
 class SkippedSample(NamedTuple):
     """A sample not written: where it came from, why (a key of :data:`SKIP_REASONS`), the details."""
@@ -160,7 +168,9 @@ class WriteResult:
 
     ``splits`` is keyed ``"train"`` / ``"val"`` when a validation fraction was
     given, else ``"all"``. ``skipped`` lists every sample not written;
-    ``skipped_file`` is where they were written, one JSON object a line.
+    ``unused_files`` every other file no sample written uses (its ``reason`` a key of
+    :data:`UNUSED_FILE_REASONS`), files of unread types among them;
+    ``skipped_file`` is where both were written, one JSON object a line.
     ``ignored_files`` counts files of unread types per extension (``{"dat": 528}``;
     ``""`` for files without one). ``num_listed`` counts the samples offered.
     ``lengths``: the clips and captions written, measured against the ``lengths`` limits
@@ -176,6 +186,12 @@ class WriteResult:
     caption_lines: str = "lines"
     svgs_rasterised: int = 0
     lengths: LengthCounts | None = None  # the samples written against the limits given, if any
+    unused_files: list[SkippedSample] = field(default_factory=list)
+
+    @property
+    def unused_counts(self) -> dict[str, int]:
+        """Files not used per reason, the most frequent first (ties by name)."""
+        return _by_count(Counter(entry.reason for entry in self.unused_files))
 
     @property
     def num_written(self) -> int:
@@ -223,7 +239,7 @@ class _PreparedSample:
     """A sample's tar members ``{extension: bytes}`` and what the report counts of it."""
 
     members: dict[str, bytes]
-    ignored: list[str]  # extensions of files left out
+    unused: list[SkippedSample] = field(default_factory=list)  # media files of the sample left out
     multi_line_caption: bool = False
     rasterised_svg: bool = False
     image: object = None  # the decoded image, when validation decoded one
@@ -302,8 +318,9 @@ def _media_members(source: SampleSource, preparation: _Preparation, prepared: _P
     """Reads, converts and checks the media into ``prepared``; raises _SampleError for a bad sample."""
     media = {normalize_extension(extension): value for extension, value in source.media.items()}
     if "svg" in media and not preparation.rasterise_svg:
-        media.pop("svg")
-        prepared.ignored.append("svg")
+        drawing = media.pop("svg")
+        where = str(drawing) if isinstance(drawing, Path) else f"{source.describe()} (.svg)"
+        prepared.unused.append(SkippedSample(where, "svg_unsupported", UNUSED_FILE_REASONS["svg_unsupported"]))
         if not media:
             raise _SampleError("svg_unsupported", f"the only image is an SVG, and SVGs are not rasterised here: {svg.INSTALL_HINT}")
     for extension, value in sorted(media.items()):
@@ -346,7 +363,7 @@ def _prepare(source: SampleSource, preparation: _Preparation) -> _PreparedSample
     # Cheap checks first: a sample without a caption is rejected before its media is decoded.
     extra = _extra_fields(source)
     caption_members, multi_line = _caption_members(source, preparation.caption_lines, extra)
-    prepared = _PreparedSample(members={}, ignored=ignored, multi_line_caption=multi_line)
+    prepared = _PreparedSample(members={}, multi_line_caption=multi_line)
     _media_members(source, preparation, prepared)
     prepared.members.update(caption_members)
     if extra:
@@ -469,6 +486,7 @@ class _Tally:
 
     length_counts: LengthCounts | None
     skipped: list[SkippedSample] = field(default_factory=list)
+    unused: list[SkippedSample] = field(default_factory=list)
     ignored: Counter[str] = field(default_factory=Counter)
     seen_keys: set[str] = field(default_factory=set)
     multi_line: int = 0
@@ -487,7 +505,16 @@ class _Tally:
             caption_lines=caption_lines,
             svgs_rasterised=self.rasterised,
             lengths=self.length_counts,
+            unused_files=self.unused,
         )
+
+    def name_unused(self, source: SampleSource) -> None:
+        """Counts and names the files of ``source`` that no sample uses."""
+        self.ignored.update(normalize_extension(path.suffix) for path in source.ignored)
+        for path in source.ignored:
+            detail = f"not read: '{path.suffix or '(no extension)'}' is not a type shards reads"
+            self.unused.append(SkippedSample(str(path), "type_not_read", detail))
+        self.unused.extend(SkippedSample(str(path), reason, UNUSED_REASONS[reason]) for path, reason in source.unused)
 
 
 @dataclass(frozen=True)
@@ -518,18 +545,17 @@ def _write_source(
     choose_split: _SplitChooser,
 ) -> None:
     """Writes one source into its split's shards, or records why not; counts it in ``tally``."""
+    tally.name_unused(source)
     if source.only_ignored:
-        tally.ignored.update(normalize_extension(path.suffix) for path in source.ignored)
         return
     tally.listed += 1
     try:
         prepared = _prepare_new_key(source, preparation, tally.seen_keys)
     except _SampleError as error:
         tally.skipped.append(SkippedSample(source.describe(), error.reason, str(error)))
-        tally.ignored.update(normalize_extension(path.suffix) for path in source.ignored)
         return
     tally.seen_keys.add(source.key)
-    tally.ignored.update(prepared.ignored)
+    tally.unused.extend(prepared.unused)
     tally.multi_line += prepared.multi_line_caption
     tally.rasterised += prepared.rasterised_svg
     writers[choose_split(source.key)].add(source.key, prepared)
@@ -638,7 +664,7 @@ def write_shards(
 
     splits = {name: writer.finish(prefix) for name, writer in writers.items()}
     skipped_file = output_dir / SKIPPED_FILE
-    _write_skipped_file(skipped_file, tally.skipped)
+    _write_skipped_file(skipped_file, tally.skipped + tally.unused)
     return tally.result(splits, skipped_file, caption_lines)
 
 __all__ = [
@@ -649,10 +675,13 @@ __all__ = [
     "SampleSource",
     "SkippedSample",
     "SplitResult",
+    "FolderListing",
     "TRAIN_SPLIT",
+    "UNUSED_FILE_REASONS",
     "VALIDATION_SPLIT",
     "WriteProgress",
     "WriteResult",
+    "list_folder",
     "make_key",
     "samples_from_folder",
     "samples_from_manifest",

@@ -111,29 +111,35 @@ def test_messy_folder_end_to_end(stamps, tmp_path, capsys):
     output = tmp_path / "shards"
     status = main(["shards", "--input", str(stamps), "--output", str(output)])
     out, err = capsys.readouterr()
-    # 9 samples listed (cat, cat_desc_de, dog, tree, flower, star, sun, moon, broken); 3 skipped is past 10%.
+    # 10 samples listed (cat, cat_desc_de, dog, tree, flower, star, sun.png, sun.svg, moon, broken); 3 skipped is
+    # past 10%.
     assert status == 1
     error_line = err.strip().splitlines()[-1]
     assert error_line == (
-        f"multimodal shards: error: skipped 3 of 9 samples (33.3%), more than --max-skip-fraction 0.1; the 6 written "
+        f"multimodal shards: error: skipped 3 of 10 samples (30.0%), more than --max-skip-fraction 0.1; the 7 written "
         f"are in {output}. Reasons above, one line per sample in {output / 'skipped.jsonl'}; fix the input or pass "
         "--max-skip-fraction 1 to accept"
     )
     summary = [line.strip() for line in err.splitlines()]
-    assert f"skipped 3 of 9 samples (one line per sample in {output / 'skipped.jsonl'}):" in summary
+    assert summary[0] == "layout: captions: 10 of 11 media files have a same-name .txt caption"
+    assert f"skipped 3 of 10 samples (one line per sample in {output / 'skipped.jsonl'}):" in summary
     assert any(line.startswith("1 no_caption: no caption") and "cat_desc_de.*" in line for line in summary)
     assert any(line.startswith("1 bad_image: the image does not decode") for line in summary)
     assert any(line.startswith("1 no_media:") and "moon.*" in line for line in summary)
-    assert "ignored files of types not read: 3 .dat, 1 (no extension), 1 .md, 1 .svg" in summary
+    assert (f"ignored files of types not read: 3 .dat, 1 (no extension), 1 .md (each named in {output / 'skipped.jsonl'})"
+            in summary)
     assert any(line.startswith("2 caption files have several lines: each non-empty line is one caption") for line in summary)
-    assert "1 SVG drawings rasterised to PNG" in summary
-    assert "written 6 of 9 samples, skipped 3" in out.splitlines()
+    assert "2 SVG drawings rasterised to PNG" in summary
+    assert "written 7 of 10 samples, skipped 3" in out.splitlines()
     assert out.splitlines()[-1].strip().startswith("--model.image_preprocess.mean '[")
 
     skipped = [json.loads(line) for line in (output / "skipped.jsonl").read_text(encoding="utf-8").splitlines()]
     by_name = {Path(entry["origin"].removesuffix(".*")).name: entry for entry in skipped}
+    # Every file not used is named: the samples skipped, and the files of types not read.
     assert {name: entry["reason"] for name, entry in by_name.items()} == {
-        "cat_desc_de": "no_caption", "broken": "bad_image", "moon": "no_media",
+        "cat_desc_de": "no_caption", "broken": "bad_image", "moon": "no_media", "cat.dat": "type_not_read",
+        "flower.dat": "type_not_read", "moon.dat": "type_not_read", "notes.md": "type_not_read",
+        "README": "type_not_read",
     }
     assert by_name["moon"]["detail"].endswith("(beside it only .dat, not read)")
 
@@ -143,6 +149,7 @@ def test_messy_folder_end_to_end(stamps, tmp_path, capsys):
     members = shard_members(output)
     assert sorted(members) == [
         "animals__cat", "animals__dog", "plants__trees__flower", "plants__trees__tree", "symbols__star", "symbols__sun",
+        "symbols__sun_svg",
     ]
     # Captions: several lines become a caption list in the json, one line stays .txt.
     assert "txt" not in members["animals__cat"]
@@ -151,9 +158,12 @@ def test_messy_folder_end_to_end(stamps, tmp_path, capsys):
     }
     assert json.loads(members["plants__trees__tree"]["json"]) == {"caption": ["A grey tree.", "A tree in winter."]}
     assert members["animals__dog"]["txt"] == b"A brown dog."
-    # Stray files never cost a sample its media; the SVG twin of a PNG is left out, a lone SVG becomes a PNG.
+    # Stray files never cost a sample its media; the SVG twin of a PNG is a sample of its own with the same
+    # caption (two pictures of one name are two samples), a lone SVG becomes a PNG.
     assert set(members["animals__cat"]) == {"png", "ogg", "json"} and set(members["animals__dog"]) == {"png", "wav", "txt"}
     assert set(members["symbols__sun"]) == {"png", "txt"} and set(members["symbols__star"]) == {"png", "txt"}
+    assert members["symbols__sun"]["png"] == (stamps / "symbols" / "sun.png").read_bytes()
+    assert set(members["symbols__sun_svg"]) == {"png", "txt"} and members["symbols__sun_svg"]["txt"] == b"The sun."
     star = decode_image(members["symbols__star"]["png"])
     assert star.shape == (3, 192, 256) and star[:, 96, 128].tolist() == [255, 0, 0]
 
@@ -164,14 +174,14 @@ def test_messy_folder_end_to_end(stamps, tmp_path, capsys):
     squares = torch.stack([image.square().mean(dim=(1, 2)) for image in images]).mean(dim=0)
     assert stats["mean"] == pytest.approx(mean.tolist(), abs=1e-4)
     assert stats["std"] == pytest.approx((squares - mean.square()).sqrt().tolist(), abs=1e-4)
-    assert (stats["images_measured"], stats["images_written"], stats["background"]) == (6, 6, [255, 255, 255])
+    assert (stats["images_measured"], stats["images_written"], stats["background"]) == (7, 7, [255, 255, 255])
 
     # Image-text through the training pipeline: transparent pixels are white, the black cat stays black.
     image_config = ImagePreprocessConfig(image_size=16)
     loader = make_loader([SourceSpec(str(output), modalities=["image", "text"], name="stamps")], batch_size=8,
                          train=False, preprocess={"image": image_config}, normalize_images=False)
     batches = list(loader)
-    assert len(batches) == 1 and len(batches[0]["__key__"]) == 6
+    assert len(batches) == 1 and len(batches[0]["__key__"]) == 7
     row = batches[0]["__key__"].index("animals__cat")
     expected_cat = torch.from_numpy(np.where(cat_pixels()[..., 3] == 255, 0, 255).astype(np.uint8)).expand(3, 16, 16)
     assert torch.equal(batches[0]["image"][row], expected_cat)

@@ -14,6 +14,7 @@ import torchvision
 
 from multimodal.data.writer import (
     SampleSource,
+    SkippedSample,
     make_key,
     samples_from_folder,
     samples_from_manifest,
@@ -109,8 +110,12 @@ def test_folder_with_caption_files(caption_folder, tmp_path):
     assert skips["odd"].detail.endswith("(beside it only .bmp, not read)")
     assert result.ignored_files == {"bmp": 1} and result.num_listed == 8
     assert result.skip_counts == {"no_media": 2, "bad_image": 1, "bad_audio": 1, "no_caption": 1}
+    # skipped.jsonl names the samples skipped, then every other file not used: the .bmp too.
+    assert result.unused_files == [
+        SkippedSample(str(caption_folder / "odd.bmp"), "type_not_read", "not read: '.bmp' is not a type shards reads")
+    ]
     assert [json.loads(line) for line in result.skipped_file.read_text().splitlines()] == [
-        skip._asdict() for skip in result.skipped
+        skip._asdict() for skip in result.skipped + result.unused_files
     ]
     # The callback saw every sample; the final counts add up.
     assert [p.processed for p in progress] == list(range(1, 9))
@@ -343,8 +348,11 @@ def test_svg_without_the_rasteriser_is_counted_and_explained(tmp_path, monkeypat
     result = write_shards(samples_from_folder(root), tmp_path / "out")
     assert [skip.reason for skip in result.skipped] == ["svg_unsupported"]
     assert "pip install 'multimodal-contrastive[svg]'" in result.skipped[0].detail
-    # The drawing's SVG is reported by its skip; the song's is counted as ignored, and the song keeps its sound.
-    assert result.ignored_files == {"svg": 1} and result.num_written == 1
+    # The drawing's SVG is reported by its skip; the song's is named (SVG is a type read: not "ignored"),
+    # and the song keeps its sound.
+    assert result.ignored_files == {} and result.num_written == 1
+    assert [(entry.origin, entry.reason) for entry in result.unused_files] == [(str(root / "song.svg"), "svg_unsupported")]
+    assert "pip install 'multimodal-contrastive[svg]'" in result.unused_files[0].detail
     assert set(read_shards(result.shards)[0]["song"]) == {"flac", "txt"}
 
 
@@ -355,7 +363,10 @@ def test_unknown_types_in_class_folders_and_manifests(tmp_path):
     (root / "cat" / "Thumbs.db").write_bytes(b"\0")
     (root / "cat" / "notes.txt").write_text("not a caption in this layout")
     result = write_shards(samples_from_folder(root, layout="classes"), tmp_path / "a")
-    assert result.num_listed == 1 and result.skipped == [] and result.ignored_files == {"db": 1, "txt": 1}
+    # Ignored means a type not read; the .txt is read in other layouts: named with its own reason.
+    assert result.num_listed == 1 and result.skipped == [] and result.ignored_files == {"db": 1}
+    assert sorted((Path(entry.origin).name, entry.reason) for entry in result.unused_files) == [
+        ("Thumbs.db", "type_not_read"), ("notes.txt", "captions_from_classes")]
     # A manifest names its file: a type not read is that row's failure.
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "classes/cat/Thumbs.db", "caption": "x"}) + "\n")
     result = write_shards(samples_from_manifest(tmp_path / "m.jsonl"), tmp_path / "b")

@@ -1,9 +1,9 @@
 """``multimodal shards``: webdataset tar shards from a folder or a manifest.
 
 Standard output: the shards written per split and the image statistics with the
-training options that use them. Standard error: the progress bar and a summary of
-what was skipped or ignored, a few lines by reason (the full list is in
-``OUTPUT/skipped.jsonl``), and how many clips and captions are longer than a
+training options that use them. Standard error: how a folder was read (its layout and
+why), the progress bar and a summary of what was skipped or not used, a few lines by
+reason (every sample and file in ``OUTPUT/skipped.jsonl``), and how many clips and captions are longer than a
 model's audio window and text context (``--preset``; caption tokens counted with
 ``--tokenizer``, else words), which training would cut. The exit status is 1 when
 more than ``--max-skip-fraction`` of the samples were skipped (the shards written are kept).
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from multimodal.cli.common import byte_size, checked, fraction, positive_int, progress_bar, show_progress
+from multimodal.data.listing import CAPTION_SOURCES, LAYOUTS
 from multimodal.presets import PRESETS
 
 DEFAULT_MAX_SKIP_FRACTION = 0.1
@@ -42,9 +43,11 @@ def add_command(commands) -> None:
         "shards", help="write webdataset tar shards from a folder or a manifest",
         description=(
             "Write tar shards ({prefix}-000000.tar ... and sizes.json) from a folder (media with same-name .txt "
-            "captions, or one sub-folder per class) or a .csv/.jsonl manifest (path, caption, other columns kept "
-            "in .json). Every media file is decoded first; what fails is skipped, summarised by reason and listed "
-            "in OUTPUT/skipped.jsonl. Files of other types beside a sample are ignored and counted. The images' "
+            "captions, one sub-folder per class, or captions from file names with --captions names) or a "
+            ".csv/.jsonl manifest (path, caption, other columns kept in .json). Files sharing a name are one sample "
+            "(guitar.svg + guitar.ogg); two of one modality (cow.svg, cow.webp) are two. Every media file is decoded "
+            "first; what fails is skipped, summarised by reason and listed in OUTPUT/skipped.jsonl, with every other "
+            "file not used (files of types not read are also counted by type). The images' "
             "per-channel mean and std go to image_stats.json beside sizes.json. Clips longer than the --preset "
             "model's audio window and captions longer than its text context, which training cuts, are counted."
         ),
@@ -58,9 +61,17 @@ def add_command(commands) -> None:
                         help="share of samples written to OUTPUT/val (the rest to OUTPUT/train), in [0, 1) (default 0)")
     shards.add_argument("--seed", type=int, default=0, help="seeds the shuffle and the validation split (default 0)")
     shards.add_argument("--prefix", default="shard", help="shard file name prefix (default shard)")
-    shards.add_argument("--layout", choices=("auto", "captions", "classes"), default="auto",
-                        help="folder layout (default auto: captions when .txt files exist)")
-    shards.add_argument("--caption-template", help="classes layout: caption with {} for the class name")
+    shards.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="folder layout: captions (a same-name .txt beside each media file) or classes (one "
+                             "sub-folder per class, labelled in sorted order) (default auto: captions when half or "
+                             "more of the media files have a .txt, else classes; the choice is printed)")
+    shards.add_argument("--captions", choices=CAPTION_SOURCES, default="auto",
+                        help="where captions come from: auto (by the layout), names (each file's name, _ and - as "
+                             "spaces: polar_bear.webp -> 'polar bear'), names+folders (its folders, then its name: "
+                             "'animals, arctic: polar bear') (default auto)")
+    shards.add_argument("--caption-template", metavar="TEMPLATE",
+                        help="the caption with {} for the class name (classes layout; default 'a photo of {}.' for "
+                             "images, 'the sound of {}.' for sounds) or for the name (--captions names; default '{}')")
     shards.add_argument("--caption-lines", choices=("lines", "first", "whole"), default="lines",
                         help="a caption file of several lines: each non-empty line is one caption, stored as a list "
                              "in the sample's .json (lines: training draws one, evaluation takes the first); only "
@@ -83,15 +94,19 @@ def add_command(commands) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.data.writer import samples_from_folder, samples_from_manifest, write_shards
+    from multimodal.data.writer import list_folder, samples_from_manifest, write_shards
 
     lengths = length_limits(args.preset, args.tokenizer, parser)  # a bad --tokenizer fails before any work
     source = Path(args.input)
     if source.is_dir():
-        samples = samples_from_folder(source, layout=args.layout, caption_template=args.caption_template)
+        listing = list_folder(source, layout=args.layout, captions=args.captions, caption_template=args.caption_template)
+        print(f"layout: {listing.decision}", file=sys.stderr)
+        samples = listing.samples
     elif source.is_file():
         if source.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
             parser.error(f"argument --input: {source} is a file but not a .csv or .jsonl manifest")
+        if args.captions != "auto":
+            parser.error("argument --captions: a manifest brings its captions; --captions names reads a folder")
         samples = samples_from_manifest(source)
     else:
         parser.error(f"argument --input: {source} does not exist (expected a folder or a .csv/.jsonl manifest)")
@@ -135,6 +150,22 @@ def length_limits(preset_name: str, tokenizer_path: str | None, parser: argparse
     return model_limits(preset(preset_name), tokenizer)
 
 
+def _print_unused(result) -> None:
+    """Files of types read that no sample uses (a second picture's SVG left out, a .txt where captions
+    come from names), a line per reason; files of types not read have their own line."""
+    from multimodal.data.writer import UNUSED_FILE_REASONS
+
+    counts = {reason: count for reason, count in result.unused_counts.items() if reason != "type_not_read"}
+    if not counts:
+        return
+    print(f"{sum(counts.values()):,} other files not used (each named in {result.skipped_file}):", file=sys.stderr)
+    first = {}
+    for entry in result.unused_files:
+        first.setdefault(entry.reason, entry.origin)
+    for reason, count in counts.items():
+        print(f"  {count:>7,} {reason}: {UNUSED_FILE_REASONS[reason]} (e.g. {first[reason]})", file=sys.stderr)
+
+
 def print_report(result, background: tuple[int, int, int], preset_name: str = "tiny") -> None:
     """The summary: skips, ignored files and what training would cut to standard error; shards and
     statistics to standard output."""
@@ -153,7 +184,8 @@ def print_report(result, background: tuple[int, int, int], preset_name: str = "t
     if result.ignored_files:
         counts = ", ".join(f"{count:,} {f'.{extension}' if extension else '(no extension)'}"
                            for extension, count in result.ignored_files.items())
-        print(f"ignored files of types not read: {counts}", file=sys.stderr)
+        print(f"ignored files of types not read: {counts} (each named in {result.skipped_file})", file=sys.stderr)
+    _print_unused(result)
     if result.multi_line_captions:
         what = {
             "lines": "each non-empty line is one caption, as a list in the sample's .json "
