@@ -563,3 +563,36 @@ def test_eval_reads_the_modality_of_shards_from_their_samples(checkpoint, tmp_pa
     err = bad_arguments(["eval", "--checkpoint", checkpoint, "--task", "zeroshot", "--labels", "a,b", "--data",
                          tmp_path / "text-000000.tar"], capsys)
     assert "argument --data: no sample of" in err and "holds an image (jpg;jpeg;png;webp;gif) or audio" in err
+
+
+def test_eval_on_shards_mixing_images_and_sounds_passes_over_the_samples_without_the_modality(checkpoint, tmp_path,
+                                                                                            capsys):
+    """As `embed` does: the samples that lack the modality are counted and said, not failures (exit 0);
+    a sample that has it and does not decode still is (exit 1)."""
+    png = write_png(tmp_path / "a.png", seed=0).read_bytes()
+    wavs = [write_wav(tmp_path / f"{i}.wav", seed=i, seconds=0.5).read_bytes() for i in range(3)]
+    shard = tmp_path / "mixed-000000.tar"
+    with webdataset.TarWriter(str(shard)) as writer:
+        writer.write({"__key__": "picture", "png": png, "txt": b"a cat", "cls": b"0"})
+        for index, wav in enumerate(wavs):
+            writer.write({"__key__": f"sound{index}", "wav": wav, "txt": b"a bell", "cls": str(index % 2).encode()})
+        writer.write({"__key__": "both", "png": png, "wav": wavs[0], "txt": b"a dog", "cls": b"1"})
+    base = ["eval", "--checkpoint", checkpoint, "--precision", "fp32", "--task", "zeroshot", "--labels", "a,b",
+            "--data", shard, "--no-pictures"]
+    for modality, evaluated, absent in (("audio", 4, 1), ("image", 2, 3)):
+        status, out, err = run([*base, "--modality", modality, "--output", tmp_path / f"{modality}.json"], capsys)
+        assert status == 0, err
+        assert f"{absent} sample(s) of {shard} hold no {modality} (missing_{modality}): not evaluated" in err
+        assert "multimodal: skipped" not in err
+        report = json.loads((tmp_path / f"{modality}.json").read_text())
+        assert report["results"]["eval/num_samples"] == evaluated
+        assert report["skipped"]["not_evaluated"] == {f"missing_{modality}": absent}
+
+    with webdataset.TarWriter(str(tmp_path / "broken-000000.tar")) as writer:
+        writer.write({"__key__": "picture", "png": png, "cls": b"0"})
+        writer.write({"__key__": "sound", "wav": wavs[0], "cls": b"0"})
+        writer.write({"__key__": "noise", "wav": b"RIFF but not a wav", "cls": b"1"})
+    status, _, err = run([*base[:-3], "--data", tmp_path / "broken-000000.tar", "--modality", "audio"], capsys)
+    assert status == 1
+    assert "1 sample(s) of" in err and "hold no audio (missing_audio): not evaluated" in err
+    assert "multimodal: skipped 1 input(s)" in err

@@ -350,11 +350,12 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     else:
         metrics = run_evaluation(model, config, loader, model.tokenizer, device=model.device)
     results = {f"{args.name}/{key}": value for key, value in metrics.items()}
-    skipped = {"data": _skipped(loader, inputs.folder)}
-    num_skipped = _num_skipped(loader, inputs.folder)
+    skipped = {"data": _skipped(loader, config, inputs.folder)}
+    num_skipped = _num_skipped(loader, inputs.folder) - _say_not_evaluated(loader, config, args.data, inputs.folder)
     if probe:
-        skipped["train_data"] = _skipped(train_loader, inputs.folder)
-        num_skipped += _num_skipped(train_loader, inputs.folder)
+        skipped["train_data"] = _skipped(train_loader, config, inputs.folder)
+        num_skipped += (_num_skipped(train_loader, inputs.folder)
+                        - _say_not_evaluated(train_loader, config, args.train_data, inputs.folder))
     print(format_results(results))
     if args.output:
         _write_report(args, model, config, loader, inputs, {**prompts, **probe_details}, results,
@@ -376,8 +377,39 @@ def _probe_report(config, result) -> dict:
             "validation_accuracy": {f"{wd:g}": accuracy for wd, accuracy in tried.items()}}
 
 
-def _skipped(loader, folder: bool):
-    return loader.skipped if folder else loader.stats.summary()
+def _skipped(loader, config, folder: bool):
+    """What the JSON report says of the inputs not used: files skipped, or the shards' counts with those that
+    lack the modality (``not_evaluated``, also among ``skipped``) apart."""
+    if folder:
+        return loader.skipped
+    return {**loader.stats.summary(), "not_evaluated": _without_the_modality(loader, config, folder)}
+
+
+def _without_the_modality(loader, config, folder: bool) -> dict[str, int]:
+    """``{"missing_audio": n}``: shard samples passed over because they lack a file modality the set reads.
+
+    On shards that mix pictures and sounds, a sample without the modality evaluated
+    is not an input of the evaluation (as ``multimodal embed`` passes it over), so not
+    a failure; a sample that has it and does not decode still is.
+    """
+    if folder:
+        return {}
+    absent = {f"missing_{name}" for name in config.modalities if get_modality(name).reads_files}
+    counts: dict[str, int] = {}
+    for reasons in loader.stats.skipped.values():
+        for reason, count in reasons.items():
+            if reason in absent:
+                counts[reason] = counts.get(reason, 0) + count
+    return counts
+
+
+def _say_not_evaluated(loader, config, data: str, folder: bool) -> int:
+    """Says on stderr how many samples of ``data`` lack the modality (not evaluated); returns that count."""
+    counts = _without_the_modality(loader, config, folder)
+    for reason, count in sorted(counts.items()):
+        print(f"{count} sample(s) of {data} hold no {reason[len('missing_'):]} ({reason}): not evaluated",
+              file=sys.stderr)
+    return sum(counts.values())
 
 
 def _num_skipped(loader, folder: bool) -> int:
