@@ -391,13 +391,16 @@ def test_training_on_a_slice_of_the_demo_learns(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "runs" / "learn" / "metrics.jsonl").read_text().splitlines()]
     final = rows[-1]
-    assert final["image_zeroshot/num_samples"] == 200
-    # Chance is 0.10 (20 of 200, standard deviation 2 points): broken learning stays near it.
-    # The slice trains on MNIST and printed digits with augmentation, and reaches 0.275.
-    assert final["image_zeroshot/accuracy@1"] >= 0.25, final
+    # What this run reaches (Intel Xeon, AMX/bf16, 2 cores): held-out MNIST 86.5% (173 of 200), sklearn's
+    # digits 62.7% (225 of 359), final loss 2.70; seeds 1 and 2 reach 80.0% / 44.3% / 2.85 and
+    # 70.5% / 49.3% / 3.12, fp32 (--mixed_precision no) 82.0% / 64.9% / 2.72. Chance is 10%, 2 points
+    # or less of standard deviation at these sample counts. Each bar sits below every seed and
+    # precision tried (another CPU computes like another seed) and over 10 deviations above chance.
+    assert (final["image_zeroshot/num_samples"], final["image_real_zeroshot/num_samples"]) == (200, 359)
+    assert final["image_zeroshot/accuracy@1"] >= 0.55, final
+    assert final["image_real_zeroshot/accuracy@1"] >= 0.30, final
     losses = [row["loss"] for row in rows if "loss" in row]  # logged every 20 steps
-    # ln(64) = 4.16 is chance; with augmentation the slice ends near 3.78 at step 120.
-    assert losses[-1] < math.log(64) - 0.25 and losses[-1] < losses[0], losses
+    assert losses[-1] < 3.4 < math.log(64) and losses[-1] < losses[0], losses  # ln(64) = 4.16 is chance
     # The checkpoint records the evaluation it had, so `multimodal eval` prompts as the run did.
     from multimodal.data.demo import ZERO_SHOT_TEMPLATES
 
