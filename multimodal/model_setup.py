@@ -11,7 +11,9 @@ from multimodal.checkpoint import load_tokenizer as checkpoint_tokenizer
 from multimodal.config import apply_overrides
 from multimodal.encoders import Block
 from multimodal.model import ModelConfig, MultimodalModel
-from multimodal.pretrained import load_pretrained, lock_towers, same_tokenizer
+from multimodal.optimizer import fine_tuning_line
+from multimodal.pretrained import load_pretrained, lock_towers, pretrained_towers_that_train, same_tokenizer
+from multimodal.run_config import OptimConfig
 
 if TYPE_CHECKING:
     from multimodal.train import TrainConfig
@@ -82,6 +84,11 @@ def build_model(config: TrainConfig, say=print) -> MultimodalModel:
         fresh = f"; {', '.join(loaded['fresh'])} start(s) fresh" if loaded["fresh"] else ""
         pairs = f" and the {', '.join(loaded['temperatures'])} temperature(s)" if loaded["temperatures"] else ""
         say(f"init_from {config.init_from}: loaded the {', '.join(loaded['loaded'])} tower(s){pairs}{fresh}")
+        fine_tuned = pretrained_towers_that_train(config.model, config.init_from, config.freeze,
+                                                  config.freeze_unlocked_blocks)
+        locked = locked_modalities(config)
+        fresh = [m for m in loaded["fresh"] if m not in locked]
+        say(fine_tuning_line(config.optim, OptimConfig(), fine_tuned, fresh))
     if config.freeze:
         locked = lock_towers(model, config.freeze, config.freeze_unlocked_blocks)
         for modality, counts in locked["towers"].items():

@@ -178,6 +178,18 @@ def _identity(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
     return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
 
 
+def pretrained_towers_that_train(run_model: ModelConfig, checkpoint_dir: str | Path, freeze: Iterable[str],
+                                 unlocked_blocks: int = 0) -> list[str]:
+    """The towers a run from ``checkpoint_dir`` loads from it and trains (not locked, or locked with blocks unlocked).
+
+    None: every tower that trains starts fresh (binding a new tower into a locked
+    space), and the from-scratch learning rate suits it; otherwise the run fine-tunes.
+    """
+    held = checkpoint_model_config(checkpoint_dir).modalities
+    locked = set(freeze) if unlocked_blocks == 0 else set()
+    return [m for m in run_model.modalities if m in held and m not in locked]
+
+
 # --------------------------------------------------------------------------- locking towers
 
 

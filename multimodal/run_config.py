@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from multimodal import preflight, sources
-from multimodal.config import apply_overrides, from_dict, load_config_file, merged, parse_override_args, to_dict
+from multimodal.config import (
+    apply_overrides, flatten, from_dict, load_config_file, merged, parse_override_args, to_dict,
+)
 from multimodal.data.modalities import MEDIA_MODALITIES
 from multimodal.model import ModelConfig
+from multimodal.optimizer import fine_tuning_optim
 from multimodal.presets import PRESETS, preset
-from multimodal.pretrained import init_model_config
+from multimodal.pretrained import init_model_config, pretrained_towers_that_train
 from multimodal.resume_config import resumed_config
 from multimodal.run_checkpoints import find_resume_checkpoint
 
@@ -172,3 +175,7 @@ def _model_changed_by(model: dict, changes: dict) -> dict:
 
 
 __all__ = ["EmaConfig", "MACHINE_KEY", "OptimConfig", "RUN_CONFIG_FILE", "StartError", "TrainConfig", "fresh_config", "parse_config"]
+        # Fine-tuning's own learning rate and warm-up, unless given (a run whose training towers all start
+        # fresh, binding a new tower into a locked space, keeps the from-scratch ones).
+        if pretrained_towers_that_train(config.model, config.init_from, config.freeze, config.freeze_unlocked_blocks):
+            config.optim = fine_tuning_optim(config.optim, [*overrides, *flatten(data)])

@@ -35,6 +35,7 @@ from torch import nn
 
 from multimodal import preflight, report, sources
 from multimodal.checkpoint import read_config
+from multimodal.alignment import drift_warnings
 from multimodal.config import describe_keys, flatten, parse_override_args, to_dict
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.files import write_text_atomically
@@ -253,6 +254,11 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
 
 
 def trained_sources(resolved: sources.ResolvedSources, locked: set[str], say=print) -> list[SourceSpec]:
+    if config.init_from is not None and resume_from is None and accelerator.is_main_process:
+        # A tower the run does not train, aligned to one it moves, loses its alignment without a word otherwise.
+        for warning in drift_warnings(config.init_from, config.model, [s.modalities for s in resolved.train],
+                                      locked_modalities(config)):
+            logger.warning(warning)
     """The training sources with a tower to train: one whose towers are all locked has nothing to learn.
 
     Binding audio into a locked image-text model (ImageBind's recipe) leaves the demo's

@@ -1,0 +1,147 @@
+"""A run from a checkpoint: the fine-tuning learning rate and warm-up unless given, said in one start-up line;
+and the warning when it moves a tower that a tower it does not train is aligned to."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from multimodal import train
+from multimodal.alignment import drift_warnings, trained_pairs
+from multimodal.checkpoint import save_checkpoint
+from multimodal.data.tokenizer import Tokenizer
+from multimodal.data.writer import SampleSource, write_shards
+from multimodal.model import MultimodalModel
+from multimodal.model_setup import fit_text_to_tokenizer
+from multimodal.optimizer import FINE_TUNING_DEFAULTS, fine_tuning_line
+from multimodal.presets import tiny
+from multimodal.run_config import OptimConfig, parse_config
+
+LR, WARMUP = FINE_TUNING_DEFAULTS["lr"], FINE_TUNING_DEFAULTS["warmup_steps"]
+
+
+def checkpoint(directory: Path, modalities=("text", "image", "audio"), *, sources=None,
+               init_from=None) -> Path:
+    """A tiny checkpoint recording how it was trained: ``sources`` (modalities of each; None: the demo)."""
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(["a handwritten seven", "someone saying seven"] * 4, vocab_size=280)
+    train_section = {"data": {"train": [{"shards": "x", "modalities": list(m)} for m in sources or []]},
+                     "init_from": None if init_from is None else str(init_from)}
+    model = fit_text_to_tokenizer(tiny(tuple(modalities)), tokenizer)
+    return save_checkpoint(MultimodalModel(model), directory, tokenizer=tokenizer,
+                           extra_config={"train": train_section})
+
+
+@pytest.fixture(scope="module")
+def demo_like(tmp_path_factory) -> Path:
+    """Text, image and audio towers trained as the demo trains them: image-text and audio-text pairs."""
+    return checkpoint(tmp_path_factory.mktemp("demo_like") / "ckpt")
+
+
+# --------------------------------------------------------------------------- the fine-tuning defaults
+
+
+def test_init_from_takes_the_fine_tuning_rate_and_warm_up(demo_like):
+    config = parse_config(["--init_from", str(demo_like)])
+    assert (config.optim.lr, config.optim.warmup_steps) == (LR, WARMUP)
+    assert LR < OptimConfig().lr
+    scratch = parse_config([])
+    assert (scratch.optim.lr, scratch.optim.warmup_steps) == (OptimConfig().lr, OptimConfig().warmup_steps)
+
+
+def test_values_given_on_the_command_line_or_in_a_file_are_kept(demo_like, tmp_path):
+    given = parse_config(["--init_from", str(demo_like), "--optim.lr", "3e-4"])
+    assert (given.optim.lr, given.optim.warmup_steps) == (3e-4, WARMUP)
+    file = tmp_path / "run.json"
+    file.write_text(json.dumps({"optim": {"warmup_steps": 7, "lr": 2e-3}}))
+    from_file = parse_config(["--config", str(file), "--init_from", str(demo_like)])
+    assert (from_file.optim.lr, from_file.optim.warmup_steps) == (2e-3, 7)
+    whole = parse_config(["--init_from", str(demo_like), "--optim", json.dumps({"lr": 5e-4})])
+    assert whole.optim.lr == 5e-4
+
+
+def test_binding_a_fresh_tower_into_a_locked_space_keeps_the_from_scratch_rate(tmp_path):
+    image_text = checkpoint(tmp_path / "image_text", ("text", "image"))
+    bind = parse_config(["--init_from", str(image_text), "--freeze", '["image", "text"]'])
+    assert (bind.optim.lr, bind.optim.warmup_steps) == (OptimConfig().lr, OptimConfig().warmup_steps)
+    # A locked tower whose last block trains is fine-tuned.
+    unlocked = parse_config(["--init_from", str(image_text), "--freeze", '["image", "text"]',
+                             "--freeze_unlocked_blocks", "1"])
+    assert unlocked.optim.lr == LR
+
+
+def test_the_start_up_line_says_which_values_are_defaults_and_which_given():
+    scratch = OptimConfig()
+    assert fine_tuning_line(OptimConfig(lr=LR, warmup_steps=WARMUP), scratch, ["text", "image"], []) == (
+        f"fine-tuning from init_from with lr {LR:g} and {WARMUP} warm-up steps, the fine-tuning defaults (from "
+        f"scratch: lr {scratch.lr:g}, {scratch.warmup_steps} warm-up steps): a lower rate keeps what the "
+        "checkpoint learned (docs/pretrained.md); --optim.lr and --optim.warmup_steps choose others")
+    assert fine_tuning_line(OptimConfig(lr=3e-4, warmup_steps=WARMUP), scratch, ["text"], []) == (
+        f"fine-tuning from init_from with lr 0.0003 (given) and {WARMUP} warm-up steps (the fine-tuning default; "
+        "--optim.warmup_steps chooses another)")
+    assert fine_tuning_line(OptimConfig(lr=3e-4, warmup_steps=WARMUP + 1), scratch, ["text"], ["audio"]) == (
+        f"fine-tuning from init_from with lr 0.0003 (given) and {WARMUP + 1} warm-up steps (given); the fresh audio "
+        "tower(s) learn at that rate too (a higher --optim.lr trains them faster)")
+    assert fine_tuning_line(scratch, scratch, [], ["audio"]) == (
+        f"init_from: every tower that trains starts fresh (audio): lr {scratch.lr:g} and {scratch.warmup_steps} "
+        "warm-up steps, as from scratch (no fine-tuning defaults)")
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def image_text_run(demo_like) -> "object":
+    return parse_config(["--init_from", str(demo_like)]).model
+
+
+def test_a_run_that_moves_text_without_audio_warns_for_audio_with_the_fixes(demo_like):
+    model = image_text_run(demo_like)
+    for locked in (set(), {"image"}):
+        warnings = drift_warnings(demo_like, model, [["image", "text"]], locked)
+        assert warnings == [
+            f"warning: this run moves the text tower of init_from {demo_like}, to which its audio tower is aligned, "
+            "and trains no audio: audio's zero-shot and retrieval will drift (docs/pretrained.md). To keep them, "
+            "lock text (--freeze '[\"text\"]'), add a source of audio-text pairs to data.train, or bind audio "
+            "again afterwards (--init_from this run's checkpoint --freeze '[\"text\", \"image\"]' on audio-text pairs)"
+        ]
+
+
+def test_no_warning_when_the_aligned_tower_is_locked_or_the_modality_trains_too(demo_like):
+    model = image_text_run(demo_like)
+    # Text locked: image moves, but audio was never trained against image.
+    assert drift_warnings(demo_like, model, [["image", "text"]], {"text"}) == []
+    assert drift_warnings(demo_like, model, [["image", "text"], ["audio", "text"]], set()) == []
+    # Binding audio again: image and text locked; image is aligned to text alone.
+    assert drift_warnings(demo_like, model, [["audio", "text"]], {"image", "text"}) == []
+    # With unlocked blocks a frozen tower moves (locked is then empty): warned.
+    assert len(drift_warnings(demo_like, model, [["image", "text"]], set())) == 1
+
+
+def test_alignment_follows_the_checkpoints_ancestors_and_counts_every_pair_without_a_record(demo_like, tmp_path):
+    assert trained_pairs(demo_like) == {"text_image", "text_audio"}
+    child = checkpoint(tmp_path / "child", sources=[["image", "text"]], init_from=demo_like)
+    assert trained_pairs(child) == {"text_image", "text_audio"}
+    orphan = checkpoint(tmp_path / "orphan", sources=[["image", "text"]], init_from=tmp_path / "gone")
+    assert trained_pairs(orphan) == {"text_image", "text_audio", "image_audio"}
+
+
+# --------------------------------------------------------------------------- both at start-up, one step
+
+
+def test_a_run_from_a_checkpoint_says_its_rate_and_warns_of_drift_at_start_up(demo_like, tmp_path, capsys, caplog):
+    from torchvision.io import encode_png
+
+    images = [SampleSource(key=f"i{index}", media={"png": encode_png(torch.full((3, 8, 8), index * 20,
+                                                                              dtype=torch.uint8)).numpy().tobytes()},
+                           caption="a handwritten seven") for index in range(8)]
+    shards = write_shards(images, tmp_path / "shards").splits["all"].spec
+    source = json.dumps([{"shards": shards, "modalities": ["image", "text"]}])
+    train.main(["--init_from", str(demo_like), "--data.train", source, "--freeze", '["image"]', "--optim.steps", "1",
+                "--data.batch_size", "4", "--data.num_workers", "0", "--threads", "1", "--plot", "false",
+                "--mixed_precision", "no", "--output_dir", str(tmp_path), "--run_name", "run"])
+    captured = capsys.readouterr()
+    log = captured.out + captured.err + caplog.text  # the warning is logged: under pytest, caplog holds it
+    assert f"fine-tuning from init_from with lr {LR:g} and {WARMUP} warm-up steps, the fine-tuning defaults" in log
+    assert f"warning: this run moves the text tower of init_from {demo_like}, to which its audio tower" in log
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["optim"]
+    assert (recorded["lr"], recorded["warmup_steps"]) == (LR, WARMUP)
