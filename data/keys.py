@@ -27,6 +27,11 @@ from collections.abc import Iterable
 
 _UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-]+")
 _FOLDER_SEPARATOR = re.compile(r"[/\\]")
+# Latin letters NFKD leaves whole (no accent to take off), spelt as their languages spell them in ASCII.
+_LETTERS_OF_THEIR_OWN = str.maketrans({
+    "Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "Œ": "OE", "œ": "oe", "ß": "ss", "Ł": "L", "ł": "l",
+    "Đ": "D", "đ": "d", "Þ": "Th", "þ": "th", "ı": "i",
+})
 # 64 bits: among a million names of one slug (a folder of names in one script), a shared
 # hash has odds of about 3 in 100 million; the writer still names any key used twice.
 HASH_DIGITS = 16
@@ -46,7 +51,8 @@ def name_hash(name: str) -> str:
 def hashed_key(name: str) -> str:
     """The slug of ``name`` with accents taken off, ``-`` and :func:`name_hash`: distinct for any two names."""
     # NFKD splits an accented letter into the letter and its accent; the accent is not ASCII.
-    folded = unicodedata.normalize("NFKD", name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace").translate(_LETTERS_OF_THEIR_OWN)
+    folded = unicodedata.normalize("NFKD", text)
     readable = "".join(character for character in folded if character.isascii())
     return f"{_slug(readable)}-{name_hash(name)}"
 

@@ -234,8 +234,9 @@ def choose_layout(root: Path, files: list[Path], layout: str, captions: str) -> 
 
     ``"auto"`` reads caption files when at least :data:`CAPTIONED_SHARE` of the media files
     have one (a stray ``README.txt`` or ``Licence.txt`` does not make a folder of captions),
-    else class folders when there are any, else the caption files there are. With captions
-    from names, ``"auto"`` groups files by name and labels nothing.
+    else class folders when there are any, else the caption files there are; a folder with
+    none of these is an error that suggests captions from names. With captions from names,
+    ``"auto"`` groups files by name and labels nothing.
     """
     groups = _stem_groups(root, files)
     captioned, media = _count_captioned(groups)
@@ -252,10 +253,10 @@ def choose_layout(root: Path, files: list[Path], layout: str, captions: str) -> 
     class_names = class_folder_files(root, files)[0]
     if class_names:
         return "classes", f"classes: only {share}, fewer than half; {len(class_names):,} class folders name the rest"
-    if captioned or any(path.suffix.lower() == ".txt" for path in files):
+    if captioned:
         return "captions", f"captions: {share}, and there are no class folders"
     raise ValueError(
-        f"{root} has neither caption files (.txt beside each media file) nor class sub-folders; "
+        f"{root} has neither caption files (.txt beside each media file; {share}) nor class sub-folders; "
         "pass --captions names to caption each file by its name (polar_bear.png -> 'polar bear'), "
         "or see docs/your-data.md for the layouts"
     )
@@ -267,6 +268,13 @@ def _describe_classes(root: Path, files: list[Path]) -> str:
     inside = f" inside {top.relative_to(root).as_posix()}/ (the one folder at the top)" if top != root else ""
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     one = "; one class: every caption is the same" if len(names) == 1 else ""
+    deeper = [path for path in files if len(path.relative_to(top).parts) > 2]
+    if deeper:
+        # Sub-folders inside a class folder: maybe the classes, maybe not; the user decides.
+        example = deeper[0].relative_to(top)
+        one += (f"; {len(deeper):,} files lie in sub-folders of their class folder, labelled by the class folder "
+                f"({example.as_posix()}: {example.parts[0]}); if folder names are not classes, --captions names "
+                "captions each file by its name")
     return f" ({len(names):,} classes{inside}: {shown}{one})" if names else " (no class folders)"
 
 
