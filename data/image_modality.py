@@ -7,6 +7,7 @@ The pixel work lives in :mod:`multimodal.data.image` (decoding, crops, normalisa
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 from multimodal.data.modality import Modality
@@ -21,6 +22,31 @@ IMAGE_SIGNATURES = (
     ((0, b"GIF89a"),),
     ((0, b"RIFF"), (8, b"WEBP")),
 )
+# Drawings an input may be besides those formats: rasterised as the shard writer rasterises them
+# (multimodal.data.svg), so a drawing given as a query is the picture a shard of it trains on.
+DRAWING_EXTENSIONS = ("svg",)
+
+
+def _maybe_svg(head: bytes) -> bool:
+    """Whether a file starting with ``head`` may be an SVG (and is worth reading further)."""
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
+
+
+def rasterised(item: Any) -> Any:
+    """An SVG drawing (a path or bytes; by content, whatever the name) -> its PNG bytes, drawn as
+    the shard writer draws it; the bytes of any other file; any other item as it is.
+
+    Raises ValueError for an SVG that does not draw or when the rasteriser is not installed.
+    """
+    from multimodal.data import svg
+
+    if isinstance(item, (str, Path)):
+        item = Path(item).read_bytes()
+    if not isinstance(item, (bytes, bytearray, memoryview)) or not svg.is_svg(bytes(item[: svg.SNIFF_BYTES])):
+        return item
+    if not svg.svg_support_available():
+        raise ValueError(f"an SVG drawing cannot be read here: {svg.INSTALL_HINT}")
+    return svg.rasterise_svg(bytes(item))
 
 
 class ImageModality(Modality):
@@ -39,8 +65,23 @@ class ImageModality(Modality):
     class_caption = "a photo of {}."
 
     def recognises(self, path, head: bytes) -> bool:
-        return any(all(head[offset : offset + len(magic)] == magic for offset, magic in signature)
-                   for signature in IMAGE_SIGNATURES)
+        """A raster format by its first bytes; an SVG drawing by its name or its ``<svg`` element."""
+        from multimodal.data import svg
+
+        if any(all(head[offset : offset + len(magic)] == magic for offset, magic in signature)
+               for signature in IMAGE_SIGNATURES):
+            return True
+        if Path(path).suffix.lower().lstrip(".") in DRAWING_EXTENSIONS:
+            return True
+        if not _maybe_svg(head):
+            return False
+        with open(path, "rb") as handle:
+            return svg.is_svg(handle.read(svg.SNIFF_BYTES))
+
+    @property
+    def folder_extensions(self) -> tuple[str, ...]:
+        """The raster formats and SVG drawings (rasterised when prepared)."""
+        return self.extensions + DRAWING_EXTENSIONS
 
     def check_decodes(self, data: bytes, background: tuple[int, int, int]) -> object:
         from multimodal.data.image import decode_image
@@ -75,10 +116,13 @@ class ImageModality(Modality):
         return list(inputs) if getattr(inputs, "ndim", None) == 4 else None
 
     def prepare(self, item: Any, config: Any, *, sample_rate: int | None = None) -> Any:
-        """A path, bytes, PIL image, uint8 or [0, 1] float tensor/array -> normalised float32 (3, S, S)."""
+        """A path, bytes, PIL image, uint8 or [0, 1] float tensor/array -> normalised float32 (3, S, S).
+
+        An SVG drawing (path or bytes) is rasterised first, as the shard writer does (:func:`rasterised`).
+        """
         from multimodal.data.image import preprocess_image
 
-        return preprocess_image(item, config)
+        return preprocess_image(rasterised(item), config)
 
     def thumbnail(self, data: bytes, max_pixels: int) -> Any:
         """Decoded as training decodes (transparency onto white, EXIF orientation applied), scaled so
@@ -89,7 +133,7 @@ class ImageModality(Modality):
         from multimodal.data.image import decode_image
 
         try:
-            image = to_pil_image(decode_image(data))
+            image = to_pil_image(decode_image(rasterised(data)))
         except (RuntimeError, ValueError, OSError):
             return None
         scale = max_pixels / max(image.size)
@@ -99,4 +143,4 @@ class ImageModality(Modality):
 
 IMAGE = ImageModality()
 
-__all__ = ["IMAGE", "IMAGE_EXTENSIONS", "IMAGE_SIGNATURES", "ImageModality"]
+__all__ = ["DRAWING_EXTENSIONS", "IMAGE", "IMAGE_EXTENSIONS", "IMAGE_SIGNATURES", "ImageModality", "rasterised"]

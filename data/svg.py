@@ -13,6 +13,7 @@ large enough for any crop training takes, small enough to keep shards compact.
 from __future__ import annotations
 
 import importlib.util
+import re
 
 MIN_SIDE = 256
 MAX_SIDE = 1024
@@ -23,6 +24,23 @@ INSTALL_HINT = "pip install 'multimodal-contrastive[svg]' to rasterise them, or 
 def svg_support_available() -> bool:
     """Whether the rasteriser (``resvg-py``) is installed."""
     return importlib.util.find_spec("resvg_py") is not None
+
+
+# How far into a file its <svg> element is looked for: past an XML declaration, comments, a DOCTYPE.
+SNIFF_BYTES = 4096
+_SVG_START = re.compile(
+    r"\A\s*(?:<\?xml[^>]*\?>\s*)?(?:(?:<!--.*?-->|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>)\s*)*<svg[\s>/]",
+    re.DOTALL | re.IGNORECASE,
+)
+
+
+def is_svg(data: bytes) -> bool:
+    """Whether bytes (the whole file or its first :data:`SNIFF_BYTES`) are an SVG drawing: after an
+    optional byte-order mark, XML declaration, comments and DOCTYPE, an ``<svg`` element."""
+    head = data[:SNIFF_BYTES]
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    return bool(_SVG_START.match(head.decode("utf-8", errors="replace")))
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -53,4 +71,4 @@ def rasterise_svg(data: bytes) -> bytes:
     return png
 
 
-__all__ = ["INSTALL_HINT", "MAX_SIDE", "MIN_SIDE", "rasterise_svg", "svg_support_available"]
+__all__ = ["INSTALL_HINT", "MAX_SIDE", "MIN_SIDE", "SNIFF_BYTES", "is_svg", "rasterise_svg", "svg_support_available"]

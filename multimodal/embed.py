@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_atomically
-from multimodal.data.modalities import MEDIA_MODALITIES, get_modality, modality_of_extension
+from multimodal.data.modalities import MEDIA_MODALITIES, get_modality
 from multimodal.data.sample_fields import SampleFields, UnusableSample
 from multimodal.data.shards import SHARD_SUFFIXES, ShardProblem, expand_shards, is_remote, read_shard
 from multimodal.api import EmbeddingModel, prepare_input
@@ -86,6 +86,16 @@ class InputItem:
     source: str | Path
 
 
+def modality_of_file_name(path: str | os.PathLike) -> str | None:
+    """The media modality whose input files have this name's extension, else None.
+
+    Input files are a modality's :attr:`~multimodal.data.modality.Modality.folder_extensions`:
+    for images, the raster formats shards hold and SVG drawings (rasterised when read).
+    """
+    extension = Path(path).suffix.lower().lstrip(".")
+    return next((name for name in MEDIA_MODALITIES if extension in get_modality(name).folder_extensions), None)
+
+
 def file_modality(path: str | os.PathLike) -> str | None:
     """"image" or "audio" for a file, by its extension, else by its content; None when it is neither.
 
@@ -95,7 +105,7 @@ def file_modality(path: str | os.PathLike) -> str | None:
     cannot be opened.
     """
     path = Path(path)
-    modality = modality_of_extension(path.suffix)
+    modality = modality_of_file_name(path)
     if modality is not None:
         return modality
     with open(path, "rb") as handle:
@@ -677,6 +687,7 @@ __all__ = [
     "keys_path",
     "list_inputs",
     "metadata_path",
+    "modality_of_file_name",
     "output_format",
     "part_names",
     "part_path",

@@ -268,3 +268,17 @@ def test_a_large_transparent_images_thumbnail_is_composited_onto_white():
     small = io.BytesIO()
     picture.resize((100, 50)).save(small, format="PNG")
     assert _thumbnail("image", small.getvalue(), "image/png") == (small.getvalue(), "image/png")
+
+
+def test_an_uploaded_svg_is_searched_as_the_png_it_rasterises_to(server):
+    pytest.importorskip("resvg_py")
+    from multimodal.data.svg import rasterise_svg
+    from tests.test_svg_inputs import DRAWING
+
+    answers = []
+    for data, kind in ((DRAWING, "image/svg+xml"), (rasterise_svg(DRAWING), "image/png")):
+        status, _, body = request(f"{server}/api/search?modality=image&k=6", data, {"Content-Type": kind})
+        assert status == 200, body
+        answers.append(json.loads(body)["hits"])
+    assert [hit["key"] for hit in answers[0]] == [hit["key"] for hit in answers[1]]
+    assert [hit["score"] for hit in answers[0]] == pytest.approx([hit["score"] for hit in answers[1]], abs=1e-5)

@@ -12,8 +12,8 @@ from multimodal.data.files import write_text_atomically
 from multimodal.data.sample_fields import CAPTION_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
 from multimodal.data.listing import class_folder_files, class_name_in_words
-from multimodal.data.modalities import get_modality, modality_of_extension
-from multimodal.embed import file_modality, is_shard_spec
+from multimodal.data.modalities import get_modality
+from multimodal.embed import file_modality, is_shard_spec, modality_of_file_name
 from multimodal.modalities import CLASSIFIED_MODALITIES
 from multimodal.cli.common import (
     EXIT_STATUS_HELP,
@@ -104,12 +104,12 @@ def _class_folder_items(root: Path, modality: str | None, parser) -> tuple[str, 
     classes, files = class_folder_files(root)
     if not classes:
         parser.error(f"argument --data: folder {root} has no class sub-folders holding files (and no .tar shards)")
-    media = [(path, label) for path, label in files if modality_of_extension(path.suffix) in CLASSIFIED_MODALITIES]
+    media = [(path, label) for path, label in files if modality_of_file_name(path) in CLASSIFIED_MODALITIES]
     if not media:
         parser.error(f"argument --data: the class folders of {root} hold no {' or '.join(CLASSIFIED_MODALITIES)} file")
     if modality is None:
         modality = single_modality({path: file_modality(path) for path, _ in media}, parser, f"the files of {root}")
-    items = [(path, label) for path, label in media if modality_of_extension(path.suffix) == modality]
+    items = [(path, label) for path, label in media if modality_of_file_name(path) == modality]
     return modality, [class_name_in_words(name) for name in classes], items
 
 

@@ -6,16 +6,18 @@ are never opened here (a server must not run a recorded command per request).
 """
 from __future__ import annotations
 
+import io
 import mimetypes
 import tarfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from multimodal.data.modalities import MEDIA_TYPES, get_modality, modality_of_extension
+from multimodal.data.modalities import MEDIA_TYPES, get_modality
 from multimodal.data.shards import SHARD_SUFFIXES, is_remote
 
 OPEN_SHARDS = 8  # tar files kept open, least recently used closed first
+DRAWN_PIXELS = 512  # the longer side of the picture shown for a file not served as it is (an SVG)
 
 
 def media_type(extension: str) -> str:
@@ -33,7 +35,8 @@ class MediaReader:
 
     def __init__(self, modality: str) -> None:
         # The members training reads the modality from, in the same order (none for captions).
-        self.extensions = get_modality(modality).extensions
+        self.definition = get_modality(modality)
+        self.extensions = self.definition.extensions
         self._shards: OrderedDict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -44,9 +47,19 @@ class MediaReader:
         if is_local_shard(source):
             return self._from_shard(source, key)
         path = Path(source)
-        if not path.is_file() or modality_of_extension(path.suffix) is None:
+        extension = path.suffix.lower().lstrip(".")
+        if not path.is_file() or extension not in self.definition.folder_extensions:
             return None
-        return path.read_bytes(), media_type(path.suffix)
+        if extension in self.extensions:
+            return path.read_bytes(), media_type(extension)
+        # A file the modality reads but a browser is not given as it is (an SVG may hold scripts):
+        # the picture the modality draws of it, as PNG.
+        picture = self.definition.thumbnail(path.read_bytes(), DRAWN_PIXELS)
+        if picture is None:
+            return None
+        png = io.BytesIO()
+        picture.save(png, format="PNG")
+        return png.getvalue(), "image/png"
 
     def _members(self, shard: str) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]:
         if shard in self._shards:
