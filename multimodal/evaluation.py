@@ -39,17 +39,24 @@ class EvalSetConfig:
     Fields:
         name: the set's name, the prefix of its metric names (``digits/accuracy@1``).
         shards: its tar shards: a path, a brace pattern (``val-{000000..000003}.tar``) or a
-            ``pipe:`` command. Read once per evaluation, in order, with evaluation
-            preprocessing (centre crop; audio covered by windows whose embeddings are averaged).
+            ``pipe:`` command; or, for a set of labelled items (zero-shot, a linear probe, the
+            queries of a gallery), a folder with one sub-folder per class, as ``multimodal eval``
+            takes it (label i: the i-th sub-folder by name; see :mod:`multimodal.eval_sources`).
+            Read once per evaluation, in order, with evaluation preprocessing (centre crop;
+            audio covered by windows whose embeddings are averaged). Samples without the
+            set's modality (a shard mixing pictures and sounds) are skipped and counted.
             For a linear probe, the test set.
         task: ``"zeroshot"`` (classification against prompts), ``"retrieval"`` or
             ``"linear_probe"`` (logistic regression on frozen embeddings, see
             :mod:`multimodal.eval.linear_probe`).
         modality: what is classified (zero-shot: ``"image"`` or ``"audio"``; linear probe:
             any); for retrieval, the queries (any modality).
-        class_names: zero-shot only, and required there: the name of each class, in label
-            order (label ``i`` is ``class_names[i]``). A sample's label is its json
-            ``label`` field or its ``.cls`` member (so for linear-probe sets too).
+        class_names: zero-shot only: the name of each class, in label order (label ``i`` is
+            ``class_names[i]``). A sample's label is its json ``label`` field or its ``.cls``
+            member (so for linear-probe sets too). Empty: the names the data record, read when
+            a run starts: the class folders' names, or the json ``class_name`` beside each
+            ``label`` (``multimodal shards --layout classes`` writes them). Names given must
+            not contradict that record (a recorded name under another label is refused).
         templates: zero-shot only: prompts with one ``{}`` (or ``{label}``) where the class
             name goes, averaged into one classifier row per class. Empty: the built-in
             templates of the modality (``multimodal.modalities.PARTS``).
@@ -129,8 +136,6 @@ class EvalSetConfig:
         for option in ("modality", "gallery_modality"):
             if getattr(self, option) not in MODALITIES:
                 raise ValueError(f"{where}: {option} {getattr(self, option)!r} is not one of {MODALITIES}")
-        if self.task == "zeroshot" and not self.class_names:
-            raise ValueError(f"{where}: a zero-shot evaluation needs class_names (label i -> name)")
         if self.templates:
             validate_templates(self.templates)
         try:
@@ -284,6 +289,9 @@ def run_evaluation(
     ``train_loader`` its ``train_shards`` (a linear probe's training set), when it has them.
     """
     if config.task == "zeroshot":
+        if not config.class_names:
+            raise ValueError(f"eval set {config.name!r} has no class_names yet: take them from its data first "
+                             "(multimodal.preflight.check_eval_sets)")
         templates = config.templates or default_templates(config.modality)
         weights = zero_shot_weights(model, tokenizer, config.class_names, templates, device)
         return evaluate_zero_shot(model, loader, config.modality, weights, device=device)

@@ -38,6 +38,7 @@ from multimodal.data.shards import expand_shards, is_remote
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
 from multimodal import checkpoint
+from multimodal.eval_sources import ClassFolderLoader, data_class_names, is_class_folder, read_class_folder
 from multimodal.evaluation import EvalSetConfig
 from multimodal.model import ModelConfig
 
@@ -161,7 +162,14 @@ class PreparedData:
         return self.current_loader
 
     def eval_loader(self, spec: SourceSpec):
-        """A finite pass over an evaluation source (see ``EvalSetConfig.source_specs``) with evaluation preprocessing."""
+        """A finite pass over an evaluation source (see ``EvalSetConfig.source_specs``) with evaluation preprocessing.
+
+        A folder of class folders (one modality, labelled) is read by a
+        :class:`~multimodal.eval_sources.ClassFolderLoader`, shards by the shard loader.
+        """
+        if is_class_folder(spec.shards):
+            return ClassFolderLoader(read_class_folder(spec.shards, spec.modalities[0]), spec.name,
+                                     batch_size=self.config.eval_batch_size, preprocess=self.model.preprocess)
         return make_loader(
             [spec],
             batch_size=self.config.eval_batch_size,
@@ -227,8 +235,11 @@ def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = 
     Raises ValueError naming the setting when a source's shards do not exist, its
     modalities are not the model's, it asks for every caption (``all_captions``, an
     evaluation option) or its name is another's, so a run fails before it starts.
+    A zero-shot set given no class names takes those its data record (see
+    :func:`multimodal.preflight.check_eval_sets`, which a run calls first and which
+    settles them already).
     """
-    eval_sets = list(config.eval)
+    eval_sets = [_with_class_names(eval_set, index) for index, eval_set in enumerate(config.eval)]
     if config.train:
         for index, source in enumerate(config.train):
             where = f"data.train[{index}]"
@@ -359,6 +370,16 @@ def prepare(config: DataConfig, model: ModelConfig, tokenizer: Tokenizer | None,
     data = PreparedData(config=config, model=model, tokenizer=tokenizer, sources=resolved.train, eval_sets=[])
     data.eval_sets = [_prepare_eval_set(data, e) for e in resolved.eval_sets]
     return data
+
+
+def _with_class_names(eval_set: EvalSetConfig, index: int) -> EvalSetConfig:
+    """``eval_set``, a zero-shot set given no class names with those its data record."""
+    if eval_set.task != "zeroshot" or eval_set.class_names:
+        return eval_set
+    try:
+        return replace(eval_set, class_names=data_class_names(eval_set.shards, eval_set.modality))
+    except ValueError as error:
+        raise ValueError(f"data.eval[{index}] ({eval_set.name}).shards: {error}") from None
 
 
 def _fits(eval_set: EvalSetConfig, model: ModelConfig) -> bool:

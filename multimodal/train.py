@@ -107,8 +107,9 @@ def start_run(config: TrainConfig) -> Run:
     """
     resume_from = find_resume_checkpoint(config) if config.resume is not None else None
     check_run_inputs(config)
-    # The evaluation sets given are checked before anything starts or the demo (if it trains) is built.
-    preflight.check_eval_sets(config.data.eval, config.model)
+    # The evaluation sets given are checked before anything starts or the demo (if it trains) is built;
+    # a zero-shot set given no class names takes those its data record.
+    config.data.eval = preflight.check_eval_sets(config.data.eval, config.model)
     thread_plan = plan_machine(config)
     accelerator = make_accelerator(config, Path(config.output_dir))
     run_dir = shared_run_dir(accelerator, config)

@@ -50,7 +50,7 @@ def start_failure(dataset, tmp_path, *extra) -> subprocess.CompletedProcess:
     (["--data.eval", "EVAL:LABELLED:class_names=one"],
      "data.eval[0] (squares).shards: sample v1 of "),
     (["--data.eval", "EVAL:UNLABELLED"], "data.eval[0] (squares).shards: the set reads image with a class label, "
-                                         "but the first sample of"),
+                                         "but none of the 64 samples of its 4 local shards does (missing_label 64)"),
     (["--data.eval", "EVAL:LABELLED:modality=audio"], "data.eval[0] (squares): the model has no audio encoder"),
     (["--data.tokenizer", "NOWHERE/tokenizer.json"], "data.tokenizer: NOWHERE/tokenizer.json does not exist"),
     (["--init_from", "NOWHERE/checkpoint"], "init_from: NOWHERE/checkpoint does not exist"),

@@ -1,0 +1,237 @@
+"""What an evaluation set reads besides tar shards, and the class names its data record.
+
+A ``data.eval`` entry's ``shards`` (or ``gallery_shards``, ``train_shards``) may be a
+folder with one sub-folder per class, as ``multimodal eval --data`` takes it: its files of
+the set's modality are labelled by the one rule of
+:func:`multimodal.data.listing.class_folder_files` (sub-folders sorted by name) and read
+with the preprocessing and collation that shards are read with (:class:`ClassFolderLoader`).
+
+A zero-shot set given no ``class_names`` takes them from its data: the class folders'
+names, or the ``class_name`` that each sample's json records beside its ``label``
+(``multimodal shards --layout classes`` writes both) (:func:`data_class_names`). Names
+that are given are held against that record (:func:`check_given_names`): a name given
+for one label that the data records under another is an error, the classic one being
+names listed in counting order for shards labelled alphabetically.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from multimodal.data.collate import collate_samples
+from multimodal.data.listing import class_folder_files, class_name_in_words
+from multimodal.data.loader import finish_batch
+from multimodal.data.modalities import get_modality, modality_of_extension
+from multimodal.data.shards import SHARD_SUFFIXES, expand_shards, is_remote, read_shard
+from multimodal.data.skip_counts import DataStats, WorkerCounts
+
+
+def is_class_folder(shards: str) -> bool:
+    """Whether a set's ``shards`` is a local folder holding no tar shard of its own: class sub-folders, then.
+
+    The rule ``multimodal eval --data`` tells a folder of class folders from a folder of shards by.
+    """
+    if not isinstance(shards, str) or is_remote(shards) or "::" in shards:
+        return False
+    path = Path(shards[len("file:"):] if shards.startswith("file:") else shards)
+    return path.is_dir() and not any(child.name.endswith(SHARD_SUFFIXES) and child.is_file()
+                                     for child in path.iterdir())
+
+
+@dataclass
+class ClassFolder:
+    """The files of one modality in a folder of class folders.
+
+    ``folders``: the class folders' names, sorted (label order); ``class_names``: the same
+    in words (``golden_retriever`` -> ``golden retriever``); ``files``: (path, label) of
+    every file of the modality.
+    """
+
+    root: Path
+    modality: str
+    folders: list[str]
+    class_names: list[str]
+    files: list[tuple[Path, int]]
+
+
+def read_class_folder(root: str | Path, modality: str) -> ClassFolder:
+    """The class folders of ``root`` and their files of ``modality``; ValueError when there are none."""
+    root = Path(root)
+    folders, files = class_folder_files(root)
+    if not folders:
+        raise ValueError(f"folder {root} holds neither .tar shards nor class sub-folders holding files; "
+                         "give a shard spec, or a folder with one sub-folder per class")
+    definition = get_modality(modality)
+    own = [(path, label) for path, label in files if modality_of_extension(path.suffix) == modality]
+    if not own:
+        raise ValueError(f"the class folders of {root} ({', '.join(folders[:5])}{' ...' if len(folders) > 5 else ''}) "
+                         f"hold no {definition.one} file (.{', .'.join(definition.extensions)})")
+    return ClassFolder(root, modality, folders, [class_name_in_words(name) for name in folders], own)
+
+
+class ClassFolderLoader:
+    """Labelled batches of one modality's files in class folders, as a finite shard loader gives them.
+
+    Each pass reads the files in order: ``get_modality(m).load_member`` with evaluation
+    preprocessing, :func:`~multimodal.data.collate.collate_samples` (audio as windows,
+    ``label`` int64 (B,)), then :func:`~multimodal.data.loader.finish_batch` (images
+    normalised). A file that does not decode is skipped and counted in ``stats``
+    (``bad_image`` ...), as a sample of a shard is.
+    """
+
+    def __init__(self, folder: ClassFolder, name: str, *, batch_size: int, preprocess: Mapping[str, object]) -> None:
+        if folder.modality not in preprocess:
+            raise ValueError(f"source {name!r}: no {folder.modality} preprocessing given (the model has no "
+                             f"{folder.modality} encoder)")
+        self.folder, self.name, self.batch_size, self.preprocess = folder, name, batch_size, dict(preprocess)
+        self.stats = DataStats([name])
+
+    def __iter__(self) -> Iterator[dict]:
+        self.stats = DataStats([self.name])
+        counts = WorkerCounts()
+        samples = []
+        for path, label in self.folder.files:
+            sample = self._sample(path, label, counts)
+            if sample is None:
+                continue
+            samples.append(sample)
+            if len(samples) == self.batch_size:
+                yield self._batch(samples, counts)
+                samples = []
+        if samples:
+            yield self._batch(samples, counts)
+        self.stats.add(counts.take())
+        if self.stats.samples[self.name] == 0:
+            raise ValueError(f"source {self.name!r} yielded no valid sample from the {len(self.folder.files)} "
+                             f"{get_modality(self.folder.modality).many} of {self.folder.root}; skipped: "
+                             f"{self.stats.skipped.get(self.name) or 'nothing'}")
+
+    def _sample(self, path: Path, label: int, counts: WorkerCounts) -> dict | None:
+        modality = self.folder.modality
+        try:
+            loaded = get_modality(modality).load_member(path.read_bytes(), self.preprocess[modality], train=False,
+                                                       rng=None, levers=None)
+        except (OSError, ValueError) as error:
+            counts.skip(self.name, f"bad_{modality}", f"{path}: {error}")
+            return None
+        counts.valid(self.name)
+        return {"__key__": path.relative_to(self.folder.root).as_posix(), "label": label, **loaded}
+
+    def _batch(self, samples: list[dict], counts: WorkerCounts) -> dict:
+        self.stats.add(counts.take())
+        batch = collate_samples(samples, None, self.name, audio_windows=True)
+        return finish_batch(batch, self.preprocess.get("image"))
+
+
+# The class names a set's data record --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedName:
+    """A class name as the data records it: its label, and where (a sample's key and shard, or a folder)."""
+
+    label: int
+    name: str
+    where: str
+
+
+def recorded_name(sample: Mapping[str, object]) -> RecordedName | None:
+    """The (label, class name) a raw shard sample's json records (``label`` int, ``class_name`` text), else None."""
+    try:
+        fields = json.loads(sample.get("json", b"{}"))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return None
+    if not isinstance(fields, dict):
+        return None
+    label, name = fields.get("label"), fields.get("class_name")
+    if isinstance(label, bool) or not isinstance(label, int) or not isinstance(name, str):
+        return None
+    return RecordedName(label, name, f"sample {sample.get('__key__')} of {sample.get('__url__')}")
+
+
+class ClassRecord:
+    """Class names by label, gathered from samples; two names for one label are an error."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin  # what the names come from, as a message says it
+        self.names: dict[int, RecordedName] = {}
+
+    def add(self, recorded: RecordedName | None) -> None:
+        if recorded is None:
+            return
+        known = self.names.setdefault(recorded.label, recorded)
+        if known.name != recorded.name:
+            raise ValueError(f"{self.origin} record label {recorded.label} as {known.name!r} ({known.where}) and as "
+                             f"{recorded.name!r} ({recorded.where}); a label must name one class")
+
+    def in_label_order(self) -> list[str]:
+        """The names of labels 0 to the highest, or ValueError naming labels no sample names."""
+        if not self.names:
+            raise ValueError(f"{self.origin} record no class name (a json 'label' with its 'class_name', as "
+                             "`multimodal shards --layout classes` writes them); give class_names (label i -> name)")
+        missing = [label for label in range(max(self.names) + 1) if label not in self.names]
+        if missing or min(self.names) < 0:
+            wrong = missing or sorted(label for label in self.names if label < 0)
+            raise ValueError(f"{self.origin} name no class for label(s) {wrong[:10]} (they record labels "
+                             f"{sorted(self.names)[:10]}{' ...' if len(self.names) > 10 else ''}); give class_names "
+                             "(label i -> name)")
+        return [self.names[label].name for label in range(len(self.names))]
+
+
+def recorded_class_names(shards: str) -> list[str]:
+    """The class names every sample of ``shards`` records, in label order (one pass over the shards)."""
+    record = ClassRecord(f"the samples of {shards}")
+    for url in expand_shards(shards):
+        for sample in read_shard(url, []):
+            record.add(recorded_name(sample))
+    return record.in_label_order()
+
+
+def data_class_names(shards: str, modality: str) -> list[str]:
+    """The class names a set's data gives, in label order: its class folders', or those its shards record."""
+    if is_class_folder(shards):
+        return read_class_folder(shards, modality).class_names
+    return recorded_class_names(shards)
+
+
+def _comparable(name: str) -> str:
+    """A class name as two spellings of it compare: ``Golden_Retriever`` and ``golden retriever`` alike."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+def check_given_names(given: Sequence[str], recorded: Mapping[int, RecordedName], origin: str) -> None:
+    """ValueError when ``given`` (class_names, label i -> name) contradicts what the data record.
+
+    A contradiction: a label the data use beyond the names given, or a name given for one
+    label that the data record for another. Names the data do not record at all are
+    other names for the classes (``tench`` for ``n01440764``) and stand.
+    """
+    positions = {_comparable(name): index for index, name in enumerate(given)}
+    for label in sorted(recorded):
+        entry = recorded[label]
+        if not 0 <= label < len(given):
+            raise ValueError(f"{entry.where} has label {label}, but class_names names {len(given)} classes "
+                             f"(labels 0-{len(given) - 1}); give a name for every label, or leave class_names "
+                             f"out to take the names {origin} record")
+        elsewhere = positions.get(_comparable(entry.name))
+        if elsewhere is not None and elsewhere != label:
+            order = [recorded[n].name if n in recorded else "?" for n in range(max(recorded) + 1)]
+            raise ValueError(
+                f"class_names are not in label order: {origin} give label {label} to {entry.name!r} "
+                f"({entry.where}), but class_names[{label}] is {given[label]!r} and class_names[{elsewhere}] is "
+                f"{given[elsewhere]!r}. Leave class_names out to take these names, or list them in label order: "
+                f"{order[:12]}{' ...' if len(order) > 12 else ''}")
+
+
+def folder_record(folder: ClassFolder) -> dict[int, RecordedName]:
+    """A class folder's names as a record: label i is the i-th class folder, sorted by name."""
+    return {label: RecordedName(label, name, f"folder {folder.folders[label]}, number {label} by name")
+            for label, name in enumerate(folder.class_names)}
+
+
+__all__ = [
+    "ClassFolder", "ClassFolderLoader", "ClassRecord", "RecordedName", "check_given_names", "data_class_names",
+    "folder_record", "is_class_folder", "read_class_folder", "recorded_class_names", "recorded_name",
+]

@@ -1,0 +1,198 @@
+"""data.eval takes what `multimodal eval` takes: class folders, shards that mix pictures and sounds, and
+the class names the data record (no class_names restated); names given that contradict the record are refused."""
+import re
+
+import pytest
+import torch
+
+from multimodal import preflight, sources
+from multimodal.api import EmbeddingModel
+from multimodal.checkpoint import load_model, load_tokenizer
+from multimodal.cli import main as cli
+from multimodal.data.modalities import get_modality
+from multimodal.data.shards import read_shard
+from multimodal.eval_sources import ClassFolderLoader, read_class_folder
+from multimodal.evaluation import EvalSetConfig, run_evaluations, zero_shot_weights
+from tests.test_api import tiny_checkpoint, write_png, write_wav
+
+# Named so that `shards` numbers them alphabetically (one=0, three=1, two=2), not as one counts.
+CLASSES = ("one", "two", "three")
+RECORDED = ["one", "three", "two"]
+TEMPLATES = ["a {} here."]  # one prompt per class: the text tower runs once per set
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    """Class folders holding two pictures and two recordings each, and the shards `multimodal shards` writes of them."""
+    root = tmp_path_factory.mktemp("eval-sets")
+    for index, name in enumerate(CLASSES):
+        for n in range(2):
+            write_png(root / "classes" / name / f"picture{n}.png", seed=10 * index + n, size=(20, 24))
+            write_wav(root / "classes" / name / f"recording{n}.wav", seed=10 * index + n, seconds=0.5 + 0.25 * n)
+    (root / "pictures" / "one").mkdir(parents=True)
+    (root / "pictures" / "two").mkdir(parents=True)
+    for label, name in enumerate(("one", "two")):
+        write_png(root / "pictures" / name / "only.png", seed=100 + label)
+    assert cli(["shards", "--input", str(root / "classes"), "--output", str(root / "shards"), "--layout", "classes",
+                "--seed", "3"]) == 0
+    return {"root": root, "folders": str(root / "classes"), "shards": str(root / "shards")}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    checkpoint = tiny_checkpoint()
+    return load_model(checkpoint), load_tokenizer(checkpoint)
+
+
+def evaluate(model, tokenizer, eval_sets):
+    settled = preflight.check_eval_sets(eval_sets, model.config)
+    resolved = sources.ResolvedSources(train=[], eval_sets=settled)
+    data = sources.prepare(sources.DataConfig(eval=settled, eval_batch_size=8), model.config, tokenizer, resolved)
+    return settled, data, run_evaluations(model, data.eval_sets, tokenizer)
+
+
+def reference_accuracy(model, tokenizer, modality: str, files) -> float:
+    """Zero-shot top-1 accuracy of the files, embedded one by one through the API: what the sets must agree with."""
+    api = EmbeddingModel(model, tokenizer, precision="fp32")
+    paths = [path for path, _ in files]
+    features = api.embed_images(paths) if modality == "image" else api.embed_audio(paths)
+    weights = zero_shot_weights(model, tokenizer, RECORDED, TEMPLATES, "cpu")
+    predicted = (features @ weights.T).argmax(dim=1)
+    return (predicted == torch.tensor([label for _, label in files])).float().mean().item()
+
+
+@pytest.mark.parametrize("modality", ["image", "audio"])
+def test_class_folders_and_a_mixed_shard_evaluate_alike_with_the_names_they_record(material, tiny, modality):
+    model, tokenizer = tiny
+    eval_sets = [EvalSetConfig(name="folders", shards=material["folders"], modality=modality, templates=TEMPLATES),
+                 EvalSetConfig(name="shards", shards=material["shards"], modality=modality, templates=TEMPLATES)]
+    settled, data, results = evaluate(model, tokenizer, eval_sets)
+    # No class_names given: the folders' names, sorted, and the names the shards' samples record.
+    assert [s.class_names for s in settled] == [RECORDED, RECORDED]
+
+    expected = reference_accuracy(model, tokenizer, modality, read_class_folder(material["folders"], modality).files)
+    for name in ("folders", "shards"):
+        assert results[f"{name}/num_samples"] == 6
+        assert results[f"{name}/accuracy@1"] == pytest.approx(expected, abs=1e-6)
+    assert results["folders/mean_per_class_recall"] == pytest.approx(results["shards/mean_per_class_recall"], abs=1e-6)
+    # The shard mixes pictures and sounds: the six of the other modality are skipped and counted, not fatal.
+    shard_loader = data.eval_sets[1].loader()
+    assert sum(len(batch["label"]) for batch in shard_loader) == 6
+    assert shard_loader.stats.summary()["skipped"] == {"shards": {f"missing_{modality}": 6}}
+
+
+def test_a_class_folder_loader_labels_by_sorted_folder_and_counts_what_does_not_decode(material, tiny, tmp_path):
+    model, _ = tiny
+    for name in ("b_class", "a_class"):
+        write_png(tmp_path / name / "good.png", seed=len(name))
+    (tmp_path / "b_class" / "broken.png").write_bytes(b"not a picture")
+    loader = ClassFolderLoader(read_class_folder(tmp_path, "image"), "mine", batch_size=2,
+                               preprocess=model.config.preprocess)
+    batches = list(loader)
+    assert [batch["__key__"] for batch in batches] == [["a_class/good.png", "b_class/good.png"]]
+    assert batches[0]["label"].tolist() == [0, 1] and batches[0]["image"].dtype == torch.float32
+    assert loader.stats.samples == {"mine": 2} and loader.stats.skipped == {"mine": {"bad_image": 1}}
+
+
+def refused(model, eval_set: EvalSetConfig) -> str:
+    with pytest.raises(ValueError) as error:
+        preflight.check_eval_sets([eval_set], model.config)
+    return str(error.value)
+
+
+def test_class_names_that_contradict_the_record_are_refused_and_renames_stand(material, tiny):
+    model, _ = tiny
+    shards, folders = material["shards"], material["folders"]
+    in_counting_order = refused(model, EvalSetConfig(name="z", shards=shards, modality="audio",
+                                                     class_names=list(CLASSES)))
+    assert re.fullmatch(
+        r"data\.eval\[0\] \(z\)\.shards: class_names are not in label order: the shards give label 1 to 'three' "
+        r"\(sample three__recording\d of .*shard-000000\.tar\), but class_names\[1\] is 'two' and class_names\[2\] is "
+        r"'three'\. Leave class_names out to take these names, or list them in label order: \['one', 'three', 'two'\]",
+        in_counting_order), in_counting_order
+    assert refused(model, EvalSetConfig(name="z", shards=folders, class_names=["One", "Two", "Three"])) == (
+        f"data.eval[0] (z).shards: class_names are not in label order: the class folders of {folders}, sorted by "
+        "name, give label 1 to 'three' (folder three, number 1 by name), but class_names[1] is 'Two' and "
+        "class_names[2] is 'Three'. Leave class_names out to take these names, or list them in label order: "
+        "['one', 'three', 'two']")
+    assert refused(model, EvalSetConfig(name="z", shards=folders, class_names=["one", "three"])) == (
+        f"data.eval[0] (z).shards: class_names names 2 classes, but {folders} has 3 class folders (one, three, two); "
+        "give one name per folder in their sorted order, or leave class_names out to take the folders' names")
+    assert "but class_names names 2 classes (labels 0-1); give a name for every label" in refused(
+        model, EvalSetConfig(name="z", shards=shards, class_names=["one", "three"]))
+    # Other names for the same classes (in label order, none recorded under another label) stand.
+    renamed = ["uno", "tres", "dos"]
+    for data in (shards, folders):
+        settled = preflight.check_eval_sets([EvalSetConfig(name="z", shards=data, class_names=renamed)], model.config)
+        assert settled[0].class_names == renamed
+
+
+def test_a_set_without_names_needs_data_that_record_them(tiny, tmp_path):
+    from multimodal.data.writer import SampleSource, write_shards
+    from torchvision.io import encode_png
+
+    model, _ = tiny
+    png = encode_png(torch.zeros(3, 8, 8, dtype=torch.uint8)).numpy().tobytes()
+    unnamed = write_shards([SampleSource(key=f"k{i}", media={"png": png}, caption="x", extra={"label": i % 2})
+                            for i in range(4)], tmp_path / "unnamed").splits["all"].spec
+    assert refused(model, EvalSetConfig(name="z", shards=unnamed)) == (
+        f"data.eval[0] (z).shards: the samples of {unnamed} record no class name (a json 'label' with its "
+        "'class_name', as `multimodal shards --layout classes` writes them); give class_names (label i -> name)")
+    gap = write_shards([SampleSource(key=f"k{i}", media={"png": png}, caption="x",
+                                     extra={"label": 2 * i, "class_name": f"c{2 * i}"}) for i in range(2)],
+                       tmp_path / "gap").splits["all"].spec
+    assert refused(model, EvalSetConfig(name="z", shards=gap)) == (
+        f"data.eval[0] (z).shards: the samples of {gap} name no class for label(s) [1] (they record labels [0, 2]); "
+        "give class_names (label i -> name)")
+    clash = write_shards([SampleSource(key=f"k{i}", media={"png": png}, caption="x",
+                                       extra={"label": 0, "class_name": f"c{i}"}) for i in range(2)],
+                         tmp_path / "clash", shuffle=False).splits["all"].spec
+    message = refused(model, EvalSetConfig(name="z", shards=clash))
+    assert message.startswith(f"data.eval[0] (z).shards: the samples of {clash} record label 0 as 'c0' (sample k0 of ")
+    assert message.endswith("and as 'c1' (sample k1 of " f"{clash}); a label must name one class")
+
+
+def test_the_start_up_check_looks_for_a_sample_that_fits_and_says_what_it_read(material, tiny, monkeypatch, tmp_path):
+    model, _ = tiny
+    pictures_only = tmp_path / "pictures-only"
+    assert cli(["shards", "--input", str(material["root"] / "pictures"), "--output", str(pictures_only),
+                "--layout", "classes"]) == 0
+    shard = pictures_only / "shard-000000.tar"
+    message = refused(model, EvalSetConfig(name="z", shards=str(pictures_only), modality="audio"))
+    assert re.fullmatch(
+        rf"data\.eval\[0\] \(z\)\.shards: the set reads audio with a class label, but none of the 2 samples of "
+        rf"{re.escape(str(shard))} does \(missing_audio 2\); the first, (one|two)__only of {re.escape(str(shard))}: "
+        r"none of \[.*'wav'.*\] in the sample \(it has \['json', 'png', 'txt'\]\)", message), message
+    # Bounded: a shard whose first samples are all pictures fails an audio set only within what the check reads.
+    monkeypatch.setattr(preflight, "SAMPLES_CHECKED", 1)
+    mixed = f"{material['shards']}/shard-000000.tar"
+    first = next(read_shard(mixed, []))
+    eval_set = EvalSetConfig(name="z", shards=mixed, modality="image" if "wav" in first else "audio")
+    assert refused(model, eval_set).startswith(
+        f"data.eval[0] (z).shards: the set reads {eval_set.modality} with a class label, but none of the first 1 "
+        f"samples of {mixed} (a start-up check reads at most 1 samples) does (missing_{eval_set.modality} 1)")
+
+
+def test_class_folders_are_refused_where_a_set_needs_pairs_or_mixes_them_with_shards(material, tiny, tmp_path):
+    model, _ = tiny
+    folders = material["folders"]
+    assert refused(model, EvalSetConfig(name="z", shards=folders, task="retrieval")) == (
+        f"data.eval[0] (z).shards: {folders} is a folder of class folders, a classification set; retrieval of image "
+        "and text pairs needs shards whose samples hold both")
+    assert refused(model, EvalSetConfig(name="z", shards=folders, task="linear_probe",
+                                        train_shards=material["shards"])) == (
+        "data.eval[0] (z): give its parts alike, all class folders or all shards (shards class folders, train_shards "
+        "shards): labels number the sorted class folders in one and what the shards say in the other")
+    assert refused(model, EvalSetConfig(name="z", shards=folders, task="linear_probe",
+                                        train_shards=str(material["root"] / "pictures"))) == (
+        "data.eval[0] (z).train_shards: its class folders must be those of shards (label i is the i-th folder of "
+        "each); only in shards: ['three'], only in train_shards: []")
+    (tmp_path / "flat").mkdir()
+    write_png(tmp_path / "flat" / "loose.png", seed=1)
+    assert refused(model, EvalSetConfig(name="z", shards=str(tmp_path / "flat"), class_names=["a"])) == (
+        f"data.eval[0] (z).shards: folder {tmp_path / 'flat'} holds neither .tar shards nor class sub-folders holding "
+        "files; give a shard spec, or a folder with one sub-folder per class")
+    extensions = ", ".join(f".{extension}" for extension in get_modality("audio").extensions)
+    assert refused(model, EvalSetConfig(name="z", shards=str(material["root"] / "pictures"), modality="audio")) == (
+        f"data.eval[0] (z).shards: the class folders of {material['root'] / 'pictures'} (one, two) hold no audio file "
+        f"({extensions})")
