@@ -39,8 +39,8 @@ def test_quick_run_reports_the_median_per_round_speed_up(monkeypatch, capsys):
     assert next(seconds, None) is None  # every figure came from the fake clock
     assert summary.endswith("median per-round speed-up over 0: tiny 0.5 x2.50; tiny 0.75 x3.00")
 
-    rows = re.findall(r"patch_dropout (\S+) +median +([\d.]+) ms.*? ([\d.]+) samples/s.*? (\d+) tokens +x([\d.]+) vs 0",
-                      capsys.readouterr().out)
+    row = r"patch_dropout (\S+) +median +([\d.]+) ms.*? ([\d.]+) samples/s.*? (\d+) tokens +x([\d.]+) vs 0"
+    rows = re.findall(row, capsys.readouterr().out)
     batch_size = bench_patch_dropout.CONFIGS["tiny"][1]
     expected = []
     for rate, times in FAKE_SECONDS.items():

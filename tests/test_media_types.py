@@ -12,7 +12,7 @@ from PIL import Image
 
 from multimodal.cli import main
 from multimodal.data.audio import load_waveform
-from multimodal.data.config import AudioPreprocessConfig
+from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.image import decode_image
 from multimodal.data.listing import samples_from_folder
 from multimodal.data.modalities import MEDIA_MODALITIES, get_modality, modality_of_extension, normalize_extension
@@ -84,10 +84,16 @@ def test_a_file_of_each_registered_extension_is_listed_found_decoded_and_served(
         decoded = definition.check_decodes(data, (0, 0, 0))  # uint8 (3, 16, 16)
         assert decoded.shape == (3, 16, 16)
         assert (decoded.float() - torch.tensor(COLOUR).view(3, 1, 1)).abs().max() <= 6  # JPEG and GIF are lossy
+        # Evaluation's centre crop of the whole square is the square.
+        crop = definition.load_member(data, ImagePreprocessConfig(image_size=16), train=False, rng=None, levers=None)
+        assert torch.equal(crop["image"], decoded)
     else:
         assert media_type(extension).startswith("audio/")
         definition.check_decodes(data, (0, 0, 0))
-        waveform = load_waveform(data, AudioPreprocessConfig(sample_rate=RATE))  # (samples,)
+        config = AudioPreprocessConfig(sample_rate=RATE)
+        [window] = definition.load_member(data, config, train=False, rng=None, levers=None)["audio"]
+        assert window.shape[1] == config.num_mel_bins and window.shape[0] >= 48  # 10 ms frames of half a second
+        waveform = load_waveform(data, config)  # (samples,)
         # Decoders may add an encoder's delay (MP3), never lose the tone: its length and pitch hold.
         assert RATE * SECONDS <= len(waveform) <= RATE * (SECONDS + 0.1)
         spectrum = torch.fft.rfft(waveform).abs()
