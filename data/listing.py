@@ -262,19 +262,20 @@ def choose_layout(root: Path, files: list[Path], layout: str, captions: str) -> 
     )
 
 
-def _describe_classes(root: Path, files: list[Path]) -> str:
+def _describe_classes(root: Path, files: list[Path], captions: str) -> str:
     names = class_folder_files(root, files)[0]
     top = class_root(root, files)
     inside = f" inside {top.relative_to(root).as_posix()}/ (the one folder at the top)" if top != root else ""
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     one = "; one class: every caption is the same" if len(names) == 1 else ""
-    deeper = [path for path in files if len(path.relative_to(top).parts) > 2]
+    deeper = [path for path in files if len(path.relative_to(top).parts) > 2 and media_modality(path)]
     if deeper:
         # Sub-folders inside a class folder: maybe the classes, maybe not; the user decides.
         example = deeper[0].relative_to(top)
-        one += (f"; {len(deeper):,} files lie in sub-folders of their class folder, labelled by the class folder "
-                f"({example.as_posix()}: {example.parts[0]}); if folder names are not classes, --captions names "
-                "captions each file by its name")
+        one += (f"; {len(deeper):,} media files lie in sub-folders of their class folder, labelled by the class "
+                f"folder ({example.as_posix()}: {example.parts[0]})")
+        if captions == "auto":
+            one += "; if folder names are not classes, --captions names captions each file by its name"
     return f" ({len(names):,} classes{inside}: {shown}{one})" if names else " (no class folders)"
 
 
@@ -332,7 +333,7 @@ def list_folder(
                 f"{root} has no class sub-folders (--layout classes wants one sub-folder per class); "
                 "pass --captions names to caption each file by its name"
             )
-        decision += _describe_classes(root, files)
+        decision += _describe_classes(root, files, captions)
     default = DEFAULT_CAPTION_TEMPLATES if captions == "auto" else dict.fromkeys(MEDIA_MODALITIES, "{}")
     templates = _caption_templates(caption_template, default)
     drafts = [

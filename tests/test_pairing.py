@@ -161,7 +161,7 @@ def test_a_folder_that_only_wraps_the_classes_is_not_a_class(tmp_path):
     }
     assert listing.decision == (
         "classes (--layout classes); 0 of 3 media files have a same-name .txt caption (2 classes inside "
-        "categorization/ (the one folder at the top): animals, fruit; 1 files lie in sub-folders of their class "
+        "categorization/ (the one folder at the top): animals, fruit; 1 media files lie in sub-folders of their class "
         "folder, labelled by the class folder (animals/farm/pig.png: animals); if folder names are not classes, "
         "--captions names captions each file by its name)"
     )
