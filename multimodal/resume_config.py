@@ -13,8 +13,8 @@ T = TypeVar("T")
 # What a resumed run may change: how long it runs, what it logs and evaluates, how often it
 # saves, where and how it computes. Everything else (model, data, optimiser, seed) is the run's.
 RESUMABLE_KEYS = (
-    "optim.steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "tensorboard", "wandb", "wandb_project",
-    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "threads", "data.num_workers",
+    "optim.steps", "log_every", "eval_every", "checkpoint_every", "checkpoint_every_minutes", "keep_last", "tensorboard", "wandb", "wandb_project",
+    "plot", "mixed_precision", "grad_checkpointing", "compile", "distributed", "dist_timeout_s", "threads", "data.num_workers",
     "data.worker_nice", "data.remote",
     "data.eval_batch_size", "data.eval",
     "resume", "output_dir", "run_name",

@@ -43,6 +43,28 @@ def step_checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / RUN_CHECKPOINTS / f"step-{step:07d}"
 
 
+class CheckpointClock:
+    """Time-based checkpoints (``--checkpoint_every_minutes``): due once that long has passed since the last save.
+
+    They bound the work a preemption without warning loses (a killed node, an evicted
+    pod) whatever a step costs. The main process's clock decides for every process (see
+    ``StopRequest.agreed_with_checkpoint``).
+    """
+
+    def __init__(self, minutes: float | None, clock=time.monotonic) -> None:
+        self.seconds = None if minutes is None else minutes * 60.0
+        self.clock = clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        """Whether the time since the last save (or the start) has reached the interval."""
+        return self.seconds is not None and self.clock() - self.last >= self.seconds
+
+    def saved(self) -> None:
+        """A checkpoint was just written: the interval starts again."""
+        self.last = self.clock()
+
+
 def whole_weights(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The model's weights whole: gathered to the main process when sharded (collective), else its own."""
     return full_model_state(model) if is_sharded(model) else unique_state_dict(model)
@@ -89,8 +111,21 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def find_resume_checkpoint(config: TrainConfig) -> Path:
-    """The checkpoint ``--resume`` names: a checkpoint directory, or the latest of the run."""
+AUTO = "auto"  # --resume auto: the run's latest complete checkpoint if it has one, else a fresh start
+
+
+def find_resume_checkpoint(config: TrainConfig) -> Path | None:
+    """The checkpoint ``--resume`` names: a checkpoint directory, or the latest of the run.
+
+    ``--resume auto`` gives the run's latest complete checkpoint, or None when it has none
+    yet (the run then starts): one command serves a first start and every restart.
+    """
+    if config.resume == AUTO:
+        if config.run_name is None:
+            raise ValueError("--resume auto needs --run_name NAME: a restarted job finds its run again by its "
+                             "name (a time stamp differs at every start)")
+        checkpoints = list_checkpoints(resolve_run_dir(config))
+        return checkpoints[-1] if checkpoints else None
     if config.resume != "latest":
         path = Path(config.resume)
         if not (path / TRAINER_FILE).is_file():
@@ -106,7 +141,7 @@ def find_resume_checkpoint(config: TrainConfig) -> Path:
 def resolve_run_dir(config: TrainConfig) -> Path:
     """The run's directory: the resumed checkpoint's run, ``output_dir/run_name``, the latest run, or a time stamp."""
     output = Path(config.output_dir)
-    if config.resume not in (None, "latest"):
+    if config.resume not in (None, "latest", AUTO):
         return Path(config.resume).resolve().parents[1]  # RUN/checkpoints/step-N
     if config.run_name is not None:
         return output / config.run_name
@@ -116,6 +151,29 @@ def resolve_run_dir(config: TrainConfig) -> Path:
             raise ValueError(f"--resume latest: no run with checkpoints under {output}")
         return runs[-1]
     return output / time.strftime("%Y%m%d-%H%M%S")
+
+
+def remove_unfinished_checkpoints(run_dir: Path) -> list[Path]:
+    """Clears what a process killed while saving left under the run's checkpoints; returns what it removed.
+
+    A checkpoint is written into a hidden temporary folder and renamed when complete
+    (see ``write_directory_atomically``), so a kill mid-write leaves only such a folder,
+    never listed nor resumed. One killed between the two renames that replace a
+    checkpoint of the same step leaves the complete earlier copy aside: it is put back.
+    Call on the main process, before the run saves anything.
+    """
+    root = run_dir / RUN_CHECKPOINTS
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.glob(".step-*")):
+        name, _, kind = path.name[1:].partition(".")
+        if kind.startswith("old-") and not (root / name).exists():
+            os.replace(path, root / name)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def check_run_dir_is_free(run_dir: Path) -> None:

@@ -79,8 +79,17 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # steps between evaluations during training; 0: only at the end
     checkpoint_every: int = 400  # steps between checkpoints (the last step, SIGTERM and Ctrl-C always save one)
+    # Also a checkpoint once this many minutes passed since the last (the main process's clock decides for
+    # all): bounds the work a preemption without warning loses. None: by steps only.
+    checkpoint_every_minutes: float | None = None
+    # Seconds any collective call waits for the other processes before this one leaves, naming itself:
+    # a rank whose peer died or stalled stops within this time (raise it if the main process's
+    # evaluation or checkpoint takes longer, as the others wait for it).
+    dist_timeout_s: float = 300.0
     keep_last: int = 2  # checkpoints kept; older ones are deleted
-    resume: str | None = None  # "latest" or a checkpoint directory: continue that run with its own settings
+    # "latest" or a checkpoint directory: continue that run with its own settings; "auto": the run's
+    # latest complete checkpoint if it has one, else start it (one command for a start and every restart)
+    resume: str | None = None
     # A checkpoint to start from (ours, or converted from open_clip / Hugging Face): the towers it
     # holds come with its architecture, preprocessing, weights and tokenizer; towers only this
     # run's model has start fresh (see multimodal/pretrained.py).
@@ -107,6 +116,11 @@ class TrainConfig:
             raise ValueError(f"threads must be at least 1 (or null: chosen from the cores), got {self.threads}")
         if self.data.num_workers is not None and self.data.num_workers < 0:
             raise ValueError(f"data.num_workers must be at least 0 (or null: chosen), got {self.data.num_workers}")
+        if self.checkpoint_every_minutes is not None and not self.checkpoint_every_minutes > 0:
+            raise ValueError(f"checkpoint_every_minutes must be above 0 (or null: by steps only), "
+                             f"got {self.checkpoint_every_minutes}")
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s must be above 0 seconds, got {self.dist_timeout_s}")
         for name in ("log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -125,12 +139,16 @@ def parse_config(argv: list[str]) -> TrainConfig:
 
     With ``--resume``, the run's saved configuration is the base instead, and the
     settings given may change only ``RESUMABLE_KEYS`` (see :func:`resumed_config`).
+    ``--resume auto`` on a run with no checkpoint yet is a new run (``resume`` None).
     """
     overrides = parse_override_args(argv)
     config = fresh_config(overrides)
     if config.resume is None:
         return config
-    return resumed_config(config, find_resume_checkpoint(config), given=overrides)
+    checkpoint = find_resume_checkpoint(config)
+    if checkpoint is None:  # --resume auto and the run has no checkpoint yet: it starts, as a new run
+        return fresh_config({key: value for key, value in overrides.items() if key != "resume"})
+    return resumed_config(config, checkpoint, given=overrides)
 
 
 def fresh_config(overrides: dict[str, str]) -> TrainConfig:

@@ -35,10 +35,22 @@ class StopRequest:
 
     def agreed(self, accelerator) -> bool:
         """Whether any process was asked to stop (a collective call when there are several)."""
+        return self.agreed_with_checkpoint(accelerator, False)[0]
+
+    def agreed_with_checkpoint(self, accelerator, checkpoint_due: bool) -> tuple[bool, bool]:
+        """Whether any process was asked to stop, and whether the main process finds a checkpoint due.
+
+        One collective call for both, so that every process stops, and saves, after the
+        same step. ``checkpoint_due`` counts on the main process only: its clock decides
+        for all (the processes' clocks differ by a little, and a save is collective).
+        """
+        due = checkpoint_due and accelerator.is_main_process
         if accelerator.num_processes == 1:
-            return self.signal_number is not None
-        flag = torch.tensor([0 if self.signal_number is None else self.signal_number], device=accelerator.device)
-        flag = accelerator.reduce(flag, reduction="sum")
-        if self.signal_number is None and int(flag.item()):
+            return self.signal_number is not None, due
+        flags = torch.tensor([0 if self.signal_number is None else self.signal_number, int(due)],
+                             device=accelerator.device)
+        flags = accelerator.reduce(flags, reduction="sum")
+        stop, due = int(flags[0].item()) > 0, int(flags[1].item()) > 0
+        if self.signal_number is None and stop:
             self.signal_number = signal.SIGTERM
-        return int(flag.item()) > 0
+        return stop, due

@@ -17,6 +17,7 @@ training_step, run_checkpoints, run_log, stop_request, training_evaluation.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import gc
 import importlib.util
 import json
@@ -49,11 +50,14 @@ from multimodal.pretrained import keep_locked_in_eval
 from multimodal.random_state import seed_everything
 from multimodal.resume_config import RESUMABLE_KEYS
 from multimodal.run_config import MACHINE_KEY, RUN_CONFIG_FILE, StartError, TrainConfig, fresh_config, parse_config
+from multimodal.process_group import describe_lost_peer, is_lost_peer, join_process_group, leave_now
 from multimodal.run_checkpoints import (
+    CheckpointClock,
     check_run_dir_is_free,
     find_resume_checkpoint,
     load_training_state,
     load_weights,
+    remove_unfinished_checkpoints,
     resolve_run_dir,
     save_training_checkpoint,
 )
@@ -112,10 +116,13 @@ def start_run(config: TrainConfig) -> Run:
     config.data.eval = preflight.check_eval_sets(config.data.eval, config.model)
     thread_plan = plan_machine(config)
     accelerator = make_accelerator(config, Path(config.output_dir))
-    run_dir = shared_run_dir(accelerator, config)
+    run_dir, resume_from = shared_run_dir(accelerator, config, resume_from)
     if resume_from is None:
         check_run_dir_is_free(run_dir)
     preflight.check_output_dir(run_dir)
+    if accelerator.is_main_process:  # what a process killed while saving left: never resumed, now removed
+        for removed in remove_unfinished_checkpoints(run_dir):
+            logger.warning(f"removed {removed}: a checkpoint left unfinished by a process that stopped while saving")
     seed_everything(config.seed)
 
     data = prepare_data(config, accelerator, resume_from, thread_plan)
@@ -180,7 +187,7 @@ def plan_machine(config: TrainConfig) -> ThreadPlan:
 def make_accelerator(config: TrainConfig, run_dir: Path):
     """The run's Accelerator: its processes, device, mixed precision and trackers."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     trackers = [name for name, wanted in (("tensorboard", config.tensorboard), ("wandb", config.wandb)) if wanted]
     for tracker in trackers:
@@ -189,13 +196,18 @@ def make_accelerator(config: TrainConfig, run_dir: Path):
     # A batch may hold only some modalities (image-text from one source, audio-text from
     # another), so some encoders are unused in a step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # Under torchrun, the group is joined here so that a restarted job joins afresh (see
+    # multimodal/process_group.py); elsewhere Accelerate starts it. Either way every collective
+    # call waits at most dist_timeout_s, so a rank whose peer died or stalled leaves.
+    join_process_group(config.dist_timeout_s)
+    group = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.dist_timeout_s))
     # Under FSDP the sharding's precision policy computes in bf16 (see shard_model), not autocast.
     return Accelerator(
         # Without a GPU, say so: otherwise Accelerate under torchrun joins the processes'
         # group but reports one process of its own, and each trains alone.
         cpu=not torch.cuda.is_available(),
         mixed_precision="no" if uses_fsdp(config) else resolve_mixed_precision(config.mixed_precision),
-        kwargs_handlers=[ddp],
+        kwargs_handlers=[ddp, group],
         log_with=trackers or None,
         project_dir=str(run_dir),
     )
@@ -213,14 +225,24 @@ def resolve_mixed_precision(setting: str) -> str:
     return "bf16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "no"
 
 
-def shared_run_dir(accelerator, config: TrainConfig) -> Path:
-    """The run directory chosen by the main process (time stamps could differ across processes)."""
+def shared_run_dir(accelerator, config: TrainConfig, resume_from: Path | None) -> tuple[Path, Path | None]:
+    """The run directory chosen by the main process (time stamps could differ), and the checkpoint it resumes.
+
+    Every process found its checkpoint to resume (``--resume auto``, ``latest``) by itself;
+    one that found another than the main process's would train another model: refused.
+    """
     from accelerate.utils import broadcast_object_list
 
-    holder = [str(resolve_run_dir(config)) if accelerator.is_main_process else None]
+    mine = str(resume_from) if resume_from is not None else None
+    holder = [str(resolve_run_dir(config)), mine] if accelerator.is_main_process else [None, None]
     if accelerator.num_processes > 1:
         broadcast_object_list(holder)
-    return Path(holder[0])
+    run_dir, chosen = holder
+    if chosen != mine:
+        raise ValueError(f"rank {accelerator.process_index} would resume {mine or 'nothing'} but the main process "
+                         f"resumes {chosen or 'nothing'}: every process must see the run directory {run_dir} "
+                         "(a file system all nodes share)")
+    return Path(run_dir), resume_from
 
 
 def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
@@ -308,8 +330,28 @@ def _run_id(run_dir: Path) -> str:
 # --------------------------------------------------------------------------- the loop
 
 
+class PeerLost(RuntimeError):
+    """Another training process died, stalled or left: this one stops (the message names the rank)."""
+
+
 def train(config: TrainConfig) -> dict:
-    """Runs training as configured; returns the final evaluation results and paths."""
+    """Runs training as configured; returns the final evaluation results and paths.
+
+    Raises :class:`PeerLost` when a collective call fails because another process died or
+    stalled (after at most ``dist_timeout_s``), so that a launcher restarts the job.
+    """
+    try:
+        return train_or_fail(config)
+    except Exception as error:  # noqa: BLE001 - only a lost peer is translated; everything else is raised as it is
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1 and not isinstance(error, (StartError, DataError)) and is_lost_peer(error):
+            rank = int(os.environ.get("RANK", "0"))
+            raise PeerLost(describe_lost_peer(error, rank, world_size, config.dist_timeout_s)) from error
+        raise
+
+
+def train_or_fail(config: TrainConfig) -> dict:
+    """:func:`train` without the translation of a lost peer's errors."""
     started = time.time()
     try:
         run = start_run(config)
@@ -353,9 +395,10 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
     if run.start_step >= optim.steps:
         accelerator.print(f"the run has trained its {optim.steps} steps already (raise --optim.steps to train on); "
                           "evaluating its last checkpoint")
+    clock = CheckpointClock(config.checkpoint_every_minutes)
     done = run.start_step
     for step in range(run.start_step, optim.steps):
-        if batches is None or (config.checkpoint_every and step % config.checkpoint_every == 0):
+        if batches is None:  # the start, and after every checkpoint: see segment_seed
             batches = train_batches(run, step)
         fetch_started = time.time()
         try:
@@ -378,11 +421,13 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
         if config.eval_every and done % config.eval_every == 0 and done != optim.steps:
             log.write(done, evaluate_run(run, done))
             train_mode(run.model)
-        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == optim.steps:
+        by_steps = (config.checkpoint_every and done % config.checkpoint_every == 0) or done == optim.steps
+        stopping, by_time = stop.agreed_with_checkpoint(accelerator, clock.due())
+        if by_steps or by_time or (stopping and saved.step != done):
             saved.save(done)
-        if stop.agreed(accelerator):
-            if saved.step != done:
-                saved.save(done)
+            clock.saved()
+            batches = None
+        if stopping:
             break
     progress.close()
     return finish_run(run, log, stop, saved, done)
@@ -424,10 +469,11 @@ def train_batches(run: Run, step: int):
 
 
 def segment_seed(seed: int, step: int) -> int:
-    """The data stream restarts at every checkpoint step with a seed derived from it.
+    """The data stream restarts after every checkpoint with a seed derived from its step.
 
     An uninterrupted run and a run resumed from that checkpoint then read exactly the
-    same batches from there on, without replaying the stream.
+    same batches from there on, without replaying the stream (time-based checkpoints
+    too: a run restarts its stream wherever it saved).
     """
     return (seed * 1_000_003 + step) % 2**31
 
@@ -541,6 +587,10 @@ def main(argv: list[str] | None = None) -> dict:
     except (StartError, DataError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         raise SystemExit(2 if isinstance(error, StartError) else 1) from None
+    except PeerLost as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        # The process group and the loader's workers may wait on the lost peer: no clean-up that could hang.
+        leave_now(1)
     if int(os.environ.get("RANK", "0")) == 0:
         if "stopped_by" in result:
             print(f"stopped by {result['stopped_by']} after step {result['step']}; checkpoint: {result['checkpoint']}\n"

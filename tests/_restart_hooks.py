@@ -1,0 +1,93 @@
+"""The trainer with scripted faults, for the restart tests in ``test_restart.py``.
+
+Run as ``python tests/_restart_hooks.py TRAIN_ARGS...`` or under torchrun in its place.
+The faults are set by environment variables and strike on the first attempt only (a
+torchrun restart, ``TORCHELASTIC_RESTART_COUNT`` > 0, runs clean), at a given optimiser
+step: deterministic, whatever the machine's speed.
+
+- ``FAULT=kill:RANK:STEP``: SIGKILL right after step STEP on rank RANK.
+- ``FAULT=kill-while-saving:RANK:STEP``: SIGKILL half-way through writing the checkpoint of STEP.
+- ``FAULT=stall:RANK:STEP``: after step STEP, wait without end (as a hung process), SIGTERM kills.
+- ``SECONDS_PER_STEP=S``: the checkpoint clock reads S seconds per step trained (not the wall clock).
+- ``FAULT_TIMES=DIR``: the fault's time (``fault``) and the time a process left after losing its
+  peer (``left-RANK``) are written there, as ``time.time()``.
+"""
+import functools
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from multimodal import run_checkpoints, train
+
+RANK = int(os.environ.get("RANK", "0"))
+FIRST_ATTEMPT = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+TIMES = Path(os.environ["FAULT_TIMES"]) if "FAULT_TIMES" in os.environ else None
+START_STEP = 0  # the step the run started (or resumed) at
+steps_done = 0  # steps trained by this process
+
+
+def note_time(name: str) -> None:
+    if TIMES is not None:
+        TIMES.mkdir(parents=True, exist_ok=True)
+        (TIMES / name).write_text(repr(time.time()))
+
+
+def fault() -> tuple[str, int] | None:
+    """This process's planned fault: its kind and step."""
+    if "FAULT" not in os.environ or not FIRST_ATTEMPT:
+        return None
+    kind, rank, step = os.environ["FAULT"].split(":")
+    return (kind, int(step)) if int(rank) == RANK else None
+
+
+def step_with_faults(real_step, *args, **kwargs):
+    global steps_done
+    result = real_step(*args, **kwargs)
+    steps_done += 1
+    planned = fault()
+    if planned is not None and planned[1] == steps_done + START_STEP:
+        if planned[0] == "kill":
+            note_time("fault")
+            os.kill(os.getpid(), signal.SIGKILL)
+        if planned[0] == "stall":
+            note_time("fault")
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a hung process: the launcher's SIGTERM ends it
+            while True:
+                time.sleep(1)
+    return result
+
+
+def save_with_faults(real_save, obj, path, *args, **kwargs):
+    planned = fault()
+    if planned is not None and planned[0] == "kill-while-saving" and f"step-{planned[1]:07d}" in str(path):
+        # Killed half-way: the weights and config are written, the training state is not.
+        Path(path).write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, path, *args, **kwargs)
+
+
+def leave_noting_time(real_leave, status: int) -> None:
+    note_time(f"left-{RANK}")
+    real_leave(status)
+
+
+def start_run_noting_step(real_start, config):
+    global START_STEP
+    run = real_start(config)
+    START_STEP = run.start_step
+    return run
+
+
+if __name__ == "__main__":
+    train.train_step = functools.partial(step_with_faults, train.train_step)
+    train.start_run = functools.partial(start_run_noting_step, train.start_run)
+    run_checkpoints.torch.save = functools.partial(save_with_faults, torch.save)
+    train.leave_now = functools.partial(leave_noting_time, train.leave_now)
+    if "SECONDS_PER_STEP" in os.environ:
+        seconds = float(os.environ["SECONDS_PER_STEP"])
+        train.CheckpointClock = functools.partial(run_checkpoints.CheckpointClock, clock=lambda: steps_done * seconds)
+    train.main(sys.argv[1:])
