@@ -13,9 +13,16 @@ makes; the loader adds the reports up in a :class:`DataStats`, which logs the fi
 skip of each kind with its message and a summary after ``log_every`` skips, then each
 time the total doubles: on shards where most samples lack a modality a source reads,
 skips come every step, and a line per step would bury the training log.
+
+Draws and samples: a resampled source reads its shards again and again, so one sample
+is skipped (or taken) once per draw, by every worker that draws it. The counts are of
+draws; beside them, the samples are counted once each (by shard and key, up to
+:data:`DISTINCT_LIMIT` per source and reason), and the summary says both:
+``missing_audio 264 samples (7,426 draws); valid 7 samples (160 draws)``.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 
@@ -32,6 +39,15 @@ SAMPLE_SKIP_REASONS = (
     "bad_caption",
     "bad_label",
 )
+# Distinct samples counted per source and reason (a set of 8-byte hashes each, about 6 MB when
+# full); past it the summary says "over" that many.
+DISTINCT_LIMIT = 100_000
+VALID = "valid"  # the reason valid samples are counted under among the distinct ones
+
+
+def sample_identity(sample: str) -> int:
+    """A sample's name (its shard and key) -> 64 bits, the same in every process (``hash`` is not)."""
+    return int.from_bytes(hashlib.blake2b(sample.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 class DataStats:
@@ -48,6 +64,8 @@ class DataStats:
         self.skipped: dict[str, dict[str, int]] = {name: {} for name in sources}
         self.examples: dict[tuple[str, str], str] = {}
         self.failed_shards: dict[tuple[str, str], str] = {}
+        # source -> reason (or VALID) -> the samples' identities (see sample_identity), up to DISTINCT_LIMIT.
+        self.distinct: dict[str, dict[str, set[int]]] = {}
         self.log_every = log_every
         self._next_log = log_every
 
@@ -72,6 +90,10 @@ class DataStats:
                         message,
                         self.log_every,
                     )
+        for source, reasons in delta.get("seen", {}).items():
+            for reason, identities in reasons.items():
+                known = self.distinct.setdefault(source, {}).setdefault(reason, set())
+                known.update(identities[: max(0, DISTINCT_LIMIT - len(known))])
         for source, shards in delta.get("shards", {}).items():
             for url, message in shards.items():
                 if (source, url) not in self.failed_shards:
@@ -86,20 +108,39 @@ class DataStats:
         """Everything skipped, all sources and reasons (shards and samples alike)."""
         return sum(sum(reasons.values()) for reasons in self.skipped.values())
 
+    def distinct_samples(self) -> dict[str, dict[str, int]]:
+        """``{source: {reason or "valid": distinct samples}}``, for the samples whose names were reported
+        (shard reasons count reads, not samples, and have none); a count of DISTINCT_LIMIT means at least."""
+        return {source: {reason: len(known) for reason, known in sorted(reasons.items())}
+                for source, reasons in self.distinct.items() if reasons}
+
     def summary(self) -> dict:
-        """A plain dict: ``{"samples": {...}, "skipped": {source: {reason: n}}, "total_skipped": n}``."""
+        """A plain dict of draws: ``{"samples": {...}, "skipped": {source: {reason: n}}, "total_skipped": n}``
+        (the samples counted once each: :meth:`distinct_samples`)."""
         return {
             "samples": dict(self.samples),
             "skipped": {source: dict(reasons) for source, reasons in self.skipped.items() if reasons},
             "total_skipped": self.total_skipped(),
         }
 
+    def _counted(self, source: str, reason: str, draws: int) -> str:
+        """``missing_audio 264 samples (7,426 draws)``; ``... 12 samples`` when each was drawn once; the
+        bare count for reasons with no samples named (a shard's)."""
+        known = self.distinct.get(source, {}).get(reason)
+        if not known:
+            return f"{reason} {draws:,}"
+        if len(known) >= DISTINCT_LIMIT:
+            samples = f"over {DISTINCT_LIMIT:,} samples"
+        else:
+            samples = f"{len(known):,} sample" + ("" if len(known) == 1 else "s")
+        return f"{reason} {samples}" + ("" if draws == len(known) else f" ({draws:,} draws)")
+
     def _compact(self) -> str:
         parts = []
         for source, reasons in self.skipped.items():
             if reasons:
-                inner = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
-                parts.append(f"{source}: {inner} (valid {self.samples.get(source, 0)})")
+                inner = ", ".join(self._counted(source, reason, count) for reason, count in sorted(reasons.items()))
+                parts.append(f"{source}: {inner}; {self._counted(source, VALID, self.samples.get(source, 0))}")
         return "; ".join(parts) or "nothing"
 
     def __repr__(self) -> str:
@@ -116,14 +157,22 @@ class WorkerCounts:
         self.shards: dict[str, dict[str, str]] = {}  # source -> {url: "(reason) url: message"}, a shard's first skip
         self._reported_examples: set[tuple[str, str]] = set()
         self._reported_shards: set[tuple[str, str]] = set()
+        self.seen: dict[str, dict[str, list[int]]] = {}  # samples named for the first time since the last report
+        self._seen: dict[tuple[str, str], set[int]] = {}  # every sample named so far, up to DISTINCT_LIMIT each
 
-    def valid(self, source: str) -> None:
+    def valid(self, source: str, sample: str | None = None) -> None:
+        """Counts one valid draw; ``sample``: its name (shard and key), to count the sample once."""
         self.samples[source] = self.samples.get(source, 0) + 1
+        if sample is not None:
+            self._see(source, VALID, sample)
 
-    def skip(self, source: str, reason: str, message: str, shard: str | None = None) -> None:
-        """Counts one skip; ``shard``: the URL of a shard skipped, named in the report the first time."""
+    def skip(self, source: str, reason: str, message: str, shard: str | None = None, sample: str | None = None) -> None:
+        """Counts one skip; ``shard``: the URL of a shard skipped, named in the report the first time;
+        ``sample``: the name (shard and key) of a sample skipped, to count it once however often it is drawn."""
         reasons = self.skipped.setdefault(source, {})
         reasons[reason] = reasons.get(reason, 0) + 1
+        if sample is not None:
+            self._see(source, reason, sample)
         if shard is not None and (source, shard) not in self._reported_shards:
             self._reported_shards.add((source, shard))
             self.shards.setdefault(source, {})[shard] = f"({reason}) {message}"
@@ -131,11 +180,19 @@ class WorkerCounts:
             self._reported_examples.add((source, reason))
             self.examples.setdefault(source, {})[reason] = message
 
+    def _see(self, source: str, reason: str, sample: str) -> None:
+        known = self._seen.setdefault((source, reason), set())
+        identity = sample_identity(sample)
+        if len(known) < DISTINCT_LIMIT and identity not in known:
+            known.add(identity)
+            self.seen.setdefault(source, {}).setdefault(reason, []).append(identity)
+
     def take(self) -> dict:
         """The report of everything counted since the last one; the counts start again from zero."""
-        delta = {"samples": self.samples, "skipped": self.skipped, "examples": self.examples, "shards": self.shards}
-        self.samples, self.skipped, self.examples, self.shards = {}, {}, {}, {}
+        delta = {"samples": self.samples, "skipped": self.skipped, "examples": self.examples, "shards": self.shards,
+                 "seen": self.seen}
+        self.samples, self.skipped, self.examples, self.shards, self.seen = {}, {}, {}, {}, {}
         return delta
 
 
-__all__ = ["DataStats", "SAMPLE_SKIP_REASONS", "WorkerCounts"]
+__all__ = ["DISTINCT_LIMIT", "DataStats", "SAMPLE_SKIP_REASONS", "VALID", "WorkerCounts", "sample_identity"]

@@ -66,6 +66,11 @@ class StreamSettings:
     remote: RemoteConfig  # how shards over HTTP(S) and from pipe: commands are read
 
 
+def _sample_name(raw: dict) -> str:
+    """A raw sample's name among all a source reads: its shard and key (counted once however often drawn)."""
+    return f"{raw['__url__']}\0{raw['__key__']}"
+
+
 class SourceStream:
     """Raw samples of one source in one worker (shards, shuffle buffer) and their preprocessing.
 
@@ -189,16 +194,16 @@ class SourceStream:
 
     # Failure accounting
 
-    def _skip(self, reason: str, message: str, shard: str | None = None) -> None:
+    def _skip(self, reason: str, message: str, shard: str | None = None, sample: str | None = None) -> None:
         self.skip_counts[reason] = self.skip_counts.get(reason, 0) + 1
-        self.counts.skip(self.name, reason, message, shard)
+        self.counts.skip(self.name, reason, message, shard, sample)
 
     def _judged(self, raw: dict) -> None:
         if self.pass_end is None or raw["__read__"] < self.pass_end:
             self.judged_in_pass += 1
 
     def _reject(self, raw: dict, skip: UnusableSample) -> None:
-        self._skip(skip.reason, f"{raw['__url__']} sample {raw['__key__']}: {skip}")
+        self._skip(skip.reason, f"{raw['__url__']} sample {raw['__key__']}: {skip}", sample=_sample_name(raw))
         self.failures += 1
         self.failed_shards.add(raw["__shard__"])
         self._check_not_empty()
@@ -240,7 +245,7 @@ class SourceStream:
                 self._reject(raw, skip)
                 continue
             self.valid_samples += 1
-            self.counts.valid(self.name)
+            self.counts.valid(self.name, _sample_name(raw))
             return sample
 
     def _preprocess(self, raw: dict, rng: random.Random | None) -> dict:
