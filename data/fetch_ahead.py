@@ -152,21 +152,32 @@ class FetchAhead:
     # Reading one shard
 
     def _read(self, entry: _Entry) -> Iterator[ShardRead]:
-        """The samples of ``entry`` not given yet, then its end; nothing more if it stalls and is left for later."""
-        position, failure = 0, None
+        """The samples of ``entry`` not given yet, then its end; nothing more if it stalls and is left for later.
+
+        Each sample is given once the next one starts: the last one only if the download
+        completed, since a connection cut between two of its files leaves a sample short.
+        """
+        position, failure, previous = 0, None, None
         try:
             for sample in tar_samples(_GrowingReader(self, entry), entry.url):
                 position += 1
-                if position <= entry.samples_given:
-                    continue  # given before the shard was left for another
-                entry.samples_given += 1
-                yield entry.shard_index, entry.url, sample, None
+                if previous is not None:
+                    yield from self._give(entry, previous, position - 1)
+                previous = sample
         except _Deferred:
             return
         except (OSError, EOFError, ValueError) as error:  # TarFormatError is a ValueError; gzip raises OSError
             failure = error
+        if previous is not None and failure is None and entry.download.error is None:
+            yield from self._give(entry, previous, position)
         self.window.remove(entry)
         yield entry.shard_index, entry.url, None, self._problems(entry, failure)
+
+    @staticmethod
+    def _give(entry: _Entry, sample: dict, position: int) -> Iterator[ShardRead]:
+        if position > entry.samples_given:  # not given before the shard was left for another
+            entry.samples_given += 1
+            yield entry.shard_index, entry.url, sample, None
 
     def _problems(self, entry: _Entry, failure: Exception | None) -> list[ShardProblem]:
         download = entry.download
