@@ -8,7 +8,8 @@ step: deterministic, whatever the machine's speed.
 - ``FAULT=kill:RANK:STEP``: SIGKILL right after step STEP on rank RANK.
 - ``FAULT=kill-while-saving:RANK:STEP``: SIGKILL half-way through writing the checkpoint of STEP.
 - ``FAULT=stall:RANK:STEP``: after step STEP, wait without end (as a hung process), SIGTERM kills.
-- ``SECONDS_PER_STEP=S``: the checkpoint clock reads S seconds per step trained (not the wall clock).
+- ``SECONDS_PER_STEP=S``: the checkpoint clock reads S seconds per step trained (not the wall clock);
+  with ``CLOCK_RANK=R``, on rank R only (the others' clocks stand still).
 - ``FAULT_TIMES=DIR``: the fault's time (``fault``) and the time a process left after losing its
   peer (``left-RANK``) are written there, as ``time.time()``.
 """
@@ -89,5 +90,7 @@ if __name__ == "__main__":
     train.leave_now = functools.partial(leave_noting_time, train.leave_now)
     if "SECONDS_PER_STEP" in os.environ:
         seconds = float(os.environ["SECONDS_PER_STEP"])
+        if int(os.environ.get("CLOCK_RANK", RANK)) != RANK:
+            seconds = 0.0
         train.CheckpointClock = functools.partial(run_checkpoints.CheckpointClock, clock=lambda: steps_done * seconds)
     train.main(sys.argv[1:])

@@ -158,6 +158,13 @@ def test_a_kill_while_saving_is_never_resumed_and_the_same_command_finishes_the_
     assert_same_weights(final_weights(run_dir, 11), final_weights(reference_dir, 11))
 
 
+# Checkpoints every 10 steps and every minute; the clock reads 20 s a step on rank 0 and stands
+# still on rank 1: rank 0 decides for both, so both save at 3, 6, 9, 10, 13, ... (a save restarts
+# the clock), or the save, a collective call, would hang.
+EVERY_10_STEPS_AND_MINUTE = ("--checkpoint_every", "10", "--checkpoint_every_minutes", "1")
+RANK_0_CLOCK = {"SECONDS_PER_STEP": "20", "CLOCK_RANK": "0"}
+
+
 @pytest.fixture(scope="module")
 def restarted_job(dataset, tmp_path_factory):
     """torchrun, 2 processes, ``--max-restarts 2``: rank 1 killed after step 21 of 30 (checkpoints every 10).
@@ -166,8 +173,8 @@ def restarted_job(dataset, tmp_path_factory):
     """
     output_dir = tmp_path_factory.mktemp("restarted")
     times = output_dir / "times"
-    done = torchrun(train_args(dataset, output_dir, 30, "--checkpoint_every", "10"), restarts=2,
-                    FAULT="kill:1:21", FAULT_TIMES=str(times))
+    done = torchrun(train_args(dataset, output_dir, 30, *EVERY_10_STEPS_AND_MINUTE), restarts=2,
+                    FAULT="kill:1:21", FAULT_TIMES=str(times), **RANK_0_CLOCK)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     return output_dir / "run", output, times
@@ -180,13 +187,14 @@ def two_agent_run(dataset, tmp_path_factory):
     Uninterrupted, 30 steps, checkpoints every 10: returns its run directory.
     """
     output_dir = tmp_path_factory.mktemp("two-agents")
-    args = train_args(dataset, output_dir, 30, "--checkpoint_every", "10")
+    args = train_args(dataset, output_dir, 30, *EVERY_10_STEPS_AND_MINUTE)
     endpoint = f"127.0.0.1:{free_port()}"
     agents = [
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                           "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "two-nodes",
                           str(HOOKS), *args],
-                         env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         env={**ENV, **RANK_0_CLOCK}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
         for _ in range(2)
     ]
     try:
@@ -211,6 +219,9 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_finishes_as_if_uninterrupte
     assert f"resumed from {run_dir / 'checkpoints' / 'step-0000020'} at step 20" in output
     assert "connectFullMesh" not in output
     assert_same_weights(final_weights(run_dir, 30), final_weights(two_agent_run, 30))
+    # Saved at the steps rank 0's clock chose, by both processes: 20 by steps, then 23, 26, 29 by time.
+    assert [c.name for c in train.list_checkpoints(run_dir)] == [
+        "step-0000020", "step-0000023", "step-0000026", "step-0000029", "step-0000030"]
 
 
 @pytest.mark.slow
