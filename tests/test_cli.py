@@ -174,7 +174,7 @@ def test_classify_prints_top_labels_and_json_in_input_order(checkpoint, model, c
 
 
 NOT_MEDIA = ("not an image or audio file (neither by its extension nor by its content); images are read from .jpg, "
-             ".jpeg, .png, .webp, .gif files, audio from .flac, .wav, .ogg, .mp3 files")
+             ".jpeg, .png, .webp, .gif, .svg files, audio from .flac, .wav, .ogg, .mp3 files")
 
 
 def test_classify_says_what_a_file_is_not_and_reads_files_without_extension(checkpoint, tmp_path, capsys):

@@ -178,7 +178,7 @@ def not_media_reason() -> str:
     """Why a file is not classified: what it is not, and what is read."""
     media = [get_modality(name) for name in CLASSIFIED_MODALITIES]
     # "images are read from .jpg, ... files, audio from .flac, ... files"
-    read = [f"{m.many} from {', '.join('.' + e for e in m.extensions)} files" for m in media]
+    read = [f"{m.many} from {', '.join('.' + e for e in m.folder_extensions)} files" for m in media]
     read[0] = read[0].replace(" from ", " are read from ", 1)
     return (f"not {' or '.join(m.one for m in media)} file (neither by its extension nor by its content); "
             + ", ".join(read))

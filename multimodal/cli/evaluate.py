@@ -48,7 +48,9 @@ def add_command(commands) -> None:
             "the embeddings of --train-data and scores it on --data; its weight decay is chosen by validation accuracy "
             "on --val-fraction of each class of the training set (stratified, drawn under --seed), then the probe is "
             "refit on the whole training set; --weight-decay fixes it instead. --fewshot-k K trains on K samples per "
-            "class (drawn under --seed), validated within them. Inputs that cannot be read are reported on stderr and skipped."
+            "class (drawn under --seed), validated within them. Inputs that cannot be read are reported on stderr and skipped; "
+            "shard samples without the modality (a picture-only sample when evaluating audio) are counted on stderr "
+            "and passed over (exit 0)."
         ),
         epilog=EXIT_STATUS_HELP,
     )
