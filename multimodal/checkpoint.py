@@ -59,6 +59,15 @@ def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def _fsync(path: Path) -> None:
+    """Flushes a file's data, or a folder's entries, to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_directory_atomically(directory: str | Path, write: Any) -> Path:
     """Calls ``write(tmp_dir)`` then moves ``tmp_dir`` to ``directory``, replacing it only once complete."""
     directory = Path(directory)
@@ -67,10 +76,8 @@ def write_directory_atomically(directory: str | Path, write: Any) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, permissions(directory=True))  # mkdtemp made it 0700
-        for path in tmp.rglob("*"):  # data on disk before the rename makes it visible
-            if path.is_file():
-                with open(path, "rb") as handle:
-                    os.fsync(handle.fileno())
+        for path in [*tmp.rglob("*"), tmp]:  # data and file names on disk before the rename makes them visible
+            _fsync(path)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             os.replace(directory, old)
@@ -78,6 +85,7 @@ def write_directory_atomically(directory: str | Path, write: Any) -> Path:
             shutil.rmtree(old)
         else:
             os.replace(tmp, directory)
+        _fsync(directory.parent)  # the rename itself survives a crash of the machine
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
