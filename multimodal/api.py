@@ -107,7 +107,8 @@ def prepare_input(modality: str, item: Any, config: ModelConfig, *, sample_rate:
     """One raw input -> its model-ready form, with the preprocessing ``config`` describes.
 
     * image (a path, bytes, PIL image, uint8 or [0, 1] float tensor/array) -> float32
-      (3, S, S), resized on its shortest side, centre-cropped and normalised;
+      (3, S, S), resized on its shortest side, centre-cropped and normalised; an SVG
+      drawing (path or bytes) is rasterised first, as the shard writer rasterises it;
     * audio (a path, bytes, a ``(waveform, sample_rate)`` tuple, or a waveform tensor or
       array with ``sample_rate``) -> its evaluation windows [(T_i, F), ...] of
       normalised log-mel frames (see ``multimodal.data.audio.eval_audio_windows``),
