@@ -112,6 +112,9 @@ class EvalSetConfig:
             modality: image
             train_shards: data/digits-train-{000000..000039}.tar
             fewshot_k: 10
+          - name: sounds                  # zero-shot on class folders (sounds/cow/*.ogg ...): no class_names,
+            shards: data/sounds           # the folders' names are taken, in sorted order
+            modality: audio
     """
 
     name: str

@@ -1,5 +1,6 @@
 """data.eval takes what `multimodal eval` takes: class folders, shards that mix pictures and sounds, and
 the class names the data record (no class_names restated); names given that contradict the record are refused."""
+import json
 import re
 
 import pytest
@@ -196,3 +197,16 @@ def test_class_folders_are_refused_where_a_set_needs_pairs_or_mixes_them_with_sh
     assert refused(model, EvalSetConfig(name="z", shards=str(material["root"] / "pictures"), modality="audio")) == (
         f"data.eval[0] (z).shards: the class folders of {material['root'] / 'pictures'} (one, two) hold no audio file "
         f"({extensions})")
+
+
+def test_a_run_evaluates_class_folders_and_a_mixed_shard_and_records_the_names_it_took(material, tmp_path):
+    from multimodal import train
+    from tests.test_train import run_args, tiny_dataset_at
+
+    dataset = tiny_dataset_at(tmp_path / "data")
+    eval_sets = json.dumps([{"name": "folders", "shards": material["folders"]},
+                            {"name": "mixed", "shards": material["shards"], "templates": TEMPLATES}])
+    result = train.main(run_args(dataset, tmp_path, 2, ["--data.eval", eval_sets, "--threads", "1"])[2:])
+    assert result["results"]["folders/num_samples"] == 6 and result["results"]["mixed/num_samples"] == 6
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]["eval"]
+    assert [(entry["name"], entry["class_names"]) for entry in recorded] == [("folders", RECORDED), ("mixed", RECORDED)]

@@ -22,8 +22,11 @@ def docstring_examples() -> list[dict]:
 def test_every_field_is_documented_and_the_examples_are_valid_sets():
     for field in dataclasses.fields(EvalSetConfig):
         assert f"\n        {field.name}: " in EvalSetConfig.__doc__, field.name
-    zero_shot, pairs, gallery, probe = (from_dict(EvalSetConfig, entry, "data.eval") for entry in docstring_examples())
+    zero_shot, pairs, gallery, probe, folders = (from_dict(EvalSetConfig, entry, "data.eval")
+                                                 for entry in docstring_examples())
     assert (zero_shot.task, zero_shot.modality, len(zero_shot.class_names)) == ("zeroshot", "image", 10)
+    assert (folders.task, folders.modality, folders.shards, folders.class_names) == (
+        "zeroshot", "audio", "data/sounds", [])  # the names are the folders' (tests/test_eval_sets.py)
     assert zero_shot.templates == ["a handwritten {}.", "the digit {} written by hand."]
     assert (pairs.task, pairs.modalities, pairs.gallery_shards) == ("retrieval", ["image", "text"], None)
     assert pairs.caption_keys == "json:caption"
@@ -92,7 +95,8 @@ def test_bad_sets_are_refused_with_what_to_fix():
 
 
 def test_each_set_says_how_its_shards_are_read():
-    zero_shot, pairs, gallery, probe = (from_dict(EvalSetConfig, entry, "data.eval") for entry in docstring_examples())
+    zero_shot, pairs, gallery, probe, _ = (from_dict(EvalSetConfig, entry, "data.eval")
+                                           for entry in docstring_examples())
     spec = pairs.source_specs()["shards"]
     assert (spec.modalities, spec.all_captions, spec.caption_keys, spec.label_key) == (
         ["image", "text"], True, "json:caption", None)
