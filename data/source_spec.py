@@ -35,7 +35,9 @@ class SourceSpec:
     match zero-shot classes, galleries and linear probes.
 
     Args:
-        shards: a shard spec (see :func:`multimodal.data.shards.expand_shards`).
+        shards: a shard spec (see :func:`multimodal.data.shards.expand_shards`). An
+            evaluation set's may be a folder of class folders instead, read by the
+            evaluation's class-folder loader, never by :func:`~multimodal.data.loader.make_loader`.
         modalities: one to three of "text", "image", "audio"; training needs at
             least two (a contrastive pair), evaluation and embedding may read one.
         weight: relative share of batches drawn from this source.

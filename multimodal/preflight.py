@@ -176,11 +176,11 @@ def _check_first_samples(urls: list[str], modalities: list[str], fields: SampleF
         problems: list[ShardProblem] = []
         with closing(read_shard(url, problems)) as samples:  # closed on every way out, the raises included
             for sample in samples:
-                if looked.full():
+                if looked.full() or looked.enough():
                     break
                 looked.judge(sample)
         looked.shard_done(url, problems)
-        if looked.full():
+        if looked.full() or looked.enough():
             break
     looked.conclude(local)
 
@@ -199,6 +199,10 @@ class _Looked:
 
     def full(self) -> bool:
         return self.count >= SAMPLES_CHECKED or self.size > BYTES_CHECKED
+
+    def enough(self) -> bool:
+        """One sample fits, and the set reads no class names to check further labels against."""
+        return self.fitting > 0 and self.eval_set.task != "zeroshot"
 
     def judge(self, sample: dict) -> None:
         self.count += 1
