@@ -219,28 +219,43 @@ def _class_captions(root: Path, files: list[Path]) -> dict[Path, tuple[str, int]
     return {path: (class_name_in_words(names[label]), label) for path, label in labelled}
 
 
-def _count_captioned(groups: Mapping[str, list[Path]]) -> tuple[int, int]:
-    """(media files with a same-name caption file, media files)."""
-    captioned = media = 0
+# How the layout report calls the files of each modality.
+_FILES_OF = {"image": "pictures", "audio": "sounds"}
+
+
+def _count_captioned(groups: Mapping[str, list[Path]]) -> dict[str, tuple[int, int]]:
+    """Per modality, in registry order: (files with a same-name caption file, files)."""
+    counts = {modality: [0, 0] for modality in MEDIA_MODALITIES}
     for paths in groups.values():
         found, caption_files, _, _ = _sorted_by_kind(paths)
-        media += len(found)
-        captioned += len(found) if caption_files else 0
-    return captioned, media
+        for path in found:
+            counts[media_modality(path)][0] += bool(caption_files)
+            counts[media_modality(path)][1] += 1
+    return {modality: (captioned, total) for modality, (captioned, total) in counts.items() if total}
+
+
+def _captioned_share(counts: Mapping[str, tuple[int, int]]) -> str:
+    """``"951 of 1,040 pictures and 217 of 7,873 sounds have a same-name .txt caption"``."""
+    parts = [f"{captioned:,} of {total:,} {_FILES_OF.get(modality, modality + ' files')}"
+             for modality, (captioned, total) in counts.items()]
+    return f"{' and '.join(parts) or 'no media file'} {'have' if parts else 'has'} a same-name .txt caption"
 
 
 def choose_layout(root: Path, files: list[Path], layout: str, captions: str) -> tuple[str, str]:
     """The layout to list ``root`` by and why, in words: ``("classes", "classes: ...")``.
 
-    ``"auto"`` reads caption files when at least :data:`CAPTIONED_SHARE` of the media files
-    have one (a stray ``README.txt`` or ``Licence.txt`` does not make a folder of captions),
+    ``"auto"`` reads caption files when at least :data:`CAPTIONED_SHARE` of the files of one
+    modality have one (captioned pictures beside many uncaptioned sounds are a folder of captions;
+    a stray ``README.txt`` or ``Licence.txt`` does not make one),
     else class folders when there are any, else the caption files there are; a folder with
     none of these is an error that suggests captions from names. With captions from names,
     ``"auto"`` groups files by name and labels nothing.
     """
     groups = _stem_groups(root, files)
-    captioned, media = _count_captioned(groups)
-    share = f"{captioned:,} of {media:,} media files have a same-name .txt caption"
+    counts = _count_captioned(groups)
+    share = _captioned_share(counts)
+    captioned = sum(found for found, _ in counts.values())
+    half_captioned = any(found and found >= CAPTIONED_SHARE * total for found, total in counts.values())
     if captions != "auto":
         chosen = "classes" if layout == "classes" else "captions"
         source = "folders, then name" if captions == "names+folders" else "name"
@@ -248,11 +263,11 @@ def choose_layout(root: Path, files: list[Path], layout: str, captions: str) -> 
         return chosen, f"captions from each file's {source} (--captions {captions}){labels}"
     if layout != "auto":
         return layout, f"{layout} (--layout {layout}); {share}"
-    if captioned and captioned >= CAPTIONED_SHARE * media:
+    if half_captioned:
         return "captions", f"captions: {share}"
     class_names = class_folder_files(root, files)[0]
     if class_names:
-        return "classes", f"classes: only {share}, fewer than half; {len(class_names):,} class folders name the rest"
+        return "classes", f"classes: only {share}, fewer than half of any kind; {len(class_names):,} class folders name the rest"
     if captioned:
         return "captions", f"captions: {share}, and there are no class folders"
     raise ValueError(

@@ -121,7 +121,7 @@ def test_messy_folder_end_to_end(stamps, tmp_path, capsys):
         "--max-skip-fraction 1 to accept"
     )
     summary = [line.strip() for line in err.splitlines()]
-    assert summary[0] == "layout: captions: 10 of 11 media files have a same-name .txt caption"
+    assert summary[0] == "layout: captions: 8 of 8 pictures and 2 of 3 sounds have a same-name .txt caption"
     assert f"skipped 3 of 10 samples (one line per sample in {output / 'skipped.jsonl'}):" in summary
     assert any(line.startswith("1 no_caption: no caption") and "cat_desc_de.*" in line for line in summary)
     assert any(line.startswith("1 bad_image: the image does not decode") for line in summary)

@@ -128,8 +128,8 @@ def test_the_automatic_layout_follows_the_share_of_captioned_files(tmp_path):
     (classes / "cat" / "README.txt").write_text("photos of cats\n", encoding="utf-8")
     listing = list_folder(classes)
     assert (listing.layout, listing.decision) == (
-        "classes", "classes: only 0 of 4 media files have a same-name .txt caption, fewer than half; 2 class folders "
-        "name the rest (2 classes: cat, dog)")
+        "classes", "classes: only 0 of 4 pictures have a same-name .txt caption, fewer than half of any kind; 2 class "
+        "folders name the rest (2 classes: cat, dog)")
     # Half or more captioned: caption files.
     captions = tmp_path / "captions"
     for index in range(4):
@@ -137,11 +137,19 @@ def test_the_automatic_layout_follows_the_share_of_captioned_files(tmp_path):
     for index in range(2):
         (captions / f"{index}.txt").write_text("x", encoding="utf-8")
     assert choose_layout(captions, visible_files(captions), "auto", "auto") == (
-        "captions", "captions: 2 of 4 media files have a same-name .txt caption")
+        "captions", "captions: 2 of 4 pictures have a same-name .txt caption")
+    # Captioned pictures beside many spoken descriptions without captions (a stamps package): still captions.
+    stamps = tmp_path / "stamps"
+    write_picture(stamps / "animals" / "cat.png", 1, "PNG")
+    (stamps / "animals" / "cat.txt").write_text("A cat.", encoding="utf-8")
+    for language in ("de", "fr", "ja"):
+        write_sound(stamps / "animals" / f"cat_desc_{language}.ogg", 300, "OGG")
+    assert choose_layout(stamps, visible_files(stamps), "auto", "auto") == (
+        "captions", "captions: 1 of 1 pictures and 0 of 3 sounds have a same-name .txt caption")
     # Nothing captioned and no class folders: a stray text file is not a reason to read captions.
     (captions / "0.txt").unlink()
     (captions / "1.txt").rename(captions / "Licence.txt")
-    with pytest.raises(ValueError, match=r"has neither caption files \(.*0 of 4 media files.*pass --captions names"):
+    with pytest.raises(ValueError, match=r"has neither caption files \(.*0 of 4 pictures have.*pass --captions names"):
         list_folder(captions)
 
 
@@ -160,7 +168,7 @@ def test_a_folder_that_only_wraps_the_classes_is_not_a_class(tmp_path):
         "categorization__fruit__apple": "a photo of fruit.",
     }
     assert listing.decision == (
-        "classes (--layout classes); 0 of 3 media files have a same-name .txt caption (2 classes inside "
+        "classes (--layout classes); 0 of 3 pictures have a same-name .txt caption (2 classes inside "
         "categorization/ (the one folder at the top): animals, fruit; 1 media files lie in sub-folders of their class "
         "folder, labelled by the class folder (animals/farm/pig.png: animals); if folder names are not classes, "
         "--captions names captions each file by its name)"
