@@ -99,6 +99,6 @@ def test_embed_eval_search_and_serve_take_drawings(model, drawings, tmp_path, ca
     assert media_type == "image/png" and data.startswith(b"\x89PNG") and IMAGE.thumbnail(data, 64) is not None
     from multimodal.serve import SearchService
 
-    service = SearchService(open_index(tmp_path / "index"), load(tiny_checkpoint(), precision="fp32"))
+    service = SearchService(open_index(tmp_path / "index"), model)
     answer = service.search("image", DRAWING, 1)  # what an upload of the file's bytes is searched with
     assert answer["hits"][0]["key"] == best["key"] and answer["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
