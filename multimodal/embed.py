@@ -580,6 +580,24 @@ def _known_sizes(urls: Sequence[str]) -> dict[str, int]:
     return sizes
 
 
+def _shard_identity(url: str) -> str:
+    """One shard however it is spelt: a local path made absolute and normal, a URL or command as it is."""
+    return url if is_remote(url) else os.path.abspath(url[len("file:") :] if url.startswith("file:") else url)
+
+
+def _parts_by_shard(output_dir: Path, format: str) -> dict[str, Path]:
+    """``shard -> part`` for the parts in ``output_dir`` that record their shard (in their metadata)."""
+    found: dict[str, Path] = {}
+    for path in sorted(output_dir.glob(f"{PART_PREFIX}*.{format}")) if output_dir.is_dir() else ():
+        try:
+            shard = read_metadata(path).get("shard")
+        except (ValueError, OSError, KeyError, json.JSONDecodeError):
+            continue
+        if shard:
+            found.setdefault(_shard_identity(shard), path)
+    return found
+
+
 def part_path(output_dir: str | os.PathLike, url: str, format: str = "npy", *, urls: Sequence[str] = ()) -> Path:
     """Where the part of shard ``url`` goes: ``output_dir/part-<part name>.<format>``.
 
@@ -607,7 +625,9 @@ def embed_shards(
 
     This process takes ``shards[rank::world_size]`` (in the order the spec lists them);
     parts already complete are left as they are (``result.resumed``), or written again
-    with ``overwrite``. Keys are the
+    with ``overwrite``. Parts are named by :func:`part_names`, but a shard whose part is
+    in ``output_dir`` already under another name (embedded there alone before) keeps
+    it, so no shard has two parts. Keys are the
     samples' ``__key__``. A sample without the modality, or one that does not decode,
     is skipped; a shard that cannot be read (or is cut short) is reported under its URL,
     and its part holds what could be read.
@@ -638,8 +658,11 @@ def embed_shards(
     total = sum(sizes.get(url, 0) for url in mine) if all(url in sizes for url in mine) else None
     result = EmbedResult()
     counter = _Counter(progress, total, len(mine))
+    earlier = _parts_by_shard(output_dir, format)
     for url in mine:
-        path = Path(output_dir) / f"{PART_PREFIX}{names[url]}.{format}"
+        # A shard embedded here before under another name (alone, then beside another folder's)
+        # keeps its part: a second part of it would give its rows twice to an index of the folder.
+        path = earlier.get(_shard_identity(url)) or Path(output_dir) / f"{PART_PREFIX}{names[url]}.{format}"
         if not overwrite and _is_complete(path):
             result.resumed.append(path)
             counter.parts_done += 1

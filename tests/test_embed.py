@@ -293,6 +293,14 @@ def test_shards_of_several_folders_get_parts_named_by_their_folder(model, tmp_pa
     # The same command again finds both parts complete.
     assert cli_main(argv) == 0
     assert "2 part(s) already complete" in capsys.readouterr().out
+    # A folder where train was embedded alone first: its part keeps its name, and no second part of it is written.
+    alone = embed.embed_shards(model, "image", urls[:1], tmp_path / "grown")
+    assert [path.name for path in alone.written] == ["part-shard-000000.npy"]
+    grown = embed.embed_shards(model, "image", urls, tmp_path / "grown")
+    assert [path.name for path in grown.resumed] == ["part-shard-000000.npy"]
+    assert [path.name for path in grown.written] == ["part-val__shard-000000.npy"]
+    assert sorted(path.name for path in (tmp_path / "grown").glob("*.npy")) == [
+        "part-shard-000000.npy", "part-val__shard-000000.npy"]
 
 
 def test_empty_captions_are_skipped_by_name(model, tmp_path, capsys):
