@@ -6,11 +6,11 @@ field is kept in the sample's ``.json``. Empty CSV cells are left out.
 
 Rows sharing a key are one sample by the rule every layout follows
 (:func:`multimodal.data.pairing.pair_media`): ``instruments/guitar.svg`` and
-``instruments/guitar.ogg`` are an image-audio sample; the same file on several rows, or
-files of one name with different captions, give one sample with every caption (a caption
+``instruments/guitar.ogg`` are an image-audio sample; the same file on several rows, or a
+picture and a sound of one name captioned differently, give one sample with every caption (a caption
 list: training draws one, evaluation takes the first); two files of one modality under one
-key are two samples, both with those captions. Fields of rows sharing a key are merged, the
-first row's value kept where two differ.
+key are two samples, each with the captions of its own rows. Fields of rows of one sample
+are merged, the first row's value kept where two differ.
 """
 from __future__ import annotations
 
@@ -44,21 +44,21 @@ def samples_from_manifest(path: str | Path) -> list[SampleSource]:
 
 
 def _group_drafts(manifest: Path, name: str, group: list[tuple[int, Path, dict[str, Any]]]) -> list[Draft]:
-    """The samples of the rows sharing one key: files paired, captions and fields of all rows."""
+    """The samples of the rows sharing one key: files paired, each sample with the captions and fields of its files' rows."""
     paths = list(dict.fromkeys(media_path for _, media_path, _ in group))
-    captions = list(dict.fromkeys(str(row["caption"]) for _, _, row in group if row.get("caption") is not None))
-    extra: dict[str, Any] = {}
-    for _, _, row in group:
-        for field, value in row.items():
-            if field != "caption":
-                extra.setdefault(field, value)
-    lines = ",".join(str(line_number) for line_number, _, _ in group)
-    caption = "\n".join(captions) if captions else None
-    return [
-        Draft(sample_name, media, caption, dict(extra) or None,
-              f"{manifest}:{lines} ({', '.join(str(value) for value in media.values())})")
-        for sample_name, media in pair_media(name, paths)
-    ]
+    drafts = []
+    for sample_name, media in pair_media(name, paths):
+        rows = [(line_number, row) for line_number, media_path, row in group if media_path in media.values()]
+        captions = list(dict.fromkeys(str(row["caption"]) for _, row in rows if row.get("caption") is not None))
+        extra: dict[str, Any] = {}
+        for _, row in rows:
+            for field, value in row.items():
+                if field != "caption":
+                    extra.setdefault(field, value)
+        lines = ",".join(str(line_number) for line_number, _ in rows)
+        drafts.append(Draft(sample_name, media, "\n".join(captions) if captions else None, extra or None,
+                            f"{manifest}:{lines} ({', '.join(str(value) for value in media.values())})"))
+    return drafts
 
 
 def _require_columns(path: Path, found: Iterable[str], where: str) -> None:

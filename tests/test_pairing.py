@@ -88,7 +88,8 @@ def test_manifest_rows_of_one_name_are_one_sample(tmp_path):
         "media__sun": ["sun.png"],
     }
     assert samples["media__guitar"].caption == "a guitar" and samples["media__guitar"].extra == {"source": "game"}
-    assert samples["media__cow"].caption == samples["media__cow_svg"].caption == "a cow\na drawing of a cow"
+    # Two pictures of one name: two samples, each with its own row's caption.
+    assert (samples["media__cow"].caption, samples["media__cow_svg"].caption) == ("a cow", "a drawing of a cow")
     assert samples["media__sun"].origin == f"{manifest}:5,6 ({media / 'sun.png'})"
     result = write_shards(samples.values(), tmp_path / "shards", validate=False)
     assert result.skipped == [] and result.num_written == 4
