@@ -23,7 +23,8 @@ from pathlib import Path
 from multimodal.data.collate import collate_samples
 from multimodal.data.listing import class_folder_files, class_name_in_words
 from multimodal.data.loader import finish_batch
-from multimodal.data.modalities import get_modality, modality_of_extension
+from multimodal.data.image_modality import rasterised
+from multimodal.data.modalities import get_modality, normalize_extension
 from multimodal.data.shards import SHARD_SUFFIXES, expand_shards, is_remote, read_shard
 from multimodal.data.skip_counts import DataStats, WorkerCounts
 
@@ -64,10 +65,11 @@ def read_class_folder(root: str | Path, modality: str) -> ClassFolder:
         raise ValueError(f"folder {root} holds neither .tar shards nor class sub-folders holding files; "
                          "give a shard spec, or a folder with one sub-folder per class")
     definition = get_modality(modality)
-    own = [(path, label) for path, label in files if modality_of_extension(path.suffix) == modality]
+    # The files `multimodal eval` takes from a folder: SVG drawings among the images.
+    own = [(path, label) for path, label in files if normalize_extension(path.suffix) in definition.folder_extensions]
     if not own:
         raise ValueError(f"the class folders of {root} ({', '.join(folders[:5])}{' ...' if len(folders) > 5 else ''}) "
-                         f"hold no {definition.one} file (.{', .'.join(definition.extensions)})")
+                         f"hold no {definition.one} file (.{', .'.join(definition.folder_extensions)})")
     return ClassFolder(root, modality, folders, [class_name_in_words(name) for name in folders], own)
 
 
@@ -110,9 +112,13 @@ class ClassFolderLoader:
 
     def _sample(self, path: Path, label: int, counts: WorkerCounts) -> dict | None:
         modality = self.folder.modality
+        definition = get_modality(modality)
         try:
-            loaded = get_modality(modality).load_member(path.read_bytes(), self.preprocess[modality], train=False,
-                                                       rng=None, levers=None)
+            data = path.read_bytes()
+            if normalize_extension(path.suffix) not in definition.extensions:
+                # A format no shard holds (an SVG drawing): drawn as the shard writer draws it.
+                data = rasterised(data)
+            loaded = definition.load_member(data, self.preprocess[modality], train=False, rng=None, levers=None)
         except (OSError, ValueError) as error:
             counts.skip(self.name, f"bad_{modality}", f"{path}: {error}")
             return None

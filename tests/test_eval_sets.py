@@ -82,17 +82,28 @@ def test_class_folders_and_a_mixed_shard_evaluate_alike_with_the_names_they_reco
     assert shard_loader.stats.summary()["skipped"] == {"shards": {f"missing_{modality}": 6}}
 
 
-def test_a_class_folder_loader_labels_by_sorted_folder_and_counts_what_does_not_decode(material, tiny, tmp_path):
+def test_a_class_folder_loader_labels_by_sorted_folder_reads_drawings_and_counts_what_does_not_decode(tiny, tmp_path):
     model, _ = tiny
     for name in ("b_class", "a_class"):
-        write_png(tmp_path / name / "good.png", seed=len(name))
-    (tmp_path / "b_class" / "broken.png").write_bytes(b"not a picture")
-    loader = ClassFolderLoader(read_class_folder(tmp_path, "image"), "mine", batch_size=2,
+        write_png(tmp_path / "folders" / name / "good.png", seed=len(name))
+    (tmp_path / "folders" / "b_class" / "drawing.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24"><circle cx="12" cy="12" r="8" fill="red"/></svg>')
+    (tmp_path / "folders" / "b_class" / "broken.png").write_bytes(b"not a picture")
+    loader = ClassFolderLoader(read_class_folder(tmp_path / "folders", "image"), "mine", batch_size=2,
                                preprocess=model.config.preprocess)
     batches = list(loader)
-    assert [batch["__key__"] for batch in batches] == [["a_class/good.png", "b_class/good.png"]]
-    assert batches[0]["label"].tolist() == [0, 1] and batches[0]["image"].dtype == torch.float32
-    assert loader.stats.samples == {"mine": 2} and loader.stats.skipped == {"mine": {"bad_image": 1}}
+    assert [batch["__key__"] for batch in batches] == [["a_class/good.png", "b_class/drawing.svg"], ["b_class/good.png"]]
+    assert [batch["label"].tolist() for batch in batches] == [[0, 1], [1]]
+    assert loader.stats.samples == {"mine": 3} and loader.stats.skipped == {"mine": {"bad_image": 1}}
+    # The pictures are those the shards of the same folder give (the drawing drawn as the writer draws it).
+    assert cli(["shards", "--input", str(tmp_path / "folders"), "--output", str(tmp_path / "shards"),
+                "--layout", "classes", "--max-skip-fraction", "1"]) == 0
+    shard_set = EvalSetConfig(name="shards", shards=str(tmp_path / "shards"), class_names=["a", "b"])
+    data = sources.prepare(sources.DataConfig(), model.config, None,
+                           sources.ResolvedSources(train=[], eval_sets=[shard_set]))
+    from_shards = sorted(torch.cat([batch["image"] for batch in data.eval_sets[0].loader()]).sum(dim=(1, 2, 3)).tolist())
+    from_folders = sorted(torch.cat([batch["image"] for batch in batches]).sum(dim=(1, 2, 3)).tolist())
+    assert from_folders == pytest.approx(from_shards, abs=1e-3)
 
 
 def refused(model, eval_set: EvalSetConfig) -> str:
