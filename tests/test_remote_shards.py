@@ -6,6 +6,8 @@ before it, and never stops the other shards.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -211,3 +213,58 @@ def test_remote_settings_are_dotted_keys_and_checked():
     with pytest.raises(ValueError, match=r"data.remote.fetch_ahead must be at least 1 \(shards downloaded at once\), "
                                          "got 0"):
         parse_config(["--data.remote.fetch_ahead", "0"])
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads children from Linux's /proc")
+def test_a_loader_worker_blocked_on_a_stalled_read_dies_with_its_run(shard_dir):
+    script = (
+        "import sys\n"
+        "from multimodal.data.loader import make_loader\n"
+        "from multimodal.data.remote import RemoteConfig\n"
+        "from multimodal.data.source_spec import SourceSpec\n"
+        "loader = make_loader([SourceSpec([sys.argv[1]], ['text', 'image'])], batch_size=2, train=True,\n"
+        "                     num_workers=1, preprocess={'image': object()}, remote=RemoteConfig(stall_timeout=60))\n"
+        "for batch in loader:\n"
+        "    pass\n"
+    )
+    with ShardServer(shard_dir, faults={"b.tar": "stall"}) as server:
+        run = subprocess.Popen([sys.executable, "-c", script, server.url("b.tar")])
+        workers: list[int] = []
+        try:
+            deadline = time.monotonic() + 60
+            while not _children(run.pid) and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            workers = _children(run.pid)
+            assert workers, "the loader started no worker"
+            while not any(name == "b.tar" for name, _ in server.requests) and time.monotonic() < deadline:
+                time.sleep(0.1)  # the worker is now blocked on the stalled shard
+            run.kill()
+            run.wait()
+            deadline = time.monotonic() + 5
+            while any(_alive(worker) for worker in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not any(_alive(worker) for worker in workers)
+        finally:
+            if run.poll() is None:
+                run.kill()
+            for worker in workers:
+                if _alive(worker):  # only if the test failed: leave no process behind
+                    os.kill(worker, 9)
