@@ -9,7 +9,7 @@ prefix of its own, ``attempt-N/`` from torchrun's ``TORCHELASTIC_RESTART_COUNT``
 
 Every collective call then waits at most ``dist_timeout_s``: a rank whose peer died or
 stalled raises instead of waiting on the 30-minute default, and the trainer says so in
-one line (:func:`describe_lost_peer`).
+one line (:func:`lost_peer_error`, :func:`describe_lost_peer`).
 """
 from __future__ import annotations
 
@@ -52,17 +52,25 @@ def accelerate_backend() -> str:
     return "cuda:nccl,cpu:gloo" if fsdp and cpu_state else "nccl"
 
 
-def is_lost_peer(error: BaseException) -> bool:
-    """Whether ``error`` is a collective call that failed because another process died, stalled or left."""
-    if isinstance(error, dist.DistError):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and any(sign in text for sign in (
-        "gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "Timed out", "timed out", "Broken pipe"))
+def lost_peer_error(error: BaseException) -> BaseException | None:
+    """The error in ``error``'s chain that says a collective call failed because another process was lost, if any.
+
+    The chain counts: a launcher stopping the job may kill this process's loader workers
+    while it handles the collective's error, and the loader's complaint then comes on top.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and any(sign in text for sign in (
+                "gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "Timed out", "timed out", "Broken pipe"))):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def describe_lost_peer(error: BaseException, rank: int, world_size: int, timeout_s: float) -> str:
-    """One line: which rank leaves, why, and what the error said (its first line)."""
+    """One line: which rank leaves, why, and what the collective's error said (its first line)."""
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     peer = f"rank {1 - rank}" if world_size == 2 else "another rank"  # of two, the lost one is the other
     return (f"rank {rank} of {world_size} stops: {peer} died, stalled or left (a collective call failed or waited "

@@ -50,7 +50,7 @@ from multimodal.pretrained import keep_locked_in_eval
 from multimodal.random_state import seed_everything
 from multimodal.resume_config import RESUMABLE_KEYS
 from multimodal.run_config import MACHINE_KEY, RUN_CONFIG_FILE, StartError, TrainConfig, fresh_config, parse_config
-from multimodal.process_group import describe_lost_peer, is_lost_peer, join_process_group, leave_now
+from multimodal.process_group import describe_lost_peer, join_process_group, leave_now, lost_peer_error
 from multimodal.run_checkpoints import (
     CheckpointClock,
     check_run_dir_is_free,
@@ -344,9 +344,10 @@ def train(config: TrainConfig) -> dict:
         return train_or_fail(config)
     except Exception as error:  # noqa: BLE001 - only a lost peer is translated; everything else is raised as it is
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size > 1 and not isinstance(error, (StartError, DataError)) and is_lost_peer(error):
+        lost = lost_peer_error(error) if world_size > 1 and not isinstance(error, (StartError, DataError)) else None
+        if lost is not None:
             rank = int(os.environ.get("RANK", "0"))
-            raise PeerLost(describe_lost_peer(error, rank, world_size, config.dist_timeout_s)) from error
+            raise PeerLost(describe_lost_peer(lost, rank, world_size, config.dist_timeout_s)) from error
         raise
 
 

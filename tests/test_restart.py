@@ -17,6 +17,7 @@ import torch
 
 from multimodal import train
 from multimodal.checkpoint import load_model
+from multimodal.process_group import describe_lost_peer, lost_peer_error
 from multimodal.run_checkpoints import CheckpointClock, remove_unfinished_checkpoints
 from tests.test_train import losses_by_step, tiny_dataset_at
 
@@ -96,6 +97,25 @@ def test_unfinished_checkpoints_are_removed_and_a_replaced_one_put_back(tmp_path
     # Killed between the two renames that replace step 9: the complete earlier copy is step 9 again.
     assert sorted(p.name for p in root.iterdir()) == ["step-0000003", "step-0000009"]
     assert [p.name for p in train.list_checkpoints(tmp_path)] == ["step-0000003", "step-0000009"]
+
+
+def test_a_lost_peer_is_found_under_the_loaders_complaint_and_named_in_one_line():
+    """torchrun stops the job's processes (their loader workers too) while the survivor handles gloo's error."""
+    gloo = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:538] Read error [127.0.0.1]:9392: Connection reset by peer"
+    try:
+        try:
+            raise RuntimeError(gloo)
+        except RuntimeError:
+            raise RuntimeError("DataLoader worker (pid 27225) is killed by signal: Terminated. ")
+    except RuntimeError as error:
+        found = lost_peer_error(error)
+    assert str(found) == gloo
+    assert describe_lost_peer(found, 0, 2, 300) == (
+        "rank 0 of 2 stops: rank 1 died, stalled or left (a collective call failed or waited more than "
+        f"--dist_timeout_s 300 s): {gloo}")
+    assert describe_lost_peer(found, 3, 8, 60).startswith("rank 3 of 8 stops: another rank died")
+    assert lost_peer_error(RuntimeError("CUDA out of memory")) is None
+    assert lost_peer_error(ValueError("a wrong setting")) is None
 
 
 def test_the_checkpoint_clock_is_due_once_its_interval_passed():
