@@ -68,7 +68,8 @@ class _GrowingReader:
                     raise _Deferred
                 condition.wait(self.fetch.patience / 4)
             end = len(download.data) if size < 0 else self.offset + size
-            data = bytes(download.data[self.offset : end])
+            with memoryview(download.data) as view:  # one copy; released before the download appends again
+                data = bytes(view[self.offset : end])
         self.offset += len(data)
         return data
 

@@ -28,10 +28,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import braceexpand
 import webdataset
 from webdataset.tariterators import base_plus_ext
+
+if TYPE_CHECKING:  # multimodal.data.remote reads shards with this module's parser
+    from multimodal.data.remote import RemoteConfig
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +276,7 @@ def read_problem(url: str, error: Exception | None, samples_read: int) -> ShardP
     return ShardProblem(url, reason, f"{type(error).__name__}: {message}", samples_read)
 
 
-def read_shard(url: str, problems: list[ShardProblem], remote=None) -> Iterator[dict]:
+def read_shard(url: str, problems: list[ShardProblem], remote: RemoteConfig | None = None) -> Iterator[dict]:
     """Yields the samples of one tar shard (see :func:`tar_samples`).
 
     When the shard cannot be read, a :class:`ShardProblem` is appended to ``problems``
@@ -318,7 +322,7 @@ def read_shard(url: str, problems: list[ShardProblem], remote=None) -> Iterator[
                     )
 
 
-def _fetched_shard(url: str, problems: list[ShardProblem], remote) -> Iterator[dict]:
+def _fetched_shard(url: str, problems: list[ShardProblem], remote: RemoteConfig) -> Iterator[dict]:
     from multimodal.data.fetch_ahead import FetchAhead  # imports this module
 
     for _, _, sample, shard_problems in FetchAhead(iter([(0, url)]), remote).reads():
