@@ -39,6 +39,8 @@ class ShardServer:
         if unknown:
             raise ValueError(f"unknown faults {unknown}; known: {FAULTS}")
         self.requests: list[tuple[str, str | None]] = []  # (file name, Range header) of each request
+        self.in_flight = self.most_in_flight = 0  # responses being sent now, and the most at once
+        self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
         self._server.daemon_threads = True
@@ -77,6 +79,16 @@ def _handler_class(server: ShardServer) -> type:
             pass
 
         def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            with server._lock:
+                server.in_flight += 1
+                server.most_in_flight = max(server.most_in_flight, server.in_flight)
+            try:
+                self._respond()
+            finally:
+                with server._lock:
+                    server.in_flight -= 1
+
+        def _respond(self) -> None:
             name = self.path.lstrip("/")
             range_header = self.headers.get("Range")
             server.requests.append((name, range_header))

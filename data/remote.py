@@ -194,7 +194,7 @@ class Download:
                     break
             self._wait(self.config.backoff * 2 ** (tries - 1))
         with self.condition:
-            self.error = "cancelled" if self._cancelled and error is None and not self.done else error
+            self.error = error or ("cancelled" if self._cancelled else None)
             self.done = True
             self.condition.notify_all()
 

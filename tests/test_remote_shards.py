@@ -92,6 +92,12 @@ def test_training_batches_over_http_equal_those_from_disk(tmp_path):
         assert torch.equal(remote_batch["image"], local_batch["image"]) and torch.equal(remote_batch["text"], local_batch["text"])
 
 
+def test_shards_are_fetched_several_at_once_and_no_more_than_fetch_ahead(shard_dir):
+    with ShardServer(shard_dir, first_byte_delay=0.3) as server:
+        keys, _, _ = read_all([server.url(f"{n}.tar") for n in "abcde"], RemoteConfig(stall_timeout=5, fetch_ahead=2))
+    assert len(keys) == 5 * SAMPLES and server.most_in_flight == 2
+
+
 def test_404_is_named_and_not_tried_again(shard_dir):
     with ShardServer(shard_dir, faults={"c.tar": "404"}) as server:
         url = server.url("c.tar")
