@@ -5,6 +5,7 @@
     python train.py --config run.yaml --optim.lr 3e-4
     accelerate launch --multi_gpu train.py --preset base ...
     python train.py --run_name demo --resume latest  # continue where a run stopped, with its own settings
+    torchrun --nproc_per_node 2 --max-restarts 2 train.py --run_name demo --resume auto  # restarts itself
 
 (also ``python -m multimodal.train`` or ``multimodal-train`` from any directory.)
 
@@ -558,6 +559,8 @@ order: the preset (tiny, small, base), then the JSON/YAML file, then each
 --dotted.key override (also written --dotted.key=VALUE; lists as JSON).
 --resume latest (with --run_name) or --resume CHECKPOINT_DIR continues a run with
 its own saved settings; only these may change then: {resumable}.
+--resume auto (with --run_name) continues the run's latest complete checkpoint, or
+starts the run when it has none: one command for a first start and every restart.
 SIGTERM or Ctrl-C saves a checkpoint at the current step before exiting."""
 
 
