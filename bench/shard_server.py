@@ -10,7 +10,10 @@ response waits ``first_byte_delay`` seconds before its first byte and sends at m
 - ``404``: answers ``404 Not Found``;
 - ``500-then-ok``: answers ``500 Internal Server Error`` to the first request, then serves;
 - ``cut``: sends half the file and closes the connection, every time (a request for
-  the rest gets nothing and is closed too).
+  the rest gets nothing and is closed too);
+- ``cut-once``: the same to the first request only, then serves.
+
+``ranges=False`` makes it a server that ignores ``Range`` and always sends the whole file.
 
 Used by ``python -m bench remote`` and the remote-shard tests; it stops with its
 ``with`` block, and never waits longer than ``max_stall`` seconds in a stall.
@@ -23,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-FAULTS = ("stall", "404", "500-then-ok", "cut")
+FAULTS = ("stall", "404", "500-then-ok", "cut", "cut-once")
 _CHUNK = 1 << 16
 
 
@@ -31,8 +34,9 @@ class ShardServer:
     """``with ShardServer(folder, faults={"b.tar": "stall"}) as server: server.url("a.tar")``."""
 
     def __init__(self, folder: str | Path, *, first_byte_delay: float = 0.0, bandwidth: float | None = None,
-                 faults: dict[str, str] | None = None, max_stall: float = 600.0) -> None:
+                 faults: dict[str, str] | None = None, max_stall: float = 600.0, ranges: bool = True) -> None:
         self.folder = Path(folder)
+        self.ranges = ranges
         self.first_byte_delay, self.bandwidth, self.max_stall = first_byte_delay, bandwidth, max_stall
         self.faults = dict(faults or {})
         unknown = {name: fault for name, fault in self.faults.items() if fault not in FAULTS}
@@ -92,17 +96,19 @@ def _handler_class(server: ShardServer) -> type:
             name = self.path.lstrip("/")
             range_header = self.headers.get("Range")
             server.requests.append((name, range_header))
+            range_header = range_header if server.ranges else None
+            first = sum(1 for n, _ in server.requests if n == name) == 1
             fault = server.faults.get(name)
             path = server.folder / name
             if fault == "404" or not path.is_file():
                 self._status(404, "Not Found")
                 return
-            if fault == "500-then-ok" and sum(1 for n, _ in server.requests if n == name) == 1:
+            if fault == "500-then-ok" and first:
                 self._status(500, "Internal Server Error")
                 return
             data = path.read_bytes()
             start = int(range_header.split("=")[1].split("-")[0]) if range_header else 0
-            body_end = len(data) // 2 if fault in ("stall", "cut") else len(data)
+            body_end = len(data) // 2 if fault in ("stall", "cut") or (fault == "cut-once" and first) else len(data)
             if range_header:
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

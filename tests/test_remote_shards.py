@@ -133,6 +133,16 @@ def test_cut_keeps_the_samples_before_it_and_resumes_from_the_byte_reached(shard
     assert seconds < 2.0  # three tries, 0.3 s of waits between them
 
 
+@pytest.mark.parametrize("ranges", [True, False], ids=["range-requests", "no-range-requests"])
+def test_a_shard_cut_once_is_read_whole_on_the_next_try(shard_dir, ranges):
+    half = (shard_dir / "a.tar").stat().st_size // 2
+    with ShardServer(shard_dir, faults={"a.tar": "cut-once"}, ranges=ranges) as server:
+        keys, problems, _ = read_all([server.url("a.tar")])
+    assert keys == local_keys(shard_dir / "a.tar") and problems[server.url("a.tar")] == []
+    # Where the server takes ranges, the rest is asked for; where not, the whole is read again and the half held skipped.
+    assert server.requests == [("a.tar", None), ("a.tar", f"bytes={half}-")]
+
+
 def test_a_stalled_shard_is_abandoned_and_does_not_hold_the_others(shard_dir):
     with ShardServer(shard_dir, faults={"b.tar": "stall"}) as server:
         urls = [server.url(f"{n}.tar") for n in "bacde"]  # the stalled shard drawn first
