@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 BENCHMARKS = (
     "train_step", "learning", "patch_dropout", "audio", "resample", "inference", "attention", "data", "augment", "presets",
-    "search", "threads", "remote",
+    "search", "threads", "finetune", "remote",
 )
 
 
