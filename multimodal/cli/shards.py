@@ -64,7 +64,7 @@ def add_command(commands) -> None:
     shards.add_argument("--layout", choices=LAYOUTS, default="auto",
                         help="folder layout: captions (a same-name .txt beside each media file) or classes (one "
                              "sub-folder per class, labelled in sorted order) (default auto: captions when half or "
-                             "more of the media files have a .txt, else classes; the choice is printed)")
+                             "more of the pictures or of the sounds have a .txt, else classes; the choice is printed)")
     shards.add_argument("--captions", choices=CAPTION_SOURCES, default="auto",
                         help="where captions come from: auto (by the layout), names (each file's name, _ and - as "
                              "spaces: polar_bear.webp -> 'polar bear'), names+folders (its folders, then its name: "
