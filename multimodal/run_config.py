@@ -147,7 +147,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
         return config
     checkpoint = find_resume_checkpoint(config)
     if checkpoint is None:  # --resume auto and the run has no checkpoint yet: it starts, as a new run
-        return fresh_config({key: value for key, value in overrides.items() if key != "resume"})
+        return fresh_config({**overrides, "resume": "null"})  # (null over a config file's "auto" too)
     return resumed_config(config, checkpoint, given=overrides)
 
 

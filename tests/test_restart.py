@@ -85,6 +85,9 @@ def test_resume_auto_on_a_run_without_checkpoint_is_a_new_run(dataset, tmp_path)
     # A run folder from a start that died before its first checkpoint holds nothing to resume.
     (tmp_path / "run" / "checkpoints" / ".step-0000003.tmp-x").mkdir(parents=True)
     assert train.parse_config(train_args(dataset, tmp_path, 5)).resume is None
+    # Said in a config file, the same: a new run (whose init_from, say, applies).
+    (tmp_path / "run.json").write_text(json.dumps({"resume": "auto", "run_name": "run", "output_dir": str(tmp_path)}))
+    assert train.parse_config(["--config", str(tmp_path / "run.json")]).resume is None
 
 
 def test_unfinished_checkpoints_are_removed_and_a_replaced_one_put_back(tmp_path):
