@@ -47,11 +47,16 @@ CAPTIONED_SHARE = 0.5
 
 @dataclass(frozen=True)
 class FolderListing:
-    """The samples of a folder, the layout they were listed by, and why (one line, for the report)."""
+    """The samples of a folder, the layout they were listed by, and why (one line, for the report).
+
+    ``class_names``: for the class-folder layout, the classes in words in label order (label
+    ``i`` is ``class_names[i]``), for the writer to record beside the shards; else None.
+    """
 
     samples: list[SampleSource]
     layout: str
     decision: str
+    class_names: list[str] | None = None
 
 
 def visible_files(root: Path) -> list[Path]:
@@ -219,6 +224,12 @@ def _class_captions(root: Path, files: list[Path]) -> dict[Path, tuple[str, int]
     return {path: (class_name_in_words(names[label]), label) for path, label in labelled}
 
 
+def _class_names(class_captions: Mapping[Path, tuple[str, int]]) -> list[str] | None:
+    """The class names in label order (labels 0 to n-1: every class folder holds a file), None without classes."""
+    by_label = {label: name for name, label in class_captions.values()}
+    return [by_label[label] for label in range(len(by_label))] or None
+
+
 # How the layout report calls the files of each modality.
 _FILES_OF = {"image": "pictures", "audio": "sounds"}
 
@@ -310,7 +321,8 @@ def list_folder(
     - ``"classes"``: one sub-folder per class (``root/golden_retriever/*.jpg``, see
       :func:`class_folder_files`); the caption is the template filled with the class name
       (underscores as spaces) and ``{"label": i, "class_name": name}`` goes to ``.json``,
-      with ``i`` the index of the class in sorted order.
+      with ``i`` the index of the class in sorted order; the names in that order are the
+      listing's ``class_names``.
 
     In both, files sharing a stem are paired by :func:`multimodal.data.pairing.pair_media`:
     ``x.png`` + ``x.flac`` + ``x.txt`` is an image-audio-text sample; ``x.png`` and ``x.svg``
@@ -356,7 +368,8 @@ def list_folder(
         for stem, paths in _stem_groups(root, files).items()
         for draft in _group_drafts(root, stem, paths, captions, class_captions, templates)
     ]
-    return FolderListing(keyed_samples(drafts), chosen, decision)
+    return FolderListing(keyed_samples(drafts), chosen, decision,
+                         _class_names(class_captions) if class_captions is not None else None)
 
 
 def samples_from_folder(

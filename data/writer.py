@@ -14,6 +14,9 @@ Shards are named ``{prefix}-000000.tar``, ``{prefix}-000001.tar`` ... and a
 
 - ``image_stats.json``: the per-channel mean and std of the split's images
   (see :mod:`multimodal.data.image_stats`), for training's normalisation;
+- ``classes.json``, given ``class_names`` (the class-folder layout gives them): the class
+  names in label order, so that evaluation need not read every sample for them
+  (see :mod:`multimodal.data.class_record`);
 - ``skipped.jsonl`` (in the output folder): one JSON object per sample not
   written, ``{"origin": ..., "reason": ..., "detail": ...}``, ``reason`` one of
   :data:`SKIP_REASONS`, then one per other file no sample uses, ``reason`` one of
@@ -59,12 +62,13 @@ import random
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from multimodal.data import svg
+from multimodal.data.class_record import write_class_record
 from multimodal.data.config import WHITE
 from multimodal.data.files import write_json_atomically, write_text_atomically
 # Listing is part of the writer's API: its names are exported from here too.
@@ -149,12 +153,16 @@ class WriteProgress:
 
 @dataclass
 class SplitResult:
-    """The shards written for one split, and the statistics of its images (None without images)."""
+    """The shards written for one split, and the statistics of its images (None without images).
+
+    ``class_names``: the names recorded in the split's ``classes.json`` (label order), None when none were.
+    """
 
     directory: Path
     shards: list[Path] = field(default_factory=list)
     num_samples: int = 0
     image_stats: ImageStats | None = None
+    class_names: list[str] | None = None
 
     @property
     def spec(self) -> str:
@@ -244,6 +252,7 @@ class _PreparedSample:
     rasterised_svg: bool = False
     image: object = None  # the decoded image, when validation decoded one
     image_bytes: bytes | None = None
+    labelled: tuple[object, object] | None = None  # its json's (label, class_name), when it has either
 
 
 @dataclass(frozen=True)
@@ -366,6 +375,8 @@ def _prepare(source: SampleSource, preparation: _Preparation) -> _PreparedSample
     prepared = _PreparedSample(members={}, multi_line_caption=multi_line)
     _media_members(source, preparation, prepared)
     prepared.members.update(caption_members)
+    if "label" in extra or "class_name" in extra:
+        prepared.labelled = (extra.get("label"), extra.get("class_name"))
     if extra:
         try:
             prepared.members[EXTRA_EXTENSION] = json.dumps(extra, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -412,16 +423,25 @@ def _split_directories(output_dir: Path, validation_fraction: float, prefix: str
 
 
 class _SplitWriter:
-    """One split's shards and the statistics of its images."""
+    """One split's shards, the statistics of its images and the class names to record beside them."""
 
-    def __init__(self, directory: Path, prefix: str, max_samples: int, max_bytes: int, background, stats_max_images: int):
+    def __init__(self, directory: Path, prefix: str, max_samples: int, max_bytes: int, background,
+                 stats_max_images: int, class_names: list[str] | None = None):
         from multimodal.data.image_stats import ImageStatsAccumulator
 
         self.shards = ShardSequence(directory, prefix, max_samples, max_bytes)
         self.stats = ImageStatsAccumulator(background, stats_max_images)
+        self.class_names = class_names
 
     def add(self, key: str, prepared: _PreparedSample) -> None:
         self.shards.add(key, prepared.members)
+        if self.class_names is not None and prepared.labelled is not None:
+            label, name = prepared.labelled
+            named = not isinstance(label, bool) and isinstance(label, int) and 0 <= label < len(self.class_names)
+            if not named or self.class_names[label] != name:
+                # A sample's own fields say otherwise (a .json beside a file outside the class folders):
+                # a record that contradicts the samples would be worse than none.
+                self.class_names = None
         if prepared.image_bytes is None:
             return
         self.stats.images_written += 1
@@ -445,8 +465,10 @@ class _SplitWriter:
                 path.unlink()
         stats = self.stats.result()
         write_image_stats(directory, stats)
+        write_class_record(directory, prefix, self.class_names)
         write_json_atomically(directory / "sizes.json", merged_sizes(directory, prefix, self.shards.sizes))
-        return SplitResult(directory, self.shards.shards, sum(self.shards.sizes.values()), stats)
+        return SplitResult(directory, self.shards.shards, sum(self.shards.sizes.values()), stats,
+                           list(self.class_names) if self.class_names else None)
 
 
 def _by_count(counts: Counter[str]) -> dict[str, int]:
@@ -605,6 +627,7 @@ def write_shards(
     progress: Callable[[WriteProgress], None] | None = None,
     validator: Callable[[str, bytes], object] | None = None,
     lengths: LengthLimits | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> WriteResult:
     """Write samples into webdataset tar shards.
 
@@ -637,6 +660,10 @@ def write_shards(
             bad media; default decodes with ``multimodal.data.image`` / ``multimodal.data.audio``.
         lengths: a model's audio window and text context (and tokenizer): every sample written
             is measured against them (:class:`multimodal.data.lengths.LengthCounts`); None: not measured.
+        class_names: the names of the samples' json ``label`` values in label order (a
+            :class:`FolderListing`'s ``class_names``), recorded in each split's ``classes.json``;
+            not recorded in a split where a sample's ``label``/``class_name`` contradicts them.
+            None: no record (and an earlier one of ``prefix`` there is removed).
 
     Returns:
         A :class:`WriteResult`: shards, counts and image statistics per split, the skipped
@@ -656,7 +683,8 @@ def write_shards(
         rasterise_svg=svg.svg_support_available(),
     )
     writers = {
-        name: _SplitWriter(directory, prefix, max_samples_per_shard, max_bytes_per_shard, background, stats_max_images)
+        name: _SplitWriter(directory, prefix, max_samples_per_shard, max_bytes_per_shard, background, stats_max_images,
+                           list(class_names) if class_names else None)
         for name, directory in directories.items()
     }
     tally = _Tally(length_counts=_length_counts(lengths))

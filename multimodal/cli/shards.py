@@ -48,7 +48,8 @@ def add_command(commands) -> None:
             "(guitar.svg + guitar.ogg); two of one modality (cow.svg, cow.webp) are two. Every media file is decoded "
             "first; what fails is skipped, summarised by reason and listed in OUTPUT/skipped.jsonl, with every other "
             "file not used (files of types not read are also counted by type). The images' "
-            "per-channel mean and std go to image_stats.json beside sizes.json. Clips longer than the --preset "
+            "per-channel mean and std go to image_stats.json beside sizes.json; with class folders, the class names in "
+            "label order to classes.json. Clips longer than the --preset "
             "model's audio window and captions longer than its text context, which training cuts, are counted."
         ),
     )
@@ -101,13 +102,13 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     if source.is_dir():
         listing = list_folder(source, layout=args.layout, captions=args.captions, caption_template=args.caption_template)
         print(f"layout: {listing.decision}", file=sys.stderr)
-        samples = listing.samples
+        samples, class_names = listing.samples, listing.class_names
     elif source.is_file():
         if source.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
             parser.error(f"argument --input: {source} is a file but not a .csv or .jsonl manifest")
         if args.captions != "auto":
             parser.error("argument --captions: a manifest brings its captions; --captions names reads a folder")
-        samples = samples_from_manifest(source)
+        samples, class_names = samples_from_manifest(source), None
     else:
         parser.error(f"argument --input: {source} does not exist (expected a folder or a .csv/.jsonl manifest)")
     bar = progress_bar(len(samples), "sample", "shards")
@@ -119,7 +120,8 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         result = write_shards(samples, args.output, prefix=args.prefix, max_samples_per_shard=args.max_samples,
                               max_bytes_per_shard=args.max_bytes, validation_fraction=args.validation_fraction,
                               seed=args.seed, overwrite=args.overwrite, caption_lines=args.caption_lines,
-                              background=args.image_background, progress=progress, lengths=lengths)
+                              background=args.image_background, progress=progress, lengths=lengths,
+                              class_names=class_names)
     finally:
         bar.close()
     print_report(result, args.image_background, args.preset)
