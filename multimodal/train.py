@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from multimodal import preflight, report, sources
-from multimodal.checkpoint import read_config
 from multimodal.alignment import drift_warnings
+from multimodal.checkpoint import read_config
 from multimodal.config import describe_keys, flatten, parse_override_args, to_dict
 from multimodal.data.allocator import retain_freed_memory
 from multimodal.data.files import write_text_atomically
@@ -255,6 +255,11 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
     """
     resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
     resolved.train = trained_sources(resolved, locked_modalities(config), accelerator.print)
+    if config.init_from is not None and resume_from is None and accelerator.is_main_process:
+        # A tower the run does not train, aligned to one it moves, loses its alignment without a word otherwise.
+        for warning in drift_warnings(config.init_from, config.model, [s.modalities for s in resolved.train],
+                                      locked_modalities(config)):
+            logger.warning(warning)
     # A pretrained image tower keeps the normalisation its weights learned with, whatever the data measure.
     # (A resumed run said so at its start, and its init_from checkpoint may have moved since: not read again.)
     pretrained_image = config.init_from is not None and (
@@ -278,11 +283,6 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
 
 
 def trained_sources(resolved: sources.ResolvedSources, locked: set[str], say=print) -> list[SourceSpec]:
-    if config.init_from is not None and resume_from is None and accelerator.is_main_process:
-        # A tower the run does not train, aligned to one it moves, loses its alignment without a word otherwise.
-        for warning in drift_warnings(config.init_from, config.model, [s.modalities for s in resolved.train],
-                                      locked_modalities(config)):
-            logger.warning(warning)
     """The training sources with a tower to train: one whose towers are all locked has nothing to learn.
 
     Binding audio into a locked image-text model (ImageBind's recipe) leaves the demo's
