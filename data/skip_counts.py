@@ -12,7 +12,10 @@ Each worker keeps a :class:`WorkerCounts` and attaches what is new to every batc
 makes; the loader adds the reports up in a :class:`DataStats`, which logs the first
 skip of each kind with its message and a summary after ``log_every`` skips, then each
 time the total doubles: on shards where most samples lack a modality a source reads,
-skips come every step, and a line per step would bury the training log.
+skips come every step, and a line per step would bury the training log. Reasons made
+quiet (:meth:`DataStats.quiet`) are counted alike but neither logged nor summoning a
+summary: an evaluation set's samples without its modality, which its reader says once
+itself, while a sample that has the modality and does not decode stays loud.
 
 Draws and samples: a resampled source reads its shards again and again, so one sample
 is skipped (or taken) once per draw, by every worker that draws it. The counts are of
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from multimodal.data.modalities import MEDIA_MODALITIES
 
@@ -56,10 +59,11 @@ class DataStats:
     ``samples[source]`` counts valid samples; ``skipped[source][reason]`` counts
     skipped samples (sample reasons) or shards (shard reasons); ``examples`` keeps the
     first message seen for each (source, reason); ``failed_shards`` the first reason and
-    message of each shard skipped (by (source, url)), each logged once as it comes.
+    message of each shard skipped (by (source, url)), each logged once as it comes;
+    ``quiet_reasons`` the reasons counted without being logged (see :meth:`quiet`).
     """
 
-    def __init__(self, sources: Sequence[str], log_every: int = 100) -> None:
+    def __init__(self, sources: Sequence[str], log_every: int = 100, quiet: Iterable[str] = ()) -> None:
         self.samples: dict[str, int] = {name: 0 for name in sources}
         self.skipped: dict[str, dict[str, int]] = {name: {} for name in sources}
         self.examples: dict[tuple[str, str], str] = {}
@@ -68,6 +72,17 @@ class DataStats:
         self.distinct: dict[str, dict[str, set[int]]] = {}
         self.log_every = log_every
         self._next_log = log_every
+        self.quiet_reasons: set[str] = set(quiet)
+
+    def quiet(self, reasons: Iterable[str]) -> None:
+        """Counts ``reasons`` without logging them: no line for their first example, and they do not
+        bring on the summary (which, when other skips do, still lists them).
+
+        For skips that are the normal case of a reader and that its caller reports itself:
+        the samples of an evaluation set's shards that lack the set's modality (a shard
+        mixing pictures and sounds), said once per run rather than at every evaluation.
+        """
+        self.quiet_reasons.update(reasons)
 
     def add(self, delta: dict) -> None:
         """Adds a worker's report ``{"samples": {source: n}, "skipped": {source: {reason: n}}, "examples": ...}``."""
@@ -81,8 +96,8 @@ class DataStats:
             for reason, message in reasons.items():
                 if (source, reason) not in self.examples:
                     self.examples[(source, reason)] = message
-                    if reason.endswith("_shard"):
-                        continue  # a shard's skip is named with its URL below
+                    if reason.endswith("_shard") or reason in self.quiet_reasons:
+                        continue  # a shard's skip is named with its URL below; a quiet one by the caller
                     logger.warning(
                         "source %r: skipping data (%s): %s; counted in loader.stats, summarised after %d skips and each doubling",
                         source,
@@ -99,14 +114,18 @@ class DataStats:
                 if (source, url) not in self.failed_shards:
                     self.failed_shards[(source, url)] = message
                     logger.warning("source %r: skipping shard %s", source, message)
-        total = self.total_skipped()
-        if self.log_every > 0 and total >= self._next_log:
-            logger.warning("skipped so far (%d): %s", total, self._compact())
-            self._next_log = 2 * total
+        loud = self.total_skipped() - self._quiet_total()
+        if self.log_every > 0 and loud >= self._next_log:
+            logger.warning("skipped so far (%d): %s", self.total_skipped(), self._compact())
+            self._next_log = 2 * loud
 
     def total_skipped(self) -> int:
         """Everything skipped, all sources and reasons (shards and samples alike)."""
         return sum(sum(reasons.values()) for reasons in self.skipped.values())
+
+    def _quiet_total(self) -> int:
+        return sum(count for reasons in self.skipped.values() for reason, count in reasons.items()
+                   if reason in self.quiet_reasons)
 
     def distinct_samples(self) -> dict[str, dict[str, int]]:
         """``{source: {reason or "valid": distinct samples}}``, for the samples whose names were reported

@@ -566,9 +566,9 @@ def test_eval_reads_the_modality_of_shards_from_their_samples(checkpoint, tmp_pa
 
 
 def test_eval_on_shards_mixing_images_and_sounds_passes_over_the_samples_without_the_modality(checkpoint, tmp_path,
-                                                                                            capsys):
+                                                                                            capsys, caplog):
     """As `embed` does: the samples that lack the modality are counted and said, not failures (exit 0);
-    a sample that has it and does not decode still is (exit 1)."""
+    a sample that has it and does not decode still is (exit 1), and is warned of."""
     png = write_png(tmp_path / "a.png", seed=0).read_bytes()
     wavs = [write_wav(tmp_path / f"{i}.wav", seed=i, seconds=0.5).read_bytes() for i in range(3)]
     shard = tmp_path / "mixed-000000.tar"
@@ -587,6 +587,7 @@ def test_eval_on_shards_mixing_images_and_sounds_passes_over_the_samples_without
         report = json.loads((tmp_path / f"{modality}.json").read_text())
         assert report["results"]["eval/num_samples"] == evaluated
         assert report["skipped"]["not_evaluated"] == {f"missing_{modality}": absent}
+    assert "skipping data (missing_" not in caplog.text  # said once above, in words, not as a warning
 
     with webdataset.TarWriter(str(tmp_path / "broken-000000.tar")) as writer:
         writer.write({"__key__": "picture", "png": png, "cls": b"0"})
@@ -596,3 +597,4 @@ def test_eval_on_shards_mixing_images_and_sounds_passes_over_the_samples_without
     assert status == 1
     assert "1 sample(s) of" in err and "hold no audio (missing_audio): not evaluated" in err
     assert "multimodal: skipped 1 input(s)" in err
+    assert "source 'eval': skipping data (bad_audio): " in caplog.text

@@ -106,6 +106,33 @@ def test_a_class_folder_loader_labels_by_sorted_folder_reads_drawings_and_counts
     assert from_folders == pytest.approx(from_shards, abs=1e-3)
 
 
+def test_multimodal_eval_reads_class_folders_as_training_does_and_names_each_file_it_skips(tiny, tmp_path, capsys,
+                                                                                           caplog):
+    model, tokenizer = tiny
+    folders = tmp_path / "folders"
+    for label, name in enumerate(CLASSES):
+        write_png(folders / name / "picture.png", seed=label, size=(20, 24))
+    broken = folders / "two" / "broken.png"
+    broken.write_bytes(b"not a picture")
+    eval_set = EvalSetConfig(name="pets", shards=str(folders), templates=TEMPLATES)
+    _, _, trained = evaluate(model, tokenizer, [eval_set])
+    caplog.clear()
+    capsys.readouterr()
+    status = cli(["eval", "--checkpoint", str(tiny_checkpoint()), "--precision", "fp32", "--task", "zeroshot", "--data",
+                  str(folders), "--templates", TEMPLATES[0], "--name", "pets", "--output", str(tmp_path / "r.json"),
+                  "--no-pictures"])
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert status == 1 and report["class_names"] == RECORDED
+    assert report["results"] == pytest.approx(trained, abs=1e-6)
+    # The file skipped: named once on stderr (not warned of again), and in the report with its error.
+    message = next(iter(report["skipped"]))[1]
+    assert report["skipped"] == [[str(broken), message]] and message.startswith("ValueError: ")
+    (line,) = [line for line in err.splitlines() if str(broken) in line]  # after the progress bar, in a log
+    assert line.endswith(f"skipped {broken}: {message[len('ValueError: '):]}")
+    assert "skipping data" not in caplog.text
+
+
 def refused(model, eval_set: EvalSetConfig) -> str:
     with pytest.raises(ValueError) as error:
         preflight.check_eval_sets([eval_set], model.config)

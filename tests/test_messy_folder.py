@@ -229,7 +229,7 @@ def test_shards_and_eval_label_class_folders_by_one_rule(tmp_path):
     """An empty class folder and a hidden folder inside a class: `shards` and `eval` give the same labels."""
     import argparse
 
-    from multimodal.cli.evaluate import _class_folder_items
+    from multimodal.cli.evaluate import _read_class_folder
     from multimodal.data.listing import samples_from_folder
 
     root = tmp_path / "classes"
@@ -242,7 +242,8 @@ def test_shards_and_eval_label_class_folders_by_one_rule(tmp_path):
     (root / "loose.png").write_bytes((root / "cat" / "cat.png").read_bytes())  # beside the folders: no class
 
     written = {sample.origin: sample.extra["label"] for sample in samples_from_folder(root) if sample.extra}
-    modality, classes, items = _class_folder_items(root, None, argparse.ArgumentParser())
+    folder = _read_class_folder(root, None, argparse.ArgumentParser())
+    modality, classes, items = folder.modality, folder.class_names, folder.files
     assert (modality, classes) == ("image", ["cat", "dog"])
     assert {str(path): label for path, label in items} == written == {
         str(root / "cat" / "cat.png"): 0, str(root / "dog" / "dog.png"): 1}

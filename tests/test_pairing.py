@@ -156,7 +156,7 @@ def test_the_automatic_layout_follows_the_share_of_captioned_files(tmp_path):
 
 def test_a_folder_that_only_wraps_the_classes_is_not_a_class(tmp_path):
     """`root/categorization/{fruit,animals}/...`: the classes are fruit and animals, not 'categorization'."""
-    from multimodal.cli.evaluate import _class_folder_items
+    from multimodal.cli.evaluate import _read_class_folder
 
     root = tmp_path / "game"
     write_picture(root / "categorization" / "fruit" / "apple.png", 10, "PNG")
@@ -177,5 +177,6 @@ def test_a_folder_that_only_wraps_the_classes_is_not_a_class(tmp_path):
     # Evaluation labels class folders by the same rule.
     import argparse
 
-    _, classes, items = _class_folder_items(root, None, argparse.ArgumentParser())
+    folder = _read_class_folder(root, None, argparse.ArgumentParser())
+    classes, items = folder.class_names, folder.files
     assert classes == ["animals", "fruit"] and sorted(label for _, label in items) == [0, 0, 1]

@@ -42,6 +42,26 @@ def test_the_distinct_count_stops_at_its_limit_and_says_so():
     assert f"missing_audio over {DISTINCT_LIMIT:,} samples ({DISTINCT_LIMIT + 5:,} draws)" in repr(stats)
 
 
+def test_quiet_reasons_are_counted_without_a_warning_and_bring_on_no_summary(caplog):
+    """An evaluation set's samples without its modality: counted, said by the caller; a decode error stays loud."""
+    stats = DataStats(["spoken"], log_every=2, quiet=["missing_audio"])
+    counts = WorkerCounts()
+    with caplog.at_level(logging.WARNING, logger="multimodal.data.skip_counts"):
+        for key in ("a", "b", "c"):
+            counts.skip("spoken", "missing_audio", f"s.tar sample {key}: no audio", sample=f"s.tar\0{key}")
+        stats.add(counts.take())
+        assert caplog.messages == []  # three skips past log_every, all quiet
+        for key in ("d", "e"):
+            counts.skip("spoken", "bad_audio", f"s.tar sample {key}: cannot decode", sample=f"s.tar\0{key}")
+        stats.add(counts.take())
+    assert caplog.messages == [
+        "source 'spoken': skipping data (bad_audio): s.tar sample d: cannot decode; counted in loader.stats, "
+        "summarised after 2 skips and each doubling",
+        "skipped so far (5): spoken: bad_audio 2 samples, missing_audio 3 samples; valid 0"]
+    assert stats.summary()["skipped"] == {"spoken": {"missing_audio": 3, "bad_audio": 2}}
+    assert stats.total_skipped() == 5
+
+
 def _wav(seed: int) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, 0.1 * np.random.default_rng(seed).standard_normal(4000).astype(np.float32), 16000,

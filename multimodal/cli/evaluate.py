@@ -11,9 +11,19 @@ from multimodal.data.config import MODALITIES
 from multimodal.data.files import write_text_atomically
 from multimodal.data.sample_fields import CAPTION_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
-from multimodal.data.listing import class_folder_files, class_name_in_words
+from multimodal.data.listing import class_folder_files
 from multimodal.data.modalities import get_modality
-from multimodal.embed import file_modality, is_shard_spec, modality_of_file_name
+from multimodal.embed import is_shard_spec, modality_of_file_name
+from multimodal.eval_sources import (
+    ClassFolder,
+    ClassFolderLoader,
+    eval_loader,
+    is_class_folder,
+    not_evaluated,
+    not_evaluated_lines,
+    read_class_folder,
+    recorded_class_names,
+)
 from multimodal.modalities import CLASSIFIED_MODALITIES
 from multimodal.cli.common import (
     EXIT_STATUS_HELP,
@@ -92,60 +102,66 @@ def add_command(commands) -> None:
 
 
 PROBE_OPTIONS = ("train_data", "fewshot_k", "val_fraction", "weight_decay", "seed")
+GIVE_LABELS = "give --labels or --labels-file (label i -> name)"  # when the shards name too few classes
 open_fraction = checked(float, lambda value: 0.0 < value < 1.0, "a number in (0, 1)")
 non_negative_float = checked(float, lambda value: value >= 0.0 and value != float("inf"), "a number >= 0")
 
 
-def _is_class_folder(data: str) -> bool:
-    path = Path(data)
-    return path.is_dir() and not any(child.name.endswith((".tar", ".tar.gz", ".tgz")) for child in path.iterdir())
+def _read_class_folder(root: Path, modality: str | None, parser, option: str = "--data") -> ClassFolder:
+    """The class folders of ``root`` as evaluation reads them (:func:`multimodal.eval_sources.read_class_folder`,
+    labelled by the rule `multimodal shards` writes class folders with); without ``modality``, the one its
+    files hold. A parser error naming ``option`` for a folder evaluation cannot read."""
+    try:
+        return read_class_folder(root, modality or _folder_modality(root, parser, option))
+    except ValueError as error:
+        parser.error(f"argument {option}: {one_line(error)}")
 
 
-def _class_folder_items(root: Path, modality: str | None, parser) -> tuple[str, list[str], list[tuple[Path, int]]]:
-    # Labelled by the rule `multimodal shards` writes class folders with, so the two agree.
-    classes, files = class_folder_files(root)
-    if not classes:
-        parser.error(f"argument --data: folder {root} has no class sub-folders holding files (and no .tar shards)")
-    media = [(path, label) for path, label in files if modality_of_file_name(path) in CLASSIFIED_MODALITIES]
-    if not media:
-        parser.error(f"argument --data: the class folders of {root} hold no {' or '.join(CLASSIFIED_MODALITIES)} file")
-    if modality is None:
-        modality = single_modality({path: file_modality(path) for path, _ in media}, parser, f"the files of {root}")
-    items = [(path, label) for path, label in media if modality_of_file_name(path) == modality]
-    return modality, [class_name_in_words(name) for name in classes], items
+def _folder_modality(root: Path, parser, option: str) -> str:
+    """The one modality that the files of ``root``'s class folders hold, by their names."""
+    folders, files = class_folder_files(root)
+    media = {path: modality_of_file_name(path) for path, _ in files}
+    media = {path: modality for path, modality in media.items() if modality in CLASSIFIED_MODALITIES}
+    if folders and not media:
+        parser.error(f"argument {option}: the class folders of {root} hold no {' or '.join(CLASSIFIED_MODALITIES)} file")
+    # No class folders at all: any modality will do, read_class_folder refuses the folder in its words.
+    return single_modality(media, parser, f"the files of {root}") if media else CLASSIFIED_MODALITIES[0]
 
 
-class _FolderBatches:
-    """Batches of prepared items with labels from class folders; unreadable files reported and skipped."""
+class _ShownPass:
+    """A class-folder loader whose passes draw a progress bar and name on stderr each file skipped, as they come
+    (its warning of them is off: every one is named here)."""
 
-    def __init__(self, model, modality: str, items: list[tuple[Path, int]], batch_size: int) -> None:
-        self.model, self.modality, self.items, self.batch_size = model, modality, items, batch_size
-        self.skipped: list[tuple[str, str]] = []
+    def __init__(self, loader: ClassFolderLoader) -> None:
+        self.loader = loader
+
+    @property
+    def stats(self):
+        return self.loader.stats
+
+    @property
+    def skipped(self):
+        return self.loader.skipped
 
     def __iter__(self):
-        import torch
-
-        self.skipped = []
-        bar = progress_bar(len(self.items), "file", f"eval {self.modality}")
-        batch, labels, keys = [], [], []
+        files = len(self.loader.folder.files)
+        bar = progress_bar(files, "file", f"eval {self.loader.folder.modality}")
+        named = 0
         try:
-            for path, label in self.items:
-                try:
-                    batch.append(self.model.prepare(self.modality, path))
-                except (ValueError, TypeError, OSError) as error:
-                    self.skipped.append((str(path), f"{type(error).__name__}: {error}"))
-                    print(f"skipped {path}: {error}", file=sys.stderr)
-                else:
-                    labels.append(label)
-                    keys.append(str(path))
-                bar.update(1)
-                if len(batch) == self.batch_size:
-                    yield {self.modality: batch, "label": torch.tensor(labels), "__key__": keys}
-                    batch, labels, keys = [], [], []
-            if batch:
-                yield {self.modality: batch, "label": torch.tensor(labels), "__key__": keys}
+            for batch in self.loader:
+                named = self._name_skipped(named, bar)
+                yield batch
         finally:
+            self._name_skipped(named, bar)
             bar.close()
+
+    def _name_skipped(self, named: int, bar) -> int:
+        """Names the files skipped since the first ``named``; moves the bar to the files read so far."""
+        for skipped in self.loader.skipped[named:]:
+            print(f"skipped {skipped.path}: {skipped.message}", file=sys.stderr)
+        done = self.loader.stats.samples.get(self.loader.name, 0) + len(self.loader.skipped)
+        bar.update(done - bar.n)
+        return len(self.loader.skipped)
 
 
 def _shard_modality(spec: str, gallery_modality: str, parser: argparse.ArgumentParser) -> str:
@@ -172,27 +188,6 @@ def _shard_modality(spec: str, gallery_modality: str, parser: argparse.ArgumentP
     parser.error(f"argument --data: no sample of {spec} holds {held}{unread}")
 
 
-def _class_names_from_shards(spec: str) -> list[str]:
-    """Class names from the json ``label`` / ``class_name`` fields of every sample (one pass over the shards)."""
-    from multimodal.data.shards import expand_shards, read_shard
-
-    names: dict[int, str] = {}
-    for url in expand_shards(spec):
-        for sample in read_shard(url, []):
-            try:
-                fields = json.loads(sample.get("json", b"{}"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(fields, dict) and isinstance(fields.get("label"), int) and isinstance(fields.get("class_name"), str):
-                names.setdefault(fields["label"], fields["class_name"])
-    if not names:
-        raise ValueError(f"the samples of {spec} have no json 'label' + 'class_name'; give --labels or --labels-file")
-    missing = [label for label in range(max(names) + 1) if label not in names]
-    if missing:
-        raise ValueError(f"no sample of {spec} names class(es) {missing[:10]}; give --labels or --labels-file")
-    return [names[label] for label in range(max(names) + 1)]
-
-
 def _check_task_options(args, parser: argparse.ArgumentParser, templates) -> None:
     if templates and args.task != "zeroshot":
         parser.error("argument --templates: only --task zeroshot builds prompts; retrieval and linear probes use none")
@@ -208,7 +203,7 @@ def _check_task_options(args, parser: argparse.ArgumentParser, templates) -> Non
 
 def _check_data(data: str, option: str, task: str, parser) -> bool:
     """Whether ``data`` is a class folder (else a shard spec); refuses anything else."""
-    folder = _is_class_folder(data)
+    folder = is_class_folder(str(data))
     if folder and task == "retrieval":
         parser.error(f"argument {option}: a class folder is a classification data set; retrieval needs shards with captions")
     if not folder and not is_shard_spec(data) and not Path(data).is_dir():
@@ -231,8 +226,7 @@ class _Inputs:
     folder: bool  # class folders, else shards
     modality: str
     class_names: list[str]
-    items: list[tuple[Path, int]] = field(default_factory=list)  # class folders only
-    train_items: list[tuple[Path, int]] = field(default_factory=list)  # class folders of a linear probe only
+    folders: dict[str, ClassFolder] = field(default_factory=dict)  # class folders only: "shards", "train_shards"
 
 
 def _settle_inputs(args, parser: argparse.ArgumentParser, labels: list[str] | None, probe: bool) -> _Inputs:
@@ -247,21 +241,20 @@ def _settle_inputs(args, parser: argparse.ArgumentParser, labels: list[str] | No
     if args.task == "retrieval" and args.gallery_modality == modality:
         parser.error(f"argument --gallery-modality: must differ from --modality ({modality})")
     if args.task == "zeroshot":
-        class_names = labels or _class_names_from_shards(args.data)
+        class_names = labels or recorded_class_names(str(args.data), remedy=GIVE_LABELS)
     return _Inputs(folder=False, modality=modality, class_names=class_names)
 
 
 def _folder_inputs(args, parser: argparse.ArgumentParser, labels: list[str] | None, probe: bool) -> _Inputs:
     """The inputs of class folders: their files, and the class names from the folders unless labels are given."""
-    modality, folder_classes, items = _class_folder_items(Path(args.data), args.modality, parser)
-    train_items: list[tuple[Path, int]] = []
+    folders = {"shards": _read_class_folder(Path(args.data), args.modality, parser)}
+    modality, folder_classes = folders["shards"].modality, folders["shards"].class_names
     if probe:
-        _, train_classes, train_items = _class_folder_items(Path(args.train_data), modality, parser)
-        _same_classes(folder_classes, train_classes, parser)
+        folders["train_shards"] = _read_class_folder(Path(args.train_data), modality, parser, "--train-data")
+        _same_classes(folder_classes, folders["train_shards"].class_names, parser)
     if labels is not None and len(labels) != len(folder_classes):
         parser.error(f"argument --labels: {len(labels)} names for {len(folder_classes)} class folders")
-    return _Inputs(folder=True, modality=modality, class_names=labels or folder_classes, items=items,
-                   train_items=train_items)
+    return _Inputs(folder=True, modality=modality, class_names=labels or folder_classes, folders=folders)
 
 
 def _eval_set_config(args, parser: argparse.ArgumentParser, inputs: _Inputs, templates, probe: bool):
@@ -287,22 +280,20 @@ def _check_model_modalities(model, config, parser: argparse.ArgumentParser) -> N
 
 
 def _loaders(args, model, config, inputs: _Inputs, probe: bool):
-    """The batches of the test set and, for a linear probe, of the training set (else None)."""
-    from multimodal.data.loader import make_loader
+    """The batches of the test set and, for a linear probe, of the training set (else None): read as training
+    reads its evaluation sets (:mod:`multimodal.eval_sources`), class folders keyed by their files' paths."""
+    specs = config.source_specs()
 
-    if inputs.folder:
-        loader = _FolderBatches(model, inputs.modality, inputs.items, args.batch_size)
-        train_loader = _FolderBatches(model, inputs.modality, inputs.train_items, args.batch_size) if probe else None
-        return loader, train_loader
-
-    def shard_loader(spec):
-        return make_loader([spec], batch_size=args.batch_size, train=False,
+    def read(field_name: str):
+        spec = specs[field_name]
+        if inputs.folder:  # read already, when the options were settled
+            return _ShownPass(ClassFolderLoader(inputs.folders[field_name], spec.name, batch_size=args.batch_size,
+                                                preprocess=model.config.preprocess, path_keys=True, log_skips=False))
+        return eval_loader(spec, batch_size=args.batch_size, preprocess=model.config.preprocess,
                            tokenize=model.tokenize if "text" in spec.modalities else None,
-                           preprocess=model.config.preprocess,
                            num_workers=args.num_workers)
 
-    specs = config.source_specs()
-    return shard_loader(specs["shards"]), (shard_loader(specs["train_shards"]) if probe else None)
+    return read("shards"), (read("train_shards") if probe else None)
 
 
 def _zero_shot_prompts(model, config, modality: str, templates) -> dict:
@@ -353,11 +344,10 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         metrics = run_evaluation(model, config, loader, model.tokenizer, device=model.device)
     results = {f"{args.name}/{key}": value for key, value in metrics.items()}
     skipped = {"data": _skipped(loader, config, inputs.folder)}
-    num_skipped = _num_skipped(loader, inputs.folder) - _say_not_evaluated(loader, config, args.data, inputs.folder)
+    num_skipped = loader.stats.total_skipped() - _say_not_evaluated(loader, config, args.data)
     if probe:
         skipped["train_data"] = _skipped(train_loader, config, inputs.folder)
-        num_skipped += (_num_skipped(train_loader, inputs.folder)
-                        - _say_not_evaluated(train_loader, config, args.train_data, inputs.folder))
+        num_skipped += train_loader.stats.total_skipped() - _say_not_evaluated(train_loader, config, args.train_data)
     print(format_results(results))
     if args.output:
         _write_report(args, model, config, loader, inputs, {**prompts, **probe_details}, results,
@@ -380,39 +370,19 @@ def _probe_report(config, result) -> dict:
 
 
 def _skipped(loader, config, folder: bool):
-    """What the JSON report says of the inputs not used: files skipped, or the shards' counts with those that
-    lack the modality (``not_evaluated``, also among ``skipped``) apart."""
+    """What the JSON report says of the inputs not used: files skipped (path and error), or the shards' counts
+    with those that lack the modality (``not_evaluated``, also among ``skipped``) apart."""
     if folder:
-        return loader.skipped
-    return {**loader.stats.summary(), "not_evaluated": _without_the_modality(loader, config, folder)}
+        return [[skipped.path, f"{skipped.error}: {skipped.message}"] for skipped in loader.skipped]
+    return {**loader.stats.summary(), "not_evaluated": not_evaluated(loader.stats, config.modalities)}
 
 
-def _without_the_modality(loader, config, folder: bool) -> dict[str, int]:
-    """``{"missing_audio": n}``: shard samples passed over because they lack a file modality the set reads.
+def _say_not_evaluated(loader, config, data: str) -> int:
+    """Says on stderr how many samples of ``data`` lack the modality (not evaluated); returns that count.
 
-    On shards that mix pictures and sounds, a sample without the modality evaluated
-    is not an input of the evaluation (as ``multimodal embed`` passes it over), so not
-    a failure; a sample that has it and does not decode still is.
+    On shards that mix pictures and sounds they are not inputs of the evaluation, so not failures.
     """
-    if folder:
-        return {}
-    absent = {f"missing_{name}" for name in config.modalities if get_modality(name).reads_files}
-    counts: dict[str, int] = {}
-    for reasons in loader.stats.skipped.values():
-        for reason, count in reasons.items():
-            if reason in absent:
-                counts[reason] = counts.get(reason, 0) + count
-    return counts
-
-
-def _say_not_evaluated(loader, config, data: str, folder: bool) -> int:
-    """Says on stderr how many samples of ``data`` lack the modality (not evaluated); returns that count."""
-    counts = _without_the_modality(loader, config, folder)
-    for reason, count in sorted(counts.items()):
-        print(f"{count} sample(s) of {data} hold no {reason[len('missing_'):]} ({reason}): not evaluated",
-              file=sys.stderr)
+    counts = not_evaluated(loader.stats, config.modalities)
+    for line in not_evaluated_lines(counts, data):
+        print(line, file=sys.stderr)
     return sum(counts.values())
-
-
-def _num_skipped(loader, folder: bool) -> int:
-    return len(loader.skipped) if folder else loader.stats.total_skipped()
