@@ -6,8 +6,9 @@ each into memory, within ``memory_mb``). It reads them in the order they were dr
 while the shard at the head brings bytes, so that with no fault the samples come in
 the same order every time; the head's samples are parsed as its bytes arrive. A shard
 that brings nothing for a while (two seconds, or half the stall timeout if shorter)
-or waits between tries is passed over for one that goes on, and read later, skipping
-the samples it gave already: a stall costs the stream nothing but that shard.
+or has failed a try is passed over for one that goes on, and read once its download
+ends, skipping the samples it gave already: a stall costs the stream nothing but that
+shard.
 
 A shard drawn again while it downloads shares the download. A shard that failed for
 good is skipped at once, with its reason, when it is drawn again within
@@ -38,6 +39,7 @@ class _Failed:
 
     def __init__(self, url: str, error: str) -> None:
         self.url, self.error, self.data, self.done, self.waiting, self.total = url, error, b"", True, False, None
+        self.tries = 1
         self.last_progress = time.monotonic()
 
     def cancel(self) -> None:
@@ -105,10 +107,11 @@ class FetchAhead:
     # Which shard goes on
 
     def _blocked(self, entry: _Entry) -> bool:
+        """Done shards go on; one that failed a try waits until it is done (its next try may stall as well)."""
         download = entry.download
         if download.done:
             return False
-        return download.waiting or time.monotonic() - download.last_progress > self.patience
+        return download.waiting or download.tries > 1 or time.monotonic() - download.last_progress > self.patience
 
     def should_leave(self, entry: _Entry) -> bool:
         """Whether ``entry`` stalls while another shard of the window can go on (called under the condition)."""

@@ -139,7 +139,8 @@ class Download:
     ``condition`` (shared by the downloads of one reader) is notified whenever bytes
     arrive or the state changes. When ``done``, ``error`` is None or the reason it
     failed for good, in words; ``data`` holds every byte received, in order, either way.
-    ``waiting`` is true between tries; ``last_progress`` is when a byte last came.
+    ``tries`` counts the tries begun, ``waiting`` is true between them; ``last_progress``
+    is when a byte last came.
     """
 
     def __init__(self, url: str, config: RemoteConfig, condition: threading.Condition) -> None:
@@ -149,6 +150,7 @@ class Download:
         self.error: str | None = None
         self.done = False
         self.waiting = False
+        self.tries = 0
         self.last_progress = time.monotonic()
         self._cancelled = False
         self._socket: socket.socket | None = None
@@ -179,6 +181,7 @@ class Download:
         tries, error = 0, None
         while not self._cancelled:
             tries += 1
+            self.tries = tries
             try:
                 if self.url.startswith("pipe:"):
                     self._pipe_try()
