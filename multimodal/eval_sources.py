@@ -202,7 +202,8 @@ def not_evaluated(stats: DataStats, modalities: Iterable[str]) -> dict[str, int]
 
 
 def not_evaluated_lines(counts: Mapping[str, int], data: str) -> list[str]:
-    """What :func:`not_evaluated` counted, in words: ``3 sample(s) of x.tar hold no audio (missing_audio): not evaluated``."""
+    """What :func:`not_evaluated` counted, in words, a line per reason:
+    ``3 sample(s) of x.tar hold no audio (missing_audio): not evaluated``."""
     return [f"{count} sample(s) of {data} hold no {reason[len('missing_'):]} ({reason}): not evaluated"
             for reason, count in sorted(counts.items())]
 

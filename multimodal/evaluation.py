@@ -20,6 +20,7 @@ from multimodal.eval import build_zero_shot_weights, collect_embeddings, retriev
 from multimodal.eval import evaluate_retrieval, evaluate_zero_shot
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION, LinearProbeResult, evaluate_linear_probe
 from multimodal.eval.loops import sample_of_each_row
+from multimodal.eval_sources import not_evaluated
 from multimodal.modalities import CLASSIFIED_MODALITIES, parts_of
 
 TASKS = ("zeroshot", "retrieval", "linear_probe")
@@ -318,19 +319,36 @@ def run_evaluation(
     return {f"{direction}/{k}": v for k, v in metrics.items()}
 
 
-def run_evaluations(model, eval_sets: Iterable, tokenizer, *, device: torch.device | str = "cpu") -> dict[str, float]:
+NotEvaluated = Callable[[EvalSetConfig, str, dict[str, int]], None]
+
+
+def run_evaluations(model, eval_sets: Iterable, tokenizer, *, device: torch.device | str = "cpu",
+                    say_not_evaluated: NotEvaluated | None = None) -> dict[str, float]:
     """Every evaluation set's metrics, keys prefixed with the set's name.
 
     Each element of ``eval_sets`` has ``config`` (EvalSetConfig), ``loader()``,
     ``gallery_loader()`` and ``train_loader()`` (fresh finite loaders of the set's
     ``shards``, ``gallery_shards`` and ``train_shards``; see ``multimodal.sources``).
+    ``say_not_evaluated(config, field, counts)`` is told, after each set, of the samples of
+    its ``field`` (``"shards"`` ...) passed over for lacking the modality it reads
+    (``{"missing_audio": 6}``, see :func:`multimodal.eval_sources.not_evaluated`), if any.
     """
     results: dict[str, float] = {}
     for eval_set in eval_sets:
         config = eval_set.config
-        gallery = eval_set.gallery_loader() if config.gallery_shards is not None else None
-        train = eval_set.train_loader() if config.task == "linear_probe" else None
-        metrics = run_evaluation(model, config, eval_set.loader(), tokenizer, gallery_loader=gallery,
-                                 train_loader=train, device=device)
+        loaders = {"shards": eval_set.loader()}
+        if config.gallery_shards is not None:
+            loaders["gallery_shards"] = eval_set.gallery_loader()
+        if config.task == "linear_probe":
+            loaders["train_shards"] = eval_set.train_loader()
+        metrics = run_evaluation(model, config, loaders["shards"], tokenizer,
+                                 gallery_loader=loaders.get("gallery_shards"), train_loader=loaders.get("train_shards"),
+                                 device=device)
         results.update({f"{config.name}/{key}": value for key, value in metrics.items()})
+        if say_not_evaluated is not None:
+            specs = config.source_specs()
+            for field_name, loader in loaders.items():
+                counts = not_evaluated(loader.stats, specs[field_name].modalities)
+                if counts:
+                    say_not_evaluated(config, field_name, counts)
     return results

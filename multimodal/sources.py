@@ -38,7 +38,7 @@ from multimodal.data.shards import expand_shards, is_remote
 from multimodal.data.source_spec import SourceSpec
 from multimodal.data.tokenizer import Tokenizer, read_caption_files
 from multimodal import checkpoint
-from multimodal.eval_sources import ClassFolderLoader, data_class_names, is_class_folder, read_class_folder
+from multimodal.eval_sources import data_class_names, eval_loader, not_evaluated_lines
 from multimodal.evaluation import EvalSetConfig
 from multimodal.model import ModelConfig
 
@@ -134,6 +134,8 @@ class PreparedData:
     sources: list[SourceSpec]
     eval_sets: list[PreparedEvalSet]
     current_loader: object = None
+    # (set name, field) whose samples without the set's modality were said (see say_not_evaluated).
+    said_not_evaluated: set[tuple[str, str]] = field(default_factory=set)
 
     def train_loader(self, *, seed: int, rank: int = 0, world_size: int = 1, device=None):
         """The endless, shuffled training stream for this process (resampled shards, mixed by weight).
@@ -162,24 +164,23 @@ class PreparedData:
         return self.current_loader
 
     def eval_loader(self, spec: SourceSpec):
-        """A finite pass over an evaluation source (see ``EvalSetConfig.source_specs``) with evaluation preprocessing.
+        """A finite pass over an evaluation source (see ``EvalSetConfig.source_specs``) with evaluation
+        preprocessing: :func:`multimodal.eval_sources.eval_loader`, as ``multimodal eval`` reads it."""
+        return eval_loader(spec, batch_size=self.config.eval_batch_size, preprocess=self.model.preprocess,
+                           tokenize=self.tokenize, remote=self.config.remote)
 
-        A folder of class folders (one modality, labelled) is read by a
-        :class:`~multimodal.eval_sources.ClassFolderLoader`, shards by the shard loader.
+    def say_not_evaluated(self, eval_set: EvalSetConfig, field: str, counts: dict[str, int]) -> None:
+        """Logs, once per run, how many samples of an evaluation set's ``field`` (``shards`` ...) lack the
+        modality it reads (``counts``, see :func:`multimodal.eval_sources.not_evaluated`).
+
+        On shards that mix pictures and sounds they are the normal case and the same at every
+        evaluation, so the first evaluation says them and the later ones only count them.
         """
-        if is_class_folder(spec.shards):
-            return ClassFolderLoader(read_class_folder(spec.shards, spec.modalities[0]), spec.name,
-                                     batch_size=self.config.eval_batch_size, preprocess=self.model.preprocess)
-        return make_loader(
-            [spec],
-            batch_size=self.config.eval_batch_size,
-            train=False,
-            seed=0,
-            num_workers=0,
-            preprocess=self.model.preprocess,
-            tokenize=self.tokenize,
-            remote=self.config.remote,
-        )
+        if (eval_set.name, field) in self.said_not_evaluated:
+            return
+        self.said_not_evaluated.add((eval_set.name, field))
+        for line in not_evaluated_lines(counts, getattr(eval_set, field)):
+            logger.warning("eval set %r: %s (said at the first evaluation only)", eval_set.name, line)
 
     def tokenize(self, texts: list[str]):
         return self.tokenizer(texts, self.model.text.context_length)

@@ -56,6 +56,8 @@ def evaluation_model(run: Run, *, averaged: bool = False) -> MultimodalModel | N
 def evaluate(accelerator, model: MultimodalModel | None, data, run_dir: Path, step: int) -> dict:
     """The configured evaluation sets, on the main process (evaluation sets are small).
 
+    Samples of a set's shards that lack its modality are counted at every evaluation and
+    said once (:meth:`multimodal.sources.PreparedData.say_not_evaluated`).
     An evaluation that fails (a shard deleted mid-run, a set that cannot be read) costs
     its results, not the run: the error is logged in one line, its traceback appended
     to ``eval-errors.log`` in the run directory, and ``{"eval_error": message}`` returned.
@@ -64,7 +66,9 @@ def evaluate(accelerator, model: MultimodalModel | None, data, run_dir: Path, st
     if accelerator.is_main_process and data.eval_sets:
         model.eval()
         try:
-            results = evaluation.run_evaluations(model, data.eval_sets, data.tokenizer, device=accelerator.device)
+            # Samples without a set's modality (shards mixing pictures and sounds) are said at the first evaluation.
+            results = evaluation.run_evaluations(model, data.eval_sets, data.tokenizer, device=accelerator.device,
+                                                 say_not_evaluated=data.say_not_evaluated)
         except Exception as error:  # noqa: BLE001 - whatever failed, training and its checkpoints go on
             message = f"{type(error).__name__}: {error}"
             with open(run_dir / EVAL_ERRORS_FILE, "a") as handle:

@@ -1,6 +1,7 @@
 """data.eval takes what `multimodal eval` takes: class folders, shards that mix pictures and sounds, and
 the class names the data record (no class_names restated); names given that contradict the record are refused."""
 import json
+import logging
 import re
 
 import pytest
@@ -133,6 +134,36 @@ def test_multimodal_eval_reads_class_folders_as_training_does_and_names_each_fil
     assert "skipping data" not in caplog.text
 
 
+def test_evaluations_say_the_samples_without_the_modality_once_and_warn_of_a_broken_one_each_time(tiny, tmp_path,
+                                                                                                    caplog):
+    import webdataset
+
+    model, tokenizer = tiny
+    shard = tmp_path / "spoken-000000.tar"
+    with webdataset.TarWriter(str(shard)) as writer:
+        for index in range(2):
+            picture = write_png(tmp_path / f"{index}.png", seed=index).read_bytes()
+            writer.write({"__key__": f"picture{index}", "png": picture, "cls": b"0"})
+        for index in range(3):
+            sound = write_wav(tmp_path / f"{index}.wav", seed=index, seconds=0.5).read_bytes()
+            writer.write({"__key__": f"sound{index}", "wav": sound, "cls": str(index % 2).encode()})
+        writer.write({"__key__": "noise", "wav": b"RIFF but not a wav", "cls": b"1"})
+    eval_set = EvalSetConfig(name="spoken", shards=str(shard), modality="audio", class_names=["a", "b"],
+                             templates=TEMPLATES)
+    data = sources.prepare(sources.DataConfig(eval=[eval_set]), model.config, tokenizer,
+                           sources.ResolvedSources(train=[], eval_sets=[eval_set]))
+    with caplog.at_level(logging.WARNING):
+        first = run_evaluations(model, data.eval_sets, tokenizer, say_not_evaluated=data.say_not_evaluated)
+        second = run_evaluations(model, data.eval_sets, tokenizer, say_not_evaluated=data.say_not_evaluated)
+    assert first == second and first["spoken/num_samples"] == 3
+    assert [message for message in caplog.messages if "not evaluated" in message] == [
+        f"eval set 'spoken': 2 sample(s) of {shard} hold no audio (missing_audio): not evaluated "
+        "(said at the first evaluation only)"]
+    assert "skipping data (missing_" not in caplog.text
+    decode_errors = [message for message in caplog.messages if "skipping data (bad_audio)" in message]
+    assert len(decode_errors) == 2 and "sample noise" in decode_errors[0]
+
+
 def refused(model, eval_set: EvalSetConfig) -> str:
     with pytest.raises(ValueError) as error:
         preflight.check_eval_sets([eval_set], model.config)
@@ -237,14 +268,20 @@ def test_class_folders_are_refused_where_a_set_needs_pairs_or_mixes_them_with_sh
         f"({extensions})")
 
 
-def test_a_run_evaluates_class_folders_and_a_mixed_shard_and_records_the_names_it_took(material, tmp_path):
+def test_a_run_evaluates_class_folders_and_a_mixed_shard_and_records_the_names_it_took(material, tmp_path, caplog):
     from multimodal import train
     from tests.test_train import run_args, tiny_dataset_at
 
     dataset = tiny_dataset_at(tmp_path / "data")
     eval_sets = json.dumps([{"name": "folders", "shards": material["folders"]},
                             {"name": "mixed", "shards": material["shards"], "templates": TEMPLATES}])
-    result = train.main(run_args(dataset, tmp_path, 2, ["--data.eval", eval_sets, "--threads", "1"])[2:])
+    result = train.main(run_args(dataset, tmp_path, 2, ["--data.eval", eval_sets, "--threads", "1",
+                                                        "--eval_every", "1"])[2:])
     assert result["results"]["folders/num_samples"] == 6 and result["results"]["mixed/num_samples"] == 6
+    # Evaluated at steps 1 and 2: the recordings of the mixed shard (the model reads no audio) said once, in words.
+    assert [message for message in caplog.messages if "not evaluated" in message] == [
+        f"eval set 'mixed': 6 sample(s) of {material['shards']} hold no image (missing_image): not evaluated "
+        "(said at the first evaluation only)"]
+    assert "skipping data (missing_" not in caplog.text
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]["eval"]
     assert [(entry["name"], entry["class_names"]) for entry in recorded] == [("folders", RECORDED), ("mixed", RECORDED)]

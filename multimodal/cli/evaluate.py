@@ -123,7 +123,8 @@ def _folder_modality(root: Path, parser, option: str) -> str:
     media = {path: modality_of_file_name(path) for path, _ in files}
     media = {path: modality for path, modality in media.items() if modality in CLASSIFIED_MODALITIES}
     if folders and not media:
-        parser.error(f"argument {option}: the class folders of {root} hold no {' or '.join(CLASSIFIED_MODALITIES)} file")
+        parser.error(f"argument {option}: the class folders of {root} hold no "
+                     f"{' or '.join(CLASSIFIED_MODALITIES)} file")
     # No class folders at all: any modality will do, read_class_folder refuses the folder in its words.
     return single_modality(media, parser, f"the files of {root}") if media else CLASSIFIED_MODALITIES[0]
 
