@@ -169,17 +169,17 @@ class PreparedData:
         return eval_loader(spec, batch_size=self.config.eval_batch_size, preprocess=self.model.preprocess,
                            tokenize=self.tokenize, remote=self.config.remote)
 
-    def say_not_evaluated(self, eval_set: EvalSetConfig, field: str, counts: dict[str, int]) -> None:
-        """Logs, once per run, how many samples of an evaluation set's ``field`` (``shards`` ...) lack the
-        modality it reads (``counts``, see :func:`multimodal.eval_sources.not_evaluated`).
+    def say_not_evaluated(self, eval_set: EvalSetConfig, field_name: str, counts: dict[str, int]) -> None:
+        """Logs, once per run, how many samples of an evaluation set's ``field_name`` (``shards`` ...) lack
+        the modality it reads (``counts``, see :func:`multimodal.eval_sources.not_evaluated`).
 
         On shards that mix pictures and sounds they are the normal case and the same at every
         evaluation, so the first evaluation says them and the later ones only count them.
         """
-        if (eval_set.name, field) in self.said_not_evaluated:
+        if (eval_set.name, field_name) in self.said_not_evaluated:
             return
-        self.said_not_evaluated.add((eval_set.name, field))
-        for line in not_evaluated_lines(counts, getattr(eval_set, field)):
+        self.said_not_evaluated.add((eval_set.name, field_name))
+        for line in not_evaluated_lines(counts, getattr(eval_set, field_name)):
             logger.warning("eval set %r: %s (said at the first evaluation only)", eval_set.name, line)
 
     def tokenize(self, texts: list[str]):
