@@ -11,7 +11,8 @@ demo's batch (128), image-text pairs only, so the audio tower is never trained:
   before it had fine-tuning defaults), and a few lower rates (``--rates``);
 - ``defaults``: nothing but the data and the step count: the fine-tuning defaults (and
   other warm-ups with them, ``--warmups 10,150``);
-- ``lock image`` / ``lock text``: one tower locked (``--freeze``), at the defaults;
+- ``lock image`` / ``lock text``: one tower locked (``--freeze``), at the defaults (LiT at
+  2e-3 too: the text tower it moves is the one the untrained audio tower is aligned to);
 - ``layer decay 0.75`` at 2e-3: each earlier block learning 0.75 times slower;
 - ``WiSE-FT``: ``multimodal interpolate`` of the checkpoint and the ``lr 2e-3`` fine-tune, alpha 0.5.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -60,6 +62,7 @@ class Recipe:
     name: str
     arguments: list[str] = field(default_factory=list)  # train.py arguments beyond the data and steps
     blend_of: str | None = None  # WiSE-FT: the recipe whose result is interpolated with the checkpoint
+    rebind_of: str | None = None  # binding audio again: the recipe whose result is trained on the demo's audio-text
 
 
 def recipes(rates: list[str], warmups: list[str], quick: bool) -> list[Recipe]:
@@ -72,6 +75,8 @@ def recipes(rates: list[str], warmups: list[str], quick: bool) -> list[Recipe]:
         Recipe("defaults"),
         *[Recipe(f"defaults, {steps} warm-up steps", ["--optim.warmup_steps", steps]) for steps in warmups],
         Recipe("lock image (LiT)", ["--freeze", '["image"]']),
+        Recipe(f"lock image (LiT), lr {OLD_LR}", ["--freeze", '["image"]', "--optim.lr", OLD_LR]),
+        Recipe("then bind audio again", ["--freeze", '["image", "text"]'], rebind_of=f"lock image (LiT), lr {OLD_LR}"),
         Recipe("lock text", ["--freeze", '["text"]']),
         Recipe(f"layer decay 0.75, lr {OLD_LR}", ["--optim.lr", OLD_LR, "--optim.warmup_steps", "50",
                                                    "--optim.layer_decay", "0.75"]),
@@ -142,18 +147,18 @@ def relative(path: Path | str) -> str:
 
 
 def slug(name: str) -> str:
-    """A recipe's run name: ``lr 2e-3 (from-scratch default)`` -> ``lr-2e-3``."""
-    return name.split(" (")[0].replace(",", "").replace(" ", "-")
+    """A recipe's run name: ``lock image (LiT), lr 2e-3`` -> ``lock-image-lr-2e-3``."""
+    return re.sub(r"\s*\([^)]*\)", "", name).replace(",", "").replace(" ", "-")
 
 
 def chosen_recipes(args) -> list[Recipe]:
-    """The recipes to run: all, or those ``--only`` names (with the run a WiSE-FT blend needs)."""
+    """The recipes to run: all, or those ``--only`` names (with the run a blend or a rebind needs)."""
     every = recipes([rate for rate in args.rates.split(",") if rate],
                     [steps for steps in args.warmups.split(",") if steps], args.quick)
     if args.only is None:
         return every
-    wanted = {r.name for r in every if args.only in r.name}
-    wanted |= {r.blend_of for r in every if r.name in wanted and r.blend_of}
+    wanted = {r.name for r in every if any(part in r.name for part in args.only.split("|"))}
+    wanted |= {r.blend_of or r.rebind_of for r in every if r.name in wanted and (r.blend_of or r.rebind_of)}
     return [r for r in every if r.name in wanted]
 
 
@@ -175,6 +180,30 @@ def base_checkpoint(given: str | None, quick: bool) -> Path:
               flush=True)
         run([sys.executable, "train.py", "--run_name", BASE_RUN, *(["--optim.steps", "100"] if quick else [])])
     return list_checkpoints(run_dir)[-1]
+
+
+def run_recipe(recipe: Recipe, checkpoint: Path, train_shards: str, steps: int, runs: Path,
+               trained: dict[str, Path], threads: int | None) -> tuple[Path, str]:
+    """Runs one recipe; returns the checkpoint it made and its options as the table shows them."""
+    run_dir = runs / slug(recipe.name)
+    if recipe.blend_of is not None:
+        command = [sys.executable, "-m", "multimodal", "interpolate", "--from", relative(checkpoint),
+                   "--to", relative(trained[recipe.blend_of]), "--alpha", "0.5", "--output", relative(run_dir)]
+        run(command)
+        return run_dir, f"`multimodal interpolate --from CHECKPOINT --to {slug(recipe.blend_of)}'s --alpha 0.5`"
+    if recipe.rebind_of is not None:  # on the demo's own data: its image-text source is locked, so not drawn
+        command = [sys.executable, "train.py", "--init_from", relative(trained[recipe.rebind_of]),
+                   "--optim.steps", str(steps), "--output_dir", relative(runs), "--run_name", run_dir.name,
+                   "--plot", "false", *(["--threads", str(threads)] if threads else []), *recipe.arguments]
+        options = f"`--init_from {slug(recipe.rebind_of)}'s {shlex.join(recipe.arguments)}`, the demo's data"
+    else:
+        command = train_command(checkpoint, train_shards, steps, run_dir, recipe.arguments, threads)
+        options = f"`{shlex.join(recipe.arguments)}`" if recipe.arguments else "(none)"
+    for line in run(command).splitlines():
+        if line.startswith(START_UP_LINES):
+            print(f"  {line}", flush=True)
+    trained[recipe.name] = list_checkpoints(run_dir)[-1]
+    return trained[recipe.name], options
 
 
 def row(name: str, options: str, figures: dict[str, float], base: dict[str, float], seconds: float | None) -> str:
@@ -201,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="lower learning rates tried beside 2e-3, comma-separated")
     parser.add_argument("--warmups", default="",
                         help="warm-up step counts tried with the default rate, comma-separated")
-    parser.add_argument("--only", default=None, help="run only the recipes whose name contains this text")
+    parser.add_argument("--only", default=None,
+                        help="run only the recipes whose name contains this text (or one of several, split by |)")
     parser.add_argument("--threads", type=int, default=None, help="train.py --threads (default: its own choice)")
     args = parser.parse_args(argv)
     steps = args.steps or (20 if args.quick else 300)
@@ -217,20 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = WORKDIR / time.strftime("%Y%m%d-%H%M%S")
     for recipe in chosen_recipes(args):
         started = time.time()
-        if recipe.blend_of is not None:
-            result = runs / slug(recipe.name)
-            command = [sys.executable, "-m", "multimodal", "interpolate", "--from", relative(checkpoint),
-                       "--to", relative(trained[recipe.blend_of]), "--alpha", "0.5", "--output", relative(result)]
-            run(command)
-            options = f"`multimodal interpolate --from CHECKPOINT --to {slug(recipe.blend_of)}'s --alpha 0.5`"
-        else:
-            command = train_command(checkpoint, train_shards, steps, runs / slug(recipe.name), recipe.arguments,
-                                    args.threads)
-            for line in run(command).splitlines():
-                if line.startswith(START_UP_LINES):
-                    print(f"  {line}", flush=True)
-            result = trained[recipe.name] = list_checkpoints(runs / slug(recipe.name))[-1]
-            options = f"`{shlex.join(recipe.arguments)}`" if recipe.arguments else "(none)"
+        result, options = run_recipe(recipe, checkpoint, train_shards, steps, runs, trained, args.threads)
         seconds = time.time() - started
         lines.append(row(recipe.name, options, evaluate(result, sets), base, seconds))
         print(lines[-1], flush=True)

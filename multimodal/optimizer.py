@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -141,6 +142,11 @@ def fine_tuning_optim(optim: OptimConfig, given: Iterable[str]) -> OptimConfig:
     return dataclasses.replace(optim, **chosen)
 
 
+def rate_text(value: float) -> str:
+    """A learning rate as people write it: ``5e-5``, ``0.002`` (``:g`` alone writes ``5e-05``)."""
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:g}")
+
+
 def fine_tuning_line(optim: OptimConfig, scratch: OptimConfig, fine_tuned: list[str], fresh: list[str]) -> str:
     """The start-up line of a run from a checkpoint: its learning rate and warm-up, and where each came from.
 
@@ -149,16 +155,16 @@ def fine_tuning_line(optim: OptimConfig, scratch: OptimConfig, fine_tuned: list[
     defaults apply); ``fresh``: the towers that start fresh and train.
     """
     if not fine_tuned:
-        return (f"init_from: every tower that trains starts fresh ({', '.join(fresh)}): lr {optim.lr:g} and "
-                f"{optim.warmup_steps} warm-up steps, as from scratch (no fine-tuning defaults)")
+        return (f"init_from: every tower that trains starts fresh ({', '.join(fresh)}): lr {rate_text(optim.lr)} "
+                f"and {optim.warmup_steps} warm-up steps, as from scratch (no fine-tuning defaults)")
     also = (f"; the fresh {', '.join(fresh)} tower(s) learn at that rate too (a higher --optim.lr trains them "
             "faster)") if fresh else ""
-    described = {"lr": f"lr {optim.lr:g}", "warmup_steps": f"{optim.warmup_steps} warm-up steps"}
+    described = {"lr": f"lr {rate_text(optim.lr)}", "warmup_steps": f"{optim.warmup_steps} warm-up steps"}
     defaults = [name for name in described if getattr(optim, name) == FINE_TUNING_DEFAULTS[name]]
     if len(defaults) == len(described):
         return (f"fine-tuning from init_from with {described['lr']} and {described['warmup_steps']}, the "
-                f"fine-tuning defaults (from scratch: lr {scratch.lr:g}, {scratch.warmup_steps} warm-up steps): a "
-                "lower rate keeps what the checkpoint learned (docs/pretrained.md); --optim.lr and "
+                f"fine-tuning defaults (from scratch: lr {rate_text(scratch.lr)}, {scratch.warmup_steps} warm-up "
+                "steps): a lower rate keeps what the checkpoint learned (docs/pretrained.md); --optim.lr and "
                 f"--optim.warmup_steps choose others{also}")
     parts = [described[name] + (f" (the fine-tuning default; --optim.{name} chooses another)" if name in defaults
                                 else " (given)") for name in described]

@@ -13,7 +13,7 @@ from multimodal.data.tokenizer import Tokenizer
 from multimodal.data.writer import SampleSource, write_shards
 from multimodal.model import MultimodalModel
 from multimodal.model_setup import fit_text_to_tokenizer
-from multimodal.optimizer import FINE_TUNING_DEFAULTS, fine_tuning_line
+from multimodal.optimizer import FINE_TUNING_DEFAULTS, fine_tuning_line, rate_text
 from multimodal.presets import tiny
 from multimodal.run_config import OptimConfig, parse_config
 
@@ -71,11 +71,12 @@ def test_binding_a_fresh_tower_into_a_locked_space_keeps_the_from_scratch_rate(t
 
 
 def test_the_start_up_line_says_which_values_are_defaults_and_which_given():
+    assert [rate_text(rate) for rate in (5e-5, 0.002, 1e-10, 3e-4)] == ["5e-5", "0.002", "1e-10", "0.0003"]
     scratch = OptimConfig()
     assert fine_tuning_line(OptimConfig(lr=LR, warmup_steps=WARMUP), scratch, ["text", "image"], []) == (
-        f"fine-tuning from init_from with lr {LR:g} and {WARMUP} warm-up steps, the fine-tuning defaults (from "
-        f"scratch: lr {scratch.lr:g}, {scratch.warmup_steps} warm-up steps): a lower rate keeps what the "
-        "checkpoint learned (docs/pretrained.md); --optim.lr and --optim.warmup_steps choose others")
+        f"fine-tuning from init_from with lr {rate_text(LR)} and {WARMUP} warm-up steps, the fine-tuning defaults "
+        f"(from scratch: lr {rate_text(scratch.lr)}, {scratch.warmup_steps} warm-up steps): a lower rate keeps what "
+        "the checkpoint learned (docs/pretrained.md); --optim.lr and --optim.warmup_steps choose others")
     assert fine_tuning_line(OptimConfig(lr=3e-4, warmup_steps=WARMUP), scratch, ["text"], []) == (
         f"fine-tuning from init_from with lr 0.0003 (given) and {WARMUP} warm-up steps (the fine-tuning default; "
         "--optim.warmup_steps chooses another)")
@@ -83,8 +84,8 @@ def test_the_start_up_line_says_which_values_are_defaults_and_which_given():
         f"fine-tuning from init_from with lr 0.0003 (given) and {WARMUP + 1} warm-up steps (given); the fresh audio "
         "tower(s) learn at that rate too (a higher --optim.lr trains them faster)")
     assert fine_tuning_line(scratch, scratch, [], ["audio"]) == (
-        f"init_from: every tower that trains starts fresh (audio): lr {scratch.lr:g} and {scratch.warmup_steps} "
-        "warm-up steps, as from scratch (no fine-tuning defaults)")
+        f"init_from: every tower that trains starts fresh (audio): lr {rate_text(scratch.lr)} and "
+        f"{scratch.warmup_steps} warm-up steps, as from scratch (no fine-tuning defaults)")
 
 
 # --------------------------------------------------------------------------- drift
@@ -141,7 +142,8 @@ def test_a_run_from_a_checkpoint_says_its_rate_and_warns_of_drift_at_start_up(de
                 "--mixed_precision", "no", "--output_dir", str(tmp_path), "--run_name", "run"])
     captured = capsys.readouterr()
     log = captured.out + captured.err + caplog.text  # the warning is logged: under pytest, caplog holds it
-    assert f"fine-tuning from init_from with lr {LR:g} and {WARMUP} warm-up steps, the fine-tuning defaults" in log
+    assert (f"fine-tuning from init_from with lr {rate_text(LR)} and {WARMUP} warm-up steps, the fine-tuning "
+            "defaults") in log
     assert f"warning: this run moves the text tower of init_from {demo_like}, to which its audio tower" in log
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["optim"]
     assert (recorded["lr"], recorded["warmup_steps"]) == (LR, WARMUP)
