@@ -4,12 +4,13 @@ The target: scikit-learn's 1,797 8 x 8 digits (the demo's ``image-real`` split: 
 writers, another scanner, evaluation only in the demo). Its samples with an even
 scikit-learn index (899) become image-text training shards with the demo's own captions
 ("a handwritten seven"); those with an odd index (898) are the test half. Each recipe is
-``train.py --init_from CHECKPOINT`` on the 899 for ``--steps`` (300) steps with the
-demo's batch (128), image-text pairs only, so the audio tower is never trained:
+``train.py --init_from CHECKPOINT`` on the 899 for the fine-tuning default's 300 steps (or
+``--steps``), with the demo's batch (128), image-text pairs only, so the audio tower is
+never trained:
 
 - ``lr 2e-3``: the from-scratch learning rate and warm-up (what ``--init_from`` ran with
   before it had fine-tuning defaults), and a few lower rates (``--rates``);
-- ``defaults``: nothing but the data and the step count: the fine-tuning defaults (and
+- ``defaults``: nothing but the data: the fine-tuning defaults (and
   other warm-ups with them, ``--warmups 10,150``);
 - ``lock image`` / ``lock text``: one tower locked (``--freeze``), at the defaults (LiT at
   2e-3 too: the text tower it moves is the one the untrained audio tower is aligned to);
@@ -42,6 +43,7 @@ from pathlib import Path
 
 from bench.common import machine_summary
 from multimodal.checkpoint import list_checkpoints
+from multimodal.optimizer import FINE_TUNING_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_RUN = "demo-base"
@@ -132,12 +134,17 @@ def evaluate(checkpoint: Path, sets: list) -> dict[str, float]:
     return {column: 100 * results[f"{name}/{metric}"] for column, (name, metric) in METRICS.items()}
 
 
-def train_command(checkpoint: Path, train_shards: str, steps: int, run_dir: Path, arguments: list[str],
-                  threads: int | None) -> list[str]:
+def train_command(checkpoint: Path, train_shards: str, steps: int | None, run_dir: Path,
+                  arguments: list[str], threads: int | None) -> list[str]:
     source = json.dumps([{"shards": train_shards, "modalities": ["image", "text"]}])
     return [sys.executable, "train.py", "--init_from", relative(checkpoint), "--data.train", source,
-            "--optim.steps", str(steps), "--output_dir", relative(run_dir.parent), "--run_name", run_dir.name,
+            *steps_option(steps), "--output_dir", relative(run_dir.parent), "--run_name", run_dir.name,
             "--plot", "false", *(["--threads", str(threads)] if threads else []), *arguments]
+
+
+def steps_option(steps: int | None) -> list[str]:
+    """``--optim.steps N`` where the steps are given; none for the fine-tuning default's."""
+    return ["--optim.steps", str(steps)] if steps is not None else []
 
 
 def relative(path: Path | str) -> str:
@@ -182,7 +189,7 @@ def base_checkpoint(given: str | None, quick: bool) -> Path:
     return list_checkpoints(run_dir)[-1]
 
 
-def run_recipe(recipe: Recipe, checkpoint: Path, train_shards: str, steps: int, runs: Path,
+def run_recipe(recipe: Recipe, checkpoint: Path, train_shards: str, steps: int | None, runs: Path,
                trained: dict[str, Path], threads: int | None) -> tuple[Path, str]:
     """Runs one recipe; returns the checkpoint it made and its options as the table shows them."""
     run_dir = runs / slug(recipe.name)
@@ -193,7 +200,7 @@ def run_recipe(recipe: Recipe, checkpoint: Path, train_shards: str, steps: int, 
         return run_dir, f"`multimodal interpolate --from CHECKPOINT --to {slug(recipe.blend_of)}'s --alpha 0.5`"
     if recipe.rebind_of is not None:  # on the demo's own data: its image-text source is locked, so not drawn
         command = [sys.executable, "train.py", "--init_from", relative(trained[recipe.rebind_of]),
-                   "--optim.steps", str(steps), "--output_dir", relative(runs), "--run_name", run_dir.name,
+                   *steps_option(steps), "--output_dir", relative(runs), "--run_name", run_dir.name,
                    "--plot", "false", *(["--threads", str(threads)] if threads else []), *recipe.arguments]
         options = f"`--init_from {slug(recipe.rebind_of)}'s {shlex.join(recipe.arguments)}`, the demo's data"
     else:
@@ -225,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="ignored: one run per recipe")
     parser.add_argument("--checkpoint", default=None,
                         help=f"the checkpoint to fine-tune (default: runs/{BASE_RUN}'s last)")
-    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps per recipe (default 300)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tuning steps per recipe (default: the fine-tuning default's)")
     parser.add_argument("--rates", default="5e-4,2e-4,1e-4",
                         help="lower learning rates tried beside 2e-3, comma-separated")
     parser.add_argument("--warmups", default="",
@@ -234,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="run only the recipes whose name contains this text (or one of several, split by |)")
     parser.add_argument("--threads", type=int, default=None, help="train.py --threads (default: its own choice)")
     args = parser.parse_args(argv)
-    steps = args.steps or (20 if args.quick else 300)
+    steps = args.steps or (20 if args.quick else None)
     print(machine_summary(), flush=True)
     WORKDIR.mkdir(parents=True, exist_ok=True)
     checkpoint = base_checkpoint(args.checkpoint, args.quick)
@@ -251,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         seconds = time.time() - started
         lines.append(row(recipe.name, options, evaluate(result, sets), base, seconds))
         print(lines[-1], flush=True)
-    print(f"\n{steps} fine-tuning steps on 899 scikit-learn digits (even indices), tested on the other 898; "
+    print(f"\n{steps or FINE_TUNING_DEFAULTS['steps']} fine-tuning steps on 899 scikit-learn digits (even indices), "
+          "tested on the other 898; "
           f"{machine_summary()}")
     example = train_command(checkpoint, train_shards, steps, runs / "NAME", [], args.threads)
     print("each row: " + shlex.join([".venv/bin/python" if part == sys.executable else part for part in example])

@@ -122,16 +122,17 @@ def cosine_with_warmup(optim: OptimConfig):
     return multiplier
 
 
-# A run that starts from a checkpoint (--init_from) and is given neither takes these instead of
-# the from-scratch 2e-3 and 50. Measured on the demo (docs/pretrained.md, python -m bench finetune):
+# A run that starts from a checkpoint (--init_from) takes these where not given, instead of the
+# from-scratch 2e-3, 50 and 1200. Measured on the demo (docs/pretrained.md, python -m bench finetune):
 # 300 steps on 899 digits of other writers took held-out MNIST from 97.8% to 38.6% at 2e-3, 80.9% at
 # 5e-4, 92.9% at 2e-4, 96.1% at 1e-4 and 96.8% at 5e-5, while the target gained 3.9, 4.9, 5.8, 5.7
-# and 5.6 points: 5e-5 keeps what the checkpoint knew at nearly the best rate's gain.
-FINE_TUNING_DEFAULTS = {"lr": 5e-5, "warmup_steps": 50}
+# and 5.6 points: 5e-5 keeps what the checkpoint knew at nearly the best rate's gain. The warm-up
+# hardly mattered there (10 to 150 steps); 1200 steps gained no more (5.5) and forgot more (MNIST 94.1%).
+FINE_TUNING_DEFAULTS = {"lr": 5e-5, "warmup_steps": 50, "steps": 300}
 
 
 def fine_tuning_optim(optim: OptimConfig, given: Iterable[str]) -> OptimConfig:
-    """``optim`` with the fine-tuning learning rate and warm-up (``FINE_TUNING_DEFAULTS``) where not given.
+    """``optim`` with the fine-tuning learning rate, warm-up and length (``FINE_TUNING_DEFAULTS``) where not given.
 
     ``given``: the dotted keys the user set (``optim.lr``; ``optim`` alone sets them all);
     what the user gave is kept.
@@ -148,24 +149,26 @@ def rate_text(value: float) -> str:
 
 
 def fine_tuning_line(optim: OptimConfig, scratch: OptimConfig, fine_tuned: list[str], fresh: list[str]) -> str:
-    """The start-up line of a run from a checkpoint: its learning rate and warm-up, and where each came from.
+    """The start-up line of a run from a checkpoint: its learning rate, warm-up and length, and where each came from.
 
     ``scratch``: the from-scratch defaults (``OptimConfig()``), named beside the fine-tuning
     ones; ``fine_tuned``: the checkpoint's towers that train (none: the from-scratch
     defaults apply); ``fresh``: the towers that start fresh and train.
     """
     if not fine_tuned:
-        return (f"init_from: every tower that trains starts fresh ({', '.join(fresh)}): lr {rate_text(optim.lr)} "
-                f"and {optim.warmup_steps} warm-up steps, as from scratch (no fine-tuning defaults)")
+        return (f"init_from: every tower that trains starts fresh ({', '.join(fresh)}): lr {rate_text(optim.lr)}, "
+                f"{optim.warmup_steps} warm-up steps, {optim.steps} steps in all, as from scratch (no fine-tuning "
+                "defaults)")
     also = (f"; the fresh {', '.join(fresh)} tower(s) learn at that rate too (a higher --optim.lr trains them "
             "faster)") if fresh else ""
-    described = {"lr": f"lr {rate_text(optim.lr)}", "warmup_steps": f"{optim.warmup_steps} warm-up steps"}
+    described = {"lr": f"lr {rate_text(optim.lr)}", "warmup_steps": f"{optim.warmup_steps} warm-up steps",
+                 "steps": f"{optim.steps} steps in all"}
     defaults = [name for name in described if getattr(optim, name) == FINE_TUNING_DEFAULTS[name]]
     if len(defaults) == len(described):
-        return (f"fine-tuning from init_from with {described['lr']} and {described['warmup_steps']}, the "
-                f"fine-tuning defaults (from scratch: lr {rate_text(scratch.lr)}, {scratch.warmup_steps} warm-up "
-                "steps): a lower rate keeps what the checkpoint learned (docs/pretrained.md); --optim.lr and "
-                f"--optim.warmup_steps choose others{also}")
+        return (f"fine-tuning from init_from with {', '.join(described.values())}: the fine-tuning defaults (from "
+                f"scratch: lr {rate_text(scratch.lr)}, {scratch.warmup_steps} warm-up steps, {scratch.steps} "
+                "steps), a lower rate and a shorter run keep what the checkpoint learned (docs/pretrained.md); "
+                f"--optim.lr, --optim.warmup_steps and --optim.steps choose others{also}")
     parts = [described[name] + (f" (the fine-tuning default; --optim.{name} chooses another)" if name in defaults
                                 else " (given)") for name in described]
-    return f"fine-tuning from init_from with {' and '.join(parts)}{also}"
+    return f"fine-tuning from init_from with {', '.join(parts)}{also}"

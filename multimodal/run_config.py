@@ -180,8 +180,8 @@ def fresh_config(overrides: dict[str, str]) -> TrainConfig:
         if file_model is not None:  # the file's model section, then the command line's, on top of the checkpoint's
             config.model = from_dict(ModelConfig, _model_changed_by(to_dict(config.model), file_model), "model")
         config = apply_overrides(config, {k: v for k, v in overrides.items() if k.startswith("model.")})
-        # Fine-tuning's own learning rate and warm-up, unless given (a run whose training towers all start
-        # fresh, binding a new tower into a locked space, keeps the from-scratch ones).
+        # Fine-tuning's own learning rate, warm-up and length, unless given (a run whose training towers all
+        # start fresh, binding a new tower into a locked space, keeps the from-scratch ones).
         if pretrained_towers_that_train(config.model, config.init_from, config.freeze, config.freeze_unlocked_blocks):
             config.optim = fine_tuning_optim(config.optim, [*overrides, *flatten(data)])
     return config

@@ -15,9 +15,9 @@ from multimodal.model import MultimodalModel
 from multimodal.model_setup import fit_text_to_tokenizer
 from multimodal.optimizer import FINE_TUNING_DEFAULTS, fine_tuning_line, rate_text
 from multimodal.presets import tiny
-from multimodal.run_config import OptimConfig, parse_config
+from multimodal.run_config import OptimConfig, TrainConfig, parse_config
 
-LR, WARMUP = FINE_TUNING_DEFAULTS["lr"], FINE_TUNING_DEFAULTS["warmup_steps"]
+LR, WARMUP, STEPS = (FINE_TUNING_DEFAULTS[name] for name in ("lr", "warmup_steps", "steps"))
 
 
 def checkpoint(directory: Path, modalities=("text", "image", "audio"), *, sources=None,
@@ -41,51 +41,59 @@ def demo_like(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- the fine-tuning defaults
 
 
-def test_init_from_takes_the_fine_tuning_rate_and_warm_up(demo_like):
-    config = parse_config(["--init_from", str(demo_like)])
-    assert (config.optim.lr, config.optim.warmup_steps) == (LR, WARMUP)
-    assert LR < OptimConfig().lr
-    scratch = parse_config([])
-    assert (scratch.optim.lr, scratch.optim.warmup_steps) == (OptimConfig().lr, OptimConfig().warmup_steps)
+def settings(config) -> tuple:
+    return config.optim.lr, config.optim.warmup_steps, config.optim.steps
+
+
+def test_init_from_takes_the_fine_tuning_rate_warm_up_and_length(demo_like):
+    assert settings(parse_config(["--init_from", str(demo_like)])) == (LR, WARMUP, STEPS)
+    assert LR < OptimConfig().lr and STEPS < OptimConfig().steps
+    assert settings(parse_config([])) == settings(TrainConfig())
 
 
 def test_values_given_on_the_command_line_or_in_a_file_are_kept(demo_like, tmp_path):
-    given = parse_config(["--init_from", str(demo_like), "--optim.lr", "3e-4"])
-    assert (given.optim.lr, given.optim.warmup_steps) == (3e-4, WARMUP)
+    given = parse_config(["--init_from", str(demo_like), "--optim.lr", "3e-4", "--optim.steps", "40"])
+    assert settings(given) == (3e-4, WARMUP, 40)
     file = tmp_path / "run.json"
     file.write_text(json.dumps({"optim": {"warmup_steps": 7, "lr": 2e-3}}))
     from_file = parse_config(["--config", str(file), "--init_from", str(demo_like)])
-    assert (from_file.optim.lr, from_file.optim.warmup_steps) == (2e-3, 7)
+    assert settings(from_file) == (2e-3, 7, STEPS)
     whole = parse_config(["--init_from", str(demo_like), "--optim", json.dumps({"lr": 5e-4})])
-    assert whole.optim.lr == 5e-4
+    assert settings(whole) == (5e-4, OptimConfig().warmup_steps, OptimConfig().steps)
 
 
-def test_binding_a_fresh_tower_into_a_locked_space_keeps_the_from_scratch_rate(tmp_path):
+def test_binding_a_fresh_tower_into_a_locked_space_keeps_the_from_scratch_settings(tmp_path):
     image_text = checkpoint(tmp_path / "image_text", ("text", "image"))
     bind = parse_config(["--init_from", str(image_text), "--freeze", '["image", "text"]'])
-    assert (bind.optim.lr, bind.optim.warmup_steps) == (OptimConfig().lr, OptimConfig().warmup_steps)
+    assert settings(bind) == settings(TrainConfig())
     # A locked tower whose last block trains is fine-tuned.
     unlocked = parse_config(["--init_from", str(image_text), "--freeze", '["image", "text"]',
                              "--freeze_unlocked_blocks", "1"])
-    assert unlocked.optim.lr == LR
+    assert settings(unlocked) == (LR, WARMUP, STEPS)
 
 
 def test_the_start_up_line_says_which_values_are_defaults_and_which_given():
     assert [rate_text(rate) for rate in (5e-5, 0.002, 1e-10, 3e-4)] == ["5e-5", "0.002", "1e-10", "0.0003"]
     scratch = OptimConfig()
-    assert fine_tuning_line(OptimConfig(lr=LR, warmup_steps=WARMUP), scratch, ["text", "image"], []) == (
-        f"fine-tuning from init_from with lr {rate_text(LR)} and {WARMUP} warm-up steps, the fine-tuning defaults "
-        f"(from scratch: lr {rate_text(scratch.lr)}, {scratch.warmup_steps} warm-up steps): a lower rate keeps what "
-        "the checkpoint learned (docs/pretrained.md); --optim.lr and --optim.warmup_steps choose others")
-    assert fine_tuning_line(OptimConfig(lr=3e-4, warmup_steps=WARMUP), scratch, ["text"], []) == (
-        f"fine-tuning from init_from with lr 0.0003 (given) and {WARMUP} warm-up steps (the fine-tuning default; "
-        "--optim.warmup_steps chooses another)")
-    assert fine_tuning_line(OptimConfig(lr=3e-4, warmup_steps=WARMUP + 1), scratch, ["text"], ["audio"]) == (
-        f"fine-tuning from init_from with lr 0.0003 (given) and {WARMUP + 1} warm-up steps (given); the fresh audio "
-        "tower(s) learn at that rate too (a higher --optim.lr trains them faster)")
+    fine = OptimConfig(lr=LR, warmup_steps=WARMUP, steps=STEPS)
+    assert fine_tuning_line(fine, scratch, ["text", "image"], []) == (
+        f"fine-tuning from init_from with lr {rate_text(LR)}, {WARMUP} warm-up steps, {STEPS} steps in all: the "
+        f"fine-tuning defaults (from scratch: lr {rate_text(scratch.lr)}, {scratch.warmup_steps} warm-up steps, "
+        f"{scratch.steps} steps), a lower rate and a shorter run keep what the checkpoint learned "
+        "(docs/pretrained.md); --optim.lr, --optim.warmup_steps and --optim.steps choose others")
+    given_rate = OptimConfig(lr=3e-4, warmup_steps=WARMUP, steps=STEPS)
+    assert fine_tuning_line(given_rate, scratch, ["text"], []) == (
+        f"fine-tuning from init_from with lr 0.0003 (given), {WARMUP} warm-up steps (the fine-tuning default; "
+        f"--optim.warmup_steps chooses another), {STEPS} steps in all (the fine-tuning default; --optim.steps "
+        "chooses another)")
+    all_given = OptimConfig(lr=3e-4, warmup_steps=WARMUP + 1, steps=STEPS + 1)
+    assert fine_tuning_line(all_given, scratch, ["text"], ["audio"]) == (
+        f"fine-tuning from init_from with lr 0.0003 (given), {WARMUP + 1} warm-up steps (given), {STEPS + 1} steps "
+        "in all (given); the fresh audio tower(s) learn at that rate too (a higher --optim.lr trains them faster)")
     assert fine_tuning_line(scratch, scratch, [], ["audio"]) == (
-        f"init_from: every tower that trains starts fresh (audio): lr {rate_text(scratch.lr)} and "
-        f"{scratch.warmup_steps} warm-up steps, as from scratch (no fine-tuning defaults)")
+        f"init_from: every tower that trains starts fresh (audio): lr {rate_text(scratch.lr)}, "
+        f"{scratch.warmup_steps} warm-up steps, {scratch.steps} steps in all, as from scratch (no fine-tuning "
+        "defaults)")
 
 
 # --------------------------------------------------------------------------- drift
@@ -137,13 +145,14 @@ def test_a_run_from_a_checkpoint_says_its_rate_and_warns_of_drift_at_start_up(de
                            caption="a handwritten seven") for index in range(8)]
     shards = write_shards(images, tmp_path / "shards").splits["all"].spec
     source = json.dumps([{"shards": shards, "modalities": ["image", "text"]}])
-    train.main(["--init_from", str(demo_like), "--data.train", source, "--freeze", '["image"]', "--optim.steps", "1",
+    train.main(["--init_from", str(demo_like), "--data.train", source, "--freeze", '["image"]', "--optim.steps", "2",
                 "--data.batch_size", "4", "--data.num_workers", "0", "--threads", "1", "--plot", "false",
                 "--mixed_precision", "no", "--output_dir", str(tmp_path), "--run_name", "run"])
     captured = capsys.readouterr()
     log = captured.out + captured.err + caplog.text  # the warning is logged: under pytest, caplog holds it
-    assert (f"fine-tuning from init_from with lr {rate_text(LR)} and {WARMUP} warm-up steps, the fine-tuning "
-            "defaults") in log
+    assert (f"fine-tuning from init_from with lr {rate_text(LR)} (the fine-tuning default; --optim.lr chooses "
+            f"another), {WARMUP} warm-up steps (the fine-tuning default; --optim.warmup_steps chooses another), "
+            "2 steps in all (given)") in log
     assert f"warning: this run moves the text tower of init_from {demo_like}, to which its audio tower" in log
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["optim"]
-    assert (recorded["lr"], recorded["warmup_steps"]) == (LR, WARMUP)
+    assert (recorded["lr"], recorded["warmup_steps"], recorded["steps"]) == (LR, WARMUP, 2)
