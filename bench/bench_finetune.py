@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE_RUN = "demo-base"
 WORKDIR = ROOT / "runs" / "bench-finetune"
 OLD_LR = "2e-3"  # the from-scratch default, which --init_from used before it had its own
+OLD_RECIPE = f"lr {OLD_LR} (from-scratch default)"
 # The start-up lines worth echoing: the fine-tuning defaults chosen, and warnings (drift).
 START_UP_LINES = ("fine-tuning", "warning")
 METRICS = {  # column -> (evaluation set, metric)
@@ -68,7 +69,7 @@ class Recipe:
 
 
 def recipes(rates: list[str], warmups: list[str], quick: bool) -> list[Recipe]:
-    old = Recipe(f"lr {OLD_LR} (from-scratch default)", ["--optim.lr", OLD_LR, "--optim.warmup_steps", "50"])
+    old = Recipe(OLD_RECIPE, ["--optim.lr", OLD_LR, "--optim.warmup_steps", "50"])
     if quick:
         return [old, Recipe("defaults")]
     return [
@@ -252,12 +253,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines = [row("checkpoint", "(not fine-tuned)", base, base, None)]
     print(lines[0], flush=True)
     trained: dict[str, Path] = {}
+    figures: dict[str, dict[str, float]] = {}
     runs = WORKDIR / time.strftime("%Y%m%d-%H%M%S")
     for recipe in chosen_recipes(args):
         started = time.time()
         result, options = run_recipe(recipe, checkpoint, train_shards, steps, runs, trained, args.threads)
         seconds = time.time() - started
-        lines.append(row(recipe.name, options, evaluate(result, sets), base, seconds))
+        figures[recipe.name] = evaluate(result, sets)
+        lines.append(row(recipe.name, options, figures[recipe.name], base, seconds))
         print(lines[-1], flush=True)
     print(f"\n{steps or FINE_TUNING_DEFAULTS['steps']} fine-tuning steps on 899 scikit-learn digits (even indices), "
           "tested on the other 898; "
@@ -268,8 +271,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("| recipe | OPTIONS | target (test half) | MNIST held out | voices held out | human | wall |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
-    print(f"finetune: {len(lines) - 1} recipe(s) against the checkpoint's target {base['target']:.1f}%, "
-          f"MNIST {base['MNIST']:.1f}%, voices {base['voices']:.1f}%")
+    changes = "; ".join(f"{name}: target {f['target'] - base['target']:+.1f}, MNIST {f['MNIST'] - base['MNIST']:+.1f}, "
+                        f"voices {f['voices'] - base['voices']:+.1f}" for name, f in figures.items()
+                        if name in ("defaults", OLD_RECIPE))
+    print(f"finetune: {len(lines) - 1} recipe(s) from the checkpoint's target {base['target']:.1f}%, "
+          f"MNIST {base['MNIST']:.1f}%, voices {base['voices']:.1f}%; {changes}")
 
 
 if __name__ == "__main__":
