@@ -2,9 +2,9 @@
 
 Loader: the demo's image-text and audio-text training sources (the ``tiny`` preset's
 preprocessing: 32 px crops; 1 s windows of 64 mel bins at 16 kHz), read by
-:func:`multimodal.data.loader.make_loader` in training mode with one DataLoader
+:func:`multimodal.data.pipeline.loader.make_loader` in training mode with one DataLoader
 worker, batches of 128, plain and with the demo's augmentation
-(:func:`multimodal.sources.demo_augment`) alternately. The clock starts at the first
+(:func:`multimodal.training.data_sources.demo_augment`) alternately. The clock starts at the first
 batch (the worker's start and its first batch are left out), so samples/s is what
 one worker keeps up. "worker s per step" is the CPU one worker spends on the batch of
 an average training step (the demo draws ``data.demo_image_weight`` image batches per
@@ -34,17 +34,17 @@ from dataclasses import fields, replace
 import torch
 
 from bench.common import alternate, machine_summary, noise_note, parse_args
-from multimodal.data import demo as demo_data
-from multimodal.data.audio import load_waveform, samples_for_frames, train_audio_features
-from multimodal.data.augment import FEATURE_LEVERS, AudioAugmentConfig, AugmentConfig, ImageAugmentConfig
-from multimodal.data.augment_audio import augment_features, augment_waveform
-from multimodal.data.augment_image import augment_image, augment_images, draw_image_levers
-from multimodal.data.image import decode_image, train_crop
-from multimodal.data.loader import make_loader
-from multimodal.data.shards import expand_shards, read_shard
-from multimodal.data.source_spec import SourceSpec
+from multimodal.data.demo import dataset as demo_data
+from multimodal.data.preprocess.audio_features import load_waveform, samples_for_frames, train_audio_features
+from multimodal.data.preprocess.augment_config import FEATURE_LEVERS, AudioAugmentConfig, AugmentConfig, ImageAugmentConfig
+from multimodal.data.preprocess.augment_audio import augment_features, augment_waveform
+from multimodal.data.preprocess.augment_image import augment_image, augment_images, draw_image_levers
+from multimodal.data.preprocess.image_transforms import decode_image, train_crop
+from multimodal.data.pipeline.loader import make_loader
+from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
+from multimodal.data.pipeline.source_spec import SourceSpec
 from multimodal.presets import tiny
-from multimodal.sources import DataConfig, demo_augment
+from multimodal.training.data_sources import DataConfig, demo_augment
 
 BATCH_SIZE = 128
 

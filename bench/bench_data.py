@@ -6,7 +6,7 @@ transform then resizes nothing) and once at 256 px (a resize of the shortest sid
 to 224, bicubic and antialiased, in every sample). "bare" is
 ``webdataset.WebDataset(urls).map(decode_jpeg).batched(B)`` in a DataLoader:
 reading and decoding only, uint8 out, never touched by the consumer. "ours" is
-:func:`multimodal.data.loader.make_loader` in evaluation mode: decode, crop, collate, the
+:func:`multimodal.data.pipeline.loader.make_loader` in evaluation mode: decode, crop, collate, the
 caption read too, and the batch normalised to float in the main process. "ours
 uint8" is the same with ``normalize_images=False``: what the CPU does when
 training on a GPU, where the loader hands uint8 images to the device and they are
@@ -16,9 +16,9 @@ All run with 1 and 2 DataLoader workers, alternately, whole passes over the shar
 processes) and ours / bare.
 
 Audio: Kaldi log-mel filterbanks (128 bins, 25 ms / 10 ms) of 10 s clips at 16 kHz:
-``torchaudio.compliance.kaldi.fbank`` per clip against :func:`multimodal.data.audio.fbank` (plus
+``torchaudio.compliance.kaldi.fbank`` per clip against :func:`multimodal.data.preprocess.audio_features.fbank` (plus
 normalisation), one thread, freed memory kept in the process for both
-(:func:`multimodal.data.allocator.retain_freed_memory`); then our whole audio loader (WAV decode, fbank, collation)
+(:func:`multimodal.data.pipeline.allocator.retain_freed_memory`); then our whole audio loader (WAV decode, fbank, collation)
 with 2 workers, in clips/s.
 
 Run: ``python -m bench.bench_data [--quick] [--rounds N]``. Prints figures, asserts nothing.
@@ -41,11 +41,11 @@ from torch.utils.data import DataLoader
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from bench.common import alternate, machine_summary, noise_note, parse_args
-from multimodal.data.allocator import retain_freed_memory
-from multimodal.data.audio import fbank, kaldi_fbank, normalize_fbank
-from multimodal.data.config import AudioPreprocessConfig, ImagePreprocessConfig
-from multimodal.data.loader import make_loader
-from multimodal.data.source_spec import SourceSpec
+from multimodal.data.pipeline.allocator import retain_freed_memory
+from multimodal.data.preprocess.audio_features import fbank, kaldi_fbank, normalize_fbank
+from multimodal.data.preprocess.preprocess_config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.pipeline.loader import make_loader
+from multimodal.data.pipeline.source_spec import SourceSpec
 
 IMAGE_TARGET = 0.9  # ours / bare
 AUDIO_TARGET = 450.0  # clips/s on 2 cores

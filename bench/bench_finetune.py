@@ -43,7 +43,7 @@ from pathlib import Path
 
 from bench.common import machine_summary
 from multimodal.checkpoint import list_checkpoints
-from multimodal.optimizer import FINE_TUNING_DEFAULTS
+from multimodal.training.optimizer import FINE_TUNING_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_RUN = "demo-base"
@@ -89,9 +89,9 @@ def recipes(rates: list[str], warmups: list[str], quick: bool) -> list[Recipe]:
 
 def split_digits(workdir: Path) -> tuple[str, str]:
     """The demo's scikit-learn digits as two shard folders: even indices to train on, odd ones to test."""
-    from multimodal.data.demo import build_demo
-    from multimodal.data.shards import expand_shards, read_shard
-    from multimodal.data.writer import SampleSource, write_shards
+    from multimodal.data.demo.dataset import build_demo
+    from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
+    from multimodal.data.writing.writer import SampleSource, write_shards
 
     train_dir, test_dir = workdir / "digits-train", workdir / "digits-test"
     if (train_dir / "sizes.json").is_file() and (test_dir / "sizes.json").is_file():
@@ -112,9 +112,9 @@ def split_digits(workdir: Path) -> tuple[str, str]:
 
 def eval_sets(test_shards: str) -> list:
     """The test half as a zero-shot set, beside the demo's held-out MNIST, voices and human recordings."""
-    from multimodal.data.demo import build_demo
-    from multimodal.evaluation import EvalSetConfig
-    from multimodal.sources import demo_eval_sets
+    from multimodal.data.demo.dataset import build_demo
+    from multimodal.apps.evaluation import EvalSetConfig
+    from multimodal.training.data_sources import demo_eval_sets
 
     demo = [e for e in demo_eval_sets(build_demo()) if e.name in {m[0] for m in METRICS.values()}]
     target = EvalSetConfig(name="digits_test", shards=test_shards, modality="image", class_names=demo[0].class_names,
@@ -124,7 +124,8 @@ def eval_sets(test_shards: str) -> list:
 
 def evaluate(checkpoint: Path, sets: list) -> dict[str, float]:
     """The columns of the table for one checkpoint (fp32, on the CPU)."""
-    from multimodal import evaluation, sources
+    from multimodal.apps import evaluation
+    from multimodal.training import data_sources as sources
     from multimodal.checkpoint import load_model, load_tokenizer
 
     model = load_model(checkpoint)

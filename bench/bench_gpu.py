@@ -4,7 +4,7 @@
 2. the train step of a ViT-B/16 CLIP (image 224 px in 16 px patches, width 768 x 12
    blocks; text 77 tokens, width 512 x 12 blocks) at batch 256 in bf16: open_clip's
    default step (autocast, ClipLoss, AdamW) against the trainer's own step
-   (``multimodal.train.train_step`` under Accelerate's bf16, fused AdamW, clipping),
+   (``multimodal.training.trainer.train_step`` under Accelerate's bf16, fused AdamW, clipping),
    eager and compiled per block (``--compile true``), at patch dropout 0 and 0.5; each
    with its model-FLOPs utilisation against the GPU's dense bf16 peak (989 TFLOP/s on
    H100/H200 SXM) and samples/s, alternating side by side;
@@ -61,7 +61,7 @@ def train_steps(config: StepConfig, device: torch.device, rounds: int, compile_b
     from accelerate import Accelerator
 
     from bench.bench_train_step import trainer_step
-    from multimodal import train
+    from multimodal.training import trainer as train
 
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16")
     batch = {k: v.to(device) for k, v in make_batch(config).items()}
@@ -140,8 +140,8 @@ def loader_to_device(device: torch.device, num_images: int, batch_size: int, num
     from torchvision.io import encode_jpeg
 
     from multimodal.data import SourceSpec, make_loader
-    from multimodal.data.config import ImagePreprocessConfig
-    from multimodal.data.writer import SampleSource, write_shards
+    from multimodal.data.preprocess.preprocess_config import ImagePreprocessConfig
+    from multimodal.data.writing.writer import SampleSource, write_shards
 
     generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:

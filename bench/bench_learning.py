@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.common import busy_neighbours, machine_summary
-from multimodal.data.demo import CLASS_NAMES, ZERO_SHOT_TEMPLATES, build_demo
-from multimodal.data.shards import expand_shards, read_shard
+from multimodal.data.demo.dataset import CLASS_NAMES, ZERO_SHOT_TEMPLATES, build_demo
+from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
 from multimodal.presets import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def check_same_architecture(config_dir: Path, tokenizer: Path) -> int:
     """Both sides' parameter count; raises if they differ (then the comparison would not be like for like)."""
     import open_clip
 
-    from multimodal.train import build_model, parse_config
+    from multimodal.training.trainer import build_model, parse_config
 
     open_clip.add_model_config(config_dir)
     theirs = open_clip.create_model(MODEL_NAME)
@@ -224,7 +224,7 @@ def open_clip_zero_shot(checkpoint: Path, config_dir: Path, images, labels: torc
 
 
 def our_zero_shot(checkpoint: Path, images, labels: torch.Tensor) -> float:
-    from multimodal.api import ZeroShotClassifier
+    from multimodal.apps.api import ZeroShotClassifier
 
     classifier = ZeroShotClassifier(checkpoint, CLASS_NAMES, ZERO_SHOT_TEMPLATES["image"], modality="image",
                                     precision="fp32")
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     seeds = range(args.rounds or (1 if args.quick else 3))
     steps = args.steps or (30 if args.quick else 150)
 
-    from multimodal.data.clip_tokenizer import ClipTokenizer
+    from multimodal.data.tokenization.clip_tokenizer import ClipTokenizer
 
     print(machine_summary() + (f"; {args.neighbours} busy neighbour process(es)" if args.neighbours else ""))
     demo = build_demo()

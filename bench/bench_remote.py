@@ -2,7 +2,7 @@
 
 Throughput: JPEG shards of 224 px images (smooth random fields with noise, quality 90,
 as ``bench data`` writes them, 200 of them repeated; 1,000 images and about 23 MB a shard) are read as
-training reads them (:func:`multimodal.data.loader.make_loader`, training transforms,
+training reads them (:func:`multimodal.data.pipeline.loader.make_loader`, training transforms,
 2 workers, a whole pass over the shards: decode, random resized crop, collation, the
 batch normalised) once from local disk and once over HTTP from a loopback server
 (:class:`bench.shard_server.ShardServer`) that waits 100 ms before the first byte of
@@ -38,13 +38,13 @@ import webdataset
 from bench.bench_data import write_image_shards
 from bench.common import alternate, machine_summary, noise_note
 from bench.shard_server import ShardServer
-from multimodal.config import to_dict
-from multimodal.data.config import ImagePreprocessConfig
-from multimodal.data.demo import build_demo
-from multimodal.data.loader import make_loader
-from multimodal.data.shards import expand_shards, read_shard
-from multimodal.data.source_spec import SourceSpec
-from multimodal.sources import demo_augment, demo_tokenizer
+from multimodal.config_parser import to_dict
+from multimodal.data.preprocess.preprocess_config import ImagePreprocessConfig
+from multimodal.data.demo.dataset import build_demo
+from multimodal.data.pipeline.loader import make_loader
+from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
+from multimodal.data.pipeline.source_spec import SourceSpec
+from multimodal.training.data_sources import demo_augment, demo_tokenizer
 
 FIRST_BYTE_DELAY = 0.1  # seconds
 BANDWIDTH = 20e6  # bytes per second, per connection

@@ -1,11 +1,11 @@
-"""Resampling 10 s clips to 16 kHz: ours (``multimodal.data.audio.resample``) against ``torchaudio.functional.resample``.
+"""Resampling 10 s clips to 16 kHz: ours (``multimodal.data.preprocess.audio_features.resample``) against ``torchaudio.functional.resample``.
 
 One row per input rate, common (11,025 / 22,050 / 44,100 / 48,000 Hz) and odd
 (11,127 / 22,254 Hz, whose ratio to 16 kHz does not reduce), both sides timed in
 alternation in one run. ``torchaudio.functional.resample`` builds its sinc kernel on
 every call, ``orig/gcd x new/gcd`` taps; ours caches it per rate pair and, for rates
 whose ratio does not reduce, runs a close ratio with a small reduced input rate (see
-``multimodal.data.audio.resampling_ratio``), so every row should cost about the same.
+``multimodal.data.preprocess.audio_features.resampling_ratio``), so every row should cost about the same.
 Both run on one thread, as in a data loader worker.
 
 Run: ``python -m bench.bench_resample [--quick] [--rounds N]``.
@@ -18,7 +18,7 @@ import torch
 import torchaudio
 
 from bench.common import alternate, machine_summary, noise_note, parse_args
-from multimodal.data.audio import resample, resampling_ratio
+from multimodal.data.preprocess.audio_features import resample, resampling_ratio
 
 TARGET_RATE = 16000
 RATES = (11025, 11127, 22050, 22254, 44100, 48000)

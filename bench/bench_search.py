@@ -74,7 +74,7 @@ def synthetic_embeddings(count: int, dim: int, seed: int, clusters: int = CLUSTE
 
 def write_parts(vectors: np.ndarray, folder: Path, parts: int) -> list[Path]:
     """The collection as ``multimodal embed`` writes shard parts: part-NNNNNN.npy + .keys.json."""
-    from multimodal.embed import write_embeddings
+    from multimodal.apps.embedding import write_embeddings
 
     paths = []
     for number, rows in enumerate(np.array_split(np.arange(len(vectors)), parts)):
@@ -119,8 +119,8 @@ def exact_small_collection(vectors: np.ndarray, queries: np.ndarray, folder: Pat
     """Our flat index (``multimodal index --index-type flat``) against FAISS's float32 IndexFlatIP, alternating per query."""
     import faiss
 
-    from multimodal.embed import write_embeddings
-    from multimodal.search import build_index
+    from multimodal.apps.embedding import write_embeddings
+    from multimodal.apps.search import build_index
 
     vectors = np.ascontiguousarray(vectors)
     write_embeddings(folder / "small.npy", vectors, [str(i) for i in range(len(vectors))])
@@ -141,7 +141,7 @@ def exact_small_collection(vectors: np.ndarray, queries: np.ndarray, folder: Pat
 def run(settings: dict, folder: Path) -> dict:
     import faiss
 
-    from multimodal.search import build_index, index_size, open_index
+    from multimodal.apps.search import build_index, index_size, open_index
 
     size, dim = settings["size"], settings["dim"]
     started = time.perf_counter()
@@ -223,11 +223,11 @@ def demo_precision(checkpoint: Path, folder: Path) -> dict[str, dict[str, float]
     """Precision@10 of each digit word against the held-out demo images: {"text" | "spoken" | "human": {word: p}}."""
     import json
 
-    from multimodal.api import load_embedding_model
-    from multimodal.data.demo import build_demo
-    from multimodal.data.shards import expand_shards, read_shard
-    from multimodal.embed import embed_shards, shard_sample_input
-    from multimodal.search import build_index, search
+    from multimodal.apps.api import load_embedding_model
+    from multimodal.data.demo.dataset import build_demo
+    from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
+    from multimodal.apps.embedding import embed_shards, shard_sample_input
+    from multimodal.apps.search import build_index, search
 
     paths = build_demo(None)
     model = load_embedding_model(checkpoint)

@@ -6,7 +6,7 @@ two loader workers) under each setting, alone and beside ``--neighbours`` busy s
 processes (default 1) (:func:`bench.common.busy_neighbours`), the settings alternating within the
 round:
 
-- ``chosen``: the trainer's own choice (multimodal/threads.py): compute threads from
+- ``chosen``: the trainer's own choice (multimodal/training/threads.py): compute threads from
   the cores the process gets, less the workers' and what other work keeps busy;
 - ``one per core``: torch's default, one compute thread per core, the workers at the
   lowest priority (what the trainer did before it chose). Beside two neighbours that
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import busy_neighbours, machine_summary
-from multimodal.threads import affinity_cores
+from multimodal.training.threads import affinity_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 128

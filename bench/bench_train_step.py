@@ -7,7 +7,7 @@ text with end-of-text pooling, projections without bias), compared in fp32 and i
 * open_clip's default step: ``open_clip.model.CLIP`` with ``ClipLoss`` and the default
   (for-loop) ``AdamW``, no gradient clipping; in bf16, ``torch.autocast("cpu",
   dtype=torch.bfloat16)`` around forward and loss.
-* ours: exactly what ``train.py`` runs for one step, ``multimodal.train.train_step``:
+* ours: exactly what ``train.py`` runs for one step, ``multimodal.training.trainer.train_step``:
   the trainer's optimiser (``build_optimizer``: fused AdamW, no decay on norms, biases,
   positions and temperatures), its schedule, gradient clipping at 1.0, temperature
   clamping, and its precision through Accelerate (``--mixed_precision no`` or ``bf16``,
@@ -16,7 +16,7 @@ text with end-of-text pooling, projections without bias), compared in fp32 and i
 * in bf16 also a candidate recipe the trainer does not use: bf16 weights with fp32
   master weights (``Bf16MasterWeights``), printed for comparison only.
 * with ``--compile``, also the trainer's step with ``--compile true`` (``torch.compile``
-  per block, ``multimodal.train.compile_blocks``); its first step, which compiles, is
+  per block, ``multimodal.training.trainer.compile_blocks``); its first step, which compiles, is
   timed apart and printed as the compile time.
 
 Each precision runs in a process of its own (Accelerate fixes the precision once per
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from bench.common import Comparison, alternate, bf16_supported, count_flops, machine_summary, matmul_peaks, noise_note
-from multimodal.data.allocator import retain_freed_memory
+from multimodal.data.pipeline.allocator import retain_freed_memory
 from multimodal.interop.open_clip import open_clip_model_config
 from multimodal.model import MultimodalModel
 
@@ -204,7 +204,7 @@ def candidate_master_weights_step(model: MultimodalModel, batch: dict) -> Callab
 
 def trainer_step(accelerator, model: MultimodalModel, batch: dict) -> Callable[[], None]:
     """What ``train.py`` runs for one step of ``model`` on ``batch``, with the process's Accelerator."""
-    from multimodal import train
+    from multimodal.training import trainer as train
 
     optim = train.OptimConfig(lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS, steps=10**9,
                               warmup_steps=0)
@@ -223,7 +223,7 @@ COMPILED = "ours --compile true"
 
 def compiled_trainer_step(accelerator, c: StepConfig, batch: dict) -> tuple[Callable[[], None], float]:
     """The trainer's step with its blocks compiled, and the seconds its first (compiling) step took."""
-    from multimodal import train
+    from multimodal.training import trainer as train
 
     model = our_model(c)
     train.compile_blocks(model)

@@ -1,14 +1,14 @@
 """Clip and caption lengths against what a model reads of them: the counts of what training cuts.
 
 Training reads a random window of ``max_frames`` log-mel frames of a longer clip
-(:func:`multimodal.data.audio.train_audio_features`), and of a longer caption the
+(:func:`multimodal.data.preprocess.audio_features.train_audio_features`), and of a longer caption the
 first ``context_length - 2`` tokens: the start and end-of-text tokens take the other
-two positions (:func:`multimodal.data.tokenizer.encode_rows`, for our tokenizer and
+two positions (:func:`multimodal.data.tokenization.bpe_tokenizer.encode_rows`, for our tokenizer and
 CLIP's alike). A :class:`LengthCounts` counts how many clips and captions that cuts.
 
 - A clip is *longer than the window* when its whole length gives more than
   ``max_frames`` frames: exactly when training reads only part of its frames and
-  evaluation covers it with several windows (:func:`multimodal.data.audio.eval_audio_windows`).
+  evaluation covers it with several windows (:func:`multimodal.data.preprocess.audio_features.eval_audio_windows`).
   Its length comes from the audio file's header (no decoding; a file whose header
   does not say is decoded), resampled to the model's rate as training resamples it.
 - A caption is *longer than the context* when it has more than ``context_length - 2``
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import soundfile
 
-from multimodal.data.audio import decode_audio, num_frames, resampled_length, samples_for_frames
-from multimodal.data.config import AudioPreprocessConfig
+from multimodal.data.preprocess.audio_features import decode_audio, num_frames, resampled_length, samples_for_frames
+from multimodal.data.preprocess.preprocess_config import AudioPreprocessConfig
 
 # A caption's positions besides its own tokens: start-of-text and end-of-text.
 SPECIAL_POSITIONS = 2

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from multimodal.data.demo import CLASS_NAMES, build_demo
+from multimodal.data.demo.dataset import CLASS_NAMES, build_demo
 
 DOCS = Path(__file__).resolve().parent
 QUERY = "seven"

@@ -9,7 +9,7 @@ _API_NAMES = ("EmbeddingModel", "ZeroShotClassifier", "load_embedding_model")
 
 def __getattr__(name: str):
     if name in _API_NAMES:
-        from multimodal import api
+        from multimodal.apps import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'multimodal' has no attribute {name!r}")

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from multimodal.config import from_dict, to_dict
-from multimodal.data.clip_tokenizer import ClipTokenizer
-from multimodal.data.files import permissions
-from multimodal.data.tokenizer import Tokenizer
+from multimodal.config_parser import from_dict, to_dict
+from multimodal.data.tokenization.clip_tokenizer import ClipTokenizer
+from multimodal.data.atomic_files import permissions
+from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.model import ModelConfig, MultimodalModel
 
 FORMAT_VERSION = 1

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multimodal.data.config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.preprocess.preprocess_config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.encoders import AudioConfig, TextConfig, VisionConfig
 from multimodal.losses import contrastive_loss, pair_name
-from multimodal.modalities import PARTS
+from multimodal.modality_parts import PARTS
 
 LOSSES = ("infonce", "sigmoid")
 

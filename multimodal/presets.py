@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from multimodal.data.config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.preprocess.preprocess_config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.encoders import AudioConfig, TextConfig, TransformerConfig, VisionConfig
 from multimodal.model import ModelConfig
 

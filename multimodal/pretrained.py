@@ -5,7 +5,7 @@ Face) builds its model with :func:`init_model_config` (the towers the checkpoint
 keep the checkpoint's architecture and preprocessing; towers the run adds come from the
 run's config), fills it with :func:`load_pretrained`, may lock towers (or all but their
 last blocks) with :func:`lock_towers`, and may give earlier layers smaller learning rates
-with :func:`multimodal.optimizer.layer_decay_groups`. Binding a new modality into a locked
+with :func:`multimodal.training.optimizer.layer_decay_groups`. Binding a new modality into a locked
 image-text space (ImageBind's recipe) is the same mechanism, with the new tower's pairs as
 the only ones trained. :func:`interpolate_checkpoints` blends a fine-tuned checkpoint with
 the one it started from (WiSE-FT).
@@ -34,8 +34,8 @@ from multimodal.checkpoint import (
     read_config,
     write_directory_atomically,
 )
-from multimodal.config import flatten, from_dict, to_dict
-from multimodal.data.config import MODALITIES
+from multimodal.config_parser import flatten, from_dict, to_dict
+from multimodal.data.preprocess.preprocess_config import MODALITIES
 from multimodal.model import ModelConfig, MultimodalModel
 
 # ModelConfig fields that describe the shared space rather than one tower: a run started

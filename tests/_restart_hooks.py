@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from multimodal import run_checkpoints, train
+from multimodal.training import run_checkpoints, trainer as train
 
 RANK = int(os.environ.get("RANK", "0"))
 FIRST_ATTEMPT = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from multimodal import train
-from multimodal.fsdp import full_model_state, full_tensor, shard_model
+from multimodal.training import trainer as train
+from multimodal.training.fsdp import full_model_state, full_tensor, shard_model
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
 

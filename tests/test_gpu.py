@@ -5,7 +5,7 @@ import torch
 from multimodal.encoders.attention import scaled_dot_product
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
-from tests.test_model import random_batch
+from tests.model.test_model import random_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -51,8 +51,8 @@ def test_training_step_on_cuda_matches_cpu():
 
 
 def test_loader_moves_uint8_images_to_cuda_and_normalises_them_there(tmp_path):
-    from multimodal.data.source_spec import SourceSpec
-    from tests.test_pipeline import loader, write_img2dataset
+    from multimodal.data.pipeline.source_spec import SourceSpec
+    from tests.data.pipeline.test_pipeline import loader, write_img2dataset
 
     write_img2dataset(tmp_path, num_shards=1)
     source = SourceSpec(str(tmp_path / "img-00000.tar"), ["image", "text"])

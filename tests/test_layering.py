@@ -22,7 +22,7 @@ ALLOWED = {
     "multimodal": {"encoders", "data", "eval"},
 }
 # Only the training script and the distributed parts of multimodal/ may import accelerate.
-ACCELERATE_ALLOWED = {"multimodal/train.py", "multimodal/embed.py"}
+ACCELERATE_ALLOWED = {"multimodal/training/trainer.py", "multimodal/apps/embedding.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -62,7 +62,7 @@ def test_packages_import_only_what_the_design_allows(package):
 def test_no_module_imports_a_leaf_by_its_bare_name():
     """``import data`` would pick up a user's own data.py from the working directory."""
     files = [path for package in PACKAGES for path in source_files(package)]
-    files += [ROOT / "train.py", *sorted((ROOT / "bench").glob("*.py")), *sorted((ROOT / "tests").glob("*.py"))]
+    files += [ROOT / "train.py", *sorted((ROOT / "bench").glob("*.py")), *sorted((ROOT / "tests").rglob("*.py"))]
     offences = [
         f"{path.relative_to(ROOT)} imports {module}"
         for path in files
@@ -93,3 +93,53 @@ def test_encoders_know_nothing_of_devices_or_files():
         if needle in path.read_text()
     ]
     assert not offences, offences
+
+
+# Inside the packages: the model core, the converters and the applications never reach into the
+# trainer or the command line, the trainer never into the command line; in data/, only the
+# demo's own folder imports the demo. (``multimodal/__init__.py`` loads the API lazily and
+# ``__main__.py`` runs the command line: both are entry points, not the core.)
+SUBPACKAGE_FORBIDDEN = {
+    "multimodal/apps/": ("multimodal.training", "multimodal.cli"),
+    "multimodal/interop/": ("multimodal.training", "multimodal.apps", "multimodal.cli"),
+    "multimodal/training/": ("multimodal.cli",),
+    "multimodal/": ("multimodal.training", "multimodal.apps", "multimodal.cli"),  # the model core: its top only
+    "data/": ("multimodal.data.demo",),
+}
+ENTRY_POINTS = {"multimodal/__init__.py", "multimodal/__main__.py"}
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Modules imported, with ``from package import module`` read as ``package.module``."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _rule_for(relative: str):
+    if relative in ENTRY_POINTS or relative.startswith("data/demo/"):
+        return None
+    for prefix in ("multimodal/apps/", "multimodal/interop/", "multimodal/training/", "data/"):
+        if relative.startswith(prefix):
+            return SUBPACKAGE_FORBIDDEN[prefix]
+    if relative.startswith("multimodal/") and relative.count("/") == 1:
+        return SUBPACKAGE_FORBIDDEN["multimodal/"]
+    return None
+
+
+def test_sub_packages_import_only_downwards():
+    offences = []
+    for package in ("multimodal", "data"):
+        for path in source_files(package):
+            relative = str(path.relative_to(ROOT))
+            forbidden = _rule_for(relative)
+            if forbidden is None:
+                continue
+            offences += [f"{relative} imports {name}" for name in sorted(_imported_names(path))
+                         if any(name == f or name.startswith(f + ".") for f in forbidden)]
+    assert not offences, "\n".join(offences)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from multimodal.cli import (
     classify, convert, demo, embed, evaluate, index, interpolate, search, serve, shards, tokenizer,
 )
-from multimodal.cli.common import EXIT_STATUS_HELP, PROGRAM, one_line
+from multimodal.cli.command_options import EXIT_STATUS_HELP, PROGRAM, one_line
 from multimodal.errors import ArgumentNeeded
 
 COMMANDS = (embed, classify, evaluate, shards, tokenizer, convert, interpolate, demo, index, search, serve)

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from multimodal.embed import file_modality
-from multimodal.modalities import CLASSIFIED_MODALITIES
-from multimodal.cli.common import (
+from multimodal.apps.embedding import file_modality
+from multimodal.modality_parts import CLASSIFIED_MODALITIES
+from multimodal.cli.command_options import (
     EXIT_STATUS_HELP,
     add_label_options,
     add_model_options,
@@ -64,7 +64,7 @@ def _kinds(files: list[str]) -> tuple[dict[int, str], dict[int, str]]:
 def run(args, parser: argparse.ArgumentParser) -> int:
     import torch
     from multimodal.eval import zero_shot_probabilities
-    from multimodal.api import ZeroShotClassifier
+    from multimodal.apps.api import ZeroShotClassifier
 
     labels = parse_labels(args, parser)
     templates = parse_templates(args, parser)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from multimodal.cli.common import EXIT_STATUS_HELP
+from multimodal.cli.command_options import EXIT_STATUS_HELP
 
 
 def _channels(text: str) -> tuple[float, float, float]:
@@ -29,7 +29,7 @@ def add_command(commands) -> None:
                          help="what SOURCE is")
     convert.add_argument("source", metavar="SOURCE", help="weights file or directory")
     convert.add_argument("--output", required=True, metavar="DIR", help="the checkpoint directory to write")
-    # The options' dest names are convert_checkpoint's arguments; which kind takes which is multimodal.interop.convert.OPTIONS.
+    # The options' dest names are convert_checkpoint's arguments; which kind takes which is multimodal.interop.converters.OPTIONS.
     convert.add_argument("--activation", choices=("gelu", "quick_gelu"),
                          help="open_clip: the MLP activation (quick_gelu for OpenAI weights and *-quickgelu models)")
     convert.add_argument("--model-config", metavar="JSON", help="open_clip: the model config (e.g. ViT-B-32.json)")
@@ -48,7 +48,7 @@ def add_command(commands) -> None:
 
 def run(args, parser: argparse.ArgumentParser) -> int:
     from multimodal import interop
-    from multimodal.interop.convert import ALL_OPTIONS, OPTIONS
+    from multimodal.interop.converters import ALL_OPTIONS, OPTIONS
 
     if not Path(args.source).exists():
         parser.error(f"argument SOURCE: {args.source} does not exist (expected a weights file or a directory)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from multimodal.cli.common import progress_bar, show_progress
+from multimodal.cli.command_options import progress_bar, show_progress
 
 
 def add_command(commands) -> None:
@@ -20,7 +20,7 @@ def add_command(commands) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.data.demo import SPLITS, build_demo
+    from multimodal.data.demo.dataset import SPLITS, build_demo
 
     if not 0 < args.scale <= 1:
         parser.error(f"argument --scale: expected a number in (0, 1], got {args.scale}")

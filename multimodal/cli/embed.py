@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from multimodal.data.modalities import MEDIA_FIRST
-from multimodal.embed import is_shard_spec
-from multimodal.cli.common import (
+from multimodal.data.modalities.registry import MEDIA_FIRST
+from multimodal.apps.embedding import is_shard_spec
+from multimodal.cli.command_options import (
     EXIT_STATUS_HELP,
     add_model_options,
     exit_status,
@@ -54,7 +54,7 @@ def add_command(commands) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal import embed
+    from multimodal.apps import embedding as embed
 
     shard_inputs = [is_shard_spec(text) for text in args.input]
     if any(shard_inputs) and not all(shard_inputs):

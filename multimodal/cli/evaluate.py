@@ -7,14 +7,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multimodal.data.config import MODALITIES
-from multimodal.data.files import write_text_atomically
-from multimodal.data.sample_fields import CAPTION_KEYS
+from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.atomic_files import write_text_atomically
+from multimodal.data.pipeline.sample_fields import CAPTION_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
-from multimodal.data.listing import class_folder_files
-from multimodal.data.modalities import get_modality
-from multimodal.embed import is_shard_spec, modality_of_file_name
-from multimodal.eval_sources import (
+from multimodal.data.writing.listing import class_folder_files
+from multimodal.data.modalities.registry import get_modality
+from multimodal.apps.embedding import is_shard_spec, modality_of_file_name
+from multimodal.apps.evaluation_sources import (
     ClassFolder,
     ClassFolderLoader,
     eval_loader,
@@ -24,8 +24,8 @@ from multimodal.eval_sources import (
     read_class_folder,
     recorded_class_names,
 )
-from multimodal.modalities import CLASSIFIED_MODALITIES
-from multimodal.cli.common import (
+from multimodal.modality_parts import CLASSIFIED_MODALITIES
+from multimodal.cli.command_options import (
     EXIT_STATUS_HELP,
     add_label_options,
     add_model_options,
@@ -41,7 +41,7 @@ from multimodal.cli.common import (
     progress_bar,
     single_modality,
 )
-from multimodal.evaluation import DEFAULT_PROBE_SEED, TASKS
+from multimodal.apps.evaluation import DEFAULT_PROBE_SEED, TASKS
 
 
 def add_command(commands) -> None:
@@ -108,7 +108,7 @@ non_negative_float = checked(float, lambda value: value >= 0.0 and value != floa
 
 
 def _read_class_folder(root: Path, modality: str | None, parser, option: str = "--data") -> ClassFolder:
-    """The class folders of ``root`` as evaluation reads them (:func:`multimodal.eval_sources.read_class_folder`,
+    """The class folders of ``root`` as evaluation reads them (:func:`multimodal.apps.evaluation_sources.read_class_folder`,
     labelled by the rule `multimodal shards` writes class folders with); without ``modality``, the one its
     files hold. A parser error naming ``option`` for a folder evaluation cannot read."""
     try:
@@ -170,7 +170,7 @@ def _shard_modality(spec: str, gallery_modality: str, parser: argparse.ArgumentP
 
     A sample holding both is ambiguous unless the gallery (retrieval) takes one of them.
     """
-    from multimodal.data.shards import expand_shards, read_shard
+    from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
 
     members = {modality: set(get_modality(modality).extensions) for modality in CLASSIFIED_MODALITIES}
     problems = []
@@ -260,7 +260,7 @@ def _folder_inputs(args, parser: argparse.ArgumentParser, labels: list[str] | No
 
 def _eval_set_config(args, parser: argparse.ArgumentParser, inputs: _Inputs, templates, probe: bool):
     """The EvalSetConfig of the options; a parser error for settings it refuses."""
-    from multimodal.evaluation import EvalSetConfig
+    from multimodal.apps.evaluation import EvalSetConfig
 
     probe_settings = {option: getattr(args, option) for option in ("fewshot_k", "weight_decay", "val_fraction", "seed")
                       if getattr(args, option) is not None}
@@ -282,7 +282,7 @@ def _check_model_modalities(model, config, parser: argparse.ArgumentParser) -> N
 
 def _loaders(args, model, config, inputs: _Inputs, probe: bool):
     """The batches of the test set and, for a linear probe, of the training set (else None): read as training
-    reads its evaluation sets (:mod:`multimodal.eval_sources`), class folders keyed by their files' paths."""
+    reads its evaluation sets (:mod:`multimodal.apps.evaluation_sources`), class folders keyed by their files' paths."""
     specs = config.source_specs()
 
     def read(field_name: str):
@@ -299,7 +299,7 @@ def _loaders(args, model, config, inputs: _Inputs, probe: bool):
 
 def _zero_shot_prompts(model, config, modality: str, templates) -> dict:
     """Settles the prompt templates into ``config``, says them on stderr; what the JSON report says of them."""
-    from multimodal.evaluation import zero_shot_templates
+    from multimodal.apps.evaluation import zero_shot_templates
 
     templates, origin = zero_shot_templates(modality, templates, model.eval_sets)
     print_templates(templates, origin)
@@ -315,15 +315,15 @@ def _write_report(args, model, config, loader, inputs: _Inputs, details: dict, r
         report["caption_keys"] = config.caption_keys
     write_text_atomically(args.output, json.dumps(report, indent=2) + "\n")
     if not args.no_pictures and args.task != "linear_probe":
-        from multimodal.eval_pictures import write_pictures
+        from multimodal.apps.evaluation_pictures import write_pictures
 
         for picture in write_pictures(model, config, loader, Path(args.output)):
             print(f"wrote {picture}", file=sys.stderr)
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.evaluation import run_evaluation, run_linear_probe
-    from multimodal.report import format_results
+    from multimodal.apps.evaluation import run_evaluation, run_linear_probe
+    from multimodal.training.report import format_results
 
     labels = parse_labels(args, parser)
     templates = parse_templates(args, parser)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multimodal.cli.common import checkpoint_dir, non_negative_int, positive_int
-from multimodal.data.modalities import MEDIA_FIRST
-from multimodal.search.plan import INDEX_TYPES
+from multimodal.cli.command_options import checkpoint_dir, non_negative_int, positive_int
+from multimodal.data.modalities.registry import MEDIA_FIRST
+from multimodal.apps.search.plan import INDEX_TYPES
 
 
 def add_command(commands) -> None:
@@ -52,7 +52,7 @@ def add_command(commands) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.search import add_to_index, build_index, index_size, open_index
+    from multimodal.apps.search import add_to_index, build_index, index_size, open_index
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from multimodal.cli.common import EXIT_STATUS_HELP, checked, checkpoint_dir
+from multimodal.cli.command_options import EXIT_STATUS_HELP, checked, checkpoint_dir
 
 unit_interval = checked(float, lambda value: 0.0 <= value <= 1.0, "a number in [0, 1]")
 

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from multimodal.data.modalities import get_modality
-from multimodal.cli.common import (
+from multimodal.data.modalities.registry import get_modality
+from multimodal.cli.command_options import (
     DEVICE_HELP,
     PRECISION_HELP,
     checkpoint_dir,
@@ -97,7 +97,7 @@ def _describe_query(modality: str, query: str) -> str:
 
 def _search_each(index, model, queries, args) -> list[dict]:
     """One record per query, in order: its hits, or (a query that cannot be embedded) its error, reported on stderr."""
-    from multimodal.search.query import QUERY_ERRORS, describe_hits, embed_query
+    from multimodal.apps.search.query import QUERY_ERRORS, describe_hits, embed_query
 
     results = []
     for modality, query in queries:
@@ -129,7 +129,7 @@ def _print_results(index, results: list[dict]) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.search import find_duplicates, load_index_model, open_index
+    from multimodal.apps.search import find_duplicates, load_index_model, open_index
 
     queries = _queries(args, parser)
     index = open_index(args.index)

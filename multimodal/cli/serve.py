@@ -5,7 +5,7 @@ import argparse
 import ipaddress
 import sys
 
-from multimodal.cli.common import (
+from multimodal.cli.command_options import (
     DEVICE_HELP,
     PRECISION_HELP,
     PROGRAM,
@@ -59,8 +59,8 @@ def run(args, parser: argparse.ArgumentParser) -> int:
 
 
 def _serve(args) -> None:
-    from multimodal.search import load_index_model, open_index
-    from multimodal.serve import SearchService, create_app, run_server
+    from multimodal.apps.search import load_index_model, open_index
+    from multimodal.apps.search_server import SearchService, create_app, run_server
 
     if isinstance(args.max_upload, str):  # the default, given as text
         args.max_upload = byte_size(args.max_upload)

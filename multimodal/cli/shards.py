@@ -15,8 +15,8 @@ import re
 import sys
 from pathlib import Path
 
-from multimodal.cli.common import byte_size, checked, fraction, positive_int, progress_bar, show_progress
-from multimodal.data.listing import CAPTION_SOURCES, LAYOUTS
+from multimodal.cli.command_options import byte_size, checked, fraction, positive_int, progress_bar, show_progress
+from multimodal.data.writing.listing import CAPTION_SOURCES, LAYOUTS
 from multimodal.presets import PRESETS
 
 DEFAULT_MAX_SKIP_FRACTION = 0.1
@@ -95,7 +95,7 @@ def add_command(commands) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.data.writer import list_folder, samples_from_manifest, write_shards
+    from multimodal.data.writing.writer import list_folder, samples_from_manifest, write_shards
 
     lengths = length_limits(args.preset, args.tokenizer, parser)  # a bad --tokenizer fails before any work
     source = Path(args.input)
@@ -139,7 +139,7 @@ def length_limits(preset_name: str, tokenizer_path: str | None, parser: argparse
     """The preset's audio window and text context, with the tokenizer at ``tokenizer_path`` (None: count words)."""
     from multimodal.checkpoint import load_tokenizer
     from multimodal.presets import preset
-    from multimodal.truncation import model_limits
+    from multimodal.training.truncation import model_limits
 
     tokenizer = None
     if tokenizer_path is not None:
@@ -155,7 +155,7 @@ def length_limits(preset_name: str, tokenizer_path: str | None, parser: argparse
 def _print_unused(result) -> None:
     """Files of types read that no sample uses (a second picture's SVG left out, a .txt where captions
     come from names), a line per reason; files of types not read have their own line."""
-    from multimodal.data.writer import UNUSED_FILE_REASONS
+    from multimodal.data.writing.writer import UNUSED_FILE_REASONS
 
     counts = {reason: count for reason, count in result.unused_counts.items() if reason != "type_not_read"}
     if not counts:
@@ -171,9 +171,9 @@ def _print_unused(result) -> None:
 def print_report(result, background: tuple[int, int, int], preset_name: str = "tiny") -> None:
     """The summary: skips, ignored files and what training would cut to standard error; shards and
     statistics to standard output."""
-    from multimodal.data.image_stats import FILE_NAME as IMAGE_STATS_FILE
-    from multimodal.data.writer import SKIP_REASONS
-    from multimodal.truncation import written_truncation_lines
+    from multimodal.data.preprocess.image_stats import FILE_NAME as IMAGE_STATS_FILE
+    from multimodal.data.writing.writer import SKIP_REASONS
+    from multimodal.training.truncation import written_truncation_lines
 
     if result.skipped:
         print(f"skipped {len(result.skipped):,} of {result.num_listed:,} samples "

@@ -5,8 +5,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from multimodal.embed import is_shard_spec
-from multimodal.cli.common import positive_int
+from multimodal.apps.embedding import is_shard_spec
+from multimodal.cli.command_options import positive_int
 
 
 def add_command(commands) -> None:
@@ -30,10 +30,10 @@ def _is_caption_shards(source: str) -> bool:
 
 
 def _captions(sources: Sequence[str]):
-    from multimodal.data.shards import expand_shards, read_shard
-    from multimodal.data.tokenizer import read_caption_files
-    from multimodal.data.sample_fields import UnusableSample
-    from multimodal.embed import shard_sample_input
+    from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
+    from multimodal.data.tokenization.bpe_tokenizer import read_caption_files
+    from multimodal.data.pipeline.sample_fields import UnusableSample
+    from multimodal.apps.embedding import shard_sample_input
 
     for source in sources:
         if _is_caption_shards(source):
@@ -48,7 +48,7 @@ def _captions(sources: Sequence[str]):
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.data.tokenizer import MIN_VOCAB_SIZE, Tokenizer
+    from multimodal.data.tokenization.bpe_tokenizer import MIN_VOCAB_SIZE, Tokenizer
 
     if args.vocab_size < MIN_VOCAB_SIZE:
         parser.error(f"argument --vocab-size: must be at least {MIN_VOCAB_SIZE} (256 bytes + 3 special tokens), "

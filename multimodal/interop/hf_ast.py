@@ -23,10 +23,10 @@ import warnings
 
 import torch
 
-from multimodal.data.config import AudioPreprocessConfig
+from multimodal.data.preprocess.preprocess_config import AudioPreprocessConfig
 from multimodal.encoders import AudioConfig, TransformerConfig
 from multimodal.checkpoint import load_state_checked
-from multimodal.interop.common import StateReader, mlp_ratio_for
+from multimodal.interop.key_mapping import StateReader, mlp_ratio_for
 from multimodal.interop.hf_clip import ACTIVATIONS_FROM_HF
 from multimodal.model import ModelConfig, MultimodalModel
 

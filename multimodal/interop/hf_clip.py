@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from multimodal.data.clip_tokenizer import END_OF_TEXT_ID, START_OF_TEXT_ID
-from multimodal.data.config import ImagePreprocessConfig
+from multimodal.data.tokenization.clip_tokenizer import END_OF_TEXT_ID, START_OF_TEXT_ID
+from multimodal.data.preprocess.preprocess_config import ImagePreprocessConfig
 from multimodal.encoders import TextConfig, TransformerConfig, VisionConfig
 from multimodal.checkpoint import load_state_checked, write_directory_atomically
-from multimodal.interop.common import StateReader, mlp_ratio_for
+from multimodal.interop.key_mapping import StateReader, mlp_ratio_for
 from multimodal.model import ModelConfig, MultimodalModel
 
 WHAT = "a Hugging Face CLIPModel checkpoint"

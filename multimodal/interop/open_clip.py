@@ -25,10 +25,10 @@ import math
 
 import torch
 
-from multimodal.data.config import ImagePreprocessConfig
+from multimodal.data.preprocess.preprocess_config import ImagePreprocessConfig
 from multimodal.encoders import TextConfig, TransformerConfig, VisionConfig
 from multimodal.checkpoint import load_state_checked
-from multimodal.interop.common import StateReader, mlp_ratio_for
+from multimodal.interop.key_mapping import StateReader, mlp_ratio_for
 from multimodal.model import ModelConfig, MultimodalModel
 
 WHAT = "an open_clip ViT CLIP checkpoint"

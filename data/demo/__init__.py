@@ -1,0 +1,1 @@
+"""The built-in demo dataset's synthesis: spoken and handwritten digits, built offline."""

@@ -1,0 +1,1 @@
+"""The modality definitions (image, audio, text) and the registry every command asks."""

@@ -1,0 +1,136 @@
+"""What a modality is, as the data side sees it: the interface each modality's definition fills in.
+
+A definition (:mod:`multimodal.data.modalities.image_modality`, :mod:`~multimodal.data.modalities.audio_modality`,
+:mod:`~multimodal.data.modalities.text_modality`) says everything that makes its modality itself:
+
+- the files and shard members it is read from (extensions, in the order they are
+  tried, and the media type each is served as);
+- how a member is checked when shards are written, and turned into a training or
+  evaluation sample (decoding, crops or windows, its augmentation levers);
+- how a batch of its samples is collated;
+- how the inference API takes its inputs (one item or a collection; one item ->
+  model-ready form) and how prepared items are batched (:attr:`Modality.batching`);
+- how a page shows it (a thumbnail, a player).
+
+The registry (:mod:`multimodal.data.modalities.registry`) lists the definitions; every command
+asks it instead of branching on a modality's name. Definitions import torch and the
+decoders only inside their methods, so listing files and asking what an extension is
+cost nothing.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+# How the inference API batches a modality's prepared items (see ``multimodal.apps.api``):
+# "stack": equal-shape tensors stacked into (B, ...); "windows": each item a list of
+# (T_i, F) windows, padded, masked and averaged per item; "captions": strings tokenised.
+BATCHINGS = ("stack", "windows", "captions")
+
+
+class Modality:
+    """One modality's definition (see the module docstring). Subclasses set the class attributes.
+
+    Attributes:
+        name: the batch key and config prefix ("image": ``model.image``, ``model.image_preprocess``,
+            a source's ``image_keys``, an augmentation's ``image`` levers).
+        extensions: file and shard-member extensions it is read from, in the order shards
+            are searched; empty for a modality read from captions (text).
+        media_types: the MIME type each extension is served as.
+        batching: one of :data:`BATCHINGS`.
+        page_element: the HTML element a page shows it with ("img", "audio"), None for text.
+        one / many: how a sentence names one item and several ("an image", "images").
+        class_caption: the caption a file in a class folder is written with, ``{}`` its class name.
+    """
+
+    name: ClassVar[str]
+    extensions: ClassVar[tuple[str, ...]] = ()
+    media_types: ClassVar[Mapping[str, str]] = {}
+    batching: ClassVar[str] = "stack"
+    page_element: ClassVar[str | None] = None
+    one: ClassVar[str]
+    many: ClassVar[str]
+    class_caption: ClassVar[str] = "{}"
+
+    # What it is read from
+
+    @property
+    def reads_files(self) -> bool:
+        """True when an item is a file or a shard member of its own (image, audio); False for captions."""
+        return bool(self.extensions)
+
+    @property
+    def default_keys(self) -> str:
+        """The shard members a source reads it from by default: every extension its decoder reads, in order."""
+        return ";".join(self.extensions)
+
+    def recognises(self, path: Path, head: bytes) -> bool:
+        """Whether a file with no known extension holds this modality, judged by its first 16 bytes
+        (``head``) or by opening ``path``."""
+        return False
+
+    @property
+    def folder_extensions(self) -> tuple[str, ...]:
+        """The files a folder gives as items of this modality (``multimodal embed`` a folder)."""
+        return self.extensions
+
+    def items_of_file(self, path: Path) -> list[tuple[str, Any]]:
+        """A file given as input -> its (key, item) pairs: the file itself, keyed by its path."""
+        return [(str(path), path)]
+
+    def item_of_folder_file(self, path: Path) -> Any:
+        """A file found in a folder input -> its item: the file itself."""
+        return path
+
+    # Writing shards
+
+    def check_decodes(self, data: bytes, background: tuple[int, int, int]) -> object:
+        """Decodes a member as training will (raises ValueError when it does not); returns what is
+        worth measuring of it (an image's pixels), or None."""
+        raise NotImplementedError(f"{self.name} is not read from files")
+
+    # Training and evaluation samples
+
+    def load_member(
+        self, data: bytes, config: Any, *, train: bool, rng: random.Random | None, levers: Any
+    ) -> dict[str, Any]:
+        """A member's bytes -> the sample entries it gives (``{"image": uint8 (3, S, S)}``...).
+
+        ``config``: the model's preprocessing config of this modality; ``levers``: its
+        augmentation levers when they apply (training, some lever on), else None.
+        Raises ValueError when the bytes do not read.
+        """
+        raise NotImplementedError(f"{self.name} is not read from files")
+
+    def collate_into(self, batch: dict, samples: list[dict], *, tokenize: Callable | None, windows: bool) -> None:
+        """Adds this modality's entries of ``samples`` (all holding it) to ``batch`` (see :mod:`multimodal.data.pipeline.collate`)."""
+        raise NotImplementedError
+
+    # Inference inputs
+
+    def is_single_input(self, inputs: Any) -> bool:
+        """Whether ``inputs`` is one item of this modality rather than a collection of them."""
+        return isinstance(inputs, (str, bytes, bytearray, memoryview, Path))
+
+    def split_batch(self, inputs: Any) -> list | None:
+        """A batch given as one object (an (N, 3, H, W) array) -> its items; None when it is not one."""
+        return None
+
+    def prepare(self, item: Any, config: Any, *, sample_rate: int | None = None) -> Any:
+        """One raw input -> its model-ready form, with the preprocessing ``config`` describes."""
+        raise NotImplementedError
+
+    # Showing it
+
+    def thumbnail(self, data: bytes, max_pixels: int) -> Any:
+        """A PIL image of at most ``max_pixels`` on its longer side, decoded as training decodes;
+        None when the modality has no picture or the bytes do not decode."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<modality {self.name}>"
+
+
+__all__ = ["BATCHINGS", "Modality"]

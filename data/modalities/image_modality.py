@@ -1,0 +1,146 @@
+"""The image modality, defined once: its files, how a member becomes a training or evaluation
+crop, how crops are collated and augmented, what the API takes as an image, its thumbnail.
+
+The pixel work lives in :mod:`multimodal.data.preprocess.image_transforms` (decoding, crops, normalisation) and
+:mod:`multimodal.data.preprocess.augment_image` (the levers); this module says when each is used.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from multimodal.data.modalities.base import Modality
+
+# What torchvision's decoders read (JPEG, PNG, WebP, GIF; no BMP or TIFF), in the order shards are searched.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif")
+# The first bytes of each format the decoders read: (offset, bytes) that must all match.
+IMAGE_SIGNATURES = (
+    ((0, b"\xff\xd8\xff"),),  # JPEG
+    ((0, b"\x89PNG\r\n\x1a\n"),),
+    ((0, b"GIF87a"),),
+    ((0, b"GIF89a"),),
+    ((0, b"RIFF"), (8, b"WEBP")),
+)
+# Drawings an input may be besides those formats: rasterised as the shard writer rasterises them
+# (multimodal.data.preprocess.svg), so a drawing given as a query is the picture a shard of it trains on.
+DRAWING_EXTENSIONS = ("svg",)
+
+
+def _maybe_svg(head: bytes) -> bool:
+    """Whether a file starting with ``head`` may be an SVG (and is worth reading further)."""
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
+
+
+def rasterised(item: Any) -> Any:
+    """An SVG drawing (a path or bytes; by content, whatever the name) -> its PNG bytes, drawn as
+    the shard writer draws it; the bytes of any other file; any other item as it is.
+
+    Raises ValueError for an SVG that does not draw or when the rasteriser is not installed.
+    """
+    from multimodal.data.preprocess import svg
+
+    if isinstance(item, (str, Path)):
+        item = Path(item).read_bytes()
+    if not isinstance(item, (bytes, bytearray, memoryview)) or not svg.is_svg(bytes(item[: svg.SNIFF_BYTES])):
+        return item
+    if not svg.svg_support_available():
+        raise ValueError(f"an SVG drawing cannot be read here: {svg.INSTALL_HINT}")
+    return svg.rasterise_svg(bytes(item))
+
+
+class ImageModality(Modality):
+    """Images: a member decodes to uint8 (3, H, W) (transparency composited onto the config's
+    background), is cropped (random in training, centre in evaluation) to (3, S, S) and stays
+    uint8 until the batch is normalised on its device; augmentation levers are drawn per
+    sample and applied to the batch at once."""
+
+    name = "image"
+    extensions = IMAGE_EXTENSIONS
+    media_types = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
+                   "gif": "image/gif"}
+    batching = "stack"
+    page_element = "img"
+    one, many = "an image", "images"
+    class_caption = "a photo of {}."
+
+    def recognises(self, path, head: bytes) -> bool:
+        """A raster format by its first bytes; an SVG drawing by its name or its ``<svg`` element."""
+        from multimodal.data.preprocess import svg
+
+        if any(all(head[offset : offset + len(magic)] == magic for offset, magic in signature)
+               for signature in IMAGE_SIGNATURES):
+            return True
+        if Path(path).suffix.lower().lstrip(".") in DRAWING_EXTENSIONS:
+            return True
+        if not _maybe_svg(head):
+            return False
+        with open(path, "rb") as handle:
+            return svg.is_svg(handle.read(svg.SNIFF_BYTES))
+
+    @property
+    def folder_extensions(self) -> tuple[str, ...]:
+        """The raster formats and SVG drawings (rasterised when prepared)."""
+        return self.extensions + DRAWING_EXTENSIONS
+
+    def check_decodes(self, data: bytes, background: tuple[int, int, int]) -> object:
+        from multimodal.data.preprocess.image_transforms import decode_image
+
+        return decode_image(data, background)  # uint8 (3, H, W): the writer measures its statistics
+
+    def load_member(self, data: bytes, config: Any, *, train: bool, rng: random.Random | None, levers: Any) -> dict:
+        from multimodal.data.preprocess.augment_image import draw_image_levers
+        from multimodal.data.preprocess.image_transforms import decode_image, eval_crop, train_crop
+
+        image = decode_image(data, config.background)
+        crop = train_crop(image, config, rng) if train else eval_crop(image, config)
+        entries = {"image": crop}  # uint8 (3, S, S)
+        if levers is not None:
+            # Drawn here, from the sample's RNG; applied to the whole batch at collation.
+            entries["image_draws"] = draw_image_levers(levers, rng, max(crop.shape[1:]))
+        return entries
+
+    def collate_into(self, batch: dict, samples: list[dict], *, tokenize=None, windows: bool = False) -> None:
+        from multimodal.data.preprocess.augment_image import augment_images
+        from multimodal.data.preprocess.image_transforms import collate_images
+
+        batch["image"] = collate_images([sample["image"] for sample in samples])  # (B, 3, S, S)
+        if "image_draws" in samples[0]:  # training augmentation, drawn per sample, applied to the batch at once
+            batch["image"] = augment_images(batch["image"], [sample["image_draws"] for sample in samples])
+
+    def is_single_input(self, inputs: Any) -> bool:
+        return super().is_single_input(inputs) or type(inputs).__module__.startswith("PIL.")
+
+    def split_batch(self, inputs: Any) -> list | None:
+        """An (N, 3, H, W) / (N, H, W, 3) tensor or array is N images."""
+        return list(inputs) if getattr(inputs, "ndim", None) == 4 else None
+
+    def prepare(self, item: Any, config: Any, *, sample_rate: int | None = None) -> Any:
+        """A path, bytes, PIL image, uint8 or [0, 1] float tensor/array -> normalised float32 (3, S, S).
+
+        An SVG drawing (path or bytes) is rasterised first, as the shard writer does (:func:`rasterised`).
+        """
+        from multimodal.data.preprocess.image_transforms import preprocess_image
+
+        return preprocess_image(rasterised(item), config)
+
+    def thumbnail(self, data: bytes, max_pixels: int) -> Any:
+        """Decoded as training decodes (transparency onto white, EXIF orientation applied), scaled so
+        its longer side is ``max_pixels``: nearest up (small digits stay crisp), smooth down (photos)."""
+        from PIL import Image
+        from torchvision.transforms.functional import to_pil_image
+
+        from multimodal.data.preprocess.image_transforms import decode_image
+
+        try:
+            image = to_pil_image(decode_image(rasterised(data)))
+        except (RuntimeError, ValueError, OSError):
+            return None
+        scale = max_pixels / max(image.size)
+        size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+        return image.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
+
+
+IMAGE = ImageModality()
+
+__all__ = ["DRAWING_EXTENSIONS", "IMAGE", "IMAGE_EXTENSIONS", "IMAGE_SIGNATURES", "ImageModality", "rasterised"]

@@ -1,0 +1,96 @@
+"""One data source as the loader is given it: shards, mixing weight, modalities, where its fields are.
+
+The same type is a training source of a run's configuration (``data.train`` entries, each
+key one of its fields), so what a run records in its config.json is exactly what its
+loader reads.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from multimodal.data.preprocess.augment_config import AugmentConfig
+from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.pipeline.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS, SampleFields
+
+
+@dataclass
+class SourceSpec:
+    """One data source: its shards, mixing weight, modalities and where each field is in a sample.
+
+    Keys are ``;``-separated alternatives tried in order; an entry is a file
+    extension in the sample (``"txt"``, ``"jpg"``) or ``"json:FIELD"`` for a field of
+    its ``.json`` file (see :mod:`multimodal.data.pipeline.sample_fields`). A caption field may
+    hold a string or a list of strings (training picks a non-empty one at random,
+    evaluation the first non-empty one). The defaults read img2dataset shards
+    (``jpg`` + ``txt`` + ``json``) and CLAP/WavCaps shards (``flac`` + ``json`` with
+    ``text``) as they are. A sample lacking one of the source's modalities is skipped
+    and counted (``missing_audio`` ...), so shards where only some samples carry a
+    modality can serve a source of it.
+
+    With a ``label_key``, training treats the samples of a batch that share a label as
+    positives of each other in the loss instead of negatives (UniCL): data of few classes,
+    where a batch holds many pairs showing the same class, needs it most. Without one,
+    every other pair of the batch is a negative (CLIP). Evaluation reads the label to
+    match zero-shot classes, galleries and linear probes.
+
+    Args:
+        shards: a shard spec (see :func:`multimodal.data.pipeline.shard_reader.expand_shards`). An
+            evaluation set's may be a folder of class folders instead, read by the
+            evaluation's class-folder loader, never by :func:`~multimodal.data.pipeline.loader.make_loader`.
+        modalities: one to three of "text", "image", "audio"; training needs at
+            least two (a contrastive pair), evaluation and embedding may read one.
+        weight: relative share of batches drawn from this source.
+        name: used in counts, logs and errors; default ``source{index}`` (a run's
+            training sources: ``train{index}``).
+        image_keys / audio_keys / caption_keys: where each modality is found.
+        label_key: optional class label (``"json:label"``, ``"cls"``), read as int into "label".
+        all_captions: evaluation only (a training loader refuses it): every caption of a
+            sample, not one, each a row of "text" with "text_item" saying whose it is
+            (see :mod:`multimodal.data.pipeline.collate`): retrieval against all of an item's captions.
+        augment: training augmentation of this source's images and audio (see
+            :mod:`multimodal.data.preprocess.augment_config`); off by default, never applied when the
+            loader evaluates.
+    """
+
+    shards: str | list[str]
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    weight: float = 1.0
+    name: str | None = None
+    image_keys: str = IMAGE_KEYS
+    audio_keys: str = AUDIO_KEYS
+    caption_keys: str = CAPTION_KEYS
+    label_key: str | None = None
+    all_captions: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        where = f"source {self.name or self.shards!r}"
+        if not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"{where}: augment must be an AugmentConfig, got {type(self.augment).__name__}")
+        self.modalities = list(self.modalities)
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"{where}: unknown modalities {unknown}; use {MODALITIES}")
+        if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
+            raise ValueError(f"{where}: modalities must be distinct and not empty, got {self.modalities}")
+        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"{where}: weight must be a positive number, got {self.weight}")
+        try:
+            self.sample_fields()
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+
+    def sample_fields(self) -> SampleFields:
+        """How this source's fields are read out of a raw sample."""
+        return SampleFields(self.image_keys, self.audio_keys, self.caption_keys, self.label_key)
+
+    def describe_keys(self) -> str:
+        """The modalities and keys, as an error message names them."""
+        return (
+            f"modalities={self.modalities}, image_keys={self.image_keys!r}, audio_keys={self.audio_keys!r}, "
+            f"caption_keys={self.caption_keys!r}, label_key={self.label_key!r}"
+        )
+
+
+__all__ = ["SourceSpec"]

@@ -1,0 +1,1 @@
+"""Caption tokenizers: the project's byte-level BPE and the original CLIP tokenizer."""

@@ -1,0 +1,723 @@
+"""Embedding extraction over many inputs: files, folders, caption files or tar shards -> vectors on disk.
+
+Shapes: N rows, E embedding width.
+
+Two kinds of job:
+
+* **Files** (:func:`embed_files`): image or audio files and folders (searched
+  recursively by extension), or caption files (one caption per line), embedded into
+  one output file.
+* **Shards** (:func:`embed_shards`): every sample of every tar shard, one output part
+  per shard (``OUTPUT_DIR/part-<shard name>.npy`` ...; shards of several folders are
+  named by their path below the folder they share: ``part-train__shard-000000.npy``,
+  see :func:`part_names`). A part is written to a temporary
+  name and renamed when complete, so a run that stops can be started again and skips
+  the parts already there. With several processes (``accelerate launch``, or RANK and
+  WORLD_SIZE set) each process takes its own shards: ``shards[rank::world_size]``.
+
+Output formats, chosen by the file suffix (or ``format`` for shard parts):
+
+* ``.npy``: float32 (N, E), with two sidecar JSON files named after it: the keys in
+  row order as a list (``emb.npy`` -> ``emb.keys.json``), and what the other formats
+  keep in their metadata as an object of strings (``emb.meta.json``: modality, width,
+  dtype, checkpoint id and, for a shard part, its shard). Both are written before the
+  ``.npy``, so a complete ``.npy`` always has them; outputs of earlier versions have
+  no ``.meta.json`` and read with empty metadata;
+* ``.safetensors``: tensor ``"embeddings"`` float32 (N, E) and the metadata entry
+  ``"keys"`` (a JSON list), in one file;
+* ``.parquet``: columns ``key`` (string) and ``embedding`` (fixed-size list of
+  float32, E per row), one row per input, readable by pandas, Spark, DuckDB...
+
+An existing output file is refused unless ``overwrite=True``; parts of shards already
+complete are kept (and written again with ``overwrite=True``). Outputs get the
+permissions the umask gives any new file (0644 under umask 022).
+
+An input that cannot be read (missing, not decodable, too short, ...) is skipped and
+reported in the result with its reason; it takes no row, so keys and vectors stay
+aligned. The functions here print nothing: progress goes to a callback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy_file
+from safetensors.numpy import save_file as save_numpy_file
+from safetensors import safe_open
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.atomic_files import write_atomically
+from multimodal.data.modalities.registry import MEDIA_MODALITIES, get_modality
+from multimodal.data.pipeline.sample_fields import SampleFields, UnusableSample
+from multimodal.data.pipeline.shard_reader import SHARD_SUFFIXES, ShardProblem, expand_shards, is_remote, read_shard
+from multimodal.apps.api import EmbeddingModel, prepare_input
+from multimodal.errors import ArgumentNeeded
+from multimodal.model import ModelConfig
+
+OUTPUT_FORMATS = ("npy", "safetensors", "parquet")
+# Where each modality is found in a shard sample: the training sources' defaults.
+SHARD_FIELDS = SampleFields()
+PART_PREFIX = "part-"
+_READ_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError)
+
+
+# Inputs ------------------------------------------------------------------------------------
+
+
+def is_shard_spec(text: str) -> bool:
+    """True for what reads as tar shards: a ``.tar`` path, a brace pattern, a ``pipe:`` command."""
+    text = str(text)
+    return text.startswith("pipe:") or ".tar" in text or ("{" in text and "}" in text) or "::" in text
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input to embed: its key (what the output lists) and what to read (a path or a caption)."""
+
+    key: str
+    source: str | Path
+
+
+def modality_of_file_name(path: str | os.PathLike) -> str | None:
+    """The media modality whose input files have this name's extension, else None.
+
+    Input files are a modality's :attr:`~multimodal.data.modalities.base.Modality.folder_extensions`:
+    for images, the raster formats shards hold and SVG drawings (rasterised when read).
+    """
+    extension = Path(path).suffix.lower().lstrip(".")
+    return next((name for name in MEDIA_MODALITIES if extension in get_modality(name).folder_extensions), None)
+
+
+def file_modality(path: str | os.PathLike) -> str | None:
+    """"image" or "audio" for a file, by its extension, else by its content; None when it is neither.
+
+    The content decides for names without a known extension (``photo``, ``x.jfif``): each
+    media modality is asked in turn (``Modality.recognises``: the first bytes of a JPEG,
+    PNG, GIF or WebP image; a header soundfile reads). Raises OSError when the file
+    cannot be opened.
+    """
+    path = Path(path)
+    modality = modality_of_file_name(path)
+    if modality is not None:
+        return modality
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    return next((name for name in MEDIA_MODALITIES if get_modality(name).recognises(path, head)), None)
+
+
+def _files_in(folder: Path, extensions: Sequence[str]) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower().lstrip(".") in extensions
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def list_inputs(modality: str, inputs: Sequence[str | os.PathLike]) -> list[InputItem]:
+    """File and folder inputs -> the items to embed, in order.
+
+    * image / audio: a file is taken as it is (whatever its extension); a folder gives
+      its files with the modality's extensions (see :mod:`multimodal.data.modalities.registry`),
+      recursively, sorted, hidden ones left out. Key: the path.
+    * text: a file holds one caption per line, key ``path:line``; a folder gives one
+      caption per ``.txt`` file (its whole text), key: the path. An empty caption (a
+      blank line, an empty file) is an item too, so that embedding skips it by name.
+
+    Raises ValueError for an input that does not exist or a folder with nothing to embed.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected text, image or audio")
+    definition = get_modality(modality)
+    items: list[InputItem] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            extensions = definition.folder_extensions
+            files = _files_in(path, extensions)
+            if not files:
+                raise ValueError(f"folder {path} holds no {modality} file (looked for {', '.join(extensions)})")
+            items.extend(InputItem(str(file), definition.item_of_folder_file(file)) for file in files)
+        elif path.is_file():
+            items.extend(InputItem(key, item) for key, item in definition.items_of_file(path))
+        else:
+            raise ValueError(f"input {given} does not exist (expected a file or a folder)")
+    return items
+
+
+def _shard_location(url: str) -> tuple[str, ...]:
+    """The path of a shard as components, the file name last: a local path made absolute, a URL's
+    scheme and host then its path, a ``pipe:`` command's shard word (``pipe:curl -s https://h/a.tar -``)."""
+    if url.startswith("pipe:"):
+        words = [word for word in url[len("pipe:") :].split() if ".tar" in word or ".tgz" in word]
+        url = words[-1] if words else url[len("pipe:") :]
+    url = url.rstrip("/")
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return (f"{scheme}:", *rest.split("/"))
+    parts = Path(os.path.abspath(url[len("file:") :] if url.startswith("file:") else url)).parts
+    return parts[1:] if parts[0] == os.sep else parts  # the root names no folder
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._")
+
+
+def shard_part_name(url: str) -> str:
+    """The part name of a shard: its file name without ``.tar``, made safe (``pipe:... /a/b-01.tar -`` -> ``b-01``)."""
+    name = _shard_location(url)[-1]
+    for suffix in SHARD_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _safe_name(name) or "shard"
+
+
+def part_names(urls: Sequence[str]) -> dict[str, str]:
+    """``shard url -> the name of its part`` for shards embedded together into one folder.
+
+    Shards of one folder: each its file name without ``.tar`` (:func:`shard_part_name`,
+    ``emb/part-shard-000000.npy``), as always. Shards of several folders (``train/`` and
+    ``val/`` both hold ``shard-000000.tar``): each its path below the folder they all
+    share, folders joined by ``__`` as the shard writer joins a key's folders
+    (``train__shard-000000``, ``val__shard-000000``), so no two parts collide. The name
+    depends only on the shards given, so a rerun with the same shards finds its parts.
+    """
+    locations = {url: _shard_location(url) for url in urls}
+    folders = {location[:-1] for location in locations.values()}
+    if len(folders) <= 1:
+        return {url: shard_part_name(url) for url in urls}
+    common = os.path.commonprefix(sorted(folders))  # the longest run of leading components they share
+    names = {}
+    for url, location in locations.items():
+        below = [_safe_name(folder) or "_" for folder in location[len(common) : -1]]
+        names[url] = "__".join([*below, shard_part_name(url)])
+    return names
+
+
+# Writing and reading outputs -------------------------------------------------------------------
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The format of an output file from its suffix; raises ValueError for others."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"output {path} must end in .npy, .safetensors or .parquet (the format is read from it)")
+    _check_format(suffix)
+    return suffix
+
+
+def check_new_output(path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuses an output file that exists already, unless ``overwrite`` (ArgumentNeeded naming the argument)."""
+    if Path(path).exists() and not overwrite:
+        raise ArgumentNeeded(f"output {path} exists; pass {{overwrite}} to replace it",
+                             overwrite=("overwrite=True", "--overwrite"))
+
+
+def _check_format(format: str) -> None:
+    if format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {format!r}; expected one of {OUTPUT_FORMATS}")
+
+
+def _sidecar(npy_path: str | os.PathLike, suffix: str) -> Path:
+    path = Path(npy_path)
+    return path.with_name((path.name[: -len(path.suffix)] if path.suffix else path.name) + suffix)
+
+
+def keys_path(npy_path: str | os.PathLike) -> Path:
+    """``emb.npy`` -> ``emb.keys.json``: where the keys of an .npy output are."""
+    return _sidecar(npy_path, ".keys.json")
+
+
+def metadata_path(npy_path: str | os.PathLike) -> Path:
+    """``emb.npy`` -> ``emb.meta.json``: what an .npy output records of how it was made."""
+    return _sidecar(npy_path, ".meta.json")
+
+
+def write_embeddings(
+    path: str | os.PathLike, embeddings: np.ndarray, keys: Sequence[str], *, metadata: dict[str, str] | None = None
+) -> Path:
+    """Writes float32 (N, E) ``embeddings``, their ``keys`` and ``metadata`` to ``path``, atomically.
+
+    The format follows the suffix (see the module's docstring for where each keeps the
+    keys and the metadata).
+    """
+    path = Path(path)
+    format = output_format(path)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(keys):
+        raise ValueError(f"embeddings {embeddings.shape} must be (N, E) with N = {len(keys)} keys")
+    if format == "npy":
+        # Sidecars first: a complete .npy then always has its keys and metadata beside it. The
+        # metadata is written even when empty, so none left by an earlier output survives.
+        record = json.dumps(dict(metadata or {}), sort_keys=True) + "\n"
+        write_atomically(metadata_path(path), lambda tmp: tmp.write_text(record, encoding="utf-8"))
+        write_atomically(keys_path(path), lambda tmp: tmp.write_text(json.dumps(list(keys)) + "\n", encoding="utf-8"))
+        def write_npy(temporary: Path) -> None:
+            with open(temporary, "wb") as handle:  # a file object: np.save would add ".npy" to a name
+                np.save(handle, embeddings)
+
+        write_atomically(path, write_npy)
+    elif format == "parquet":
+        write_atomically(path, lambda tmp: _write_parquet(tmp, embeddings, keys, metadata))
+    else:
+        header = {"keys": json.dumps(list(keys)), **(metadata or {})}
+        write_atomically(path, lambda tmp: save_numpy_file({"embeddings": embeddings}, str(tmp), metadata=header))
+    return path
+
+
+def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """An output of :func:`write_embeddings` -> (float32 (N, E), keys)."""
+    path = Path(path)
+    format = output_format(path)
+    if format == "npy":
+        embeddings = np.load(path)
+        keys = json.loads(keys_path(path).read_text(encoding="utf-8"))
+    elif format == "parquet":
+        embeddings, keys = _read_parquet(path)
+    else:
+        with safe_open(str(path), framework="numpy") as handle:
+            keys = json.loads(handle.metadata()["keys"])
+        embeddings = load_numpy_file(str(path))["embeddings"]
+    if embeddings.shape[0] != len(keys):
+        raise ValueError(f"{path}: {embeddings.shape[0]} rows but {len(keys)} keys")
+    return embeddings, keys
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """What an output of :func:`write_embeddings` records of how it was made (its ``metadata``).
+
+    ``.npy``: its ``.meta.json`` ({} for outputs of earlier versions, which have none);
+    ``.safetensors``: the file's metadata but the keys; ``.parquet``: the schema's metadata.
+    Raises ValueError for a ``.meta.json`` that is not a JSON object of strings.
+    """
+    path = Path(path)
+    format = output_format(path)
+    if format == "npy":
+        sidecar = metadata_path(path)
+        if not sidecar.is_file():
+            return {}
+        metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ValueError(f"{sidecar} must hold a JSON object of strings, as multimodal embed writes it; "
+                             "embed the inputs again")
+        return metadata
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        schema_metadata = pq.read_schema(str(path)).metadata or {}
+        return {k.decode(): v.decode() for k, v in schema_metadata.items() if not k.startswith(b"ARROW:")}
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = dict(handle.metadata() or {})
+    metadata.pop("keys", None)
+    return metadata
+
+
+def _write_parquet(path: Path, embeddings: np.ndarray, keys: Sequence[str], metadata: dict[str, str] | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = embeddings.shape[1]
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
+    table = pa.table({"key": pa.array(list(keys), type=pa.string()), "embedding": vectors})
+    if metadata:
+        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+    pq.write_table(table, str(path))
+
+
+def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(path))
+    keys = table.column("key").to_pylist()
+    vectors = table.column("embedding").combine_chunks()
+    dim = vectors.type.list_size
+    embeddings = vectors.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(keys), dim)
+    return embeddings, keys
+
+
+def _is_complete(path: Path) -> bool:
+    """A part already written by an earlier run: present, readable (metadata too), as many rows as keys."""
+    if not path.is_file():
+        return False
+    try:
+        read_embeddings(path)
+        read_metadata(path)
+    except (ValueError, OSError, KeyError, json.JSONDecodeError):
+        return False
+    return True
+
+
+# Preparing items, possibly in worker processes ------------------------------------------------------
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+@dataclass
+class _Prepared:
+    """What a reader yields: a key and its prepared item, or the reason it was skipped.
+
+    ``absent``: a shard sample without this modality (on shards where only some samples
+    carry a sound, say): not an input of the modality, so neither embedded nor a failure.
+    """
+
+    key: str
+    item: Any = None
+    error: str | None = None
+    absent: bool = False
+
+
+def _prepare(modality: str, key: str, raw: Any, config: ModelConfig) -> _Prepared:
+    try:
+        return _Prepared(key, prepare_input(modality, raw, config))
+    except _READ_ERRORS as error:
+        return _Prepared(key, error=f"{type(error).__name__}: {error}")
+
+
+class _FileDataset(Dataset):
+    def __init__(self, modality: str, items: list[InputItem], config: ModelConfig) -> None:
+        self.modality, self.items, self.config = modality, items, config
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> _Prepared:
+        item = self.items[index]
+        return _prepare(self.modality, item.key, item.source, self.config)
+
+
+def shard_sample_input(sample: dict, modality: str) -> Any:
+    """The raw input of ``modality`` in a raw shard sample: image or audio bytes, or the caption.
+
+    Read as a training source's defaults read it (:data:`SHARD_FIELDS`, see
+    :mod:`multimodal.data.pipeline.sample_fields`): images from jpg/jpeg/png/webp, audio from
+    flac/wav/ogg/mp3, the caption from ``.txt`` or the json fields ``text`` /
+    ``caption`` (the first non-empty one; from a list, its first non-empty entry).
+    Raises :class:`multimodal.data.pipeline.sample_fields.UnusableSample` (a ValueError, with
+    the reason in ``.reason``) when the sample has none or it does not read.
+    """
+    return SHARD_FIELDS.raw_input(sample, modality)
+
+
+class _ShardDataset(IterableDataset):
+    """The samples of one shard, prepared; worker w of n prepares samples w, w + n, ...
+
+    DataLoader takes one item from each worker in turn, so the items come out in the
+    shard's order whatever the number of workers. Read problems of the shard come last,
+    as ``_Prepared`` records with the key ``""``.
+    """
+
+    def __init__(self, modality: str, url: str, config: ModelConfig) -> None:
+        self.modality, self.url, self.config = modality, url, config
+
+    def __iter__(self) -> Iterator[_Prepared]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        problems: list[ShardProblem] = []
+        for index, sample in enumerate(read_shard(self.url, problems)):
+            if index % num_workers != worker:
+                continue
+            try:
+                raw = shard_sample_input(sample, self.modality)
+            except UnusableSample as error:
+                if error.reason == f"missing_{self.modality}":
+                    yield _Prepared(sample["__key__"], absent=True)
+                else:
+                    yield _Prepared(sample["__key__"], error=f"{error.reason}: {error}")
+                continue
+            yield _prepare(self.modality, sample["__key__"], raw, self.config)
+        if worker == 0:
+            for problem in problems:
+                yield _Prepared("", error=f"{problem.reason}: {problem.message} (after {problem.samples_read} samples)")
+
+
+def _loader(dataset: Dataset | IterableDataset, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=num_workers)
+
+
+# Embedding ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbedProgress:
+    """Counts passed to the ``progress`` callback after each batch (totals are None when unknown)."""
+
+    embedded: int
+    skipped: int
+    total: int | None
+    parts_done: int = 0
+    parts_total: int | None = None
+    absent: int = 0  # shard samples without the modality, passed over
+
+
+@dataclass
+class EmbedResult:
+    """What an embedding job did.
+
+    ``written``: output files written by this run; ``resumed``: parts found complete
+    and left as they were; ``skipped``: ``(key or shard, reason)`` for every input not
+    embedded; ``num_embedded``: rows written by this run; ``num_absent``: shard samples
+    without the modality (not inputs of it, so not skipped).
+    """
+
+    written: list[Path] = field(default_factory=list)
+    resumed: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    num_embedded: int = 0
+    num_absent: int = 0
+
+
+class _Counter:
+    def __init__(self, progress: Callable[[EmbedProgress], None] | None, total: int | None, parts_total: int | None):
+        self.progress, self.total, self.parts_total = progress, total, parts_total
+        self.embedded = self.skipped = self.parts_done = self.absent = 0
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(EmbedProgress(self.embedded, self.skipped, self.total, self.parts_done, self.parts_total,
+                                        self.absent))
+
+
+def _embed_stream(
+    model: EmbeddingModel, modality: str, stream: Iterator[_Prepared], result: EmbedResult, counter: _Counter,
+    where: str = "",
+) -> tuple[np.ndarray, list[str]]:
+    """Prepared items -> (embeddings (N, E), keys), in batches of ``model.batch_size``; skips recorded."""
+    chunks: list[np.ndarray] = []
+    keys: list[str] = []
+    pending: list[_Prepared] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        embeddings = model.encode_prepared(modality, [entry.item for entry in pending])  # (B, E)
+        chunks.append(embeddings.cpu().numpy())
+        keys.extend(entry.key for entry in pending)
+        counter.embedded += len(pending)
+        pending.clear()
+        counter.report()
+
+    for entry in stream:
+        if entry.absent:
+            result.num_absent += 1
+            counter.absent += 1
+            continue
+        if entry.error is not None:
+            if entry.key:
+                result.skipped.append((entry.key, entry.error))
+                counter.skipped += 1
+            else:  # a problem of the whole shard
+                result.skipped.append((where, entry.error))
+            continue
+        pending.append(entry)
+        if len(pending) >= model.batch_size:
+            flush()
+    flush()
+    counter.report()
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
+    return embeddings, keys
+
+
+def _metadata(model: EmbeddingModel, modality: str) -> dict[str, str]:
+    metadata = {"modality": modality, "embed_dim": str(model.embed_dim), "dtype": str(model.dtype).replace("torch.", "")}
+    if model.checkpoint_id is not None:  # lets `multimodal index` refuse parts embedded by another checkpoint
+        metadata["checkpoint_id"] = model.checkpoint_id
+    return metadata
+
+
+def embed_files(
+    model: EmbeddingModel,
+    modality: str,
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: Callable[[EmbedProgress], None] | None = None,
+) -> EmbedResult:
+    """Embeds files / folders / caption files (see :func:`list_inputs`) into one ``output`` file.
+
+    ``num_workers`` DataLoader processes read and preprocess the inputs (0: this process).
+    The output is written once, at the end, atomically; an existing one is refused
+    unless ``overwrite``.
+    """
+    output = Path(output)
+    output_format(output)
+    check_new_output(output, overwrite=overwrite)
+    model._require(modality)
+    items = list_inputs(modality, inputs)
+    result = EmbedResult()
+    counter = _Counter(progress, len(items), None)
+    stream = iter(_loader(_FileDataset(modality, items, model.config), num_workers))
+    embeddings, keys = _embed_stream(model, modality, stream, result, counter)
+    result.written.append(write_embeddings(output, embeddings, keys, metadata=_metadata(model, modality)))
+    result.num_embedded = len(keys)
+    return result
+
+
+def _known_sizes(urls: Sequence[str]) -> dict[str, int]:
+    """Sample counts from the ``sizes.json`` the shard writer leaves beside local shards."""
+    sizes: dict[str, int] = {}
+    for directory in sorted({os.path.dirname(url) for url in urls if not is_remote(url)}):
+        path = Path(directory or ".") / "sizes.json"
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for name, count in table.items() if isinstance(table, dict) else ():
+            sizes[os.path.join(directory, name)] = int(count)
+    return sizes
+
+
+def _shard_identity(url: str) -> str:
+    """One shard however it is spelt: a local path made absolute and normal, a URL or command as it is."""
+    return url if is_remote(url) else os.path.abspath(url[len("file:") :] if url.startswith("file:") else url)
+
+
+def _parts_by_shard(output_dir: Path, format: str) -> dict[str, Path]:
+    """``shard -> part`` for the parts in ``output_dir`` that record their shard (in their metadata)."""
+    found: dict[str, Path] = {}
+    for path in sorted(output_dir.glob(f"{PART_PREFIX}*.{format}")) if output_dir.is_dir() else ():
+        try:
+            shard = read_metadata(path).get("shard")
+        except (ValueError, OSError, KeyError, json.JSONDecodeError):
+            continue
+        if shard:
+            found.setdefault(_shard_identity(shard), path)
+    return found
+
+
+def part_path(output_dir: str | os.PathLike, url: str, format: str = "npy", *, urls: Sequence[str] = ()) -> Path:
+    """Where the part of shard ``url`` goes: ``output_dir/part-<part name>.<format>``.
+
+    ``urls``: every shard embedded into ``output_dir`` together; their folders decide
+    the part name (see :func:`part_names`). Left empty: ``url`` alone (its file name).
+    """
+    name = part_names(urls)[url] if url in urls else shard_part_name(url)
+    return Path(output_dir) / f"{PART_PREFIX}{name}.{format}"
+
+
+def embed_shards(
+    model: EmbeddingModel,
+    modality: str,
+    shards: str | Sequence[str],
+    output_dir: str | os.PathLike,
+    *,
+    format: str = "npy",
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: Callable[[EmbedProgress], None] | None = None,
+) -> EmbedResult:
+    """Embeds every sample of the shards, one part per shard in ``output_dir``, resumable.
+
+    This process takes ``shards[rank::world_size]`` (in the order the spec lists them);
+    parts already complete are left as they are (``result.resumed``), or written again
+    with ``overwrite``. Parts are named by :func:`part_names`, but a shard whose part is
+    in ``output_dir`` already under another name (embedded there alone before) keeps
+    it, so no shard has two parts. Keys are the
+    samples' ``__key__``. A sample without the modality, or one that does not decode,
+    is skipped; a shard that cannot be read (or is cut short) is reported under its URL,
+    and its part holds what could be read.
+    """
+    _check_format(format)
+    model._require(modality)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
+    output_dir = Path(output_dir)
+    if output_dir.suffix.lower().lstrip(".") in OUTPUT_FORMATS:
+        raise ValueError(
+            f"with shard inputs the output is a folder of parts (one per shard), got the file name {output_dir}; "
+            "give a folder and choose the format of the parts with format="
+        )
+    urls = expand_shards(shards)
+    names = part_names(urls)
+    by_name: dict[str, str] = {}
+    for url in urls:
+        name = names[url]
+        if name in by_name and by_name[name] != url:
+            raise ValueError(
+                f"shards {by_name[name]} and {url} would both write part {PART_PREFIX}{name}; "
+                "embed them into different output folders"
+            )
+        by_name[name] = url
+    mine = urls[rank::world_size]
+    sizes = _known_sizes(mine)
+    total = sum(sizes.get(url, 0) for url in mine) if all(url in sizes for url in mine) else None
+    result = EmbedResult()
+    counter = _Counter(progress, total, len(mine))
+    earlier = _parts_by_shard(output_dir, format)
+    for url in mine:
+        # A shard embedded here before under another name (alone, then beside another folder's)
+        # keeps its part: a second part of it would give its rows twice to an index of the folder.
+        path = earlier.get(_shard_identity(url)) or Path(output_dir) / f"{PART_PREFIX}{names[url]}.{format}"
+        if not overwrite and _is_complete(path):
+            result.resumed.append(path)
+            counter.parts_done += 1
+            if total is not None:
+                counter.total -= sizes[url]
+            counter.report()
+            continue
+        stream = iter(_loader(_ShardDataset(modality, url, model.config), num_workers))
+        embeddings, keys = _embed_stream(model, modality, stream, result, counter, where=url)
+        metadata = {**_metadata(model, modality), "shard": url}
+        result.written.append(write_embeddings(path, embeddings, keys, metadata=metadata))
+        result.num_embedded += len(keys)
+        counter.parts_done += 1
+        counter.report()
+    return result
+
+
+def process_place() -> tuple[int, int, torch.device | None]:
+    """(rank, world size, device) of this process among those embedding together.
+
+    Under ``accelerate launch`` with several processes, from accelerate's PartialState
+    (its device is this process's GPU); otherwise from the RANK and WORLD_SIZE
+    environment variables (torchrun's), with no device preference; else (0, 1, None).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        from accelerate import PartialState  # reads the same variables, and knows this process's GPU
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state.device
+    return int(os.environ.get("RANK", "0")), world_size, None
+
+
+__all__ = [
+    "EmbedProgress",
+    "EmbedResult",
+    "InputItem",
+    "OUTPUT_FORMATS",
+    "check_new_output",
+    "SHARD_FIELDS",
+    "embed_files",
+    "embed_shards",
+    "file_modality",
+    "is_shard_spec",
+    "keys_path",
+    "list_inputs",
+    "metadata_path",
+    "modality_of_file_name",
+    "output_format",
+    "part_names",
+    "part_path",
+    "process_place",
+    "read_embeddings",
+    "read_metadata",
+    "shard_part_name",
+    "shard_sample_input",
+    "write_embeddings",
+]

@@ -1,0 +1,400 @@
+"""What training reads: data configuration, the tokenizer, loaders with the model's preprocessing.
+
+A run resolves its data in two steps. ``resolve_sources`` checks the configured
+sources (or builds the built-in demo on first use when none is configured); the
+trainer then picks the tokenizer (a file, a checkpoint's, or one trained on the
+demo's captions) and fits the text tower to it; ``prepare`` makes the loaders: a
+factory for the training stream (re-created with a new seed at every checkpoint,
+see multimodal/training/trainer.py) and the evaluation sets.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from multimodal.data.demo import dataset as demo_data
+from multimodal.data.preprocess.augment_config import (
+    AffineAugment,
+    AugmentConfig,
+    AudioAugmentConfig,
+    BandLimitAugment,
+    EqualizerAugment,
+    GainAugment,
+    ImageAugmentConfig,
+    NoiseAugment,
+    ResolutionAugment,
+    SpecAugmentLever,
+    SpeedAugment,
+    StrokeAugment,
+    TrimAugment,
+)
+from multimodal.data.preprocess.image_stats import read_image_stats
+from multimodal.data.pipeline.loader import make_loader
+from multimodal.data.modalities.registry import MEDIA_MODALITIES
+from multimodal.data.pipeline.remote import RemoteConfig
+from multimodal.data.pipeline.shard_reader import expand_shards, is_remote
+from multimodal.data.pipeline.source_spec import SourceSpec
+from multimodal.data.tokenization.bpe_tokenizer import Tokenizer, read_caption_files
+from multimodal import checkpoint
+from multimodal.apps.evaluation_sources import data_class_names, eval_loader, not_evaluated_lines
+from multimodal.apps.evaluation import EvalSetConfig
+from multimodal.model import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+def demo_augment() -> AugmentConfig:
+    """The demo's training augmentation: handwriting as other writers give it, voices as other
+    speakers, rooms and microphones do.
+
+    The image levers act on the digit source, the audio levers on the speech source. Only
+    the cheap levers are on, and band-limiting for a fifth of the clips, because on 2 cores
+    the loader's workers share the CPU with the trainer (what each setting bought and cost:
+    docs/decisions.md, "The demo's augmentation and mixing"). The others stay a dotted key
+    away (``--data.demo_augment.audio.reverb.p 0.3``).
+    """
+    return AugmentConfig(
+        image=ImageAugmentConfig(
+            # Zoom up to 1.4x, as digits that fill their frame; a third down to 8 px, as small scans (docs/decisions.md).
+            affine=AffineAugment(p=0.8, rotation_degrees=12.0, scale=(0.8, 1.4), shear_degrees=10.0, translate=0.08),
+            stroke=StrokeAugment(p=0.5, thickness=(-0.5, 1.0)),
+            resolution=ResolutionAugment(p=0.3, min_size=8),
+        ),
+        audio=AudioAugmentConfig(
+            # Half the clips lose their quiet ends, as people's recordings of a word do (docs/decisions.md).
+            trim=TrimAugment(p=0.5),
+            speed=SpeedAugment(p=0.8, factor=(0.85, 1.15)),
+            noise=NoiseAugment(p=0.5, snr_db=(5.0, 35.0)),
+            # A fifth of the clips through a telephone line, most through a microphone's colouring (docs/decisions.md).
+            band_limit=BandLimitAugment(p=0.2),
+            gain=GainAugment(p=1.0, db=(-12.0, 6.0)),
+            equalizer=EqualizerAugment(p=0.8),
+            # Half the clips lose a span of up to 10 frames (0.1 s), no band of mel bins (docs/decisions.md).
+            spec_augment=SpecAugmentLever(p=0.5, freq_mask=0, time_mask=10),
+        ),
+    )
+
+
+@dataclass
+class DataConfig:
+    # Empty: the built-in demo. Each entry is what the loader reads (see SourceSpec), so every
+    # option of a source, its name and keys included, is a setting of the run.
+    train: list[SourceSpec] = field(default_factory=list)
+    eval: list[EvalSetConfig] = field(default_factory=list)  # with the demo and none given: the demo's sets
+    batch_size: int = 128  # per process and micro-batch
+    eval_batch_size: int = 250
+    # Loader worker processes per training process; None: chosen from the cores the run gets
+    # (see multimodal/training/threads.py: 2 on a CPU with 2 cores or more).
+    num_workers: int | None = None
+    # Added to the workers' niceness (0-19); None: 19 where several compute threads share
+    # their cores with the workers (a worker would stall their parallel regions), else 0
+    # (see multimodal/training/threads.py).
+    worker_nice: int | None = None
+    tokenizer: str | None = None  # a tokenizer.json; None with the demo: trained on its captions
+    tokenizer_vocab_size: int = 512
+    demo_dir: str | None = None  # None: the default cache directory
+    demo_scale: float = 1.0  # fraction of the demo's data (all voices and digits kept): smaller, quicker runs
+    # The demo's image-text batches per audio-text batch (why 2: docs/decisions.md).
+    demo_image_weight: float = 2.0
+    shuffle_buffer: int = 1000
+    # The demo's training augmentation (no effect on configured sources, which carry their own); null: none.
+    demo_augment: AugmentConfig | None = field(default_factory=demo_augment)
+    # The demo's samples of one digit are positives of each other in the loss (its sources'
+    # label_key): ten classes in a batch of 128 made a dozen same-digit pairs per row negatives.
+    demo_label_positives: bool = True
+    # How shards over HTTP(S) and from pipe: commands are read: stall timeout, retries, shards
+    # fetched ahead at once (see multimodal/data/remote.py and docs/scale.md).
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+
+
+@dataclass
+class PreparedEvalSet:
+    config: EvalSetConfig
+    loader_factory: object
+    gallery_loader_factory: object = None
+    train_loader_factory: object = None  # a linear probe's training set
+
+    def loader(self):
+        return self.loader_factory()
+
+    def gallery_loader(self):
+        return self.gallery_loader_factory()
+
+    def train_loader(self):
+        return self.train_loader_factory()
+
+
+@dataclass
+class PreparedData:
+    config: DataConfig
+    model: ModelConfig
+    tokenizer: Tokenizer | None
+    sources: list[SourceSpec]
+    eval_sets: list[PreparedEvalSet]
+    current_loader: object = None
+    # (set name, field) whose samples without the set's modality were said (see say_not_evaluated).
+    said_not_evaluated: set[tuple[str, str]] = field(default_factory=set)
+
+    def train_loader(self, *, seed: int, rank: int = 0, world_size: int = 1, device=None):
+        """The endless, shuffled training stream for this process (resampled shards, mixed by weight).
+
+        ``device``: where batches arrive; images travel as uint8 and are normalised there.
+        """
+        # Copies, named: the run's config keeps its sources as configured (an unnamed one stays unnamed
+        # in config.json), while logs and skip counts name each one.
+        named = [replace(source, name=_training_name(source, index))
+                 for index, source in enumerate(self.sources)]
+        self.current_loader = make_loader(
+            named,
+            batch_size=self.config.batch_size,
+            train=True,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.config.num_workers,
+            worker_nice=self.config.worker_nice,
+            preprocess=self.model.preprocess,
+            tokenize=self.tokenize,
+            shuffle_buffer=self.config.shuffle_buffer,
+            device=device,
+            remote=self.config.remote,
+        )
+        return self.current_loader
+
+    def eval_loader(self, spec: SourceSpec):
+        """A finite pass over an evaluation source (see ``EvalSetConfig.source_specs``) with evaluation
+        preprocessing: :func:`multimodal.apps.evaluation_sources.eval_loader`, as ``multimodal eval`` reads it."""
+        return eval_loader(spec, batch_size=self.config.eval_batch_size, preprocess=self.model.preprocess,
+                           tokenize=self.tokenize, remote=self.config.remote)
+
+    def say_not_evaluated(self, eval_set: EvalSetConfig, field_name: str, counts: dict[str, int]) -> None:
+        """Logs, once per run, how many samples of an evaluation set's ``field_name`` (``shards`` ...) lack
+        the modality it reads (``counts``, see :func:`multimodal.apps.evaluation_sources.not_evaluated`).
+
+        On shards that mix pictures and sounds they are the normal case and the same at every
+        evaluation, so the first evaluation says them and the later ones only count them.
+        """
+        if (eval_set.name, field_name) in self.said_not_evaluated:
+            return
+        self.said_not_evaluated.add((eval_set.name, field_name))
+        for line in not_evaluated_lines(counts, getattr(eval_set, field_name)):
+            logger.warning("eval set %r: %s (said at the first evaluation only)", eval_set.name, line)
+
+    def tokenize(self, texts: list[str]):
+        return self.tokenizer(texts, self.model.text.context_length)
+
+    def skipped_total(self) -> int:
+        """Samples and shards skipped so far by the current training loader."""
+        return self.current_loader.stats.total_skipped() if self.current_loader is not None else 0
+
+
+def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
+    """The demo's evaluation sets: zero-shot images and speech, each on held-out data of the
+    training collections and on other collections, and emergent speech -> image retrieval.
+
+    - ``image_zeroshot``: MNIST digits held out from training;
+    - ``image_real_zeroshot``: scikit-learn's 8 x 8 digits, other writers and another scanner;
+    - ``audio_zeroshot``: espeak-ng voices never heard in training;
+    - ``audio_phone_zeroshot``: the same clips over a telephone line (8 kHz, 300-3,400 Hz, mu-law);
+    - ``audio_real_zeroshot``: the ten human recordings (one speaker);
+    - ``emergent``: held-out voices retrieving held-out MNIST images of their digit, a pair
+      never trained on.
+    """
+    names = list(paths.class_names)
+    image_templates = list(paths.zero_shot_templates["image"])
+    audio_templates = list(paths.zero_shot_templates["audio"])
+    return [
+        EvalSetConfig(name="image_zeroshot", shards=paths.image_val, modality="image",
+                      class_names=names, templates=image_templates),
+        EvalSetConfig(name="image_real_zeroshot", shards=paths.image_real, modality="image",
+                      class_names=names, templates=image_templates),
+        EvalSetConfig(name="audio_zeroshot", shards=paths.audio_val, modality="audio",
+                      class_names=names, templates=audio_templates),
+        EvalSetConfig(name="audio_phone_zeroshot", shards=paths.audio_phone, modality="audio",
+                      class_names=names, templates=audio_templates),
+        EvalSetConfig(name="audio_real_zeroshot", shards=paths.audio_real, modality="audio",
+                      class_names=names, templates=audio_templates),
+        EvalSetConfig(name="emergent", shards=paths.audio_val, task="retrieval", modality="audio",
+                      gallery_modality="image", gallery_shards=paths.image_val),
+    ]
+
+
+@dataclass
+class ResolvedSources:
+    """What a run reads: training sources and evaluation sets (the demo's when none is configured)."""
+
+    train: list[SourceSpec]
+    eval_sets: list[EvalSetConfig]
+    demo: demo_data.DemoPaths | None = None
+
+
+def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = True) -> ResolvedSources:
+    """The configured sources, checked; or the built-in demo (built on first use) when none is configured.
+
+    Raises ValueError naming the setting when a source's shards do not exist, its
+    modalities are not the model's, it asks for every caption (``all_captions``, an
+    evaluation option) or its name is another's, so a run fails before it starts.
+    A zero-shot set given no class names takes those its data record (see
+    :func:`multimodal.training.preflight.check_eval_sets`, which a run calls first and which
+    settles them already).
+    """
+    eval_sets = [_with_class_names(eval_set, index) for index, eval_set in enumerate(config.eval)]
+    if config.train:
+        for index, source in enumerate(config.train):
+            where = f"data.train[{index}]"
+            if source.all_captions:
+                # The training loader refuses it too, but only once the model is built.
+                raise ValueError(f"{where}.all_captions: every caption of a sample is for retrieval evaluation; "
+                                 "training reads one caption per sample (remove all_captions)")
+            unknown = [m for m in source.modalities if m not in model.modalities]
+            if unknown:
+                raise ValueError(f"{where}.modalities: the model has no {' or '.join(unknown)} encoder "
+                                 f"(it has {model.modalities})")
+            try:
+                expand_shards(source.shards)
+            except ValueError as error:
+                raise ValueError(f"{where}.shards: {error}") from None
+            _check_augment(source, model, where, warn_unused=True)
+        _check_distinct_names(config.train)
+        return ResolvedSources(train=list(config.train), eval_sets=eval_sets)
+    # The demo's two collections, each paired with captions: only the pairs the model encodes are trained.
+    collections = {"image": ("image_train", config.demo_image_weight), "audio": ("audio_train", 1.0)}
+    trained = [modality for modality in collections if {modality, "text"} <= set(model.modalities)]
+    if not trained:  # said before the demo is built, which takes minutes the first time
+        raise ValueError(f"the demo trains image-text and audio-text pairs; this model has only {model.modalities}")
+    if "image" in trained and not (math.isfinite(config.demo_image_weight) and config.demo_image_weight > 0):
+        raise ValueError(f"data.demo_image_weight must be a positive number, got {config.demo_image_weight}")
+    paths = demo_data.build_demo(config.demo_dir, scale=config.demo_scale,
+                                 progress=_demo_progress if progress else None)
+    augment = config.demo_augment if config.demo_augment is not None else AugmentConfig()
+    label_key = "json:label" if config.demo_label_positives else None
+    train = [SourceSpec(shards=getattr(paths, collections[m][0]), modalities=[m, "text"], augment=augment,
+                        weight=collections[m][1], label_key=label_key) for m in trained]
+    for source in train:
+        _check_augment(source, model, "data.demo_augment", warn_unused=False)
+    if not eval_sets:
+        eval_sets = [e for e in demo_eval_sets(paths) if _fits(e, model)]
+    return ResolvedSources(train=train, eval_sets=eval_sets, demo=paths)
+
+
+def _training_name(source: SourceSpec, index: int) -> str:
+    """What training source ``index`` goes by in the loader's logs, skip counts and errors.
+
+    Its name, else ``train{index}``: the name every training source had before a source could be named.
+    """
+    return source.name or f"train{index}"
+
+
+def _check_distinct_names(train: list[SourceSpec]) -> None:
+    """Raises ValueError when two training sources would go by one name: the loader keys its counts by name."""
+    first: dict[str, int] = {}
+    for index, source in enumerate(train):
+        name = _training_name(source, index)
+        if name in first:
+            raise ValueError(f"data.train[{first[name]}] and data.train[{index}] both go by the name {name!r} "
+                             "(an unnamed source is train{index}); give them distinct names")
+        first[name] = index
+
+
+def _check_augment(source: SourceSpec, model: ModelConfig, where: str, *, warn_unused: bool) -> None:
+    """Raises ValueError for augmentation the model's preprocessing makes meaningless; warns about levers
+    of a modality the source does not read (``warn_unused``)."""
+    if "audio" in source.modalities and model.audio_preprocess is not None:
+        source.augment.audio.check_sample_rate(model.audio_preprocess.sample_rate, f"{where}.augment.audio")
+    if not warn_unused:
+        return
+    for modality in MEDIA_MODALITIES:
+        if source.augment.enabled_for(modality) and modality not in source.modalities:
+            logger.warning("%s.augment.%s is ignored: the source reads %s, not %s", where, modality,
+                           " and ".join(source.modalities), modality)
+
+
+# Farther than this from the data's own statistics (on a [0, 1] scale, any channel), a
+# normalisation was meant for other images: MNIST's grey digits (the tiny preset) on photos.
+NORMALISATION_TOLERANCE = 0.1
+
+
+def normalisation_warnings(resolved: ResolvedSources, model: ModelConfig) -> list[str]:
+    """One line per image source whose shards' measured statistics (image_stats.json) the model's normalisation misses."""
+    preprocess = model.image_preprocess
+    if preprocess is None:
+        return []
+    warnings = []
+    for index, source in enumerate(resolved.train if resolved.demo is None else []):
+        if "image" not in source.modalities:
+            continue
+        first = expand_shards(source.shards)[0]
+        if is_remote(first):
+            continue
+        stats = read_image_stats(Path(first).parent)
+        if stats is None:
+            continue
+        off = max(abs(a - b) for pair in ((preprocess.mean, stats.mean), (preprocess.std, stats.std))
+                  for a, b in zip(*pair))
+        if off > NORMALISATION_TOLERANCE:
+            warnings.append(
+                f"data.train[{index}]: the model normalises images with mean {list(preprocess.mean)}, std "
+                f"{list(preprocess.std)}, but its shards measure mean {[round(v, 4) for v in stats.mean]}, std "
+                f"{[round(v, 4) for v in stats.std]} ({Path(first).parent / 'image_stats.json'}); "
+                f"train with {stats.override_arguments()}"
+            )
+        if tuple(stats.background) != tuple(preprocess.background):
+            warnings.append(
+                f"data.train[{index}]: its statistics were measured on transparent pixels composited onto "
+                f"{list(stats.background)}, the model composites onto {list(preprocess.background)}"
+            )
+    return warnings
+
+
+def demo_tokenizer(paths: demo_data.DemoPaths, vocab_size: int) -> Tokenizer:
+    """Our BPE tokenizer trained on the demo's captions (deterministic for a given build)."""
+    return Tokenizer.train(read_caption_files(paths.captions_file), vocab_size=vocab_size)
+
+
+def load_tokenizer(path: str | Path):
+    """Our tokenizer or CLIP's, from a tokenizer.json or a checkpoint directory (which must hold one)."""
+    tokenizer = checkpoint.load_tokenizer(path)
+    if tokenizer is None:
+        raise ValueError(f"{path} has no tokenizer.json")
+    return tokenizer
+
+
+def prepare(config: DataConfig, model: ModelConfig, tokenizer: Tokenizer | None,
+            resolved: ResolvedSources) -> PreparedData:
+    """Loaders for ``resolved`` sources with ``model``'s preprocessing and ``tokenizer`` (None: no text)."""
+    if tokenizer is None and any("text" in s.modalities for s in resolved.train):
+        raise ValueError(
+            "data.tokenizer is not set: give a tokenizer.json (train one with `multimodal tokenizer --captions ...`)"
+        )
+    data = PreparedData(config=config, model=model, tokenizer=tokenizer, sources=resolved.train, eval_sets=[])
+    data.eval_sets = [_prepare_eval_set(data, e) for e in resolved.eval_sets]
+    return data
+
+
+def _with_class_names(eval_set: EvalSetConfig, index: int) -> EvalSetConfig:
+    """``eval_set``, a zero-shot set given no class names with those its data record."""
+    if eval_set.task != "zeroshot" or eval_set.class_names:
+        return eval_set
+    try:
+        return replace(eval_set, class_names=data_class_names(eval_set.shards, eval_set.modality))
+    except ValueError as error:
+        raise ValueError(f"data.eval[{index}] ({eval_set.name}).shards: {error}") from None
+
+
+def _fits(eval_set: EvalSetConfig, model: ModelConfig) -> bool:
+    return set(eval_set.model_modalities) <= set(model.modalities)
+
+
+def _prepare_eval_set(data: PreparedData, eval_set: EvalSetConfig) -> PreparedEvalSet:
+    specs = eval_set.source_specs()
+    factories = {field: (lambda spec=spec: data.eval_loader(spec)) for field, spec in specs.items()}
+    return PreparedEvalSet(config=eval_set, loader_factory=factories["shards"],
+                           gallery_loader_factory=factories.get("gallery_shards"),
+                           train_loader_factory=factories.get("train_shards"))
+
+
+def _demo_progress(stage: str, done: int, total: int) -> None:
+    if done == total:
+        logger.info("demo data: %s done (%d)", stage, total)

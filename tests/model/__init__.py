@@ -1,0 +1,1 @@
+"""Tests of multimodal/'s model core (model, losses, checkpoints, config parsing, pretrained starts)."""
