@@ -42,6 +42,7 @@ class AudioModality(Modality):
     page_element = "audio"
     one, many = "audio", "audio"
     class_caption = "the sound of {}."
+    cut_to = "window"
 
     def recognises(self, path, head: bytes) -> bool:
         """A header soundfile reads."""
@@ -53,7 +54,7 @@ class AudioModality(Modality):
             return False
         return True
 
-    def check_decodes(self, data: bytes, background: tuple[int, int, int]) -> object:
+    def check_decodes(self, data: bytes, **options: Any) -> object:
         from multimodal.data.preprocess.audio_features import check_has_samples, decode_audio
 
         check_has_samples(decode_audio(data)[0])  # a clip with no samples is refused by every reader
@@ -74,7 +75,7 @@ class AudioModality(Modality):
             augment_features(features, levers, rng, norm_std=config.norm_std)
         return {"audio": [features]}
 
-    def collate_into(self, batch: dict, samples: list[dict], *, tokenize=None, windows: bool = False) -> None:
+    def collate_into(self, batch: dict, samples: list[dict], *, tokenize=None, train: bool = True) -> None:
         import torch
 
         from multimodal.data.preprocess.audio_features import collate_audio
@@ -84,21 +85,26 @@ class AudioModality(Modality):
         batch["audio"] = audio
         if bool(padding_mask.any()):
             batch["audio_padding_mask"] = padding_mask
-        if windows:
+        if not train:  # evaluation: every window of a clip is a row, averaged per clip
             owners = [row for row, sample in enumerate(samples) for _ in sample["audio"]]
             batch["audio_window_clip"] = torch.tensor(owners, dtype=torch.int64)  # (W,)
 
     def is_single_input(self, inputs: Any) -> bool:
         return super().is_single_input(inputs) or is_waveform_with_rate(inputs)
 
-    def prepare(self, item: Any, config: Any, *, sample_rate: int | None = None) -> Any:
-        """A path, bytes, a ``(waveform, sample_rate)`` pair, or a waveform with ``sample_rate`` ->
-        its evaluation windows [(T_i, F), ...], at least ``config.min_frames`` long."""
+    def check_levers(self, levers: Any, config: Any, where: str) -> None:
+        """Band-limiting must remove something at the model's sample rate (``config.sample_rate``)."""
+        levers.check_sample_rate(config.sample_rate, where)
+
+    def prepare(self, item: Any, config: Any, **options: Any) -> Any:
+        """A path, bytes, a ``(waveform, sample_rate)`` pair, or a waveform with ``options["sample_rate"]``
+        -> its evaluation windows [(T_i, F), ...], at least ``config.min_frames`` long."""
         import numpy as np
         import torch
 
         from multimodal.data.preprocess.audio_features import audio_to_features
 
+        sample_rate = options.get("sample_rate")
         if is_waveform_with_rate(item):
             item, sample_rate = item
         if isinstance(item, (str, Path)):

@@ -16,6 +16,11 @@ The registry (:mod:`multimodal.data.modalities.registry`) lists the definitions;
 asks it instead of branching on a modality's name. Definitions import torch and the
 decoders only inside their methods, so listing files and asking what an extension is
 cost nothing.
+
+The interface names nothing one modality alone needs. A caller passes what it has, by
+name, as ``options`` (the shard writer its ``background``; the inference API a bare
+waveform's ``sample_rate``): each definition reads the ones it knows and ignores the rest,
+so a caller never asks which modality it is handing them to.
 """
 from __future__ import annotations
 
@@ -53,6 +58,9 @@ class Modality:
     one: ClassVar[str]
     many: ClassVar[str]
     class_caption: ClassVar[str] = "{}"
+    # What training cuts of a long item (see multimodal.data.lengths): "window" (a clip longer
+    # than the model's window), "context" (a caption longer than the text context), or None.
+    cut_to: ClassVar[str | None] = None
 
     # What it is read from
 
@@ -86,9 +94,10 @@ class Modality:
 
     # Writing shards
 
-    def check_decodes(self, data: bytes, background: tuple[int, int, int]) -> object:
+    def check_decodes(self, data: bytes, **options: Any) -> object:
         """Decodes a member as training will (raises ValueError when it does not); returns what is
-        worth measuring of it (an image's pixels), or None."""
+        worth measuring of it (an image's pixels), or None. ``options``: the writer's settings
+        (see the module docstring)."""
         raise NotImplementedError(f"{self.name} is not read from files")
 
     # Training and evaluation samples
@@ -104,9 +113,16 @@ class Modality:
         """
         raise NotImplementedError(f"{self.name} is not read from files")
 
-    def collate_into(self, batch: dict, samples: list[dict], *, tokenize: Callable | None, windows: bool) -> None:
-        """Adds this modality's entries of ``samples`` (all holding it) to ``batch`` (see :mod:`multimodal.data.pipeline.collate`)."""
+    def collate_into(self, batch: dict, samples: list[dict], *, tokenize: Callable | None, train: bool) -> None:
+        """Adds this modality's entries of ``samples`` (all holding it) to ``batch`` (see :mod:`multimodal.data.pipeline.collate`).
+
+        ``train``: False for an evaluation batch, whose entries may say which sample each row is of.
+        """
         raise NotImplementedError
+
+    def check_levers(self, levers: Any, config: Any, where: str) -> None:
+        """Raises ValueError when augmentation ``levers`` of this modality cannot act on items
+        preprocessed with ``config`` (``where`` names the setting); nothing to check by default."""
 
     # Inference inputs
 
@@ -118,8 +134,10 @@ class Modality:
         """A batch given as one object (an (N, 3, H, W) array) -> its items; None when it is not one."""
         return None
 
-    def prepare(self, item: Any, config: Any, *, sample_rate: int | None = None) -> Any:
-        """One raw input -> its model-ready form, with the preprocessing ``config`` describes."""
+    def prepare(self, item: Any, config: Any, **options: Any) -> Any:
+        """One raw input -> its model-ready form, with the preprocessing ``config`` describes.
+
+        ``options``: what the caller says of its inputs (see the module docstring)."""
         raise NotImplementedError
 
     # Showing it

@@ -83,10 +83,11 @@ class ImageModality(Modality):
         """The raster formats and SVG drawings (rasterised when prepared)."""
         return self.extensions + DRAWING_EXTENSIONS
 
-    def check_decodes(self, data: bytes, background: tuple[int, int, int]) -> object:
-        from multimodal.data.preprocess.image_transforms import decode_image
+    def check_decodes(self, data: bytes, **options: Any) -> object:
+        """``options["background"]``: what transparent pixels are composited onto (default white)."""
+        from multimodal.data.preprocess.image_transforms import WHITE, decode_image
 
-        return decode_image(data, background)  # uint8 (3, H, W): the writer measures its statistics
+        return decode_image(data, options.get("background", WHITE))  # uint8 (3, H, W): the writer measures its statistics
 
     def load_member(self, data: bytes, config: Any, *, train: bool, rng: random.Random | None, levers: Any) -> dict:
         from multimodal.data.preprocess.augment_image import draw_image_levers
@@ -100,7 +101,7 @@ class ImageModality(Modality):
             entries["image_draws"] = draw_image_levers(levers, rng, max(crop.shape[1:]))
         return entries
 
-    def collate_into(self, batch: dict, samples: list[dict], *, tokenize=None, windows: bool = False) -> None:
+    def collate_into(self, batch: dict, samples: list[dict], *, tokenize=None, train: bool = True) -> None:
         from multimodal.data.preprocess.augment_image import augment_images
         from multimodal.data.preprocess.image_transforms import collate_images
 
@@ -115,7 +116,7 @@ class ImageModality(Modality):
         """An (N, 3, H, W) / (N, H, W, 3) tensor or array is N images."""
         return list(inputs) if getattr(inputs, "ndim", None) == 4 else None
 
-    def prepare(self, item: Any, config: Any, *, sample_rate: int | None = None) -> Any:
+    def prepare(self, item: Any, config: Any, **options: Any) -> Any:
         """A path, bytes, PIL image, uint8 or [0, 1] float tensor/array -> normalised float32 (3, S, S).
 
         An SVG drawing (path or bytes) is rasterised first, as the shard writer does (:func:`rasterised`).

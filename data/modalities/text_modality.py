@@ -20,6 +20,7 @@ class TextModality(Modality):
     name = "text"
     batching = "captions"
     one, many = "a caption", "captions"
+    cut_to = "context"
 
     @property
     def folder_extensions(self) -> tuple[str, ...]:
@@ -35,7 +36,7 @@ class TextModality(Modality):
         """A ``.txt`` file in a folder: one caption, its whole text."""
         return path.read_text(encoding="utf-8").strip()
 
-    def collate_into(self, batch: dict, samples: list[dict], *, tokenize=None, windows: bool = False) -> None:
+    def collate_into(self, batch: dict, samples: list[dict], *, tokenize=None, train: bool = True) -> None:
         """``tokenize(captions) -> (ids (M, L), padding_mask (M, L) or None)``; None keeps the strings."""
         import torch
 
@@ -64,7 +65,7 @@ class TextModality(Modality):
             batch["text_padding_mask"] = padding_mask
         batch["text"] = ids
 
-    def prepare(self, item: Any, config: Any = None, *, sample_rate: int | None = None) -> Any:
+    def prepare(self, item: Any, config: Any = None, **options: Any) -> Any:
         """A caption stays a string (tokenised in batches when encoded); an empty one is refused
         (ValueError): it says nothing, and its embedding would be that of the padding alone."""
         if not isinstance(item, str):

@@ -126,7 +126,7 @@ class BatchStream(IterableDataset):
                 active.remove(index)
             if not samples or (self.drop_last and len(samples) < self.batch_size):
                 continue
-            batch = collate_samples(samples, self.tokenize, self.names[index], audio_windows=not self.train)
+            batch = collate_samples(samples, self.tokenize, self.names[index], train=self.train)
             batch["__stats__"] = counts.take()
             done += 1
             yield batch

@@ -48,7 +48,7 @@ def trim_padding_columns(ids: torch.Tensor, padding_mask: torch.Tensor) -> tuple
 
 
 def collate_samples(
-    samples: list[dict], tokenize: Tokenize | None, source: str, *, audio_windows: bool = False
+    samples: list[dict], tokenize: Tokenize | None, source: str, *, train: bool = True
 ) -> dict:
     """Preprocessed samples of one source -> a batch dict (images stay uint8).
 
@@ -56,7 +56,7 @@ def collate_samples(
     have their images augmented here, the batch at once (:func:`~multimodal.data.preprocess.augment_image.augment_images`).
 
     A sample's "audio" is a list of (T, F) windows: one crop in training; in
-    evaluation (``audio_windows=True``) every window of the clip, each a row of
+    evaluation (``train=False``) every window of the clip, each a row of
     "audio", with "audio_window_clip" int64 (W,) giving the sample each row belongs
     to. "audio_padding_mask" is present when some row is shorter than the longest.
     A sample's "text" is its caption, or the list of all its captions: then each is a
@@ -68,7 +68,7 @@ def collate_samples(
     first = samples[0]
     for modality in MEDIA_FIRST:  # members, then captions: the order batches have always been built in
         if modality in first:
-            get_modality(modality).collate_into(batch, samples, tokenize=tokenize, windows=audio_windows)
+            get_modality(modality).collate_into(batch, samples, tokenize=tokenize, train=train)
     if "label" in first:
         batch["label"] = torch.tensor([sample["label"] for sample in samples], dtype=torch.int64)  # (B,)
     return batch

@@ -230,7 +230,7 @@ def _decode_media(extension: str, data: bytes, background: tuple[int, int, int] 
     (3, H, W), else None. Raises ValueError when the bytes do not decode.
     """
     modality = modality_of_extension(extension)
-    return get_modality(modality).check_decodes(data, background) if modality is not None else None
+    return get_modality(modality).check_decodes(data, background=background) if modality is not None else None
 
 
 class _SampleError(Exception):

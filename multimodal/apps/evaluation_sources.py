@@ -156,7 +156,7 @@ class ClassFolderLoader:
 
     def _batch(self, samples: list[dict], counts: WorkerCounts) -> dict:
         self.stats.add(counts.take())
-        batch = collate_samples(samples, None, self.name, audio_windows=True)
+        batch = collate_samples(samples, None, self.name, train=False)
         return finish_batch(batch, self.preprocess.get("image"))
 
 

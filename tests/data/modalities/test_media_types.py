@@ -81,7 +81,7 @@ def test_a_file_of_each_registered_extension_is_listed_found_decoded_and_served(
 
     if name == "image":
         assert media_type(extension) == Image.open(io.BytesIO(data)).get_format_mimetype()
-        decoded = definition.check_decodes(data, (0, 0, 0))  # uint8 (3, 16, 16)
+        decoded = definition.check_decodes(data, background=(0, 0, 0))  # uint8 (3, 16, 16)
         assert decoded.shape == (3, 16, 16)
         assert (decoded.float() - torch.tensor(COLOUR).view(3, 1, 1)).abs().max() <= 6  # JPEG and GIF are lossy
         # Evaluation's centre crop of the whole square is the square.
@@ -89,7 +89,7 @@ def test_a_file_of_each_registered_extension_is_listed_found_decoded_and_served(
         assert torch.equal(crop["image"], decoded)
     else:
         assert media_type(extension).startswith("audio/")
-        definition.check_decodes(data, (0, 0, 0))
+        definition.check_decodes(data, background=(0, 0, 0))
         config = AudioPreprocessConfig(sample_rate=RATE)
         [window] = definition.load_member(data, config, train=False, rng=None, levers=None)["audio"]
         assert window.shape[1] == config.num_mel_bins and window.shape[0] >= 48  # 10 ms frames of half a second

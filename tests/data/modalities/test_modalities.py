@@ -104,7 +104,7 @@ class VectorModality(Modality):
     batching = "stack"
     one, many = "a vector", "vectors"
 
-    def check_decodes(self, data, background):
+    def check_decodes(self, data, **options):
         np.load(io.BytesIO(data), allow_pickle=False)
 
     def load_member(self, data, config, *, train, rng, levers):
@@ -114,7 +114,7 @@ class VectorModality(Modality):
             raise ValueError(f"not a .npy array: {error}") from None
         return {"vector": torch.from_numpy(values * config["scale"]).float()}
 
-    def collate_into(self, batch, samples, *, tokenize=None, windows=False):
+    def collate_into(self, batch, samples, *, tokenize=None, train=True):
         batch["vector"] = torch.stack([sample["vector"] for sample in samples])
 
 VECTOR = VectorModality()
