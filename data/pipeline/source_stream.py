@@ -89,6 +89,8 @@ class SourceStream:
         self.levers = {m: spec.augment.levers_for(m) if settings.train and spec.augment.enabled_for(m) else None
                        for m in self.member_modalities}
         self.definitions = {m: get_modality(m) for m in self.member_modalities}
+        # Read from the sample's captions (text): the modalities with no member of their own.
+        self.caption_modalities = [m for m in MODALITIES if m in spec.modalities and not get_modality(m).reads_files]
         self.members_read = self.fields.members_read(spec.modalities)  # the rest is dropped as a sample is read
         self.sample_seed = stable_int("sample", *settings.seed_parts, index)
         self.shard_rng = random.Random(stable_int("shards", *settings.seed_parts, index))
@@ -249,14 +251,14 @@ class SourceStream:
             return sample
 
     def _preprocess(self, raw: dict, rng: random.Random | None) -> dict:
-        modalities, fields, settings = self.spec.modalities, self.fields, self.settings
+        fields, settings = self.fields, self.settings
         # Cheap checks first: a sample missing a field is rejected before anything is decoded
         # (a missing member was already dropped before the shuffle buffer).
         members = {modality: fields.member(raw, modality) for modality in self.member_modalities}
         sample: dict = {"__key__": raw["__key__"]}
-        if "text" in modalities:
+        for modality in self.caption_modalities:
             # A list (every caption) only for an evaluation source that asks for it; make_loader refuses it in training.
-            sample["text"] = fields.captions(raw) if self.spec.all_captions else fields.caption(raw, rng)
+            sample[modality] = fields.captions(raw) if self.spec.all_captions else fields.caption(raw, rng)
         if fields.label_key is not None:
             sample["label"] = fields.label(raw)
         for modality, data in members.items():

@@ -348,17 +348,25 @@ def _media_members(source: SampleSource, preparation: _Preparation, prepared: _P
                 raise _SampleError("bad_image", f"svg does not rasterise: {error}") from error
             extension = "png"
             prepared.rasterised_svg = True
+        decoded = None
         if preparation.validate:
             try:
                 decoded = preparation.validator(extension, data)
             except (ValueError, RuntimeError) as error:
-                reason = f"bad_{modality_of_extension(extension) or 'image'}"
+                # Every extension read here is a registered one: an SVG was rasterised to png above.
+                reason = f"bad_{modality_of_extension(extension)}"
                 raise _SampleError(reason, f"{extension} does not decode: {error}") from error
-            if modality_of_extension(extension) == "image" and decoded is not None:
-                prepared.image = decoded
-        if modality_of_extension(extension) == "image":
-            prepared.image_bytes = data
+        _keep_for_image_statistics(prepared, extension, data, decoded)
         prepared.members[extension] = data
+
+
+def _keep_for_image_statistics(prepared: _PreparedSample, extension: str, data: bytes, decoded: object) -> None:
+    """Keeps an image member (and its pixels, when validation decoded them) for the split's image_stats.json:
+    statistics of images' pixels, which only images have."""
+    if modality_of_extension(extension) == "image":
+        prepared.image_bytes = data
+        if decoded is not None:
+            prepared.image = decoded
 
 
 def _prepare(source: SampleSource, preparation: _Preparation) -> _PreparedSample:
@@ -488,7 +496,8 @@ def _length_counts(limits: LengthLimits | None) -> LengthCounts | None:
 def _count_lengths(counts: LengthCounts, prepared: _PreparedSample) -> None:
     """Adds a written sample's clips, and its captions as training reads them (default caption keys), to ``counts``."""
     for extension, data in prepared.members.items():
-        if modality_of_extension(extension) == "audio":
+        modality = modality_of_extension(extension)  # None for captions and fields
+        if modality is not None and get_modality(modality).cut_to == "window":
             counts.add_clip(data)
     try:
         counts.add_captions(_TRAINING_FIELDS.captions(prepared.members))

@@ -32,7 +32,7 @@ from multimodal.data.preprocess.augment_config import (
 )
 from multimodal.data.preprocess.image_stats import read_image_stats
 from multimodal.data.pipeline.loader import make_loader
-from multimodal.data.modalities.registry import MEDIA_MODALITIES
+from multimodal.data.modalities.registry import MEDIA_MODALITIES, get_modality
 from multimodal.data.pipeline.remote import RemoteConfig
 from multimodal.data.pipeline.shard_reader import expand_shards, is_remote
 from multimodal.data.pipeline.source_spec import SourceSpec
@@ -301,8 +301,10 @@ def _check_distinct_names(train: list[SourceSpec]) -> None:
 def _check_augment(source: SourceSpec, model: ModelConfig, where: str, *, warn_unused: bool) -> None:
     """Raises ValueError for augmentation the model's preprocessing makes meaningless; warns about levers
     of a modality the source does not read (``warn_unused``)."""
-    if "audio" in source.modalities and model.audio_preprocess is not None:
-        source.augment.audio.check_sample_rate(model.audio_preprocess.sample_rate, f"{where}.augment.audio")
+    for modality, preprocess in model.preprocess.items():
+        levers = source.augment.levers_for(modality)
+        if modality in source.modalities and levers is not None:
+            get_modality(modality).check_levers(levers, preprocess, f"{where}.augment.{modality}")
     if not warn_unused:
         return
     for modality in MEDIA_MODALITIES:
@@ -364,7 +366,7 @@ def load_tokenizer(path: str | Path):
 def prepare(config: DataConfig, model: ModelConfig, tokenizer: Tokenizer | None,
             resolved: ResolvedSources) -> PreparedData:
     """Loaders for ``resolved`` sources with ``model``'s preprocessing and ``tokenizer`` (None: no text)."""
-    if tokenizer is None and any("text" in s.modalities for s in resolved.train):
+    if tokenizer is None and any(get_modality(m).batching == "captions" for s in resolved.train for m in s.modalities):
         raise ValueError(
             "data.tokenizer is not set: give a tokenizer.json (train one with `multimodal tokenizer --captions ...`)"
         )

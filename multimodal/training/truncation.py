@@ -87,8 +87,9 @@ def _measure_source(
     measured = SourceLengths(where, LengthCounts(limits))
     urls = expand_shards(source.shards, check_exists=False)  # checked when the sources were resolved
     measured.num_shards = len(urls)
-    read_audio = "audio" in source.modalities and limits.audio is not None
-    read_text = "text" in source.modalities and limits.context_length is not None
+    cuts = _cuts(source)
+    read_audio = "window" in cuts and limits.audio is not None
+    read_text = "context" in cuts and limits.context_length is not None
     if any(is_remote(url) for url in urls):
         measured.measured = False
         return measured
@@ -120,20 +121,27 @@ def _raw_samples(urls: list[str]) -> Iterator[tuple[int, dict]]:
                 yield index, raw
 
 
+def _cuts(source: SourceSpec) -> dict[str, str]:
+    """What training cuts of ``source``'s items (its definitions' ``cut_to``: "window", "context") -> the modality cut so."""
+    return {get_modality(modality).cut_to: modality for modality in source.modalities
+            if get_modality(modality).cut_to is not None}
+
+
 def _count_sample(raw: dict, source: SourceSpec, fields: SampleFields, clips: LengthCounts | None,
                   captions: list[str] | None) -> None:
     """Adds a raw sample's clip to ``clips`` and its captions to ``captions``, as training reads the sample.
 
     A sample lacking one of the source's modalities is skipped by training, so it is not counted.
     """
+    cuts = _cuts(source)
     try:
         members = {modality: fields.member(raw, modality) for modality in source.modalities
                    if get_modality(modality).reads_files}
-        texts = fields.captions(raw) if "text" in source.modalities else []
+        texts = fields.captions(raw) if "context" in cuts else []
     except UnusableSample:
         return  # training skips it too (and counts it among its skipped samples)
     if clips is not None:
-        clips.add_clip(members["audio"])
+        clips.add_clip(members[cuts["window"]])
     if captions is not None:
         captions.extend(texts)
 

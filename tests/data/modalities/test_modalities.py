@@ -1,8 +1,9 @@
 """Each modality is defined once, and the commands ask the definition instead of branching on names.
 
-Three kinds of check: the registry's behaviour (its errors, the order it gives pair names
+Four kinds of check: the registry's behaviour (its errors, the order it gives pair names
 and batches); the source, read with ast, holding no comparison of a modality variable
-against a name outside the definitions; and a fourth modality added as its own module
+against a name outside the definitions; no literal modality name outside the places allowed, each
+with its reason; and a fourth modality added as its own module
 plus one registry entry, which shards, the loader and the skip counts then handle with no
 other edit. That every registered extension reads a file of its format is checked in
 ``test_media_types.py``.
@@ -87,6 +88,81 @@ def test_no_command_branches_on_a_modalitys_name():
             ):
                 offences.append(f"{relative}:{node.lineno}: {ast.unparse(node)}")
     assert not offences, "\n".join(offences)
+
+
+# Where a modality's name may be written out ("image"), each with why. Everywhere else a
+# command asks the registry or the definition (its reads_files, batching, cut_to ...).
+LITERAL_NAMES_ALLOWED = {
+    "data/modalities/text_modality.py": "the definition names its own entries",
+    "data/modalities/image_modality.py": "the definition names its own entries",
+    "data/modalities/audio_modality.py": "the definition names its own entries",
+    "multimodal/interop/": "other projects' checkpoints hold towers of fixed names",
+    "multimodal/presets.py": "a preset names the towers it builds",
+    "multimodal/modality_parts.py": "the model's parts, one entry per modality, as the registry's definitions",
+    "data/demo/": "the demo's own collections: digits as pictures and as speech",
+    "eval/templates.py": "the default prompt templates of each modality",
+    # Not turned into questions yet:
+    "multimodal/checkpoint.py": "reads the fixed config fields model.audio / audio_preprocess of old checkpoints",
+    "multimodal/training/trainer.py": "reads the config field model.image of an init_from checkpoint",
+    "multimodal/training/alignment.py": "the default pairs: every tower with text",
+    "multimodal/apps/api.py": "embed_images / embed_audio / embed_texts and the text side of zero-shot",
+    "multimodal/apps/evaluation.py": "EvalSetConfig's defaults (image, text) that old run configs rely on; the text side",
+    "multimodal/apps/evaluation_sources.py": "images are normalised after the loader, no other modality is",
+    "multimodal/apps/search/query.py": "a query is text by default",
+    "multimodal/apps/search/collection.py": "the captions a result is shown with",
+    "multimodal/apps/search_server.py": "the search page's text field",
+    "multimodal/cli/classify.py": "zero-shot's text side",
+    "multimodal/cli/evaluate.py": "the option default --gallery-modality text; whether a source reads captions",
+    "multimodal/cli/tokenizer.py": "reads the captions of shard samples",
+    "data/pipeline/loader.py": "images are normalised after the loader, no other modality is",
+    "data/pipeline/sample_fields.py": "the config fields image_keys / audio_keys of SourceSpec",
+    "data/pipeline/source_spec.py": "SourceSpec's default modalities (image, text) that old run configs rely on",
+    "data/writing/listing.py": "how a folder report words the files of each modality",
+    "data/writing/pairing.py": "an SVG drawing is read as an image",
+    "eval/metrics.py": "a retrieval report's default side names",
+}
+# Functions of otherwise clean files that may, with why: (file, function) -> reason.
+LITERAL_NAMES_ALLOWED_IN = {
+    ("multimodal/training/data_sources.py", "demo_eval_sets"): "the demo's evaluation sets, by collection",
+    ("multimodal/training/data_sources.py", "resolve_sources"): "the demo's two training collections, image and audio with text",
+    ("multimodal/training/data_sources.py", "normalisation_warnings"): "measured image statistics against the image normalisation",
+    ("data/writing/writer.py", "_keep_for_image_statistics"): "image_stats.json measures images' pixels",
+}
+
+
+def _literal_names(tree: ast.AST, relative: str) -> list[str]:
+    """``file:line: "image"`` for each string constant that is a modality's name, outside the allowed functions."""
+    found = []
+
+    def visit(node: ast.AST, allowed: bool) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            allowed = allowed or (relative, node.name) in LITERAL_NAMES_ALLOWED_IN
+        if isinstance(node, ast.Constant) and node.value in MODALITIES and not allowed:
+            found.append(f"{relative}:{node.lineno}: {node.value!r}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, allowed)
+
+    visit(tree, False)
+    return found
+
+
+def test_no_modality_is_named_outside_the_allowed_places():
+    """A literal "image", "audio" or "text" outside the places above: ask the registry or the definition."""
+    offences = []
+    for package in ("multimodal", "data", "eval", "encoders"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if not relative.startswith(tuple(LITERAL_NAMES_ALLOWED)):
+                offences += _literal_names(ast.parse(path.read_text(), filename=relative), relative)
+    assert not offences, "\n".join(offences)
+
+
+def test_the_allowed_places_exist():
+    """An allowed file or function that moved or went away leaves no stale entry behind."""
+    assert all((ROOT / place).exists() for place in LITERAL_NAMES_ALLOWED)
+    for relative, function in LITERAL_NAMES_ALLOWED_IN:
+        tree = ast.parse((ROOT / relative).read_text())
+        assert function in {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}, (relative, function)
 
 
 # A fourth modality, as a user would add one: a definition module of its own (here a vector
