@@ -4,7 +4,7 @@
 2. the train step of a ViT-B/16 CLIP (image 224 px in 16 px patches, width 768 x 12
    blocks; text 77 tokens, width 512 x 12 blocks) at batch 256 in bf16: open_clip's
    default step (autocast, ClipLoss, AdamW) against the trainer's own step
-   (``multimodal.training.trainer.train_step`` under Accelerate's bf16, fused AdamW, clipping),
+   (``multimodal.training.step.train_step`` under Accelerate's bf16, fused AdamW, clipping),
    eager and compiled per block (``--compile true``), at patch dropout 0 and 0.5; each
    with its model-FLOPs utilisation against the GPU's dense bf16 peak (989 TFLOP/s on
    H100/H200 SXM) and samples/s, alternating side by side;
@@ -61,7 +61,7 @@ def train_steps(config: StepConfig, device: torch.device, rounds: int, compile_b
     from accelerate import Accelerator
 
     from bench.bench_train_step import trainer_step
-    from multimodal.training import trainer as train
+    from multimodal.training import model_setup
 
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16")
     batch = {k: v.to(device) for k, v in make_batch(config).items()}
@@ -75,7 +75,7 @@ def train_steps(config: StepConfig, device: torch.device, rounds: int, compile_b
             ours = our_model(config).to(device)
             ours.encoders["image"].patch_dropout.rate = rate
             if compiled:
-                train.compile_blocks(ours)
+                model_setup.compile_blocks(ours)
             runners[f"ours{' compiled' if compiled else ''} pd{rate}"] = trainer_step(accelerator, ours, batch)
     for name, runner in list(runners.items()):
         runners[name] = synchronized(runner, device)

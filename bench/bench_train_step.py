@@ -7,7 +7,7 @@ text with end-of-text pooling, projections without bias), compared in fp32 and i
 * open_clip's default step: ``open_clip.model.CLIP`` with ``ClipLoss`` and the default
   (for-loop) ``AdamW``, no gradient clipping; in bf16, ``torch.autocast("cpu",
   dtype=torch.bfloat16)`` around forward and loss.
-* ours: exactly what ``train.py`` runs for one step, ``multimodal.training.trainer.train_step``:
+* ours: exactly what ``train.py`` runs for one step, ``multimodal.training.step.train_step``:
   the trainer's optimiser (``build_optimizer``: fused AdamW, no decay on norms, biases,
   positions and temperatures), its schedule, gradient clipping at 1.0, temperature
   clamping, and its precision through Accelerate (``--mixed_precision no`` or ``bf16``,
@@ -16,7 +16,7 @@ text with end-of-text pooling, projections without bias), compared in fp32 and i
 * in bf16 also a candidate recipe the trainer does not use: bf16 weights with fp32
   master weights (``Bf16MasterWeights``), printed for comparison only.
 * with ``--compile``, also the trainer's step with ``--compile true`` (``torch.compile``
-  per block, ``multimodal.training.trainer.compile_blocks``); its first step, which compiles, is
+  per block, ``multimodal.training.model_setup.compile_blocks``); its first step, which compiles, is
   timed apart and printed as the compile time.
 
 Each precision runs in a process of its own (Accelerate fixes the precision once per
@@ -204,16 +204,18 @@ def candidate_master_weights_step(model: MultimodalModel, batch: dict) -> Callab
 
 def trainer_step(accelerator, model: MultimodalModel, batch: dict) -> Callable[[], None]:
     """What ``train.py`` runs for one step of ``model`` on ``batch``, with the process's Accelerator."""
-    from multimodal.training import trainer as train
+    from multimodal.training.optimizer import build_optimizer, cosine_with_warmup
+    from multimodal.training.step import train_step
+    from multimodal.training.train_config import OptimConfig
 
-    optim = train.OptimConfig(lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS, steps=10**9,
-                              warmup_steps=0)
-    optimizer = train.build_optimizer(model, optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.cosine_with_warmup(optim))
+    optim = OptimConfig(lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS, steps=10**9,
+                        warmup_steps=0)
+    optimizer = build_optimizer(model, optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(optim))
     prepared, optimizer = accelerator.prepare(model, optimizer)
 
     def step() -> None:
-        train.train_step(accelerator, prepared, optimizer, scheduler, [batch], optim.grad_clip)
+        train_step(accelerator, prepared, optimizer, scheduler, [batch], optim.grad_clip)
 
     return step
 
@@ -223,10 +225,10 @@ COMPILED = "ours --compile true"
 
 def compiled_trainer_step(accelerator, c: StepConfig, batch: dict) -> tuple[Callable[[], None], float]:
     """The trainer's step with its blocks compiled, and the seconds its first (compiling) step took."""
-    from multimodal.training import trainer as train
+    from multimodal.training.model_setup import compile_blocks
 
     model = our_model(c)
-    train.compile_blocks(model)
+    compile_blocks(model)
     step = trainer_step(accelerator, model, batch)
     started = time.perf_counter()
     step()

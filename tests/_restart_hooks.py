@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 
-from multimodal.training import run_checkpoints, trainer as train
+from multimodal.training import run_checkpoints, trainer
 
 RANK = int(os.environ.get("RANK", "0"))
 FIRST_ATTEMPT = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 TIMES = Path(os.environ["FAULT_TIMES"]) if "FAULT_TIMES" in os.environ else None
-START_STEP = 0  # the step the run started (or resumed) at
 steps_done = 0  # steps trained by this process
 
 
@@ -45,12 +44,12 @@ def fault() -> tuple[str, int] | None:
     return (kind, int(step)) if int(rank) == RANK else None
 
 
-def step_with_faults(real_step, *args, **kwargs):
+def fault_after_step(step: int) -> None:
+    """The trainer's ``after_step`` hook: counts the steps trained, and strikes after the planned one."""
     global steps_done
-    result = real_step(*args, **kwargs)
     steps_done += 1
     planned = fault()
-    if planned is not None and planned[1] == steps_done + START_STEP:
+    if planned is not None and planned[1] == step:
         if planned[0] == "kill":
             note_time("fault")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -59,7 +58,6 @@ def step_with_faults(real_step, *args, **kwargs):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a hung process: the launcher's SIGTERM ends it
             while True:
                 time.sleep(1)
-    return result
 
 
 def save_with_faults(real_save, obj, path, *args, **kwargs):
@@ -76,21 +74,12 @@ def leave_noting_time(real_leave, status: int) -> None:
     real_leave(status)
 
 
-def start_run_noting_step(real_start, config):
-    global START_STEP
-    run = real_start(config)
-    START_STEP = run.start_step
-    return run
-
-
 if __name__ == "__main__":
-    train.train_step = functools.partial(step_with_faults, train.train_step)
-    train.start_run = functools.partial(start_run_noting_step, train.start_run)
     run_checkpoints.torch.save = functools.partial(save_with_faults, torch.save)
-    train.leave_now = functools.partial(leave_noting_time, train.leave_now)
+    trainer.leave_now = functools.partial(leave_noting_time, trainer.leave_now)
     if "SECONDS_PER_STEP" in os.environ:
         seconds = float(os.environ["SECONDS_PER_STEP"])
         if int(os.environ.get("CLOCK_RANK", RANK)) != RANK:
             seconds = 0.0
-        train.CheckpointClock = functools.partial(run_checkpoints.CheckpointClock, clock=lambda: steps_done * seconds)
-    train.main(sys.argv[1:])
+        trainer.CheckpointClock = functools.partial(run_checkpoints.CheckpointClock, clock=lambda: steps_done * seconds)
+    trainer.main(sys.argv[1:], after_step=fault_after_step)

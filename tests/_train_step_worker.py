@@ -22,7 +22,10 @@ from pathlib import Path
 
 import torch
 
-from multimodal.training import trainer as train
+from multimodal.training.optimizer import cosine_with_warmup
+from multimodal.training.run_checkpoints import save_training_checkpoint
+from multimodal.training.step import compute_gradients, optimizer_step
+from multimodal.training.train_config import OptimConfig, TrainConfig
 from multimodal.training.fsdp import full_model_state, full_tensor, shard_model
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
@@ -49,11 +52,11 @@ def run(output: str, accum_steps: int, distributed: str) -> None:
     torch.manual_seed(0)
     config = tiny(["text", "image"])
     model = MultimodalModel(config)
-    optim = train.OptimConfig(lr=SGD_LR, warmup_steps=1, steps=10, accum_steps=accum_steps)
+    optim = OptimConfig(lr=SGD_LR, warmup_steps=1, steps=10, accum_steps=accum_steps)
     if distributed == "fsdp":
         shard_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.cosine_with_warmup(optim))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(optim))
     if distributed == "fsdp":
         optimizer = accelerator.prepare(optimizer)
     else:
@@ -67,16 +70,16 @@ def run(output: str, accum_steps: int, distributed: str) -> None:
     size = per_rank // accum_steps
     micro_batches = [{k: v[i * size : (i + 1) * size] for k, v in local.items()} for i in range(accum_steps)]
 
-    loss, _ = train.compute_gradients(accelerator, model, micro_batches)
+    loss, _ = compute_gradients(accelerator, model, micro_batches)
     gradients = {name: full_tensor(p.grad).detach().clone() for name, p in unwrapped.named_parameters()
                  if p.grad is not None}
-    train.optimizer_step(accelerator, model, optimizer, scheduler, grad_clip=1.0)
+    optimizer_step(accelerator, model, optimizer, scheduler, grad_clip=1.0)
     mean_loss = accelerator.reduce(loss, reduction="mean")
     state = full_model_state(unwrapped) if distributed == "fsdp" else unwrapped.state_dict()
     result = {"loss": mean_loss, "gradients": gradients, "state": {k: v.detach().clone() for k, v in state.items()}}
     if distributed == "fsdp":
-        train.save_training_checkpoint(accelerator, model, optimizer, scheduler, None, train.TrainConfig(model=config),
-                                       Path(output + ".run"), 1)
+        save_training_checkpoint(accelerator, model, optimizer, scheduler, None, TrainConfig(model=config),
+                                 Path(output + ".run"), 1)
         model.eval()
         with torch.no_grad():
             result["embeddings"] = {m: model.encode(m, batch[m]).detach() for m in ("text", "image")}

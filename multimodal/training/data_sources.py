@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from multimodal.data.demo import dataset as demo_data
+from multimodal.data.demo import dataset
 from multimodal.data.preprocess.augment_config import (
     AffineAugment,
     AugmentConfig,
@@ -190,7 +190,7 @@ class PreparedData:
         return self.current_loader.stats.total_skipped() if self.current_loader is not None else 0
 
 
-def demo_eval_sets(paths: demo_data.DemoPaths) -> list[EvalSetConfig]:
+def demo_eval_sets(paths: dataset.DemoPaths) -> list[EvalSetConfig]:
     """The demo's evaluation sets: zero-shot images and speech, each on held-out data of the
     training collections and on other collections, and emergent speech -> image retrieval.
 
@@ -227,7 +227,7 @@ class ResolvedSources:
 
     train: list[SourceSpec]
     eval_sets: list[EvalSetConfig]
-    demo: demo_data.DemoPaths | None = None
+    demo: dataset.DemoPaths | None = None
 
 
 def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = True) -> ResolvedSources:
@@ -266,8 +266,8 @@ def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = 
         raise ValueError(f"the demo trains image-text and audio-text pairs; this model has only {model.modalities}")
     if "image" in trained and not (math.isfinite(config.demo_image_weight) and config.demo_image_weight > 0):
         raise ValueError(f"data.demo_image_weight must be a positive number, got {config.demo_image_weight}")
-    paths = demo_data.build_demo(config.demo_dir, scale=config.demo_scale,
-                                 progress=_demo_progress if progress else None)
+    paths = dataset.build_demo(config.demo_dir, scale=config.demo_scale,
+                               progress=_demo_progress if progress else None)
     augment = config.demo_augment if config.demo_augment is not None else AugmentConfig()
     label_key = "json:label" if config.demo_label_positives else None
     train = [SourceSpec(shards=getattr(paths, collections[m][0]), modalities=[m, "text"], augment=augment,
@@ -350,7 +350,7 @@ def normalisation_warnings(resolved: ResolvedSources, model: ModelConfig) -> lis
     return warnings
 
 
-def demo_tokenizer(paths: demo_data.DemoPaths, vocab_size: int) -> Tokenizer:
+def demo_tokenizer(paths: dataset.DemoPaths, vocab_size: int) -> Tokenizer:
     """Our BPE tokenizer trained on the demo's captions (deterministic for a given build)."""
     return Tokenizer.train(read_caption_files(paths.captions_file), vocab_size=vocab_size)
 

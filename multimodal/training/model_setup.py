@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from multimodal.training import data_sources as sources
+from multimodal.training import data_sources
 from multimodal.checkpoint import load_tokenizer as checkpoint_tokenizer
 from multimodal.config_parser import apply_overrides
 from multimodal.encoders import Block
@@ -16,18 +16,18 @@ from multimodal.pretrained import load_pretrained, lock_towers, pretrained_tower
 from multimodal.training.train_config import OptimConfig
 
 if TYPE_CHECKING:
-    from multimodal.training.trainer import TrainConfig
+    from multimodal.training.train_config import TrainConfig
 
 
-def choose_tokenizer(config: TrainConfig, resolved: sources.ResolvedSources, resume_from: Path | None):
+def choose_tokenizer(config: TrainConfig, resolved: data_sources.ResolvedSources, resume_from: Path | None):
     """The tokenizer of the run: the resumed checkpoint's, a file, the init_from checkpoint's, or the demo's."""
     if config.model.text is None:
         return None
     if resume_from is not None:
-        return sources.load_tokenizer(resume_from)
+        return data_sources.load_tokenizer(resume_from)
     if config.data.tokenizer is not None:
         try:
-            tokenizer = sources.load_tokenizer(config.data.tokenizer)
+            tokenizer = data_sources.load_tokenizer(config.data.tokenizer)
         except (ValueError, OSError) as error:
             raise ValueError(f"data.tokenizer: {error}") from None
         if config.init_from is not None and not same_tokenizer(config.data.tokenizer, config.init_from):
@@ -41,7 +41,7 @@ def choose_tokenizer(config: TrainConfig, resolved: sources.ResolvedSources, res
         if tokenizer is not None:  # an audio-only checkpoint (AST) has none: the data's then
             return tokenizer
     if resolved.demo is not None:
-        return sources.demo_tokenizer(resolved.demo, config.data.tokenizer_vocab_size)
+        return data_sources.demo_tokenizer(resolved.demo, config.data.tokenizer_vocab_size)
     return None
 
 

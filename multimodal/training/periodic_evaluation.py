@@ -4,16 +4,13 @@ from __future__ import annotations
 import logging
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from multimodal.apps import evaluation
 from multimodal.checkpoint import load_state_checked
 from multimodal.model import MultimodalModel
 from multimodal.training.run_checkpoints import whole_weights
 from multimodal.training.fsdp import is_sharded
-
-if TYPE_CHECKING:
-    from multimodal.training.trainer import Run
+from multimodal.training.run import Run
 
 # The trainer's messages, under one name wherever they are written.
 logger = logging.getLogger("multimodal.training.trainer")

@@ -32,7 +32,7 @@ from multimodal.training.random_state import python_rng_state, rng_state, set_py
 from multimodal.training.fsdp import full_model_state, full_optimizer_state, is_sharded, load_optimizer_state
 
 if TYPE_CHECKING:
-    from multimodal.training.trainer import TrainConfig
+    from multimodal.training.train_config import TrainConfig
 
 TRAINING_STATE_FILE = "training_state.pt"
 EMA_DIR = "ema"  # in a training checkpoint: the averaged weights, a checkpoint directory of their own

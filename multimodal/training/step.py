@@ -1,7 +1,6 @@
 """One optimiser step: the contrastive loss's gradients over the micro-batches, then the update.
 
-``multimodal.training.trainer.train_step`` joins the two; the trainer looks it up there at every
-step, so a test or a benchmark can replace it.
+:func:`train_step` joins the two: what the trainer's loop (and ``python -m bench train_step``) runs.
 """
 from __future__ import annotations
 
@@ -77,3 +76,11 @@ def optimizer_step(accelerator, model, optimizer, scheduler, grad_clip: float | 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     accelerator.unwrap_model(model).clamp_logit_scales()
+
+
+def train_step(accelerator, model, optimizer, scheduler, micro_batches: list[dict],
+               grad_clip: float | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One optimiser step over ``micro_batches``: gradients, clipping, update, schedule, temperature clamp."""
+    loss, per_pair = compute_gradients(accelerator, model, micro_batches)
+    optimizer_step(accelerator, model, optimizer, scheduler, grad_clip)
+    return loss, per_pair

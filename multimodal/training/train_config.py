@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from multimodal.training import preflight, data_sources as sources
+from multimodal.training import preflight, data_sources
 from multimodal.config_parser import (
     apply_overrides, flatten, from_dict, load_config_file, merged, parse_override_args, to_dict,
 )
@@ -60,7 +60,7 @@ class EmaConfig:
 class TrainConfig:
     preset: str = "tiny"
     model: ModelConfig | None = None  # None: the preset's
-    data: sources.DataConfig = field(default_factory=sources.DataConfig)
+    data: data_sources.DataConfig = field(default_factory=data_sources.DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     # "ddp": every process holds the whole model (DistributedDataParallel); "fsdp": weights, gradients

@@ -11,9 +11,10 @@
 
 Reads top to bottom: the run's start (Accelerator, data and tokenizer, model, optimiser),
 the loop (with evaluation, checkpoints, and a checkpoint on SIGTERM or Ctrl-C), the command
-line. The parts live beside it in multimodal/: run_config (the settings and how they are
-read; a resumed run restores its own through resume_config), model_setup, optimizer,
-training_step, run_checkpoints, run_log, stop_request, training_evaluation.
+line. The parts live beside it in multimodal/training/: train_config (the settings and how
+they are read; a resumed run restores its own through resumed_config), run (what the loop
+works with), model_setup, optimizer, step (one optimiser step), run_checkpoints, run_log,
+stop_request, periodic_evaluation.
 """
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from multimodal.training import preflight, report, data_sources as sources
+from multimodal.training import preflight, report, data_sources
 from multimodal.training.alignment import drift_warnings
 from multimodal.checkpoint import read_config
 from multimodal.config_parser import describe_keys, flatten, parse_override_args, to_dict
@@ -49,6 +50,7 @@ from multimodal.training.optimizer import build_optimizer, cosine_with_warmup
 from multimodal.precision import native_bf16
 from multimodal.pretrained import keep_locked_in_eval
 from multimodal.training.random_state import seed_everything
+from multimodal.training.run import Run
 from multimodal.training.resumed_config import RESUMABLE_KEYS
 from multimodal.training.train_config import MACHINE_KEY, RUN_CONFIG_FILE, StartError, TrainConfig, fresh_config, parse_config
 from multimodal.training.process_group import describe_lost_peer, join_process_group, leave_now, lost_peer_error
@@ -67,36 +69,13 @@ from multimodal.training.fsdp import shard_model
 from multimodal.training.stop_request import StopRequest
 from multimodal.training.threads import ThreadPlan, apply_plan, plan_threads
 from multimodal.training.periodic_evaluation import EVAL_ERROR, evaluate_run
-from multimodal.training.step import compute_gradients, optimizer_step
+from multimodal.training.step import train_step
 from multimodal.training.truncation import measure_sources, truncation_lines
-
-# Importable from here as before the trainer was split into the modules above (tests and benches use them).
-from multimodal.checkpoint import list_checkpoints  # noqa: F401
-from multimodal.training.model_setup import compile_blocks  # noqa: F401
-from multimodal.training.optimizer import is_decay_free  # noqa: F401
-from multimodal.training.train_config import OptimConfig  # noqa: F401
-from multimodal.training.resumed_config import resumed_config  # noqa: F401
 
 logger = logging.getLogger("multimodal.training.trainer")
 
 
 # --------------------------------------------------------------------------- the run's start
-
-
-@dataclass
-class Run:
-    """Everything the loop works with, made by :func:`start_run`."""
-
-    config: TrainConfig
-    accelerator: object
-    run_dir: Path
-    data: sources.PreparedData
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    start_step: int
-    resumed_from: Path | None
-    ema: WeightAverage | None = None
 
 
 class DataError(ValueError):
@@ -247,13 +226,13 @@ def shared_run_dir(accelerator, config: TrainConfig, resume_from: Path | None) -
 
 
 def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
-                 thread_plan: ThreadPlan) -> sources.PreparedData:
+                 thread_plan: ThreadPlan) -> data_sources.PreparedData:
     """The training and evaluation data with the run's tokenizer, read by the workers ``thread_plan`` chose.
 
     Fits ``config.model``'s text tower to the tokenizer and records the evaluation sets
     in ``config.data.eval``, so the run's config and checkpoints say what was used.
     """
-    resolved = sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
+    resolved = data_sources.resolve_sources(config.data, config.model, progress=accelerator.is_main_process)
     resolved.train = trained_sources(resolved, locked_modalities(config), accelerator.print)
     if config.init_from is not None and resume_from is None and accelerator.is_main_process:
         # A tower the run does not train, aligned to one it moves, loses its alignment without a word otherwise.
@@ -265,7 +244,7 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
     pretrained_image = config.init_from is not None and (
         resume_from is not None or read_config(config.init_from)["model"].get("image"))
     if accelerator.is_main_process and not pretrained_image:
-        for warning in sources.normalisation_warnings(resolved, config.model):
+        for warning in data_sources.normalisation_warnings(resolved, config.model):
             logger.warning(warning)
     tokenizer = choose_tokenizer(config, resolved, resume_from)
     config.model = fit_text_to_tokenizer(config.model, tokenizer)
@@ -275,14 +254,14 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
             logger.warning(line)
     nice = config.data.worker_nice if config.data.worker_nice is not None else thread_plan.worker_nice
     loading = dataclasses.replace(config.data, num_workers=thread_plan.workers, worker_nice=nice)
-    data = sources.prepare(loading, config.model, tokenizer, resolved)
+    data = data_sources.prepare(loading, config.model, tokenizer, resolved)
     # Recorded in the run's config and its checkpoints: `multimodal eval` and the classifier
     # then prompt with the templates the run was evaluated with (the demo's, say).
     config.data.eval = list(resolved.eval_sets)
     return data
 
 
-def trained_sources(resolved: sources.ResolvedSources, locked: set[str], say=print) -> list[SourceSpec]:
+def trained_sources(resolved: data_sources.ResolvedSources, locked: set[str], say=print) -> list[SourceSpec]:
     """The training sources with a tower to train: one whose towers are all locked has nothing to learn.
 
     Binding audio into a locked image-text model (ImageBind's recipe) leaves the demo's
@@ -331,18 +310,24 @@ def _run_id(run_dir: Path) -> str:
 # --------------------------------------------------------------------------- the loop
 
 
+# Called with the number of steps done after each optimiser step: how tests stop or fault a run at an exact step.
+AfterStep = Callable[[int], None]
+
+
 class PeerLost(RuntimeError):
     """Another training process died, stalled or left: this one stops (the message names the rank)."""
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, after_step: AfterStep | None = None) -> dict:
     """Runs training as configured; returns the final evaluation results and paths.
+
+    ``after_step`` is called after each optimiser step (see :func:`run_loop`).
 
     Raises :class:`PeerLost` when a collective call fails because another process died or
     stalled (after at most ``dist_timeout_s``), so that a launcher restarts the job.
     """
     try:
-        return train_or_fail(config)
+        return train_or_fail(config, after_step)
     except Exception as error:  # noqa: BLE001 - only a lost peer is translated; everything else is raised as it is
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         lost = lost_peer_error(error) if world_size > 1 and not isinstance(error, (StartError, DataError)) else None
@@ -352,7 +337,7 @@ def train(config: TrainConfig) -> dict:
         raise
 
 
-def train_or_fail(config: TrainConfig) -> dict:
+def train_or_fail(config: TrainConfig, after_step: AfterStep | None = None) -> dict:
     """:func:`train` without the translation of a lost peer's errors."""
     started = time.time()
     try:
@@ -364,7 +349,7 @@ def train_or_fail(config: TrainConfig) -> dict:
     plot = accelerator.is_main_process and config.plot
     try:
         with StopRequest() as stop:
-            result = run_loop(run, log, stop)
+            result = run_loop(run, log, stop, after_step)
     except DataError:
         if plot and log.path.is_file():  # the curves up to the failure are worth seeing
             report.plot_curves(log.path, run_dir / "curves.png")
@@ -381,8 +366,11 @@ def train_or_fail(config: TrainConfig) -> dict:
     return result
 
 
-def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
+def run_loop(run: Run, log: MetricsLog, stop: StopRequest, after_step: AfterStep | None = None) -> dict:
     """The steps from ``run.start_step`` with log lines, evaluations and checkpoints; then the final evaluation.
+
+    ``after_step``, when given, is called with the number of steps done right after each
+    optimiser step, before anything else sees it (a test's signal or fault at an exact step).
 
     Returns the final checkpoint, the run directory, the step reached and the results
     (or, when a signal stopped the run, which signal instead of results).
@@ -409,9 +397,10 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
             progress.close()
             raise data_failure(error, saved, done) from error
         window.waited += time.time() - fetch_started
-        # Looked up in this module at every step, so a test or a benchmark can replace it.
         loss, per_pair = train_step(accelerator, run.model, run.optimizer, run.scheduler, micro_batches,
                                     optim.grad_clip)
+        if after_step is not None:
+            after_step(step + 1)
         if run.ema is not None:
             run.ema.update(unwrapped)
         done = step + 1
@@ -433,14 +422,6 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest) -> dict:
             break
     progress.close()
     return finish_run(run, log, stop, saved, done)
-
-
-def train_step(accelerator, model, optimizer, scheduler, micro_batches: list[dict],
-               grad_clip: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step over ``micro_batches``: gradients, clipping, update, schedule, temperature clamp."""
-    loss, per_pair = compute_gradients(accelerator, model, micro_batches)
-    optimizer_step(accelerator, model, optimizer, scheduler, grad_clip)
-    return loss, per_pair
 
 
 def train_mode(model: nn.Module) -> None:
@@ -564,7 +545,8 @@ starts the run when it has none: one command for a first start and every restart
 SIGTERM or Ctrl-C saves a checkpoint at the current step before exiting."""
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, after_step: AfterStep | None = None) -> dict:
+    """The command line: trains as ``argv`` says (``sys.argv`` by default); ``after_step`` as in :func:`run_loop`."""
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
         try:
@@ -587,7 +569,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"train.py: error: {error}\n(train.py --help lists every setting)", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        result = train(config)
+        result = train(config, after_step)
     except (StartError, DataError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         raise SystemExit(2 if isinstance(error, StartError) else 1) from None

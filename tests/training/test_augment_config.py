@@ -8,14 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from multimodal.training import data_sources as sources
+from multimodal.training import data_sources
+from multimodal.data.demo import dataset
 from multimodal.config_parser import from_dict, to_dict
 from multimodal.data.pipeline.source_spec import SourceSpec
 from multimodal.data.preprocess.augment_config import AugmentConfig, ImageAugmentConfig, NoiseAugment
 from multimodal.apps.evaluation import EvalSetConfig
 from multimodal.presets import tiny
 from multimodal.training.data_sources import DataConfig, demo_augment
-from multimodal.training.trainer import parse_config
+from multimodal.training.train_config import parse_config
 
 
 @pytest.mark.parametrize(
@@ -108,38 +109,38 @@ def test_training_refuses_a_band_limit_at_the_models_rate_and_warns_about_unused
                                                                                    "sample_rates": [16000]}}}))
     with pytest.raises(ValueError, match=r"data.train\[0\].augment.audio.band_limit.sample_rates \[16000\] must all "
                                          r"be below the model's audio sample rate \(16000 Hz\)"):
-        sources.resolve_sources(DataConfig(train=[speech]), model)
+        data_sources.resolve_sources(DataConfig(train=[speech]), model)
     images = SourceSpec(shards=shards, modalities=["image", "text"], augment=demo_augment())
     with caplog.at_level(logging.WARNING, logger="multimodal.training.data_sources"):
-        sources.resolve_sources(DataConfig(train=[images]), model)
+        data_sources.resolve_sources(DataConfig(train=[images]), model)
     assert "data.train[0].augment.audio is ignored: the source reads image and text, not audio" in caplog.text
     assert "augment.image" not in caplog.text
 
 
 def test_the_demos_training_sources_carry_its_augmentation_and_evaluation_none(tmp_path, monkeypatch):
     paths = SimpleNamespace(image_train=write_shard(tmp_path / "i.tar"), audio_train=write_shard(tmp_path / "a.tar"))
-    monkeypatch.setattr(sources.demo_data, "build_demo", lambda *args, **kwargs: paths)
+    monkeypatch.setattr(dataset, "build_demo", lambda *args, **kwargs: paths)
     eval_set = EvalSetConfig(name="digits", shards=paths.image_train, modality="image", class_names=["a", "b"])
     model = tiny()
-    resolved = sources.resolve_sources(DataConfig(eval=[eval_set]), model)
+    resolved = data_sources.resolve_sources(DataConfig(eval=[eval_set]), model)
     assert [s.augment for s in resolved.train] == [demo_augment(), demo_augment()]
     tuned = DataConfig(eval=[eval_set], demo_augment=AugmentConfig(image=ImageAugmentConfig()))
-    assert not any(s.augment.enabled_for(m) for s in sources.resolve_sources(tuned, model).train
+    assert not any(s.augment.enabled_for(m) for s in data_sources.resolve_sources(tuned, model).train
                    for m in ("image", "audio"))
-    off = sources.resolve_sources(DataConfig(eval=[eval_set], demo_augment=None), model)
+    off = data_sources.resolve_sources(DataConfig(eval=[eval_set], demo_augment=None), model)
     assert all(s.augment == AugmentConfig() for s in off.train)
-    prepared = sources.prepare(DataConfig(), model, None, SimpleNamespace(train=[], eval_sets=[]))
+    prepared = data_sources.prepare(DataConfig(), model, None, SimpleNamespace(train=[], eval_sets=[]))
     evaluation = prepared.eval_loader(SourceSpec(paths.image_train, ["image"], name="digits")).dataset
     assert all(spec.augment == AugmentConfig() for spec in evaluation.sources)
 
 
 def test_the_demo_draws_images_by_its_image_weight(tmp_path, monkeypatch):
     paths = SimpleNamespace(image_train=write_shard(tmp_path / "i.tar"), audio_train=write_shard(tmp_path / "a.tar"))
-    monkeypatch.setattr(sources.demo_data, "build_demo", lambda *args, **kwargs: paths)
+    monkeypatch.setattr(dataset, "build_demo", lambda *args, **kwargs: paths)
     eval_set = EvalSetConfig(name="digits", shards=paths.image_train, modality="image", class_names=["a", "b"])
-    by_default = sources.resolve_sources(DataConfig(eval=[eval_set]), tiny()).train
+    by_default = data_sources.resolve_sources(DataConfig(eval=[eval_set]), tiny()).train
     assert [(s.modalities, s.weight) for s in by_default] == [(["image", "text"], 2.0), (["audio", "text"], 1.0)]
-    even = sources.resolve_sources(DataConfig(eval=[eval_set], demo_image_weight=1.0), tiny()).train
+    even = data_sources.resolve_sources(DataConfig(eval=[eval_set], demo_image_weight=1.0), tiny()).train
     assert [s.weight for s in even] == [1.0, 1.0]
 
 
@@ -164,7 +165,8 @@ def test_every_yaml_example_in_the_readme_parses_to_its_settings(tmp_path):
 @pytest.mark.parametrize(("saved_flag", "expected"), [(None, False), (True, True), (False, False)])
 def test_a_demo_run_from_before_label_positives_resumes_without_them(tmp_path, saved_flag, expected):
     from multimodal.checkpoint import FORMAT_VERSION
-    from multimodal.training.trainer import TrainConfig, resumed_config
+    from multimodal.training.resumed_config import resumed_config
+    from multimodal.training.train_config import TrainConfig
 
     train = to_dict(TrainConfig())
     if saved_flag is None:  # written before the setting existed

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multimodal.training import trainer as train
+from multimodal.training import trainer
 from multimodal.training.alignment import drift_warnings, trained_pairs
 from multimodal.checkpoint import save_checkpoint
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
@@ -145,9 +145,9 @@ def test_a_run_from_a_checkpoint_says_its_rate_and_warns_of_drift_at_start_up(de
                            caption="a handwritten seven") for index in range(8)]
     shards = write_shards(images, tmp_path / "shards").splits["all"].spec
     source = json.dumps([{"shards": shards, "modalities": ["image", "text"]}])
-    train.main(["--init_from", str(demo_like), "--data.train", source, "--freeze", '["image"]', "--optim.steps", "2",
-                "--data.batch_size", "4", "--data.num_workers", "0", "--threads", "1", "--plot", "false",
-                "--mixed_precision", "no", "--output_dir", str(tmp_path), "--run_name", "run"])
+    trainer.main(["--init_from", str(demo_like), "--data.train", source, "--freeze", '["image"]', "--optim.steps", "2",
+                  "--data.batch_size", "4", "--data.num_workers", "0", "--threads", "1", "--plot", "false",
+                  "--mixed_precision", "no", "--output_dir", str(tmp_path), "--run_name", "run"])
     captured = capsys.readouterr()
     log = captured.out + captured.err + caplog.text  # the warning is logged: under pytest, caplog holds it
     assert (f"fine-tuning from init_from with lr {rate_text(LR)} (the fine-tuning default; --optim.lr chooses "

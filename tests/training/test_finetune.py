@@ -10,7 +10,7 @@ import soundfile
 import torch
 from safetensors.torch import load_file, save_file
 
-from multimodal.training import trainer as train
+from multimodal.training import trainer
 from multimodal.checkpoint import load_model
 from multimodal.config_parser import to_dict
 from multimodal.cli import main as cli_main
@@ -94,7 +94,7 @@ def tensors(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("kind", ["open_clip", "hf-clip"])
 def test_a_converted_clip_trains_with_a_locked_image_tower_and_an_added_audio_tower(data, kind, tmp_path, capsys):
     start = data[kind]
-    result = train.main(finetune_args(data, start, tmp_path, "--freeze", '["image"]'))
+    result = trainer.main(finetune_args(data, start, tmp_path, "--freeze", '["image"]'))
     printed = capsys.readouterr().out
     final = Path(result["checkpoint"])
     assert final.name == "step-0000020"
@@ -138,7 +138,7 @@ def test_a_converted_clip_trains_with_a_locked_image_tower_and_an_added_audio_to
 
 def test_binding_locks_image_and_text_and_draws_no_image_text_batch(data, tmp_path, capsys):
     start = data["open_clip"]
-    result = train.main(finetune_args(data, start, tmp_path, "--freeze", '["image", "text"]', steps=6))
+    result = trainer.main(finetune_args(data, start, tmp_path, "--freeze", '["image", "text"]', steps=6))
     printed = capsys.readouterr().out
     assert "data.train[0]: image-text pairs are not trained: those towers are all frozen" in printed
     final = Path(result["checkpoint"])
@@ -158,7 +158,7 @@ def test_layer_decay_and_unlocked_blocks_train_only_what_they_say(data, tmp_path
     start = data["open_clip"]
     args = finetune_args(data, start, tmp_path, "--freeze", '["image"]', "--freeze_unlocked_blocks", "1",
                          "--optim.layer_decay", "0.5", steps=8)
-    result = train.main(args)
+    result = trainer.main(args)
     before, after = tensors(start, "encoders.image."), tensors(Path(result["checkpoint"]), "encoders.image.")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".blocks.1." in k or ".norm." in k for k in changed), sorted(changed)
@@ -174,7 +174,7 @@ def test_layer_decay_and_unlocked_blocks_train_only_what_they_say(data, tmp_path
 def test_refusals_come_before_training_in_one_line(data, tmp_path, extra, expected, capsys):
     args = finetune_args(data, data["open_clip"], tmp_path / "runs") + extra
     with pytest.raises(SystemExit) as exit_info:
-        train.main(args)
+        trainer.main(args)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert expected in error and len(error.strip().splitlines()) == 1, error
@@ -186,17 +186,17 @@ def test_a_run_started_from_a_checkpoint_resumes_after_that_checkpoint_moved(dat
 
     start = tmp_path / "start"
     shutil.copytree(data["open_clip"], start)
-    train.main(finetune_args(data, start, tmp_path, "--freeze", '["image"]', "--checkpoint_every", "3", steps=3))
+    trainer.main(finetune_args(data, start, tmp_path, "--freeze", '["image"]', "--checkpoint_every", "3", steps=3))
     start.rename(tmp_path / "moved")
-    result = train.main(["--output_dir", str(tmp_path), "--run_name", "run", "--resume", "latest",
-                         "--optim.steps", "5", "--threads", "1"])
+    result = trainer.main(["--output_dir", str(tmp_path), "--run_name", "run", "--resume", "latest",
+                           "--optim.steps", "5", "--threads", "1"])
     assert Path(result["checkpoint"]).name == "step-0000005"
 
 
 def test_a_config_files_model_section_applies_on_top_of_the_checkpoints_towers(tmp_path):
     """`--config` with a model section and `--init_from`: the file's settings hold as a flag's do, the
     checkpoint's architecture stays, and the same file is accepted again on resume."""
-    from multimodal.training.trainer import parse_config
+    from multimodal.training.train_config import parse_config
 
     checkpoint = converted_open_clip(tmp_path)
     (tmp_path / "run.yaml").write_text("model:\n  image:\n    transformer:\n      drop_path: 0.1\n")
@@ -213,7 +213,7 @@ def test_a_tokenizer_other_than_the_checkpoints_is_refused_for_its_text_tower(tm
     from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
     from multimodal.training.model_setup import choose_tokenizer
     from multimodal.training.data_sources import ResolvedSources
-    from multimodal.training.trainer import parse_config
+    from multimodal.training.train_config import parse_config
 
     checkpoint = converted_open_clip(tmp_path)
     other = tmp_path / "other.json"

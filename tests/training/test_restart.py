@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from multimodal.training import trainer as train
-from multimodal.checkpoint import load_model
+from multimodal.training import trainer
+from multimodal.training.train_config import parse_config
+from multimodal.checkpoint import list_checkpoints, load_model
 from multimodal.training.process_group import describe_lost_peer, lost_peer_error
 from multimodal.training.run_checkpoints import CheckpointClock, remove_unfinished_checkpoints
 from tests.training.test_train import losses_by_step, tiny_dataset_at
@@ -76,18 +77,18 @@ def assert_same_weights(got: dict, expected: dict) -> None:
 def test_resume_auto_needs_a_run_name():
     with pytest.raises(ValueError, match=r"--resume auto needs --run_name NAME: a restarted job finds its run again "
                                          r"by its name \(a time stamp differs at every start\)"):
-        train.parse_config(["--resume", "auto"])
+        parse_config(["--resume", "auto"])
 
 
 def test_resume_auto_on_a_run_without_checkpoint_is_a_new_run(dataset, tmp_path):
-    config = train.parse_config(train_args(dataset, tmp_path, 5))
+    config = parse_config(train_args(dataset, tmp_path, 5))
     assert config.resume is None and config.run_name == "run"
     # A run folder from a start that died before its first checkpoint holds nothing to resume.
     (tmp_path / "run" / "checkpoints" / ".step-0000003.tmp-x").mkdir(parents=True)
-    assert train.parse_config(train_args(dataset, tmp_path, 5)).resume is None
+    assert parse_config(train_args(dataset, tmp_path, 5)).resume is None
     # Said in a config file, the same: a new run (whose init_from, say, applies).
     (tmp_path / "run.json").write_text(json.dumps({"resume": "auto", "run_name": "run", "output_dir": str(tmp_path)}))
-    assert train.parse_config(["--config", str(tmp_path / "run.json")]).resume is None
+    assert parse_config(["--config", str(tmp_path / "run.json")]).resume is None
 
 
 def test_unfinished_checkpoints_are_removed_and_a_replaced_one_put_back(tmp_path):
@@ -99,7 +100,7 @@ def test_unfinished_checkpoints_are_removed_and_a_replaced_one_put_back(tmp_path
     assert sorted(p.name for p in removed) == [".step-0000003.deleting", ".step-0000006.tmp-abc"]
     # Killed between the two renames that replace step 9: the complete earlier copy is step 9 again.
     assert sorted(p.name for p in root.iterdir()) == ["step-0000003", "step-0000009"]
-    assert [p.name for p in train.list_checkpoints(tmp_path)] == ["step-0000003", "step-0000009"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000003", "step-0000009"]
 
 
 def test_a_lost_peer_is_found_under_the_loaders_complaint_and_named_in_one_line():
@@ -138,16 +139,9 @@ def test_the_checkpoint_clock_is_due_once_its_interval_passed():
 def train_in_process(args: list[str], monkeypatch, seconds_per_step: float) -> None:
     """The trainer in this process (its modules are imported already), its checkpoint clock reading steps."""
     steps = []
-    real_step = train.train_step
-
-    def counted_step(*step_args, **kwargs):
-        steps.append(1)
-        return real_step(*step_args, **kwargs)
-
-    monkeypatch.setattr(train, "train_step", counted_step)
-    monkeypatch.setattr(train, "CheckpointClock",
-                        lambda minutes: CheckpointClock(minutes, clock=lambda: len(steps) * seconds_per_step))
-    train.main(args)
+    monkeypatch.setattr(trainer, "CheckpointClock",
+                          lambda minutes: CheckpointClock(minutes, clock=lambda: len(steps) * seconds_per_step))
+    trainer.main(args, after_step=lambda step: steps.append(step))
 
 
 @pytest.mark.slow
@@ -161,14 +155,14 @@ def test_a_kill_while_saving_is_never_resumed_and_the_same_command_finishes_the_
     extra = ("--checkpoint_every", "100", "--checkpoint_every_minutes", "1")
     train_in_process(train_args(dataset, tmp_path / "reference", 11, *extra), monkeypatch, 20.0)
     reference_dir = tmp_path / "reference" / "run"
-    assert [c.name for c in train.list_checkpoints(reference_dir)] == [
+    assert [c.name for c in list_checkpoints(reference_dir)] == [
         "step-0000003", "step-0000006", "step-0000009", "step-0000011"]
 
     args = train_args(dataset, tmp_path / "killed", 11, *extra)
     killed = run_alone(args, FAULT="kill-while-saving:0:6", SECONDS_PER_STEP="20")
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "killed" / "run"
-    assert [c.name for c in train.list_checkpoints(run_dir)] == ["step-0000003"]
+    assert [c.name for c in list_checkpoints(run_dir)] == ["step-0000003"]
     assert any(p.name.startswith(".step-0000006.tmp-") for p in (run_dir / "checkpoints").iterdir())
 
     again = run_alone(args, SECONDS_PER_STEP="20")  # the same command, as a requeued job runs it
@@ -243,7 +237,7 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_finishes_as_if_uninterrupte
     assert "connectFullMesh" not in output
     assert_same_weights(final_weights(run_dir, 30), final_weights(two_agent_run, 30))
     # Saved at the steps rank 0's clock chose, by both processes: 20 by steps, then 23, 26, 29 by time.
-    assert [c.name for c in train.list_checkpoints(run_dir)] == [
+    assert [c.name for c in list_checkpoints(run_dir)] == [
         "step-0000020", "step-0000023", "step-0000026", "step-0000029", "step-0000030"]
 
 

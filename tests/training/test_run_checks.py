@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from multimodal.apps import evaluation
-from multimodal.training import trainer as train
+from multimodal.training import trainer
+from multimodal.training.run_log import LossWindow
+from multimodal.training.train_config import parse_config
 from multimodal.data.writing.writer import SampleSource, write_shards
 from tests.training.test_train import ENV, run_args, run_trainer, tiny_dataset_at
 
@@ -93,7 +95,7 @@ def failing_evaluations(monkeypatch, fail_at_calls: set[int]):
 def test_an_evaluation_failing_mid_run_is_reported_and_training_goes_on(dataset, tmp_path, monkeypatch):
     failing_evaluations(monkeypatch, {1})
     args = run_args(dataset, tmp_path, 4, ["--eval_every", "2", "--data.eval", zero_shot_set(dataset["labelled"])])[2:]
-    result = train.train(train.parse_config(args))
+    result = trainer.train(parse_config(args))
     run_dir = tmp_path / "run"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     failed = [row for row in rows if "eval_error" in row]
@@ -109,7 +111,7 @@ def test_a_failed_final_evaluation_keeps_the_checkpoint_and_exits_1(dataset, tmp
     failing_evaluations(monkeypatch, {1})
     args = run_args(dataset, tmp_path, 3, ["--data.eval", zero_shot_set(dataset["labelled"])])[2:]
     with pytest.raises(SystemExit) as exit_info:
-        train.main(args)
+        trainer.main(args)
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     checkpoint = tmp_path / "run" / "checkpoints" / "step-0000003"
@@ -120,10 +122,10 @@ def test_a_failed_final_evaluation_keeps_the_checkpoint_and_exits_1(dataset, tmp
 
 def test_evaluation_sets_may_change_on_resume(dataset, tmp_path, capsys):
     args = run_args(dataset, tmp_path, 3, ["--data.eval", zero_shot_set(dataset["labelled"], name="first")])[2:]
-    train.main(args)
+    trainer.main(args)
     # A finished run, resumed with another evaluation set: it is evaluated, and its checkpoint named.
-    resumed = train.main(["--output_dir", str(tmp_path), "--run_name", "run", "--resume", "latest",
-                          "--data.eval", zero_shot_set(dataset["labelled"], name="second"), "--plot", "false"])
+    resumed = trainer.main(["--output_dir", str(tmp_path), "--run_name", "run", "--resume", "latest",
+                            "--data.eval", zero_shot_set(dataset["labelled"], name="second"), "--plot", "false"])
     printed = capsys.readouterr().out
     assert "second/accuracy@1" in resumed["results"] and "first/accuracy@1" not in resumed["results"]
     assert f"checkpoint: {tmp_path / 'run' / 'checkpoints' / 'step-0000003'}" in printed
@@ -137,7 +139,7 @@ def test_the_logged_loss_is_the_mean_of_its_window():
         def reduce(self, tensor, reduction):
             return tensor
 
-    window = train.LossWindow()
+    window = LossWindow()
     window.add(torch.tensor(4.0), {"image-text": torch.tensor(4.0)})
     window.add(torch.tensor(2.0), {"audio-text": torch.tensor(2.0)})
     window.add(torch.tensor(3.0), {"image-text": torch.tensor(3.0)})
@@ -147,7 +149,7 @@ def test_the_logged_loss_is_the_mean_of_its_window():
 
 
 def test_the_resume_command_works_from_any_directory(tmp_path):
-    command = shlex.split(train.resume_command(tmp_path / "runs" / "my run"))
+    command = shlex.split(trainer.resume_command(tmp_path / "runs" / "my run"))
     assert command[:3] == [sys.executable, "-m", "multimodal.training.trainer"]
     assert command[3:] == ["--output_dir", str(tmp_path / "runs"), "--run_name", "my run", "--resume", "latest"]
     # The module runs from a directory that is not the repository's.
@@ -159,8 +161,8 @@ def test_the_resume_command_works_from_any_directory(tmp_path):
 
 def test_a_wrong_evaluation_path_fails_before_the_demo_is_built(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--output_dir", str(tmp_path / "runs"), "--data.demo_dir", str(tmp_path / "demo"),
-                    "--data.eval", zero_shot_set("NOWHERE/val.tar")])
+        trainer.main(["--output_dir", str(tmp_path / "runs"), "--data.demo_dir", str(tmp_path / "demo"),
+                      "--data.eval", zero_shot_set("NOWHERE/val.tar")])
     assert exit_info.value.code == 2
     assert "data.eval[0] (squares).shards: none of the 1 shards of 'NOWHERE/val.tar' exists" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists() and not (tmp_path / "runs").exists()

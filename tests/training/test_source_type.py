@@ -14,13 +14,13 @@ import torch
 import webdataset
 from torchvision.io import encode_jpeg, encode_png
 
-from multimodal.training import data_sources as sources
+from multimodal.training import data_sources
 from multimodal.checkpoint import CONFIG_FILE, FORMAT_VERSION, RUN_CHECKPOINTS, TRAINER_FILE
 from multimodal.config_parser import to_dict
 from multimodal.data.pipeline.source_spec import SourceSpec
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.presets import tiny
-from multimodal.training.trainer import TrainConfig, parse_config
+from multimodal.training.train_config import TrainConfig, parse_config
 from tests.training.test_train import run_trainer, tiny_dataset_at
 
 # The keys a data.train entry had before it was a SourceSpec: what an earlier run's config.json holds.
@@ -110,10 +110,10 @@ def test_image_keys_of_the_run_config_reach_the_training_loader(tmp_path, given)
     tokenizer = Tokenizer.train(CAPTIONS * 10, vocab_size=300)
     red_then_blue = []
     for source in config.data.train:  # one at a time: each batch is then from the source under test
-        data_config = sources.DataConfig(train=[source], batch_size=4, num_workers=0, worker_nice=0,
-                                          shuffle_buffer=4)
-        resolved = sources.resolve_sources(data_config, model)
-        prepared = sources.prepare(data_config, model, tokenizer, resolved)
+        data_config = data_sources.DataConfig(train=[source], batch_size=4, num_workers=0, worker_nice=0,
+                                              shuffle_buffer=4)
+        resolved = data_sources.resolve_sources(data_config, model)
+        prepared = data_sources.prepare(data_config, model, tokenizer, resolved)
         loader = prepared.train_loader(seed=0)
         batch = next(iter(loader))
         # Unnamed, it goes by train0 in the loader, as before; the run's config keeps it unnamed.
@@ -128,15 +128,15 @@ def test_a_named_training_source_keeps_its_name_and_two_sources_may_not_share_on
     shards = write_two_image_shard(tmp_path)
     model = tiny(["text", "image"])
     named = SourceSpec(shards=shards, name="squares")
-    data_config = sources.DataConfig(train=[named, SourceSpec(shards=shards)], batch_size=4, num_workers=0,
-                                     worker_nice=0)
-    prepared = sources.prepare(data_config, model, Tokenizer.train(CAPTIONS * 10, vocab_size=300),
-                               sources.resolve_sources(data_config, model))
+    data_config = data_sources.DataConfig(train=[named, SourceSpec(shards=shards)], batch_size=4, num_workers=0,
+                                          worker_nice=0)
+    prepared = data_sources.prepare(data_config, model, Tokenizer.train(CAPTIONS * 10, vocab_size=300),
+                                    data_sources.resolve_sources(data_config, model))
     assert prepared.train_loader(seed=0).dataset.names == ["squares", "train1"]
     assert [s.name for s in data_config.train] == ["squares", None]  # the config's objects are not renamed
-    clash = sources.DataConfig(train=[SourceSpec(shards=shards), SourceSpec(shards=shards, name="train0")])
+    clash = data_sources.DataConfig(train=[SourceSpec(shards=shards), SourceSpec(shards=shards, name="train0")])
     with pytest.raises(ValueError, match=r"data\.train\[0\] and data\.train\[1\] both go by the name 'train0'"):
-        sources.resolve_sources(clash, model)
+        data_sources.resolve_sources(clash, model)
 
 
 def test_all_captions_in_a_training_source_is_refused_naming_its_key(tmp_path):
@@ -144,7 +144,7 @@ def test_all_captions_in_a_training_source_is_refused_naming_its_key(tmp_path):
     config = parse_config(["--data.train", json.dumps([{"shards": shards}, {"shards": shards, "all_captions": True}])])
     with pytest.raises(ValueError, match=r"^data\.train\[1\]\.all_captions: every caption of a sample is for "
                                          r"retrieval evaluation; training reads one caption per sample"):
-        sources.resolve_sources(config.data, tiny(["text", "image"]))
+        data_sources.resolve_sources(config.data, tiny(["text", "image"]))
 
 
 def test_the_trainer_refuses_all_captions_at_start_in_one_line(tmp_path):

@@ -168,7 +168,8 @@ def _parent(proc: Path) -> int:
 def test_the_workers_chosen_are_a_record_of_the_machine_not_the_runs_settings(monkeypatch):
     """A run resumed on another machine chooses again: the choice never becomes data.num_workers / worker_nice."""
     import multimodal.training.trainer
-    from multimodal.training.trainer import parse_config, plan_machine
+    from multimodal.training.train_config import parse_config
+    from multimodal.training.trainer import plan_machine
 
     monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: 0.0)
     monkeypatch.setattr(multimodal.training.trainer, "apply_plan", lambda plan: None)  # this test process keeps its threads

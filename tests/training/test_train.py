@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from multimodal.training import trainer as train
+from multimodal.training import trainer
+from multimodal.training.model_setup import build_model, compile_blocks, fit_text_to_tokenizer
+from multimodal.training.optimizer import build_optimizer, cosine_with_warmup
+from multimodal.training.train_config import OptimConfig, parse_config
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.data.writing.writer import SampleSource, write_shards
-from multimodal.checkpoint import CheckpointError, load_model
+from multimodal.checkpoint import CheckpointError, list_checkpoints, load_model
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny
 
@@ -23,34 +26,34 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_unknown_keys_and_bad_values_are_clear_errors():
     with pytest.raises(ValueError, match="optim.lrr"):
-        train.parse_config(["--optim.lrr", "1"])
+        parse_config(["--optim.lrr", "1"])
     with pytest.raises(TypeError, match="optim.steps"):
-        train.parse_config(["--optim.steps", "many"])
+        parse_config(["--optim.steps", "many"])
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
-        train.parse_config(["--preset", "huge"])
+        parse_config(["--preset", "huge"])
     with pytest.raises(ValueError, match="mixed_precision"):
-        train.parse_config(["--mixed_precision", "fp8"])
+        parse_config(["--mixed_precision", "fp8"])
     with pytest.raises(ValueError, match="has no value"):
-        train.parse_config(["--optim.lr"])
+        parse_config(["--optim.lr"])
 
 
 def test_help_lists_every_setting_and_bad_arguments_exit_2_without_traceback(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--help"])
+        trainer.main(["--help"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert printed.startswith("usage: train.py")
     for line in ("  --optim.lr 0.002", "  --data.batch_size 128", "  --model.image.patch_size 8"):
         assert line in printed.splitlines()
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--optim.steps", "many"])
+        trainer.main(["--optim.steps", "many"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "optim.steps: expected" in error and "Traceback" not in error
     # --help beside something that is not a setting: the same one-line error.
     for wrong in (["data.demo_augment"], ["--preset", "huge"]):
         with pytest.raises(SystemExit) as exit_info:
-            train.main(["--help", *wrong])
+            trainer.main(["--help", *wrong])
         assert exit_info.value.code == 2
         error = capsys.readouterr().err
         assert error.startswith("train.py: error: ") and "--help alone lists every setting" in error
@@ -59,21 +62,21 @@ def test_help_lists_every_setting_and_bad_arguments_exit_2_without_traceback(cap
 def test_preset_and_overrides_resolve(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("optim:\n  lr: 0.01\nmodel:\n  embed_dim: 64\n  text:\n    vocab_size: 300\n")
-    config = train.parse_config(["--preset", "small", "--config", str(config_file), "--optim.warmup_steps", "7"])
+    config = parse_config(["--preset", "small", "--config", str(config_file), "--optim.warmup_steps", "7"])
     assert config.preset == "small" and config.optim.lr == 0.01 and config.optim.warmup_steps == 7
     assert config.model.embed_dim == 64 and config.model.text.vocab_size == 300
     # The file changed the small preset's model; everything else of it is kept.
     assert config.model.image.image_size == 96 and config.model.audio is not None
     partial = tmp_path / "partial.yaml"
     partial.write_text("model:\n  image_preprocess:\n    mean: [0.7, 0.7, 0.7]\n  audio: null\n")
-    config = train.parse_config(["--config", str(partial)])
+    config = parse_config(["--config", str(partial)])
     assert config.model.image_preprocess.mean == (0.7, 0.7, 0.7) and config.model.image_preprocess.std == (0.31, 0.31, 0.31)
     assert config.model.audio is None and config.model.text is not None
 
 
 def test_no_weight_decay_on_norms_biases_positions_and_temperatures():
     model = MultimodalModel(tiny())
-    optimizer = train.build_optimizer(model, train.OptimConfig(fused=False))
+    optimizer = build_optimizer(model, OptimConfig(fused=False))
     decay, free, whole = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert whole["weight_decay"] == 0.0 and all(p.ndim == 0 or p.numel() == 0 for p in whole["params"])
@@ -86,18 +89,18 @@ def test_no_weight_decay_on_norms_biases_positions_and_temperatures():
 
 
 def test_cosine_schedule_with_warmup():
-    multiplier = train.cosine_with_warmup(train.OptimConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1))
+    multiplier = cosine_with_warmup(OptimConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1))
     assert multiplier(0) == pytest.approx(0.1) and multiplier(9) == pytest.approx(1.0)
     assert multiplier(60) == pytest.approx(0.55) and multiplier(110) == pytest.approx(0.1)
 
 
 def test_freeze_keeps_a_tower_fixed():
-    config = train.parse_config(["--freeze", '["image"]', "--model.audio", "null"])
-    model = train.build_model(config)
+    config = parse_config(["--freeze", '["image"]', "--model.audio", "null"])
+    model = build_model(config)
     assert not any(p.requires_grad for p in model.encoders["image"].parameters())
     assert all(p.requires_grad for p in model.encoders["text"].parameters())
     with pytest.raises(ValueError, match="freeze: this model has no 'smell' tower"):
-        train.build_model(train.parse_config(["--freeze", '["smell"]']))
+        build_model(parse_config(["--freeze", '["smell"]']))
 
 
 # ---------------------------------------------------------------------- runs in subprocesses
@@ -148,18 +151,15 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 # (deterministic: no polling of the file system, whatever the machine's speed).
 SIGNAL_AFTER_STEP = """
 import os, signal, sys
-from multimodal.training import trainer as train
+from multimodal.training import trainer
 after_step, number = int(sys.argv[1]), int(sys.argv[2])
-real_step, steps = train.train_step, 0
-def step_then_signal(*args, **kwargs):
+steps = 0
+def signal_after_step(step):
     global steps
-    result = real_step(*args, **kwargs)
     steps += 1
     if steps == after_step:
         os.kill(os.getpid(), number)
-    return result
-train.train_step = step_then_signal
-train.main(sys.argv[3:])
+trainer.main(sys.argv[3:], after_step=signal_after_step)
 """
 
 
@@ -187,7 +187,7 @@ def test_killed_run_resumes_on_the_same_loss_curve(tiny_dataset, tmp_path):
                          signal_number=signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "killed" / "run"
-    assert [c.name for c in train.list_checkpoints(run_dir)] == ["step-0000003", "step-0000006"]
+    assert [c.name for c in list_checkpoints(run_dir)] == ["step-0000003", "step-0000006"]
 
     # Only the run's name is given again: its data, tokenizer and schedule come from its checkpoint.
     resumed = run_trainer(["--output_dir", str(tmp_path / "killed"), "--run_name", "run", "--resume", "latest",
@@ -210,7 +210,7 @@ def test_sigterm_saves_the_current_step_and_resume_keeps_the_runs_settings(tiny_
     stopped = run_trainer(args, signal_after_step=5, signal_number=signal.SIGTERM)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     run_dir = tmp_path / "run"
-    assert [c.name for c in train.list_checkpoints(run_dir)] == ["step-0000005"]
+    assert [c.name for c in list_checkpoints(run_dir)] == ["step-0000005"]
     assert "stopped by SIGTERM after step 5" in stopped.stdout
     assert "--run_name run --resume latest" in stopped.stdout
     saved_config = (run_dir / "config.json").read_text()
@@ -229,7 +229,7 @@ def test_sigterm_saves_the_current_step_and_resume_keeps_the_runs_settings(tiny_
     config = json.loads((run_dir / "config.json").read_text())
     assert config["optim"]["steps"] == 14 and config["data"]["train"] == json.loads(saved_config)["data"]["train"]
     assert max(losses_by_step(run_dir)) == 14
-    assert [c.name for c in train.list_checkpoints(run_dir)][-1] == "step-0000014"
+    assert [c.name for c in list_checkpoints(run_dir)][-1] == "step-0000014"
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -255,15 +255,15 @@ def test_a_failed_start_prints_one_line_and_leaves_no_run_folder(tiny_dataset, t
 def test_a_new_run_never_takes_over_a_run_folder_with_checkpoints(tiny_dataset, tmp_path):
     (tmp_path / "run" / "checkpoints" / "step-0000003").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step-0000003" / "trainer.json").write_text("{}")
-    config = train.parse_config(run_args(tiny_dataset, tmp_path, 3)[2:])
+    config = parse_config(run_args(tiny_dataset, tmp_path, 3)[2:])
     with pytest.raises(ValueError, match="already holds a run .checkpoints up to step-0000003.; continue it with "
                                          "--run_name run --resume latest"):
-        train.start_run(config)
+        trainer.start_run(config)
 
 
 def test_help_shows_the_defaults_of_the_preset_given(capsys):
     with pytest.raises(SystemExit):
-        train.main(["--preset", "small", "--help"])
+        trainer.main(["--preset", "small", "--help"])
     printed = capsys.readouterr().out.splitlines()
     assert "settings and their defaults (small preset):" in printed
     assert "  --model.image.image_size 96" in printed and "  --model.image.image_size 32" not in printed
@@ -275,7 +275,7 @@ def test_the_text_tower_takes_its_vocabulary_and_end_of_text_id_from_the_tokeniz
 
     tokenizer = Tokenizer.load(tiny_dataset["tokenizer"]) if kind == "ours" else ClipTokenizer.from_bpe_file()
     for name in ("tiny", "small"):
-        fitted = train.fit_text_to_tokenizer(train.parse_config(["--preset", name]).model, tokenizer)
+        fitted = fit_text_to_tokenizer(parse_config(["--preset", name]).model, tokenizer)
         assert fitted.text.eot_token_id == tokenizer.eot_id and fitted.text.vocab_size == tokenizer.vocab_size
         ids, _ = tokenizer(["a red square"], fitted.text.context_length)
         assert int((ids[0] == fitted.text.eot_token_id).sum()) == 1  # where the tower pools
@@ -316,7 +316,7 @@ save_checkpoint(other, root / "step-0000002", write_extra=stall)
 """
     done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL
-    checkpoints = train.list_checkpoints(tmp_path)
+    checkpoints = list_checkpoints(tmp_path)
     assert [c.name for c in checkpoints] == ["step-0000001"]
     torch.manual_seed(0)
     expected = MultimodalModel(tiny(["text", "image"])).state_dict()
@@ -325,17 +325,17 @@ save_checkpoint(other, root / "step-0000002", write_extra=stall)
 
 
 def test_tokenizer_from_a_file_or_a_checkpoint_directory(tmp_path, tiny_dataset):
-    from multimodal.training import data_sources as sources
+    from multimodal.training import data_sources
     from multimodal.checkpoint import save_checkpoint
 
-    tokenizer = sources.load_tokenizer(tiny_dataset["tokenizer"])
+    tokenizer = data_sources.load_tokenizer(tiny_dataset["tokenizer"])
     model = MultimodalModel(tiny(["text", "image"], vocab_size=tokenizer.vocab_size))
     save_checkpoint(model, tmp_path / "ckpt", tokenizer=tokenizer)
-    again = sources.load_tokenizer(tmp_path / "ckpt")
+    again = data_sources.load_tokenizer(tmp_path / "ckpt")
     assert torch.equal(again(["a red square"], 8)[0], tokenizer(["a red square"], 8)[0])
     save_checkpoint(model, tmp_path / "bare")
     with pytest.raises(ValueError, match="has no tokenizer.json"):
-        sources.load_tokenizer(tmp_path / "bare")
+        data_sources.load_tokenizer(tmp_path / "bare")
 
 
 @pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
@@ -344,22 +344,22 @@ def test_a_tracker_without_its_package_is_a_clear_error(monkeypatch, tmp_path, t
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
-    config = train.parse_config([f"--{tracker}", "true", "--output_dir", str(tmp_path)])
+    config = parse_config([f"--{tracker}", "true", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match=rf"--{tracker} true needs the {tracker} package: pip install -e '\.\[{tracker}\]'"):
-        train.make_accelerator(config, tmp_path)
+        trainer.make_accelerator(config, tmp_path)
 
 
 # Runs the trainer with every batch delivered 0.3 s late, as from a loader that cannot keep up.
 SLOW_LOADER = """
 import sys, time
-from multimodal.training import data_sources as sources, trainer as train
-real_loader = sources.PreparedData.train_loader
+from multimodal.training import data_sources, trainer
+real_loader = data_sources.PreparedData.train_loader
 def late_batches(loader):
     for batch in loader:
         time.sleep(0.3)
         yield batch
-sources.PreparedData.train_loader = lambda self, **kwargs: late_batches(real_loader(self, **kwargs))
-train.main(sys.argv[1:])
+data_sources.PreparedData.train_loader = lambda self, **kwargs: late_batches(real_loader(self, **kwargs))
+trainer.main(sys.argv[1:])
 """
 
 
@@ -418,7 +418,7 @@ def test_wandb_offline_logs_the_run_without_network(tiny_dataset, tmp_path, monk
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), runs
-    assert runs[0].name.endswith(train._run_id(tmp_path / "run"))  # a resumed run continues the same one
+    assert runs[0].name.endswith(trainer._run_id(tmp_path / "run"))  # a resumed run continues the same one
 
 
 @pytest.mark.slow
@@ -430,7 +430,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
     torch.manual_seed(0)
     eager = MultimodalModel(tiny(["text", "image"]))
     compiled = copy.deepcopy(eager)
-    assert train.compile_blocks(compiled) == 4  # the tiny preset: 2 blocks per tower (audio: 3)
+    assert compile_blocks(compiled) == 4  # the tiny preset: 2 blocks per tower (audio: 3)
     batch = random_batch(eager.config, 4)
     losses, gradients = [], []
     for model in (eager, compiled):
@@ -449,17 +449,17 @@ def test_the_scale_settings_come_from_a_yaml_file_and_are_in_the_help(tmp_path, 
         "distributed: fsdp\ncompile: true\nwandb: true\nema:\n  decay: 0.999\n"
         "model:\n  image:\n    patch_dropout: 0.5\n  audio:\n    patch_dropout: 0.25\n"
     )
-    config = train.parse_config(["--config", str(config_file)])
+    config = parse_config(["--config", str(config_file)])
     assert (config.distributed, config.compile, config.wandb, config.ema.decay) == ("fsdp", True, True, 0.999)
     assert (config.model.image.patch_dropout, config.model.audio.patch_dropout) == (0.5, 0.25)
     with pytest.raises(SystemExit):
-        train.main(["--help"])
+        trainer.main(["--help"])
     printed = capsys.readouterr().out.splitlines()
     for line in ("  --distributed \"ddp\"", "  --compile false", "  --wandb false", "  --ema.decay null",
                  "  --model.image.patch_dropout 0.0", "  --model.audio.patch_dropout 0.0"):
         assert line in printed
     with pytest.raises(ValueError, match="distributed must be 'ddp' or 'fsdp', got 'zero3'"):
-        train.parse_config(["--distributed", "zero3"])
+        parse_config(["--distributed", "zero3"])
 
 
 def test_optimizer_state_resumes_when_a_pairs_temperature_never_had_a_gradient():
@@ -489,7 +489,7 @@ def test_optimizer_state_resumes_when_a_pairs_temperature_never_had_a_gradient()
         optimizer.step()
 
     model = MultimodalModel(config)
-    optimizer = train.build_optimizer(model, train.OptimConfig())
+    optimizer = build_optimizer(model, OptimConfig())
     for batch in batches:
         step(model, optimizer, batch)
     saved_weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -498,7 +498,7 @@ def test_optimizer_state_resumes_when_a_pairs_temperature_never_had_a_gradient()
 
     resumed = MultimodalModel(config)
     resumed.load_state_dict(saved_weights)
-    resumed_optimizer = train.build_optimizer(resumed, train.OptimConfig())
+    resumed_optimizer = build_optimizer(resumed, OptimConfig())
     load_optimizer_state(resumed, resumed_optimizer, saved_state)
     # Exactly the saved optimiser: the same state per parameter (none for the untrained
     # temperature), the same groups. (Weights after further Adam steps are not compared: the
@@ -514,4 +514,4 @@ def test_optimizer_state_resumes_when_a_pairs_temperature_never_had_a_gradient()
     # A model with other parameters is refused, naming them.
     other = MultimodalModel(tiny(["image", "text"]))
     with pytest.raises(CheckpointError, match=r"other parameters: missing \[\], not in this model \['encoders.audio"):
-        load_optimizer_state(other, train.build_optimizer(other, train.OptimConfig()), saved_state)
+        load_optimizer_state(other, build_optimizer(other, OptimConfig()), saved_state)
