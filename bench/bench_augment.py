@@ -34,7 +34,7 @@ from dataclasses import fields, replace
 import torch
 
 from bench.common import alternate, machine_summary, noise_note, parse_args
-from multimodal.data.demo import dataset as demo_data
+from multimodal.data.demo import dataset
 from multimodal.data.preprocess.audio_features import load_waveform, samples_for_frames, train_audio_features
 from multimodal.data.preprocess.augment_config import FEATURE_LEVERS, AudioAugmentConfig, AugmentConfig, ImageAugmentConfig
 from multimodal.data.preprocess.augment_audio import augment_features, augment_waveform
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     rounds = args.rounds or (1 if args.quick else 5)
     batches = 2 if args.quick else 8
     print(f"augment: {machine_summary()}")
-    paths = demo_data.build_demo()
+    paths = dataset.build_demo()
     for name, micros in measure_levers(paths, 64 if args.quick else 256, rounds):
         print(f"    {name:<36} {micros:9.0f} us/sample")
     rates = measure_loaders(paths, batches, rounds)

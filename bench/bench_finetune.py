@@ -125,13 +125,13 @@ def eval_sets(test_shards: str) -> list:
 def evaluate(checkpoint: Path, sets: list) -> dict[str, float]:
     """The columns of the table for one checkpoint (fp32, on the CPU)."""
     from multimodal.apps import evaluation
-    from multimodal.training import data_sources as sources
+    from multimodal.training import data_sources
     from multimodal.checkpoint import load_model, load_tokenizer
 
     model = load_model(checkpoint)
     tokenizer = load_tokenizer(checkpoint)
-    data = sources.prepare(sources.DataConfig(), model.config, tokenizer,
-                           sources.ResolvedSources(train=[], eval_sets=sets))
+    data = data_sources.prepare(data_sources.DataConfig(), model.config, tokenizer,
+                                data_sources.ResolvedSources(train=[], eval_sets=sets))
     results = evaluation.run_evaluations(model, data.eval_sets, tokenizer)
     return {column: 100 * results[f"{name}/{metric}"] for column, (name, metric) in METRICS.items()}
 

@@ -129,7 +129,8 @@ def check_same_architecture(config_dir: Path, tokenizer: Path) -> int:
     """Both sides' parameter count; raises if they differ (then the comparison would not be like for like)."""
     import open_clip
 
-    from multimodal.training.trainer import build_model, parse_config
+    from multimodal.training.model_setup import build_model
+    from multimodal.training.train_config import parse_config
 
     open_clip.add_model_config(config_dir)
     theirs = open_clip.create_model(MODEL_NAME)

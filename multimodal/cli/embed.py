@@ -54,25 +54,25 @@ def add_command(commands) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.apps import embedding as embed
+    from multimodal.apps import embedding
 
     shard_inputs = [is_shard_spec(text) for text in args.input]
     if any(shard_inputs) and not all(shard_inputs):
         parser.error("argument --input: give either shard specs or files/folders, not both")
     if all(shard_inputs):
-        if Path(args.output).suffix.lower().lstrip(".") in embed.OUTPUT_FORMATS:
+        if Path(args.output).suffix.lower().lstrip(".") in embedding.OUTPUT_FORMATS:
             parser.error(f"argument --output: with shard inputs the output is a folder of parts (one per shard), "
                          f"got the file name {args.output}; give a folder and choose the parts' format with --format")
     else:
         try:
-            embed.output_format(args.output)
+            embedding.output_format(args.output)
         except ValueError as error:
             parser.error(f"argument --output: {error}")
         missing = [text for text in args.input if not Path(text).exists()]
         if missing:
             parser.error(f"argument --input: {missing[0]} does not exist (expected files, folders or shard specs)")
-        embed.check_new_output(args.output, overwrite=args.overwrite)  # before the model loads
-    rank, world_size, process_device = embed.process_place()
+        embedding.check_new_output(args.output, overwrite=args.overwrite)  # before the model loads
+    rank, world_size, process_device = embedding.process_place()
     if not all(shard_inputs) and world_size > 1:
         parser.error(f"argument --input: files are embedded by one process, but {world_size} were launched; "
                      "give shard inputs to share the work, or run one process")
@@ -91,12 +91,12 @@ def run(args, parser: argparse.ArgumentParser) -> int:
 
     try:
         if all(shard_inputs):
-            result = embed.embed_shards(model, args.modality, list(args.input), args.output, format=args.format,
-                                        rank=rank, world_size=world_size, num_workers=args.num_workers,
-                                        overwrite=args.overwrite, progress=progress)
+            result = embedding.embed_shards(model, args.modality, list(args.input), args.output, format=args.format,
+                                            rank=rank, world_size=world_size, num_workers=args.num_workers,
+                                            overwrite=args.overwrite, progress=progress)
         else:
-            result = embed.embed_files(model, args.modality, args.input, args.output,
-                                       num_workers=args.num_workers, overwrite=args.overwrite, progress=progress)
+            result = embedding.embed_files(model, args.modality, args.input, args.output,
+                                           num_workers=args.num_workers, overwrite=args.overwrite, progress=progress)
     finally:
         bar.close()
     for key, reason in result.skipped:

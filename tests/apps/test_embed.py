@@ -9,7 +9,7 @@ import torch
 
 from multimodal.data.pipeline.shard_reader import read_shard
 from multimodal.data.writing.writer import samples_from_folder, write_shards
-from multimodal.apps import embedding as embed
+from multimodal.apps import embedding
 from multimodal.apps.api import load_embedding_model as load
 from multimodal.errors import ArgumentNeeded
 from tests.apps.test_api import tiny_checkpoint, write_png, write_wav
@@ -34,8 +34,8 @@ def image_folder(tmp_path):
 
 def test_files_keep_keys_and_vectors_aligned_around_broken_inputs(model, image_folder, tmp_path):
     updates = []
-    result = embed.embed_files(model, "image", [image_folder], tmp_path / "emb.npy", progress=updates.append)
-    vectors, keys = embed.read_embeddings(tmp_path / "emb.npy")
+    result = embedding.embed_files(model, "image", [image_folder], tmp_path / "emb.npy", progress=updates.append)
+    vectors, keys = embedding.read_embeddings(tmp_path / "emb.npy")
     assert json.loads((tmp_path / "emb.keys.json").read_text()) == keys
     broken = str(image_folder / "cats" / "broken.png")
     assert [key for key, _ in result.skipped] == [broken] and "cannot decode image" in result.skipped[0][1]
@@ -45,18 +45,18 @@ def test_files_keep_keys_and_vectors_aligned_around_broken_inputs(model, image_f
     torch.testing.assert_close(torch.from_numpy(vectors), model.embed_images(keys), atol=1e-5, rtol=0)
     assert updates[-1].embedded == 6 and updates[-1].skipped == 1 and updates[-1].total == 7
     # .safetensors: the same rows, keys in its metadata.
-    embed.embed_files(model, "image", [image_folder], tmp_path / "emb.safetensors")
-    vectors_st, keys_st = embed.read_embeddings(tmp_path / "emb.safetensors")
+    embedding.embed_files(model, "image", [image_folder], tmp_path / "emb.safetensors")
+    vectors_st, keys_st = embedding.read_embeddings(tmp_path / "emb.safetensors")
     assert keys_st == keys
     np.testing.assert_allclose(vectors_st, vectors, atol=1e-6)
     # .parquet: a key column and a fixed-size vector column, read back by pyarrow itself.
     import pyarrow.parquet as pq
 
-    embed.embed_files(model, "image", [image_folder], tmp_path / "emb.parquet")
+    embedding.embed_files(model, "image", [image_folder], tmp_path / "emb.parquet")
     table = pq.read_table(tmp_path / "emb.parquet")
     assert table.column("key").to_pylist() == keys
     np.testing.assert_allclose(np.array(table.column("embedding").to_pylist(), dtype=np.float32), vectors, atol=1e-6)
-    vectors_pq, keys_pq = embed.read_embeddings(tmp_path / "emb.parquet")
+    vectors_pq, keys_pq = embedding.read_embeddings(tmp_path / "emb.parquet")
     assert keys_pq == keys
     np.testing.assert_allclose(vectors_pq, vectors, atol=1e-6)
 
@@ -64,15 +64,15 @@ def test_files_keep_keys_and_vectors_aligned_around_broken_inputs(model, image_f
 def test_captions_and_audio_files(model, tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text("a photo of a cat\n\nsomeone saying seven\n")
-    embed.embed_files(model, "text", [captions], tmp_path / "text.npy")
-    vectors, keys = embed.read_embeddings(tmp_path / "text.npy")
+    embedding.embed_files(model, "text", [captions], tmp_path / "text.npy")
+    vectors, keys = embedding.read_embeddings(tmp_path / "text.npy")
     assert keys == [f"{captions}:1", f"{captions}:3"]
     torch.testing.assert_close(torch.from_numpy(vectors), model.embed_texts(["a photo of a cat", "someone saying seven"]),
                                atol=1e-5, rtol=0)
     clips = [write_wav(tmp_path / "audio" / f"{i}.wav", seed=i, seconds=seconds) for i, seconds in enumerate((0.5, 2.4))]
     (tmp_path / "audio" / "short.wav").write_bytes(b"RIFF")  # not a wav file
-    result = embed.embed_files(model, "audio", [tmp_path / "audio"], tmp_path / "audio.npy")
-    vectors, keys = embed.read_embeddings(tmp_path / "audio.npy")
+    result = embedding.embed_files(model, "audio", [tmp_path / "audio"], tmp_path / "audio.npy")
+    vectors, keys = embedding.read_embeddings(tmp_path / "audio.npy")
     assert keys == [str(path) for path in clips] and [k for k, _ in result.skipped] == [str(tmp_path / "audio" / "short.wav")]
     torch.testing.assert_close(torch.from_numpy(vectors), model.embed_audio(clips), atol=1e-5, rtol=0)
 
@@ -86,7 +86,7 @@ def _shards(image_folder, output, validate=False):
 
 def _all_parts(directory) -> tuple[np.ndarray, list[str]]:
     parts = sorted(directory.glob("part-*.npy"))
-    loaded = [embed.read_embeddings(path) for path in parts]
+    loaded = [embedding.read_embeddings(path) for path in parts]
     return np.concatenate([vectors for vectors, _ in loaded]), [key for _, keys in loaded for key in keys]
 
 
@@ -94,7 +94,7 @@ def test_shards_give_one_part_each_and_resume_after_an_interruption(model, image
     urls = _shards(image_folder, tmp_path / "shards")
     assert len(urls) == 4
     spec = str(tmp_path / "shards" / "shard-{000000..000003}.tar")
-    reference = embed.embed_shards(model, "image", spec, tmp_path / "reference")
+    reference = embedding.embed_shards(model, "image", spec, tmp_path / "reference")
     assert [p.name for p in reference.written] == [f"part-shard-00000{i}.npy" for i in range(4)]
     assert len(reference.skipped) == 1 and reference.skipped[0][0] == "cats__broken"
     assert "cannot decode image" in reference.skipped[0][1]
@@ -107,7 +107,7 @@ def test_shards_give_one_part_each_and_resume_after_an_interruption(model, image
 
     # Interrupted while writing the third part: two parts stay, nothing half-written.
     calls = {"count": 0}
-    real_write = embed.write_embeddings
+    real_write = embedding.write_embeddings
 
     def failing_write(*args, **kwargs):
         calls["count"] += 1
@@ -115,20 +115,20 @@ def test_shards_give_one_part_each_and_resume_after_an_interruption(model, image
             raise KeyboardInterrupt
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(embed, "write_embeddings", failing_write)
+    monkeypatch.setattr(embedding, "write_embeddings", failing_write)
     with pytest.raises(KeyboardInterrupt):
-        embed.embed_shards(model, "image", urls, tmp_path / "run")
-    monkeypatch.setattr(embed, "write_embeddings", real_write)
+        embedding.embed_shards(model, "image", urls, tmp_path / "run")
+    monkeypatch.setattr(embedding, "write_embeddings", real_write)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         f"part-shard-00000{i}.{end}" for i in range(2) for end in ("keys.json", "meta.json", "npy")]
-    resumed = embed.embed_shards(model, "image", urls, tmp_path / "run")
+    resumed = embedding.embed_shards(model, "image", urls, tmp_path / "run")
     assert len(resumed.resumed) == 2 and len(resumed.written) == 2
     vectors_run, keys_run = _all_parts(tmp_path / "run")
     assert keys_run == keys
     np.testing.assert_allclose(vectors_run, vectors, atol=1e-6)
     # A deleted part is the only one written again.
     (tmp_path / "run" / "part-shard-000002.npy").unlink()
-    again = embed.embed_shards(model, "image", urls, tmp_path / "run")
+    again = embedding.embed_shards(model, "image", urls, tmp_path / "run")
     assert [p.name for p in again.written] == ["part-shard-000002.npy"] and len(again.resumed) == 3
     assert _all_parts(tmp_path / "run")[1] == keys
 
@@ -139,41 +139,41 @@ def test_every_format_records_the_same_metadata_and_npy_keeps_it_beside_its_keys
 
     url = _shards(image_folder, tmp_path / "shards", validate=True)[0]
     recorded = {}
-    for format in embed.OUTPUT_FORMATS:
-        (path,) = embed.embed_shards(model, "image", url, tmp_path / format, format=format).written
-        recorded[format] = embed.read_metadata(path)
+    for format in embedding.OUTPUT_FORMATS:
+        (path,) = embedding.embed_shards(model, "image", url, tmp_path / format, format=format).written
+        recorded[format] = embedding.read_metadata(path)
     assert recorded["npy"] == recorded["safetensors"] == recorded["parquet"] == {
         "modality": "image", "embed_dim": "128", "dtype": "float32", "checkpoint_id": checkpoint_id(tiny_checkpoint()),
         "shard": url}
-    npy = embed.part_path(tmp_path / "npy", url)
-    assert json.loads(embed.metadata_path(npy).read_text()) == recorded["npy"]
-    assert embed.metadata_path(tmp_path / "emb.npy") == tmp_path / "emb.meta.json"
+    npy = embedding.part_path(tmp_path / "npy", url)
+    assert json.loads(embedding.metadata_path(npy).read_text()) == recorded["npy"]
+    assert embedding.metadata_path(tmp_path / "emb.npy") == tmp_path / "emb.meta.json"
     # Files outputs record all but the shard.
-    embed.embed_files(model, "image", [image_folder / "dogs"], tmp_path / "emb.npy")
-    assert embed.read_metadata(tmp_path / "emb.npy") == {k: v for k, v in recorded["npy"].items() if k != "shard"}
+    embedding.embed_files(model, "image", [image_folder / "dogs"], tmp_path / "emb.npy")
+    assert embedding.read_metadata(tmp_path / "emb.npy") == {k: v for k, v in recorded["npy"].items() if k != "shard"}
     # An .npy of an earlier version (no .meta.json) reads with empty metadata; a damaged one is refused,
     # and a part whose .meta.json is damaged is not complete: a rerun writes it again.
-    embed.metadata_path(npy).unlink()
-    assert embed.read_metadata(npy) == {}
-    embed.metadata_path(npy).write_text('["not", "an", "object"]')
+    embedding.metadata_path(npy).unlink()
+    assert embedding.read_metadata(npy) == {}
+    embedding.metadata_path(npy).write_text('["not", "an", "object"]')
     with pytest.raises(ValueError, match=r"part-shard-000000\.meta\.json must hold a JSON object of strings"):
-        embed.read_metadata(npy)
-    again = embed.embed_shards(model, "image", url, tmp_path / "npy")
-    assert again.written == [npy] and embed.read_metadata(npy) == recorded["npy"]
+        embedding.read_metadata(npy)
+    again = embedding.embed_shards(model, "image", url, tmp_path / "npy")
+    assert again.written == [npy] and embedding.read_metadata(npy) == recorded["npy"]
     # Writing an .npy again replaces its metadata: none of the earlier output's is left.
-    embed.write_embeddings(npy, np.zeros((1, 4), np.float32), ["k"])
-    assert embed.read_metadata(npy) == {}
+    embedding.write_embeddings(npy, np.zeros((1, 4), np.float32), ["k"])
+    assert embedding.read_metadata(npy) == {}
 
 
 def test_ranks_take_disjoint_shards_and_workers_keep_the_order(model, image_folder, tmp_path):
     urls = _shards(image_folder, tmp_path / "shards", validate=True)
-    first = embed.embed_shards(model, "image", urls, tmp_path / "out", rank=0, world_size=2, format="safetensors")
-    second = embed.embed_shards(model, "image", urls, tmp_path / "out", rank=1, world_size=2, format="safetensors",
-                                num_workers=2)
+    first = embedding.embed_shards(model, "image", urls, tmp_path / "out", rank=0, world_size=2, format="safetensors")
+    second = embedding.embed_shards(model, "image", urls, tmp_path / "out", rank=1, world_size=2, format="safetensors",
+                                    num_workers=2)
     assert {p.name for p in first.written}.isdisjoint({p.name for p in second.written})
     keys = []
     for url in urls:
-        _, part_keys = embed.read_embeddings(embed.part_path(tmp_path / "out", url, "safetensors"))
+        _, part_keys = embedding.read_embeddings(embedding.part_path(tmp_path / "out", url, "safetensors"))
         assert part_keys == [s["__key__"] for s in read_shard(url, [])]  # shard order, even with 2 workers
         keys.extend(part_keys)
     assert len(keys) == len(set(keys)) == 6
@@ -181,34 +181,34 @@ def test_ranks_take_disjoint_shards_and_workers_keep_the_order(model, image_fold
 
 def test_inputs_and_outputs_are_checked(model, tmp_path):
     with pytest.raises(ValueError, match=r"must end in \.npy, \.safetensors or \.parquet"):
-        embed.output_format(tmp_path / "emb.csv")
+        embedding.output_format(tmp_path / "emb.csv")
     with pytest.raises(ValueError, match="does not exist"):
-        embed.list_inputs("image", [tmp_path / "missing.png"])
+        embedding.list_inputs("image", [tmp_path / "missing.png"])
     with pytest.raises(ValueError, match="holds no image file"):
-        embed.list_inputs("image", [tmp_path])
+        embedding.list_inputs("image", [tmp_path])
     with pytest.raises(ValueError, match="folder of parts"):
-        embed.embed_shards(model, "image", str(tmp_path / "a.tar"), tmp_path / "emb.npy")
-    assert embed.shard_part_name("pipe:curl -s https://host/data/train-000012.tar -") == "train-000012"
-    assert embed.shard_part_name("/data/x/val-01.tar.gz") == "val-01"
-    assert embed.is_shard_spec("data-{000..009}.tar") and embed.is_shard_spec("pipe:cat x") and not embed.is_shard_spec("a/b.png")
+        embedding.embed_shards(model, "image", str(tmp_path / "a.tar"), tmp_path / "emb.npy")
+    assert embedding.shard_part_name("pipe:curl -s https://host/data/train-000012.tar -") == "train-000012"
+    assert embedding.shard_part_name("/data/x/val-01.tar.gz") == "val-01"
+    assert embedding.is_shard_spec("data-{000..009}.tar") and embedding.is_shard_spec("pipe:cat x") and not embedding.is_shard_spec("a/b.png")
 
 
 def test_an_existing_output_is_refused_unless_overwrite(model, image_folder, tmp_path):
     output = tmp_path / "emb.safetensors"
-    embed.embed_files(model, "image", [image_folder], output)
+    embedding.embed_files(model, "image", [image_folder], output)
     written = output.read_bytes()
     with pytest.raises(ArgumentNeeded) as error:
-        embed.embed_files(model, "image", [image_folder / "dogs"], output)
+        embedding.embed_files(model, "image", [image_folder / "dogs"], output)
     assert str(error.value) == f"output {output} exists; pass overwrite=True to replace it"
     assert error.value.for_command_line() == f"output {output} exists; pass --overwrite to replace it"
     assert output.read_bytes() == written
-    embed.embed_files(model, "image", [image_folder / "dogs"], output, overwrite=True)
-    assert len(embed.read_embeddings(output)[1]) == 4  # dogs: 0, 2, 4 and nested/deep
+    embedding.embed_files(model, "image", [image_folder / "dogs"], output, overwrite=True)
+    assert len(embedding.read_embeddings(output)[1]) == 4  # dogs: 0, 2, 4 and nested/deep
     # Shard parts: complete ones are kept on a rerun, written again with overwrite.
     urls = _shards(image_folder, tmp_path / "shards", validate=True)
-    embed.embed_shards(model, "image", urls, tmp_path / "parts")
-    assert len(embed.embed_shards(model, "image", urls, tmp_path / "parts").resumed) == len(urls)
-    again = embed.embed_shards(model, "image", urls, tmp_path / "parts", overwrite=True)
+    embedding.embed_shards(model, "image", urls, tmp_path / "parts")
+    assert len(embedding.embed_shards(model, "image", urls, tmp_path / "parts").resumed) == len(urls)
+    again = embedding.embed_shards(model, "image", urls, tmp_path / "parts", overwrite=True)
     assert again.resumed == [] and len(again.written) == len(urls)
 
 
@@ -217,9 +217,9 @@ def test_outputs_get_the_permissions_of_the_umask(model, image_folder, tmp_path,
     previous = os.umask(umask)
     try:
         for name in ("emb.npy", "emb.parquet", "emb.safetensors"):
-            embed.embed_files(model, "image", [image_folder / "dogs"], tmp_path / name)
-        embed.embed_shards(model, "image", _shards(image_folder, tmp_path / "shards", validate=True)[:1],
-                           tmp_path / "parts")
+            embedding.embed_files(model, "image", [image_folder / "dogs"], tmp_path / name)
+        embedding.embed_shards(model, "image", _shards(image_folder, tmp_path / "shards", validate=True)[:1],
+                               tmp_path / "parts")
     finally:
         os.umask(previous)
     outputs = ["emb.npy", "emb.keys.json", "emb.meta.json", "emb.parquet", "emb.safetensors",
@@ -243,7 +243,7 @@ def test_shard_samples_without_the_modality_are_passed_over_not_skipped(model, t
         writer.write({"__key__": "cat", "png": png, "txt": b"a cat"})
         writer.write({"__key__": "bell", "wav": wav, "txt": b"a bell"})
         writer.write({"__key__": "dog", "png": png, "wav": wav, "txt": b"a dog"})
-    result = embed.embed_shards(model, "image", str(shard), tmp_path / "out")
+    result = embedding.embed_shards(model, "image", str(shard), tmp_path / "out")
     assert (result.num_embedded, result.num_absent, result.skipped) == (2, 1, [])
     assert _all_parts(tmp_path / "out")[1] == ["cat", "dog"]
 
@@ -275,12 +275,12 @@ def test_shards_of_several_folders_get_parts_named_by_their_folder(model, tmp_pa
         urls.append(str(tmp_path / "data" / split / "shard-000000.tar"))
         with webdataset.TarWriter(urls[-1]) as writer:
             writer.write({"__key__": f"{split}-cat", "png": png, "txt": b"a cat"})
-    assert embed.part_names(urls) == {urls[0]: "train__shard-000000", urls[1]: "val__shard-000000"}
-    assert embed.part_names(urls[:1]) == {urls[0]: "shard-000000"}
-    assert embed.part_names(["a/x-0.tar", "a/b/c/x-0.tar"]) == {"a/x-0.tar": "x-0", "a/b/c/x-0.tar": "b__c__x-0"}
+    assert embedding.part_names(urls) == {urls[0]: "train__shard-000000", urls[1]: "val__shard-000000"}
+    assert embedding.part_names(urls[:1]) == {urls[0]: "shard-000000"}
+    assert embedding.part_names(["a/x-0.tar", "a/b/c/x-0.tar"]) == {"a/x-0.tar": "x-0", "a/b/c/x-0.tar": "b__c__x-0"}
     remote = ["https://h/d/train/x-1.tar", "pipe:curl -s https://h/d/val/x-1.tar -"]
-    assert embed.part_names(remote) == {remote[0]: "train__x-1", remote[1]: "val__x-1"}
-    assert embed.part_path(tmp_path, urls[1], urls=urls) == tmp_path / "part-val__shard-000000.npy"
+    assert embedding.part_names(remote) == {remote[0]: "train__x-1", remote[1]: "val__x-1"}
+    assert embedding.part_path(tmp_path, urls[1], urls=urls) == tmp_path / "part-val__shard-000000.npy"
 
     argv = ["embed", "--checkpoint", str(tiny_checkpoint()), "--modality", "image", "--input", *urls,
             "--output", str(tmp_path / "emb")]
@@ -289,14 +289,14 @@ def test_shards_of_several_folders_get_parts_named_by_their_folder(model, tmp_pa
     assert f"into {tmp_path / 'emb' / 'part-train__shard-000000.npy'}, {tmp_path / 'emb' / 'part-val__shard-000000.npy'}" in out
     for split, url in zip(("train", "val"), urls):
         part = tmp_path / "emb" / f"part-{split}__shard-000000.npy"
-        assert embed.read_embeddings(part)[1] == [f"{split}-cat"] and embed.read_metadata(part)["shard"] == url
+        assert embedding.read_embeddings(part)[1] == [f"{split}-cat"] and embedding.read_metadata(part)["shard"] == url
     # The same command again finds both parts complete.
     assert cli_main(argv) == 0
     assert "2 part(s) already complete" in capsys.readouterr().out
     # A folder where train was embedded alone first: its part keeps its name, and no second part of it is written.
-    alone = embed.embed_shards(model, "image", urls[:1], tmp_path / "grown")
+    alone = embedding.embed_shards(model, "image", urls[:1], tmp_path / "grown")
     assert [path.name for path in alone.written] == ["part-shard-000000.npy"]
-    grown = embed.embed_shards(model, "image", urls, tmp_path / "grown")
+    grown = embedding.embed_shards(model, "image", urls, tmp_path / "grown")
     assert [path.name for path in grown.resumed] == ["part-shard-000000.npy"]
     assert [path.name for path in grown.written] == ["part-val__shard-000000.npy"]
     assert sorted(path.name for path in (tmp_path / "grown").glob("*.npy")) == [
@@ -308,10 +308,10 @@ def test_empty_captions_are_skipped_by_name(model, tmp_path, capsys):
 
     captions = tmp_path / "captions.txt"
     captions.write_text("a photo of a cat\n\nsomeone saying seven\n   \n")
-    result = embed.embed_files(model, "text", [captions], tmp_path / "lines.npy")
+    result = embedding.embed_files(model, "text", [captions], tmp_path / "lines.npy")
     empty = "ValueError: the caption is empty (nothing but white space): nothing to embed"
     assert result.skipped == [(f"{captions}:2", empty), (f"{captions}:4", empty)]
-    assert embed.read_embeddings(tmp_path / "lines.npy")[1] == [f"{captions}:1", f"{captions}:3"]
+    assert embedding.read_embeddings(tmp_path / "lines.npy")[1] == [f"{captions}:1", f"{captions}:3"]
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "cat.txt").write_text("a photo of a cat\n")
@@ -324,4 +324,4 @@ def test_empty_captions_are_skipped_by_name(model, tmp_path, capsys):
     assert f"skipped {folder / 'blank.txt'}: {empty}\nskipped {folder / 'empty.txt'}: {empty}\n" in captured.err
     assert "embedded 1 text input(s)" in captured.out and "skipped 2" in captured.out
     assert "multimodal: skipped 2 input(s)" in captured.err
-    assert embed.read_embeddings(tmp_path / "folder.npy")[1] == [str(folder / "cat.txt")]
+    assert embedding.read_embeddings(tmp_path / "folder.npy")[1] == [str(folder / "cat.txt")]

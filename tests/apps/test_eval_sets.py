@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from multimodal.training import preflight, data_sources as sources
+from multimodal.training import preflight, data_sources
 from multimodal.apps.api import EmbeddingModel
 from multimodal.checkpoint import load_model, load_tokenizer
 from multimodal.cli import main as cli
@@ -48,8 +48,8 @@ def tiny():
 
 def evaluate(model, tokenizer, eval_sets):
     settled = preflight.check_eval_sets(eval_sets, model.config)
-    resolved = sources.ResolvedSources(train=[], eval_sets=settled)
-    data = sources.prepare(sources.DataConfig(eval=settled, eval_batch_size=8), model.config, tokenizer, resolved)
+    resolved = data_sources.ResolvedSources(train=[], eval_sets=settled)
+    data = data_sources.prepare(data_sources.DataConfig(eval=settled, eval_batch_size=8), model.config, tokenizer, resolved)
     return settled, data, run_evaluations(model, data.eval_sets, tokenizer)
 
 
@@ -100,8 +100,8 @@ def test_a_class_folder_loader_labels_by_sorted_folder_reads_drawings_and_counts
     assert cli(["shards", "--input", str(tmp_path / "folders"), "--output", str(tmp_path / "shards"),
                 "--layout", "classes", "--max-skip-fraction", "1"]) == 0
     shard_set = EvalSetConfig(name="shards", shards=str(tmp_path / "shards"), class_names=["a", "b"])
-    data = sources.prepare(sources.DataConfig(), model.config, None,
-                           sources.ResolvedSources(train=[], eval_sets=[shard_set]))
+    data = data_sources.prepare(data_sources.DataConfig(), model.config, None,
+                                data_sources.ResolvedSources(train=[], eval_sets=[shard_set]))
     from_shards = sorted(torch.cat([batch["image"] for batch in data.eval_sets[0].loader()]).sum(dim=(1, 2, 3)).tolist())
     from_folders = sorted(torch.cat([batch["image"] for batch in batches]).sum(dim=(1, 2, 3)).tolist())
     assert from_folders == pytest.approx(from_shards, abs=1e-3)
@@ -150,8 +150,8 @@ def test_evaluations_say_the_samples_without_the_modality_once_and_warn_of_a_bro
         writer.write({"__key__": "noise", "wav": b"RIFF but not a wav", "cls": b"1"})
     eval_set = EvalSetConfig(name="spoken", shards=str(shard), modality="audio", class_names=["a", "b"],
                              templates=TEMPLATES)
-    data = sources.prepare(sources.DataConfig(eval=[eval_set]), model.config, tokenizer,
-                           sources.ResolvedSources(train=[], eval_sets=[eval_set]))
+    data = data_sources.prepare(data_sources.DataConfig(eval=[eval_set]), model.config, tokenizer,
+                                data_sources.ResolvedSources(train=[], eval_sets=[eval_set]))
     with caplog.at_level(logging.WARNING):
         first = run_evaluations(model, data.eval_sets, tokenizer, say_not_evaluated=data.say_not_evaluated)
         second = run_evaluations(model, data.eval_sets, tokenizer, say_not_evaluated=data.say_not_evaluated)
@@ -269,14 +269,14 @@ def test_class_folders_are_refused_where_a_set_needs_pairs_or_mixes_them_with_sh
 
 
 def test_a_run_evaluates_class_folders_and_a_mixed_shard_and_records_the_names_it_took(material, tmp_path, caplog):
-    from multimodal.training import trainer as train
+    from multimodal.training import trainer
     from tests.training.test_train import run_args, tiny_dataset_at
 
     dataset = tiny_dataset_at(tmp_path / "data")
     eval_sets = json.dumps([{"name": "folders", "shards": material["folders"]},
                             {"name": "mixed", "shards": material["shards"], "templates": TEMPLATES}])
-    result = train.main(run_args(dataset, tmp_path, 2, ["--data.eval", eval_sets, "--threads", "1",
-                                                        "--eval_every", "1"])[2:])
+    result = trainer.main(run_args(dataset, tmp_path, 2, ["--data.eval", eval_sets, "--threads", "1",
+                                                          "--eval_every", "1"])[2:])
     assert result["results"]["folders/num_samples"] == 6 and result["results"]["mixed/num_samples"] == 6
     # Evaluated at steps 1 and 2: the recordings of the mixed shard (the model reads no audio) said once, in words.
     assert [message for message in caplog.messages if "not evaluated" in message] == [

@@ -1,4 +1,4 @@
-"""Evaluation sets run as training runs them (data.eval -> sources.prepare -> run_evaluations), on a tiny model."""
+"""Evaluation sets run as training runs them (data.eval -> data_sources.prepare -> run_evaluations), on a tiny model."""
 import io
 import json
 
@@ -8,7 +8,7 @@ import torch
 import webdataset
 from PIL import Image
 
-from multimodal.training import data_sources as sources
+from multimodal.training import data_sources
 from multimodal.apps.api import EmbeddingModel
 from multimodal.checkpoint import load_model, load_tokenizer
 from multimodal.eval import evaluate_linear_probe, retrieval_metrics
@@ -54,9 +54,9 @@ def test_training_runs_linear_probe_and_every_caption_retrieval_sets(tiny, tmp_p
                       train_shards=str(tmp_path / "train.tar"), fewshot_k=4, seed=3),
         EvalSetConfig(name="pairs", shards=str(tmp_path / "test.tar"), task="retrieval", modality="image"),
     ]
-    config = sources.DataConfig(eval=eval_sets, eval_batch_size=4)
-    resolved = sources.ResolvedSources(train=[], eval_sets=eval_sets)
-    data = sources.prepare(config, model.config, tokenizer, resolved)
+    config = data_sources.DataConfig(eval=eval_sets, eval_batch_size=4)
+    resolved = data_sources.ResolvedSources(train=[], eval_sets=eval_sets)
+    data = data_sources.prepare(config, model.config, tokenizer, resolved)
     results = run_evaluations(model, data.eval_sets, tokenizer)
 
     # The probe: the same as fitting on the API's embeddings of the same images.

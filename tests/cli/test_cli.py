@@ -9,18 +9,18 @@ import pytest
 import torch
 import webdataset
 
-from multimodal.data.demo import dataset as demo_data
+from multimodal.data.demo import dataset
 import multimodal.interop
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.data.writing.writer import samples_from_folder, write_shards
-from multimodal.apps import embedding as embed
+from multimodal.apps import embedding
 from multimodal.apps.api import ZeroShotClassifier, load_embedding_model as load
 from multimodal.checkpoint import TRAINER_FILE, load_model, load_tokenizer, save_checkpoint
 from multimodal.cli import build_parser, main
 from multimodal.config_parser import to_dict
 from multimodal.eval import IMAGE_TEMPLATES
 from multimodal.training.data_sources import DataConfig, demo_eval_sets
-from multimodal.training.trainer import TrainConfig
+from multimodal.training.train_config import TrainConfig
 from tests.apps.test_api import tiny_checkpoint, write_png, write_wav
 
 COMMANDS = ("embed", "classify", "eval", "shards", "tokenizer", "convert", "demo")
@@ -44,10 +44,10 @@ def class_folder(tmp_path) -> Path:
     return root
 
 
-def demo_paths(root: Path) -> demo_data.DemoPaths:
-    return demo_data.DemoPaths(root=root, image_train="i-{0..1}.tar", image_val="iv.tar", image_real="ir.tar", audio_train="a.tar",
-                               audio_val="av.tar", audio_phone="ap.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
-                               captions_file=root / "captions.txt")
+def demo_paths(root: Path) -> dataset.DemoPaths:
+    return dataset.DemoPaths(root=root, image_train="i-{0..1}.tar", image_val="iv.tar", image_real="ir.tar", audio_train="a.tar",
+                             audio_val="av.tar", audio_phone="ap.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
+                             captions_file=root / "captions.txt")
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_embed_refuses_to_overwrite_without_the_flag_and_skips_set_the_status(ch
         f"multimodal embed: error: output {output} exists; pass --overwrite to replace it")
     assert output.read_bytes() == b"kept as it is"
     status, out, err = run([*argv, "--overwrite"], capsys)
-    assert status == 0 and "embedded 6 image input(s)" in out and embed.read_embeddings(output)[0].shape[0] == 6
+    assert status == 0 and "embedded 6 image input(s)" in out and embedding.read_embeddings(output)[0].shape[0] == 6
     # A skipped input: the others are written, each skip is named, the count closes stderr, status 1.
     broken = class_folder / "cats" / "broken.png"
     broken.write_bytes(b"\x89PNG truncated")
@@ -257,7 +257,7 @@ def test_embed_refuses_to_overwrite_without_the_flag_and_skips_set_the_status(ch
 def test_zero_shot_uses_the_templates_the_checkpoint_was_evaluated_with(checkpoint, run_folder, class_folder,
                                                                         tmp_path, capsys):
     trained = run_folder / "checkpoints" / "step-0000010"
-    demo_templates = list(demo_data.ZERO_SHOT_TEMPLATES["image"])
+    demo_templates = list(dataset.ZERO_SHOT_TEMPLATES["image"])
     argv = ["eval", "--precision", "fp32", "--task", "zeroshot", "--data", class_folder, "--output", tmp_path / "r.json"]
     status, _, err = run([*argv, "--checkpoint", trained], capsys)
     report = json.loads((tmp_path / "r.json").read_text())
@@ -288,7 +288,7 @@ def test_embed_command_matches_the_api_and_resumes_shards(checkpoint, model, cla
     status, out, err = run(["embed", "--checkpoint", checkpoint, "--precision", "fp32", "--modality", "image",
                             "--input", class_folder, "--output", output, "--batch-size", "4"], capsys)
     assert status == 0 and "embedded 6 image input(s)" in out
-    vectors, keys = embed.read_embeddings(output)
+    vectors, keys = embedding.read_embeddings(output)
     assert json.loads((tmp_path / "emb.keys.json").read_text()) == keys
     torch.testing.assert_close(torch.from_numpy(vectors), model.embed_images(keys), atol=1e-5, rtol=0)
     write_shards(samples_from_folder(class_folder), tmp_path / "shards", max_samples_per_shard=4)
@@ -374,9 +374,9 @@ def test_convert_and_demo_call_the_library(tmp_path, capsys, monkeypatch):
                           "quick_gelu"], capsys)
     assert status == 0 and calls == [("open_clip", str(tmp_path), str(tmp_path / "ckpt"), {"activation": "quick_gelu"})]
 
-    paths = demo_data.DemoPaths(root=tmp_path, image_train="i-{0..1}.tar", image_val="iv.tar", image_real="ir.tar", audio_train="a.tar",
-                                audio_val="av.tar", audio_phone="ap.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
-                                captions_file=tmp_path / "captions.txt")
+    paths = dataset.DemoPaths(root=tmp_path, image_train="i-{0..1}.tar", image_val="iv.tar", image_real="ir.tar", audio_train="a.tar",
+                              audio_val="av.tar", audio_phone="ap.tar", audio_real="ar.tar", num_samples={"image-train": 4000},
+                              captions_file=tmp_path / "captions.txt")
     seen = {}
 
     def fake_build(cache_dir, **options):
@@ -384,7 +384,7 @@ def test_convert_and_demo_call_the_library(tmp_path, capsys, monkeypatch):
         options["progress"]("images", 1, 2)
         return paths
 
-    monkeypatch.setattr(demo_data, "build_demo", fake_build)
+    monkeypatch.setattr(dataset, "build_demo", fake_build)
     status, out, _ = run(["demo", "--cache", tmp_path / "cache", "--scale", "0.5"], capsys)
     assert status == 0 and seen["cache_dir"] == str(tmp_path / "cache") and seen["scale"] == 0.5
     assert "image-train: 4000 samples: i-{0..1}.tar" in out and "zero, one, two" in out

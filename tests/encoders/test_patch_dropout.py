@@ -228,7 +228,8 @@ def test_rate_is_checked_where_it_is_set():
 
 
 def test_the_trainer_command_line_reaches_the_setting(capsys):
-    from multimodal.training.trainer import main, parse_config
+    from multimodal.training.train_config import parse_config
+    from multimodal.training.trainer import main
 
     config = parse_config(["--model.image.patch_dropout", "0.5", "--model.audio.patch_dropout", "0.25"])
     assert (config.model.image.patch_dropout, config.model.audio.patch_dropout) == (0.5, 0.25)

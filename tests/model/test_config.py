@@ -40,7 +40,7 @@ def test_unknown_key_is_named_with_its_path_and_the_closest_key():
 
 def test_every_unknown_key_of_a_file_is_reported_at_once(tmp_path):
     """A YAML file for the trainer with typos at several depths, in an optional section and in a list entry."""
-    from multimodal.training.trainer import parse_config
+    from multimodal.training.train_config import parse_config
 
     (tmp_path / "run.yaml").write_text(
         "optim:\n  lrr: 0.001\n"
@@ -58,7 +58,7 @@ def test_every_unknown_key_of_a_file_is_reported_at_once(tmp_path):
 
 
 def test_every_unknown_dotted_override_is_reported_at_once():
-    from multimodal.training.trainer import parse_config
+    from multimodal.training.train_config import parse_config
 
     with pytest.raises(ValueError) as error:
         parse_config(["--optim.lrr", "1e-3", "--data.batchsize", "64", "--optimm.steps", "5", "--seed", "1"])
@@ -118,7 +118,7 @@ def test_config_files(tmp_path):
 def test_audio_min_frames_follows_the_encoders_patch_length_and_a_mismatch_is_refused():
     from multimodal.encoders import AudioConfig, TransformerConfig
     from multimodal.model import ModelConfig
-    from multimodal.training.trainer import parse_config
+    from multimodal.training.train_config import parse_config
 
     small = TransformerConfig(width=32, depth=1, num_heads=2)
     audio = AudioConfig(num_mel_bins=32, max_frames=100, patch_size=8, stride=8, transformer=small)

@@ -334,7 +334,7 @@ def test_layer_scales_by_depth_within_each_tower():
 
 
 def test_layer_decay_groups_keep_the_optimiser_grouping():
-    from multimodal.training.trainer import is_decay_free
+    from multimodal.training.optimizer import is_decay_free
 
     model = MultimodalModel(tiny())
     lock_towers(model, ["audio"])

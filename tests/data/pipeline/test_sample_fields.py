@@ -9,7 +9,7 @@ import tarfile
 import pytest
 import torch
 
-from multimodal.apps import embedding as embed
+from multimodal.apps import embedding
 from multimodal.cli.tokenizer import _captions
 from multimodal.data.preprocess.image_transforms import preprocess_image
 from multimodal.data.pipeline.loader import make_loader
@@ -102,7 +102,7 @@ def test_training_evaluation_embedding_and_the_tokenizer_read_the_same_fields(tm
         found = {}
         for sample in samples:
             try:
-                found[sample["__key__"]] = embed.shard_sample_input(sample, modality)
+                found[sample["__key__"]] = embedding.shard_sample_input(sample, modality)
             except UnusableSample:
                 pass
         return found

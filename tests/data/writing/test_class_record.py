@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from multimodal.apps import evaluation_sources as eval_sources
+from multimodal.apps import evaluation_sources
 from multimodal.training import preflight
 from multimodal.cli import main as cli
 from multimodal.data.writing.class_record import FILE_NAME, recorded_beside
@@ -81,7 +81,7 @@ def test_start_up_takes_the_names_from_the_record_without_opening_a_shard(tmp_pa
         opened.append(url)
         raise AssertionError(f"{url} opened to read its class names")
 
-    monkeypatch.setattr(eval_sources, "read_shard", read_shard)
+    monkeypatch.setattr(evaluation_sources, "read_shard", read_shard)
     assert recorded_class_names(spec) == IN_LABEL_ORDER
     # Start-up: the names come from the record; the check of the first samples (its own reader) still holds them
     # against what the samples say.
