@@ -51,7 +51,7 @@ from multimodal.data.pipeline.main_process import RecycledBuffers, one_cpu_threa
 from multimodal.data.pipeline.remote import RemoteConfig
 from multimodal.data.seeds import stable_int
 from multimodal.data.pipeline.shard_reader import expand_shards
-from multimodal.data.pipeline.source_spec import SourceSpec
+from multimodal.data.pipeline.source_spec import SourceSpec, source_name
 from multimodal.data.pipeline.skip_counts import DataStats
 
 logger = logging.getLogger(__name__)
@@ -197,8 +197,8 @@ def _check_arguments(
 
 
 def _source_names(sources: list[SourceSpec]) -> list[str]:
-    """Each source's name (``source{index}`` when it has none); distinct, as they key the statistics."""
-    names = [spec.name or f"source{index}" for index, spec in enumerate(sources)]
+    """Each source's name (see :func:`source_name`); distinct, as they key the statistics."""
+    names = [source_name(spec, index) for index, spec in enumerate(sources)]
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be distinct, got {names}")
     return names

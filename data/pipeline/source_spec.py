@@ -41,8 +41,7 @@ class SourceSpec:
         modalities: one to three of "text", "image", "audio"; training needs at
             least two (a contrastive pair), evaluation and embedding may read one.
         weight: relative share of batches drawn from this source.
-        name: used in counts, logs and errors; default ``source{index}`` (a run's
-            training sources: ``train{index}``).
+        name: used in counts, logs and errors; default ``train{index}`` (see :func:`source_name`).
         image_keys / audio_keys / caption_keys: where each modality is found.
         label_key: optional class label (``"json:label"``, ``"cls"``), read as int into "label".
         all_captions: evaluation only (a training loader refuses it): every caption of a
@@ -93,4 +92,14 @@ class SourceSpec:
         )
 
 
-__all__ = ["SourceSpec"]
+def source_name(spec: SourceSpec, index: int) -> str:
+    """What source ``index`` of a loader goes by in counts, logs and errors: its name, else ``train{index}``.
+
+    The one default for an unnamed source, in the loader and in a run alike. It is the name a run's
+    unnamed training sources have always gone by (its logs and skip counts say ``source 'train0'``),
+    so a run resumed from an old config names its sources as it did before the restart.
+    """
+    return spec.name or f"train{index}"
+
+
+__all__ = ["SourceSpec", "source_name"]

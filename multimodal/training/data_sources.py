@@ -35,7 +35,7 @@ from multimodal.data.pipeline.loader import make_loader
 from multimodal.data.modalities.registry import MEDIA_MODALITIES, get_modality
 from multimodal.data.pipeline.remote import RemoteConfig
 from multimodal.data.pipeline.shard_reader import expand_shards, is_remote
-from multimodal.data.pipeline.source_spec import SourceSpec
+from multimodal.data.pipeline.source_spec import SourceSpec, source_name
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer, read_caption_files
 from multimodal import checkpoint
 from multimodal.apps.evaluation_sources import data_class_names, eval_loader, not_evaluated_lines
@@ -142,12 +142,10 @@ class PreparedData:
 
         ``device``: where batches arrive; images travel as uint8 and are normalised there.
         """
-        # Copies, named: the run's config keeps its sources as configured (an unnamed one stays unnamed
-        # in config.json), while logs and skip counts name each one.
-        named = [replace(source, name=_training_name(source, index))
-                 for index, source in enumerate(self.sources)]
+        # The sources as configured (an unnamed one stays unnamed in config.json); the loader names
+        # each by the one rule, source_name, that _check_distinct_names checked.
         self.current_loader = make_loader(
-            named,
+            self.sources,
             batch_size=self.config.batch_size,
             train=True,
             seed=seed,
@@ -279,19 +277,11 @@ def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = 
     return ResolvedSources(train=train, eval_sets=eval_sets, demo=paths)
 
 
-def _training_name(source: SourceSpec, index: int) -> str:
-    """What training source ``index`` goes by in the loader's logs, skip counts and errors.
-
-    Its name, else ``train{index}``: the name every training source had before a source could be named.
-    """
-    return source.name or f"train{index}"
-
-
 def _check_distinct_names(train: list[SourceSpec]) -> None:
     """Raises ValueError when two training sources would go by one name: the loader keys its counts by name."""
     first: dict[str, int] = {}
     for index, source in enumerate(train):
-        name = _training_name(source, index)
+        name = source_name(source, index)
         if name in first:
             raise ValueError(f"data.train[{first[name]}] and data.train[{index}] both go by the name {name!r} "
                              "(an unnamed source is train{index}); give them distinct names")
