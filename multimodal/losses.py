@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.modalities.registry import MODALITIES
 
 LOSS_KINDS = ("infonce", "sigmoid")
 

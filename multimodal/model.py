@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multimodal.data.preprocess.preprocess_config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.preprocess.preprocess_config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.modalities.registry import MODALITIES
 from multimodal.encoders import AudioConfig, TextConfig, VisionConfig
 from multimodal.losses import contrastive_loss, pair_name
 from multimodal.modality_parts import PARTS

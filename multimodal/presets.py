@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from multimodal.data.preprocess.preprocess_config import MODALITIES, AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.preprocess.preprocess_config import AudioPreprocessConfig, ImagePreprocessConfig
+from multimodal.data.modalities.registry import MODALITIES
 from multimodal.encoders import AudioConfig, TextConfig, TransformerConfig, VisionConfig
 from multimodal.model import ModelConfig
 

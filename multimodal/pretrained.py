@@ -35,7 +35,7 @@ from multimodal.checkpoint import (
     write_directory_atomically,
 )
 from multimodal.config_parser import flatten, from_dict, to_dict
-from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.modalities.registry import MODALITIES
 from multimodal.model import ModelConfig, MultimodalModel
 
 # ModelConfig fields that describe the shared space rather than one tower: a run started

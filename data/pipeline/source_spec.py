@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from multimodal.data.preprocess.augment_config import AugmentConfig
-from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.modalities.registry import MODALITIES
 from multimodal.data.pipeline.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS, SampleFields
 
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The modalities, in the order every part of the project lists them (batch keys, pair names).
-from multimodal.data.modalities.registry import MODALITIES  # noqa: F401 (importable from here, as before)
-
 # OpenAI CLIP's image statistics: the default, so converted CLIP weights work as they are.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -41,8 +41,7 @@ import torch.nn.functional as F
 
 from multimodal.data.preprocess.audio_features import collate_audio
 from multimodal.data.tokenization.clip_tokenizer import ClipTokenizer
-from multimodal.data.preprocess.preprocess_config import MODALITIES
-from multimodal.data.modalities.registry import get_modality
+from multimodal.data.modalities.registry import MODALITIES, get_modality
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.eval import build_zero_shot_weights, zero_shot_probabilities
 from multimodal.checkpoint import (

@@ -53,9 +53,8 @@ from safetensors.numpy import save_file as save_numpy_file
 from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from multimodal.data.preprocess.preprocess_config import MODALITIES
 from multimodal.data.atomic_files import write_atomically
-from multimodal.data.modalities.registry import MEDIA_MODALITIES, get_modality
+from multimodal.data.modalities.registry import MEDIA_MODALITIES, MODALITIES, get_modality
 from multimodal.data.pipeline.sample_fields import SampleFields, UnusableSample
 from multimodal.data.pipeline.shard_reader import SHARD_SUFFIXES, ShardProblem, expand_shards, is_remote, read_shard
 from multimodal.apps.api import EmbeddingModel, prepare_input

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from multimodal.config_parser import from_dict
-from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.modalities.registry import MODALITIES
 from multimodal.data.pipeline.sample_fields import CAPTION_KEYS, SampleFields
 from multimodal.data.pipeline.source_spec import SourceSpec
 from multimodal.eval import build_zero_shot_weights, collect_embeddings, retrieval_metrics, validate_templates

@@ -7,12 +7,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multimodal.data.preprocess.preprocess_config import MODALITIES
 from multimodal.data.atomic_files import write_text_atomically
 from multimodal.data.pipeline.sample_fields import CAPTION_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
 from multimodal.data.writing.listing import class_folder_files
-from multimodal.data.modalities.registry import get_modality
+from multimodal.data.modalities.registry import MODALITIES, get_modality
 from multimodal.apps.embedding import is_shard_spec, modality_of_file_name
 from multimodal.apps.evaluation_sources import (
     ClassFolder,

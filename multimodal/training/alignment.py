@@ -16,7 +16,7 @@ from itertools import combinations
 from pathlib import Path
 
 from multimodal.checkpoint import CONFIG_FILE, read_config
-from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.modalities.registry import MODALITIES
 from multimodal.losses import pair_name
 from multimodal.model import ModelConfig
 

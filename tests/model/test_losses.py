@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.modalities.registry import MODALITIES
 from multimodal.losses import (
     contrastive_loss,
     infonce_loss,

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from multimodal.checkpoint import CheckpointError, checkpoint_id, read_config, write_directory_atomically
-from multimodal.data.preprocess.preprocess_config import MODALITIES
+from multimodal.data.modalities.registry import MODALITIES
 from multimodal.data.atomic_files import write_atomically, write_json_atomically
 from multimodal.errors import ArgumentNeeded
 from multimodal.apps.search.collection import Part, describe_rows, file_digest, part_files, part_shard, read_part
