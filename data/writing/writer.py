@@ -265,6 +265,17 @@ class _Preparation:
     rasterise_svg: bool
 
 
+def _preparation(validate: bool, validator: Callable[[str, bytes], object] | None, caption_lines: str,
+                 background: tuple[int, int, int]) -> _Preparation:
+    """The write_shards options that concern one sample; without a validator, training's decoders check the media."""
+    return _Preparation(
+        validate=validate,
+        validator=validator or (lambda extension, data: _decode_media(extension, data, background)),
+        caption_lines=caption_lines,
+        rasterise_svg=svg.svg_support_available(),
+    )
+
+
 def _read_bytes(value: bytes | Path, what: str) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
@@ -428,6 +439,16 @@ def _split_directories(output_dir: Path, validation_fraction: float, prefix: str
     for directory in directories.values():
         directory.mkdir(parents=True, exist_ok=True)
     return directories
+
+
+def _split_writers(directories: dict[str, Path], prefix: str, max_samples: int, max_bytes: int, background,
+                   stats_max_images: int, class_names: Sequence[str] | None) -> dict[str, _SplitWriter]:
+    """One :class:`_SplitWriter` per split folder (``directories``: split name to folder)."""
+    return {
+        name: _SplitWriter(directory, prefix, max_samples, max_bytes, background, stats_max_images,
+                           list(class_names) if class_names else None)
+        for name, directory in directories.items()
+    }
 
 
 class _SplitWriter:
@@ -685,17 +706,9 @@ def write_shards(
     sources = list(samples)
     if shuffle:
         random.Random(seed).shuffle(sources)
-    preparation = _Preparation(
-        validate=validate,
-        validator=validator or (lambda extension, data: _decode_media(extension, data, background)),
-        caption_lines=caption_lines,
-        rasterise_svg=svg.svg_support_available(),
-    )
-    writers = {
-        name: _SplitWriter(directory, prefix, max_samples_per_shard, max_bytes_per_shard, background, stats_max_images,
-                           list(class_names) if class_names else None)
-        for name, directory in directories.items()
-    }
+    preparation = _preparation(validate, validator, caption_lines, background)
+    writers = _split_writers(directories, prefix, max_samples_per_shard, max_bytes_per_shard, background,
+                             stats_max_images, class_names)
     tally = _Tally(length_counts=_length_counts(lengths))
     _write_sources(sources, preparation, writers, tally, _SplitChooser(seed, validation_fraction), progress)
 
