@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from multimodal.data.atomic_files import write_json_atomically
+from multimodal.data.writing.tar_shards import existing_shards
 
 FILE_NAME = "classes.json"
 # A shard the writer names: {prefix}-{index:06d}.tar (see multimodal.data.writing.tar_shards).
@@ -55,7 +56,7 @@ def write_class_record(directory: Path, prefix: str, class_names: Sequence[str] 
     except ValueError:
         previous = {}  # replaced below: the writer owns this file
     record = {other: names for other, names in previous.items()
-              if other != prefix and any(directory.glob(f"{other}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))}
+              if other != prefix and existing_shards(directory, other)}
     if class_names:
         record[prefix] = list(class_names)
     if record:
