@@ -136,10 +136,12 @@ def evaluate(checkpoint: Path, sets: list) -> dict[str, float]:
     return {column: 100 * results[f"{name}/{metric}"] for column, (name, metric) in METRICS.items()}
 
 
-def train_command(checkpoint: Path, train_shards: str, steps: int | None, run_dir: Path,
+def train_command(checkpoint: Path, train_shards: str | None, steps: int | None, run_dir: Path,
                   arguments: list[str], threads: int | None) -> list[str]:
-    source = json.dumps([{"shards": train_shards, "modalities": ["image", "text"]}])
-    return [sys.executable, "train.py", "--init_from", relative(checkpoint), "--data.train", source,
+    """``train.py`` from ``checkpoint`` on the image-text shards ``train_shards`` (None: the demo's own data)."""
+    sources = [] if train_shards is None else [
+        "--data.train", json.dumps([{"shards": train_shards, "modalities": ["image", "text"]}])]
+    return [sys.executable, "train.py", "--init_from", relative(checkpoint), *sources,
             *steps_option(steps), "--output_dir", relative(run_dir.parent), "--run_name", run_dir.name,
             "--plot", "false", *(["--threads", str(threads)] if threads else []), *arguments]
 
@@ -201,9 +203,7 @@ def run_recipe(recipe: Recipe, checkpoint: Path, train_shards: str, steps: int |
         run(command)
         return run_dir, f"`multimodal interpolate --from CHECKPOINT --to {slug(recipe.blend_of)}'s --alpha 0.5`"
     if recipe.rebind_of is not None:  # on the demo's own data: its image-text source is locked, so not drawn
-        command = [sys.executable, "train.py", "--init_from", relative(trained[recipe.rebind_of]),
-                   *steps_option(steps), "--output_dir", relative(runs), "--run_name", run_dir.name,
-                   "--plot", "false", *(["--threads", str(threads)] if threads else []), *recipe.arguments]
+        command = train_command(trained[recipe.rebind_of], None, steps, run_dir, recipe.arguments, threads)
         options = f"`--init_from {slug(recipe.rebind_of)}'s {shlex.join(recipe.arguments)}`, the demo's data"
     else:
         command = train_command(checkpoint, train_shards, steps, run_dir, recipe.arguments, threads)
