@@ -28,14 +28,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import braceexpand
 import webdataset
 from webdataset.tariterators import base_plus_ext
 
-if TYPE_CHECKING:  # multimodal.data.pipeline.remote reads shards with this module's parser
-    from multimodal.data.pipeline.remote import RemoteConfig
+from multimodal.data.pipeline.remote import RemoteConfig, is_fetched
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +284,6 @@ def read_shard(url: str, problems: list[ShardProblem], remote: RemoteConfig | No
     :class:`multimodal.data.pipeline.remote.RemoteConfig`, None: the defaults), anything else
     with webdataset's ``gopen``.
     """
-    from multimodal.data.pipeline.remote import RemoteConfig, is_fetched  # imports this module
-
     if is_fetched(url):
         yield from _fetched_shard(url, problems, remote or RemoteConfig())
         return
