@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,7 +153,7 @@ def faults(quick: bool, rounds: int) -> str:
                     times[name].append(seconds)
                     outputs[name] = output
             named = _named_shards(outputs["faulty"], {faulty.url(names[i]): f for i, f in FAULTS.items()})
-    median = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+    median = {name: statistics.median(values) for name, values in times.items()}
     ratio = median["faulty"] / median["healthy"]
     right = sum(ok for ok, _ in named.values())
     return (f"remote faults: {steps} steps {median['faulty']:.1f} s beside a stalled, a missing and a cut shard, "
