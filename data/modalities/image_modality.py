@@ -65,13 +65,12 @@ class ImageModality(Modality):
     class_caption = "a photo of {}."
 
     def recognises(self, path, head: bytes) -> bool:
-        """A raster format by its first bytes; an SVG drawing by its name or its ``<svg`` element."""
+        """A raster format by its first bytes; an SVG drawing by its ``<svg`` element (a ``.svg`` name is
+        known by its extension, :attr:`folder_extensions`, before this is asked)."""
         from multimodal.data.preprocess import svg
 
         if any(all(head[offset : offset + len(magic)] == magic for offset, magic in signature)
                for signature in IMAGE_SIGNATURES):
-            return True
-        if Path(path).suffix.lower().lstrip(".") in DRAWING_EXTENSIONS:
             return True
         if not _maybe_svg(head):
             return False
