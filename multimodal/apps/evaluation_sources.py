@@ -327,6 +327,16 @@ def check_given_names(given: Sequence[str], recorded: Mapping[int, RecordedName]
                 f"{order[:12]}{' ...' if len(order) > 12 else ''}")
 
 
+def check_same_class_folders(first: Sequence[str], other: Sequence[str], first_name: str, other_name: str) -> None:
+    """ValueError unless ``other`` (a part's class names, such as a probe's training set) are ``first``'s
+    in the same order: label i is the i-th class folder of each. The message names the folders only one has."""
+    if list(first) != list(other):
+        only_first = sorted(set(first) - set(other))
+        only_other = sorted(set(other) - set(first))
+        raise ValueError(f"its class folders must be those of {first_name} (label i is the i-th folder of each); "
+                         f"only in {first_name}: {only_first[:10]}, only in {other_name}: {only_other[:10]}")
+
+
 def folder_record(folder: ClassFolder) -> dict[int, RecordedName]:
     """A class folder's names as a record: label i is the i-th class folder, sorted by name."""
     return {label: RecordedName(label, name, f"folder {folder.folders[label]}, number {label} by name")
@@ -335,6 +345,6 @@ def folder_record(folder: ClassFolder) -> dict[int, RecordedName]:
 
 __all__ = [
     "ClassFolder", "ClassFolderLoader", "ClassRecord", "GIVE_CLASS_NAMES", "RecordedName", "SkippedFile",
-    "check_given_names", "data_class_names", "eval_loader", "folder_record", "is_class_folder", "not_evaluated",
+    "check_given_names", "check_same_class_folders", "data_class_names", "eval_loader", "folder_record", "is_class_folder", "not_evaluated",
     "not_evaluated_lines", "not_evaluated_reasons", "read_class_folder", "recorded_class_names", "recorded_name",
 ]

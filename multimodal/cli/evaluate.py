@@ -16,6 +16,7 @@ from multimodal.apps.embedding import is_shard_spec, modality_of_file_name
 from multimodal.apps.evaluation_sources import (
     ClassFolder,
     ClassFolderLoader,
+    check_same_class_folders,
     eval_loader,
     is_class_folder,
     not_evaluated,
@@ -212,11 +213,10 @@ def _check_data(data: str, option: str, task: str, parser) -> bool:
 
 
 def _same_classes(test_classes: list[str], train_classes: list[str], parser) -> None:
-    if test_classes != train_classes:
-        only_test = sorted(set(test_classes) - set(train_classes))
-        only_train = sorted(set(train_classes) - set(test_classes))
-        parser.error(f"argument --train-data: its class folders must be those of --data (label i is the i-th folder "
-                     f"of each); only in --data: {only_test[:10]}, only in --train-data: {only_train[:10]}")
+    try:
+        check_same_class_folders(test_classes, train_classes, "--data", "--train-data")
+    except ValueError as error:
+        parser.error(f"argument --train-data: {error}")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from multimodal.data.pipeline.shard_reader import ShardProblem, expand_shards, i
 from multimodal.apps.evaluation_sources import (
     ClassRecord,
     check_given_names,
+    check_same_class_folders,
     data_class_names,
     folder_record,
     is_class_folder,
@@ -103,16 +104,17 @@ def check_eval_sets(eval_sets: Sequence[EvalSetConfig], model: ModelConfig) -> l
             eval_set = replace(eval_set, class_names=names)
         specs = eval_set.source_specs()
         _check_alike(specs, eval_set, where)
+        folder_classes: dict[str, list[str]] = {}  # each part's class folders, read once
         for field, spec in specs.items():
             if is_class_folder(spec.shards):
-                _check_class_folder(spec, eval_set, f"{where}.{field}")
+                folder_classes[field] = _check_class_folder(spec, eval_set, f"{where}.{field}")
                 continue
             try:
                 urls = expand_shards(spec.shards)
             except ValueError as error:
                 raise ValueError(f"{where}.{field}: {error}") from None
             _check_first_samples(urls, spec.modalities, spec.sample_fields(), eval_set, f"{where}.{field}")
-        _check_same_classes(specs, where)
+        _check_same_classes(folder_classes, where)
         settled.append(eval_set)
     return settled
 
@@ -130,27 +132,30 @@ def _check_alike(specs: dict, eval_set: EvalSetConfig, where: str) -> None:
                          "number the sorted class folders in one and what the shards say in the other")
 
 
-def _check_same_classes(specs: dict, where: str) -> None:
-    """The class folders of a set's parts (a probe's training and test sets, queries and gallery) are the same."""
-    if len(specs) < 2 or not all(is_class_folder(spec.shards) for spec in specs.values()):
-        return
-    read = {field: read_class_folder(spec.shards, spec.modalities[0]).class_names for field, spec in specs.items()}
-    first = read.pop("shards")
-    for field, names in read.items():
-        if names != first:
-            raise ValueError(f"{where}.{field}: its class folders must be those of shards (label i is the i-th "
-                             f"folder of each); only in shards: {sorted(set(first) - set(names))[:10]}, only in "
-                             f"{field}: {sorted(set(names) - set(first))[:10]}")
+def _check_same_classes(folder_classes: dict[str, list[str]], where: str) -> None:
+    """The class folders of a set's parts (a probe's training and test sets, queries and gallery) are the same.
+
+    ``folder_classes``: the class names of each part that is class folders (none, or all: see _check_alike).
+    """
+    for field, names in folder_classes.items():
+        if field == "shards":
+            continue
+        try:
+            check_same_class_folders(folder_classes["shards"], names, "shards", field)
+        except ValueError as error:
+            raise ValueError(f"{where}.{field}: {error}") from None
 
 
-def _check_class_folder(spec, eval_set: EvalSetConfig, where: str) -> None:
-    """The folder holds class folders with files of the set's modality; a zero-shot set's class_names fit them."""
+def _check_class_folder(spec, eval_set: EvalSetConfig, where: str) -> list[str]:
+    """The folder holds class folders with files of the set's modality; a zero-shot set's class_names fit them.
+
+    Returns the folders' class names (label order)."""
     try:
         folder = read_class_folder(spec.shards, spec.modalities[0])
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     if eval_set.task != "zeroshot":  # a zero-shot set has no other part than its shards
-        return
+        return folder.class_names
     given, found = eval_set.class_names, folder.class_names
     if len(given) != len(found):
         raise ValueError(f"{where}: class_names names {len(given)} classes, but {folder.root} has {len(found)} class "
@@ -160,6 +165,7 @@ def _check_class_folder(spec, eval_set: EvalSetConfig, where: str) -> None:
         check_given_names(given, folder_record(folder), f"the class folders of {folder.root}, sorted by name,")
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
+    return found
 
 
 SAMPLES_CHECKED = 1000  # samples of an evaluation set's shards looked at, at start-up
