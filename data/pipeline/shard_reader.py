@@ -33,13 +33,14 @@ import braceexpand
 import webdataset
 from webdataset.tariterators import base_plus_ext
 
-from multimodal.data.pipeline.remote import RemoteConfig, is_fetched
+from multimodal.data.pipeline.remote import FETCHED_PREFIXES, RemoteConfig, is_fetched
 
 logger = logging.getLogger(__name__)
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-# Schemes webdataset's gopen opens; anything else with "://" is passed to it too, unchecked.
-_REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://", "hf://", "sftp://", "ftp://")
+# The schemes a Download reads, and those webdataset's gopen opens; anything else with "://" is passed
+# to gopen too, unchecked.
+_REMOTE_PREFIXES = (*FETCHED_PREFIXES, "s3://", "gs://", "ais://", "hf://", "sftp://", "ftp://")
 
 
 def is_remote(url: str) -> bool:
