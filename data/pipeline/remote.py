@@ -254,7 +254,7 @@ class Download:
                 raise FetchError("cancelled", retry=False)
             connection.request("GET", path, headers=headers)
             return connection, connection.getresponse()
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:  # socket.timeout is TimeoutError from Python 3.10 on
             connection.close()
             raise FetchError(f"no data for {seconds(self.config.stall_timeout)}", retry=True) from None
         except http.client.RemoteDisconnected:
@@ -295,7 +295,7 @@ class Download:
                 if not chunk:
                     break
                 skip = self._receive(chunk, skip)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise FetchError(f"no data for {seconds(self.config.stall_timeout)}", retry=True) from None
         except (OSError, http.client.HTTPException):
             if self._cancelled:
