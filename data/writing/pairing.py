@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.data.writing.keys import make_key, unique_keys
+from multimodal.data.modalities.image_modality import DRAWING_EXTENSIONS, IMAGE
 from multimodal.data.modalities.registry import MEDIA_EXTENSIONS, MEDIA_MODALITIES, modality_of_extension, normalize_extension
 
 # Drawings, rasterised to PNG when written if the svg extra is installed: images, read last.
-VECTOR_EXTENSIONS = ("svg",)
+# The image definition's own list, so a file the writer pairs is one the API reads.
+VECTOR_EXTENSIONS = DRAWING_EXTENSIONS
 READ_EXTENSIONS = MEDIA_EXTENSIONS + VECTOR_EXTENSIONS  # media files; captions and fields are read beside them
 CAPTION_EXTENSION = "txt"
 EXTRA_EXTENSION = "json"
@@ -93,7 +95,7 @@ class Draft:
 def media_modality(path: Path) -> str | None:
     """``"image"`` (SVG included), ``"audio"``, or None for a file no modality reads."""
     extension = normalize_extension(path.suffix)
-    return "image" if extension in VECTOR_EXTENSIONS else modality_of_extension(extension)
+    return IMAGE.name if extension in VECTOR_EXTENSIONS else modality_of_extension(extension)
 
 
 def _preference(path: Path) -> tuple[int, str]:
