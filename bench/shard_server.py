@@ -95,9 +95,10 @@ def _handler_class(server: ShardServer) -> type:
         def _respond(self) -> None:
             name = self.path.lstrip("/")
             range_header = self.headers.get("Range")
-            server.requests.append((name, range_header))
+            with server._lock:  # concurrent requests for one file: exactly one of them is its first
+                server.requests.append((name, range_header))
+                first = sum(1 for n, _ in server.requests if n == name) == 1
             range_header = range_header if server.ranges else None
-            first = sum(1 for n, _ in server.requests if n == name) == 1
             fault = server.faults.get(name)
             path = server.folder / name
             if fault == "404" or not path.is_file():
