@@ -7,8 +7,9 @@ The model builds its towers from :data:`PARTS`, zero-shot classification takes i
 templates from it, and commands ask it which modalities can be classified or are files.
 
 A new modality: its definition in ``data/`` (registered in ``multimodal.data.modalities.registry``),
-its encoder and config in ``encoders/``, one entry here, and its ``<name>`` and
-``<name>_preprocess`` fields on :class:`multimodal.model.ModelConfig`.
+its encoder and config in ``encoders/``, and one entry here. The model config then has its
+``model.<name>`` (the encoder config named here) and ``model.<name>_preprocess`` (the
+definition's preprocessing config) with no edit elsewhere.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from multimodal.data.modalities.registry import MODALITIES, get_modality
 from multimodal.data.modalities.base import Modality
-from multimodal.encoders import AudioEncoder, TextEncoder, VisionEncoder
+from multimodal.encoders import AudioConfig, AudioEncoder, TextConfig, TextEncoder, VisionConfig, VisionEncoder
 from multimodal.eval import AUDIO_TEMPLATES, IMAGE_TEMPLATES
 
 
@@ -26,19 +27,21 @@ from multimodal.eval import AUDIO_TEMPLATES, IMAGE_TEMPLATES
 class ModalityParts:
     """What the model and the commands need of one modality.
 
+    ``encoder_config``: the dataclass that configures its encoder (a model's ``model.<name>``).
     ``templates``: the built-in prompts its zero-shot classifiers are made with; None for
     the modality prompts are written in (text), which is not classified.
     """
 
     data: Modality
     encoder: type[nn.Module]
+    encoder_config: type
     templates: tuple[str, ...] | None = None
 
 
 PARTS: dict[str, ModalityParts] = {
-    "text": ModalityParts(get_modality("text"), TextEncoder),
-    "image": ModalityParts(get_modality("image"), VisionEncoder, IMAGE_TEMPLATES),
-    "audio": ModalityParts(get_modality("audio"), AudioEncoder, AUDIO_TEMPLATES),
+    "text": ModalityParts(get_modality("text"), TextEncoder, TextConfig),
+    "image": ModalityParts(get_modality("image"), VisionEncoder, VisionConfig, IMAGE_TEMPLATES),
+    "audio": ModalityParts(get_modality("audio"), AudioEncoder, AudioConfig, AUDIO_TEMPLATES),
 }
 assert tuple(PARTS) == MODALITIES, "every registered modality has its parts, in the registry's order"
 

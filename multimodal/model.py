@@ -6,35 +6,50 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 from itertools import combinations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multimodal.data.preprocess.preprocess_config import AudioPreprocessConfig, ImagePreprocessConfig
-from multimodal.data.modalities.registry import MODALITIES
-from multimodal.encoders import AudioConfig, TextConfig, VisionConfig
+from multimodal.data.modalities.base import Modality
+from multimodal.data.modalities.registry import MODALITIES, fields_per_modality, get_modality
 from multimodal.losses import contrastive_loss, pair_name
 from multimodal.modality_parts import PARTS
 
 LOSSES = ("infonce", "sigmoid")
 
 
+def _tower_field(definition: Modality) -> tuple[Any, None]:
+    """``model.<name>``: the modality's encoder config; None leaves the tower out."""
+    return PARTS[definition.name].encoder_config | None, None
+
+
+def _preprocess_field(definition: Modality) -> tuple[Any, None] | None:
+    """``model.<name>_preprocess``: how its inputs are prepared; None: made to fit the encoder."""
+    kind = definition.preprocess_config
+    return None if kind is None else (kind | None, None)
+
+
 @dataclass
+@fields_per_modality("{name}", _tower_field, after="embed_dim")
+@fields_per_modality("{name}_preprocess", _preprocess_field, after="embed_dim")
 class ModelConfig:
-    """A model: any subset of the three encoders, their shared space, and how inputs are prepared.
+    """A model: any subset of the registered modalities' encoders, their shared space, and how inputs are prepared.
+
+    Each registered modality has two settings, made by the registry
+    (:func:`~multimodal.data.modalities.registry.fields_per_modality`) after ``embed_dim``:
+    ``<name>``, its encoder's config (``text``: TextConfig, ``image``: VisionConfig,
+    ``audio``: AudioConfig; None: no such tower), and, for a modality with a preprocessing
+    config, ``<name>_preprocess`` (``image_preprocess``, ``audio_preprocess``; None: the one
+    that fits the encoder, see :meth:`~multimodal.data.modalities.base.Modality.preprocess_for`).
 
     ``init_logit_scale`` defaults by loss: ln(1/0.07) for InfoNCE (CLIP), ln(10) for the
     sigmoid loss (SigLIP, which also learns a bias initialised at ``init_logit_bias``).
     """
 
     embed_dim: int = 512
-    text: TextConfig | None = None
-    image: VisionConfig | None = None
-    audio: AudioConfig | None = None
-    image_preprocess: ImagePreprocessConfig | None = None
-    audio_preprocess: AudioPreprocessConfig | None = None
     share_trunk: bool = False
     projection_bias: bool = False
     loss: str = "infonce"
@@ -48,36 +63,16 @@ class ModelConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {LOSSES}")
         if not self.modalities:
-            raise ValueError("a model needs at least one encoder: set text, image or audio")
-        if self.image is not None:
-            if self.image_preprocess is None:
-                self.image_preprocess = ImagePreprocessConfig(image_size=self.image.image_size)
-            elif self.image_preprocess.image_size != self.image.image_size:
-                raise ValueError(
-                    f"image_preprocess.image_size {self.image_preprocess.image_size} differs from the encoder's "
-                    f"image_size {self.image.image_size}"
-                )
-        if self.audio is not None:
-            if self.audio_preprocess is None:
-                self.audio_preprocess = AudioPreprocessConfig(
-                    num_mel_bins=self.audio.num_mel_bins, max_frames=self.audio.max_frames,
-                    min_frames=self.audio.patch_size,
-                )
-            elif (self.audio_preprocess.num_mel_bins, self.audio_preprocess.max_frames) != (
-                self.audio.num_mel_bins, self.audio.max_frames
-            ):
-                raise ValueError(
-                    "audio_preprocess (num_mel_bins, max_frames) = "
-                    f"{(self.audio_preprocess.num_mel_bins, self.audio_preprocess.max_frames)} differs from the encoder's "
-                    f"{(self.audio.num_mel_bins, self.audio.max_frames)}"
-                )
-            elif self.audio_preprocess.min_frames != self.audio.patch_size:
-                # Shorter windows than one patch are refused by the encoder alone and masked to
-                # nothing when batched, so every path pads clips to exactly this length.
-                raise ValueError(
-                    f"model.audio_preprocess.min_frames {self.audio_preprocess.min_frames} differs from the audio "
-                    f"encoder's patch length {self.audio.patch_size} (model.audio.patch_size); set them equal"
-                )
+            raise ValueError(f"a model needs at least one encoder: set {', '.join(MODALITIES[:-1])} or {MODALITIES[-1]}")
+        for name in self.modalities:
+            definition = get_modality(name)
+            if definition.preprocess_config is None:
+                continue
+            preprocess = getattr(self, f"{name}_preprocess")
+            if preprocess is None:
+                setattr(self, f"{name}_preprocess", definition.preprocess_for(self.tower(name)))
+            else:
+                definition.check_preprocess(preprocess, self.tower(name))
         valid_pairs = set(self.pairs)
         bad = [p for p in self.loss_pairs if p not in valid_pairs]
         if bad:
@@ -85,10 +80,14 @@ class ModelConfig:
 
     @property
     def modalities(self) -> list[str]:
-        return [m for m in MODALITIES if getattr(self, m) is not None]
+        return [m for m in MODALITIES if self.tower(m) is not None]
+
+    def tower(self, modality: str) -> Any:
+        """The encoder config of ``modality`` (its ``model.<name>``), None when the model has no such tower."""
+        return getattr(self, modality)
 
     @property
-    def preprocess(self) -> dict[str, ImagePreprocessConfig | AudioPreprocessConfig]:
+    def preprocess(self) -> dict[str, Any]:
         """Each encoded modality's preprocessing config (its ``<name>_preprocess``), by name: what loaders take."""
         configs = {m: getattr(self, f"{m}_preprocess", None) for m in self.modalities}
         return {m: config for m, config in configs.items() if config is not None}
@@ -126,7 +125,7 @@ class MultimodalModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoders = nn.ModuleDict({m: PARTS[m].encoder(getattr(config, m)) for m in config.modalities})
+        self.encoders = nn.ModuleDict({m: PARTS[m].encoder(config.tower(m)) for m in config.modalities})
         if config.share_trunk:
             self._share_trunk()
         self.projections = nn.ModuleDict()
@@ -149,7 +148,7 @@ class MultimodalModel(nn.Module):
         modalities = list(self.encoders)
         first = self.encoders[modalities[0]].trunk.transformer
         for m in modalities[1:]:
-            other = getattr(self.config, m).transformer
+            other = self.config.tower(m).transformer
             if other != first.config:
                 raise ValueError(
                     f"share_trunk needs identical transformer configs, but {modalities[0]} has {first.config} "

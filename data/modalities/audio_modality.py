@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.data.modalities.base import Modality
+from multimodal.data.preprocess.augment_config import AudioAugmentConfig
+from multimodal.data.preprocess.preprocess_config import AudioPreprocessConfig
 
 # What soundfile reads (and torchaudio for MP3), in the order shards are searched.
 AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
@@ -43,6 +45,28 @@ class AudioModality(Modality):
     one, many = "audio", "audio"
     class_caption = "the sound of {}."
     cut_to = "window"
+    preprocess_config = AudioPreprocessConfig
+    augment_config = AudioAugmentConfig
+
+    def preprocess_for(self, tower: Any) -> AudioPreprocessConfig:
+        """The encoder's mel bins and window, and windows no shorter than one of its patches."""
+        return AudioPreprocessConfig(num_mel_bins=tower.num_mel_bins, max_frames=tower.max_frames,
+                                     min_frames=tower.patch_size)
+
+    def check_preprocess(self, preprocess: AudioPreprocessConfig, tower: Any) -> None:
+        if (preprocess.num_mel_bins, preprocess.max_frames) != (tower.num_mel_bins, tower.max_frames):
+            raise ValueError(
+                "audio_preprocess (num_mel_bins, max_frames) = "
+                f"{(preprocess.num_mel_bins, preprocess.max_frames)} differs from the encoder's "
+                f"{(tower.num_mel_bins, tower.max_frames)}"
+            )
+        if preprocess.min_frames != tower.patch_size:
+            # Shorter windows than one patch are refused by the encoder alone and masked to
+            # nothing when batched, so every path pads clips to exactly this length.
+            raise ValueError(
+                f"model.audio_preprocess.min_frames {preprocess.min_frames} differs from the audio "
+                f"encoder's patch length {tower.patch_size} (model.audio.patch_size); set them equal"
+            )
 
     def recognises(self, path, head: bytes) -> bool:
         """A header soundfile reads."""

@@ -40,7 +40,8 @@ class Modality:
 
     Attributes:
         name: the batch key and config prefix ("image": ``model.image``, ``model.image_preprocess``,
-            a source's ``image_keys``, an augmentation's ``image`` levers).
+            a source's ``image_keys``, an augmentation's ``image`` levers: settings the registry
+            makes for each definition, see :func:`~multimodal.data.modalities.registry.fields_per_modality`).
         extensions: file and shard-member extensions it is read from, in the order shards
             are searched; empty for a modality read from captions (text).
         media_types: the MIME type each extension is served as.
@@ -58,6 +59,10 @@ class Modality:
     one: ClassVar[str]
     many: ClassVar[str]
     class_caption: ClassVar[str] = "{}"
+    # The model's preprocessing config of this modality (``model.<name>_preprocess``) and its
+    # augmentation levers (a source's ``augment.<name>``); None where it has no such setting.
+    preprocess_config: ClassVar[type | None] = None
+    augment_config: ClassVar[type | None] = None
     # What training cuts of a long item (see multimodal.data.lengths): "window" (a clip longer
     # than the model's window), "context" (a caption longer than the text context), or None.
     cut_to: ClassVar[str | None] = None
@@ -91,6 +96,16 @@ class Modality:
     def item_of_folder_file(self, path: Path) -> Any:
         """A file found in a folder input -> its item: the file itself."""
         return path
+
+    # The model's preprocessing
+
+    def preprocess_for(self, tower: Any) -> Any:
+        """The preprocessing that fits an encoder of config ``tower`` (``model.<name>``), when a
+        model config gives none; None for a modality without a preprocessing config."""
+        return self.preprocess_config() if self.preprocess_config is not None else None
+
+    def check_preprocess(self, preprocess: Any, tower: Any) -> None:
+        """Raises ValueError when a given preprocessing config does not fit the encoder ``tower``."""
 
     # Writing shards
 

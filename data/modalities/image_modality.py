@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.data.modalities.base import Modality
+from multimodal.data.preprocess.augment_config import ImageAugmentConfig
+from multimodal.data.preprocess.preprocess_config import ImagePreprocessConfig
 
 # What torchvision's decoders read (JPEG, PNG, WebP, GIF; no BMP or TIFF), in the order shards are searched.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif")
@@ -63,6 +65,20 @@ class ImageModality(Modality):
     page_element = "img"
     one, many = "an image", "images"
     class_caption = "a photo of {}."
+
+    preprocess_config = ImagePreprocessConfig
+    augment_config = ImageAugmentConfig
+
+    def preprocess_for(self, tower: Any) -> ImagePreprocessConfig:
+        """Crops of the encoder's ``image_size``."""
+        return ImagePreprocessConfig(image_size=tower.image_size)
+
+    def check_preprocess(self, preprocess: ImagePreprocessConfig, tower: Any) -> None:
+        if preprocess.image_size != tower.image_size:
+            raise ValueError(
+                f"image_preprocess.image_size {preprocess.image_size} differs from the encoder's "
+                f"image_size {tower.image_size}"
+            )
 
     def recognises(self, path, head: bytes) -> bool:
         """A raster format by its first bytes; an SVG drawing by its ``<svg`` element (a ``.svg`` name is

@@ -10,6 +10,10 @@ module, added to :data:`DEFINITIONS` (plus its encoder and its entry in
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 from multimodal.data.modalities.audio_modality import AUDIO, AUDIO_EXTENSIONS
 from multimodal.data.modalities.image_modality import IMAGE, IMAGE_EXTENSIONS
 from multimodal.data.modalities.base import Modality
@@ -52,6 +56,42 @@ def modality_of_extension(extension: str) -> str | None:
     return None
 
 
+def fields_per_modality(
+    field_name: str, field_of: Callable[[Modality], tuple[Any, Any] | None], *, after: str | None = None
+) -> Callable[[type], type]:
+    """A class decorator, applied under ``@dataclass``: one field per registered modality that has one.
+
+    ``field_name`` names it (``"{name}_keys"``, ``"{name}"``); ``field_of(definition)`` gives its
+    (type, default) or None where the modality has no such setting. A default that is a
+    class (a config dataclass) is made fresh per instance. The fields go after the field
+    ``after`` (first when None), in the registry's order. This is how a model's towers, a
+    source's shard keys and its augmentation are keyed by modality while a config file still
+    says ``model.image`` or ``image_keys``: a new definition gets its settings with no edit here.
+    """
+
+    def add_fields(cls: type) -> type:
+        added: dict[str, Any] = {}
+        for name, definition in DEFINITIONS.items():
+            made = field_of(definition)
+            if made is None:
+                continue
+            kind, default = made
+            added[field_name.format(name=name)] = kind
+            is_config = isinstance(default, type)
+            setattr(cls, field_name.format(name=name),
+                    dataclasses.field(default_factory=default) if is_config else dataclasses.field(default=default))
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        clash = sorted(set(own) & set(added))
+        if clash:
+            raise TypeError(f"{cls.__name__}: {clash} are made per modality; do not declare them")
+        cut = 0 if after is None else list(own).index(after) + 1
+        items = list(own.items())
+        cls.__annotations__ = dict(items[:cut] + list(added.items()) + items[cut:])
+        return cls
+
+    return add_fields
+
+
 assert len(set(MEDIA_EXTENSIONS)) == len(MEDIA_EXTENSIONS), "an extension belongs to one modality"
 assert set(MEDIA_TYPES) == set(MEDIA_EXTENSIONS), "every extension has its media type"
 
@@ -64,6 +104,7 @@ __all__ = [
     "MEDIA_MODALITIES",
     "MEDIA_TYPES",
     "MODALITIES",
+    "fields_per_modality",
     "get_modality",
     "modality_of_extension",
     "normalize_extension",
