@@ -36,7 +36,8 @@ import torch
 from bench.common import alternate, machine_summary, noise_note, parse_args
 from multimodal.data.demo import dataset
 from multimodal.data.preprocess.audio_features import load_waveform, samples_for_frames, train_audio_features
-from multimodal.data.preprocess.augment_config import FEATURE_LEVERS, AudioAugmentConfig, AugmentConfig, ImageAugmentConfig
+from multimodal.data.pipeline.source_spec import AugmentConfig
+from multimodal.data.preprocess.augment_config import FEATURE_LEVERS, AudioAugmentConfig, ImageAugmentConfig
 from multimodal.data.preprocess.augment_audio import augment_features, augment_waveform
 from multimodal.data.preprocess.augment_image import augment_image, augment_images, draw_image_levers
 from multimodal.data.preprocess.image_transforms import decode_image, train_crop

@@ -23,7 +23,7 @@ _EXPORTS = {
     "eval_audio_windows": "multimodal.data.preprocess.audio_features",
     "audio_to_features": "multimodal.data.preprocess.audio_features",
     "collate_audio": "multimodal.data.preprocess.audio_features",
-    "AugmentConfig": "multimodal.data.preprocess.augment_config",
+    "AugmentConfig": "multimodal.data.pipeline.source_spec",
     "augment_image": "multimodal.data.preprocess.augment_image",
     "augment_waveform": "multimodal.data.preprocess.augment_audio",
     "SampleFields": "multimodal.data.pipeline.sample_fields",

@@ -29,12 +29,10 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from multimodal.data.modalities.registry import MEDIA_MODALITIES, get_modality
+from multimodal.data.modalities.base import Modality
+from multimodal.data.modalities.registry import MEDIA_MODALITIES, fields_per_modality, get_modality
 from multimodal.data.pipeline.skip_counts import SAMPLE_SKIP_REASONS
 
-# The members a modality is read from by default: every extension its decoder reads, in order.
-IMAGE_KEYS = get_modality("image").default_keys
-AUDIO_KEYS = get_modality("audio").default_keys
 CAPTION_KEYS = "txt;json:text;json:caption"
 
 
@@ -76,29 +74,38 @@ def _python_list_of_strings(text: str) -> list[str] | None:
     return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
 
 
+def member_keys_field(definition: Modality) -> tuple[type, str] | None:
+    """``<name>_keys`` of a modality read from members of its own: by default every extension its decoder reads, in order."""
+    return (str, definition.default_keys) if definition.reads_files else None
+
+
+def member_keys(settings: object) -> dict[str, str]:
+    """The ``<name>_keys`` of every media modality that ``settings`` (a SampleFields or a source) holds, by field name."""
+    return {f"{name}_keys": getattr(settings, f"{name}_keys") for name in MEDIA_MODALITIES}
+
+
 @dataclass(frozen=True)
+@fields_per_modality("{name}_keys", member_keys_field)
 class SampleFields:
     """Where each field of a raw shard sample is, and how it is read (see the module docstring).
 
     Args:
-        image_keys / audio_keys: extensions of the member holding the modality, in order.
+        <name>_keys: one per media modality (``image_keys``, ``audio_keys``), made by the
+            registry: extensions of the member holding the modality, in order.
         caption_keys: extensions, ``json:FIELD`` and ``lines:EXT`` entries that may hold the captions.
         label_key: where the class label is (``"json:label;cls"``); None when not read.
 
     Raises ValueError when a key list is empty.
     """
 
-    image_keys: str = IMAGE_KEYS
-    audio_keys: str = AUDIO_KEYS
     caption_keys: str = CAPTION_KEYS
     label_key: str | None = None
     _parsed: dict[str, list[tuple[str, str]]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # The field each part is configured by; a media modality's members are where its
-        # ``<name>_keys`` says (its default extensions when the class has no such field).
+        # The field each part is configured by: a media modality's members are where its ``<name>_keys`` says.
         fields = {name: f"{name}_keys" for name in MEDIA_MODALITIES}
-        parsed = {name: parse_keys(getattr(self, key, get_modality(name).default_keys)) for name, key in fields.items()}
+        parsed = {name: parse_keys(getattr(self, key)) for name, key in fields.items()}
         parsed["caption"] = parse_keys(self.caption_keys)
         parsed["label"] = parse_keys(self.label_key) if self.label_key is not None else []
         for what, key in {**fields, "caption": "caption_keys"}.items():
@@ -203,4 +210,4 @@ class SampleFields:
         return fields.get(key) if isinstance(fields, dict) else None
 
 
-__all__ = ["AUDIO_KEYS", "CAPTION_KEYS", "IMAGE_KEYS", "SampleFields", "UnusableSample", "parse_keys"]
+__all__ = ["CAPTION_KEYS", "SampleFields", "UnusableSample", "member_keys", "member_keys_field", "parse_keys"]

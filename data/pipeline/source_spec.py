@@ -9,12 +9,50 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from multimodal.data.preprocess.augment_config import AugmentConfig
-from multimodal.data.modalities.registry import MODALITIES
-from multimodal.data.pipeline.sample_fields import AUDIO_KEYS, CAPTION_KEYS, IMAGE_KEYS, SampleFields
+from multimodal.data.modalities.base import Modality
+from multimodal.data.modalities.registry import DEFINITIONS, MODALITIES, fields_per_modality
+from multimodal.data.pipeline.sample_fields import CAPTION_KEYS, SampleFields, member_keys, member_keys_field
+
+
+def _levers_field(definition: Modality) -> tuple[type, type] | None:
+    """``augment.<name>``: the modality's levers, all off unless set; none for a modality without levers."""
+    kind = definition.augment_config
+    return None if kind is None else (kind, kind)
 
 
 @dataclass
+@fields_per_modality("{name}", _levers_field)
+class AugmentConfig:
+    """Augmentation of one training source: one set of levers per modality that has them (all off by default).
+
+    The fields are made by the registry (``image``: ImageAugmentConfig, ``audio``:
+    AudioAugmentConfig; see :mod:`multimodal.data.preprocess.augment_config`). Levers of a
+    modality the source does not read are ignored (training warns).
+    """
+
+    def __post_init__(self) -> None:
+        for name in self.modalities:
+            kind = DEFINITIONS[name].augment_config
+            if not isinstance(self.levers_for(name), kind):
+                raise TypeError(f"AugmentConfig.{name} must be a {kind.__name__}, got {type(self.levers_for(name)).__name__}")
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities with levers, in the registry's order."""
+        return [name for name, definition in DEFINITIONS.items() if definition.augment_config is not None]
+
+    def levers_for(self, modality: str) -> object | None:
+        """The levers of ``modality`` (the field of its name: "image", "audio"); None for one without (text)."""
+        return getattr(self, modality, None)
+
+    def enabled_for(self, modality: str) -> bool:
+        """Whether any lever of ``modality`` is on."""
+        levers = self.levers_for(modality)
+        return levers is not None and levers.enabled
+
+
+@dataclass
+@fields_per_modality("{name}_keys", member_keys_field, after="name")
 class SourceSpec:
     """One data source: its shards, mixing weight, modalities and where each field is in a sample.
 
@@ -38,11 +76,13 @@ class SourceSpec:
         shards: a shard spec (see :func:`multimodal.data.pipeline.shard_reader.expand_shards`). An
             evaluation set's may be a folder of class folders instead, read by the
             evaluation's class-folder loader, never by :func:`~multimodal.data.pipeline.loader.make_loader`.
-        modalities: one to three of "text", "image", "audio"; training needs at
-            least two (a contrastive pair), evaluation and embedding may read one.
+        modalities: registered modalities (:data:`~multimodal.data.modalities.registry.MODALITIES`);
+            training needs at least two (a contrastive pair), evaluation and embedding may read one.
         weight: relative share of batches drawn from this source.
         name: used in counts, logs and errors; default ``train{index}`` (see :func:`source_name`).
-        image_keys / audio_keys / caption_keys: where each modality is found.
+        <name>_keys / caption_keys: where each modality is found: one ``<name>_keys`` per
+            modality read from members of its own (``image_keys``, ``audio_keys``), made by
+            the registry (see :class:`~multimodal.data.pipeline.sample_fields.SampleFields`).
         label_key: optional class label (``"json:label"``, ``"cls"``), read as int into "label".
         all_captions: evaluation only (a training loader refuses it): every caption of a
             sample, not one, each a row of "text" with "text_item" saying whose it is
@@ -56,8 +96,6 @@ class SourceSpec:
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     weight: float = 1.0
     name: str | None = None
-    image_keys: str = IMAGE_KEYS
-    audio_keys: str = AUDIO_KEYS
     caption_keys: str = CAPTION_KEYS
     label_key: str | None = None
     all_captions: bool = False
@@ -82,14 +120,12 @@ class SourceSpec:
 
     def sample_fields(self) -> SampleFields:
         """How this source's fields are read out of a raw sample."""
-        return SampleFields(self.image_keys, self.audio_keys, self.caption_keys, self.label_key)
+        return SampleFields(**member_keys(self), caption_keys=self.caption_keys, label_key=self.label_key)
 
     def describe_keys(self) -> str:
         """The modalities and keys, as an error message names them."""
-        return (
-            f"modalities={self.modalities}, image_keys={self.image_keys!r}, audio_keys={self.audio_keys!r}, "
-            f"caption_keys={self.caption_keys!r}, label_key={self.label_key!r}"
-        )
+        members = "".join(f"{key}={value!r}, " for key, value in member_keys(self).items())
+        return f"modalities={self.modalities}, {members}caption_keys={self.caption_keys!r}, label_key={self.label_key!r}"
 
 
 def source_name(spec: SourceSpec, index: int) -> str:
@@ -102,4 +138,4 @@ def source_name(spec: SourceSpec, index: int) -> str:
     return spec.name or f"train{index}"
 
 
-__all__ = ["SourceSpec", "source_name"]
+__all__ = ["AugmentConfig", "SourceSpec", "source_name"]

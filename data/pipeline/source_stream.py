@@ -6,7 +6,7 @@ through a shuffle buffer and turns each into a preprocessed sample (image crop
 uint8 (3, S, S), audio windows (T, F), caption string (every caption, a list, for an
 ``all_captions`` source), label int).
 
-Augmentation: in training, a source's :class:`multimodal.data.preprocess.augment_config.AugmentConfig`
+Augmentation: in training, a source's :class:`multimodal.data.pipeline.source_spec.AugmentConfig`
 is drawn for each image after its crop (applied to the batch's crops at once when they
 are collated, see :mod:`multimodal.data.pipeline.collate`) and applied to each waveform before
 its crop and filterbank (its ``spec_augment`` lever to the features after); evaluation

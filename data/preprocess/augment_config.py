@@ -1,4 +1,7 @@
-"""Training augmentation settings of one source: :class:`AugmentConfig` (``image`` and ``audio`` levers).
+"""Training augmentation levers: :class:`ImageAugmentConfig` and :class:`AudioAugmentConfig`.
+
+A source holds one set per modality (its ``augment.image``, ``augment.audio``), keyed by the
+registry in :class:`multimodal.data.pipeline.source_spec.AugmentConfig`.
 
 Every lever is a small dataclass with a probability ``p`` (the share of training
 samples it is applied to; 0, the default, switches it off) and the ranges its
@@ -435,34 +438,9 @@ class AudioAugmentConfig:
             )
 
 
-@dataclass
-class AugmentConfig:
-    """Augmentation of one training source: image levers and audio levers (all off by default).
-
-    Levers of a modality the source does not read are ignored (training warns).
-    """
-
-    image: ImageAugmentConfig = field(default_factory=ImageAugmentConfig)
-    audio: AudioAugmentConfig = field(default_factory=AudioAugmentConfig)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.image, ImageAugmentConfig) or not isinstance(self.audio, AudioAugmentConfig):
-            raise TypeError("AugmentConfig takes an ImageAugmentConfig and an AudioAugmentConfig")
-
-    def levers_for(self, modality: str) -> ImageAugmentConfig | AudioAugmentConfig | None:
-        """The levers of ``modality`` (the field of its name: "image", "audio"); None for one without (text)."""
-        return getattr(self, modality, None)
-
-    def enabled_for(self, modality: str) -> bool:
-        """Whether any lever of ``modality`` is on."""
-        levers = self.levers_for(modality)
-        return levers is not None and levers.enabled
-
-
 __all__ = [
     "AffineAugment",
     "AudioAugmentConfig",
-    "AugmentConfig",
     "BandLimitAugment",
     "BlurAugment",
     "ContrastAugment",

@@ -17,7 +17,6 @@ from pathlib import Path
 from multimodal.data.demo import dataset
 from multimodal.data.preprocess.augment_config import (
     AffineAugment,
-    AugmentConfig,
     AudioAugmentConfig,
     BandLimitAugment,
     EqualizerAugment,
@@ -35,7 +34,7 @@ from multimodal.data.pipeline.loader import make_loader
 from multimodal.data.modalities.registry import MEDIA_MODALITIES, get_modality
 from multimodal.data.pipeline.remote import RemoteConfig
 from multimodal.data.pipeline.shard_reader import expand_shards, is_remote
-from multimodal.data.pipeline.source_spec import SourceSpec, source_name
+from multimodal.data.pipeline.source_spec import AugmentConfig, SourceSpec, source_name
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer, read_caption_files
 from multimodal import checkpoint
 from multimodal.apps.evaluation_sources import data_class_names, eval_loader, not_evaluated_lines

@@ -12,7 +12,8 @@ from multimodal.training import data_sources
 from multimodal.data.demo import dataset
 from multimodal.config_parser import from_dict, to_dict
 from multimodal.data.pipeline.source_spec import SourceSpec
-from multimodal.data.preprocess.augment_config import AugmentConfig, ImageAugmentConfig, NoiseAugment
+from multimodal.data.pipeline.source_spec import AugmentConfig
+from multimodal.data.preprocess.augment_config import ImageAugmentConfig, NoiseAugment
 from multimodal.apps.evaluation import EvalSetConfig
 from multimodal.presets import tiny
 from multimodal.training.data_sources import DataConfig, demo_augment

@@ -14,7 +14,8 @@ import webdataset
 from PIL import Image
 
 from multimodal.config_parser import from_dict
-from multimodal.data.preprocess.augment_config import AugmentConfig, AudioAugmentConfig, ImageAugmentConfig
+from multimodal.data.pipeline.source_spec import AugmentConfig
+from multimodal.data.preprocess.augment_config import AudioAugmentConfig, ImageAugmentConfig
 from multimodal.data.preprocess.preprocess_config import AudioPreprocessConfig, ImagePreprocessConfig
 from multimodal.data.pipeline.loader import make_loader
 from multimodal.data.pipeline.source_spec import SourceSpec
