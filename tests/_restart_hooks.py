@@ -1,9 +1,10 @@
 """The trainer with scripted faults, for the restart tests in ``test_restart.py``.
 
 Run as ``python tests/_restart_hooks.py TRAIN_ARGS...`` or under torchrun in its place.
-The faults are set by environment variables and strike on the first attempt only (a
-torchrun restart, ``TORCHELASTIC_RESTART_COUNT`` > 0, runs clean), at a given optimiser
-step: deterministic, whatever the machine's speed.
+The faults are the trainer's hooks (``multimodal.training.hooks.TrainerHooks``), set by
+environment variables; they strike on the first attempt only (a torchrun restart,
+``TORCHELASTIC_RESTART_COUNT`` > 0, runs clean), at a given optimiser step: deterministic,
+whatever the machine's speed.
 
 - ``FAULT=kill:RANK:STEP``: SIGKILL right after step STEP on rank RANK.
 - ``FAULT=kill-while-saving:RANK:STEP``: SIGKILL half-way through writing the checkpoint of STEP.
@@ -13,16 +14,16 @@ step: deterministic, whatever the machine's speed.
 - ``FAULT_TIMES=DIR``: the fault's time (``fault``) and the time a process left after losing its
   peer (``left-RANK``) are written there, as ``time.time()``.
 """
-import functools
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from multimodal.training import run_checkpoints, trainer
+from multimodal.training import trainer
+from multimodal.training.hooks import TrainerHooks
+from multimodal.training.process_group import leave_now
+from multimodal.training.run_checkpoints import TRAINING_STATE_FILE
 
 RANK = int(os.environ.get("RANK", "0"))
 FIRST_ATTEMPT = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
@@ -60,26 +61,31 @@ def fault_after_step(step: int) -> None:
                 time.sleep(1)
 
 
-def save_with_faults(real_save, obj, path, *args, **kwargs):
+def fault_while_saving(step: int, unfinished: Path) -> None:
+    """The trainer's ``while_saving`` hook: the planned kill half-way through the checkpoint of its step."""
     planned = fault()
-    if planned is not None and planned[0] == "kill-while-saving" and f"step-{planned[1]:07d}" in str(path):
-        # Killed half-way: the weights and config are written, the training state is not.
-        Path(path).write_bytes(b"partial")
+    if planned is not None and planned == ("kill-while-saving", step):
+        # Killed half-way: the weights and config are written, the training state only begun.
+        (unfinished / TRAINING_STATE_FILE).write_bytes(b"partial")
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(obj, path, *args, **kwargs)
 
 
-def leave_noting_time(real_leave, status: int) -> None:
+def leave_noting_time(status: int) -> None:
+    """The trainer's ``leave`` hook: notes the time, then leaves as a run does."""
     note_time(f"left-{RANK}")
-    real_leave(status)
+    leave_now(status)
+
+
+def checkpoint_clock():
+    """The clock time-based checkpoints read: ``SECONDS_PER_STEP`` a step trained (standing still off ``CLOCK_RANK``)."""
+    if "SECONDS_PER_STEP" not in os.environ:
+        return time.monotonic
+    seconds = float(os.environ["SECONDS_PER_STEP"])
+    if int(os.environ.get("CLOCK_RANK", RANK)) != RANK:
+        seconds = 0.0
+    return lambda: steps_done * seconds
 
 
 if __name__ == "__main__":
-    run_checkpoints.torch.save = functools.partial(save_with_faults, torch.save)
-    trainer.leave_now = functools.partial(leave_noting_time, trainer.leave_now)
-    if "SECONDS_PER_STEP" in os.environ:
-        seconds = float(os.environ["SECONDS_PER_STEP"])
-        if int(os.environ.get("CLOCK_RANK", RANK)) != RANK:
-            seconds = 0.0
-        trainer.CheckpointClock = functools.partial(run_checkpoints.CheckpointClock, clock=lambda: steps_done * seconds)
-    trainer.main(sys.argv[1:], after_step=fault_after_step)
+    trainer.main(sys.argv[1:], hooks=TrainerHooks(after_step=fault_after_step, while_saving=fault_while_saving,
+                                                  clock=checkpoint_clock(), leave=leave_noting_time))

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,13 +72,16 @@ def whole_weights(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer, config: TrainConfig,
-                             run_dir: Path, step: int, ema: WeightAverage | None = None) -> Path | None:
+                             run_dir: Path, step: int, ema: WeightAverage | None = None,
+                             while_saving: Callable[[int, Path], None] | None = None) -> Path | None:
     """Model + tokenizer + everything needed to resume, written atomically; keeps the last ``keep_last``.
 
     Every process calls it: under FSDP the weights, the optimiser state and the weight
     average are gathered whole to the main process, which writes the one format every
     run reads (the optimiser state keyed by parameter name). With ``ema`` the averaged
     weights go beside, as a checkpoint directory of their own (``EMA_DIR``).
+    ``while_saving`` (see ``TrainerHooks``) is called with ``step`` and the unfinished
+    folder once the weights are in it, before the training state.
     """
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -90,6 +94,8 @@ def save_training_checkpoint(accelerator, model, optimizer, scheduler, tokenizer
         extra_config = {"train": to_dict(config)}
 
         def write_training_state(tmp: Path) -> None:
+            if while_saving is not None:
+                while_saving(step, tmp)
             torch.save(state, tmp / TRAINING_STATE_FILE)
             (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, "python_rng": python_rng_state()}))
             if averaged is not None:

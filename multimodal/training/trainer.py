@@ -14,7 +14,9 @@ the loop (with evaluation, checkpoints, and a checkpoint on SIGTERM or Ctrl-C), 
 line. The parts live beside it in multimodal/training/: train_config (the settings and how
 they are read; a resumed run restores its own through resumed_config), run (what the loop
 works with), model_setup, optimizer, step (one optimiser step), run_checkpoints, run_log,
-stop_request, periodic_evaluation.
+stop_request, periodic_evaluation. A caller steps into a run through its hooks (hooks.TrainerHooks:
+after each step, while a checkpoint is written, the checkpoint clock, the batches, leaving after
+a lost peer), never by patching this module.
 """
 from __future__ import annotations
 
@@ -50,10 +52,11 @@ from multimodal.training.optimizer import build_optimizer, cosine_with_warmup
 from multimodal.precision import native_bf16
 from multimodal.pretrained import keep_locked_in_eval
 from multimodal.training.random_state import seed_everything
+from multimodal.training.hooks import TrainerHooks
 from multimodal.training.run import Run
 from multimodal.training.resumed_config import RESUMABLE_KEYS
 from multimodal.training.train_config import MACHINE_KEY, RUN_CONFIG_FILE, StartError, TrainConfig, fresh_config, parse_config
-from multimodal.training.process_group import describe_lost_peer, join_process_group, leave_now, lost_peer_error
+from multimodal.training.process_group import describe_lost_peer, join_process_group, lost_peer_error
 from multimodal.training.run_checkpoints import (
     CheckpointClock,
     check_run_dir_is_free,
@@ -95,6 +98,7 @@ def start_run(config: TrainConfig) -> Run:
     # a zero-shot set given no class names takes those its data record.
     config.data.eval = preflight.check_eval_sets(config.data.eval, config.model)
     thread_plan = plan_machine(config)
+    apply_plan(thread_plan)
     accelerator = make_accelerator(config, Path(config.output_dir))
     run_dir, resume_from = shared_run_dir(accelerator, config, resume_from)
     if resume_from is None:
@@ -152,7 +156,7 @@ def check_run_inputs(config: TrainConfig) -> None:
 
 
 def plan_machine(config: TrainConfig) -> ThreadPlan:
-    """Chooses and applies the compute threads, and the loader's workers and niceness where unset.
+    """Chooses the compute threads, and the loader's workers and niceness where unset (``apply_plan`` sets them).
 
     Chosen before anything starts: the neighbours counted are other work, not this run's loader.
     The choice is recorded under ``machine`` in the run's config.json, never as the run's
@@ -160,7 +164,6 @@ def plan_machine(config: TrainConfig) -> ThreadPlan:
     """
     thread_plan = plan_threads(config.threads, config.data.num_workers, on_gpu=torch.cuda.is_available(),
                                local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    apply_plan(thread_plan)
     return thread_plan
 
 
@@ -310,24 +313,18 @@ def _run_id(run_dir: Path) -> str:
 # --------------------------------------------------------------------------- the loop
 
 
-# Called with the number of steps done after each optimiser step: how tests stop or fault a run at an exact step.
-AfterStep = Callable[[int], None]
-
-
 class PeerLost(RuntimeError):
     """Another training process died, stalled or left: this one stops (the message names the rank)."""
 
 
-def train(config: TrainConfig, after_step: AfterStep | None = None) -> dict:
-    """Runs training as configured; returns the final evaluation results and paths.
-
-    ``after_step`` is called after each optimiser step (see :func:`run_loop`).
+def train(config: TrainConfig, hooks: TrainerHooks = TrainerHooks()) -> dict:
+    """Runs training as configured, with the caller's ``hooks``; returns the final evaluation results and paths.
 
     Raises :class:`PeerLost` when a collective call fails because another process died or
     stalled (after at most ``dist_timeout_s``), so that a launcher restarts the job.
     """
     try:
-        return train_or_fail(config, after_step)
+        return train_or_fail(config, hooks)
     except Exception as error:  # noqa: BLE001 - only a lost peer is translated; everything else is raised as it is
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         lost = lost_peer_error(error) if world_size > 1 and not isinstance(error, (StartError, DataError)) else None
@@ -337,7 +334,7 @@ def train(config: TrainConfig, after_step: AfterStep | None = None) -> dict:
         raise
 
 
-def train_or_fail(config: TrainConfig, after_step: AfterStep | None = None) -> dict:
+def train_or_fail(config: TrainConfig, hooks: TrainerHooks = TrainerHooks()) -> dict:
     """:func:`train` without the translation of a lost peer's errors."""
     started = time.time()
     try:
@@ -349,7 +346,7 @@ def train_or_fail(config: TrainConfig, after_step: AfterStep | None = None) -> d
     plot = accelerator.is_main_process and config.plot
     try:
         with StopRequest() as stop:
-            result = run_loop(run, log, stop, after_step)
+            result = run_loop(run, log, stop, hooks)
     except DataError:
         if plot and log.path.is_file():  # the curves up to the failure are worth seeing
             report.plot_curves(log.path, run_dir / "curves.png")
@@ -366,11 +363,11 @@ def train_or_fail(config: TrainConfig, after_step: AfterStep | None = None) -> d
     return result
 
 
-def run_loop(run: Run, log: MetricsLog, stop: StopRequest, after_step: AfterStep | None = None) -> dict:
+def run_loop(run: Run, log: MetricsLog, stop: StopRequest, hooks: TrainerHooks = TrainerHooks()) -> dict:
     """The steps from ``run.start_step`` with log lines, evaluations and checkpoints; then the final evaluation.
 
-    ``after_step``, when given, is called with the number of steps done right after each
-    optimiser step, before anything else sees it (a test's signal or fault at an exact step).
+    ``hooks`` are called after each step, while a checkpoint is written, for the time and
+    around the batches (see :class:`~multimodal.training.hooks.TrainerHooks`).
 
     Returns the final checkpoint, the run directory, the step reached and the results
     (or, when a signal stopped the run, which signal instead of results).
@@ -379,17 +376,17 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest, after_step: AfterStep
     unwrapped = accelerator.unwrap_model(run.model)
     progress = progress_bar(run)
     batches = None
-    saved = SavedCheckpoint(run)
+    saved = SavedCheckpoint(run, hooks.while_saving)
     window = LossWindow()
     train_mode(run.model)
     if run.start_step >= optim.steps:
         accelerator.print(f"the run has trained its {optim.steps} steps already (raise --optim.steps to train on); "
                           "evaluating its last checkpoint")
-    clock = CheckpointClock(config.checkpoint_every_minutes)
+    clock = CheckpointClock(config.checkpoint_every_minutes, clock=hooks.clock)
     done = run.start_step
     for step in range(run.start_step, optim.steps):
         if batches is None:  # the start, and after every checkpoint: see segment_seed
-            batches = train_batches(run, step)
+            batches = hooks.batches(train_batches(run, step))
         fetch_started = time.time()
         try:
             micro_batches = [next(batches) for _ in range(optim.accum_steps)]
@@ -399,8 +396,7 @@ def run_loop(run: Run, log: MetricsLog, stop: StopRequest, after_step: AfterStep
         window.waited += time.time() - fetch_started
         loss, per_pair = train_step(accelerator, run.model, run.optimizer, run.scheduler, micro_batches,
                                     optim.grad_clip)
-        if after_step is not None:
-            after_step(step + 1)
+        hooks.after_step(step + 1)
         if run.ema is not None:
             run.ema.update(unwrapped)
         done = step + 1
@@ -464,8 +460,9 @@ def segment_seed(seed: int, step: int) -> int:
 class SavedCheckpoint:
     """The run's latest checkpoint and the step it holds; :meth:`save` writes a newer one."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, while_saving: Callable[[int, Path], None] | None = None) -> None:
         self.run = run
+        self.while_saving = while_saving
         # A resumed run's latest checkpoint is the one it resumed from until it saves another.
         self.path: Path | None = run.resumed_from
         self.step = run.start_step
@@ -474,7 +471,8 @@ class SavedCheckpoint:
         """A training checkpoint of ``step`` (every process calls it)."""
         run = self.run
         self.path = save_training_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler,
-                                             run.data.tokenizer, run.config, run.run_dir, step, run.ema)
+                                             run.data.tokenizer, run.config, run.run_dir, step, run.ema,
+                                             self.while_saving)
         self.step = step
 
 
@@ -545,8 +543,8 @@ starts the run when it has none: one command for a first start and every restart
 SIGTERM or Ctrl-C saves a checkpoint at the current step before exiting."""
 
 
-def main(argv: list[str] | None = None, *, after_step: AfterStep | None = None) -> dict:
-    """The command line: trains as ``argv`` says (``sys.argv`` by default); ``after_step`` as in :func:`run_loop`."""
+def main(argv: list[str] | None = None, *, hooks: TrainerHooks = TrainerHooks()) -> dict:
+    """The command line: trains as ``argv`` says (``sys.argv`` by default), with the caller's ``hooks``."""
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
         try:
@@ -569,14 +567,14 @@ def main(argv: list[str] | None = None, *, after_step: AfterStep | None = None) 
         print(f"train.py: error: {error}\n(train.py --help lists every setting)", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        result = train(config, after_step)
+        result = train(config, hooks)
     except (StartError, DataError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         raise SystemExit(2 if isinstance(error, StartError) else 1) from None
     except PeerLost as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         # The process group and the loader's workers may wait on the lost peer: no clean-up that could hang.
-        leave_now(1)
+        hooks.leave(1)
     if int(os.environ.get("RANK", "0")) == 0:
         if "stopped_by" in result:
             print(f"stopped by {result['stopped_by']} after step {result['step']}; checkpoint: {result['checkpoint']}\n"

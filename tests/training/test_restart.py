@@ -18,6 +18,7 @@ import torch
 from multimodal.training import trainer
 from multimodal.training.train_config import parse_config
 from multimodal.checkpoint import list_checkpoints, load_model
+from multimodal.training.hooks import TrainerHooks
 from multimodal.training.process_group import describe_lost_peer, lost_peer_error
 from multimodal.training.run_checkpoints import CheckpointClock, remove_unfinished_checkpoints
 from tests.training.test_train import losses_by_step, tiny_dataset_at
@@ -136,16 +137,14 @@ def test_the_checkpoint_clock_is_due_once_its_interval_passed():
     assert not CheckpointClock(None, clock=lambda: 1e9).due()
 
 
-def train_in_process(args: list[str], monkeypatch, seconds_per_step: float) -> None:
+def train_in_process(args: list[str], seconds_per_step: float) -> None:
     """The trainer in this process (its modules are imported already), its checkpoint clock reading steps."""
     steps = []
-    monkeypatch.setattr(trainer, "CheckpointClock",
-                          lambda minutes: CheckpointClock(minutes, clock=lambda: len(steps) * seconds_per_step))
-    trainer.main(args, after_step=lambda step: steps.append(step))
+    trainer.main(args, hooks=TrainerHooks(after_step=steps.append, clock=lambda: len(steps) * seconds_per_step))
 
 
 @pytest.mark.slow
-def test_a_kill_while_saving_is_never_resumed_and_the_same_command_finishes_the_run(dataset, tmp_path, monkeypatch):
+def test_a_kill_while_saving_is_never_resumed_and_the_same_command_finishes_the_run(dataset, tmp_path):
     """Checkpoints every minute (20 s a step on the hooks' clock: steps 3, 6, 9); a kill while saving step 6.
 
     The same command then resumes step 3, never the half-written 6, and the run ends
@@ -153,7 +152,7 @@ def test_a_kill_while_saving_is_never_resumed_and_the_same_command_finishes_the_
     checkpoint as after any other.
     """
     extra = ("--checkpoint_every", "100", "--checkpoint_every_minutes", "1")
-    train_in_process(train_args(dataset, tmp_path / "reference", 11, *extra), monkeypatch, 20.0)
+    train_in_process(train_args(dataset, tmp_path / "reference", 11, *extra), 20.0)
     reference_dir = tmp_path / "reference" / "run"
     assert [c.name for c in list_checkpoints(reference_dir)] == [
         "step-0000003", "step-0000006", "step-0000009", "step-0000011"]

@@ -152,6 +152,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 SIGNAL_AFTER_STEP = """
 import os, signal, sys
 from multimodal.training import trainer
+from multimodal.training.hooks import TrainerHooks
 after_step, number = int(sys.argv[1]), int(sys.argv[2])
 steps = 0
 def signal_after_step(step):
@@ -159,7 +160,7 @@ def signal_after_step(step):
     steps += 1
     if steps == after_step:
         os.kill(os.getpid(), number)
-trainer.main(sys.argv[3:], after_step=signal_after_step)
+trainer.main(sys.argv[3:], hooks=TrainerHooks(after_step=signal_after_step))
 """
 
 
@@ -352,14 +353,13 @@ def test_a_tracker_without_its_package_is_a_clear_error(monkeypatch, tmp_path, t
 # Runs the trainer with every batch delivered 0.3 s late, as from a loader that cannot keep up.
 SLOW_LOADER = """
 import sys, time
-from multimodal.training import data_sources, trainer
-real_loader = data_sources.PreparedData.train_loader
-def late_batches(loader):
-    for batch in loader:
+from multimodal.training import trainer
+from multimodal.training.hooks import TrainerHooks
+def late_batches(batches):
+    for batch in batches:
         time.sleep(0.3)
         yield batch
-data_sources.PreparedData.train_loader = lambda self, **kwargs: late_batches(real_loader(self, **kwargs))
-trainer.main(sys.argv[1:])
+trainer.main(sys.argv[1:], hooks=TrainerHooks(batches=late_batches))
 """
 
 
