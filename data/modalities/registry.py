@@ -27,6 +27,9 @@ MEDIA_MODALITIES = tuple(name for name, definition in DEFINITIONS.items() if def
 # The media modalities, then the rest: the order batches are built in and options list them.
 MEDIA_FIRST = MEDIA_MODALITIES + tuple(name for name in MODALITIES if name not in MEDIA_MODALITIES)
 MEDIA_EXTENSIONS = tuple(extension for name in MEDIA_MODALITIES for extension in DEFINITIONS[name].extensions)
+# The one modality read from captions (text): what prompts, zero-shot class names and search
+# queries are written in, and the side of every pair a default run trains.
+CAPTION_MODALITY = next(name for name, definition in DEFINITIONS.items() if not definition.reads_files)
 # The media (MIME) type each extension is served as.
 MEDIA_TYPES = {extension: kind for name in MEDIA_MODALITIES for extension, kind in DEFINITIONS[name].media_types.items()}
 # Spellings of the same format mapped to the one shards are written with.
@@ -92,11 +95,13 @@ def fields_per_modality(
     return add_fields
 
 
+assert len(MODALITIES) - len(MEDIA_MODALITIES) == 1, "one modality is read from captions, the others from files"
 assert len(set(MEDIA_EXTENSIONS)) == len(MEDIA_EXTENSIONS), "an extension belongs to one modality"
 assert set(MEDIA_TYPES) == set(MEDIA_EXTENSIONS), "every extension has its media type"
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "CAPTION_MODALITY",
     "DEFINITIONS",
     "IMAGE_EXTENSIONS",
     "MEDIA_EXTENSIONS",
