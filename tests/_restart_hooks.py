@@ -77,7 +77,7 @@ def leave_noting_time(status: int) -> None:
 
 
 def checkpoint_clock():
-    """The clock time-based checkpoints read: ``SECONDS_PER_STEP`` a step trained (standing still off ``CLOCK_RANK``)."""
+    """What time-based checkpoints read: ``SECONDS_PER_STEP`` a step trained (standing still off ``CLOCK_RANK``)."""
     if "SECONDS_PER_STEP" not in os.environ:
         return time.monotonic
     seconds = float(os.environ["SECONDS_PER_STEP"])

@@ -71,11 +71,12 @@ def check_output_dir(run_dir: str | os.PathLike, key: str = "output_dir") -> Non
         raise ValueError(f"{key}: cannot write {run_dir}: {existing} is not writable; choose another --output_dir")
 
 
-def check_eval_sets(eval_sets: Sequence[EvalSetConfig], model: ModelConfig) -> list[EvalSetConfig]:
+def check_eval_sets(eval_sets: Sequence[EvalSetConfig], model: ModelConfig,
+                    samples_checked: int | None = None) -> list[EvalSetConfig]:
     """Every evaluation set fits the model and its data exist and hold what it reads; returns the sets settled.
 
-    Shards: the first ``SAMPLES_CHECKED`` samples of the local shards, in order (at most
-    ``BYTES_CHECKED`` bytes of them: an audio set's clips are large), must include one
+    Shards: the first ``samples_checked`` (``SAMPLES_CHECKED`` by default) samples of the local
+    shards, in order (at most ``BYTES_CHECKED`` bytes of them: an audio set's clips are large), must include one
     that holds the set's modalities (and a label, where the set reads one): samples of
     another modality, as in a shard mixing pictures and sounds, are skipped when the set
     is read, as in training. The labels of the samples that fit must name a class of
@@ -113,7 +114,8 @@ def check_eval_sets(eval_sets: Sequence[EvalSetConfig], model: ModelConfig) -> l
                 urls = expand_shards(spec.shards)
             except ValueError as error:
                 raise ValueError(f"{where}.{field}: {error}") from None
-            _check_first_samples(urls, spec.modalities, spec.sample_fields(), eval_set, f"{where}.{field}")
+            _check_first_samples(urls, spec.modalities, spec.sample_fields(), eval_set, f"{where}.{field}",
+                                 samples_checked if samples_checked is not None else SAMPLES_CHECKED)
         _check_same_classes(folder_classes, where)
         settled.append(eval_set)
     return settled
@@ -173,11 +175,11 @@ BYTES_CHECKED = 64 << 20  # and at most this many bytes of them read
 
 
 def _check_first_samples(urls: list[str], modalities: list[str], fields: SampleFields, eval_set: EvalSetConfig,
-                         where: str) -> None:
+                         where: str, samples_checked: int) -> None:
     local = list(itertools.takewhile(lambda url: not is_remote(url), urls))
     if not local:
         return  # remote: opening it may cost more than a start-up check should
-    looked = _Looked(modalities, fields, eval_set, where)
+    looked = _Looked(modalities, fields, eval_set, where, samples_checked)
     for url in local:
         problems: list[ShardProblem] = []
         with closing(read_shard(url, problems)) as samples:  # closed on every way out, the raises included
@@ -194,8 +196,10 @@ def _check_first_samples(urls: list[str], modalities: list[str], fields: SampleF
 class _Looked:
     """What the start-up check saw of a set's first samples: which fit, why the others do not, the names recorded."""
 
-    def __init__(self, modalities: list[str], fields: SampleFields, eval_set: EvalSetConfig, where: str) -> None:
+    def __init__(self, modalities: list[str], fields: SampleFields, eval_set: EvalSetConfig, where: str,
+                 samples_checked: int) -> None:
         self.modalities, self.fields, self.eval_set, self.where = modalities, fields, eval_set, where
+        self.samples_checked = samples_checked
         self.count = self.size = self.fitting = 0
         self.misfits: dict[str, int] = {}  # reason -> samples
         self.example: tuple[str, str, UnusableSample] | None = None  # the first misfit: key, url, why
@@ -204,7 +208,7 @@ class _Looked:
         self.record = ClassRecord("the shards")
 
     def full(self) -> bool:
-        return self.count >= SAMPLES_CHECKED or self.size > BYTES_CHECKED
+        return self.count >= self.samples_checked or self.size > BYTES_CHECKED
 
     def enough(self) -> bool:
         """One sample fits, and the set reads no class names to check further labels against."""
@@ -259,7 +263,8 @@ class _Looked:
         if not self.full() and self.shards == len(urls):
             return (f"the {self.count} samples of {urls[0]}" if len(urls) == 1
                     else f"the {self.count} samples of its {len(urls)} local shards")
-        bound = f"{SAMPLES_CHECKED} samples" if self.count >= SAMPLES_CHECKED else f"{BYTES_CHECKED >> 20} MiB"
+        bound = (f"{self.samples_checked} samples" if self.count >= self.samples_checked
+                 else f"{BYTES_CHECKED >> 20} MiB")
         return (f"the first {self.count} samples of {urls[0]}" if self.shards == 1
                 else f"the first {self.count} samples, in {self.shards} of its {len(urls)} shards") + \
             f" (a start-up check reads at most {bound})"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +88,14 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
     return None
 
 
-def usable_cores(local_processes: int = 1, cgroup_root: Path = CGROUP_ROOT) -> tuple[int, str]:
-    """(cores this process may use, what limits them): affinity, the cgroup quota, shared by this node's processes."""
-    cores, limited_by = affinity_cores(), "affinity"
-    quota = cgroup_cpu_limit(cgroup_root)
+def usable_cores(local_processes: int = 1, machine: Machine | None = None) -> tuple[int, str]:
+    """(cores this process may use, what limits them): affinity, the cgroup quota, shared by this node's processes.
+
+    ``machine``: where the affinity and the quota are read (None: this machine).
+    """
+    machine = machine if machine is not None else Machine()
+    cores, limited_by = machine.affinity_cores(), "affinity"
+    quota = machine.cgroup_cpu_limit()
     if quota is not None and math.floor(quota) < cores:
         # A quota of 1.5 cores throttles a second busy thread half of every period: count whole cores.
         cores, limited_by = max(1, math.floor(quota)), "cgroup quota"
@@ -136,6 +141,19 @@ def busy_cores_elsewhere(seconds: float = NEIGHBOUR_SAMPLE_SECONDS, stat: Path =
     return max(0.0, busy - (own_end - own_start) / seconds)
 
 
+@dataclass(frozen=True)
+class Machine:
+    """What :func:`plan_threads` reads of the machine it runs on; each default reads this one.
+
+    A caller gives readings of its own to plan for another machine (a test, a quota it
+    knows of) without touching this module.
+    """
+
+    affinity_cores: Callable[[], int] = affinity_cores
+    cgroup_cpu_limit: Callable[[], float | None] = cgroup_cpu_limit
+    busy_cores_elsewhere: Callable[[], float] = busy_cores_elsewhere
+
+
 def choose_threads(cores: int, workers: int, neighbour_cores: int) -> int:
     """Compute threads for ``cores`` usable cores, ``workers`` loader processes and cores taken by other work.
 
@@ -171,12 +189,14 @@ def choose_worker_nice(threads: int, workers: int, cores: int) -> int:
 
 
 def plan_threads(setting: int | None, workers: int | None, *, on_gpu: bool = False, local_processes: int = 1,
-                 measure_neighbours: bool = True) -> ThreadPlan:
+                 measure_neighbours: bool = True, machine: Machine | None = None) -> ThreadPlan:
     """The plan for this process: ``setting`` (the run's ``threads``), else ``OMP_NUM_THREADS``, else chosen.
 
-    ``workers``: the loader's worker processes as configured (None: chosen by :func:`choose_workers`).
+    ``workers``: the loader's worker processes as configured (None: chosen by :func:`choose_workers`);
+    ``machine``: where the cores and their load are read (None: this machine).
     """
-    cores, limited_by = usable_cores(local_processes)
+    machine = machine if machine is not None else Machine()
+    cores, limited_by = usable_cores(local_processes, machine)
     if workers is None:
         workers = choose_workers(cores, on_gpu)
     from_environment = os.environ.get("OMP_NUM_THREADS", "").strip()
@@ -191,7 +211,7 @@ def plan_threads(setting: int | None, workers: int | None, *, on_gpu: bool = Fal
         # under a cgroup quota the busy cores are other containers', which do not shrink the quota.
         if measure_neighbours and cores > 1 and limited_by == "affinity":
             # Only whole cores kept busy count: a short burst elsewhere should not cost a thread for the whole run.
-            neighbours = min(cores - 1, int(busy_cores_elsewhere() + (1 - BUSY_CORE)))
+            neighbours = min(cores - 1, int(machine.busy_cores_elsewhere() + (1 - BUSY_CORE)))
         threads, source = choose_threads(cores, workers, neighbours), "auto"
     return ThreadPlan(cores, limited_by, neighbours, workers, threads, source,
                       choose_worker_nice(threads, workers, cores))
@@ -205,5 +225,5 @@ def apply_plan(plan: ThreadPlan) -> None:
         torch.set_num_threads(plan.threads)
 
 
-__all__ = ["ThreadPlan", "affinity_cores", "apply_plan", "busy_cores_elsewhere", "cgroup_cpu_limit",
+__all__ = ["Machine", "ThreadPlan", "affinity_cores", "apply_plan", "busy_cores_elsewhere", "cgroup_cpu_limit",
            "choose_threads", "choose_worker_nice", "choose_workers", "plan_threads", "usable_cores"]

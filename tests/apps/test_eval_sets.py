@@ -164,9 +164,9 @@ def test_evaluations_say_the_samples_without_the_modality_once_and_warn_of_a_bro
     assert len(decode_errors) == 2 and "sample noise" in decode_errors[0]
 
 
-def refused(model, eval_set: EvalSetConfig) -> str:
+def refused(model, eval_set: EvalSetConfig, samples_checked: int | None = None) -> str:
     with pytest.raises(ValueError) as error:
-        preflight.check_eval_sets([eval_set], model.config)
+        preflight.check_eval_sets([eval_set], model.config, samples_checked)
     return str(error.value)
 
 
@@ -222,7 +222,7 @@ def test_a_set_without_names_needs_data_that_record_them(tiny, tmp_path):
     assert message.endswith("and as 'c1' (sample k1 of " f"{clash}); a label must name one class")
 
 
-def test_the_start_up_check_looks_for_a_sample_that_fits_and_says_what_it_read(material, tiny, monkeypatch, tmp_path):
+def test_the_start_up_check_looks_for_a_sample_that_fits_and_says_what_it_read(material, tiny, tmp_path):
     model, _ = tiny
     pictures_only = tmp_path / "pictures-only"
     assert cli(["shards", "--input", str(material["root"] / "pictures"), "--output", str(pictures_only),
@@ -234,11 +234,10 @@ def test_the_start_up_check_looks_for_a_sample_that_fits_and_says_what_it_read(m
         rf"{re.escape(str(shard))} does \(missing_audio 2\); the first, (one|two)__only of {re.escape(str(shard))}: "
         r"none of \[.*'wav'.*\] in the sample \(it has \['json', 'png', 'txt'\]\)", message), message
     # Bounded: a shard whose first samples are all pictures fails an audio set only within what the check reads.
-    monkeypatch.setattr(preflight, "SAMPLES_CHECKED", 1)
     mixed = f"{material['shards']}/shard-000000.tar"
     first = next(read_shard(mixed, []))
     eval_set = EvalSetConfig(name="z", shards=mixed, modality="image" if "wav" in first else "audio")
-    assert refused(model, eval_set).startswith(
+    assert refused(model, eval_set, samples_checked=1).startswith(
         f"data.eval[0] (z).shards: the set reads {eval_set.modality} with a class label, but none of the first 1 "
         f"samples of {mixed} (a start-up check reads at most 1 samples) does (missing_{eval_set.modality} 1)")
 

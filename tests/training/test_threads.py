@@ -29,16 +29,33 @@ def test_cgroup_quota_v2_and_v1(tmp_path):
     assert threads.cgroup_cpu_limit(tmp_path / "nothing") is None
 
 
-def test_usable_cores_take_the_tightest_of_affinity_quota_and_processes_per_node(tmp_path, monkeypatch):
-    monkeypatch.setattr(threads, "affinity_cores", lambda: 8)
-    assert threads.usable_cores(1, tmp_path / "none") == (8, "affinity")
+def machine(cores: int, cgroup_root: Path | None = None, busy: float | None = None, quota: float | None = None):
+    """A machine of ``cores`` cores, its quota read under ``cgroup_root`` or given.
+
+    Reading its neighbours' load fails the test unless ``busy`` gives it.
+    """
+    def busy_cores_elsewhere() -> float:
+        if busy is None:
+            pytest.fail("the neighbours' load was measured")
+        return busy
+
+    return threads.Machine(
+        affinity_cores=lambda: cores,
+        cgroup_cpu_limit=(lambda: threads.cgroup_cpu_limit(cgroup_root)) if cgroup_root is not None else lambda: quota,
+        busy_cores_elsewhere=busy_cores_elsewhere,
+    )
+
+
+def test_usable_cores_take_the_tightest_of_affinity_quota_and_processes_per_node(tmp_path):
+    assert threads.usable_cores(1, machine(8, tmp_path / "none")) == (8, "affinity")
     # A quota of 2.5 cores: two whole cores (a third busy thread would be throttled every period).
     quota = write_cgroup_v2(tmp_path / "quota", "250000 100000\n")
-    assert threads.usable_cores(1, quota) == (2, "cgroup quota")
-    assert threads.usable_cores(1, write_cgroup_v2(tmp_path / "big", "1600000 100000\n")) == (8, "affinity")
-    assert threads.usable_cores(1, write_cgroup_v2(tmp_path / "tiny", "50000 100000\n")) == (1, "cgroup quota")
+    assert threads.usable_cores(1, machine(8, quota)) == (2, "cgroup quota")
+    assert threads.usable_cores(1, machine(8, write_cgroup_v2(tmp_path / "big", "1600000 100000\n"))) == (8, "affinity")
+    assert threads.usable_cores(1, machine(8, write_cgroup_v2(tmp_path / "tiny", "50000 100000\n"))) == (
+        1, "cgroup quota")
     # Four processes of one node share its eight cores.
-    assert threads.usable_cores(4, tmp_path / "none") == (2, "4 processes on this node")
+    assert threads.usable_cores(4, machine(8, tmp_path / "none")) == (2, "4 processes on this node")
 
 
 @pytest.mark.parametrize("cores, workers, neighbours, expected", [
@@ -82,19 +99,18 @@ def test_busy_cores_elsewhere_counts_the_cpus_of_this_process_only(tmp_path, mon
 
 def test_plan_leaves_out_cores_that_other_work_keeps_busy(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "usable_cores", lambda processes=1: (8, "affinity"))
     for busy, neighbours in ((0.3, 0), (0.6, 1), (2.7, 3), (40.0, 7)):
-        monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda busy=busy: busy)
-        plan = threads.plan_threads(None, None)
+        plan = threads.plan_threads(None, None, machine=machine(8, busy=busy))
         assert (plan.neighbour_cores, plan.workers, plan.threads) == (neighbours, 2, max(1, 8 - 2 - neighbours))
     assert "1 compute thread(s): 8 core(s) usable (affinity), 7 busy with other work" in plan.describe()
 
 
 def test_a_setting_or_omp_num_threads_overrides_the_choice(monkeypatch):
-    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: pytest.fail("an override measures nothing"))
+    unmeasured = machine(8)  # an override measures nothing
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert (threads.plan_threads(None, 2).threads, threads.plan_threads(None, 2).source) == (3, "OMP_NUM_THREADS")
-    plan = threads.plan_threads(5, 0)
+    plan = threads.plan_threads(None, 2, machine=unmeasured)
+    assert (plan.threads, plan.source) == (3, "OMP_NUM_THREADS")
+    plan = threads.plan_threads(5, 0, machine=unmeasured)
     assert (plan.threads, plan.workers, plan.source) == (5, 0, "threads setting")
     assert plan.describe().startswith("5 compute thread(s) (threads setting)")
 
@@ -105,28 +121,21 @@ def test_a_setting_or_omp_num_threads_overrides_the_choice(monkeypatch):
     (14, 2, 16, 0),  # the workers have cores of their own
     (16, 2, 16, 19),
 ])
-def test_the_workers_yield_only_where_they_would_stall_a_parallel_region(threads_, workers, cores, nice, monkeypatch):
+def test_the_workers_yield_only_where_they_would_stall_a_parallel_region(threads_, workers, cores, nice):
     assert threads.choose_worker_nice(threads_, workers, cores) == nice
-    monkeypatch.setattr(threads, "usable_cores", lambda processes=1: (cores, "affinity"))
-    assert threads.plan_threads(threads_, workers).worker_nice == nice
+    assert threads.plan_threads(threads_, workers, machine=machine(cores)).worker_nice == nice
 
 
 def test_siblings_starting_on_the_node_are_not_counted_as_neighbours(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "affinity_cores", lambda: 16)
-    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root=None: None)
-    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: pytest.fail("siblings would be counted"))
-    plan = threads.plan_threads(None, 2, local_processes=4)
+    plan = threads.plan_threads(None, 2, local_processes=4, machine=machine(16))  # measuring would count the siblings
     assert (plan.cores, plan.neighbour_cores, plan.threads) == (4, 0, 2)
 
 
 def test_under_a_cgroup_quota_other_containers_load_is_not_counted(monkeypatch):
     """A pod with a 4-core quota on a busy 64-core node keeps its 4 cores: the busy ones are other pods'."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "affinity_cores", lambda: 64)
-    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root=None: 4.0)
-    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: 60.0)
-    plan = threads.plan_threads(None, 2)
+    plan = threads.plan_threads(None, 2, machine=machine(64, busy=60.0, quota=4.0))
     assert (plan.cores, plan.limited_by, plan.neighbour_cores, plan.threads) == (4, "cgroup quota", 0, 2)
 
 

@@ -145,9 +145,11 @@ def test_ddp_gradients_are_not_averaged_a_second_time(monkeypatch):
 
     model = torch.nn.Linear(3, 2)
     model(torch.ones(1, 3)).sum().backward()
-    monkeypatch.setattr(fsdp.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(fsdp.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(fsdp.dist, "all_reduce", lambda tensor: pytest.fail("a second all-reduce of DDP's gradients"))
+    # Two processes, as torch.distributed would report them under DDP; an all-reduce fails the test.
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce",
+                        lambda tensor: pytest.fail("a second all-reduce of DDP's gradients"))
     before = model.weight.grad.clone()
     fsdp.average_replicated_gradients(model)
     assert torch.equal(model.weight.grad, before)
