@@ -129,11 +129,23 @@ class Modality:
         raise NotImplementedError(f"{self.name} is not read from files")
 
     def collate_into(self, batch: dict, samples: list[dict], *, tokenize: Callable | None, train: bool) -> None:
-        """Adds this modality's entries of ``samples`` (all holding it) to ``batch`` (see :mod:`multimodal.data.pipeline.collate`).
+        """Adds this modality's entries of ``samples`` (all holding it) to ``batch`` (see :func:`multimodal.data.pipeline.batches.collate_samples`).
 
         ``train``: False for an evaluation batch, whose entries may say which sample each row is of.
         """
         raise NotImplementedError
+
+    def after_loader(self, batch: dict, config: Any, *, buffers: Any = None, workers_busy: bool = False) -> None:
+        """Finishes this modality's entries of ``batch`` in place, in the process that consumes the
+        batches, once the loader delivered them to their device (:func:`multimodal.data.pipeline.loader.finish_batch`).
+        Nothing by default.
+
+        What is cheaper to send between processes than to compute on (uint8 pixels) is made
+        model-ready here. ``config``: the model's preprocessing config of this modality;
+        ``buffers``: reusable float CPU memory (:class:`multimodal.data.pipeline.main_process.RecycledBuffers`)
+        or None; ``workers_busy``: loader workers are using the CPU's other cores, so CPU work here
+        should take one thread (:func:`multimodal.data.pipeline.main_process.one_cpu_thread`).
+        """
 
     def check_levers(self, levers: Any, config: Any, where: str) -> None:
         """Raises ValueError when augmentation ``levers`` of this modality cannot act on items

@@ -124,6 +124,25 @@ class ImageModality(Modality):
         if "image_draws" in samples[0]:  # training augmentation, drawn per sample, applied to the batch at once
             batch["image"] = augment_images(batch["image"], [sample["image_draws"] for sample in samples])
 
+    def after_loader(self, batch: dict, config: Any, *, buffers: Any = None, workers_busy: bool = False) -> None:
+        """Normalises the batch's uint8 crops to float (B, 3, S, S) where they arrived: they crossed
+        processes and the bus as uint8, 4x fewer bytes than float. On the CPU, into ``buffers``' reused
+        memory, and on one thread while the workers are busy."""
+        import contextlib
+
+        import torch
+
+        from multimodal.data.pipeline.main_process import one_cpu_thread
+        from multimodal.data.preprocess.image_transforms import normalize_image
+
+        image = batch["image"]
+        if image.dtype != torch.uint8:
+            return
+        on_cpu = image.device.type == "cpu"
+        out = buffers.empty(image.shape) if buffers is not None and on_cpu else None
+        with one_cpu_thread() if on_cpu and workers_busy else contextlib.nullcontext():
+            batch["image"] = normalize_image(image, config, out=out)  # float (B, 3, S, S)
+
     def is_single_input(self, inputs: Any) -> bool:
         return super().is_single_input(inputs) or type(inputs).__module__.startswith("PIL.")
 

@@ -40,7 +40,7 @@ class TextModality(Modality):
         """``tokenize(captions) -> (ids (M, L), padding_mask (M, L) or None)``; None keeps the strings."""
         import torch
 
-        from multimodal.data.pipeline.collate import trim_padding_columns
+        from multimodal.data.pipeline.batches import trim_padding_columns
 
         first = samples[0]
         if isinstance(first["text"], list):  # every caption of each sample (an all_captions source)

@@ -1,12 +1,18 @@
 """Streaming batches from tar shards: :func:`make_loader` and the :class:`ShardLoader` it returns.
 
 A :class:`ShardLoader` is an iterable of batch dicts (the project's batch convention,
-see :mod:`multimodal.data.pipeline.collate`; "image" arrives as normalised float (B, 3, S, S)
+see :mod:`multimodal.data.pipeline.batches`; "image" arrives as normalised float (B, 3, S, S)
 unless ``normalize_images=False``), each from one source (a
 :class:`multimodal.data.pipeline.source_spec.SourceSpec`) and holding that source's
-modalities. Batches are made in DataLoader workers (:mod:`multimodal.data.pipeline.batch_stream`);
-images travel from them as uint8 and are normalised in the loader's process, or on
-the device the batches are delivered to (:func:`finish_batch`).
+modalities.
+
+The way of one batch: :func:`make_loader` checks the settings and makes a
+:class:`ShardLoader`; :meth:`ShardLoader.__iter__` runs a DataLoader whose workers make
+whole batches (:mod:`multimodal.data.pipeline.batches`, read in order: shards, one
+source's samples, sources mixed by weight, collation); :func:`finish_batch` moves each to
+its device, where each modality's definition finishes its entries
+(:meth:`multimodal.data.modalities.base.Modality.after_loader`: images travel from the
+workers as uint8 and are normalised here).
 
 Modes
 -----
@@ -21,19 +27,18 @@ Modes
   shards and together every sample exactly once.
 
 Determinism: the same seed, epoch, rank, world size, worker count and batch size
-give the same batches in the same order (see :mod:`multimodal.data.pipeline.source_stream`).
+give the same batches in the same order (see :mod:`multimodal.data.pipeline.batches`).
 Each pass over a loader is the next epoch: every stream gets a new seed, so a
 second pass does not repeat the first. To continue a run, make a new loader with a
 new seed (the trainer derives one from the step it restarts at).
 
 Bad data is skipped and counted (:mod:`multimodal.data.pipeline.skip_counts`); ``loader.stats`` adds
 up the workers' reports. A source with no valid sample at all is an error naming
-it: raised by a worker in resampled mode (see :mod:`multimodal.data.pipeline.source_stream`),
+it: raised by a worker in resampled mode (see :mod:`multimodal.data.pipeline.batches`),
 and at the end of a finite pass for a source of which this rank read nothing valid.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -42,12 +47,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from multimodal.data.pipeline.batch_stream import BatchStream
-from multimodal.data.pipeline.collate import Tokenize
-from multimodal.data.preprocess.preprocess_config import ImagePreprocessConfig
-from multimodal.data.preprocess.image_transforms import normalize_image
-from multimodal.data.modalities.registry import get_modality
-from multimodal.data.pipeline.main_process import RecycledBuffers, one_cpu_thread
+from multimodal.data.pipeline.batches import BatchStream, Tokenize
+from multimodal.data.modalities.registry import DEFINITIONS, get_modality
+from multimodal.data.pipeline.main_process import RecycledBuffers
 from multimodal.data.pipeline.remote import RemoteConfig
 from multimodal.data.seeds import stable_int
 from multimodal.data.pipeline.shard_reader import expand_shards
@@ -59,26 +61,25 @@ logger = logging.getLogger(__name__)
 
 def finish_batch(
     batch: dict,
-    image_config: ImagePreprocessConfig | None,
+    preprocess: Mapping[str, object],
     device: torch.device | None = None,
     buffers: RecycledBuffers | None = None,
     *,
     workers_busy: bool = False,
 ) -> dict:
-    """Moves tensors to ``device`` (if given) and normalises uint8 images there (not when ``image_config`` is None).
+    """Moves tensors to ``device`` (if given), then each modality of the batch with a config in
+    ``preprocess`` finishes its entries there (:meth:`multimodal.data.modalities.base.Modality.after_loader`:
+    uint8 images are normalised); a modality without one is left as the workers made it.
 
-    ``buffers`` supplies the float CPU batch (see :class:`multimodal.data.pipeline.main_process.RecycledBuffers`).
+    ``buffers`` supplies float CPU batches (see :class:`multimodal.data.pipeline.main_process.RecycledBuffers`).
     ``workers_busy``: worker processes are decoding on the CPU's other cores, so
-    normalising on the CPU uses one thread (see :func:`multimodal.data.pipeline.main_process.one_cpu_thread`).
+    work on the CPU here uses one thread (see :func:`multimodal.data.pipeline.main_process.one_cpu_thread`).
     """
     if device is not None:
         batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    image = batch.get("image")
-    if image is not None and image.dtype == torch.uint8 and image_config is not None:
-        on_cpu = image.device.type == "cpu"
-        out = buffers.empty(image.shape) if buffers is not None and on_cpu else None
-        with one_cpu_thread() if on_cpu and workers_busy else contextlib.nullcontext():
-            batch["image"] = normalize_image(image, image_config, out=out)  # float (B, 3, S, S)
+    for name, definition in DEFINITIONS.items():
+        if name in batch and preprocess.get(name) is not None:
+            definition.after_loader(batch, preprocess[name], buffers=buffers, workers_busy=workers_busy)
     return batch
 
 
@@ -99,7 +100,7 @@ class ShardLoader:
         num_workers: int,
         prefetch_factor: int,
         device: torch.device | None,
-        image_config: ImagePreprocessConfig | None,
+        finish_preprocess: Mapping[str, object],
         world_size: int,
         log_skips_every: int,
     ) -> None:
@@ -107,7 +108,7 @@ class ShardLoader:
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.device = device
-        self.image_config = image_config
+        self.finish_preprocess = finish_preprocess
         self.world_size = world_size
         self.stats = DataStats(dataset.names, log_skips_every)
         self._buffers = RecycledBuffers()
@@ -152,7 +153,7 @@ class ShardLoader:
             if item.pop("__end__", False):
                 continue
             yield finish_batch(
-                item, self.image_config, self.device, self._buffers, workers_busy=self.num_workers > 0
+                item, self.finish_preprocess, self.device, self._buffers, workers_busy=self.num_workers > 0
             )
         if not dataset.resampled:
             self._check_sources_read()
@@ -290,16 +291,18 @@ def make_loader(
             (default 1000 in training, 0 in evaluation).
         drop_last: drop a source's last incomplete batch in a finite stream (default: ``train``).
         prefetch_factor: batches each worker prepares ahead.
-        device: where batches are delivered; images are normalised there (pinned
-            memory for CUDA). None: the CPU. Images cross processes and the bus as
-            uint8, 4x fewer bytes than float.
-        normalize_images: False delivers images as uint8 (B, 3, S, S) crops, to be
+        device: where batches are delivered; each modality's definition finishes its
+            entries there (:func:`finish_batch`: images are normalised; pinned memory for
+            CUDA). None: the CPU. Images cross processes and the bus as uint8, 4x fewer
+            bytes than float.
+        normalize_images: False delivers batches as the workers made them, with no
+            modality's step after the loader: images as uint8 (B, 3, S, S) crops, to be
             normalised by the consumer (:func:`multimodal.data.preprocess.image_transforms.normalize_image`), e.g.
             after its own augmentations on the GPU.
         log_skips_every: log a summary every this many skipped shards or samples.
         worker_nice: niceness added to each worker process (0-19; 0: the trainer's priority).
             Where workers and trainer share few cores, a lower priority for the workers
-            keeps the trainer's threads running (see :func:`multimodal.data.pipeline.batch_stream.lower_priority`).
+            keeps the trainer's threads running (see :func:`multimodal.data.pipeline.batches.lower_priority`).
         remote: how shards over HTTP(S) and from ``pipe:`` commands are read: stall timeout,
             retries, shards fetched ahead at once (see :class:`multimodal.data.pipeline.remote.RemoteConfig`;
             None: its defaults).
@@ -325,7 +328,7 @@ def make_loader(
         prefetch_factor=prefetch_factor,
         device=torch.device(device) if device is not None else None,
         # uint8 crops are normalised where they arrive (see finish_batch), unless the consumer does it.
-        image_config=preprocess.get("image") if normalize_images else None,
+        finish_preprocess=preprocess if normalize_images else {},
         world_size=world_size,
         log_skips_every=log_skips_every,
     )

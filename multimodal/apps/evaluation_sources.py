@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from multimodal.data.pipeline.collate import collate_samples
+from multimodal.data.pipeline.batches import collate_samples
 from multimodal.data.writing.listing import class_folder_files, class_name_in_words
 from multimodal.data.pipeline.loader import ShardLoader, finish_batch, make_loader
 from multimodal.data.modalities.image_modality import rasterised
@@ -94,9 +94,9 @@ class ClassFolderLoader:
     """Labelled batches of one modality's files in class folders, as a finite shard loader gives them.
 
     Each pass reads the files in order: ``get_modality(m).load_member`` with evaluation
-    preprocessing, :func:`~multimodal.data.pipeline.collate.collate_samples` (audio as windows,
-    ``label`` int64 (B,)), then :func:`~multimodal.data.pipeline.loader.finish_batch` (images
-    normalised). A file that does not decode is skipped, counted in ``stats``
+    preprocessing, :func:`~multimodal.data.pipeline.batches.collate_samples` (audio as windows,
+    ``label`` int64 (B,)), then :func:`~multimodal.data.pipeline.loader.finish_batch` (each definition's
+    step after the loader: images normalised). A file that does not decode is skipped, counted in ``stats``
     (``bad_image`` ...) as a sample of a shard is, and listed in ``skipped`` (this pass's).
 
     ``__key__`` of an item: its path under the folder (``cats/1.png``); with ``path_keys``,
@@ -157,7 +157,7 @@ class ClassFolderLoader:
     def _batch(self, samples: list[dict], counts: WorkerCounts) -> dict:
         self.stats.add(counts.take())
         batch = collate_samples(samples, None, self.name, train=False)
-        return finish_batch(batch, self.preprocess.get("image"))
+        return finish_batch(batch, self.preprocess)
 
 
 def eval_loader(spec: SourceSpec, *, batch_size: int, preprocess: Mapping[str, object],

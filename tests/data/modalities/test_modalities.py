@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multimodal.data.pipeline.collate import collate_samples
+from multimodal.data.pipeline.batches import collate_samples
 from multimodal.data.modalities.registry import MODALITIES, get_modality
 from multimodal.model import MultimodalModel
 from multimodal.modality_parts import parts_of

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from multimodal.data.pipeline.collate import collate_samples, trim_padding_columns
+from multimodal.data.pipeline.batches import collate_samples, trim_padding_columns
 from multimodal.data.tokenization.bpe_tokenizer import encode_rows
 from multimodal.encoders import TextConfig, TextEncoder, TransformerConfig
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import webdataset
 
-from multimodal.data.pipeline import source_stream
+from multimodal.data.pipeline import batches as batch_making
 from multimodal.data.pipeline.source_spec import SourceSpec
 from tests.data.pipeline.test_pipeline import flac, jpeg, keys_of, loader
 
@@ -105,8 +105,8 @@ def test_a_resampled_source_without_its_modality_fails_after_one_pass_despite_it
 
 
 def test_a_source_of_many_shards_fails_before_reading_them_all(tmp_path, monkeypatch):
-    monkeypatch.setattr(source_stream, "EMPTY_SOURCE_FAILURES", 30)
-    monkeypatch.setattr(source_stream, "EMPTY_SOURCE_MIN_SHARDS", 3)
+    monkeypatch.setattr(batch_making, "EMPTY_SOURCE_FAILURES", 30)
+    monkeypatch.setattr(batch_making, "EMPTY_SOURCE_MIN_SHARDS", 3)
     write_shards(tmp_path, num_shards=40, per_shard=2, has_audio=lambda index: False)
     _, speech = sources(tmp_path, 40)
     with pytest.raises(ValueError, match=r"'speech' yields no valid sample: 30 failures over \d+ of its 40 shards"):

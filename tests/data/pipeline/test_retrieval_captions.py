@@ -5,7 +5,7 @@ import pytest
 import torch
 import webdataset
 
-from multimodal.data.pipeline.collate import collate_samples
+from multimodal.data.pipeline.batches import collate_samples
 from multimodal.data.pipeline.loader import make_loader
 from multimodal.data.pipeline.source_spec import SourceSpec
 from multimodal.eval import evaluate_retrieval, retrieval_metrics
