@@ -137,6 +137,28 @@ def test_the_checkpoint_clock_is_due_once_its_interval_passed():
     assert not CheckpointClock(None, clock=lambda: 1e9).due()
 
 
+def test_the_hooks_see_every_step_and_every_checkpoint_half_written(dataset, tmp_path):
+    """after_step before the step's checkpoint; while_saving with the weights written and the training state not yet."""
+    seen = []
+
+    def while_saving(step: int, unfinished: Path) -> None:
+        written = sorted(path.name for path in unfinished.iterdir())
+        seen.append(("saving", step, unfinished.name.startswith(f".step-{step:07d}.tmp-"),
+                     "model.safetensors" in written, "training_state.pt" in written))
+
+    def batches(stream):  # a stream starts at the start and again after every checkpoint
+        seen.append(("batches",))
+        return stream
+
+    hooks = TrainerHooks(after_step=lambda step: seen.append(("step", step)), while_saving=while_saving,
+                         batches=batches)
+    result = trainer.main(train_args(dataset, tmp_path, 3, "--checkpoint_every", "2"), hooks=hooks)
+    assert seen == [("batches",), ("step", 1), ("step", 2), ("saving", 2, True, True, False),
+                    ("batches",), ("step", 3), ("saving", 3, True, True, False)]
+    assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-0000002", "step-0000003"]
+    assert result["step"] == 3
+
+
 def train_in_process(args: list[str], seconds_per_step: float) -> None:
     """The trainer in this process (its modules are imported already), its checkpoint clock reading steps."""
     steps = []
