@@ -329,6 +329,25 @@ def test_uint8_images_on_request_and_worker_normalisation_keeps_the_thread_count
     torch.testing.assert_close(normalize_image(raw, IMAGE), normalised, rtol=0, atol=1e-6)
 
 
+def test_after_the_loader_each_modality_with_a_config_is_finished_by_its_definition():
+    from multimodal.data.pipeline.loader import finish_batch
+    from multimodal.data.pipeline.main_process import RecycledBuffers
+
+    crops = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    ids = torch.tensor([[1, 2, 0], [3, 0, 0]])
+    batch = {"image": crops, "text": ids, "__key__": ["a", "b"], "__source__": "s"}
+    buffers = RecycledBuffers()
+    finished = finish_batch(dict(batch), {"image": IMAGE, "text": None}, buffers=buffers, workers_busy=True)
+    assert finished["image"].dtype == torch.float32 and finished["image"].shape == (2, 3, 8, 8)
+    torch.testing.assert_close(finished["image"], normalize_image(crops, IMAGE), rtol=0, atol=0)
+    if buffers._use_count is not None:  # written into the loader's reused memory (where torch tells its use)
+        assert finished["image"].untyped_storage().data_ptr() == buffers.storages[0].data_ptr()
+    assert finished["text"] is ids and finished["__key__"] == ["a", "b"]
+    # No config for a modality: left as the workers made it; an image already float is not normalised twice.
+    assert finish_batch(dict(batch), {})["image"] is crops
+    assert finish_batch(dict(finished), {"image": IMAGE})["image"] is finished["image"]
+
+
 def test_audio_eval_features_are_the_same_batched_or_alone(tmp_path):
     with webdataset.TarWriter(str(tmp_path / "aud-00000.tar")) as writer:
         # 3 frames (padded with silence to min_frames, 4), 3 windows of 12, and 8 frames
