@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from multimodal.config_parser import from_dict, to_dict
 from multimodal.data.tokenization.clip_tokenizer import ClipTokenizer
 from multimodal.data.atomic_files import permissions
+from multimodal.data.preprocess.preprocess_config import take_retired_masks
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.model import ModelConfig, MultimodalModel
 
@@ -208,7 +209,9 @@ def read_config(directory: str | Path, *, as_written: bool = False) -> dict:
     """config.json of a checkpoint, with its format version checked.
 
     Settings added since it was written are filled in with what their absence meant
-    (see :func:`_with_earlier_model_settings`), unless ``as_written``.
+    (see :func:`_with_earlier_model_settings`), and the model's retired SpecAugment keys are
+    dropped (``take_retired_masks``; a run that trains on moves its own into its sources'
+    levers: :mod:`multimodal.training.retired_masks`), unless ``as_written``.
     """
     path = Path(directory) / CONFIG_FILE
     checkpoints = list_checkpoints(directory)
@@ -229,6 +232,7 @@ def read_config(directory: str | Path, *, as_written: bool = False) -> dict:
     if not as_written:
         for model in (config["model"], (config.get("train") or {}).get("model")):
             _with_earlier_model_settings(model)
+        take_retired_masks(config["model"])  # masks act in training only: for using the model, nothing to keep
     return config
 
 

@@ -278,7 +278,7 @@ def keep_locked_in_eval(model: nn.Module) -> int:
 # checkpoints that differ in them still share an architecture.
 _TRAINING_ONLY = {
     "drop_path", "patch_dropout", "attention_backend", "grad_checkpointing", "loss_pairs", "init_logit_scale",
-    "init_logit_bias", "max_logit_scale", "train_crop_scale", "freq_mask", "time_mask",
+    "init_logit_bias", "max_logit_scale", "train_crop_scale",
 }
 
 

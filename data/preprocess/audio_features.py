@@ -15,8 +15,9 @@ see below), never padded to a window here; collation pads a batch and marks the
 padding in ``audio_padding_mask``, so a clip's features are the same alone or batched.
 
 - Training (:func:`train_audio_features`): a random crop of ``max_frames`` worth of
-  samples when the clip is longer; shorter clips are kept whole; optional
-  SpecAugment masks.
+  samples when the clip is longer; shorter clips are kept whole. SpecAugment's masks
+  (:func:`mask_features`) are a training lever, applied after this
+  (:mod:`multimodal.data.preprocess.augment_audio`).
 - Evaluation (:func:`eval_audio_windows`): the whole clip, cut into windows of
   ``max_frames`` frames. The windows start at 0, max_frames, 2 * max_frames ...;
   when the clip does not divide evenly, the last window is taken to *end at the
@@ -411,18 +412,13 @@ def normalize_fbank(features: torch.Tensor, config: AudioPreprocessConfig) -> to
     return features.sub_(config.norm_mean).div_(2.0 * config.norm_std)
 
 
-def spec_augment(features: torch.Tensor, config: AudioPreprocessConfig, rng: random.Random) -> torch.Tensor:
-    """SpecAugment in place on normalised frames (T, F): one frequency band and one time span set to 0.
-
-    Widths are drawn uniformly from [0, freq_mask] and [0, time_mask] (torchaudio's
-    masking rule); 0 after normalisation is the data set's mean. A width of 0 in the
-    config turns that mask off.
-    """
-    return mask_features(features, config.freq_mask, config.time_mask, rng)
-
-
 def mask_features(features: torch.Tensor, freq_mask: int, time_mask: int, rng: random.Random) -> torch.Tensor:
-    """:func:`spec_augment` with its widest masks given: ``freq_mask`` mel bins, ``time_mask`` frames; (T, F) in place."""
+    """SpecAugment in place on normalised frames (T, F): one band of mel bins and one span of frames set to 0.
+
+    Widths are drawn uniformly from [0, ``freq_mask``) mel bins and [0, ``time_mask``) frames
+    (torchaudio's masking rule), the band first; 0 after normalisation is the data set's
+    mean. A widest width of 0 turns that mask off and draws nothing.
+    """
     num_time, num_freq = features.shape
     for width_max, size, dim in ((freq_mask, num_freq, 1), (time_mask, num_time, 0)):
         if width_max <= 0:
@@ -436,7 +432,7 @@ def mask_features(features: torch.Tensor, freq_mask: int, time_mask: int, rng: r
 def train_audio_features(
     waveform: torch.Tensor, config: AudioPreprocessConfig, rng: random.Random, *, min_frames: int | None = None
 ) -> torch.Tensor:
-    """Training features of a mono waveform at ``config.sample_rate``: random crop, fbank, normalise, SpecAugment.
+    """Training features of a mono waveform at ``config.sample_rate``: random crop, fbank, normalise.
 
     Returns (T, F) with min_frames <= T <= max_frames (T < max_frames only for clips
     shorter than one window: they are not padded to a window). A clip shorter than
@@ -448,10 +444,7 @@ def train_audio_features(
         start = rng.randrange(waveform.shape[0] - crop_samples + 1)
         waveform = waveform[start : start + crop_samples]
     waveform = fit_clip_length(waveform, config, config.min_frames if min_frames is None else min_frames)
-    features = normalize_fbank(fbank(waveform, config), config)
-    if config.freq_mask > 0 or config.time_mask > 0:
-        spec_augment(features, config, rng)
-    return features
+    return normalize_fbank(fbank(waveform, config), config)
 
 
 def eval_audio_windows(
@@ -529,13 +522,13 @@ __all__ = [
     "frame_geometry",
     "kaldi_fbank",
     "load_waveform",
+    "mask_features",
     "normalize_fbank",
     "num_frames",
     "resample",
     "resampled_length",
     "resampling_ratio",
     "samples_for_frames",
-    "spec_augment",
     "to_mono",
     "train_audio_features",
 ]

@@ -61,6 +61,8 @@ class AudioPreprocessConfig:
     as AST uses; normalisation is ``(x - norm_mean) / (2 * norm_std)``.
     Checkpoints written before ``min_frames`` existed load with the default, 16: the
     patch length of AST and of every preset (the model's config checks it).
+    SpecAugment is no preprocessing setting: it is the training lever
+    ``augment.audio.spec_augment`` of each source (see :data:`RETIRED_MASK_KEYS`).
     """
 
     sample_rate: int = 16000
@@ -71,9 +73,6 @@ class AudioPreprocessConfig:
     max_frames: int = 1024
     norm_mean: float = AUDIOSET_MEAN
     norm_std: float = AUDIOSET_STD
-    # SpecAugment in training: widest frequency / time mask (0 disables).
-    freq_mask: int = 0
-    time_mask: int = 0
     # Fewest frames a window may have: the encoder's patch length along time (16 in AST and
     # every preset). Shorter clips are padded with silence up to it, so a clip is embedded
     # from its own sound whether it is alone or batched with longer ones.
@@ -92,3 +91,44 @@ class AudioPreprocessConfig:
                 f"{self.max_frames}: a window holds at most max_frames frames, so it could never be long enough"
             )
 
+
+# SpecAugment's widest masks were once preprocessing settings (``audio_preprocess.freq_mask`` and
+# ``.time_mask``), masking the same clip as the lever ``augment.audio.spec_augment``: now the lever
+# is the one setting. Checkpoints and run configs written before carry these keys.
+RETIRED_MASK_KEYS = ("freq_mask", "time_mask")
+# A model config's preprocessing sections: ``image_preprocess``, ``audio_preprocess``.
+PREPROCESS_SUFFIX = "_preprocess"
+
+
+def take_retired_masks(model_tree: object) -> dict[str, dict[str, int]]:
+    """Takes the retired SpecAugment keys out of a model config tree, in place; returns those that were on.
+
+    ``model_tree``: a model config as a checkpoint's ``config.json`` holds it (``{"audio_preprocess":
+    {"freq_mask": 8, ...}, ...}``); every ``<modality>_preprocess`` section is searched. Returns the
+    nonzero widths by modality, ``{"audio": {"freq_mask": 8}}``: ``{}`` when none was set or all
+    were 0 (such a tree meant no masks). Anything but a dict has nothing to take.
+    """
+    taken: dict[str, dict[str, int]] = {}
+    if not isinstance(model_tree, dict):
+        return taken
+    for name, section in model_tree.items():
+        if not (name.endswith(PREPROCESS_SUFFIX) and isinstance(section, dict)):
+            continue
+        widths = {key: section.pop(key) for key in RETIRED_MASK_KEYS if key in section}
+        widths = {key: width for key, width in widths.items() if width}
+        if widths:
+            taken[name.removesuffix(PREPROCESS_SUFFIX)] = widths
+    return taken
+
+
+def retired_masks_error(modality: str, widths: dict[str, int], where: str) -> ValueError:
+    """The refusal of a new configuration that sets ``widths`` (from :func:`take_retired_masks`) at ``where``."""
+    given = " and ".join(f"{modality}{PREPROCESS_SUFFIX}.{key} {width}" for key, width in widths.items())
+    retired = "is no longer a preprocessing setting" if len(widths) == 1 else "are no longer preprocessing settings"
+    return ValueError(
+        f"{where}: {given} {retired}: SpecAugment is set per training source as "
+        f"augment.{modality}.spec_augment (p, freq_mask, time_mask). Set it there, as "
+        f"data.train[i].augment.{modality}.spec_augment of each {modality} source or "
+        f"data.demo_augment.{modality}.spec_augment for the demo (p 1.0 masks every clip, as "
+        f"{modality}{PREPROCESS_SUFFIX} did), and remove it from the model"
+    )

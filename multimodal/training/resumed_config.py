@@ -7,6 +7,8 @@ from typing import TypeVar
 
 from multimodal.checkpoint import CheckpointError, read_config
 from multimodal.config_parser import apply_overrides, flatten, from_dict, load_config_file, lookup, to_dict
+from multimodal.data.preprocess.preprocess_config import take_retired_masks
+from multimodal.training.retired_masks import move_masks_to_levers
 
 T = TypeVar("T")
 
@@ -37,7 +39,9 @@ def resumed_config(given_config: T, checkpoint: Path, *, given: dict[str, str]) 
     if saved is None:
         raise CheckpointError(f"{checkpoint} holds no training configuration (config.json has no 'train' section)")
     saved = _with_earlier_behaviour(saved)
+    masks = take_retired_masks(saved.get("model"))  # SpecAugment set the old way: moved to the sources' levers
     run_config = from_dict(type(given_config), saved, "train")
+    move_masks_to_levers(run_config, masks, str(checkpoint))
     run_tree, given_tree = to_dict(run_config), to_dict(given_config)
     explicit = set(given) - {"config"}
     if "config" in given:  # a file given again counts as settings given

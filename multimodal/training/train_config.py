@@ -10,15 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from multimodal.training import preflight, data_sources
+from multimodal.checkpoint import read_config
 from multimodal.config_parser import (
     apply_overrides, flatten, from_dict, load_config_file, merged, parse_override_args, to_dict,
 )
 from multimodal.data.modalities.registry import MEDIA_MODALITIES
+from multimodal.data.preprocess.preprocess_config import take_retired_masks
 from multimodal.model import ModelConfig
 from multimodal.training.optimizer import fine_tuning_optim
 from multimodal.presets import PRESETS, preset
 from multimodal.pretrained import init_model_config, pretrained_towers_that_train
 from multimodal.training.resumed_config import resumed_config
+from multimodal.training.retired_masks import move_masks_to_levers, refuse_retired_mask_overrides, refuse_retired_masks
 from multimodal.training.run_checkpoints import find_resume_checkpoint
 
 RUN_CONFIG_FILE = "config.json"
@@ -153,14 +156,18 @@ def parse_config(argv: list[str]) -> TrainConfig:
 
 def fresh_config(overrides: dict[str, str]) -> TrainConfig:
     """The configuration of a new run: the preset, then ``--config``'s file, then the dotted overrides."""
-    overrides = dict(overrides)
+    overrides = refuse_retired_mask_overrides(dict(overrides))
     preset_name = overrides.pop("preset", "tiny")
     config_file = overrides.pop("config", None)
     data = {"preset": preset_name}
+    masks = {}
     if config_file is not None:
         data.update(load_config_file(config_file))
         # A run's config.json records the threads it chose on its machine: a record, not a setting.
-        data.pop(MACHINE_KEY, None)
+        if data.pop(MACHINE_KEY, None) is not None:  # a run's own record: its SpecAugment set the old way trains on
+            masks = take_retired_masks(data.get("model"))
+        else:
+            refuse_retired_masks(data.get("model"), config_file)
     # A file's model section changes the preset's model (`image_preprocess: {mean: ...}`
     # alone keeps every encoder); `audio: null` drops one.
     file_model = data.get("model") if isinstance(data.get("model"), dict) else None
@@ -170,6 +177,7 @@ def fresh_config(overrides: dict[str, str]) -> TrainConfig:
     if config.model is None:
         config.model = preset(config.preset)
     config = apply_overrides(config, overrides)
+    move_masks_to_levers(config, masks, config_file)
     if config.init_from is not None and config.resume is None:
         # The checkpoint's towers keep its architecture; what the command line says of them applies on top.
         try:
@@ -177,6 +185,9 @@ def fresh_config(overrides: dict[str, str]) -> TrainConfig:
         except ValueError as error:
             raise StartError(str(error)) from None  # a wrong path, not a wrong setting: no pointer to --help
         config.model = init_model_config(config.model, config.init_from)
+        # The checkpoint's towers came with its preprocessing, once SpecAugment's masks included: they train on.
+        move_masks_to_levers(config, take_retired_masks(read_config(config.init_from, as_written=True)["model"]),
+                             config.init_from)
         if file_model is not None:  # the file's model section, then the command line's, on top of the checkpoint's
             config.model = from_dict(ModelConfig, _model_changed_by(to_dict(config.model), file_model), "model")
         config = apply_overrides(config, {k: v for k, v in overrides.items() if k.startswith("model.")})
