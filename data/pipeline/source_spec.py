@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from multimodal.data.modalities.base import Modality
-from multimodal.data.modalities.registry import DEFINITIONS, MODALITIES, fields_per_modality
+from multimodal.data.modalities.registry import CAPTION_MODALITY, DEFINITIONS, MEDIA_MODALITIES, MODALITIES, fields_per_modality
 from multimodal.data.pipeline.sample_fields import CAPTION_KEYS, SampleFields, member_keys, member_keys_field
 
 
@@ -93,7 +93,8 @@ class SourceSpec:
     """
 
     shards: str | list[str]
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    # By default the first media modality (image) with captions: what configs that leave it out have always meant.
+    modalities: list[str] = field(default_factory=lambda: [MEDIA_MODALITIES[0], CAPTION_MODALITY])
     weight: float = 1.0
     name: str | None = None
     caption_keys: str = CAPTION_KEYS

@@ -41,7 +41,10 @@ import torch.nn.functional as F
 
 from multimodal.data.preprocess.audio_features import collate_audio
 from multimodal.data.tokenization.clip_tokenizer import ClipTokenizer
-from multimodal.data.modalities.registry import MODALITIES, get_modality
+from multimodal.data.modalities.audio_modality import AUDIO
+from multimodal.data.modalities.image_modality import IMAGE
+from multimodal.data.modalities.registry import CAPTION_MODALITY, MODALITIES, get_modality
+from multimodal.data.modalities.text_modality import TEXT
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.eval import build_zero_shot_weights, zero_shot_probabilities
 from multimodal.checkpoint import (
@@ -204,8 +207,8 @@ class EmbeddingModel:
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> ids int64 (N, L) and padding mask bool (N, L), L the model's context length."""
-        self._require("text")
-        return self.tokenizer(list(texts), self.model.config.text.context_length)
+        self._require(CAPTION_MODALITY)
+        return self.tokenizer(list(texts), self.model.config.tower(CAPTION_MODALITY).context_length)
 
     # Encoding
 
@@ -300,18 +303,18 @@ class EmbeddingModel:
 
     def embed_images(self, images: Any) -> torch.Tensor:
         """Images (paths, bytes, PIL images, uint8 or [0, 1] float tensors/arrays, or an (N, 3, H, W) batch) -> (N, E)."""
-        return self.embed("image", images)
+        return self.embed(IMAGE.name, images)
 
     def embed_audio(self, clips: Any, sample_rate: int | None = None) -> torch.Tensor:
         """Clips (paths, bytes, (waveform, sample_rate) tuples, or waveforms with ``sample_rate``) -> (N, E).
 
         A clip longer than the model's window is covered by windows whose embeddings are averaged.
         """
-        return self.embed("audio", clips, sample_rate=sample_rate)
+        return self.embed(AUDIO.name, clips, sample_rate=sample_rate)
 
     def embed_texts(self, texts: str | Sequence[str]) -> torch.Tensor:
         """Captions -> (N, E)."""
-        return self.embed("text", texts)
+        return self.embed(TEXT.name, texts)
 
     def __repr__(self) -> str:
         return (
@@ -396,12 +399,12 @@ class ZeroShotClassifier:
             raise ValueError(f"labels must be distinct; repeated: {duplicates}")
         self.labels = list(labels)
         self.modality = self._choose_modality(modality)
-        model._require("text")
+        model._require(CAPTION_MODALITY)
         self.templates, self.templates_origin = zero_shot_templates(self.modality, templates, model.eval_sets)
-        pair = pair_name("text", self.modality)
+        pair = pair_name(CAPTION_MODALITY, self.modality)
         self.logit_scale = float(np.exp(model.logit_scales[pair]))
         self.class_weights = build_zero_shot_weights(
-            lambda prompts: model.encode("text", *model.tokenize(prompts)),
+            lambda prompts: model.encode(CAPTION_MODALITY, *model.tokenize(prompts)),
             self.labels,
             self.templates,
             batch_size=model.batch_size,
@@ -409,8 +412,8 @@ class ZeroShotClassifier:
 
     def _choose_modality(self, modality: str | None) -> str:
         available = [m for m in CLASSIFIED_MODALITIES if m in self.embedding_model.modalities]
-        if "text" not in self.embedding_model.modalities:
-            raise ValueError("zero-shot classification needs a text encoder; this model has none")
+        if CAPTION_MODALITY not in self.embedding_model.modalities:
+            raise ValueError(f"zero-shot classification needs a {CAPTION_MODALITY} encoder; this model has none")
         if modality is None:
             if len(available) != 1:
                 raise ValueError(f"this model encodes {available}: say which with modality='image' or 'audio'")

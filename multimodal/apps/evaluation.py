@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from multimodal.config_parser import from_dict
-from multimodal.data.modalities.registry import MODALITIES
+from multimodal.data.modalities.registry import CAPTION_MODALITY, MEDIA_MODALITIES, MODALITIES
 from multimodal.data.pipeline.sample_fields import CAPTION_KEYS, SampleFields
 from multimodal.data.pipeline.source_spec import SourceSpec
 from multimodal.eval import build_zero_shot_weights, collect_embeddings, retrieval_metrics, validate_templates
@@ -121,10 +121,12 @@ class EvalSetConfig:
     name: str
     shards: str
     task: str = "zeroshot"
-    modality: str = "image"
+    # Without these, a set evaluates the first media modality (image) against captions: what
+    # run configs that leave them out have always meant.
+    modality: str = MEDIA_MODALITIES[0]
     class_names: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
-    gallery_modality: str = "text"
+    gallery_modality: str = CAPTION_MODALITY
     gallery_shards: str | None = None
     caption_keys: str = CAPTION_KEYS
     train_shards: str | None = None
@@ -178,9 +180,9 @@ class EvalSetConfig:
 
     @property
     def model_modalities(self) -> list[str]:
-        """What the model must encode to run this set (zero-shot prompts are text)."""
+        """What the model must encode to run this set (zero-shot prompts are captions)."""
         if self.task == "zeroshot":
-            return sorted({self.modality, "text"})
+            return sorted({self.modality, CAPTION_MODALITY})
         if self.task == "retrieval":
             return [self.modality, self.gallery_modality]
         return [self.modality]
@@ -194,7 +196,7 @@ class EvalSetConfig:
         def spec(shards: str, modalities: list[str], role: str, labelled: bool) -> SourceSpec:
             return SourceSpec(shards, modalities=modalities, name=self.name if role == "shards" else f"{self.name}:{role}",
                               caption_keys=self.caption_keys, label_key=LABEL_KEY if labelled else None,
-                              all_captions="text" in modalities)
+                              all_captions=CAPTION_MODALITY in modalities)
 
         paired = self.task == "retrieval" and self.gallery_shards is None
         specs = {"shards": spec(self.shards, self.modalities, "shards", labelled=not paired)}
@@ -252,7 +254,7 @@ def text_encoder(model, tokenizer, device) -> Callable[[list[str]], torch.Tensor
 
     def encode_text(prompts: list[str]) -> torch.Tensor:
         ids, padding_mask = tokenizer(prompts, context_length)
-        return model.encode("text", ids.to(device), padding_mask.to(device))
+        return model.encode(CAPTION_MODALITY, ids.to(device), padding_mask.to(device))
 
     return encode_text
 

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from multimodal.data.modalities.registry import MEDIA_MODALITIES, get_modality
+from multimodal.data.modalities.registry import CAPTION_MODALITY, MEDIA_MODALITIES, get_modality
 from multimodal.apps.search.vector_index import SearchIndex
 from multimodal.apps.search.media import MediaReader
 from multimodal.apps.search.query import QUERY_ERRORS, check_model, describe_hits, embed_query
@@ -104,7 +104,7 @@ class SearchService:
         hits = describe_hits(self.index.search(vectors, k)[0])
         for hit in hits:
             hit["media"] = f"/media/{hit['id']}" if get_modality(self.index.modality).reads_files and hit["source"] else None
-        caption = {} if get_modality(modality).reads_files else {"text": query}  # an upload is not echoed
+        caption = {} if get_modality(modality).reads_files else {CAPTION_MODALITY: query}  # an upload is not echoed
         return {"query": {"modality": modality, **caption},
                 "index_modality": self.index.modality, "hits": hits}
 
@@ -161,12 +161,13 @@ def create_app(service: SearchService):
         try:
             k = _k(request.query_params)
             if request.method == "GET":
-                text = request.query_params.get("text", "")
+                # A GET asks in words: ?text=... (the caption modality's name).
+                text = request.query_params.get(CAPTION_MODALITY, "")
                 if not text.strip():
                     raise _BadQuery("give a text query: /api/search?text=...")
                 if len(text) > MAX_TEXT_CHARS:
                     raise _BadQuery(f"a text query is at most {MAX_TEXT_CHARS} characters, got {len(text)}")
-                modality, query = "text", text
+                modality, query = CAPTION_MODALITY, text
             else:
                 modality = request.query_params.get("modality", "")
                 if modality not in MEDIA_MODALITIES:

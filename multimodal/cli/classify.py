@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from multimodal.apps.embedding import file_modality
+from multimodal.data.modalities.registry import CAPTION_MODALITY
 from multimodal.modality_parts import CLASSIFIED_MODALITIES
 from multimodal.cli.command_options import (
     EXIT_STATUS_HELP,
@@ -78,7 +79,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
                          f"argument FILE: none of the {len(args.files)} files can be classified; {first}")
         modality = single_modality(kinds, parser, "the files")
     model = load_model_for(args)
-    if modality not in model.modalities or "text" not in model.modalities:
+    if modality not in model.modalities or CAPTION_MODALITY not in model.modalities:
         parser.error(f"argument --checkpoint: this checkpoint encodes {model.modalities}; "
                      f"classifying {modality} needs text and {modality}")
     classifier = ZeroShotClassifier(model, labels, templates, modality=modality)

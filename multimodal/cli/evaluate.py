@@ -11,7 +11,7 @@ from multimodal.data.atomic_files import write_text_atomically
 from multimodal.data.pipeline.sample_fields import CAPTION_KEYS
 from multimodal.eval.linear_probe import DEFAULT_VAL_FRACTION
 from multimodal.data.writing.listing import class_folder_files
-from multimodal.data.modalities.registry import MODALITIES, get_modality
+from multimodal.data.modalities.registry import CAPTION_MODALITY, MODALITIES, get_modality
 from multimodal.apps.embedding import is_shard_spec, modality_of_file_name
 from multimodal.apps.evaluation_sources import (
     ClassFolder,
@@ -71,7 +71,7 @@ def add_command(commands) -> None:
     evaluate.add_argument("--modality", choices=CLASSIFIED_MODALITIES,
                           help="the inputs classified or used as queries (default: what the folder's files or the shards' "
                                "first sample hold)")
-    evaluate.add_argument("--gallery-modality", choices=MODALITIES, default="text",
+    evaluate.add_argument("--gallery-modality", choices=MODALITIES, default=CAPTION_MODALITY,
                           help="retrieval: the other modality of each sample (default text)")
     evaluate.add_argument("--caption-keys", metavar="KEYS",
                           help=f"retrieval: where a sample's captions are, ';'-separated, tried in order: member "
@@ -290,7 +290,7 @@ def _loaders(args, model, config, inputs: _Inputs, probe: bool):
             return _ShownPass(ClassFolderLoader(inputs.folders[field_name], spec.name, batch_size=args.batch_size,
                                                 preprocess=model.config.preprocess, path_keys=True, log_skips=False))
         return eval_loader(spec, batch_size=args.batch_size, preprocess=model.config.preprocess,
-                           tokenize=model.tokenize if "text" in spec.modalities else None,
+                           tokenize=model.tokenize if CAPTION_MODALITY in spec.modalities else None,
                            num_workers=args.num_workers)
 
     return read("shards"), (read("train_shards") if probe else None)

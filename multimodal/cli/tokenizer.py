@@ -7,6 +7,7 @@ from pathlib import Path
 
 from multimodal.apps.embedding import is_shard_spec
 from multimodal.cli.command_options import positive_int
+from multimodal.data.modalities.registry import CAPTION_MODALITY
 
 
 def add_command(commands) -> None:
@@ -40,7 +41,7 @@ def _captions(sources: Sequence[str]):
             for url in expand_shards(source):
                 for sample in read_shard(url, []):
                     try:
-                        yield shard_sample_input(sample, "text")
+                        yield shard_sample_input(sample, CAPTION_MODALITY)
                     except UnusableSample:
                         continue
         else:

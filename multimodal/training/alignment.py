@@ -16,7 +16,7 @@ from itertools import combinations
 from pathlib import Path
 
 from multimodal.checkpoint import CONFIG_FILE, read_config
-from multimodal.data.modalities.registry import MODALITIES
+from multimodal.data.modalities.registry import CAPTION_MODALITY, MODALITIES
 from multimodal.losses import pair_name
 from multimodal.model import ModelConfig
 
@@ -48,7 +48,7 @@ def trained_pairs(checkpoint_dir: str | Path) -> set[str]:
             return pairs | source_pairs(towers)
         # The demo (no sources configured) trains each media tower with text.
         sources = [source["modalities"] for source in train.get("data", {}).get("train") or []] or [
-            [media, "text"] for media in towers if media != "text" and "text" in towers]
+            [media, CAPTION_MODALITY] for media in towers if media != CAPTION_MODALITY and CAPTION_MODALITY in towers]
         for modalities in sources:
             pairs |= source_pairs([m for m in modalities if m in towers], config["model"].get("loss_pairs") or [])
         if train.get("init_from") is None:

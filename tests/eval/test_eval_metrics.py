@@ -136,7 +136,7 @@ def test_collapsed_embeddings_retrieve_nothing():
 def test_bidirectional_paired_hand_worked():
     similarity = torch.tensor([[0.9, 0.1, 0.8], [0.2, 0.5, 0.6], [0.3, 0.4, 0.5]])  # (image, text)
     images, texts = torch.eye(3), similarity.T.contiguous()  # images @ texts.T == similarity
-    metrics = bidirectional_retrieval_metrics(images, texts, recall_ks=(1, 2))
+    metrics = bidirectional_retrieval_metrics(images, texts, first_name="image", second_name="text", recall_ks=(1, 2))
     # image -> text (rows): true text ranks 1, 2, 1.   text -> image (columns): true image ranks 1, 1, 3.
     assert metrics["image_to_text/recall@1"] == pytest.approx(2 / 3)
     assert metrics["image_to_text/recall@2"] == pytest.approx(1.0)
@@ -152,7 +152,7 @@ def test_bidirectional_several_captions_per_image():
     captions = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])  # of images 0, 0, 1, 1
     caption_image = torch.tensor([0, 0, 1, 1])
     metrics = bidirectional_retrieval_metrics(
-        images, captions, first_labels=torch.tensor([0, 1]), second_labels=caption_image, recall_ks=(1,), map_k=4
+        images, captions, first_name="image", second_name="text", first_labels=torch.tensor([0, 1]), second_labels=caption_image, recall_ks=(1,), map_k=4
     )
     # image 0 scores captions 0.9, 0.2, 0.3, 0.6 -> own captions at ranks 1, 4: AP = (1 + 2/4) / 2
     # image 1 scores captions 0.1, 0.8, 0.7, 0.4 -> own captions at ranks 2, 3: AP = (1/2 + 2/3) / 2
@@ -183,7 +183,7 @@ def test_retrieval_input_errors():
     with pytest.raises(ValueError, match="NaN"):
         retrieval_metrics(embeddings * float("nan"), embeddings, query_to_gallery=torch.arange(3))
     with pytest.raises(ValueError, match="as many image as text"):
-        bidirectional_retrieval_metrics(embeddings, torch.eye(4, 3))
+        bidirectional_retrieval_metrics(embeddings, torch.eye(4, 3), first_name="image", second_name="text")
 
 
 # ----------------------------------------------------------------------------- retrieval, reference and chunking

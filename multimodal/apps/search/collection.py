@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multimodal.data.modalities.registry import get_modality
+from multimodal.data.modalities.registry import CAPTION_MODALITY, get_modality
 from multimodal.data.pipeline.shard_reader import expand_shards, is_remote, read_shard
 from multimodal.apps.embedding import OUTPUT_FORMATS, PART_PREFIX, keys_path, metadata_path, read_embeddings
 from multimodal.apps.embedding import read_metadata, shard_part_name, shard_sample_input
@@ -177,7 +177,7 @@ def _read_shard_contents(url: str) -> _ShardContents:
     for sample in read_shard(url, problems):
         keys.add(sample["__key__"])
         try:
-            captions[sample["__key__"]] = shard_sample_input(sample, "text")[:CAPTION_CHARS]
+            captions[sample["__key__"]] = shard_sample_input(sample, CAPTION_MODALITY)[:CAPTION_CHARS]
         except (ValueError, UnicodeDecodeError, json.JSONDecodeError):
             continue
     return _ShardContents(keys, captions, complete=not problems)

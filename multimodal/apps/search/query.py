@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from multimodal.apps.api import EmbeddingModel, as_items, load_embedding_model
-from multimodal.data.modalities.registry import get_modality
+from multimodal.data.modalities.registry import CAPTION_MODALITY, get_modality
 from multimodal.apps.search.vector_index import Hit, SearchIndex
 
 
@@ -99,7 +99,7 @@ def embed_queries(model: EmbeddingModel, modality: str, queries: Any) -> np.ndar
 
 
 def search(
-    index: SearchIndex, model: EmbeddingModel, queries: Any, *, modality: str = "text", k: int = 10,
+    index: SearchIndex, model: EmbeddingModel, queries: Any, *, modality: str = CAPTION_MODALITY, k: int = 10,
     nprobe: int | None = None,
 ) -> list[list[Hit]]:
     """Embeds ``queries`` of ``modality`` with ``model`` and searches ``index``: per query, up to ``k`` hits, best first.
