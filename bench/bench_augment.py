@@ -4,7 +4,7 @@ Loader: the demo's image-text and audio-text training sources (the ``tiny`` pres
 preprocessing: 32 px crops; 1 s windows of 64 mel bins at 16 kHz), read by
 :func:`multimodal.data.pipeline.loader.make_loader` in training mode with one DataLoader
 worker, batches of 128, plain and with the demo's augmentation
-(:func:`multimodal.training.data_sources.demo_augment`) alternately. The clock starts at the first
+(:func:`multimodal.training.demo_sources.demo_augment`) alternately. The clock starts at the first
 batch (the worker's start and its first batch are left out), so samples/s is what
 one worker keeps up. "worker s per step" is the CPU one worker spends on the batch of
 an average training step (the demo draws ``data.demo_image_weight`` image batches per
@@ -45,7 +45,8 @@ from multimodal.data.pipeline.loader import make_loader
 from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
 from multimodal.data.pipeline.source_spec import SourceSpec
 from multimodal.presets import tiny
-from multimodal.training.data_sources import DataConfig, demo_augment
+from multimodal.training.data_sources import DataConfig
+from multimodal.training.demo_sources import demo_augment
 
 BATCH_SIZE = 128
 

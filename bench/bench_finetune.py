@@ -114,7 +114,7 @@ def eval_sets(test_shards: str) -> list:
     """The test half as a zero-shot set, beside the demo's held-out MNIST, voices and human recordings."""
     from multimodal.data.demo.dataset import build_demo
     from multimodal.apps.evaluation import EvalSetConfig
-    from multimodal.training.data_sources import demo_eval_sets
+    from multimodal.training.demo_sources import demo_eval_sets
 
     demo = [e for e in demo_eval_sets(build_demo()) if e.name in {m[0] for m in METRICS.values()}]
     target = EvalSetConfig(name="digits_test", shards=test_shards, modality="image", class_names=demo[0].class_names,

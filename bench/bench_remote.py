@@ -45,7 +45,7 @@ from multimodal.data.demo.dataset import build_demo
 from multimodal.data.pipeline.loader import make_loader
 from multimodal.data.pipeline.shard_reader import expand_shards, read_shard
 from multimodal.data.pipeline.source_spec import SourceSpec
-from multimodal.training.data_sources import demo_augment, demo_tokenizer
+from multimodal.training.demo_sources import demo_augment, demo_tokenizer
 
 FIRST_BYTE_DELAY = 0.1  # seconds
 BANDWIDTH = 20e6  # bytes per second, per connection

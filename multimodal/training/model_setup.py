@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from multimodal.training import data_sources
+from multimodal.training.demo_sources import demo_tokenizer
 from multimodal.checkpoint import load_tokenizer as checkpoint_tokenizer
 from multimodal.config_parser import apply_overrides
 from multimodal.encoders import Block
@@ -41,7 +42,7 @@ def choose_tokenizer(config: TrainConfig, resolved: data_sources.ResolvedSources
         if tokenizer is not None:  # an audio-only checkpoint (AST) has none: the data's then
             return tokenizer
     if resolved.demo is not None:
-        return data_sources.demo_tokenizer(resolved.demo, config.data.tokenizer_vocab_size)
+        return demo_tokenizer(resolved.demo, config.data.tokenizer_vocab_size)
     return None
 
 

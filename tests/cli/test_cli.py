@@ -19,7 +19,8 @@ from multimodal.checkpoint import TRAINER_FILE, load_model, load_tokenizer, save
 from multimodal.cli import build_parser, main
 from multimodal.config_parser import to_dict
 from multimodal.eval import IMAGE_TEMPLATES
-from multimodal.training.data_sources import DataConfig, demo_eval_sets
+from multimodal.training.data_sources import DataConfig
+from multimodal.training.demo_sources import demo_eval_sets
 from multimodal.training.train_config import TrainConfig
 from tests.apps.test_api import tiny_checkpoint, write_png, write_wav
 

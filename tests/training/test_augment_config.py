@@ -16,7 +16,8 @@ from multimodal.data.pipeline.source_spec import AugmentConfig
 from multimodal.data.preprocess.augment_config import ImageAugmentConfig, NoiseAugment
 from multimodal.apps.evaluation import EvalSetConfig
 from multimodal.presets import tiny
-from multimodal.training.data_sources import DataConfig, demo_augment
+from multimodal.training.data_sources import DataConfig
+from multimodal.training.demo_sources import demo_augment
 from multimodal.training.train_config import parse_config
 
 
