@@ -73,6 +73,19 @@ class DataStats:
         self.log_every = log_every
         self._next_log = log_every
         self.quiet_reasons: set[str] = set(quiet)
+        # source -> [(reason, sample name, message)] of each sample skipped, once kept (see keep_skipped_samples).
+        self.skipped_samples: dict[str, list[tuple[str, str, str]]] | None = None
+
+    def keep_skipped_samples(self) -> None:
+        """Keeps every skipped sample's reason, name (its shard and key, ``url\\0key``) and message in
+        :attr:`skipped_samples`, by source, in the order they were read (up to :data:`DISTINCT_LIMIT`
+        per source and reason; a sample drawn again is kept once).
+
+        For a caller that names each sample it could not use, as ``multimodal embed`` does in a
+        finite pass; off by default, since a training run would hold a message per sample it skips.
+        """
+        if self.skipped_samples is None:
+            self.skipped_samples = {}
 
     def quiet(self, reasons: Iterable[str]) -> None:
         """Counts ``reasons`` without logging them: no line for their first example, and they do not
@@ -109,6 +122,9 @@ class DataStats:
             for reason, identities in reasons.items():
                 known = self.distinct.setdefault(source, {}).setdefault(reason, set())
                 known.update(identities[: max(0, DISTINCT_LIMIT - len(known))])
+        if self.skipped_samples is not None:
+            for source, entries in delta.get("named", {}).items():
+                self.skipped_samples.setdefault(source, []).extend(entries)
         for source, shards in delta.get("shards", {}).items():
             for url, message in shards.items():
                 if (source, url) not in self.failed_shards:
@@ -178,6 +194,7 @@ class WorkerCounts:
         self._reported_shards: set[tuple[str, str]] = set()
         self.seen: dict[str, dict[str, list[int]]] = {}  # samples named for the first time since the last report
         self._seen: dict[tuple[str, str], set[int]] = {}  # every sample named so far, up to DISTINCT_LIMIT each
+        self.named: dict[str, list[tuple[str, str, str]]] = {}  # skipped samples seen first since the last report
 
     def valid(self, source: str, sample: str | None = None) -> None:
         """Counts one valid draw; ``sample``: its name (shard and key), to count the sample once."""
@@ -190,8 +207,8 @@ class WorkerCounts:
         ``sample``: the name (shard and key) of a sample skipped, to count it once however often it is drawn."""
         reasons = self.skipped.setdefault(source, {})
         reasons[reason] = reasons.get(reason, 0) + 1
-        if sample is not None:
-            self._see(source, reason, sample)
+        if sample is not None and self._see(source, reason, sample):
+            self.named.setdefault(source, []).append((reason, sample, message))
         if shard is not None and (source, shard) not in self._reported_shards:
             self._reported_shards.add((source, shard))
             self.shards.setdefault(source, {})[shard] = f"({reason}) {message}"
@@ -199,18 +216,21 @@ class WorkerCounts:
             self._reported_examples.add((source, reason))
             self.examples.setdefault(source, {})[reason] = message
 
-    def _see(self, source: str, reason: str, sample: str) -> None:
+    def _see(self, source: str, reason: str, sample: str) -> bool:
+        """Counts ``sample`` once under ``reason``; True the first time (while under DISTINCT_LIMIT)."""
         known = self._seen.setdefault((source, reason), set())
         identity = sample_identity(sample)
         if len(known) < DISTINCT_LIMIT and identity not in known:
             known.add(identity)
             self.seen.setdefault(source, {}).setdefault(reason, []).append(identity)
+            return True
+        return False
 
     def take(self) -> dict:
         """The report of everything counted since the last one; the counts start again from zero."""
         delta = {"samples": self.samples, "skipped": self.skipped, "examples": self.examples, "shards": self.shards,
-                 "seen": self.seen}
-        self.samples, self.skipped, self.examples, self.shards, self.seen = {}, {}, {}, {}, {}
+                 "seen": self.seen, "named": self.named}
+        self.samples, self.skipped, self.examples, self.shards, self.seen, self.named = {}, {}, {}, {}, {}, {}
         return delta
 
 

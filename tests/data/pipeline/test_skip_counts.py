@@ -89,3 +89,22 @@ def test_a_resampled_source_reports_samples_and_draws(tmp_path, caplog):
     summaries = [message for message in caplog.messages if message.startswith("skipped so far")]
     assert summaries and all("gc_aud: missing_audio 7 samples (" in message and "draws); valid 3 samples (" in message
                              for message in summaries)
+
+
+def test_skipped_samples_are_named_once_each_in_order_only_when_asked():
+    """What `multimodal embed` names on stderr: each skipped sample with its reason and message, a sample
+    drawn again named once; a shard's own skip names no sample. Off by default (a training run would
+    hold a message per skipped sample)."""
+    kept, default = DataStats(["s"], log_every=0), DataStats(["s"], log_every=0)
+    kept.keep_skipped_samples()
+    counts = WorkerCounts()
+    for _ in range(2):  # the same samples drawn twice
+        counts.skip("s", "bad_image", "a.tar sample x: cannot decode", sample="a.tar\0x")
+        counts.skip("s", "missing_image", "a.tar sample y: no image", sample="a.tar\0y")
+    counts.skip("s", "truncated_shard", "a.tar: cut", shard="a.tar")
+    report = counts.take()
+    kept.add(report)
+    default.add(report)
+    assert kept.skipped_samples == {"s": [("bad_image", "a.tar\0x", "a.tar sample x: cannot decode"),
+                                          ("missing_image", "a.tar\0y", "a.tar sample y: no image")]}
+    assert default.skipped_samples is None and default.summary() == kept.summary()
