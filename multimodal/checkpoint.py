@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from multimodal.config_parser import from_dict, to_dict
 from multimodal.data.tokenization.clip_tokenizer import ClipTokenizer
 from multimodal.data.atomic_files import permissions
+from multimodal.data.modalities.registry import DEFINITIONS
 from multimodal.data.preprocess.preprocess_config import take_retired_masks
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.model import ModelConfig, MultimodalModel
@@ -237,17 +238,12 @@ def read_config(directory: str | Path, *, as_written: bool = False) -> dict:
 
 
 def _with_earlier_model_settings(model: dict | None) -> None:
-    """Fills in place what a model config written before a setting existed meant by leaving it out.
-
-    ``audio_preprocess.min_frames`` (added later) was the audio encoder's patch length, which
-    ``ModelConfig`` now holds equal to it: a checkpoint whose patches are not 16 frames loads.
-    """
+    """Fills in place what a model config written before a setting existed meant by leaving it out:
+    each definition fills its own (:meth:`~multimodal.data.modalities.base.Modality.fill_earlier_settings`)."""
     if not isinstance(model, dict):
         return
-    audio, preprocess = model.get("audio"), model.get("audio_preprocess")
-    if isinstance(audio, dict) and isinstance(preprocess, dict) and "min_frames" not in preprocess:
-        if "patch_size" in audio:
-            preprocess["min_frames"] = audio["patch_size"]
+    for name, definition in DEFINITIONS.items():
+        definition.fill_earlier_settings(model.get(name), model.get(f"{name}_preprocess"))
 
 
 def checkpoint_id(directory: str | Path) -> str:

@@ -45,6 +45,7 @@ class AudioModality(Modality):
     one, many = "audio", "audio"
     class_caption = "the sound of {}."
     cut_to = "window"
+    files_called = "sounds"
     preprocess_config = AudioPreprocessConfig
     augment_config = AudioAugmentConfig
 
@@ -52,6 +53,13 @@ class AudioModality(Modality):
         """The encoder's mel bins and window, and windows no shorter than one of its patches."""
         return AudioPreprocessConfig(num_mel_bins=tower.num_mel_bins, max_frames=tower.max_frames,
                                      min_frames=tower.patch_size)
+
+    def fill_earlier_settings(self, tower: Any, preprocess: Any) -> None:
+        """``audio_preprocess.min_frames`` (added later) was the encoder's patch length, which the model
+        config now holds equal to it: a checkpoint whose patches are not 16 frames loads."""
+        if isinstance(tower, dict) and isinstance(preprocess, dict) and "min_frames" not in preprocess:
+            if "patch_size" in tower:
+                preprocess["min_frames"] = tower["patch_size"]
 
     def check_preprocess(self, preprocess: AudioPreprocessConfig, tower: Any) -> None:
         if (preprocess.num_mel_bins, preprocess.max_frames) != (tower.num_mel_bins, tower.max_frames):

@@ -59,6 +59,11 @@ class Modality:
     one: ClassVar[str]
     many: ClassVar[str]
     class_caption: ClassVar[str] = "{}"
+    # How a folder report calls its files ("pictures"); None: "<name> files".
+    files_called: ClassVar[str | None] = None
+    # The file the shard writer measures this modality's members into, beside a split's shards
+    # ("image_stats.json"), for training to compare with its preprocessing; None: not measured.
+    statistics_file: ClassVar[str | None] = None
     # The model's preprocessing config of this modality (``model.<name>_preprocess``) and its
     # augmentation levers (a source's ``augment.<name>``); None where it has no such setting.
     preprocess_config: ClassVar[type | None] = None
@@ -106,6 +111,15 @@ class Modality:
 
     def check_preprocess(self, preprocess: Any, tower: Any) -> None:
         """Raises ValueError when a given preprocessing config does not fit the encoder ``tower``."""
+
+    def fill_earlier_settings(self, tower: Any, preprocess: Any) -> None:
+        """Fills in place what a checkpoint's config (``model.<name>`` and ``model.<name>_preprocess``,
+        plain dicts or None) written before a setting existed meant by leaving it out; nothing by default."""
+
+    def statistics_warnings(self, folder: Path, preprocess: Any) -> list[str]:
+        """One sentence per way the statistics measured in ``folder`` (see :attr:`statistics_file`)
+        miss the preprocessing ``preprocess``; none by default or when nothing was measured."""
+        return []
 
     # Writing shards
 

@@ -14,6 +14,9 @@ from multimodal.data.modalities.base import Modality
 from multimodal.data.preprocess.augment_config import ImageAugmentConfig
 from multimodal.data.preprocess.preprocess_config import ImagePreprocessConfig
 
+# Farther than this from the data's own statistics (on a [0, 1] scale, any channel), a
+# normalisation was meant for other images: MNIST's grey digits (the tiny preset) on photos.
+NORMALISATION_TOLERANCE = 0.1
 # What torchvision's decoders read (JPEG, PNG, WebP, GIF; no BMP or TIFF), in the order shards are searched.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif")
 # The first bytes of each format the decoders read: (offset, bytes) that must all match.
@@ -65,6 +68,8 @@ class ImageModality(Modality):
     page_element = "img"
     one, many = "an image", "images"
     class_caption = "a photo of {}."
+    files_called = "pictures"
+    statistics_file = "image_stats.json"  # multimodal.data.preprocess.image_stats.FILE_NAME
 
     preprocess_config = ImagePreprocessConfig
     augment_config = ImageAugmentConfig
@@ -72,6 +77,31 @@ class ImageModality(Modality):
     def preprocess_for(self, tower: Any) -> ImagePreprocessConfig:
         """Crops of the encoder's ``image_size``."""
         return ImagePreprocessConfig(image_size=tower.image_size)
+
+    def statistics_warnings(self, folder: Path, preprocess: ImagePreprocessConfig) -> list[str]:
+        """The normalisation against the pixels' measured mean and std, and the background their
+        transparent pixels were composited onto against the model's."""
+        from multimodal.data.preprocess.image_stats import read_image_stats
+
+        stats = read_image_stats(folder)
+        if stats is None:
+            return []
+        warnings = []
+        off = max(abs(a - b) for pair in ((preprocess.mean, stats.mean), (preprocess.std, stats.std))
+                  for a, b in zip(*pair))
+        if off > NORMALISATION_TOLERANCE:
+            warnings.append(
+                f"the model normalises images with mean {list(preprocess.mean)}, std "
+                f"{list(preprocess.std)}, but its shards measure mean {[round(v, 4) for v in stats.mean]}, std "
+                f"{[round(v, 4) for v in stats.std]} ({folder / self.statistics_file}); "
+                f"train with {stats.override_arguments()}"
+            )
+        if tuple(stats.background) != tuple(preprocess.background):
+            warnings.append(
+                f"its statistics were measured on transparent pixels composited onto "
+                f"{list(stats.background)}, the model composites onto {list(preprocess.background)}"
+            )
+        return warnings
 
     def check_preprocess(self, preprocess: ImagePreprocessConfig, tower: Any) -> None:
         if preprocess.image_size != tower.image_size:

@@ -86,7 +86,7 @@ class SourceSpec:
         label_key: optional class label (``"json:label"``, ``"cls"``), read as int into "label".
         all_captions: evaluation only (a training loader refuses it): every caption of a
             sample, not one, each a row of "text" with "text_item" saying whose it is
-            (see :mod:`multimodal.data.pipeline.collate`): retrieval against all of an item's captions.
+            (see :mod:`multimodal.data.pipeline.batches`): retrieval against all of an item's captions.
         augment: training augmentation of this source's images and audio (see
             :mod:`multimodal.data.preprocess.augment_config`); off by default, never applied when the
             loader evaluates.

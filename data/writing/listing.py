@@ -230,10 +230,6 @@ def _class_names(class_captions: Mapping[Path, tuple[str, int]]) -> list[str] | 
     return [by_label[label] for label in range(len(by_label))] or None
 
 
-# How the layout report calls the files of each modality.
-_FILES_OF = {"image": "pictures", "audio": "sounds"}
-
-
 def _count_captioned(groups: Mapping[str, list[Path]]) -> dict[str, tuple[int, int]]:
     """Per modality, in registry order: (files with a same-name caption file, files)."""
     counts = {modality: [0, 0] for modality in MEDIA_MODALITIES}
@@ -247,7 +243,7 @@ def _count_captioned(groups: Mapping[str, list[Path]]) -> dict[str, tuple[int, i
 
 def _captioned_share(counts: Mapping[str, tuple[int, int]]) -> str:
     """``"951 of 1,040 pictures and 217 of 7,873 sounds have a same-name .txt caption"``."""
-    parts = [f"{captioned:,} of {total:,} {_FILES_OF.get(modality, modality + ' files')}"
+    parts = [f"{captioned:,} of {total:,} {get_modality(modality).files_called or modality + ' files'}"
              for modality, (captioned, total) in counts.items()]
     return f"{' and '.join(parts) or 'no media file'} {'have' if parts else 'has'} a same-name .txt caption"
 

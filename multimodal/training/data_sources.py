@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from multimodal.data.demo import dataset
-from multimodal.data.preprocess.image_stats import read_image_stats
 from multimodal.data.pipeline.loader import make_loader
 from multimodal.data.modalities.registry import MEDIA_MODALITIES, get_modality
 from multimodal.data.pipeline.remote import RemoteConfig
@@ -213,40 +212,24 @@ def _check_augment(source: SourceSpec, model: ModelConfig, where: str, *, warn_u
                            " and ".join(source.modalities), modality)
 
 
-# Farther than this from the data's own statistics (on a [0, 1] scale, any channel), a
-# normalisation was meant for other images: MNIST's grey digits (the tiny preset) on photos.
-NORMALISATION_TOLERANCE = 0.1
+def statistics_warnings(resolved: ResolvedSources, model: ModelConfig, pretrained: set[str] = frozenset()) -> list[str]:
+    """One line per way a training source's measured statistics (image_stats.json beside its shards,
+    see :attr:`~multimodal.data.modalities.base.Modality.statistics_file`) miss the model's preprocessing.
 
-
-def normalisation_warnings(resolved: ResolvedSources, model: ModelConfig) -> list[str]:
-    """One line per image source whose shards' measured statistics (image_stats.json) the model's normalisation misses."""
-    preprocess = model.image_preprocess
-    if preprocess is None:
-        return []
+    ``pretrained``: modalities whose towers start from a checkpoint; they keep the
+    preprocessing their weights learned with, whatever the data measure.
+    """
     warnings = []
     for index, source in enumerate(resolved.train if resolved.demo is None else []):
-        if "image" not in source.modalities:
-            continue
-        first = expand_shards(source.shards)[0]
-        if is_remote(first):
-            continue
-        stats = read_image_stats(Path(first).parent)
-        if stats is None:
-            continue
-        off = max(abs(a - b) for pair in ((preprocess.mean, stats.mean), (preprocess.std, stats.std))
-                  for a, b in zip(*pair))
-        if off > NORMALISATION_TOLERANCE:
-            warnings.append(
-                f"data.train[{index}]: the model normalises images with mean {list(preprocess.mean)}, std "
-                f"{list(preprocess.std)}, but its shards measure mean {[round(v, 4) for v in stats.mean]}, std "
-                f"{[round(v, 4) for v in stats.std]} ({Path(first).parent / 'image_stats.json'}); "
-                f"train with {stats.override_arguments()}"
-            )
-        if tuple(stats.background) != tuple(preprocess.background):
-            warnings.append(
-                f"data.train[{index}]: its statistics were measured on transparent pixels composited onto "
-                f"{list(stats.background)}, the model composites onto {list(preprocess.background)}"
-            )
+        for modality in source.modalities:
+            definition, preprocess = get_modality(modality), model.preprocess.get(modality)
+            if definition.statistics_file is None or preprocess is None or modality in pretrained:
+                continue
+            first = expand_shards(source.shards)[0]
+            if is_remote(first):
+                continue
+            for line in definition.statistics_warnings(Path(first).parent, preprocess):
+                warnings.append(f"data.train[{index}]: {line}")
     return warnings
 
 

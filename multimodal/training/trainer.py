@@ -242,12 +242,17 @@ def prepare_data(config: TrainConfig, accelerator, resume_from: Path | None,
         for warning in drift_warnings(config.init_from, config.model, [s.modalities for s in resolved.train],
                                       locked_modalities(config)):
             logger.warning(warning)
-    # A pretrained image tower keeps the normalisation its weights learned with, whatever the data measure.
+    # A pretrained tower keeps the preprocessing its weights learned with, whatever the data measure.
     # (A resumed run said so at its start, and its init_from checkpoint may have moved since: not read again.)
-    pretrained_image = config.init_from is not None and (
-        resume_from is not None or read_config(config.init_from)["model"].get("image"))
-    if accelerator.is_main_process and not pretrained_image:
-        for warning in data_sources.normalisation_warnings(resolved, config.model):
+    if config.init_from is None:
+        pretrained = set()
+    elif resume_from is not None:
+        pretrained = set(config.model.modalities)
+    else:
+        init_model = read_config(config.init_from)["model"]
+        pretrained = {modality for modality in config.model.modalities if init_model.get(modality)}
+    if accelerator.is_main_process:
+        for warning in data_sources.statistics_warnings(resolved, config.model, pretrained):
             logger.warning(warning)
     tokenizer = choose_tokenizer(config, resolved, resume_from)
     config.model = fit_text_to_tokenizer(config.model, tokenizer)
