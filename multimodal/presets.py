@@ -22,11 +22,11 @@ def _select(config: ModelConfig, modalities: Iterable[str] | None) -> ModelConfi
     keep = set(modalities)
     unknown = keep - set(MODALITIES)
     if unknown:
-        raise ValueError(f"unknown modalities {sorted(unknown)}; expected text, image, audio")
+        raise ValueError(f"unknown modalities {sorted(unknown)}; expected {', '.join(MODALITIES)}")
     for m in MODALITIES:
         if m not in keep:
             setattr(config, m, None)
-            if m != "text":
+            if hasattr(config, f"{m}_preprocess"):
                 setattr(config, f"{m}_preprocess", None)
     config.__post_init__()
     return config
