@@ -10,6 +10,12 @@ A new modality: its definition in ``data/`` (registered in ``multimodal.data.mod
 its encoder and config in ``encoders/``, and one entry here. The model config then has its
 ``model.<name>`` (the encoder config named here) and ``model.<name>_preprocess`` (the
 definition's preprocessing config) with no edit elsewhere.
+
+What the model and the trainer ask of an encoder: built as ``encoder(config)``, it maps the
+modality's batch entry (and an optional padding mask) to (B, D) features, says D as
+``.width``, and keeps its blocks as ``.trunk`` (an :class:`multimodal.encoders.encoder.EncoderTrunk`)
+whose settings are its config's ``transformer``: what shared trunks, gradient
+checkpointing, layer-wise decay and partial locking reach for.
 """
 from __future__ import annotations
 
