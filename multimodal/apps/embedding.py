@@ -15,6 +15,13 @@ Two kinds of job:
   the parts already there. With several processes (``accelerate launch``, or RANK and
   WORLD_SIZE set) each process takes its own shards: ``shards[rank::world_size]``.
 
+Shards are read by the loader that training and evaluation read them with
+(:func:`multimodal.data.pipeline.loader.make_loader`, a finite pass in shard order with
+evaluation preprocessing; one loader per shard); files, which are not shards, by a
+DataLoader over their list with the API's preprocessing (:func:`prepare_input`). Both
+are encoded by :meth:`EmbeddingModel.encode_prepared`, so an input gives the same bytes
+from a shard as from a file.
+
 Output formats, chosen by the file suffix (or ``format`` for shard parts):
 
 * ``.npy``: float32 (N, E), with two sidecar JSON files named after it: the keys in
@@ -51,12 +58,15 @@ import torch
 from safetensors.numpy import load_file as load_numpy_file
 from safetensors.numpy import save_file as save_numpy_file
 from safetensors import safe_open
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from multimodal.data.atomic_files import write_atomically
 from multimodal.data.modalities.registry import MEDIA_MODALITIES, MODALITIES, get_modality
-from multimodal.data.pipeline.sample_fields import SampleFields, UnusableSample
-from multimodal.data.pipeline.shard_reader import SHARD_SUFFIXES, ShardProblem, expand_shards, is_remote, read_shard
+from multimodal.data.pipeline.loader import ShardLoader, make_loader
+from multimodal.data.pipeline.sample_fields import SampleFields
+from multimodal.data.pipeline.shard_reader import SHARD_SUFFIXES, expand_shards, is_remote
+from multimodal.data.pipeline.skip_counts import SAMPLE_SKIP_REASONS
+from multimodal.data.pipeline.source_spec import SourceSpec
 from multimodal.apps.api import EmbeddingModel, prepare_input
 from multimodal.errors import ArgumentNeeded
 from multimodal.model import ModelConfig
@@ -356,7 +366,9 @@ def _is_complete(path: Path) -> bool:
     return True
 
 
-# Preparing items, possibly in worker processes ------------------------------------------------------
+# Files: prepared, possibly in worker processes ----------------------------------------------
+# Loose files are not shards, so the shard loader does not read them: a DataLoader over the
+# list prepares them with the API's own preprocessing (prepare_input), one item per index.
 
 
 def _identity(item: Any) -> Any:
@@ -365,16 +377,11 @@ def _identity(item: Any) -> Any:
 
 @dataclass
 class _Prepared:
-    """What a reader yields: a key and its prepared item, or the reason it was skipped.
-
-    ``absent``: a shard sample without this modality (on shards where only some samples
-    carry a sound, say): not an input of the modality, so neither embedded nor a failure.
-    """
+    """What the file reader yields: a key and its prepared item, or the reason it was skipped."""
 
     key: str
     item: Any = None
     error: str | None = None
-    absent: bool = False
 
 
 def _prepare(modality: str, key: str, raw: Any, config: ModelConfig) -> _Prepared:
@@ -396,6 +403,10 @@ class _FileDataset(Dataset):
         return _prepare(self.modality, item.key, item.source, self.config)
 
 
+def _loader(dataset: Dataset, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=num_workers)
+
+
 def shard_sample_input(sample: dict, modality: str) -> Any:
     """The raw input of ``modality`` in a raw shard sample: image or audio bytes, or the caption.
 
@@ -407,42 +418,6 @@ def shard_sample_input(sample: dict, modality: str) -> Any:
     the reason in ``.reason``) when the sample has none or it does not read.
     """
     return SHARD_FIELDS.raw_input(sample, modality)
-
-
-class _ShardDataset(IterableDataset):
-    """The samples of one shard, prepared; worker w of n prepares samples w, w + n, ...
-
-    DataLoader takes one item from each worker in turn, so the items come out in the
-    shard's order whatever the number of workers. Read problems of the shard come last,
-    as ``_Prepared`` records with the key ``""``.
-    """
-
-    def __init__(self, modality: str, url: str, config: ModelConfig) -> None:
-        self.modality, self.url, self.config = modality, url, config
-
-    def __iter__(self) -> Iterator[_Prepared]:
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        problems: list[ShardProblem] = []
-        for index, sample in enumerate(read_shard(self.url, problems)):
-            if index % num_workers != worker:
-                continue
-            try:
-                raw = shard_sample_input(sample, self.modality)
-            except UnusableSample as error:
-                if error.reason == f"missing_{self.modality}":
-                    yield _Prepared(sample["__key__"], absent=True)
-                else:
-                    yield _Prepared(sample["__key__"], error=f"{error.reason}: {error}")
-                continue
-            yield _prepare(self.modality, sample["__key__"], raw, self.config)
-        if worker == 0:
-            for problem in problems:
-                yield _Prepared("", error=f"{problem.reason}: {problem.message} (after {problem.samples_read} samples)")
-
-
-def _loader(dataset: Dataset | IterableDataset, num_workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=num_workers)
 
 
 # Embedding ------------------------------------------------------------------------------------
@@ -489,10 +464,9 @@ class _Counter:
 
 
 def _embed_stream(
-    model: EmbeddingModel, modality: str, stream: Iterator[_Prepared], result: EmbedResult, counter: _Counter,
-    where: str = "",
+    model: EmbeddingModel, modality: str, stream: Iterator[_Prepared], result: EmbedResult, counter: _Counter
 ) -> tuple[np.ndarray, list[str]]:
-    """Prepared items -> (embeddings (N, E), keys), in batches of ``model.batch_size``; skips recorded."""
+    """Prepared files -> (embeddings (N, E), keys), in batches of ``model.batch_size``; skips recorded."""
     chunks: list[np.ndarray] = []
     keys: list[str] = []
     pending: list[_Prepared] = []
@@ -508,24 +482,21 @@ def _embed_stream(
         counter.report()
 
     for entry in stream:
-        if entry.absent:
-            result.num_absent += 1
-            counter.absent += 1
-            continue
         if entry.error is not None:
-            if entry.key:
-                result.skipped.append((entry.key, entry.error))
-                counter.skipped += 1
-            else:  # a problem of the whole shard
-                result.skipped.append((where, entry.error))
+            result.skipped.append((entry.key, entry.error))
+            counter.skipped += 1
             continue
         pending.append(entry)
         if len(pending) >= model.batch_size:
             flush()
     flush()
     counter.report()
-    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
-    return embeddings, keys
+    return _rows(model, chunks), keys
+
+
+def _rows(model: EmbeddingModel, chunks: list[np.ndarray]) -> np.ndarray:
+    """Batches of embeddings (B_i, E) -> one (N, E) array; (0, E) when there are none."""
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
 
 
 def _metadata(model: EmbeddingModel, modality: str) -> dict[str, str]:
@@ -563,6 +534,128 @@ def embed_files(
     result.written.append(write_embeddings(output, embeddings, keys, metadata=_metadata(model, modality)))
     result.num_embedded = len(keys)
     return result
+
+
+# Shards: read by the data pipeline's loader, as evaluation reads them ------------------------
+
+
+def _shard_loader(model: EmbeddingModel, modality: str, url: str, num_workers: int) -> ShardLoader:
+    """One finite pass over one shard's samples, in shard order, prepared as evaluation prepares them.
+
+    The source is named by the shard's URL. Captions stay strings (tokenised when encoded, as
+    those of caption files are); images arrive normalised, on the CPU. Every skipped sample is
+    kept with its reason (and named in the result), so none is logged.
+    """
+    spec = SourceSpec(url, [modality], name=url)
+    loader = make_loader([spec], batch_size=model.batch_size, train=False, preprocess=model.config.preprocess,
+                         num_workers=num_workers, log_skips_every=0)
+    loader.stats.keep_skipped_samples()
+    loader.stats.quiet(SAMPLE_SKIP_REASONS)
+    return loader
+
+
+def _batch_inputs(batch: dict, modality: str) -> list:
+    """A loader batch's ``modality`` -> one prepared input per sample, as ``encode_prepared`` takes file inputs.
+
+    Rows of a tensor (B, ...) and captions are taken as they are. Windows (W, T, F) go back to
+    their clips, each the list of its (T_i, F) windows with the batch's padding cut off: encoded
+    from there, a shard's sample gives the same bytes as the same clip given as a file.
+    """
+    inputs = batch[modality]
+    owners = batch.get(f"{modality}_window_clip")  # (W,): the sample of each window row
+    if owners is None:
+        return list(inputs)
+    padding = batch.get(f"{modality}_padding_mask")  # (W, T), True at the padding after a window's end
+    lengths = (~padding).sum(dim=1).tolist() if padding is not None else [inputs.shape[1]] * len(owners)
+    clips: list[list[torch.Tensor]] = [[] for _ in batch["__key__"]]
+    for row, (owner, length) in enumerate(zip(owners.tolist(), lengths)):
+        clips[owner].append(inputs[row, :length])  # (T_i, F)
+    return clips
+
+
+class _ShardPart:
+    """One shard on its way into its part: its loader's batches, encoded one at a time (:meth:`advance`).
+
+    ``absent``: the reason of a sample without the modality (``missing_image``): passed over and
+    counted, not skipped; every other reason of a sample is a skip named by the sample's key.
+    """
+
+    def __init__(self, model: EmbeddingModel, modality: str, url: str, path: Path, num_workers: int) -> None:
+        self.model, self.modality, self.url, self.path = model, modality, url, path
+        self.loader = _shard_loader(model, modality, url, num_workers)
+        self.batches = iter(self.loader)
+        self.absent = f"missing_{modality}"
+        self.chunks: list[np.ndarray] = []
+        self.keys: list[str] = []
+        self.counted = (0, 0)  # (skipped, absent) already added to the progress counter
+
+    def advance(self, counter: _Counter) -> bool:
+        """Encodes the shard's next batch; False once the shard is read to its end."""
+        try:
+            batch = next(self.batches)
+        except StopIteration:
+            self.count(counter)  # the skips after the last batch come with the workers' last report
+            return False
+        except ValueError as error:
+            if not self._read_nothing(error):
+                raise
+            self.count(counter)
+            return False  # a part with no row: every sample lacked the modality or was skipped
+        embeddings = self.model.encode_prepared(self.modality, _batch_inputs(batch, self.modality))  # (B, E)
+        self.chunks.append(embeddings.cpu().numpy())
+        self.keys.extend(batch["__key__"])
+        counter.embedded += len(batch["__key__"])
+        self.count(counter)
+        return True
+
+    def _read_nothing(self, error: ValueError) -> bool:
+        """Whether ``error`` is the loader's word at the end of a pass that gave no valid sample."""
+        return self.loader.stats.samples.get(self.url, 0) == 0 and str(error).startswith(
+            f"source {self.url!r} yielded no valid sample")
+
+    def count(self, counter: _Counter) -> None:
+        """Adds the samples skipped and passed over since the last call to ``counter``, and reports."""
+        reasons = self.loader.stats.skipped.get(self.url, {})
+        absent = reasons.get(self.absent, 0)
+        skipped = sum(count for reason, count in reasons.items() if reason in SAMPLE_SKIP_REASONS) - absent
+        counter.skipped += skipped - self.counted[0]
+        counter.absent += absent - self.counted[1]
+        self.counted = (skipped, absent)
+        counter.report()
+
+    def finish(self, result: EmbedResult) -> tuple[np.ndarray, list[str]]:
+        """(embeddings (N, E), keys) of the part; its skipped samples, then its shard's problems, go to ``result``."""
+        stats = self.loader.stats
+        for reason, sample, message in stats.skipped_samples.get(self.url, []):
+            if reason != self.absent:
+                key = sample.split("\0", 1)[-1]  # a sample's name is its shard's URL and its key
+                result.skipped.append((key, f"{reason}: {message.removeprefix(f'{self.url} sample {key}: ')}"))
+        for reason in stats.skipped.get(self.url, {}):
+            if reason not in SAMPLE_SKIP_REASONS:  # the shard's own: unreadable, empty, cut short
+                message = stats.examples.get((self.url, reason), "")
+                result.skipped.append((self.url, f"{reason}: {message.removeprefix(f'{self.url}: ')}"))
+        result.num_absent += self.counted[1]
+        return _rows(self.model, self.chunks), self.keys
+
+
+def _embed_parts(
+    model: EmbeddingModel, modality: str, todo: list[tuple[str, Path]], counter: _Counter, num_workers: int
+) -> Iterator[_ShardPart]:
+    """Reads and encodes the shards of ``todo`` ((url, part path), in order), yielding each part once read.
+
+    A loader reads one shard in one worker process, so ``num_workers`` > 0 reads that many
+    shards at once, each by a loader of one worker, their batches encoded in turn; parts are
+    yielded as they complete. With 0, one shard after the other, in this process.
+    """
+    waiting, reading = list(todo), []
+    while waiting or reading:
+        while waiting and len(reading) < max(1, num_workers):
+            url, path = waiting.pop(0)
+            reading.append(_ShardPart(model, modality, url, path, num_workers=min(num_workers, 1)))
+        for part in list(reading):
+            if not part.advance(counter):
+                reading.remove(part)
+                yield part
 
 
 def _known_sizes(urls: Sequence[str]) -> dict[str, int]:
@@ -627,9 +720,15 @@ def embed_shards(
     with ``overwrite``. Parts are named by :func:`part_names`, but a shard whose part is
     in ``output_dir`` already under another name (embedded there alone before) keeps
     it, so no shard has two parts. Keys are the
-    samples' ``__key__``. A sample without the modality, or one that does not decode,
-    is skipped; a shard that cannot be read (or is cut short) is reported under its URL,
-    and its part holds what could be read.
+    samples' ``__key__``. A sample without the modality is passed over (``num_absent``);
+    one that does not decode is skipped, named by its key with the loader's reason
+    (``bad_image: ...``); a shard that cannot be read (or is cut short) is reported under
+    its URL, and its part holds what could be read.
+
+    ``num_workers``: shards read at once, each by a loader with one worker process (a
+    loader gives each shard to one worker); 0 reads one shard after the other in this
+    process. Parts are then written as they complete, each still one shard's samples in
+    shard order.
     """
     _check_format(format)
     model._require(modality)
@@ -658,6 +757,7 @@ def embed_shards(
     result = EmbedResult()
     counter = _Counter(progress, total, len(mine))
     earlier = _parts_by_shard(output_dir, format)
+    todo = []
     for url in mine:
         # A shard embedded here before under another name (alone, then beside another folder's)
         # keeps its part: a second part of it would give its rows twice to an index of the folder.
@@ -668,11 +768,12 @@ def embed_shards(
             if total is not None:
                 counter.total -= sizes[url]
             counter.report()
-            continue
-        stream = iter(_loader(_ShardDataset(modality, url, model.config), num_workers))
-        embeddings, keys = _embed_stream(model, modality, stream, result, counter, where=url)
-        metadata = {**_metadata(model, modality), "shard": url}
-        result.written.append(write_embeddings(path, embeddings, keys, metadata=metadata))
+        else:
+            todo.append((url, path))
+    for part in _embed_parts(model, modality, todo, counter, num_workers):
+        embeddings, keys = part.finish(result)
+        metadata = {**_metadata(model, modality), "shard": part.url}
+        result.written.append(write_embeddings(part.path, embeddings, keys, metadata=metadata))
         result.num_embedded += len(keys)
         counter.parts_done += 1
         counter.report()

@@ -46,7 +46,8 @@ def add_command(commands) -> None:
     embed.add_argument("--format", choices=("npy", "safetensors", "parquet"), default="npy",
                        help="format of the parts written for shard inputs (default npy)")
     embed.add_argument("--num-workers", type=non_negative_int, default=0,
-                       help="processes that read and preprocess inputs (default 0: the main process)")
+                       help="processes that read and preprocess inputs (default 0: the main process); with shard "
+                            "inputs, the shards read at once, one process each")
     embed.add_argument("--overwrite", action="store_true",
                        help="replace an existing OUTPUT file; with shard inputs, embed again the parts already "
                             "complete (default: refuse an existing file; keep complete parts)")

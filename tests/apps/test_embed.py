@@ -2,6 +2,9 @@
 import json
 import os
 import stat
+import tarfile
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,3 +328,64 @@ def test_empty_captions_are_skipped_by_name(model, tmp_path, capsys):
     assert "embedded 1 text input(s)" in captured.out and "skipped 2" in captured.out
     assert "multimodal: skipped 2 input(s)" in captured.err
     assert embedding.read_embeddings(tmp_path / "folder.npy")[1] == [str(folder / "cat.txt")]
+
+
+def _tar_of(path, samples):
+    import webdataset
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with webdataset.TarWriter(str(path)) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return str(path)
+
+
+def test_shard_samples_give_the_bytes_of_the_same_inputs_as_files(model, tmp_path):
+    """Shards are read by the training and evaluation loader, files by the API's preprocessing: a clip of
+    several windows, a short one and an image give the same bytes either way, with workers or without."""
+    clips = [write_wav(tmp_path / "clips" / f"{index}.wav", seed=index, seconds=seconds)
+             for index, seconds in enumerate((2.6, 0.1, 0.7, 1.3, 0.4))]  # 2.6 s: three windows of 100 frames
+    images = [write_png(tmp_path / "images" / f"{index}.png", seed=index, size=(30 + index, 41)) for index in range(5)]
+    urls = [_tar_of(tmp_path / "shards" / f"shard-00000{number}.tar",
+                    [{"__key__": f"{number}-{index}", "wav": clips[index].read_bytes(), "png": images[index].read_bytes(),
+                      "txt": f"sample {index} of shard {number}".encode()} for index in indices])
+            for number, indices in enumerate(([0, 1, 2, 3, 4], [4, 2]))]
+    for modality, files in (("audio", clips), ("image", images)):
+        embedding.embed_files(model, modality, files, tmp_path / f"{modality}.npy")
+        expected = np.load(tmp_path / f"{modality}.npy")
+        for num_workers in (0, 2):
+            embedding.embed_shards(model, modality, urls, tmp_path / f"{modality}-{num_workers}", num_workers=num_workers)
+            first, second = (np.load(embedding.part_path(tmp_path / f"{modality}-{num_workers}", url)) for url in urls)
+            assert first.tobytes() == expected.tobytes()  # the first shard holds the files, in order, batched alike
+            assert second.shape == (2, model.embed_dim)
+
+
+def test_shard_skips_are_named_with_their_reason_and_absent_samples_counted_to_the_last(model, tmp_path):
+    png = write_png(tmp_path / "a.png", seed=1).read_bytes()
+    wav = write_wav(tmp_path / "a.wav", seed=1, seconds=0.5).read_bytes()
+    mixed = _tar_of(tmp_path / "mixed-000000.tar", [
+        {"__key__": "cat", "png": png, "txt": b"a cat"},
+        {"__key__": "bad", "png": b"\x89PNG nope", "txt": b"broken"},
+        {"__key__": "dog", "png": png, "txt": b"a dog"},
+        {"__key__": "bell", "wav": wav, "txt": b"a bell"},  # after the last batch: still counted
+    ])
+    whole = _tar_of(tmp_path / "whole.tar", [{"__key__": f"cat{index}", "png": png} for index in range(3)])
+    with tarfile.open(whole) as archive:
+        last = archive.getmembers()[-1]
+    (tmp_path / "cut-000000.tar").write_bytes(Path(whole).read_bytes()[: last.offset_data + 10])  # inside cat2.png
+    nothing = _tar_of(tmp_path / "sounds-000000.tar", [{"__key__": "bell", "wav": wav}])
+    updates = []
+    result = embedding.embed_shards(model, "image", [mixed, str(tmp_path / "cut-000000.tar"), nothing],
+                                    tmp_path / "out", progress=updates.append)
+    kept = [sample["__key__"] for sample in read_shard(str(tmp_path / "cut-000000.tar"), [])]  # what the cut left
+    assert kept and result.num_embedded == 2 + len(kept) and result.num_absent == 2
+    assert [(key, reason.split(":")[0]) for key, reason in result.skipped] == [
+        ("bad", "bad_image"), (str(tmp_path / "cut-000000.tar"), "truncated_shard")]
+    assert result.skipped[0][1].startswith("bad_image: cannot decode image")
+    assert embedding.read_embeddings(embedding.part_path(tmp_path / "out", mixed))[1] == ["cat", "dog"]
+    assert embedding.read_embeddings(embedding.part_path(tmp_path / "out", str(tmp_path / "cut-000000.tar")))[1] == kept
+    assert (updates[-1].embedded, updates[-1].skipped, updates[-1].absent, updates[-1].parts_done) == (
+        2 + len(kept), 1, 2, 3)
+    # The shard with no image at all gives an empty part, not an error.
+    vectors, keys = embedding.read_embeddings(embedding.part_path(tmp_path / "out", nothing))
+    assert vectors.shape == (0, model.embed_dim) and keys == []
