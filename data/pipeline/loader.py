@@ -103,8 +103,10 @@ class ShardLoader:
         finish_preprocess: Mapping[str, object],
         world_size: int,
         log_skips_every: int,
+        allow_empty: bool = False,
     ) -> None:
         self.dataset = dataset
+        self.allow_empty = allow_empty
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.device = device
@@ -155,7 +157,7 @@ class ShardLoader:
             yield finish_batch(
                 item, self.finish_preprocess, self.device, self._buffers, workers_busy=self.num_workers > 0
             )
-        if not dataset.resampled:
+        if not dataset.resampled and not self.allow_empty:
             self._check_sources_read()
         self.epoch += 1
 
@@ -268,6 +270,7 @@ def make_loader(
     log_skips_every: int = 100,
     worker_nice: int = 0,
     remote: RemoteConfig | None = None,
+    allow_empty: bool = False,
 ) -> ShardLoader:
     """Batches from weighted tar-shard sources, for training (``train=True``) or evaluation.
 
@@ -306,6 +309,9 @@ def make_loader(
         remote: how shards over HTTP(S) and from ``pipe:`` commands are read: stall timeout,
             retries, shards fetched ahead at once (see :class:`multimodal.data.pipeline.remote.RemoteConfig`;
             None: its defaults).
+        allow_empty: a finite pass over a source that gives no valid sample ends quietly
+            (its skips are in ``stats``) instead of raising ValueError: for a caller that
+            reports every sample itself (``multimodal embed``, one part per shard).
     """
     sources = list(sources)
     resampled = train if resampled is None else resampled
@@ -331,6 +337,7 @@ def make_loader(
         finish_preprocess=preprocess if normalize_images else {},
         world_size=world_size,
         log_skips_every=log_skips_every,
+        allow_empty=allow_empty,
     )
 
 

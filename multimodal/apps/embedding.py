@@ -548,7 +548,7 @@ def _shard_loader(model: EmbeddingModel, modality: str, url: str, num_workers: i
     """
     spec = SourceSpec(url, [modality], name=url)
     loader = make_loader([spec], batch_size=model.batch_size, train=False, preprocess=model.config.preprocess,
-                         num_workers=num_workers, log_skips_every=0)
+                         num_workers=num_workers, log_skips_every=0, allow_empty=True)
     loader.stats.keep_skipped_samples()
     loader.stats.quiet(SAMPLE_SKIP_REASONS)
     return loader
@@ -594,24 +594,16 @@ class _ShardPart:
         try:
             batch = next(self.batches)
         except StopIteration:
-            self.count(counter)  # the skips after the last batch come with the workers' last report
-            return False
-        except ValueError as error:
-            if not self._read_nothing(error):
-                raise
+            # The skips after the last batch come with the workers' last report. A shard none of
+            # whose samples had the modality or read ends here too, with a part of no row.
             self.count(counter)
-            return False  # a part with no row: every sample lacked the modality or was skipped
+            return False
         embeddings = self.model.encode_prepared(self.modality, _batch_inputs(batch, self.modality))  # (B, E)
         self.chunks.append(embeddings.cpu().numpy())
         self.keys.extend(batch["__key__"])
         counter.embedded += len(batch["__key__"])
         self.count(counter)
         return True
-
-    def _read_nothing(self, error: ValueError) -> bool:
-        """Whether ``error`` is the loader's word at the end of a pass that gave no valid sample."""
-        return self.loader.stats.samples.get(self.url, 0) == 0 and str(error).startswith(
-            f"source {self.url!r} yielded no valid sample")
 
     def count(self, counter: _Counter) -> None:
         """Adds the samples skipped and passed over since the last call to ``counter``, and reports."""

@@ -282,6 +282,18 @@ def test_a_source_without_any_valid_sample_is_an_error_naming_it(tmp_path):
         list(resampled)
 
 
+def test_a_finite_pass_may_end_quietly_on_a_source_without_any_valid_sample(tmp_path):
+    """``allow_empty``: the caller (embed) names every skip itself, so an empty source is no error."""
+    with webdataset.TarWriter(str(tmp_path / "nocaps-00000.tar")) as writer:
+        for index in range(3):
+            writer.write({"__key__": f"n{index}", "jpg": jpeg(index)})
+    bad = SourceSpec(str(tmp_path / "nocaps-00000.tar"), ["image", "text"], name="uncaptioned")
+    finite = loader([bad], train=False, allow_empty=True)
+    assert list(finite) == []
+    assert finite.stats.samples.get("uncaptioned", 0) == 0
+    assert dict(finite.stats.skipped["uncaptioned"]) == {"missing_caption": 3}
+
+
 def test_data_stats_add_up_worker_reports():
     stats = DataStats(["a", "b"], log_every=0)
     stats.add({"samples": {"a": 3}, "skipped": {"b": {"bad_image": 2}}, "examples": {}})
