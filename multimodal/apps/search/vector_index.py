@@ -608,14 +608,8 @@ def build_index(
     Nothing is written unless the whole index is: a bad input, an empty collection or
     a mismatched checkpoint raises ValueError and leaves ``output`` as it was.
     """
-    faiss = _faiss()
     output = Path(output)
-    if output.exists():
-        if (output / MANIFEST_FILE).is_file():
-            if not overwrite:
-                raise ValueError(f"{output} already holds an index: add inputs to it with --add, or rebuild it with --overwrite")
-        elif not output.is_dir() or any(output.iterdir()):
-            raise ValueError(f"{output} exists and is not an index; give a new or empty folder")
+    _check_new_index_place(output, overwrite)
     model = _read_checkpoint(checkpoint)
     entries, modality = _read_inputs(part_files(inputs), model, modality, shards_by_part_name(shards), read_captions, progress)
     count = sum(len(entry.part.keys) for entry in entries)
@@ -626,19 +620,7 @@ def build_index(
         for entry in entries:
             entry.part.vectors = None  # the chunk holds them now (memory-mapped below)
         vectors = np.load(directory / chunk["vectors"], mmap_mode="r")  # (N, E)
-        if plan.type == "flat":
-            index = faiss.IndexScalarQuantizer(model.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        else:
-            if progress is not None:
-                progress(f"training {plan.factory} on {plan.train_size} of {count} vectors")
-            index = _train(plan, vectors, seed)
-        if progress is not None:
-            progress(f"adding {count} vectors")
-        _add_vectors(index, vectors)
-        if plan.type == "ivfpq":
-            if progress is not None:
-                progress("choosing nprobe: recall@10 against exact search")
-            _tune(index, vectors, plan, seed, nprobe)
+        index = _filled_index(plan, vectors, seed, nprobe, progress or (lambda line: None))
         name = _index_name(1)
         _write_faiss(index, directory / name)
         manifest = {
@@ -653,6 +635,34 @@ def build_index(
 
     write_directory_atomically(output, write)
     return open_index(output)
+
+
+def _check_new_index_place(output: Path, overwrite: bool) -> None:
+    """Refuses an ``output`` that holds an index (unless ``overwrite``) or anything else but an empty folder."""
+    if not output.exists():
+        return
+    if (output / MANIFEST_FILE).is_file():
+        if not overwrite:
+            raise ValueError(f"{output} already holds an index: add inputs to it with --add, or rebuild it with --overwrite")
+    elif not output.is_dir() or any(output.iterdir()):
+        raise ValueError(f"{output} exists and is not an index; give a new or empty folder")
+
+
+def _filled_index(plan: IndexPlan, vectors: np.ndarray, seed: int, nprobe: int | None, progress: Callable[[str], None]):
+    """The FAISS index ``plan`` describes, trained where it needs training, holding ``vectors`` (N, E), its nprobe tuned."""
+    faiss = _faiss()
+    count, dim = vectors.shape
+    if plan.type == "flat":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    else:
+        progress(f"training {plan.factory} on {plan.train_size} of {count} vectors")
+        index = _train(plan, vectors, seed)
+    progress(f"adding {count} vectors")
+    _add_vectors(index, vectors)
+    if plan.type == "ivfpq":
+        progress("choosing nprobe: recall@10 against exact search")
+        _tune(index, vectors, plan, seed, nprobe)
+    return index
 
 
 # Adding ------------------------------------------------------------------------------------------
