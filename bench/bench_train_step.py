@@ -206,7 +206,7 @@ def trainer_step(accelerator, model: MultimodalModel, batch: dict) -> Callable[[
     """What ``train.py`` runs for one step of ``model`` on ``batch``, with the process's Accelerator."""
     from multimodal.training.optimizer import build_optimizer, cosine_with_warmup
     from multimodal.training.step import train_step
-    from multimodal.training.train_config import OptimConfig
+    from multimodal.training.optimizer import OptimConfig
 
     optim = OptimConfig(lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS, steps=10**9,
                         warmup_steps=0)

@@ -25,7 +25,8 @@ import torch
 from multimodal.training.optimizer import cosine_with_warmup
 from multimodal.training.run_checkpoints import save_training_checkpoint
 from multimodal.training.step import compute_gradients, optimizer_step
-from multimodal.training.train_config import OptimConfig, TrainConfig
+from multimodal.training.optimizer import OptimConfig
+from multimodal.training.train_config import TrainConfig
 from multimodal.training.fsdp import full_model_state, full_tensor, shard_model
 from multimodal.model import MultimodalModel
 from multimodal.presets import tiny

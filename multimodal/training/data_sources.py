@@ -178,7 +178,10 @@ def resolve_sources(config: DataConfig, model: ModelConfig, *, progress: bool = 
             _check_augment(source, model, where, warn_unused=True)
         _check_distinct_names(config.train)
         return ResolvedSources(train=list(config.train), eval_sets=eval_sets)
-    train, paths = demo_training_sources(config, model, progress=progress)
+    train, paths = demo_training_sources(
+        model, demo_dir=config.demo_dir, scale=config.demo_scale, image_weight=config.demo_image_weight,
+        augment=config.demo_augment, label_positives=config.demo_label_positives, progress=progress,
+    )
     for source in train:
         _check_augment(source, model, "data.demo_augment", warn_unused=False)
     if not eval_sets:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 from multimodal.apps.evaluation import EvalSetConfig
 from multimodal.data.demo import dataset
@@ -30,9 +29,6 @@ from multimodal.data.preprocess.augment_config import (
 )
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer, read_caption_files
 from multimodal.model import ModelConfig
-
-if TYPE_CHECKING:  # the data config holds demo_augment() as its default: imported there, not here
-    from multimodal.training.data_sources import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -69,24 +65,26 @@ def demo_augment() -> AugmentConfig:
     )
 
 
-def demo_training_sources(config: "DataConfig", model: ModelConfig, *, progress: bool = True
-                          ) -> tuple[list[SourceSpec], dataset.DemoPaths]:
+def demo_training_sources(
+    model: ModelConfig, *, demo_dir: str | None, scale: float, image_weight: float, augment: AugmentConfig | None,
+    label_positives: bool, progress: bool = True,
+) -> tuple[list[SourceSpec], dataset.DemoPaths]:
     """The demo's training sources (built on first use) and where its data are.
 
-    Its two collections are each paired with captions: only the pairs the model encodes are trained.
-    Raises ValueError, before the demo is built (minutes the first time), when the model
-    encodes neither pair or ``data.demo_image_weight`` is not a positive number.
+    Its two collections are each paired with captions: only the pairs the model encodes are
+    trained. The settings are the run's ``data.demo_*`` (see ``DataConfig``). Raises
+    ValueError, before the demo is built (minutes the first time), when the model encodes
+    neither pair or ``image_weight`` is not a positive number.
     """
-    collections = {"image": ("image_train", config.demo_image_weight), "audio": ("audio_train", 1.0)}
+    collections = {"image": ("image_train", image_weight), "audio": ("audio_train", 1.0)}
     trained = [modality for modality in collections if {modality, "text"} <= set(model.modalities)]
     if not trained:
         raise ValueError(f"the demo trains image-text and audio-text pairs; this model has only {model.modalities}")
-    if "image" in trained and not (math.isfinite(config.demo_image_weight) and config.demo_image_weight > 0):
-        raise ValueError(f"data.demo_image_weight must be a positive number, got {config.demo_image_weight}")
-    paths = dataset.build_demo(config.demo_dir, scale=config.demo_scale,
-                               progress=_demo_progress if progress else None)
-    augment = config.demo_augment if config.demo_augment is not None else AugmentConfig()
-    label_key = "json:label" if config.demo_label_positives else None
+    if "image" in trained and not (math.isfinite(image_weight) and image_weight > 0):
+        raise ValueError(f"data.demo_image_weight must be a positive number, got {image_weight}")
+    paths = dataset.build_demo(demo_dir, scale=scale, progress=_demo_progress if progress else None)
+    augment = augment if augment is not None else AugmentConfig()
+    label_key = "json:label" if label_positives else None
     train = [SourceSpec(shards=getattr(paths, collections[m][0]), modalities=[m, "text"], augment=augment,
                         weight=collections[m][1], label_key=label_key) for m in trained]
     return train, paths

@@ -8,10 +8,20 @@ trainer writes them as ``checkpoints/step-N/ema/``, a directory every loader rea
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from multimodal.training.fsdp import full_tensor, like
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (see multimodal/training/ema.py); off unless ``decay`` is set."""
+
+    decay: float | None = None  # e.g. 0.999: the average over about 1 / (1 - decay) steps
+    evaluate: bool = True  # evaluate the averaged weights beside the raw ones (results under "ema/...")
 
 
 class WeightAverage:

@@ -14,7 +14,7 @@ from multimodal.encoders import Block
 from multimodal.model import ModelConfig, MultimodalModel
 from multimodal.training.optimizer import fine_tuning_line
 from multimodal.pretrained import load_pretrained, lock_towers, pretrained_towers_that_train, same_tokenizer
-from multimodal.training.train_config import OptimConfig
+from multimodal.training.optimizer import OptimConfig
 
 if TYPE_CHECKING:
     from multimodal.training.train_config import TrainConfig

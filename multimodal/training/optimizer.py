@@ -5,12 +5,28 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
-if TYPE_CHECKING:
-    from multimodal.training.train_config import OptimConfig
+
+@dataclass
+class OptimConfig:
+    """The optimiser and its schedule: a run's ``optim.*`` settings."""
+
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    steps: int = 1200
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
+    accum_steps: int = 1  # micro-batches per step; negatives span the whole accumulated batch
+    fused: bool = True  # AdamW(fused=True) where torch supports it: one kernel for all parameters
+    # Layer-wise learning-rate decay for fine-tuning (e.g. 0.75): each block of a tower learns this
+    # many times slower than the block above it, the stem slowest; None: one rate for all.
+    layer_decay: float | None = None
 
 
 def is_decay_free(name: str, parameter: torch.Tensor) -> bool:

@@ -17,7 +17,8 @@ from multimodal.config_parser import (
 from multimodal.data.modalities.registry import MEDIA_MODALITIES
 from multimodal.data.preprocess.preprocess_config import take_retired_masks
 from multimodal.model import ModelConfig
-from multimodal.training.optimizer import fine_tuning_optim
+from multimodal.training.ema import EmaConfig
+from multimodal.training.optimizer import OptimConfig, fine_tuning_optim
 from multimodal.presets import PRESETS, preset
 from multimodal.pretrained import init_model_config, pretrained_towers_that_train
 from multimodal.training.resumed_config import resumed_config
@@ -32,31 +33,6 @@ MACHINE_KEY = "machine"  # in a run's config.json: the cores, threads and worker
 class StartError(ValueError):
     """The run could not start: a setting, a file or the data is wrong (the message says which)."""
 
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    steps: int = 1200
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
-    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
-    accum_steps: int = 1  # micro-batches per step; negatives span the whole accumulated batch
-    fused: bool = True  # AdamW(fused=True) where torch supports it: one kernel for all parameters
-    # Layer-wise learning-rate decay for fine-tuning (e.g. 0.75): each block of a tower learns this
-    # many times slower than the block above it, the stem slowest; None: one rate for all.
-    layer_decay: float | None = None
-
-
-@dataclass
-class EmaConfig:
-    """An exponential moving average of the weights (see multimodal/training/ema.py); off unless ``decay`` is set."""
-
-    decay: float | None = None  # e.g. 0.999: the average over about 1 / (1 - decay) steps
-    evaluate: bool = True  # evaluate the averaged weights beside the raw ones (results under "ema/...")
 
 
 @dataclass
@@ -207,4 +183,4 @@ def _model_changed_by(model: dict, changes: dict) -> dict:
     return model
 
 
-__all__ = ["EmaConfig", "MACHINE_KEY", "OptimConfig", "RUN_CONFIG_FILE", "StartError", "TrainConfig", "fresh_config", "parse_config"]
+__all__ = ["MACHINE_KEY", "RUN_CONFIG_FILE", "StartError", "TrainConfig", "fresh_config", "parse_config"]

@@ -372,7 +372,7 @@ def test_interpolate_help_describes_every_option(capsys):
 def test_the_runs_optimizer_takes_layer_decay_from_its_setting():
     """optim.layer_decay reaches the optimiser a run builds: each group's lr is the base lr times its layer's scale."""
     from multimodal.training.optimizer import build_optimizer
-    from multimodal.training.train_config import OptimConfig
+    from multimodal.training.optimizer import OptimConfig
 
     model = MultimodalModel(tiny())
     decayed = build_optimizer(model, OptimConfig(lr=1e-3, layer_decay=0.5, fused=False))

@@ -15,7 +15,8 @@ from multimodal.model import MultimodalModel
 from multimodal.training.model_setup import fit_text_to_tokenizer
 from multimodal.training.optimizer import FINE_TUNING_DEFAULTS, fine_tuning_line, rate_text
 from multimodal.presets import tiny
-from multimodal.training.train_config import OptimConfig, TrainConfig, parse_config
+from multimodal.training.optimizer import OptimConfig
+from multimodal.training.train_config import TrainConfig, parse_config
 
 LR, WARMUP, STEPS = (FINE_TUNING_DEFAULTS[name] for name in ("lr", "warmup_steps", "steps"))
 

@@ -14,7 +14,8 @@ import torch
 from multimodal.training import trainer
 from multimodal.training.model_setup import build_model, compile_blocks, fit_text_to_tokenizer
 from multimodal.training.optimizer import build_optimizer, cosine_with_warmup
-from multimodal.training.train_config import OptimConfig, parse_config
+from multimodal.training.optimizer import OptimConfig
+from multimodal.training.train_config import parse_config
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.data.writing.writer import SampleSource, write_shards
 from multimodal.checkpoint import CheckpointError, list_checkpoints, load_model
