@@ -74,7 +74,7 @@ def synthetic_embeddings(count: int, dim: int, seed: int, clusters: int = CLUSTE
 
 def write_parts(vectors: np.ndarray, folder: Path, parts: int) -> list[Path]:
     """The collection as ``multimodal embed`` writes shard parts: part-NNNNNN.npy + .keys.json."""
-    from multimodal.apps.embedding import write_embeddings
+    from multimodal.apps.embedding_outputs import write_embeddings
 
     paths = []
     for number, rows in enumerate(np.array_split(np.arange(len(vectors)), parts)):
@@ -119,7 +119,7 @@ def exact_small_collection(vectors: np.ndarray, queries: np.ndarray, folder: Pat
     """Our flat index (``multimodal index --index-type flat``) against FAISS's float32 IndexFlatIP, alternating per query."""
     import faiss
 
-    from multimodal.apps.embedding import write_embeddings
+    from multimodal.apps.embedding_outputs import write_embeddings
     from multimodal.apps.search import build_index
 
     vectors = np.ascontiguousarray(vectors)

@@ -55,7 +55,7 @@ def add_command(commands) -> None:
 
 
 def run(args, parser: argparse.ArgumentParser) -> int:
-    from multimodal.apps import embedding
+    from multimodal.apps import embedding, embedding_outputs
 
     shard_inputs = [is_shard_spec(text) for text in args.input]
     if any(shard_inputs) and not all(shard_inputs):
@@ -66,13 +66,13 @@ def run(args, parser: argparse.ArgumentParser) -> int:
                          f"got the file name {args.output}; give a folder and choose the parts' format with --format")
     else:
         try:
-            embedding.output_format(args.output)
+            embedding_outputs.output_format(args.output)
         except ValueError as error:
             parser.error(f"argument --output: {error}")
         missing = [text for text in args.input if not Path(text).exists()]
         if missing:
             parser.error(f"argument --input: {missing[0]} does not exist (expected files, folders or shard specs)")
-        embedding.check_new_output(args.output, overwrite=args.overwrite)  # before the model loads
+        embedding_outputs.check_new_output(args.output, overwrite=args.overwrite)  # before the model loads
     rank, world_size, process_device = embedding.process_place()
     if not all(shard_inputs) and world_size > 1:
         parser.error(f"argument --input: files are embedded by one process, but {world_size} were launched; "

@@ -12,7 +12,7 @@ import torch
 
 from multimodal.data.pipeline.shard_reader import read_shard
 from multimodal.data.writing.writer import samples_from_folder, write_shards
-from multimodal.apps import embedding
+from multimodal.apps import embedding, embedding_outputs
 from multimodal.apps.api import load_embedding_model as load
 from multimodal.errors import ArgumentNeeded
 from tests.apps.test_api import tiny_checkpoint, write_png, write_wav
@@ -38,7 +38,7 @@ def image_folder(tmp_path):
 def test_files_keep_keys_and_vectors_aligned_around_broken_inputs(model, image_folder, tmp_path):
     updates = []
     result = embedding.embed_files(model, "image", [image_folder], tmp_path / "emb.npy", progress=updates.append)
-    vectors, keys = embedding.read_embeddings(tmp_path / "emb.npy")
+    vectors, keys = embedding_outputs.read_embeddings(tmp_path / "emb.npy")
     assert json.loads((tmp_path / "emb.keys.json").read_text()) == keys
     broken = str(image_folder / "cats" / "broken.png")
     assert [key for key, _ in result.skipped] == [broken] and "cannot decode image" in result.skipped[0][1]
@@ -49,7 +49,7 @@ def test_files_keep_keys_and_vectors_aligned_around_broken_inputs(model, image_f
     assert updates[-1].embedded == 6 and updates[-1].skipped == 1 and updates[-1].total == 7
     # .safetensors: the same rows, keys in its metadata.
     embedding.embed_files(model, "image", [image_folder], tmp_path / "emb.safetensors")
-    vectors_st, keys_st = embedding.read_embeddings(tmp_path / "emb.safetensors")
+    vectors_st, keys_st = embedding_outputs.read_embeddings(tmp_path / "emb.safetensors")
     assert keys_st == keys
     np.testing.assert_allclose(vectors_st, vectors, atol=1e-6)
     # .parquet: a key column and a fixed-size vector column, read back by pyarrow itself.
@@ -59,7 +59,7 @@ def test_files_keep_keys_and_vectors_aligned_around_broken_inputs(model, image_f
     table = pq.read_table(tmp_path / "emb.parquet")
     assert table.column("key").to_pylist() == keys
     np.testing.assert_allclose(np.array(table.column("embedding").to_pylist(), dtype=np.float32), vectors, atol=1e-6)
-    vectors_pq, keys_pq = embedding.read_embeddings(tmp_path / "emb.parquet")
+    vectors_pq, keys_pq = embedding_outputs.read_embeddings(tmp_path / "emb.parquet")
     assert keys_pq == keys
     np.testing.assert_allclose(vectors_pq, vectors, atol=1e-6)
 
@@ -68,14 +68,14 @@ def test_captions_and_audio_files(model, tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text("a photo of a cat\n\nsomeone saying seven\n")
     embedding.embed_files(model, "text", [captions], tmp_path / "text.npy")
-    vectors, keys = embedding.read_embeddings(tmp_path / "text.npy")
+    vectors, keys = embedding_outputs.read_embeddings(tmp_path / "text.npy")
     assert keys == [f"{captions}:1", f"{captions}:3"]
     torch.testing.assert_close(torch.from_numpy(vectors), model.embed_texts(["a photo of a cat", "someone saying seven"]),
                                atol=1e-5, rtol=0)
     clips = [write_wav(tmp_path / "audio" / f"{i}.wav", seed=i, seconds=seconds) for i, seconds in enumerate((0.5, 2.4))]
     (tmp_path / "audio" / "short.wav").write_bytes(b"RIFF")  # not a wav file
     result = embedding.embed_files(model, "audio", [tmp_path / "audio"], tmp_path / "audio.npy")
-    vectors, keys = embedding.read_embeddings(tmp_path / "audio.npy")
+    vectors, keys = embedding_outputs.read_embeddings(tmp_path / "audio.npy")
     assert keys == [str(path) for path in clips] and [k for k, _ in result.skipped] == [str(tmp_path / "audio" / "short.wav")]
     torch.testing.assert_close(torch.from_numpy(vectors), model.embed_audio(clips), atol=1e-5, rtol=0)
 
@@ -89,7 +89,7 @@ def _shards(image_folder, output, validate=False):
 
 def _all_parts(directory) -> tuple[np.ndarray, list[str]]:
     parts = sorted(directory.glob("part-*.npy"))
-    loaded = [embedding.read_embeddings(path) for path in parts]
+    loaded = [embedding_outputs.read_embeddings(path) for path in parts]
     return np.concatenate([vectors for vectors, _ in loaded]), [key for _, keys in loaded for key in keys]
 
 
@@ -110,7 +110,7 @@ def test_shards_give_one_part_each_and_resume_after_an_interruption(model, image
 
     # Interrupted while writing the third part: two parts stay, nothing half-written.
     calls = {"count": 0}
-    real_write = embedding.write_embeddings
+    real_write = embedding_outputs.write_embeddings
 
     def failing_write(*args, **kwargs):
         calls["count"] += 1
@@ -144,28 +144,28 @@ def test_every_format_records_the_same_metadata_and_npy_keeps_it_beside_its_keys
     recorded = {}
     for format in embedding.OUTPUT_FORMATS:
         (path,) = embedding.embed_shards(model, "image", url, tmp_path / format, format=format).written
-        recorded[format] = embedding.read_metadata(path)
+        recorded[format] = embedding_outputs.read_metadata(path)
     assert recorded["npy"] == recorded["safetensors"] == recorded["parquet"] == {
         "modality": "image", "embed_dim": "128", "dtype": "float32", "checkpoint_id": checkpoint_id(tiny_checkpoint()),
         "shard": url}
     npy = embedding.part_path(tmp_path / "npy", url)
-    assert json.loads(embedding.metadata_path(npy).read_text()) == recorded["npy"]
-    assert embedding.metadata_path(tmp_path / "emb.npy") == tmp_path / "emb.meta.json"
+    assert json.loads(embedding_outputs.metadata_path(npy).read_text()) == recorded["npy"]
+    assert embedding_outputs.metadata_path(tmp_path / "emb.npy") == tmp_path / "emb.meta.json"
     # Files outputs record all but the shard.
     embedding.embed_files(model, "image", [image_folder / "dogs"], tmp_path / "emb.npy")
-    assert embedding.read_metadata(tmp_path / "emb.npy") == {k: v for k, v in recorded["npy"].items() if k != "shard"}
+    assert embedding_outputs.read_metadata(tmp_path / "emb.npy") == {k: v for k, v in recorded["npy"].items() if k != "shard"}
     # An .npy of an earlier version (no .meta.json) reads with empty metadata; a damaged one is refused,
     # and a part whose .meta.json is damaged is not complete: a rerun writes it again.
-    embedding.metadata_path(npy).unlink()
-    assert embedding.read_metadata(npy) == {}
-    embedding.metadata_path(npy).write_text('["not", "an", "object"]')
+    embedding_outputs.metadata_path(npy).unlink()
+    assert embedding_outputs.read_metadata(npy) == {}
+    embedding_outputs.metadata_path(npy).write_text('["not", "an", "object"]')
     with pytest.raises(ValueError, match=r"part-shard-000000\.meta\.json must hold a JSON object of strings"):
-        embedding.read_metadata(npy)
+        embedding_outputs.read_metadata(npy)
     again = embedding.embed_shards(model, "image", url, tmp_path / "npy")
-    assert again.written == [npy] and embedding.read_metadata(npy) == recorded["npy"]
+    assert again.written == [npy] and embedding_outputs.read_metadata(npy) == recorded["npy"]
     # Writing an .npy again replaces its metadata: none of the earlier output's is left.
-    embedding.write_embeddings(npy, np.zeros((1, 4), np.float32), ["k"])
-    assert embedding.read_metadata(npy) == {}
+    embedding_outputs.write_embeddings(npy, np.zeros((1, 4), np.float32), ["k"])
+    assert embedding_outputs.read_metadata(npy) == {}
 
 
 def test_ranks_take_disjoint_shards_and_workers_keep_the_order(model, image_folder, tmp_path):
@@ -176,7 +176,7 @@ def test_ranks_take_disjoint_shards_and_workers_keep_the_order(model, image_fold
     assert {p.name for p in first.written}.isdisjoint({p.name for p in second.written})
     keys = []
     for url in urls:
-        _, part_keys = embedding.read_embeddings(embedding.part_path(tmp_path / "out", url, "safetensors"))
+        _, part_keys = embedding_outputs.read_embeddings(embedding.part_path(tmp_path / "out", url, "safetensors"))
         assert part_keys == [s["__key__"] for s in read_shard(url, [])]  # shard order, even with 2 workers
         keys.extend(part_keys)
     assert len(keys) == len(set(keys)) == 6
@@ -184,7 +184,7 @@ def test_ranks_take_disjoint_shards_and_workers_keep_the_order(model, image_fold
 
 def test_inputs_and_outputs_are_checked(model, tmp_path):
     with pytest.raises(ValueError, match=r"must end in \.npy, \.safetensors or \.parquet"):
-        embedding.output_format(tmp_path / "emb.csv")
+        embedding_outputs.output_format(tmp_path / "emb.csv")
     with pytest.raises(ValueError, match="does not exist"):
         embedding.list_inputs("image", [tmp_path / "missing.png"])
     with pytest.raises(ValueError, match="holds no image file"):
@@ -206,7 +206,7 @@ def test_an_existing_output_is_refused_unless_overwrite(model, image_folder, tmp
     assert error.value.for_command_line() == f"output {output} exists; pass --overwrite to replace it"
     assert output.read_bytes() == written
     embedding.embed_files(model, "image", [image_folder / "dogs"], output, overwrite=True)
-    assert len(embedding.read_embeddings(output)[1]) == 4  # dogs: 0, 2, 4 and nested/deep
+    assert len(embedding_outputs.read_embeddings(output)[1]) == 4  # dogs: 0, 2, 4 and nested/deep
     # Shard parts: complete ones are kept on a rerun, written again with overwrite.
     urls = _shards(image_folder, tmp_path / "shards", validate=True)
     embedding.embed_shards(model, "image", urls, tmp_path / "parts")
@@ -292,7 +292,7 @@ def test_shards_of_several_folders_get_parts_named_by_their_folder(model, tmp_pa
     assert f"into {tmp_path / 'emb' / 'part-train__shard-000000.npy'}, {tmp_path / 'emb' / 'part-val__shard-000000.npy'}" in out
     for split, url in zip(("train", "val"), urls):
         part = tmp_path / "emb" / f"part-{split}__shard-000000.npy"
-        assert embedding.read_embeddings(part)[1] == [f"{split}-cat"] and embedding.read_metadata(part)["shard"] == url
+        assert embedding_outputs.read_embeddings(part)[1] == [f"{split}-cat"] and embedding_outputs.read_metadata(part)["shard"] == url
     # The same command again finds both parts complete.
     assert cli_main(argv) == 0
     assert "2 part(s) already complete" in capsys.readouterr().out
@@ -314,7 +314,7 @@ def test_empty_captions_are_skipped_by_name(model, tmp_path, capsys):
     result = embedding.embed_files(model, "text", [captions], tmp_path / "lines.npy")
     empty = "ValueError: the caption is empty (nothing but white space): nothing to embed"
     assert result.skipped == [(f"{captions}:2", empty), (f"{captions}:4", empty)]
-    assert embedding.read_embeddings(tmp_path / "lines.npy")[1] == [f"{captions}:1", f"{captions}:3"]
+    assert embedding_outputs.read_embeddings(tmp_path / "lines.npy")[1] == [f"{captions}:1", f"{captions}:3"]
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "cat.txt").write_text("a photo of a cat\n")
@@ -327,7 +327,7 @@ def test_empty_captions_are_skipped_by_name(model, tmp_path, capsys):
     assert f"skipped {folder / 'blank.txt'}: {empty}\nskipped {folder / 'empty.txt'}: {empty}\n" in captured.err
     assert "embedded 1 text input(s)" in captured.out and "skipped 2" in captured.out
     assert "multimodal: skipped 2 input(s)" in captured.err
-    assert embedding.read_embeddings(tmp_path / "folder.npy")[1] == [str(folder / "cat.txt")]
+    assert embedding_outputs.read_embeddings(tmp_path / "folder.npy")[1] == [str(folder / "cat.txt")]
 
 
 def _tar_of(path, samples):
@@ -382,10 +382,10 @@ def test_shard_skips_are_named_with_their_reason_and_absent_samples_counted_to_t
     assert [(key, reason.split(":")[0]) for key, reason in result.skipped] == [
         ("bad", "bad_image"), (str(tmp_path / "cut-000000.tar"), "truncated_shard")]
     assert result.skipped[0][1].startswith("bad_image: cannot decode image")
-    assert embedding.read_embeddings(embedding.part_path(tmp_path / "out", mixed))[1] == ["cat", "dog"]
-    assert embedding.read_embeddings(embedding.part_path(tmp_path / "out", str(tmp_path / "cut-000000.tar")))[1] == kept
+    assert embedding_outputs.read_embeddings(embedding.part_path(tmp_path / "out", mixed))[1] == ["cat", "dog"]
+    assert embedding_outputs.read_embeddings(embedding.part_path(tmp_path / "out", str(tmp_path / "cut-000000.tar")))[1] == kept
     assert (updates[-1].embedded, updates[-1].skipped, updates[-1].absent, updates[-1].parts_done) == (
         2 + len(kept), 1, 2, 3)
     # The shard with no image at all gives an empty part, not an error.
-    vectors, keys = embedding.read_embeddings(embedding.part_path(tmp_path / "out", nothing))
+    vectors, keys = embedding_outputs.read_embeddings(embedding.part_path(tmp_path / "out", nothing))
     assert vectors.shape == (0, model.embed_dim) and keys == []

@@ -8,7 +8,7 @@ to a shard by full path and refused when their name fits several.
 import numpy as np
 import pytest
 
-from multimodal.apps import embedding
+from multimodal.apps import embedding, embedding_outputs
 from multimodal.apps.search import open_index, read_manifest
 from multimodal.apps.search.collection import Part, part_shard, shards_by_part_name
 from tests.apps.test_api import tiny_checkpoint
@@ -79,7 +79,7 @@ def test_shards_of_the_same_name_keep_their_own_rows(checkpoint, shards, capsys,
     assert "indexed 7 image vector(s)" in out
     assert index_rows("idx") == expected_rows(VAL, TRAIN)
     assert [record["shard"] for record in read_manifest("idx")["inputs"]] == [VAL, TRAIN]
-    vectors = np.concatenate([embedding.read_embeddings(part)[0] for part in parts])  # (7, E), in input order
+    vectors = np.concatenate([embedding_outputs.read_embeddings(part)[0] for part in parts])  # (7, E), in input order
     np.testing.assert_array_equal(open_index("idx").vectors(range(7)), vectors)
     # The parts need no --shards at all: they record their shard.
     status, _, err = run(capsys, "index", "--checkpoint", checkpoint, "--input", "emb-train", "emb-val",
@@ -91,7 +91,7 @@ def test_shards_of_the_same_name_keep_their_own_rows(checkpoint, shards, capsys,
 def test_npy_parts_of_earlier_versions_are_matched_by_full_path_or_refused(checkpoint, shards, capsys):
     val_part, train_part = embed_both(capsys, checkpoint)
     for part in (val_part, train_part):  # as earlier versions wrote them: .npy and .keys.json only
-        embedding.metadata_path(part).unlink()
+        embedding_outputs.metadata_path(part).unlink()
     base = ("index", "--checkpoint", checkpoint, "--input", "emb-val", "emb-train", "--output", "idx")
     assert error_line(capsys, *base, "--shards", SPEC) == (2, (
         f"multimodal index: error: {val_part} does not record the modality (.npy outputs of earlier versions do "

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from multimodal.apps.embedding import write_embeddings
+from multimodal.apps.embedding_outputs import write_embeddings
 from multimodal.errors import ArgumentNeeded
 from multimodal.apps.search import (
     IndexFileError,

@@ -18,7 +18,7 @@ from multimodal.cli import main
 from multimodal.data.preprocess.audio_features import EMPTY_CLIP, samples_for_frames
 from multimodal.data.pipeline.loader import make_loader
 from multimodal.data.pipeline.source_spec import SourceSpec
-from multimodal.apps.embedding import read_embeddings
+from multimodal.apps.embedding_outputs import read_embeddings
 from multimodal.apps.search import build_index, open_index
 from multimodal.apps.search_server import SearchService
 from tests.apps.test_api import SAMPLE_RATE, tiny_checkpoint, write_png, write_wav

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("resvg_py")
 
-from multimodal.apps import embedding
+from multimodal.apps import embedding, embedding_outputs
 from multimodal.apps.api import ZeroShotClassifier, load_embedding_model as load
 from multimodal.cli import main
 from multimodal.data.modalities.image_modality import IMAGE
@@ -78,7 +78,7 @@ def test_embed_eval_search_and_serve_take_drawings(model, drawings, tmp_path, ca
     (folder / "cats").mkdir()
     (folder / "cats" / "cat.svg").write_bytes(DRAWING)
     result = embedding.embed_files(model, "image", [folder], tmp_path / "images.npy")
-    vectors, keys = embedding.read_embeddings(tmp_path / "images.npy")
+    vectors, keys = embedding_outputs.read_embeddings(tmp_path / "images.npy")
     assert result.skipped == [] and keys == [str(folder / "cats" / "cat.svg"), str(folder / "dogs" / "photo.png")]
     np.testing.assert_allclose(vectors[:1], model.embed_images([drawings / "cat.png"]).numpy(), atol=1e-6)
     # Class folders: the drawing is evaluated with the photo.

@@ -13,7 +13,7 @@ from multimodal.data.demo import dataset
 import multimodal.interop
 from multimodal.data.tokenization.bpe_tokenizer import Tokenizer
 from multimodal.data.writing.writer import samples_from_folder, write_shards
-from multimodal.apps import embedding
+from multimodal.apps import embedding_outputs
 from multimodal.apps.api import ZeroShotClassifier, load_embedding_model as load
 from multimodal.checkpoint import TRAINER_FILE, load_model, load_tokenizer, save_checkpoint
 from multimodal.cli import build_parser, main
@@ -243,7 +243,7 @@ def test_embed_refuses_to_overwrite_without_the_flag_and_skips_set_the_status(ch
         f"multimodal embed: error: output {output} exists; pass --overwrite to replace it")
     assert output.read_bytes() == b"kept as it is"
     status, out, err = run([*argv, "--overwrite"], capsys)
-    assert status == 0 and "embedded 6 image input(s)" in out and embedding.read_embeddings(output)[0].shape[0] == 6
+    assert status == 0 and "embedded 6 image input(s)" in out and embedding_outputs.read_embeddings(output)[0].shape[0] == 6
     # A skipped input: the others are written, each skip is named, the count closes stderr, status 1.
     broken = class_folder / "cats" / "broken.png"
     broken.write_bytes(b"\x89PNG truncated")
@@ -289,7 +289,7 @@ def test_embed_command_matches_the_api_and_resumes_shards(checkpoint, model, cla
     status, out, err = run(["embed", "--checkpoint", checkpoint, "--precision", "fp32", "--modality", "image",
                             "--input", class_folder, "--output", output, "--batch-size", "4"], capsys)
     assert status == 0 and "embedded 6 image input(s)" in out
-    vectors, keys = embedding.read_embeddings(output)
+    vectors, keys = embedding_outputs.read_embeddings(output)
     assert json.loads((tmp_path / "emb.keys.json").read_text()) == keys
     torch.testing.assert_close(torch.from_numpy(vectors), model.embed_images(keys), atol=1e-5, rtol=0)
     write_shards(samples_from_folder(class_folder), tmp_path / "shards", max_samples_per_shard=4)

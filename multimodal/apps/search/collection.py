@@ -29,8 +29,8 @@ import numpy as np
 
 from multimodal.data.modalities.registry import CAPTION_MODALITY, get_modality
 from multimodal.data.pipeline.shard_reader import expand_shards, is_remote, read_shard
-from multimodal.apps.embedding import OUTPUT_FORMATS, PART_PREFIX, keys_path, metadata_path, read_embeddings
-from multimodal.apps.embedding import read_metadata, shard_part_name, shard_sample_input
+from multimodal.apps.embedding import PART_PREFIX, shard_part_name, shard_sample_input
+from multimodal.apps.embedding_outputs import OUTPUT_FORMATS, keys_path, metadata_path, read_embeddings, read_metadata
 from multimodal.errors import ArgumentNeeded
 
 # A caption file's row key, as `multimodal embed --modality text` writes it: "captions.txt:12".
