@@ -61,9 +61,9 @@ class Modality:
     class_caption: ClassVar[str] = "{}"
     # How a folder report calls its files ("pictures"); None: "<name> files".
     files_called: ClassVar[str | None] = None
-    # The file the shard writer measures this modality's members into, beside a split's shards
-    # ("image_stats.json"), for training to compare with its preprocessing; None: not measured.
-    statistics_file: ClassVar[str | None] = None
+    # Whether the shard writer measures this modality's members per split (image_stats.json beside
+    # the shards), for training to compare with its preprocessing (:meth:`statistics_warnings`).
+    writer_measures: ClassVar[bool] = False
     # The model's preprocessing config of this modality (``model.<name>_preprocess``) and its
     # augmentation levers (a source's ``augment.<name>``); None where it has no such setting.
     preprocess_config: ClassVar[type | None] = None
@@ -117,7 +117,7 @@ class Modality:
         plain dicts or None) written before a setting existed meant by leaving it out; nothing by default."""
 
     def statistics_warnings(self, folder: Path, preprocess: Any) -> list[str]:
-        """One sentence per way the statistics measured in ``folder`` (see :attr:`statistics_file`)
+        """One sentence per way the statistics measured in ``folder`` (see :attr:`writer_measures`)
         miss the preprocessing ``preprocess``; none by default or when nothing was measured."""
         return []
 

@@ -69,7 +69,7 @@ class ImageModality(Modality):
     one, many = "an image", "images"
     class_caption = "a photo of {}."
     files_called = "pictures"
-    statistics_file = "image_stats.json"  # multimodal.data.preprocess.image_stats.FILE_NAME
+    writer_measures = True
 
     preprocess_config = ImagePreprocessConfig
     augment_config = ImageAugmentConfig
@@ -81,7 +81,7 @@ class ImageModality(Modality):
     def statistics_warnings(self, folder: Path, preprocess: ImagePreprocessConfig) -> list[str]:
         """The normalisation against the pixels' measured mean and std, and the background their
         transparent pixels were composited onto against the model's."""
-        from multimodal.data.preprocess.image_stats import read_image_stats
+        from multimodal.data.preprocess.image_stats import FILE_NAME, read_image_stats
 
         stats = read_image_stats(folder)
         if stats is None:
@@ -93,7 +93,7 @@ class ImageModality(Modality):
             warnings.append(
                 f"the model normalises images with mean {list(preprocess.mean)}, std "
                 f"{list(preprocess.std)}, but its shards measure mean {[round(v, 4) for v in stats.mean]}, std "
-                f"{[round(v, 4) for v in stats.std]} ({folder / self.statistics_file}); "
+                f"{[round(v, 4) for v in stats.std]} ({folder / FILE_NAME}); "
                 f"train with {stats.override_arguments()}"
             )
         if tuple(stats.background) != tuple(preprocess.background):

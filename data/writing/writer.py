@@ -374,7 +374,7 @@ def _media_members(source: SampleSource, preparation: _Preparation, prepared: _P
 def _keep_for_image_statistics(prepared: _PreparedSample, extension: str, data: bytes, decoded: object) -> None:
     """Keeps an image member (and its pixels, when validation decoded them) for the split's image_stats.json:
     statistics of images' pixels, which only images have."""
-    if get_modality(modality_of_extension(extension)).statistics_file is not None:
+    if get_modality(modality_of_extension(extension)).writer_measures:
         prepared.image_bytes = data
         if decoded is not None:
             prepared.image = decoded

@@ -217,7 +217,7 @@ def _check_augment(source: SourceSpec, model: ModelConfig, where: str, *, warn_u
 
 def statistics_warnings(resolved: ResolvedSources, model: ModelConfig, pretrained: set[str] = frozenset()) -> list[str]:
     """One line per way a training source's measured statistics (image_stats.json beside its shards,
-    see :attr:`~multimodal.data.modalities.base.Modality.statistics_file`) miss the model's preprocessing.
+    see :attr:`~multimodal.data.modalities.base.Modality.writer_measures`) miss the model's preprocessing.
 
     ``pretrained``: modalities whose towers start from a checkpoint; they keep the
     preprocessing their weights learned with, whatever the data measure.
@@ -226,7 +226,7 @@ def statistics_warnings(resolved: ResolvedSources, model: ModelConfig, pretraine
     for index, source in enumerate(resolved.train if resolved.demo is None else []):
         for modality in source.modalities:
             definition, preprocess = get_modality(modality), model.preprocess.get(modality)
-            if definition.statistics_file is None or preprocess is None or modality in pretrained:
+            if not definition.writer_measures or preprocess is None or modality in pretrained:
                 continue
             first = expand_shards(source.shards)[0]
             if is_remote(first):
